@@ -1,0 +1,47 @@
+//! Identity: the operator's certificate authority, the credentials it issues to users, the
+//! mutual-TLS configurations of both sides, and how a peer's certificate becomes a
+//! `client_id` and `client_user`.
+//!
+//! Nothing here is self-asserted: `client_user` is the certificate's common name and
+//! `client_id` a hash of its public key, both vouched for by the CA's signature, which the
+//! TLS handshake checks before the operator reads a single frame.
+#![forbid(unsafe_code)]
+
+mod ca;
+mod credentials;
+mod peer;
+mod tls;
+
+pub use ca::CertificateAuthority;
+pub use credentials::Credentials;
+pub use peer::PeerIdentity;
+pub use tls::{client_config, server_config, OPERATOR_SERVER_NAME};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no usable {what}")]
+    Pem {
+        path: std::path::PathBuf,
+        what: &'static str,
+    },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("user name must be 1-64 characters of [A-Za-z0-9._@-], got `{0}`")]
+    BadUser(String),
+    #[error("peer certificate cannot be parsed: {0}")]
+    PeerCert(String),
+}

@@ -1,0 +1,118 @@
+//! Framing: a big-endian u32 length followed by that many bytes of postcard.
+//!
+//! Hand-written rather than `LengthDelimitedCodec` so that an oversized or malformed frame
+//! is a typed error the operator can answer precisely before closing the connection.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Largest frame either side accepts. HTTP bodies handed to a developer travel in one
+/// frame, so this also bounds a stolen request's body.
+pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes `Out` messages and decodes `In` messages.
+pub struct FrameCodec<In, Out> {
+    max: usize,
+    _p: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> Default for FrameCodec<In, Out> {
+    fn default() -> Self {
+        Self::with_max(MAX_FRAME_LEN)
+    }
+}
+
+impl<In, Out> FrameCodec<In, Out> {
+    pub fn with_max(max: usize) -> Self {
+        Self {
+            max,
+            _p: PhantomData,
+        }
+    }
+}
+
+impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+    type Item = In;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        if src.len() < 4 + len {
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        let frame = src.split_to(len);
+        Ok(Some(postcard::from_bytes(&frame)?))
+    }
+}
+
+impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let body = postcard::to_allocvec(&item)?;
+        if body.len() > self.max {
+            return Err(FrameError::TooLarge {
+                len: body.len(),
+                max: self.max,
+            });
+        }
+        dst.reserve(4 + body.len());
+        dst.put_u32(body.len() as u32);
+        dst.put_slice(&body);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientMessage, ServerMessage};
+
+    #[test]
+    fn round_trips_and_rejects_bad_frames() {
+        let mut enc: FrameCodec<ServerMessage, ClientMessage> = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        enc.encode(ClientMessage::Pong { nonce: 7 }, &mut buf).unwrap();
+        let mut dec: FrameCodec<ClientMessage, ServerMessage> = FrameCodec::default();
+        match dec.decode(&mut buf).unwrap() {
+            Some(ClientMessage::Pong { nonce: 7 }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+
+        let mut big = BytesMut::from(&(u32::MAX).to_be_bytes()[..]);
+        assert!(matches!(
+            dec.decode(&mut big),
+            Err(FrameError::TooLarge { .. })
+        ));
+
+        let mut junk = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(dec.decode(&mut junk), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn waits_for_a_whole_frame() {
+        let mut dec: FrameCodec<ClientMessage, ServerMessage> = FrameCodec::default();
+        let mut part = BytesMut::from(&[0, 0, 0, 9, 1][..]);
+        assert!(dec.decode(&mut part).unwrap().is_none());
+    }
+}

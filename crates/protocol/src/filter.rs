@@ -1,0 +1,62 @@
+//! HTTP filters as the user wrote them. Compiling them into regexes is the data plane's job;
+//! this is what travels, what status shows and what the logs call `http_filter`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpFilterSpec {
+    /// Regexes matched against `name: value` of each header, case-insensitive.
+    pub header: Vec<String>,
+    /// Regexes matched against the path, then path and query, case-insensitive.
+    pub path: Vec<String>,
+    /// HTTP methods, compared case-insensitively.
+    pub method: Vec<String>,
+    /// `true`: any one part matching is enough; `false`: all parts must match.
+    pub any: bool,
+}
+
+impl HttpFilterSpec {
+    pub fn is_empty(&self) -> bool {
+        self.header.is_empty() && self.path.is_empty() && self.method.is_empty()
+    }
+}
+
+/// `header=x-user: alice and path=^/api`: the user's own regexes, joined by the combinator.
+impl fmt::Display for HttpFilterSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = if self.any { " or " } else { " and " };
+        let parts = self
+            .header
+            .iter()
+            .map(|h| format!("header={h}"))
+            .chain(self.path.iter().map(|p| format!("path={p}")))
+            .chain(self.method.iter().map(|m| format!("method={m}")));
+        let mut first = true;
+        for p in parts {
+            if !first {
+                f.write_str(join)?;
+            }
+            first = false;
+            f.write_str(&p)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn displays_the_users_regexes() {
+        let f = HttpFilterSpec {
+            header: vec!["x-user: alice".into()],
+            path: vec!["^/api".into()],
+            method: vec![],
+            any: false,
+        };
+        assert_eq!(f.to_string(), "header=x-user: alice and path=^/api");
+        assert_eq!(HttpFilterSpec::default().to_string(), "");
+    }
+}

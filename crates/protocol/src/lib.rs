@@ -1,0 +1,21 @@
+//! The wire protocol between `mirrordctl` and the operator.
+//!
+//! One mutual-TLS connection carries one conversation: a [`ClientHello`], then either a
+//! session (which stays open and multiplexes the traffic handed to the developer), a
+//! status query, or a kill request. Every message is one length-prefixed frame
+//! ([`codec`]) holding a postcard-encoded [`ClientMessage`] or [`ServerMessage`].
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod filter;
+pub mod messages;
+pub mod session_id;
+
+pub use codec::{FrameCodec, FrameError, MAX_FRAME_LEN};
+pub use filter::HttpFilterSpec;
+pub use messages::*;
+pub use session_id::SessionId;
+
+/// Bumped on any incompatible change of [`messages`]; the operator refuses other versions
+/// with a message that names both.
+pub const PROTOCOL_VERSION: u32 = 1;

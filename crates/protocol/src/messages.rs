@@ -1,0 +1,260 @@
+//! Every message either side can send.
+
+use crate::{HttpFilterSpec, SessionId};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+// ---------------------------------------------------------------- client -> operator
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// First message of every connection.
+    Hello(ClientHello),
+    /// Open a session; the connection then carries it until either side ends it.
+    OpenSession(SessionRequest),
+    /// Ask for the operator's status report.
+    Status,
+    /// End sessions by id (or all of them).
+    Kill(KillRequest),
+    /// Answer to [`ServerMessage::Ping`].
+    Pong { nonce: u64 },
+    /// Bytes from the developer's local process for a connection handed over.
+    ConnData { conn: u64, data: Bytes },
+    /// The developer's side of a handed-over connection closed.
+    ConnClose { conn: u64 },
+    /// The local process' answer to a stolen HTTP request.
+    HttpResponse {
+        req: u64,
+        head: HttpResponseHead,
+        body: Bytes,
+    },
+    /// The stolen request could not be delivered locally; the operator answers 502.
+    HttpFailed { req: u64, reason: String },
+    /// The developer is leaving (Ctrl-C): end the session now.
+    EndSession,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientHello {
+    pub protocol_version: u32,
+    pub cli_version: String,
+    /// `whoami` realname: reported by the client, a label, not proof.
+    pub client_name: String,
+    /// `whoami` hostname: reported by the client, a label, not proof.
+    pub client_hostname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRef {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PortMode {
+    Steal,
+    Mirror,
+}
+
+impl fmt::Display for PortMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortMode::Steal => "steal",
+            PortMode::Mirror => "mirror",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortRequest {
+    pub port: u16,
+    pub mode: PortMode,
+    pub filter: Option<HttpFilterSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConcurrentSteal {
+    /// Refuse the session, naming the holder.
+    #[default]
+    Abort,
+    /// Open the session but do not steal the contested port.
+    Continue,
+    /// Take the port: the holder's lock ends.
+    Override,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub target: TargetRef,
+    pub ports: Vec<PortRequest>,
+    pub on_concurrent_steal: ConcurrentSteal,
+    pub copy_target: bool,
+    pub scale_down: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KillRequest {
+    Sessions(Vec<SessionId>),
+    All,
+}
+
+// ---------------------------------------------------------------- operator -> client
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// Answer to [`ClientHello`]: who the operator authenticated.
+    Welcome(Welcome),
+    SessionOpened(SessionOpened),
+    /// The request failed; for a session, it is over.
+    Error(ErrorReply),
+    Status(Box<StatusReport>),
+    Killed { sessions: Vec<SessionId> },
+    Ping { nonce: u64 },
+    /// A whole TCP connection handed to the developer (unfiltered steal or mirror).
+    NewConnection {
+        conn: u64,
+        port: u16,
+        mode: PortMode,
+        peer: String,
+    },
+    ConnData { conn: u64, data: Bytes },
+    ConnClose { conn: u64 },
+    /// One HTTP request handed to the developer (filtered steal, or a mirrored copy).
+    /// A mirrored request's response is discarded; a stolen one's is sent back.
+    HttpRequest {
+        req: u64,
+        port: u16,
+        mode: PortMode,
+        head: HttpRequestHead,
+        body: Bytes,
+    },
+    /// After a 101 answer to a stolen request, `conn == req` carries raw bytes both ways.
+    Upgraded { req: u64 },
+    /// Another session took this port with `--on-concurrent-steal override`.
+    PortLost { port: u16, reason: String },
+    /// The operator ended the session (killed, timed out, shut down).
+    SessionEnded { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Welcome {
+    pub operator_version: String,
+    pub client_id: String,
+    pub client_user: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionOpened {
+    pub session_id: SessionId,
+    pub ports: Vec<PortOutcome>,
+    /// The copy's name when the session works on a copy of the target.
+    pub copy: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortOutcome {
+    pub port: u16,
+    pub mode: PortMode,
+    pub filter: String,
+    /// `None`: active. `Some(why)`: the port is not stolen (concurrent steal `continue`).
+    pub skipped: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    BadRequest,
+    MalformedFrame,
+    ProtocolVersion,
+    UnknownTarget,
+    UnknownPort,
+    InvalidFilter,
+    PortConflict,
+    ScaleDownConflict,
+    CopyUnavailable,
+    SessionNotFound,
+    Killed,
+    Internal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpRequestHead {
+    pub method: String,
+    /// Path and query, as received.
+    pub uri: String,
+    pub version: HttpVersion,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpResponseHead {
+    pub status: u16,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpVersion {
+    Http10,
+    Http11,
+    Http2,
+}
+
+// ---------------------------------------------------------------- status
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub operator_version: String,
+    pub license: Option<LicenseSummary>,
+    pub copies: Vec<CopyInfo>,
+    pub sessions: Vec<SessionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LicenseSummary {
+    pub name: String,
+    pub organization: String,
+    pub expires: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyInfo {
+    pub original_target: String,
+    pub namespace: String,
+    pub copy_name: String,
+    pub scale_down: bool,
+    pub session_id: SessionId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub session_id: SessionId,
+    pub target: String,
+    pub namespace: String,
+    pub client_id: String,
+    pub client_user: String,
+    pub client_name: String,
+    pub client_hostname: String,
+    pub ports: Vec<PortOutcome>,
+    pub duration_secs: u64,
+    /// Last measured ping round trip, in milliseconds.
+    pub ping_ms: Option<f64>,
+}
