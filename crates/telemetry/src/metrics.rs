@@ -1,0 +1,412 @@
+//! Prometheus metrics: the spec's six, named exactly as written there, plus additive ones.
+//!
+//! The `prometheus` crate's text encoder prints names as registered, which the spec's
+//! counters need (`mirrord_stolen_connections_count` has no `_total`; a client that
+//! appends `_total` itself would break the contract).
+//!
+//! Cardinality: series labelled by `session_id` are removed `series_grace` after their
+//! session ends, so a long-running operator's exposition stays proportional to the
+//! sessions of the last few minutes rather than all sessions ever.
+
+use crate::event::{Event, SessionMeta};
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Session durations: ten seconds to a day.
+pub const SESSION_DURATION_BUCKETS: &[f64] = &[
+    10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+];
+/// Ping round trips: 100 µs to 5 s.
+pub const PING_LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0,
+];
+
+const USER_LABELS: &[&str] = &["client_hostname", "client_name", "client_user", "user_id"];
+const PING_LABELS: &[&str] = &["session_id", "k8s_user", "target"];
+const STOLEN_LABELS: &[&str] = &["session_id", "port", "namespace", "target", "user_id"];
+
+pub struct Metrics {
+    registry: Registry,
+    grace: Duration,
+    /// Ports that have stolen-traffic series, per session id, so they can be removed.
+    session_ports: Mutex<HashMap<String, BTreeSet<u16>>>,
+    pub license_valid_seconds: Gauge,
+    sessions_create_total: IntCounterVec,
+    sessions_duration: HistogramVec,
+    ping_latency: HistogramVec,
+    stolen_connections: IntCounterVec,
+    stolen_requests: IntCounterVec,
+    sessions_active: IntGauge,
+    port_locks: IntGaugeVec,
+    bypassed_requests: IntCounterVec,
+    refusals: IntCounterVec,
+}
+
+/// Counters a port's data path increments directly (no label lookup per connection).
+#[derive(Clone)]
+pub struct PortCounters {
+    pub connections: IntCounter,
+    pub requests: IntCounter,
+}
+
+/// Per-(target, port) counter of requests a filtered steal let through.
+#[derive(Clone)]
+pub struct BypassCounter(pub IntCounter);
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    r.register(Box::new(m.clone()))
+        .expect("metric names are unique");
+    m
+}
+
+impl Metrics {
+    pub fn new(grace: Duration) -> Self {
+        let r = Registry::new();
+        let hist = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+            .expect("valid histogram")
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter")
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("mirrord_build_info", "Operator build information (always 1)"),
+            &["version"],
+        )
+        .expect("valid gauge");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        reg(&r, build_info);
+        Self {
+            license_valid_seconds: reg(
+                &r,
+                Gauge::new(
+                    "mirrord_license_valid_seconds",
+                    "Seconds left for current license validity",
+                )
+                .expect("valid gauge"),
+            ),
+            sessions_create_total: reg(
+                &r,
+                counter(
+                    "mirrord_sessions_create_total",
+                    "Count of created sessions",
+                    USER_LABELS,
+                ),
+            ),
+            sessions_duration: reg(
+                &r,
+                hist(
+                    "mirrord_sessions_duration",
+                    "Histogram for session durations after they are ended",
+                    SESSION_DURATION_BUCKETS,
+                    USER_LABELS,
+                ),
+            ),
+            ping_latency: reg(
+                &r,
+                hist(
+                    "mirrord_operator_ping_latency",
+                    "Histogram for round trip latency between CLI and Operator",
+                    PING_LATENCY_BUCKETS,
+                    PING_LABELS,
+                ),
+            ),
+            stolen_connections: reg(
+                &r,
+                counter(
+                    "mirrord_stolen_connections_count",
+                    "Count of stolen incoming connections",
+                    STOLEN_LABELS,
+                ),
+            ),
+            stolen_requests: reg(
+                &r,
+                counter(
+                    "mirrord_stolen_requests_count",
+                    "Count of stolen HTTP requests",
+                    STOLEN_LABELS,
+                ),
+            ),
+            sessions_active: reg(
+                &r,
+                IntGauge::new("mirrord_sessions_active", "Sessions currently open")
+                    .expect("valid gauge"),
+            ),
+            port_locks: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mirrord_port_locks",
+                        "Ports currently held by sessions, by target, port and mode",
+                    ),
+                    &["target", "port", "mode"],
+                )
+                .expect("valid gauge"),
+            ),
+            bypassed_requests: reg(
+                &r,
+                counter(
+                    "mirrord_bypassed_requests_total",
+                    "HTTP requests a filtered steal let through to the target",
+                    &["namespace", "target", "port"],
+                ),
+            ),
+            refusals: reg(
+                &r,
+                counter(
+                    "mirrord_session_refusals_total",
+                    "Session requests the operator refused, by reason",
+                    &["reason"],
+                ),
+            ),
+            registry: r,
+            grace,
+            session_ports: Mutex::default(),
+        }
+    }
+
+    fn user_labels(s: &SessionMeta) -> [&str; 4] {
+        [
+            &s.client.client_hostname,
+            &s.client.client_name,
+            &s.client.client_user,
+            &s.client.client_id,
+        ]
+    }
+
+    fn stolen_labels(s: &SessionMeta, port: &str) -> Vec<String> {
+        vec![
+            s.session_id.clone(),
+            port.to_owned(),
+            s.target_namespace.clone(),
+            s.target(),
+            s.client.client_id.clone(),
+        ]
+    }
+
+    /// Handles for the data plane: created with the port's subscription.
+    pub fn port_counters(&self, s: &SessionMeta, port: u16) -> PortCounters {
+        self.session_ports
+            .lock()
+            .expect("not poisoned")
+            .entry(s.session_id.clone())
+            .or_default()
+            .insert(port);
+        let l = Self::stolen_labels(s, &port.to_string());
+        let l: Vec<&str> = l.iter().map(String::as_str).collect();
+        PortCounters {
+            connections: self.stolen_connections.with_label_values(&l),
+            requests: self.stolen_requests.with_label_values(&l),
+        }
+    }
+
+    pub fn bypass_counter(&self, namespace: &str, target: &str, port: u16) -> BypassCounter {
+        BypassCounter(self.bypassed_requests.with_label_values(&[
+            namespace,
+            target,
+            &port.to_string(),
+        ]))
+    }
+
+    pub(crate) fn observe(self: &Arc<Self>, event: &Event) {
+        match event {
+            Event::SessionStarted { session } => {
+                self.sessions_create_total
+                    .with_label_values(&Self::user_labels(session))
+                    .inc();
+                self.sessions_active.inc();
+                // The series exists from the start, so a session that never answers a
+                // ping still shows up (with an empty histogram) while it lives.
+                let _ = self.ping_latency.with_label_values(&[
+                    &session.session_id,
+                    &session.client.client_user,
+                    &session.target(),
+                ]);
+            }
+            Event::SessionEnded {
+                session, duration, ..
+            } => {
+                self.sessions_duration
+                    .with_label_values(&Self::user_labels(session))
+                    .observe(duration.as_secs_f64());
+                self.sessions_active.dec();
+                self.forget_later(session.clone());
+            }
+            Event::PortStolen { session, port, .. } => {
+                self.lock_gauge(session, *port, "steal").inc();
+            }
+            Event::PortMirrored { session, port, .. } => {
+                self.lock_gauge(session, *port, "mirror").inc();
+            }
+            Event::PortReleased {
+                session,
+                port,
+                mode,
+                ..
+            } => {
+                self.lock_gauge(session, *port, mode).dec();
+            }
+            Event::TargetCopied { .. } => {}
+            Event::PingLatency { session, rtt } => {
+                self.ping_latency
+                    .with_label_values(&[
+                        &session.session_id,
+                        &session.client.client_user,
+                        &session.target(),
+                    ])
+                    .observe(rtt.as_secs_f64());
+            }
+            Event::SessionRefused { reason, .. } => {
+                self.refusals.with_label_values(&[reason]).inc();
+            }
+        }
+    }
+
+    fn lock_gauge(&self, s: &SessionMeta, port: u16, mode: &str) -> IntGauge {
+        self.port_locks
+            .with_label_values(&[&s.target(), &port.to_string(), mode])
+    }
+
+    /// Drops the session's series after the grace period, long enough for several scrapes
+    /// to see their final values.
+    fn forget_later(self: &Arc<Self>, session: Arc<SessionMeta>) {
+        let me = Arc::clone(self);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(me.grace).await;
+            me.forget_session(&session);
+        });
+    }
+
+    /// Removes every series labelled with this session's id.
+    pub fn forget_session(&self, s: &SessionMeta) {
+        let _ = self.ping_latency.remove_label_values(&[
+            &s.session_id,
+            &s.client.client_user,
+            &s.target(),
+        ]);
+        let ports = self
+            .session_ports
+            .lock()
+            .expect("not poisoned")
+            .remove(&s.session_id)
+            .unwrap_or_default();
+        for port in ports {
+            let l = Self::stolen_labels(s, &port.to_string());
+            let l: Vec<&str> = l.iter().map(String::as_str).collect();
+            let _ = self.stolen_connections.remove_label_values(&l);
+            let _ = self.stolen_requests.remove_label_values(&l);
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics cannot fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the process ends.
+pub async fn serve(metrics: Arc<Metrics>, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Response, StatusCode};
+
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics endpoint listening on http://{addr}/metrics");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                let metrics = metrics.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(Full::new(Bytes::from(metrics.encode())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"try /metrics\n")))
+                    };
+                    Ok::<_, std::convert::Infallible>(resp.expect("static response parts"))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ClientInfo;
+
+    fn meta() -> Arc<SessionMeta> {
+        Arc::new(SessionMeta {
+            session_id: "00000000000000AB".into(),
+            target_type: "deployment".into(),
+            target_name: "api".into(),
+            target_namespace: "default".into(),
+            client: ClientInfo {
+                client_id: "cafe".into(),
+                client_user: "alice".into(),
+                client_name: "Alice".into(),
+                client_hostname: "box".into(),
+                cli_version: "0.1.0".into(),
+            },
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exact_names_and_session_series_expire() {
+        let m = Arc::new(Metrics::new(Duration::from_secs(600)));
+        let s = meta();
+        m.observe(&Event::SessionStarted { session: s.clone() });
+        m.port_counters(&s, 80).connections.inc();
+        m.port_counters(&s, 80).requests.inc_by(2);
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains("mirrord_stolen_connections_count{"), "{text}");
+        assert!(!text.contains("mirrord_stolen_connections_count_total"));
+        assert!(text.contains(r#"mirrord_sessions_create_total{client_hostname="box",client_name="Alice",client_user="alice",user_id="cafe"} 1"#));
+
+        m.observe(&Event::SessionEnded {
+            session: s.clone(),
+            duration: Duration::from_secs(42),
+            reason: "test".into(),
+        });
+        tokio::time::sleep(Duration::from_secs(599)).await;
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains("00000000000000AB"), "series gone too early");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(!text.contains("00000000000000AB"), "{text}");
+        assert!(text.contains("mirrord_sessions_duration_sum"));
+    }
+}
