@@ -1,1 +1,26 @@
-//! placeholder
+//! The data plane: one interceptor per target port, in front of the target's replicas.
+//!
+//! The path of a connection, one module each:
+//! [`listener`] accepts and picks a replica -> [`sniff`] detects HTTP/1, HTTP/2 or other ->
+//! [`relay`] (raw: pass through, hand the whole connection to a stealer, or tee copies to
+//! mirrors) or [`http`] (per-request routing: filtered steal, mirror copies, pass through).
+//! What each port does is a [`routes::PortRoutes`] snapshot the control plane swaps in;
+//! the data plane never decides *who* may steal, only applies what it is given.
+//!
+//! How traffic reached the listener does not matter here: a transparent (iptables)
+//! front end would hand the same accepted sockets to [`listener::serve_connection`].
+#![forbid(unsafe_code)]
+
+pub mod filter;
+pub mod handoff;
+pub mod http;
+pub mod listener;
+pub mod relay;
+pub mod rewind;
+pub mod routes;
+pub mod sniff;
+
+pub use filter::{FilterError, HttpFilter};
+pub use handoff::{Handoff, StolenResponse, SubscriberTx};
+pub use listener::{Endpoint, PortPlane};
+pub use routes::{PortRoutes, RouteTable, Subscriber};

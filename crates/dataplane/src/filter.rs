@@ -1,0 +1,181 @@
+//! Compiled HTTP filters, with the semantics users of mirrord expect: regexes are
+//! case-insensitive; a header regex is matched against `name: value` of each header; a
+//! path regex is tried on the path, then on path and query; parts combine all-of or any-of.
+
+use http::request::Parts;
+use mirrord_protocol::HttpFilterSpec;
+use regex::{Regex, RegexBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("invalid {kind} filter `{pattern}`: {reason}")]
+    Regex {
+        kind: &'static str,
+        pattern: String,
+        reason: String,
+    },
+    #[error("invalid method filter `{0}`: expected an HTTP method such as GET")]
+    Method(String),
+    #[error("an HTTP filter needs at least one --header, --path or --method")]
+    Empty,
+}
+
+#[derive(Debug)]
+pub struct HttpFilter {
+    header: Vec<Regex>,
+    path: Vec<Regex>,
+    method: Vec<String>,
+    any: bool,
+    /// The filter as the user wrote it.
+    pub display: String,
+}
+
+fn compile(kind: &'static str, pattern: &str) -> Result<Regex, FilterError> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| FilterError::Regex {
+            kind,
+            pattern: pattern.to_owned(),
+            reason: e.to_string().lines().last().unwrap_or_default().trim().to_owned(),
+        })
+}
+
+impl HttpFilter {
+    pub fn compile(spec: &HttpFilterSpec) -> Result<Self, FilterError> {
+        if spec.is_empty() {
+            return Err(FilterError::Empty);
+        }
+        let header = spec
+            .header
+            .iter()
+            .map(|p| compile("header", p))
+            .collect::<Result<_, _>>()?;
+        let path = spec
+            .path
+            .iter()
+            .map(|p| compile("path", p))
+            .collect::<Result<_, _>>()?;
+        let method = spec
+            .method
+            .iter()
+            .map(|m| {
+                http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map(|m| m.as_str().to_owned())
+                    .map_err(|_| FilterError::Method(m.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            header,
+            path,
+            method,
+            any: spec.any,
+            display: spec.to_string(),
+        })
+    }
+
+    pub fn matches(&self, req: &Parts) -> bool {
+        let mut checks = self
+            .header
+            .iter()
+            .map(|re| header_matches(re, req))
+            .chain(self.path.iter().map(|re| path_matches(re, req)))
+            .chain(
+                self.method
+                    .iter()
+                    .map(|m| req.method.as_str().eq_ignore_ascii_case(m)),
+            );
+        if self.any {
+            checks.any(|c| c)
+        } else {
+            checks.all(|c| c)
+        }
+    }
+}
+
+fn header_matches(re: &Regex, req: &Parts) -> bool {
+    let mut line = String::with_capacity(64);
+    req.headers.iter().any(|(name, value)| {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        line.clear();
+        line.push_str(name.as_str());
+        line.push_str(": ");
+        line.push_str(value);
+        re.is_match(&line)
+    }) || req
+        .uri
+        .authority()
+        .is_some_and(|a| re.is_match(&format!("host: {a}")))
+}
+
+fn path_matches(re: &Regex, req: &Parts) -> bool {
+    re.is_match(req.uri.path())
+        || req
+            .uri
+            .path_and_query()
+            .is_some_and(|pq| pq.query().is_some() && re.is_match(pq.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn spec(header: &[&str], path: &[&str], method: &[&str], any: bool) -> HttpFilterSpec {
+        HttpFilterSpec {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            path: path.iter().map(|s| s.to_string()).collect(),
+            method: method.iter().map(|s| s.to_string()).collect(),
+            any,
+        }
+    }
+
+    #[test]
+    fn header_regex_matches_name_colon_value_case_insensitively() {
+        let f = HttpFilter::compile(&spec(&["^x-user: alice$"], &[], &[], false)).unwrap();
+        assert!(f.matches(&parts("GET", "/", &[("X-User", "ALICE")])));
+        assert!(!f.matches(&parts("GET", "/", &[("X-User", "bob")])));
+        assert!(!f.matches(&parts("GET", "/", &[])));
+    }
+
+    #[test]
+    fn path_regex_tries_path_then_path_and_query() {
+        let f = HttpFilter::compile(&spec(&[], &["^/api/v1$"], &[], false)).unwrap();
+        assert!(f.matches(&parts("GET", "/api/v1?x=1", &[])));
+        let q = HttpFilter::compile(&spec(&[], &["debug=1"], &[], false)).unwrap();
+        assert!(q.matches(&parts("GET", "/a?debug=1", &[])));
+        assert!(!q.matches(&parts("GET", "/a", &[])));
+    }
+
+    #[test]
+    fn all_of_and_any_of() {
+        let all = HttpFilter::compile(&spec(&["x-a: 1"], &["^/p"], &["post"], false)).unwrap();
+        assert!(all.matches(&parts("POST", "/p", &[("x-a", "1")])));
+        assert!(!all.matches(&parts("GET", "/p", &[("x-a", "1")])));
+        let any = HttpFilter::compile(&spec(&["x-a: 1"], &["^/p"], &[], true)).unwrap();
+        assert!(any.matches(&parts("GET", "/q", &[("x-a", "1")])));
+        assert!(!any.matches(&parts("GET", "/q", &[])));
+    }
+
+    #[test]
+    fn bad_filters_are_named() {
+        let e = HttpFilter::compile(&spec(&["("], &[], &[], false)).unwrap_err();
+        assert!(e.to_string().starts_with("invalid header filter `(`"), "{e}");
+        let e = HttpFilter::compile(&spec(&[], &[], &["G E T"], false)).unwrap_err();
+        assert!(matches!(e, FilterError::Method(_)));
+        assert!(matches!(
+            HttpFilter::compile(&HttpFilterSpec::default()),
+            Err(FilterError::Empty)
+        ));
+    }
+}

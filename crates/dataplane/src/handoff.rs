@@ -1,0 +1,50 @@
+//! What the data plane hands to a session. The control plane turns these into frames for
+//! the developer's CLI; the data plane only sees streams and channels.
+
+use bytes::Bytes;
+use mirrord_protocol::{HttpRequestHead, HttpResponseHead};
+use tokio::io::DuplexStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// Bytes of a stolen connection or upgraded request in flight in one direction.
+pub const HANDOFF_BUFFER: usize = 256 * 1024;
+
+pub type SubscriberTx = mpsc::Sender<Handoff>;
+
+pub enum Handoff {
+    /// A whole connection, stolen: the session owns the other end of `io`.
+    StolenConnection {
+        port: u16,
+        peer: String,
+        io: DuplexStream,
+    },
+    /// A copy of a connection's inbound bytes; dropping `rx`'s sender ends it.
+    MirroredConnection {
+        port: u16,
+        peer: String,
+        rx: mpsc::Receiver<Bytes>,
+    },
+    /// One stolen HTTP request; the answer comes back on `respond`.
+    StolenRequest {
+        port: u16,
+        head: HttpRequestHead,
+        body: Bytes,
+        respond: oneshot::Sender<StolenResponse>,
+    },
+    /// A copy of one HTTP request; no answer is expected.
+    MirroredRequest {
+        port: u16,
+        head: HttpRequestHead,
+        body: Bytes,
+    },
+}
+
+pub enum StolenResponse {
+    Response {
+        head: HttpResponseHead,
+        body: Bytes,
+        /// For a 101 answer: the raw stream to the developer's side.
+        upgraded: Option<DuplexStream>,
+    },
+    Failed(String),
+}

@@ -1,0 +1,333 @@
+//! Per-request routing of HTTP/1.1 and HTTP/2 (h2c) connections.
+//!
+//! Each request is looked at on its own: the first matching filtered steal (or an
+//! unfiltered steal that arrived after the connection did) gets it, matching mirrors get a
+//! copy, and everything else goes to the replica over one upstream connection per
+//! downstream connection, so a keep-alive connection's requests stay in order. A 101
+//! answer, from the developer or from the replica, turns the connection into a raw relay.
+
+use crate::handoff::{Handoff, StolenResponse};
+use crate::relay;
+use crate::routes::{PortRoutes, RouteTable, Subscriber};
+use crate::sniff::Protocol;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mirrord_protocol::{HttpRequestHead, HttpResponseHead, HttpVersion, MAX_FRAME_LEN};
+use mirrord_telemetry::metrics::BypassCounter;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{oneshot, Mutex};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+/// Largest body handed to a session: it travels in one frame, with room for the head.
+pub const MAX_HANDOFF_BODY: usize = MAX_FRAME_LEN - 64 * 1024;
+
+pub struct HttpCtx {
+    pub port: u16,
+    pub routes: Arc<RouteTable>,
+    pub upstream: SocketAddr,
+    pub bypass: BypassCounter,
+}
+
+pub async fn serve<IO>(io: IO, proto: Protocol, ctx: Arc<HttpCtx>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let upstream = Arc::new(Upstream {
+        addr: ctx.upstream,
+        h1: Mutex::new(None),
+        h2: Mutex::new(None),
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = Arc::clone(&ctx);
+        let upstream = Arc::clone(&upstream);
+        async move { Ok::<_, std::convert::Infallible>(route(req, &ctx, &upstream).await) }
+    });
+    let io = TokioIo::new(io);
+    let res = match proto {
+        Protocol::Http2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await
+        }
+        _ => {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -> Response<Body> {
+    let routes: Arc<PortRoutes> = ctx.routes.load();
+    let (parts, body) = {
+        let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        if let Some(u) = upgrade {
+            parts.extensions.insert(u);
+        }
+        (parts, body)
+    };
+    let stealer: Option<&Subscriber> = routes.unfiltered_steal.as_ref().or_else(|| {
+        routes
+            .filtered_steals
+            .iter()
+            .find(|(_, f)| f.matches(&parts))
+            .map(|(s, _)| s)
+    });
+    let mirrors: Vec<&Subscriber> = routes
+        .mirrors
+        .iter()
+        .filter(|(_, f)| f.as_ref().is_none_or(|f| f.matches(&parts)))
+        .map(|(s, _)| s)
+        .collect();
+
+    if stealer.is_none() && mirrors.is_empty() {
+        if !routes.filtered_steals.is_empty() {
+            ctx.bypass.0.inc();
+        }
+        let req = Request::from_parts(parts, body.map_err(Into::into).boxed());
+        return upstream.forward(req).await;
+    }
+
+    // Handing over (or copying) means the body travels in one frame: buffer it.
+    let body = match Limited::new(body, MAX_HANDOFF_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let status = if e.is::<http_body_util::LengthLimitError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return text(status, format!("mirrord: cannot read request body: {e}\n"));
+        }
+    };
+    let head = request_head(&parts);
+    for m in &mirrors {
+        // A mirror that is behind loses this copy; the real path never waits for it.
+        let _ = m.tx.try_send(Handoff::MirroredRequest {
+            port: ctx.port,
+            head: head.clone(),
+            body: body.clone(),
+        });
+    }
+
+    let Some(stealer) = stealer else {
+        let req = Request::from_parts(parts, full(body));
+        return upstream.forward(req).await;
+    };
+    let (tx, rx) = oneshot::channel();
+    let handoff = Handoff::StolenRequest {
+        port: ctx.port,
+        head,
+        body: body.clone(),
+        respond: tx,
+    };
+    if stealer.tx.send(handoff).await.is_err() {
+        // The session ended after the lookup and before the handoff: nobody saw the
+        // request, so the target gets it as if no steal had been there.
+        let req = Request::from_parts(parts, full(body));
+        return upstream.forward(req).await;
+    }
+    stealer.counters.requests.inc();
+    match rx.await {
+        Ok(StolenResponse::Response {
+            head,
+            body,
+            upgraded,
+        }) => {
+            let mut resp = Response::new(full(body));
+            *resp.status_mut() =
+                StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            copy_headers(resp.headers_mut(), &head.headers, switching);
+            if let (Some(dev), Some(on_up)) = (upgraded, parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned()) {
+                tokio::spawn(async move {
+                    if let Ok(client) = on_up.await {
+                        let mut client = TokioIo::new(client);
+                        let mut dev = dev;
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut dev).await;
+                    }
+                });
+            }
+            resp
+        }
+        Ok(StolenResponse::Failed(reason)) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("mirrord: the developer's local process did not answer: {reason}\n"),
+        ),
+        Err(_) => text(
+            StatusCode::BAD_GATEWAY,
+            "mirrord: the session ended before answering this request\n".into(),
+        ),
+    }
+}
+
+/// The upstream side of one downstream connection.
+struct Upstream {
+    addr: SocketAddr,
+    h1: Mutex<Option<client1::SendRequest<Body>>>,
+    h2: Mutex<Option<client2::SendRequest<Body>>>,
+}
+
+impl Upstream {
+    async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
+        let down_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+        let res = if req.version() == Version::HTTP_2 {
+            self.send_h2(req).await
+        } else {
+            self.send_h1(req).await
+        };
+        match res {
+            Ok(mut resp) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(down) = down_upgrade {
+                        let up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(async move {
+                            if let (Ok(d), Ok(u)) = tokio::join!(down, up) {
+                                let _ = tokio::io::copy_bidirectional(
+                                    &mut TokioIo::new(d),
+                                    &mut TokioIo::new(u),
+                                )
+                                .await;
+                            }
+                        });
+                    }
+                }
+                resp.map(|b| b.map_err(Into::into).boxed())
+            }
+            Err(e) => text(
+                StatusCode::BAD_GATEWAY,
+                format!("mirrord: target replica at {} unavailable: {e}\n", self.addr),
+            ),
+        }
+    }
+
+    async fn send_h1(&self, req: Request<Body>) -> Result<Response<Incoming>, BoxError> {
+        let mut guard = self.h1.lock().await;
+        if guard.as_ref().is_none_or(|s| s.is_closed()) {
+            let io = TokioIo::new(relay::connect(self.addr).await?);
+            let (sender, conn) = client1::handshake(io).await?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            *guard = Some(sender);
+        }
+        let sender = guard.as_mut().expect("set above");
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    async fn send_h2(&self, req: Request<Body>) -> Result<Response<Incoming>, BoxError> {
+        let mut sender = {
+            let mut guard = self.h2.lock().await;
+            if guard.as_ref().is_none_or(|s| s.is_closed()) {
+                let io = TokioIo::new(relay::connect(self.addr).await?);
+                let (sender, conn) = client2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(conn);
+                *guard = Some(sender);
+            }
+            guard.as_ref().expect("set above").clone()
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+}
+
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+fn text(status: StatusCode, msg: String) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(msg)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "content-length",
+];
+
+/// Copies the developer's response headers. The body arrives whole, so framing headers are
+/// recomputed; for a 101, `connection` and `upgrade` are what the client needs to see.
+fn copy_headers(dst: &mut HeaderMap, src: &[(String, Bytes)], switching: bool) {
+    for (name, value) in src {
+        let lower = name.to_ascii_lowercase();
+        let hop = HOP_BY_HOP.contains(&lower.as_str());
+        if hop && !(switching && (lower == "connection" || lower == "upgrade")) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(lower.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            dst.append(n, v);
+        }
+    }
+}
+
+fn request_head(parts: &http::request::Parts) -> HttpRequestHead {
+    let mut headers: Vec<(String, Bytes)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect();
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            headers.push(("host".into(), Bytes::copy_from_slice(a.as_str().as_bytes())));
+        }
+    }
+    HttpRequestHead {
+        method: parts.method.as_str().to_owned(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_else(|| "/".into()),
+        version: match parts.version {
+            Version::HTTP_10 => HttpVersion::Http10,
+            Version::HTTP_2 => HttpVersion::Http2,
+            _ => HttpVersion::Http11,
+        },
+        headers,
+    }
+}
+
+/// Builds the head of a response from the developer's side, for callers outside.
+pub fn response_head(resp: &http::response::Parts) -> HttpResponseHead {
+    HttpResponseHead {
+        status: resp.status.as_u16(),
+        headers: resp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect(),
+    }
+}

@@ -1,0 +1,71 @@
+//! Route tables: who, per port, gets what. Replaced whole on every change, read lock-free on
+//! every connection and request, so a change never stalls traffic and traffic never sees
+//! half a change.
+
+use crate::filter::HttpFilter;
+use crate::handoff::SubscriberTx;
+use arc_swap::ArcSwap;
+use mirrord_telemetry::PortCounters;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+pub struct Subscriber {
+    pub session_id: u64,
+    pub tx: SubscriberTx,
+    pub counters: PortCounters,
+}
+
+#[derive(Clone, Default)]
+pub struct PortRoutes {
+    pub unfiltered_steal: Option<Subscriber>,
+    /// In subscription order: when several match, the first gets the request.
+    pub filtered_steals: Vec<(Subscriber, Arc<HttpFilter>)>,
+    pub mirrors: Vec<(Subscriber, Option<Arc<HttpFilter>>)>,
+}
+
+impl PortRoutes {
+    pub fn is_empty(&self) -> bool {
+        self.unfiltered_steal.is_none() && self.filtered_steals.is_empty() && self.mirrors.is_empty()
+    }
+
+    /// Whether connections must be parsed as HTTP to route them.
+    pub fn needs_http(&self) -> bool {
+        !self.filtered_steals.is_empty() || self.mirrors.iter().any(|(_, f)| f.is_some())
+    }
+}
+
+/// The routes of one port of one group of replicas (the originals, or one copy).
+#[derive(Default)]
+pub struct RouteTable {
+    current: ArcSwap<PortRoutes>,
+    /// Serialises writers so read-modify-write never loses an update.
+    write: Mutex<()>,
+}
+
+impl RouteTable {
+    pub fn load(&self) -> Arc<PortRoutes> {
+        self.current.load_full()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut PortRoutes)) {
+        let _guard = self.write.lock().expect("route writer panicked");
+        let mut next = PortRoutes::clone(&self.current.load());
+        f(&mut next);
+        self.current.store(Arc::new(next));
+    }
+
+    /// Removes every subscription of the session.
+    pub fn remove_session(&self, session_id: u64) {
+        self.update(|r| {
+            if r
+                .unfiltered_steal
+                .as_ref()
+                .is_some_and(|s| s.session_id == session_id)
+            {
+                r.unfiltered_steal = None;
+            }
+            r.filtered_steals.retain(|(s, _)| s.session_id != session_id);
+            r.mirrors.retain(|(s, _)| s.session_id != session_id);
+        });
+    }
+}
