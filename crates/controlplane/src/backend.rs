@@ -1,0 +1,46 @@
+//! What the control plane needs from wherever targets live. The single-machine backend
+//! ([`crate::local`]) implements it with processes and interceptors; a Kubernetes backend
+//! would implement it with kube-rs (a copy is a new pod, scale down patches replicas).
+
+use futures::future::BoxFuture;
+use mirrord_dataplane::RouteTable;
+use mirrord_protocol::TargetRef;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("target {target} not found in namespace {namespace}; known targets: {known}")]
+    UnknownTarget {
+        target: String,
+        namespace: String,
+        known: String,
+    },
+    #[error("{0}")]
+    CopyUnavailable(String),
+    #[error("{0}")]
+    ScaleDownConflict(String),
+}
+
+pub trait TargetBackend: Send + Sync {
+    fn target(&self, r: &TargetRef) -> Result<Arc<dyn Target>, BackendError>;
+}
+
+pub trait Target: Send + Sync {
+    fn reference(&self) -> &TargetRef;
+    /// The port numbers the target is known by.
+    fn ports(&self) -> Vec<u16>;
+    /// Routes of a port on the original replicas.
+    fn routes(&self, port: u16) -> Option<Arc<RouteTable>>;
+    /// Starts a copy for `session`; with `scale_down` the originals stop while it lives.
+    /// Dropping the copy removes it (and restores the originals).
+    fn copy(
+        self: Arc<Self>,
+        session: String,
+        scale_down: bool,
+    ) -> BoxFuture<'static, Result<Box<dyn TargetCopy>, BackendError>>;
+}
+
+pub trait TargetCopy: Send + Sync {
+    fn name(&self) -> &str;
+    fn routes(&self, port: u16) -> Option<Arc<RouteTable>>;
+}

@@ -1,0 +1,204 @@
+//! The operator's configuration file (TOML). Parsing is strict: unknown keys, bad addresses
+//! and conflicting listens stop start-up with a message naming the line.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub sessions: SessionConfig,
+    #[serde(default)]
+    pub targets: Vec<TargetSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// How often the operator pings each client.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A client silent for this long has its session ended and its ports released.
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    /// How long series labelled by a session id outlive their session in `/metrics`.
+    #[serde(with = "humantime_serde")]
+    pub metrics_grace: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(1),
+            client_timeout: Duration::from_secs(10),
+            metrics_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    pub name: String,
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Replicas the operator runs itself; `{port}` (first port) and `{port:N}` (port N)
+    /// are replaced by free local ports.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default = "one")]
+    pub replicas: usize,
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub port: u16,
+    pub listen: Spanned<SocketAddr>,
+    #[serde(default)]
+    pub upstream: Option<Spanned<SocketAddr>>,
+}
+
+fn default_kind() -> String {
+    "deployment".into()
+}
+fn default_namespace() -> String {
+    "default".into()
+}
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl Config {
+    pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.to_owned(),
+            message,
+        };
+        let cfg: Config = toml::from_str(text).map_err(|e| err(e.to_string().trim().to_owned()))?;
+        let line = |span: Range<usize>| text[..span.start.min(text.len())].lines().count().max(1);
+
+        let mut listens: HashMap<SocketAddr, usize> = HashMap::new();
+        listens.insert(cfg.api.listen, 0);
+        let mut names = HashMap::new();
+        for t in &cfg.targets {
+            let key = (t.kind.clone(), t.name.clone(), t.namespace.clone());
+            if names.insert(key, ()).is_some() {
+                return Err(err(format!(
+                    "target {}/{} in namespace {} is defined twice",
+                    t.kind, t.name, t.namespace
+                )));
+            }
+            if t.ports.is_empty() {
+                return Err(err(format!("target {}/{} has no ports", t.kind, t.name)));
+            }
+            if t.command.as_ref().is_some_and(|c| c.is_empty()) {
+                return Err(err(format!("target {}/{}: command is empty", t.kind, t.name)));
+            }
+            if t.replicas == 0 && t.command.is_some() {
+                return Err(err(format!("target {}/{}: replicas must be at least 1", t.kind, t.name)));
+            }
+            let mut ports = HashMap::new();
+            for p in &t.ports {
+                let at = line(p.listen.span());
+                if ports.insert(p.port, ()).is_some() {
+                    return Err(err(format!(
+                        "line {at}: port {} of {}/{} is listed twice",
+                        p.port, t.kind, t.name
+                    )));
+                }
+                if let Some(prev) = listens.insert(*p.listen.get_ref(), at) {
+                    let what = if prev == 0 {
+                        "the API".to_owned()
+                    } else {
+                        format!("line {prev}")
+                    };
+                    return Err(err(format!(
+                        "line {at}: listen address {} is already used by {what}",
+                        p.listen.get_ref()
+                    )));
+                }
+                match (&t.command, &p.upstream) {
+                    (None, None) => {
+                        return Err(err(format!(
+                            "line {at}: port {} of {}/{} needs `upstream` (or give the target a `command`)",
+                            p.port, t.kind, t.name
+                        )))
+                    }
+                    (Some(_), Some(u)) => {
+                        return Err(err(format!(
+                            "line {}: port {} of {}/{} has an `upstream`, but the target's `command` runs its replicas; remove one",
+                            line(u.span()),
+                            p.port,
+                            t.kind,
+                            t.name
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[api]
+listen = "127.0.0.1:8443"
+[[targets]]
+name = "api"
+command = ["python3", "-m", "http.server", "{port}"]
+[[targets.ports]]
+port = 80
+listen = "127.0.0.1:18080"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = Config::parse("c.toml", OK).unwrap();
+        assert_eq!(c.targets[0].kind, "deployment");
+        assert_eq!(c.targets[0].namespace, "default");
+        assert_eq!(c.sessions.client_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let unknown = OK.replace("port = 80", "port = 80\nlisen = 1");
+        let e = Config::parse("c.toml", &unknown).unwrap_err().to_string();
+        assert!(e.contains("line 10") && e.contains("lisen"), "{e}");
+
+        let bad = OK.replace("127.0.0.1:18080", "127.0.0.1:99999");
+        let e = Config::parse("c.toml", &bad).unwrap_err().to_string();
+        assert!(e.contains("line 10"), "{e}");
+
+        let dup = format!("{OK}[[targets.ports]]\nport = 81\nlisten = \"127.0.0.1:18080\"\n");
+        let e = Config::parse("c.toml", &dup).unwrap_err().to_string();
+        assert!(e.contains("line 13") && e.contains("line 10"), "{e}");
+    }
+}

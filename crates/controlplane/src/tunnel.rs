@@ -1,0 +1,208 @@
+//! A session's life on its connection: handoffs from the data plane become frames to the
+//! developer, frames from the developer go back into the data plane, pings measure the
+//! round trip and notice a client that is gone.
+
+use crate::api::{error, kind, reject_frame, Inbound, NextError, Operator};
+use crate::open::Opened;
+use crate::sessions::Control;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use mirrord_dataplane::{Handoff, StolenResponse};
+use mirrord_protocol::{ClientMessage, ErrorCode, PortMode, ServerMessage};
+use mirrord_telemetry::Event;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Chunks from the developer queued per connection before the session's reader waits.
+const CONN_QUEUE: usize = 64;
+
+pub async fn run(op: &Arc<Operator>, opened: Opened, mut inbound: Inbound, out: mpsc::Sender<ServerMessage>) {
+    let Opened {
+        entry,
+        mut handoffs,
+        mut ctl,
+    } = opened;
+    let id = entry.id;
+    // Dropped when the session ends: every connection task of the session stops with it,
+    // which closes the connections it was carrying.
+    let (alive, _) = watch::channel(());
+    let mut conns: HashMap<u64, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut pending: HashMap<u64, oneshot::Sender<StolenResponse>> = HashMap::new();
+    let mut next_id: u64 = 1;
+    let mut pings: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut nonce: u64 = 0;
+    let mut last_seen = Instant::now();
+    let mut tick = tokio::time::interval(op.cfg.ping_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let reason: String = loop {
+        tokio::select! {
+            frame = inbound.next() => {
+                let msg = match frame {
+                    None => break "client disconnected".into(),
+                    Some(Err(e)) => {
+                        let e = NextError::Frame(e);
+                        reject_frame(&out, &format!("session {id}"), &e).await;
+                        break format!("client sent a bad frame: {e}");
+                    }
+                    Some(Ok(m)) => m,
+                };
+                last_seen = Instant::now();
+                match msg {
+                    ClientMessage::Pong { nonce: n } => {
+                        while let Some((sent_nonce, at)) = pings.pop_front() {
+                            if sent_nonce == n {
+                                let rtt = at.elapsed();
+                                *entry.ping.lock().expect("ping lock") = Some(rtt);
+                                op.telemetry.record(Event::PingLatency { session: Arc::clone(&entry.meta), rtt });
+                                break;
+                            }
+                        }
+                    }
+                    ClientMessage::ConnData { conn, data } => {
+                        if let Some(tx) = conns.get(&conn) {
+                            if tx.send(data).await.is_err() {
+                                conns.remove(&conn);
+                            }
+                        }
+                    }
+                    ClientMessage::ConnClose { conn } => {
+                        conns.remove(&conn);
+                    }
+                    ClientMessage::HttpResponse { req, head, body } => {
+                        let Some(respond) = pending.remove(&req) else { continue };
+                        let upgraded = if head.status == 101 {
+                            let (near, far) = tokio::io::duplex(mirrord_dataplane::handoff::HANDOFF_BUFFER);
+                            conns.insert(req, spawn_conn(req, far, out.clone(), alive.subscribe()));
+                            Some(near)
+                        } else {
+                            None
+                        };
+                        let _ = respond.send(StolenResponse::Response { head, body, upgraded });
+                    }
+                    ClientMessage::HttpFailed { req, reason } => {
+                        if let Some(respond) = pending.remove(&req) {
+                            let _ = respond.send(StolenResponse::Failed(reason));
+                        }
+                    }
+                    ClientMessage::EndSession => break "client ended the session".into(),
+                    other => {
+                        // Not fatal: the session goes on, the client learns what was wrong.
+                        let m = format!("{} is not valid inside a session", kind(&other));
+                        tracing::warn!(session_id = %id, "{m}");
+                        let _ = out.send(error(ErrorCode::BadRequest, m)).await;
+                    }
+                }
+            }
+            Some(h) = handoffs.recv() => {
+                let conn = next_id;
+                next_id += 1;
+                match h {
+                    Handoff::StolenConnection { port, peer, io } => {
+                        if out.send(ServerMessage::NewConnection { conn, port, mode: PortMode::Steal, peer }).await.is_err() {
+                            break "connection to client lost".into();
+                        }
+                        conns.insert(conn, spawn_conn(conn, io, out.clone(), alive.subscribe()));
+                    }
+                    Handoff::MirroredConnection { port, peer, rx } => {
+                        if out.try_send(ServerMessage::NewConnection { conn, port, mode: PortMode::Mirror, peer }).is_ok() {
+                            spawn_mirror(conn, rx, out.clone(), alive.subscribe());
+                        }
+                    }
+                    Handoff::StolenRequest { port, head, body, respond } => {
+                        pending.insert(conn, respond);
+                        if out.send(ServerMessage::HttpRequest { req: conn, port, mode: PortMode::Steal, head, body }).await.is_err() {
+                            break "connection to client lost".into();
+                        }
+                    }
+                    Handoff::MirroredRequest { port, head, body } => {
+                        // A mirror copy never waits: if the client is behind, it is dropped.
+                        let _ = out.try_send(ServerMessage::HttpRequest { req: conn, port, mode: PortMode::Mirror, head, body });
+                    }
+                }
+            }
+            Some(c) = ctl.recv() => match c {
+                Control::Ended(reason) => {
+                    let _ = out.send(ServerMessage::SessionEnded { reason: reason.clone() }).await;
+                    break reason;
+                }
+                Control::PortLost { port, reason } => {
+                    let _ = out.send(ServerMessage::PortLost { port, reason }).await;
+                }
+            },
+            _ = tick.tick() => {
+                let silent = last_seen.elapsed();
+                if silent > op.cfg.client_timeout {
+                    let reason = format!("client stopped answering pings for {} s", silent.as_secs());
+                    let _ = out.try_send(ServerMessage::SessionEnded { reason: reason.clone() });
+                    break reason;
+                }
+                nonce += 1;
+                pings.push_back((nonce, Instant::now()));
+                if pings.len() > 64 { pings.pop_front(); }
+                let _ = out.try_send(ServerMessage::Ping { nonce });
+            }
+        }
+    };
+    drop(alive);
+    drop(conns);
+    for (_, respond) in pending.drain() {
+        let _ = respond.send(StolenResponse::Failed(format!("session ended: {reason}")));
+    }
+    op.sessions.end(id, &reason);
+}
+
+/// Carries one stolen connection (or upgraded request) between the data plane's duplex and
+/// the client's frames, until either side closes or the session ends.
+fn spawn_conn(
+    conn: u64,
+    mut io: DuplexStream,
+    out: mpsc::Sender<ServerMessage>,
+    mut alive: watch::Receiver<()>,
+) -> mpsc::Sender<Bytes> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CONN_QUEUE);
+    tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut client_open = true;
+        loop {
+            buf.reserve(16 * 1024);
+            tokio::select! {
+                r = io.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let data = buf.split().freeze();
+                        if out.send(ServerMessage::ConnData { conn, data }).await.is_err() { return; }
+                    }
+                },
+                d = rx.recv(), if client_open => match d {
+                    Some(d) => if io.write_all(&d).await.is_err() { break },
+                    None => { client_open = false; let _ = io.shutdown().await; }
+                },
+                _ = alive.changed() => return,
+            }
+        }
+        let _ = out.send(ServerMessage::ConnClose { conn }).await;
+    });
+    tx
+}
+
+fn spawn_mirror(conn: u64, mut rx: mpsc::Receiver<Bytes>, out: mpsc::Sender<ServerMessage>, mut alive: watch::Receiver<()>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                d = rx.recv() => match d {
+                    Some(data) => {
+                        // Never wait on a slow client: drop the copy instead.
+                        if out.try_send(ServerMessage::ConnData { conn, data }).is_err() { break; }
+                    }
+                    None => break,
+                },
+                _ = alive.changed() => return,
+            }
+        }
+        let _ = out.send(ServerMessage::ConnClose { conn }).await;
+    });
+}
