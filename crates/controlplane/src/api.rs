@@ -248,7 +248,7 @@ async fn next(inbound: &mut Inbound, wait: Duration) -> Result<ClientMessage, Ne
 
 pub(crate) async fn reject_frame(
     out: &mpsc::Sender<ServerMessage>,
-    peer: &dyn std::fmt::Display,
+    peer: &(dyn std::fmt::Display + Sync),
     e: &NextError,
 ) {
     match e {
