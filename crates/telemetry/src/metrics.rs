@@ -322,14 +322,15 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve(metrics: Arc<Metrics>, addr: std::net::SocketAddr) -> std::io::Result<()> {
+/// Serves `GET /metrics` on `listener` until the process ends.
+pub async fn serve_on(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
     use http_body_util::Full;
     use hyper::body::Bytes;
     use hyper::{Response, StatusCode};
 
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics endpoint listening on http://{addr}/metrics");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics endpoint listening on http://{addr}/metrics");
+    }
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

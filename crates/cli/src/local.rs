@@ -1,0 +1,165 @@
+//! The developer's side of handed-over traffic: connections to the local process, and HTTP
+//! requests replayed against it.
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mirrord_protocol::{ClientMessage, HttpRequestHead, HttpResponseHead, PortMode};
+use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Connects to the local process and relays. Mirrored connections' answers are discarded.
+pub fn spawn_connection(
+    conn: u64,
+    addr: SocketAddr,
+    mode: PortMode,
+    out: mpsc::Sender<ClientMessage>,
+) -> mpsc::Sender<Bytes> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                relay(conn, s, rx, out, mode == PortMode::Steal).await
+            }
+            Err(e) => {
+                eprintln!("mirrordctl: cannot connect to local {addr}: {e}");
+                let _ = out.send(ClientMessage::ConnClose { conn }).await;
+            }
+        }
+    });
+    tx
+}
+
+/// Bytes from the operator go into `io`; bytes from `io` go back when `answer` is set.
+pub async fn relay<IO: AsyncRead + AsyncWrite + Unpin>(
+    conn: u64,
+    mut io: IO,
+    mut rx: mpsc::Receiver<Bytes>,
+    out: mpsc::Sender<ClientMessage>,
+    answer: bool,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut open = true;
+    loop {
+        buf.reserve(16 * 1024);
+        tokio::select! {
+            r = io.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let data = buf.split().freeze();
+                    if answer && out.send(ClientMessage::ConnData { conn, data }).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            d = rx.recv(), if open => match d {
+                Some(d) => if io.write_all(&d).await.is_err() { break },
+                None => { open = false; let _ = io.shutdown().await; if !answer { break } }
+            },
+        }
+    }
+    if answer {
+        let _ = out.send(ClientMessage::ConnClose { conn }).await;
+    }
+}
+
+const HOP_BY_HOP: &[&str] = &["content-length", "transfer-encoding", "keep-alive", "proxy-connection", "te"];
+
+#[derive(Clone)]
+pub struct LocalHttp {
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl LocalHttp {
+    pub fn new() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn spawn(
+        &self,
+        req: u64,
+        addr: SocketAddr,
+        mode: PortMode,
+        head: HttpRequestHead,
+        body: Bytes,
+        out: mpsc::Sender<ClientMessage>,
+        upgraded_rx: mpsc::Receiver<Bytes>,
+    ) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let result = send(&client, addr, head, body).await;
+            if mode == PortMode::Mirror {
+                return; // the copy's answer is thrown away
+            }
+            match result {
+                Ok(mut resp) => {
+                    let status = resp.status();
+                    let headers = resp
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+                        .collect();
+                    if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        let up = hyper::upgrade::on(&mut resp).await;
+                        let _ = out
+                            .send(ClientMessage::HttpResponse {
+                                req,
+                                head: HttpResponseHead { status: 101, headers },
+                                body: Bytes::new(),
+                            })
+                            .await;
+                        if let Ok(up) = up {
+                            relay(req, TokioIo::new(up), upgraded_rx, out, true).await;
+                        }
+                        return;
+                    }
+                    let body = match resp.into_body().collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(e) => {
+                            let _ = out.send(ClientMessage::HttpFailed { req, reason: format!("reading the local response: {e}") }).await;
+                            return;
+                        }
+                    };
+                    let _ = out
+                        .send(ClientMessage::HttpResponse {
+                            req,
+                            head: HttpResponseHead { status: status.as_u16(), headers },
+                            body,
+                        })
+                        .await;
+                }
+                Err(e) => {
+                    eprintln!("mirrordctl: local {addr} did not answer: {e}");
+                    let _ = out
+                        .send(ClientMessage::HttpFailed { req, reason: format!("local {addr}: {e}") })
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    head: HttpRequestHead,
+    body: Bytes,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+    let uri: http::Uri = format!("http://{addr}{}", head.uri).parse()?;
+    let mut b = http::Request::builder()
+        .method(head.method.as_str())
+        .uri(uri)
+        .version(http::Version::HTTP_11);
+    for (k, v) in &head.headers {
+        if HOP_BY_HOP.contains(&k.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        b = b.header(k.as_str(), v.as_ref());
+    }
+    Ok(client.request(b.body(Full::new(body))?).await?)
+}

@@ -1,0 +1,157 @@
+//! `steal` / `mirror`: open a session and carry its traffic to the local process until
+//! Ctrl-C, SIGTERM, or the operator ends it.
+
+use crate::connect::connect;
+use crate::local::{self, LocalHttp};
+use crate::SessionArgs;
+use anyhow::Context;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use mirrord_protocol::{
+    ClientMessage, ConcurrentSteal, PortMode, PortRequest, ServerMessage, SessionRequest,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::sync::mpsc;
+
+pub async fn run(
+    creds: &Path,
+    args: SessionArgs,
+    mode: PortMode,
+    on_concurrent_steal: ConcurrentSteal,
+) -> anyhow::Result<u8> {
+    let ports: HashMap<u16, SocketAddr> = args.port_map()?.into_iter().collect();
+    let filter = args.filter();
+    let target = args.target_ref();
+    let (mut t, welcome) = connect(creds).await?;
+    t.send(ClientMessage::OpenSession(SessionRequest {
+        target: target.clone(),
+        ports: args
+            .port_map()?
+            .iter()
+            .map(|(p, _)| PortRequest {
+                port: *p,
+                mode,
+                filter: filter.clone(),
+            })
+            .collect(),
+        on_concurrent_steal,
+        copy_target: args.copy_target,
+        scale_down: args.scale_down,
+    }))
+    .await?;
+    let opened = match t.next().await {
+        Some(Ok(ServerMessage::SessionOpened(o))) => o,
+        Some(Ok(ServerMessage::Error(e))) => anyhow::bail!("{e}"),
+        Some(Ok(other)) => anyhow::bail!("unexpected answer from the operator: {other:?}"),
+        Some(Err(e)) => return Err(e).context("reading the operator's answer"),
+        None => anyhow::bail!("the operator closed the connection"),
+    };
+    println!(
+        "session {} active on {target} (namespace {}) as {}",
+        opened.session_id, target.namespace, welcome.client_user
+    );
+    if let Some(copy) = &opened.copy {
+        println!("working on copy {copy}{}", if args.scale_down { " (originals scaled down)" } else { "" });
+    }
+    for p in &opened.ports {
+        let local = ports[&p.port];
+        match &p.skipped {
+            None if p.filter.is_empty() => println!("port {}: {} -> {local}", p.port, p.mode),
+            None => println!("port {}: {} ({}) -> {local}", p.port, p.mode, p.filter),
+            Some(why) => println!("port {}: {why}", p.port),
+        }
+    }
+
+    let (sink, mut inbound) = t.split();
+    let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
+    let writer = tokio::spawn(write_frames(sink, out_rx));
+    let http = LocalHttp::new();
+    let mut conns: HashMap<u64, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+
+    let code = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break leave(&out, "interrupted").await,
+            _ = term.recv() => break leave(&out, "terminated").await,
+            frame = inbound.next() => {
+                let msg = match frame {
+                    None => {
+                        eprintln!("mirrordctl: connection to the operator lost; session {} is over", opened.session_id);
+                        break 1;
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("mirrordctl: bad frame from the operator: {e}");
+                        break 1;
+                    }
+                    Some(Ok(m)) => m,
+                };
+                match msg {
+                    ServerMessage::Ping { nonce } => { let _ = out.send(ClientMessage::Pong { nonce }).await; }
+                    ServerMessage::NewConnection { conn, port, mode, .. } => {
+                        let Some(addr) = ports.get(&port).copied() else { continue };
+                        conns.insert(conn, local::spawn_connection(conn, addr, mode, out.clone()));
+                    }
+                    ServerMessage::ConnData { conn, data } => {
+                        if let Some(tx) = conns.get(&conn) {
+                            if tx.send(data).await.is_err() { conns.remove(&conn); }
+                        }
+                    }
+                    ServerMessage::ConnClose { conn } => { conns.remove(&conn); }
+                    ServerMessage::HttpRequest { req, port, mode, head, body } => {
+                        let Some(addr) = ports.get(&port).copied() else { continue };
+                        let (tx, rx) = mpsc::channel(64);
+                        if mode == PortMode::Steal {
+                            // Registered now so bytes after a 101 find their way.
+                            conns.insert(req, tx.clone());
+                        }
+                        http.spawn(req, addr, mode, head, body, out.clone(), rx);
+                    }
+                    ServerMessage::Upgraded { .. } => {}
+                    ServerMessage::PortLost { port, reason } => {
+                        eprintln!("mirrordctl: port {port} is no longer stolen: {reason}");
+                    }
+                    ServerMessage::SessionEnded { reason } => {
+                        eprintln!("mirrordctl: session {} ended by the operator: {reason}", opened.session_id);
+                        break 1;
+                    }
+                    ServerMessage::Error(e) => {
+                        eprintln!("mirrordctl: operator error: {e}");
+                    }
+                    other => tracing::debug!(?other, "ignored message"),
+                }
+            }
+        }
+    };
+    drop(conns);
+    drop(out);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    Ok(code)
+}
+
+async fn leave(out: &mpsc::Sender<ClientMessage>, why: &str) -> u8 {
+    let _ = out.send(ClientMessage::EndSession).await;
+    eprintln!("mirrordctl: {why}; session ended");
+    0
+}
+
+async fn write_frames(
+    mut sink: futures::stream::SplitSink<crate::connect::Transport, ClientMessage>,
+    mut rx: mpsc::Receiver<ClientMessage>,
+) {
+    while let Some(msg) = rx.recv().await {
+        if sink.feed(msg).await.is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if sink.feed(more).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}

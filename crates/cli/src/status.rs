@@ -1,0 +1,138 @@
+//! `status` and `sessions kill`.
+
+use crate::connect::request;
+use mirrord_protocol::{ClientMessage, KillRequest, ServerMessage, SessionId, StatusReport};
+use std::path::Path;
+
+pub async fn show(creds: &Path, json: bool) -> anyhow::Result<u8> {
+    let report = match request(creds, ClientMessage::Status).await? {
+        ServerMessage::Status(s) => *s,
+        ServerMessage::Error(e) => anyhow::bail!("{e}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(0)
+}
+
+pub async fn kill(creds: &Path, ids: Vec<SessionId>, all: bool) -> anyhow::Result<u8> {
+    let req = if all { KillRequest::All } else { KillRequest::Sessions(ids) };
+    match request(creds, ClientMessage::Kill(req)).await? {
+        ServerMessage::Killed { sessions } => {
+            if sessions.is_empty() {
+                println!("no sessions to kill");
+            }
+            for s in sessions {
+                println!("killed session {s}");
+            }
+            Ok(0)
+        }
+        ServerMessage::Error(e) => anyhow::bail!("{e}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            for line in c.lines() {
+                widths[i] = widths[i].max(line.len());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        let height = cells.iter().map(|c| c.lines().count().max(1)).max().unwrap_or(1);
+        for l in 0..height {
+            let parts: Vec<String> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{:<w$}", c.lines().nth(l).unwrap_or(""), w = widths[i]))
+                .collect();
+            out.push_str(parts.join("  ").trim_end());
+            out.push('\n');
+        }
+    };
+    line(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>(), &mut out);
+    for r in rows {
+        line(r, &mut out);
+    }
+    out
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+pub fn render(r: &StatusReport) -> String {
+    let mut out = format!("Operator version: {}\n", r.operator_version);
+    match &r.license {
+        Some(l) => out.push_str(&format!(
+            "License: {} ({}), expires {}\n",
+            l.name, l.organization, l.expires
+        )),
+        None => out.push_str("License: none (licensing not configured)\n"),
+    }
+    out.push_str("\nActive copies:\n");
+    if r.copies.is_empty() {
+        out.push_str("  none\n");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .copies
+            .iter()
+            .map(|c| {
+                vec![
+                    c.original_target.clone(),
+                    c.namespace.clone(),
+                    c.copy_name.clone(),
+                    if c.scale_down { "yes" } else { "no" }.into(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["Original Target", "Namespace", "Copy Name", "Scale Down?"], &rows));
+    }
+    out.push_str("\nSessions:\n");
+    if r.sessions.is_empty() {
+        out.push_str("  none\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = r
+        .sessions
+        .iter()
+        .map(|s| {
+            let ports = s
+                .ports
+                .iter()
+                .map(|p| {
+                    if p.filter.is_empty() {
+                        format!("{}, {}", p.port, p.mode)
+                    } else {
+                        format!("{}, {}, {}", p.port, p.mode, p.filter)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            vec![
+                s.session_id.to_string(),
+                s.target.clone(),
+                s.namespace.clone(),
+                format!("{}/{}@{}", s.client_name, s.client_user, s.client_hostname),
+                if ports.is_empty() { "-".into() } else { ports },
+                duration(s.duration_secs),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["Session ID", "Target", "Namespace", "User", "Ports", "Session Duration"],
+        &rows,
+    ));
+    out
+}

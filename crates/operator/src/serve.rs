@@ -1,0 +1,96 @@
+//! `serve`: start everything and run until SIGINT/SIGTERM.
+
+use crate::certs::API_ADDRESS_FILE;
+use anyhow::{bail, Context};
+use mirrord_controlplane::config::Config;
+use mirrord_controlplane::local::LocalBackend;
+use mirrord_controlplane::{api, Operator};
+use mirrord_identity::CertificateAuthority;
+use mirrord_telemetry::{logs, metrics, Telemetry};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long, default_value_os_t = crate::default_state_dir())]
+    state_dir: PathBuf,
+    /// JSON logs (tracing-subscriber's layout); also OPERATOR_JSON_LOG=true.
+    #[arg(long)]
+    json_log: bool,
+}
+
+fn env_bool(name: &str, default: bool) -> anyhow::Result<bool> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" | "" => Ok(false),
+            _ => bail!("{name} must be \"true\" or \"false\", got {v:?}"),
+        },
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let json = args.json_log || env_bool("OPERATOR_JSON_LOG", false)?;
+    let metrics_enabled = env_bool("OPERATOR_METRICS_ENABLED", false)?;
+    let metrics_addr: SocketAddr = match std::env::var("OPERATOR_METRICS_ADDR") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("OPERATOR_METRICS_ADDR must be a socket address like 0.0.0.0:9000, got {v:?}"))?,
+        Err(_) => "0.0.0.0:9000".parse().expect("valid default"),
+    };
+    let path = args.config.display().to_string();
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {path}"))?;
+    let config = Config::parse(&path, &text)?;
+    logs::init(json);
+
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(async move {
+            let ca = CertificateAuthority::load_or_create(&args.state_dir)
+                .with_context(|| format!("opening the CA in {}", args.state_dir.display()))?;
+            let tls = mirrord_identity::server_config(&ca)?;
+            let telemetry = Telemetry::new(config.sessions.metrics_grace);
+            if metrics_enabled {
+                let listener = tokio::net::TcpListener::bind(metrics_addr)
+                    .await
+                    .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
+                tokio::spawn(metrics::serve_on(telemetry.metrics().clone(), listener));
+            }
+            let backend = LocalBackend::start(&config.targets, &telemetry).await?;
+            let listener = tokio::net::TcpListener::bind(config.api.listen)
+                .await
+                .with_context(|| format!("API cannot listen on {}", config.api.listen))?;
+            let api_addr = listener.local_addr()?;
+            std::fs::write(args.state_dir.join(API_ADDRESS_FILE), format!("{api_addr}\n"))
+                .with_context(|| format!("writing {}", args.state_dir.display()))?;
+            let op = Arc::new(Operator::new(Arc::new(backend), telemetry, config.sessions.clone()));
+            tokio::spawn(api::serve(Arc::clone(&op), listener, tls));
+            tracing::info!(
+                api = %api_addr,
+                targets = config.targets.len(),
+                version = env!("CARGO_PKG_VERSION"),
+                "operator ready"
+            );
+            shutdown_signal().await;
+            tracing::info!("shutting down: ending all sessions");
+            op.end_all("operator shutting down");
+            // Let session tasks tell their clients.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            Ok(())
+        })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
