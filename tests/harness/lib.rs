@@ -1,1 +1,330 @@
+//! End-to-end test harness: starts the real `mirrord-operator` and `mirrordctl` binaries
+//! as processes, and real HTTP servers (hyper, HTTP/1.1 and h2c) standing in for a target's
+//! replicas and for a developer's local process. Nothing here is a mock: traffic crosses
+//! real sockets, TLS is real, the binaries are the ones users run.
 
+pub mod servers;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `target/debug` (or wherever cargo put this test binary's siblings).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built; run `cargo test --workspace`", p.display());
+    p
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A loopback address nobody listens on right now.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Lines a child printed, collected by a background thread.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn collect(self, r: impl std::io::Read + Send + 'static) -> Self {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                me.0.lock().unwrap().push(line);
+            }
+        });
+        self
+    }
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    pub fn text(&self) -> String {
+        self.all().join("\n")
+    }
+    pub fn wait(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        wait_for(timeout, || self.all().into_iter().find(|l| pred(l)))
+    }
+}
+
+pub struct OperatorOptions {
+    pub targets: String,
+    pub sessions: String,
+    pub env: Vec<(String, String)>,
+}
+
+pub struct Operator {
+    child: Child,
+    pub api: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub state: PathBuf,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Operator {
+    /// `targets`: `[[targets]]` TOML; `sessions`: the `[sessions]` table's body.
+    pub fn start(targets: &str, sessions: &str) -> Self {
+        Self::start_with(OperatorOptions {
+            targets: targets.into(),
+            sessions: sessions.into(),
+            env: vec![],
+        })
+    }
+
+    pub fn start_with(opts: OperatorOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let api = free_addr();
+        let config = format!(
+            "[api]\nlisten = \"{api}\"\n[sessions]\n{}\n{}",
+            opts.sessions, opts.targets
+        );
+        let path = dir.path().join("operator.toml");
+        std::fs::write(&path, config).unwrap();
+        let state = dir.path().join("state");
+        let mut cmd = Command::new(bin("mirrord-operator"));
+        cmd.args(["serve", "--config"])
+            .arg(&path)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("OPERATOR_JSON_LOG", "true")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start mirrord-operator");
+        let stdout = Lines::default().collect(child.stdout.take().unwrap());
+        let stderr = Lines::default().collect(child.stderr.take().unwrap());
+        let op = Self {
+            child,
+            api,
+            dir,
+            state,
+            stdout,
+            stderr,
+        };
+        op.stdout
+            .wait(Duration::from_secs(20), |l| l.contains("operator ready"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "operator did not start:\n{}\n{}",
+                    op.stdout.text(),
+                    op.stderr.text()
+                )
+            });
+        op
+    }
+
+    /// A credential directory for `user`, issued by this operator's CA.
+    pub fn issue(&self, user: &str) -> PathBuf {
+        let out = self.dir.path().join(format!("creds-{user}"));
+        let st = Command::new(bin("mirrord-operator"))
+            .args(["certs", "issue", "--state-dir"])
+            .arg(&self.state)
+            .args(["--user", user, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "certs issue: {st:?}");
+        out
+    }
+
+    /// The operator's JSON log lines.
+    pub fn logs(&self) -> Vec<Value> {
+        self.stdout
+            .all()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Functional events (`fields.message`) in order.
+    pub fn events(&self, message: &str) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    }
+
+    pub fn wait_event(&self, message: &str, n: usize) -> Vec<Value> {
+        wait_for(Duration::from_secs(20), || {
+            let e = self.events(message);
+            (e.len() >= n).then_some(e)
+        })
+        .unwrap_or_else(|| panic!("expected {n} `{message}` events; log:\n{}", self.stdout.text()))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        signal(self.child.id(), "TERM");
+        if wait_for(Duration::from_secs(5), || self.child.try_wait().unwrap()).is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// `mirrordctl` run to completion.
+pub fn ctl(creds: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("mirrordctl"))
+        .arg("--credentials")
+        .arg(creds)
+        .args(args)
+        .output()
+        .expect("run mirrordctl")
+}
+
+/// `mirrordctl status --json`.
+pub fn status(creds: &Path) -> Value {
+    let out = ctl(creds, &["status", "--json"]);
+    assert!(out.status.success(), "status failed: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A running `mirrordctl steal|mirror`.
+pub struct Session {
+    child: Child,
+    pub id: String,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Session {
+    /// Starts `mirrordctl ARGS` and waits until it reports the session active. On failure
+    /// returns what it printed on stderr.
+    pub fn start(creds: &Path, args: &[&str]) -> Result<Self, String> {
+        let mut child = Command::new(bin("mirrordctl"))
+            .arg("--credentials")
+            .arg(creds)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mirrordctl");
+        let stdout = Lines::default().collect(child.stdout.take().unwrap());
+        let stderr = Lines::default().collect(child.stderr.take().unwrap());
+        let mut exited = false;
+        let line = wait_for(Duration::from_secs(40), || {
+            if let Some(l) = stdout.all().into_iter().find(|l| l.starts_with("session ")) {
+                return Some(Some(l));
+            }
+            if child.try_wait().unwrap().is_some() {
+                exited = true;
+                return Some(None);
+            }
+            None
+        });
+        match line.flatten() {
+            Some(l) => {
+                // Ports are printed right after the session line.
+                let ports = args.iter().filter(|a| **a == "--port").count();
+                wait_for(Duration::from_secs(5), || {
+                    (stdout.all().iter().filter(|l| l.starts_with("port ")).count() >= ports)
+                        .then_some(())
+                });
+                Ok(Self {
+                    child,
+                    id: l.split_whitespace().nth(1).unwrap().to_owned(),
+                    stdout,
+                    stderr,
+                })
+            }
+            None => {
+                if !exited {
+                    let _ = child.kill();
+                }
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(50));
+                Err(stderr.text())
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the CLI to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().unwrap())
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Ctrl-C equivalent; waits for the CLI to leave.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        signal(self.child.id(), "INT");
+        self.wait_exit(Duration::from_secs(10))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `[[targets]]` with one port in front of `upstream`.
+pub fn upstream_target(name: &str, port: u16, listen: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "[[targets]]\nname = \"{name}\"\n[[targets.ports]]\nport = {port}\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
+    )
+}
+
+/// `[[targets]]` whose replicas the operator runs from the Python fixture.
+pub fn command_target(name: &str, port: u16, listen: SocketAddr, replicas: usize) -> String {
+    format!(
+        "[[targets]]\nname = \"{name}\"\nreplicas = {replicas}\ncommand = [\"python3\", \"{}\", \"{{port}}\", \"{name}\"]\n[[targets.ports]]\nport = {port}\nlisten = \"{listen}\"\n",
+        fixture("replica.py").display()
+    )
+}

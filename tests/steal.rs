@@ -1,0 +1,168 @@
+//! Steal, unfiltered and filtered, over HTTP/1.1 keep-alive, h2c and upgrades.
+
+use mirrord_e2e::servers::{get, upgrade_echo, HttpServer, H1, H2};
+use mirrord_e2e::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfiltered_steal_takes_every_new_connection() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+
+    assert_eq!(get(listen, "/before", &[]).await.1, "target GET /before");
+
+    let port = format!("80={}", dev.addr);
+    let mut s = Session::start(&alice, &["steal", "--target", "deployment/api", "--port", &port]).unwrap();
+    assert_eq!(s.id.len(), 16);
+    assert!(s.id.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()), "{}", s.id);
+    assert!(s.stdout.text().contains(&format!("port 80: steal -> {}", dev.addr)), "{}", s.stdout.text());
+
+    for i in 0..5 {
+        assert_eq!(get(listen, &format!("/s{i}"), &[]).await.1, format!("dev GET /s{i}"));
+    }
+    assert_eq!(target.paths(), vec!["/before"], "the real service saw stolen traffic");
+    assert_eq!(dev.connections(), 5, "each new connection reaches the developer");
+
+    // Ctrl-C ends the session; traffic flows to the target again.
+    assert!(s.stop().unwrap().success());
+    op.wait_event("Session Ended", 1);
+    assert_eq!(get(listen, "/after", &[]).await.1, "target GET /after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_steal_routes_each_request_on_one_keepalive_connection() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let _s = Session::start(
+        &alice,
+        &["steal", "--target", "deployment/api", "--port", &port, "--header", "^x-user: alice$"],
+    )
+    .unwrap();
+
+    let mut c = H1::connect(listen).await;
+    let plan = [
+        ("/1", Some("alice"), "dev"),
+        ("/2", None, "target"),
+        ("/3", Some("ALICE"), "dev"),
+        ("/4", Some("bob"), "target"),
+        ("/5", Some("alice"), "dev"),
+        ("/6", None, "target"),
+    ];
+    for (path, user, who) in plan {
+        let headers: Vec<(&str, &str)> = user.iter().map(|u| ("X-User", *u)).collect();
+        let (status, body) = c.get(path, &headers).await;
+        assert_eq!((status, body), (200, format!("{who} GET {path}")));
+    }
+    assert_eq!(dev.paths(), vec!["/1", "/3", "/5"]);
+    assert_eq!(target.paths(), vec!["/2", "/4", "/6"]);
+    // The stolen requests arrive with their headers.
+    assert!(dev.hits()[0].headers.iter().any(|(k, v)| k == "x-user" && v == "alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_method_and_any_filters() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let _s = Session::start(
+        &alice,
+        &["steal", "--target", "api", "--port", &port, "--path", "^/api/", "--path", "debug=1", "--any"],
+    )
+    .unwrap();
+    assert_eq!(get(listen, "/api/x", &[]).await.1, "dev GET /api/x");
+    assert_eq!(get(listen, "/other?debug=1", &[]).await.1, "dev GET /other?debug=1");
+    assert_eq!(get(listen, "/other", &[]).await.1, "target GET /other");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_is_routed_per_stream() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let _s = Session::start(
+        &alice,
+        &["steal", "--target", "api", "--port", &port, "--header", "x-user: alice"],
+    )
+    .unwrap();
+
+    let c = H2::connect(listen).await;
+    // Concurrent streams on one connection, interleaved.
+    let futs = (0..10).map(|i| {
+        let c = &c;
+        async move {
+            let path = format!("/h2/{i}");
+            let h: Vec<(&str, &str)> = if i % 2 == 0 { vec![("x-user", "alice")] } else { vec![] };
+            (i, c.get(&path, &h).await)
+        }
+    });
+    for (i, (status, body)) in futures::future::join_all(futs).await {
+        let who = if i % 2 == 0 { "dev" } else { "target" };
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("{who} GET /h2/{i}"));
+    }
+    assert_eq!(dev.hits().len(), 5);
+    assert_eq!(target.hits().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_on_stolen_request_becomes_a_raw_relay() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let _s = Session::start(
+        &alice,
+        &["steal", "--target", "api", "--port", &port, "--header", "x-user: alice"],
+    )
+    .unwrap();
+
+    let (head, echo) = upgrade_echo(listen, &[("x-user", "alice")], b"hello").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(echo, "dev:hello");
+    // Unmatched upgrades reach the real service, also relayed raw.
+    let (head, echo) = upgrade_echo(listen, &[], b"hi").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(echo, "target:hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stolen_request_to_a_dead_local_process_gets_a_clear_502() {
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let nobody = free_addr();
+    let port = format!("80={nobody}");
+    let _s = Session::start(&alice, &["steal", "--target", "api", "--port", &port, "--method", "POST"]).unwrap();
+    let (status, body) = get(listen, "/still-works", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "target GET /still-works"));
+    let (status, body) = raw_post(listen).await;
+    assert_eq!(status, 502);
+    assert!(body.contains("did not answer"), "{body}");
+}
+
+async fn raw_post(addr: std::net::SocketAddr) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    (status, out)
+}
