@@ -1,0 +1,75 @@
+//! Session liveness: a dead client's ports come back within the timeout; a kill from
+//! `mirrordctl sessions kill` frees them at once and the CLI says so.
+
+use mirrord_e2e::servers::{get, HttpServer};
+use mirrord_e2e::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_client_is_timed_out_and_its_port_released() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(
+        &upstream_target("api", 80, listen, target.addr),
+        "ping_interval = \"200ms\"\nclient_timeout = \"2s\"",
+    );
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let mut s = Session::start(&alice, &["steal", "--target", "api", "--port", &port]).unwrap();
+    assert_eq!(get(listen, "/x", &[]).await.1, "dev GET /x");
+
+    // SIGKILL: the TCP connection closes, so the operator notices at once. To test the ping
+    // timeout itself, freeze the client instead (SIGSTOP keeps its socket open).
+    signal(s.pid(), "STOP");
+    let stopped = Instant::now();
+    let ended = op.wait_event("Session Ended", 1);
+    let took = stopped.elapsed();
+    assert!(took >= Duration::from_millis(1800) && took < Duration::from_secs(6), "ended after {took:?}");
+    assert!(ended[0]["fields"]["reason"].as_str().unwrap().contains("stopped answering"));
+    assert_eq!(get(listen, "/y", &[]).await.1, "target GET /y");
+    signal(s.pid(), "CONT");
+    s.sigkill();
+
+    // And a killed (not frozen) client: its session ends and the port is back.
+    let mut s = Session::start(&alice, &["steal", "--target", "api", "--port", &port]).unwrap();
+    s.sigkill();
+    op.wait_event("Session Ended", 2);
+    assert_eq!(get(listen, "/z", &[]).await.1, "target GET /z");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_kill_ends_at_once_with_a_clear_message() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let admin = op.issue("admin");
+    let port = format!("80={}", dev.addr);
+    let mut s = Session::start(&alice, &["steal", "--target", "api", "--port", &port]).unwrap();
+    let st = status(&admin);
+    assert_eq!(st["sessions"][0]["session_id"], serde_json::json!(u64::from_str_radix(&s.id, 16).unwrap()));
+
+    let out = ctl(&admin, &["sessions", "kill", &s.id]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&s.id));
+    // Released by the time the kill answered.
+    assert_eq!(get(listen, "/after-kill", &[]).await.1, "target GET /after-kill");
+    let code = s.wait_exit(Duration::from_secs(5)).expect("CLI exits");
+    assert!(!code.success());
+    assert!(s.stderr.text().contains("ended by the operator: killed by admin"), "{}", s.stderr.text());
+    assert_eq!(status(&admin)["sessions"].as_array().unwrap().len(), 0);
+
+    // Unknown ids are named.
+    let out = ctl(&admin, &["sessions", "kill", "00000000DEADBEEF"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no session 00000000DEADBEEF"));
+
+    // --all
+    let _a = Session::start(&alice, &["steal", "--target", "api", "--port", &port, "--header", "a: 1"]).unwrap();
+    let _b = Session::start(&admin, &["mirror", "--target", "api", "--port", &port]).unwrap();
+    let out = ctl(&admin, &["sessions", "kill", "--all"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert_eq!(status(&admin)["sessions"].as_array().unwrap().len(), 0);
+}

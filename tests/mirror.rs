@@ -1,0 +1,70 @@
+//! Mirror: the target keeps answering; the developer gets copies; a slow or dead mirror
+//! never slows or breaks the real path.
+
+use mirrord_e2e::servers::{get, Behaviour, HttpServer, H1};
+use mirrord_e2e::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_mirror_copies_matching_requests_and_target_answers_all() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let s = Session::start(&alice, &["mirror", "--target", "api", "--port", &port, "--path", "^/copy"]).unwrap();
+    assert!(s.stdout.text().contains("port 80: mirror (path=^/copy)"), "{}", s.stdout.text());
+
+    let mut c = H1::connect(listen).await;
+    for p in ["/copy/1", "/no/2", "/copy/3"] {
+        assert_eq!(c.get(p, &[]).await.1, format!("target GET {p}"));
+    }
+    assert_eq!(target.paths(), vec!["/copy/1", "/no/2", "/copy/3"]);
+    let copies = wait_for(Duration::from_secs(5), || (dev.hits().len() >= 2).then(|| dev.paths()));
+    assert_eq!(copies.unwrap(), vec!["/copy/1", "/copy/3"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(dev.hits().len(), 2, "an unmatched request was mirrored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfiltered_mirror_copies_raw_connections() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let _s = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
+    for i in 0..3 {
+        assert_eq!(get(listen, &format!("/m{i}"), &[]).await.1, format!("target GET /m{i}"));
+    }
+    let copies = wait_for(Duration::from_secs(5), || (dev.hits().len() >= 3).then(|| dev.paths()));
+    assert_eq!(copies.unwrap(), vec!["/m0", "/m1", "/m2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_dead_mirrors_never_slow_the_real_path() {
+    let target = HttpServer::start("target").await;
+    let stuck = HttpServer::start_with("stuck", Behaviour::Hang).await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let bob = op.issue("bob");
+    let slow = format!("80={}", stuck.addr);
+    let dead = format!("80={}", free_addr());
+    let _a = Session::start(&alice, &["mirror", "--target", "api", "--port", &slow, "--header", "x-a"]).unwrap();
+    let _b = Session::start(&bob, &["mirror", "--target", "api", "--port", &dead]).unwrap();
+
+    let mut c = H1::connect(listen).await;
+    let start = Instant::now();
+    for i in 0..200 {
+        let (status, body) = c.get(&format!("/r{i}"), &[("x-a", "1")]).await;
+        assert_eq!((status, body), (200, format!("target GET /r{i}")));
+    }
+    let elapsed = start.elapsed();
+    // Generous bound: a mirror that blocked the path would take the stuck server's forever.
+    assert!(elapsed < Duration::from_secs(10), "200 requests took {elapsed:?}");
+    assert_eq!(target.hits().len(), 200);
+    assert!(!stuck.hits().is_empty(), "the slow mirror got no copy at all");
+}
