@@ -25,8 +25,14 @@ async fn sigkilled_client_is_timed_out_and_its_port_released() {
     let stopped = Instant::now();
     let ended = op.wait_event("Session Ended", 1);
     let took = stopped.elapsed();
-    assert!(took >= Duration::from_millis(1800) && took < Duration::from_secs(6), "ended after {took:?}");
-    assert!(ended[0]["fields"]["reason"].as_str().unwrap().contains("stopped answering"));
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
+        "ended after {took:?}"
+    );
+    assert!(ended[0]["fields"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("stopped answering"));
     assert_eq!(get(listen, "/y", &[]).await.1, "target GET /y");
     signal(s.pid(), "CONT");
     s.sigkill();
@@ -49,16 +55,28 @@ async fn sessions_kill_ends_at_once_with_a_clear_message() {
     let port = format!("80={}", dev.addr);
     let mut s = Session::start(&alice, &["steal", "--target", "api", "--port", &port]).unwrap();
     let st = status(&admin);
-    assert_eq!(st["sessions"][0]["session_id"], serde_json::json!(u64::from_str_radix(&s.id, 16).unwrap()));
+    assert_eq!(
+        st["sessions"][0]["session_id"],
+        serde_json::json!(u64::from_str_radix(&s.id, 16).unwrap())
+    );
 
     let out = ctl(&admin, &["sessions", "kill", &s.id]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&s.id));
     // Released by the time the kill answered.
-    assert_eq!(get(listen, "/after-kill", &[]).await.1, "target GET /after-kill");
+    assert_eq!(
+        get(listen, "/after-kill", &[]).await.1,
+        "target GET /after-kill"
+    );
     let code = s.wait_exit(Duration::from_secs(5)).expect("CLI exits");
     assert!(!code.success());
-    assert!(s.stderr.text().contains("ended by the operator: killed by admin"), "{}", s.stderr.text());
+    assert!(
+        s.stderr
+            .text()
+            .contains("ended by the operator: killed by admin"),
+        "{}",
+        s.stderr.text()
+    );
     assert_eq!(status(&admin)["sessions"].as_array().unwrap().len(), 0);
 
     // Unknown ids are named.
@@ -67,7 +85,13 @@ async fn sessions_kill_ends_at_once_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no session 00000000DEADBEEF"));
 
     // --all
-    let _a = Session::start(&alice, &["steal", "--target", "api", "--port", &port, "--header", "a: 1"]).unwrap();
+    let _a = Session::start(
+        &alice,
+        &[
+            "steal", "--target", "api", "--port", &port, "--header", "a: 1",
+        ],
+    )
+    .unwrap();
     let _b = Session::start(&admin, &["mirror", "--target", "api", "--port", &port]).unwrap();
     let out = ctl(&admin, &["sessions", "kill", "--all"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);

@@ -13,15 +13,27 @@ async fn filtered_mirror_copies_matching_requests_and_target_answers_all() {
     let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
     let alice = op.issue("alice");
     let port = format!("80={}", dev.addr);
-    let s = Session::start(&alice, &["mirror", "--target", "api", "--port", &port, "--path", "^/copy"]).unwrap();
-    assert!(s.stdout.text().contains("port 80: mirror (path=^/copy)"), "{}", s.stdout.text());
+    let s = Session::start(
+        &alice,
+        &[
+            "mirror", "--target", "api", "--port", &port, "--path", "^/copy",
+        ],
+    )
+    .unwrap();
+    assert!(
+        s.stdout.text().contains("port 80: mirror (path=^/copy)"),
+        "{}",
+        s.stdout.text()
+    );
 
     let mut c = H1::connect(listen).await;
     for p in ["/copy/1", "/no/2", "/copy/3"] {
         assert_eq!(c.get(p, &[]).await.1, format!("target GET {p}"));
     }
     assert_eq!(target.paths(), vec!["/copy/1", "/no/2", "/copy/3"]);
-    let copies = wait_for(Duration::from_secs(5), || (dev.hits().len() >= 2).then(|| dev.paths()));
+    let copies = wait_for(Duration::from_secs(5), || {
+        (dev.hits().len() >= 2).then(|| dev.paths())
+    });
     assert_eq!(copies.unwrap(), vec!["/copy/1", "/copy/3"]);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(dev.hits().len(), 2, "an unmatched request was mirrored");
@@ -37,9 +49,14 @@ async fn unfiltered_mirror_copies_raw_connections() {
     let port = format!("80={}", dev.addr);
     let _s = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
     for i in 0..3 {
-        assert_eq!(get(listen, &format!("/m{i}"), &[]).await.1, format!("target GET /m{i}"));
+        assert_eq!(
+            get(listen, &format!("/m{i}"), &[]).await.1,
+            format!("target GET /m{i}")
+        );
     }
-    let copies = wait_for(Duration::from_secs(5), || (dev.hits().len() >= 3).then(|| dev.paths()));
+    let copies = wait_for(Duration::from_secs(5), || {
+        (dev.hits().len() >= 3).then(|| dev.paths())
+    });
     assert_eq!(copies.unwrap(), vec!["/m0", "/m1", "/m2"]);
 }
 
@@ -53,7 +70,13 @@ async fn slow_and_dead_mirrors_never_slow_the_real_path() {
     let bob = op.issue("bob");
     let slow = format!("80={}", stuck.addr);
     let dead = format!("80={}", free_addr());
-    let _a = Session::start(&alice, &["mirror", "--target", "api", "--port", &slow, "--header", "x-a"]).unwrap();
+    let _a = Session::start(
+        &alice,
+        &[
+            "mirror", "--target", "api", "--port", &slow, "--header", "x-a",
+        ],
+    )
+    .unwrap();
     let _b = Session::start(&bob, &["mirror", "--target", "api", "--port", &dead]).unwrap();
 
     let mut c = H1::connect(listen).await;
@@ -64,7 +87,13 @@ async fn slow_and_dead_mirrors_never_slow_the_real_path() {
     }
     let elapsed = start.elapsed();
     // Generous bound: a mirror that blocked the path would take the stuck server's forever.
-    assert!(elapsed < Duration::from_secs(10), "200 requests took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "200 requests took {elapsed:?}"
+    );
     assert_eq!(target.hits().len(), 200);
-    assert!(!stuck.hits().is_empty(), "the slow mirror got no copy at all");
+    assert!(
+        !stuck.hits().is_empty(),
+        "the slow mirror got no copy at all"
+    );
 }

@@ -14,16 +14,42 @@ async fn unfiltered_steal_takes_every_new_connection() {
     assert_eq!(get(listen, "/before", &[]).await.1, "target GET /before");
 
     let port = format!("80={}", dev.addr);
-    let mut s = Session::start(&alice, &["steal", "--target", "deployment/api", "--port", &port]).unwrap();
+    let mut s = Session::start(
+        &alice,
+        &["steal", "--target", "deployment/api", "--port", &port],
+    )
+    .unwrap();
     assert_eq!(s.id.len(), 16);
-    assert!(s.id.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()), "{}", s.id);
-    assert!(s.stdout.text().contains(&format!("port 80: steal -> {}", dev.addr)), "{}", s.stdout.text());
+    assert!(
+        s.id.chars()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()),
+        "{}",
+        s.id
+    );
+    assert!(
+        s.stdout
+            .text()
+            .contains(&format!("port 80: steal -> {}", dev.addr)),
+        "{}",
+        s.stdout.text()
+    );
 
     for i in 0..5 {
-        assert_eq!(get(listen, &format!("/s{i}"), &[]).await.1, format!("dev GET /s{i}"));
+        assert_eq!(
+            get(listen, &format!("/s{i}"), &[]).await.1,
+            format!("dev GET /s{i}")
+        );
     }
-    assert_eq!(target.paths(), vec!["/before"], "the real service saw stolen traffic");
-    assert_eq!(dev.connections(), 5, "each new connection reaches the developer");
+    assert_eq!(
+        target.paths(),
+        vec!["/before"],
+        "the real service saw stolen traffic"
+    );
+    assert_eq!(
+        dev.connections(),
+        5,
+        "each new connection reaches the developer"
+    );
 
     // Ctrl-C ends the session; traffic flows to the target again.
     assert!(s.stop().unwrap().success());
@@ -41,7 +67,15 @@ async fn filtered_steal_routes_each_request_on_one_keepalive_connection() {
     let port = format!("80={}", dev.addr);
     let _s = Session::start(
         &alice,
-        &["steal", "--target", "deployment/api", "--port", &port, "--header", "^x-user: alice$"],
+        &[
+            "steal",
+            "--target",
+            "deployment/api",
+            "--port",
+            &port,
+            "--header",
+            "^x-user: alice$",
+        ],
     )
     .unwrap();
 
@@ -62,7 +96,10 @@ async fn filtered_steal_routes_each_request_on_one_keepalive_connection() {
     assert_eq!(dev.paths(), vec!["/1", "/3", "/5"]);
     assert_eq!(target.paths(), vec!["/2", "/4", "/6"]);
     // The stolen requests arrive with their headers.
-    assert!(dev.hits()[0].headers.iter().any(|(k, v)| k == "x-user" && v == "alice"));
+    assert!(dev.hits()[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-user" && v == "alice"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,11 +112,17 @@ async fn path_method_and_any_filters() {
     let port = format!("80={}", dev.addr);
     let _s = Session::start(
         &alice,
-        &["steal", "--target", "api", "--port", &port, "--path", "^/api/", "--path", "debug=1", "--any"],
+        &[
+            "steal", "--target", "api", "--port", &port, "--path", "^/api/", "--path", "debug=1",
+            "--any",
+        ],
     )
     .unwrap();
     assert_eq!(get(listen, "/api/x", &[]).await.1, "dev GET /api/x");
-    assert_eq!(get(listen, "/other?debug=1", &[]).await.1, "dev GET /other?debug=1");
+    assert_eq!(
+        get(listen, "/other?debug=1", &[]).await.1,
+        "dev GET /other?debug=1"
+    );
     assert_eq!(get(listen, "/other", &[]).await.1, "target GET /other");
 }
 
@@ -93,7 +136,15 @@ async fn h2c_is_routed_per_stream() {
     let port = format!("80={}", dev.addr);
     let _s = Session::start(
         &alice,
-        &["steal", "--target", "api", "--port", &port, "--header", "x-user: alice"],
+        &[
+            "steal",
+            "--target",
+            "api",
+            "--port",
+            &port,
+            "--header",
+            "x-user: alice",
+        ],
     )
     .unwrap();
 
@@ -103,7 +154,11 @@ async fn h2c_is_routed_per_stream() {
         let c = &c;
         async move {
             let path = format!("/h2/{i}");
-            let h: Vec<(&str, &str)> = if i % 2 == 0 { vec![("x-user", "alice")] } else { vec![] };
+            let h: Vec<(&str, &str)> = if i % 2 == 0 {
+                vec![("x-user", "alice")]
+            } else {
+                vec![]
+            };
             (i, c.get(&path, &h).await)
         }
     });
@@ -126,7 +181,15 @@ async fn upgrade_on_stolen_request_becomes_a_raw_relay() {
     let port = format!("80={}", dev.addr);
     let _s = Session::start(
         &alice,
-        &["steal", "--target", "api", "--port", &port, "--header", "x-user: alice"],
+        &[
+            "steal",
+            "--target",
+            "api",
+            "--port",
+            &port,
+            "--header",
+            "x-user: alice",
+        ],
     )
     .unwrap();
 
@@ -147,7 +210,13 @@ async fn stolen_request_to_a_dead_local_process_gets_a_clear_502() {
     let alice = op.issue("alice");
     let nobody = free_addr();
     let port = format!("80={nobody}");
-    let _s = Session::start(&alice, &["steal", "--target", "api", "--port", &port, "--method", "POST"]).unwrap();
+    let _s = Session::start(
+        &alice,
+        &[
+            "steal", "--target", "api", "--port", &port, "--method", "POST",
+        ],
+    )
+    .unwrap();
     let (status, body) = get(listen, "/still-works", &[]).await;
     assert_eq!((status, body.as_str()), (200, "target GET /still-works"));
     let (status, body) = raw_post(listen).await;

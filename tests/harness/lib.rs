@@ -3,6 +3,7 @@
 //! replicas and for a developer's local process. Nothing here is a mock: traffic crosses
 //! real sockets, TLS is real, the binaries are the ones users run.
 
+pub mod raw;
 pub mod servers;
 
 use serde_json::Value;
@@ -18,7 +19,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built; run `cargo test --workspace`", p.display());
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo test --workspace`",
+        p.display()
+    );
     p
 }
 
@@ -147,7 +152,9 @@ impl Operator {
 
     /// A credential directory for `user`, issued by this operator's CA.
     pub fn issue(&self, user: &str) -> PathBuf {
-        let out = self.dir.path().join(format!("creds-{user}"));
+        static ISSUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.dir.path().join(format!("creds-{user}-{n}"));
         let st = Command::new(bin("mirrord-operator"))
             .args(["certs", "issue", "--state-dir"])
             .arg(&self.state)
@@ -181,7 +188,12 @@ impl Operator {
             let e = self.events(message);
             (e.len() >= n).then_some(e)
         })
-        .unwrap_or_else(|| panic!("expected {n} `{message}` events; log:\n{}", self.stdout.text()))
+        .unwrap_or_else(|| {
+            panic!(
+                "expected {n} `{message}` events; log:\n{}",
+                self.stdout.text()
+            )
+        })
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -265,7 +277,12 @@ impl Session {
                 // Ports are printed right after the session line.
                 let ports = args.iter().filter(|a| **a == "--port").count();
                 wait_for(Duration::from_secs(5), || {
-                    (stdout.all().iter().filter(|l| l.starts_with("port ")).count() >= ports)
+                    (stdout
+                        .all()
+                        .iter()
+                        .filter(|l| l.starts_with("port "))
+                        .count()
+                        >= ports)
                         .then_some(())
                 });
                 Ok(Self {

@@ -51,7 +51,9 @@ impl HttpServer {
         let (h, c) = (hits.clone(), conns.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 *c.lock().unwrap() += 1;
                 let hits = h.clone();
                 tokio::spawn(async move {
@@ -219,9 +221,14 @@ impl H2 {
 
 /// Sends an upgrade request on a raw connection, then `payload`; returns what came back
 /// after the 101 head.
-pub async fn upgrade_echo(addr: SocketAddr, headers: &[(&str, &str)], payload: &[u8]) -> (String, String) {
+pub async fn upgrade_echo(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    payload: &[u8],
+) -> (String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = "GET /ws HTTP/1.1\r\nhost: test\r\nconnection: upgrade\r\nupgrade: echo\r\n".to_string();
+    let mut req =
+        "GET /ws HTTP/1.1\r\nhost: test\r\nconnection: upgrade\r\nupgrade: echo\r\n".to_string();
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -247,4 +254,21 @@ pub async fn upgrade_echo(addr: SocketAddr, headers: &[(&str, &str)], payload: &
         String::from_utf8_lossy(&head).into_owned(),
         String::from_utf8_lossy(&buf[..n]).into_owned(),
     )
+}
+
+/// Like [`get`], but `None` instead of a panic when the connection fails (for polling).
+pub async fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "test")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = sender.send_request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -3,13 +3,16 @@
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use mirrord_identity::{client_config, Credentials, OPERATOR_SERVER_NAME};
-use mirrord_protocol::{ClientHello, ClientMessage, FrameCodec, ServerMessage, Welcome, PROTOCOL_VERSION};
+use mirrord_protocol::{
+    ClientHello, ClientMessage, FrameCodec, ServerMessage, Welcome, PROTOCOL_VERSION,
+};
 use std::path::Path;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-pub type Transport = Framed<tokio_rustls::client::TlsStream<TcpStream>, FrameCodec<ServerMessage, ClientMessage>>;
+pub type Transport =
+    Framed<tokio_rustls::client::TlsStream<TcpStream>, FrameCodec<ServerMessage, ClientMessage>>;
 
 pub async fn connect(creds_dir: &Path) -> anyhow::Result<(Transport, Welcome)> {
     let creds = Credentials::load(creds_dir)
@@ -23,7 +26,12 @@ pub async fn connect(creds_dir: &Path) -> anyhow::Result<(Transport, Welcome)> {
     let tls = TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
-        .with_context(|| format!("TLS handshake with the operator at {} failed", creds.operator_addr))?;
+        .with_context(|| {
+            format!(
+                "TLS handshake with the operator at {} failed",
+                creds.operator_addr
+            )
+        })?;
     let mut t = Framed::new(tls, FrameCodec::default());
     t.send(ClientMessage::Hello(ClientHello {
         protocol_version: PROTOCOL_VERSION,
@@ -39,7 +47,9 @@ pub async fn connect(creds_dir: &Path) -> anyhow::Result<(Transport, Welcome)> {
         Some(Err(e)) => Err(e).context("reading the operator's answer"),
         // The operator closes a connection whose certificate it rejects right after the
         // handshake (TLS 1.3 verifies the client after the server's Finished).
-        None => anyhow::bail!("the operator closed the connection (is the certificate from this operator's CA?)"),
+        None => anyhow::bail!(
+            "the operator closed the connection (is the certificate from this operator's CA?)"
+        ),
     }
 }
 

@@ -66,7 +66,22 @@ pub async fn relay<IO: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-const HOP_BY_HOP: &[&str] = &["content-length", "transfer-encoding", "keep-alive", "proxy-connection", "te"];
+const HOP_BY_HOP: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+];
+
+/// A request handed over by the operator, and where it goes locally.
+pub struct LocalRequest {
+    pub req: u64,
+    pub addr: SocketAddr,
+    pub mode: PortMode,
+    pub head: HttpRequestHead,
+    pub body: Bytes,
+}
 
 #[derive(Clone)]
 pub struct LocalHttp {
@@ -80,16 +95,21 @@ impl LocalHttp {
         }
     }
 
+    /// Replays one request; a stolen one's answer goes back on `out`, and after a 101 the
+    /// bytes arriving on `upgraded_rx` are relayed.
     pub fn spawn(
         &self,
-        req: u64,
-        addr: SocketAddr,
-        mode: PortMode,
-        head: HttpRequestHead,
-        body: Bytes,
+        r: LocalRequest,
         out: mpsc::Sender<ClientMessage>,
         upgraded_rx: mpsc::Receiver<Bytes>,
     ) {
+        let LocalRequest {
+            req,
+            addr,
+            mode,
+            head,
+            body,
+        } = r;
         let client = self.client.clone();
         tokio::spawn(async move {
             let result = send(&client, addr, head, body).await;
@@ -109,7 +129,10 @@ impl LocalHttp {
                         let _ = out
                             .send(ClientMessage::HttpResponse {
                                 req,
-                                head: HttpResponseHead { status: 101, headers },
+                                head: HttpResponseHead {
+                                    status: 101,
+                                    headers,
+                                },
                                 body: Bytes::new(),
                             })
                             .await;
@@ -121,14 +144,22 @@ impl LocalHttp {
                     let body = match resp.into_body().collect().await {
                         Ok(b) => b.to_bytes(),
                         Err(e) => {
-                            let _ = out.send(ClientMessage::HttpFailed { req, reason: format!("reading the local response: {e}") }).await;
+                            let _ = out
+                                .send(ClientMessage::HttpFailed {
+                                    req,
+                                    reason: format!("reading the local response: {e}"),
+                                })
+                                .await;
                             return;
                         }
                     };
                     let _ = out
                         .send(ClientMessage::HttpResponse {
                             req,
-                            head: HttpResponseHead { status: status.as_u16(), headers },
+                            head: HttpResponseHead {
+                                status: status.as_u16(),
+                                headers,
+                            },
                             body,
                         })
                         .await;
@@ -136,7 +167,10 @@ impl LocalHttp {
                 Err(e) => {
                     eprintln!("mirrordctl: local {addr} did not answer: {e}");
                     let _ = out
-                        .send(ClientMessage::HttpFailed { req, reason: format!("local {addr}: {e}") })
+                        .send(ClientMessage::HttpFailed {
+                            req,
+                            reason: format!("local {addr}: {e}"),
+                        })
                         .await;
                 }
             }

@@ -13,7 +13,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "mirrordctl", version, about = "Steal or mirror a shared target's traffic into your local process")]
+#[command(
+    name = "mirrordctl",
+    version,
+    about = "Steal or mirror a shared target's traffic into your local process"
+)]
 struct Cli {
     /// Credential directory from `mirrord-operator certs issue`.
     #[arg(long, global = true, env = "MIRRORD_CREDENTIALS")]
@@ -125,17 +129,19 @@ impl SessionArgs {
         self.ports
             .iter()
             .map(|p| {
-                let (remote, local) = p
-                    .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("--port {p}: expected PORT=LOCAL, e.g. 80=127.0.0.1:9090"))?;
+                let (remote, local) = p.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--port {p}: expected PORT=LOCAL, e.g. 80=127.0.0.1:9090")
+                })?;
                 let remote: u16 = remote
                     .parse()
                     .map_err(|_| anyhow::anyhow!("--port {p}: `{remote}` is not a port number"))?;
                 let local: SocketAddr = match local.parse::<u16>() {
                     Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-                    Err(_) => local
-                        .parse()
-                        .map_err(|_| anyhow::anyhow!("--port {p}: `{local}` is not an address like 127.0.0.1:9090"))?,
+                    Err(_) => local.parse().map_err(|_| {
+                        anyhow::anyhow!(
+                            "--port {p}: `{local}` is not an address like 127.0.0.1:9090"
+                        )
+                    })?,
                 };
                 Ok((remote, local))
             })
@@ -147,7 +153,9 @@ fn credentials_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     arg.or_else(|| {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".mirrord").join("credentials"))
     })
-    .ok_or_else(|| anyhow::anyhow!("no credentials: pass --credentials DIR or set MIRRORD_CREDENTIALS"))
+    .ok_or_else(|| {
+        anyhow::anyhow!("no credentials: pass --credentials DIR or set MIRRORD_CREDENTIALS")
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -178,7 +186,13 @@ fn main() -> std::process::ExitCode {
                 session::run(&creds, common, mirrord_protocol::PortMode::Steal, on).await
             }
             Command::Mirror { common } => {
-                session::run(&creds, common, mirrord_protocol::PortMode::Mirror, ConcurrentSteal::Abort).await
+                session::run(
+                    &creds,
+                    common,
+                    mirrord_protocol::PortMode::Mirror,
+                    ConcurrentSteal::Abort,
+                )
+                .await
             }
             Command::Status { json } => status::show(&creds, json).await,
             Command::Sessions {

@@ -2,7 +2,7 @@
 //! Ctrl-C, SIGTERM, or the operator ends it.
 
 use crate::connect::connect;
-use crate::local::{self, LocalHttp};
+use crate::local::{self, LocalHttp, LocalRequest};
 use crate::SessionArgs;
 use anyhow::Context;
 use bytes::Bytes;
@@ -53,7 +53,14 @@ pub async fn run(
         opened.session_id, target.namespace, welcome.client_user
     );
     if let Some(copy) = &opened.copy {
-        println!("working on copy {copy}{}", if args.scale_down { " (originals scaled down)" } else { "" });
+        println!(
+            "working on copy {copy}{}",
+            if args.scale_down {
+                " (originals scaled down)"
+            } else {
+                ""
+            }
+        );
     }
     for p in &opened.ports {
         let local = ports[&p.port];
@@ -106,7 +113,7 @@ pub async fn run(
                             // Registered now so bytes after a 101 find their way.
                             conns.insert(req, tx.clone());
                         }
-                        http.spawn(req, addr, mode, head, body, out.clone(), rx);
+                        http.spawn(LocalRequest { req, addr, mode, head, body }, out.clone(), rx);
                     }
                     ServerMessage::Upgraded { .. } => {}
                     ServerMessage::PortLost { port, reason } => {

@@ -19,7 +19,11 @@ pub async fn show(creds: &Path, json: bool) -> anyhow::Result<u8> {
 }
 
 pub async fn kill(creds: &Path, ids: Vec<SessionId>, all: bool) -> anyhow::Result<u8> {
-    let req = if all { KillRequest::All } else { KillRequest::Sessions(ids) };
+    let req = if all {
+        KillRequest::All
+    } else {
+        KillRequest::Sessions(ids)
+    };
     match request(creds, ClientMessage::Kill(req)).await? {
         ServerMessage::Killed { sessions } => {
             if sessions.is_empty() {
@@ -46,7 +50,11 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let line = |cells: &[String], out: &mut String| {
-        let height = cells.iter().map(|c| c.lines().count().max(1)).max().unwrap_or(1);
+        let height = cells
+            .iter()
+            .map(|c| c.lines().count().max(1))
+            .max()
+            .unwrap_or(1);
         for l in 0..height {
             let parts: Vec<String> = cells
                 .iter()
@@ -57,7 +65,10 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             out.push('\n');
         }
     };
-    line(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>(), &mut out);
+    line(
+        &headers.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        &mut out,
+    );
     for r in rows {
         line(r, &mut out);
     }
@@ -97,7 +108,10 @@ pub fn render(r: &StatusReport) -> String {
                 ]
             })
             .collect();
-        out.push_str(&table(&["Original Target", "Namespace", "Copy Name", "Scale Down?"], &rows));
+        out.push_str(&table(
+            &["Original Target", "Namespace", "Copy Name", "Scale Down?"],
+            &rows,
+        ));
     }
     out.push_str("\nSessions:\n");
     if r.sessions.is_empty() {
@@ -131,7 +145,14 @@ pub fn render(r: &StatusReport) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["Session ID", "Target", "Namespace", "User", "Ports", "Session Duration"],
+        &[
+            "Session ID",
+            "Target",
+            "Namespace",
+            "User",
+            "Ports",
+            "Session Duration",
+        ],
         &rows,
     ));
     out

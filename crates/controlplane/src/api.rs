@@ -62,7 +62,8 @@ impl Operator {
     }
 }
 
-pub type Transport = Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec<ClientMessage, ServerMessage>>;
+pub type Transport =
+    Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec<ClientMessage, ServerMessage>>;
 pub type Inbound = futures::stream::SplitStream<Transport>;
 
 pub async fn serve(op: Arc<Operator>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
@@ -115,7 +116,12 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
     let hello = match next(&mut inbound, HANDSHAKE_TIMEOUT).await {
         Ok(ClientMessage::Hello(h)) => h,
         Ok(other) => {
-            let _ = out.send(error(ErrorCode::BadRequest, format!("expected Hello first, got {}", kind(&other)))).await;
+            let _ = out
+                .send(error(
+                    ErrorCode::BadRequest,
+                    format!("expected Hello first, got {}", kind(&other)),
+                ))
+                .await;
             return finish(out, writer).await;
         }
         Err(e) => {
@@ -148,14 +154,16 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
         .await;
 
     match next(&mut inbound, HANDSHAKE_TIMEOUT).await {
-        Ok(ClientMessage::OpenSession(req)) => match open::open(&op, req, client, out.clone()).await {
-            Ok(opened) => {
-                tunnel::run(&op, opened, inbound, out.clone()).await;
+        Ok(ClientMessage::OpenSession(req)) => {
+            match open::open(&op, req, client, out.clone()).await {
+                Ok(opened) => {
+                    tunnel::run(&op, opened, inbound, out.clone()).await;
+                }
+                Err(reply) => {
+                    let _ = out.send(ServerMessage::Error(reply)).await;
+                }
             }
-            Err(reply) => {
-                let _ = out.send(ServerMessage::Error(reply)).await;
-            }
-        },
+        }
         Ok(ClientMessage::Status) => {
             let _ = out.send(ServerMessage::Status(Box::new(op.status()))).await;
         }
@@ -180,14 +188,21 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
             } else {
                 error(
                     ErrorCode::SessionNotFound,
-                    format!("no session {} (killed {} others); see `mirrordctl status`", missing.join(", "), killed.len()),
+                    format!(
+                        "no session {} (killed {} others); see `mirrordctl status`",
+                        missing.join(", "),
+                        killed.len()
+                    ),
                 )
             };
             let _ = out.send(reply).await;
         }
         Ok(other) => {
             let _ = out
-                .send(error(ErrorCode::BadRequest, format!("expected OpenSession, Status or Kill, got {}", kind(&other))))
+                .send(error(
+                    ErrorCode::BadRequest,
+                    format!("expected OpenSession, Status or Kill, got {}", kind(&other)),
+                ))
                 .await;
         }
         Err(e) => reject_frame(&out, &peer, &e).await,
@@ -255,7 +270,9 @@ pub(crate) async fn reject_frame(
         NextError::Frame(FrameError::Io(_)) | NextError::Closed => {}
         _ => {
             tracing::warn!(peer = %peer, error = %e, "bad frame from client; closing its connection");
-            let _ = out.send(error(ErrorCode::MalformedFrame, e.to_string())).await;
+            let _ = out
+                .send(error(ErrorCode::MalformedFrame, e.to_string()))
+                .await;
         }
     }
 }

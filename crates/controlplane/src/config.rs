@@ -115,10 +115,16 @@ impl Config {
                 return Err(err(format!("target {}/{} has no ports", t.kind, t.name)));
             }
             if t.command.as_ref().is_some_and(|c| c.is_empty()) {
-                return Err(err(format!("target {}/{}: command is empty", t.kind, t.name)));
+                return Err(err(format!(
+                    "target {}/{}: command is empty",
+                    t.kind, t.name
+                )));
             }
             if t.replicas == 0 && t.command.is_some() {
-                return Err(err(format!("target {}/{}: replicas must be at least 1", t.kind, t.name)));
+                return Err(err(format!(
+                    "target {}/{}: replicas must be at least 1",
+                    t.kind, t.name
+                )));
             }
             let mut ports = HashMap::new();
             for p in &t.ports {

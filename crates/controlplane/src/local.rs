@@ -91,17 +91,20 @@ impl LocalTarget {
         let mut planes = Vec::new();
         let mut listeners = Vec::new();
         for p in &spec.ports {
-            let bypass = telemetry.metrics().bypass_counter(
-                &spec.namespace,
-                &reference.to_string(),
-                p.port,
-            );
+            let bypass =
+                telemetry
+                    .metrics()
+                    .bypass_counter(&spec.namespace, &reference.to_string(), p.port);
             let (plane, l) = PortPlane::bind(p.port, *p.listen.get_ref(), bypass)
                 .await
                 .map_err(|e| {
                     std::io::Error::new(
                         e.kind(),
-                        format!("cannot listen on {} for port {} of {reference}: {e}", p.listen.get_ref(), p.port),
+                        format!(
+                            "cannot listen on {} for port {} of {reference}: {e}",
+                            p.listen.get_ref(),
+                            p.port
+                        ),
                     )
                 })?;
             planes.push(plane);
@@ -149,7 +152,11 @@ impl LocalTarget {
                 match &self.spec.command {
                     None => eps.push(Arc::new(Endpoint {
                         name: self.spec.name.clone(),
-                        upstream: *self.spec.ports[i].upstream.as_ref().expect("validated").get_ref(),
+                        upstream: *self.spec.ports[i]
+                            .upstream
+                            .as_ref()
+                            .expect("validated")
+                            .get_ref(),
                         routes: Arc::clone(&self.original_routes[i]),
                     })),
                     Some(_) => {
@@ -183,7 +190,11 @@ impl LocalTarget {
         let (ready_tx, ready) = watch::channel(None);
         let (stop, mut stop_rx) = watch::channel(false);
         let me = Arc::downgrade(self);
-        let argv = self.spec.command.clone().expect("only called with a command");
+        let argv = self
+            .spec
+            .command
+            .clone()
+            .expect("only called with a command");
         let ports: Vec<u16> = self.spec.ports.iter().map(|p| p.port).collect();
         let replica_name = name.clone();
         tokio::spawn(async move {
@@ -311,7 +322,9 @@ impl Target for LocalTarget {
                     me.reference
                 )));
             }
-            let id = me.next_copy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = me
+                .next_copy
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let name = format!(
                 "mirrord-copy-{}-{:08x}",
                 me.spec.name,
@@ -343,10 +356,17 @@ impl Target for LocalTarget {
             };
             let mut ready = {
                 let pool = me.pool.lock().expect("pool lock");
-                pool.copies.iter().find(|c| c.id == id).expect("just added").replica.ready.clone()
+                pool.copies
+                    .iter()
+                    .find(|c| c.id == id)
+                    .expect("just added")
+                    .replica
+                    .ready
+                    .clone()
             };
             // On failure the copy is cleaned up by dropping `handle`.
-            let ok = tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| r.is_some())).await;
+            let ok = tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| r.is_some()))
+                .await;
             if !matches!(ok, Ok(Ok(_))) {
                 return Err(BackendError::CopyUnavailable(format!(
                     "copy {} of {} did not accept connections within 30 s",

@@ -24,7 +24,13 @@ pub struct Opened {
     pub ctl: mpsc::UnboundedReceiver<Control>,
 }
 
-fn refuse(op: &Operator, client: &ClientInfo, reason: &'static str, code: ErrorCode, message: String) -> ErrorReply {
+fn refuse(
+    op: &Operator,
+    client: &ClientInfo,
+    reason: &'static str,
+    code: ErrorCode,
+    message: String,
+) -> ErrorReply {
     op.telemetry.record(Event::SessionRefused {
         reason,
         client: client.clone(),
@@ -45,10 +51,16 @@ pub async fn open(
         other => bad(ErrorCode::Internal, other.to_string()),
     })?;
     if req.ports.is_empty() {
-        return Err(bad(ErrorCode::BadRequest, "a session needs at least one --port".into()));
+        return Err(bad(
+            ErrorCode::BadRequest,
+            "a session needs at least one --port".into(),
+        ));
     }
     if req.scale_down && !req.copy_target {
-        return Err(bad(ErrorCode::BadRequest, "--scale-down needs --copy-target".into()));
+        return Err(bad(
+            ErrorCode::BadRequest,
+            "--scale-down needs --copy-target".into(),
+        ));
     }
     let known = target.ports();
     let mut seen = HashSet::new();
@@ -61,12 +73,19 @@ pub async fn open(
                     "{} has no port {}; its ports are {}",
                     req.target,
                     p.port,
-                    known.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+                    known
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
         if !seen.insert(p.port) {
-            return Err(bad(ErrorCode::BadRequest, format!("port {} is requested twice", p.port)));
+            return Err(bad(
+                ErrorCode::BadRequest,
+                format!("port {} is requested twice", p.port),
+            ));
         }
         let f = match &p.filter {
             Some(spec) => Some(Arc::new(HttpFilter::compile(spec).map_err(|e| {
@@ -84,7 +103,9 @@ pub async fn open(
             .copy(id.to_string(), req.scale_down)
             .await
             .map_err(|e| match e {
-                BackendError::ScaleDownConflict(m) => refuse(op, &client, "conflict", ErrorCode::ScaleDownConflict, m),
+                BackendError::ScaleDownConflict(m) => {
+                    refuse(op, &client, "conflict", ErrorCode::ScaleDownConflict, m)
+                }
                 other => bad(ErrorCode::CopyUnavailable, other.to_string()),
             })?;
         Some(c)
@@ -105,7 +126,11 @@ pub async fn open(
         let mut skipped = None;
         if p.mode == PortMode::Steal && copy.is_none() {
             let current = routes.load();
-            let mut holders: Vec<u64> = current.unfiltered_steal.iter().map(|s| s.session_id).collect();
+            let mut holders: Vec<u64> = current
+                .unfiltered_steal
+                .iter()
+                .map(|s| s.session_id)
+                .collect();
             if f.is_none() {
                 holders.extend(current.filtered_steals.iter().map(|(s, _)| s.session_id));
             }
@@ -129,8 +154,12 @@ pub async fn open(
                             ),
                         ));
                     }
-                    ConcurrentSteal::Continue => skipped = Some(format!("not stolen: held by {who}")),
-                    ConcurrentSteal::Override => take_over.extend(holders.iter().map(|h| (*h, p.port))),
+                    ConcurrentSteal::Continue => {
+                        skipped = Some(format!("not stolen: held by {who}"))
+                    }
+                    ConcurrentSteal::Override => {
+                        take_over.extend(holders.iter().map(|h| (*h, p.port)))
+                    }
                 }
             }
         }
@@ -165,7 +194,9 @@ pub async fn open(
         ping: Mutex::new(None),
     });
     op.sessions.insert(Arc::clone(&entry));
-    op.telemetry.record(Event::SessionStarted { session: Arc::clone(&meta) });
+    op.telemetry.record(Event::SessionStarted {
+        session: Arc::clone(&meta),
+    });
     if let Some(name) = &copy_name {
         op.telemetry.record(Event::TargetCopied {
             session: Arc::clone(&meta),
@@ -227,5 +258,9 @@ pub async fn open(
             copy: copy_name,
         }))
         .await;
-    Ok(Opened { entry, handoffs, ctl })
+    Ok(Opened {
+        entry,
+        handoffs,
+        ctl,
+    })
 }

@@ -19,7 +19,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Chunks from the developer queued per connection before the session's reader waits.
 const CONN_QUEUE: usize = 64;
 
-pub async fn run(op: &Arc<Operator>, opened: Opened, mut inbound: Inbound, out: mpsc::Sender<ServerMessage>) {
+pub async fn run(
+    op: &Arc<Operator>,
+    opened: Opened,
+    mut inbound: Inbound,
+    out: mpsc::Sender<ServerMessage>,
+) {
     let Opened {
         entry,
         mut handoffs,
@@ -189,7 +194,12 @@ fn spawn_conn(
     tx
 }
 
-fn spawn_mirror(conn: u64, mut rx: mpsc::Receiver<Bytes>, out: mpsc::Sender<ServerMessage>, mut alive: watch::Receiver<()>) {
+fn spawn_mirror(
+    conn: u64,
+    mut rx: mpsc::Receiver<Bytes>,
+    out: mpsc::Sender<ServerMessage>,
+    mut alive: watch::Receiver<()>,
+) {
     tokio::spawn(async move {
         loop {
             tokio::select! {

@@ -38,7 +38,13 @@ fn compile(kind: &'static str, pattern: &str) -> Result<Regex, FilterError> {
         .map_err(|e| FilterError::Regex {
             kind,
             pattern: pattern.to_owned(),
-            reason: e.to_string().lines().last().unwrap_or_default().trim().to_owned(),
+            reason: e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
         })
 }
 
@@ -170,7 +176,10 @@ mod tests {
     #[test]
     fn bad_filters_are_named() {
         let e = HttpFilter::compile(&spec(&["("], &[], &[], false)).unwrap_err();
-        assert!(e.to_string().starts_with("invalid header filter `(`"), "{e}");
+        assert!(
+            e.to_string().starts_with("invalid header filter `(`"),
+            "{e}"
+        );
         let e = HttpFilter::compile(&spec(&[], &[], &["G E T"], false)).unwrap_err();
         assert!(matches!(e, FilterError::Method(_)));
         assert!(matches!(

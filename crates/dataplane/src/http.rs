@@ -153,7 +153,10 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
                 StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             copy_headers(resp.headers_mut(), &head.headers, switching);
-            if let (Some(dev), Some(on_up)) = (upgraded, parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned()) {
+            if let (Some(dev), Some(on_up)) = (
+                upgraded,
+                parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned(),
+            ) {
                 tokio::spawn(async move {
                     if let Ok(client) = on_up.await {
                         let mut client = TokioIo::new(client);
@@ -210,7 +213,10 @@ impl Upstream {
             }
             Err(e) => text(
                 StatusCode::BAD_GATEWAY,
-                format!("mirrord: target replica at {} unavailable: {e}\n", self.addr),
+                format!(
+                    "mirrord: target replica at {} unavailable: {e}\n",
+                    self.addr
+                ),
             ),
         }
     }

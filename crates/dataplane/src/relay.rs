@@ -30,7 +30,12 @@ where
 
 /// Hands the connection to the stealer. Gives the connection back if the session is gone
 /// (it ended between the route lookup and now), so the caller can pass it through.
-pub async fn steal<IO>(mut down: IO, peer: SocketAddr, port: u16, sub: &Subscriber) -> Result<(), IO>
+pub async fn steal<IO>(
+    mut down: IO,
+    peer: SocketAddr,
+    port: u16,
+    sub: &Subscriber,
+) -> Result<(), IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {

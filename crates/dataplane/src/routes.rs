@@ -25,7 +25,9 @@ pub struct PortRoutes {
 
 impl PortRoutes {
     pub fn is_empty(&self) -> bool {
-        self.unfiltered_steal.is_none() && self.filtered_steals.is_empty() && self.mirrors.is_empty()
+        self.unfiltered_steal.is_none()
+            && self.filtered_steals.is_empty()
+            && self.mirrors.is_empty()
     }
 
     /// Whether connections must be parsed as HTTP to route them.
@@ -57,14 +59,14 @@ impl RouteTable {
     /// Removes every subscription of the session.
     pub fn remove_session(&self, session_id: u64) {
         self.update(|r| {
-            if r
-                .unfiltered_steal
+            if r.unfiltered_steal
                 .as_ref()
                 .is_some_and(|s| s.session_id == session_id)
             {
                 r.unfiltered_steal = None;
             }
-            r.filtered_steals.retain(|(s, _)| s.session_id != session_id);
+            r.filtered_steals
+                .retain(|(s, _)| s.session_id != session_id);
             r.mirrors.retain(|(s, _)| s.session_id != session_id);
         });
     }

@@ -26,10 +26,9 @@ fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, IdentityE
 
 /// Server side: a fresh serving certificate from the CA; client certificates required.
 pub fn server_config(ca: &CertificateAuthority) -> Result<Arc<ServerConfig>, IdentityError> {
-    let ca_der: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
-            .filter_map(Result::ok)
-            .collect();
+    let ca_der: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
+        .filter_map(Result::ok)
+        .collect();
     let issued = ca.issue_server()?;
     let chain: Vec<CertificateDer<'static>> =
         rustls_pemfile::certs(&mut issued.cert_pem.as_bytes())
@@ -39,7 +38,8 @@ pub fn server_config(ca: &CertificateAuthority) -> Result<Arc<ServerConfig>, Ide
         .ok()
         .flatten()
         .ok_or(IdentityError::PeerCert("generated key unreadable".into()))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&ca_der)?, provider()).build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(&ca_der)?, provider()).build()?;
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "mirrord-operator", version, about = "Open, self-hostable mirrord operator")]
+#[command(
+    name = "mirrord-operator",
+    version,
+    about = "Open, self-hostable mirrord operator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -37,9 +37,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let json = args.json_log || env_bool("OPERATOR_JSON_LOG", false)?;
     let metrics_enabled = env_bool("OPERATOR_METRICS_ENABLED", false)?;
     let metrics_addr: SocketAddr = match std::env::var("OPERATOR_METRICS_ADDR") {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("OPERATOR_METRICS_ADDR must be a socket address like 0.0.0.0:9000, got {v:?}"))?,
+        Ok(v) => v.parse().with_context(|| {
+            format!("OPERATOR_METRICS_ADDR must be a socket address like 0.0.0.0:9000, got {v:?}")
+        })?,
         Err(_) => "0.0.0.0:9000".parse().expect("valid default"),
     };
     let path = args.config.display().to_string();
@@ -67,9 +67,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("API cannot listen on {}", config.api.listen))?;
             let api_addr = listener.local_addr()?;
-            std::fs::write(args.state_dir.join(API_ADDRESS_FILE), format!("{api_addr}\n"))
-                .with_context(|| format!("writing {}", args.state_dir.display()))?;
-            let op = Arc::new(Operator::new(Arc::new(backend), telemetry, config.sessions.clone()));
+            std::fs::write(
+                args.state_dir.join(API_ADDRESS_FILE),
+                format!("{api_addr}\n"),
+            )
+            .with_context(|| format!("writing {}", args.state_dir.display()))?;
+            let op = Arc::new(Operator::new(
+                Arc::new(backend),
+                telemetry,
+                config.sessions.clone(),
+            ));
             tokio::spawn(api::serve(Arc::clone(&op), listener, tls));
             tracing::info!(
                 api = %api_addr,

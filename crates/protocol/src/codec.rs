@@ -92,7 +92,8 @@ mod tests {
     fn round_trips_and_rejects_bad_frames() {
         let mut enc: FrameCodec<ServerMessage, ClientMessage> = FrameCodec::default();
         let mut buf = BytesMut::new();
-        enc.encode(ClientMessage::Pong { nonce: 7 }, &mut buf).unwrap();
+        enc.encode(ClientMessage::Pong { nonce: 7 }, &mut buf)
+            .unwrap();
         let mut dec: FrameCodec<ClientMessage, ServerMessage> = FrameCodec::default();
         match dec.decode(&mut buf).unwrap() {
             Some(ClientMessage::Pong { nonce: 7 }) => {}
@@ -106,7 +107,10 @@ mod tests {
         ));
 
         let mut junk = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(dec.decode(&mut junk), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            dec.decode(&mut junk),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -116,8 +116,12 @@ pub enum ServerMessage {
     /// The request failed; for a session, it is over.
     Error(ErrorReply),
     Status(Box<StatusReport>),
-    Killed { sessions: Vec<SessionId> },
-    Ping { nonce: u64 },
+    Killed {
+        sessions: Vec<SessionId>,
+    },
+    Ping {
+        nonce: u64,
+    },
     /// A whole TCP connection handed to the developer (unfiltered steal or mirror).
     NewConnection {
         conn: u64,
@@ -125,8 +129,13 @@ pub enum ServerMessage {
         mode: PortMode,
         peer: String,
     },
-    ConnData { conn: u64, data: Bytes },
-    ConnClose { conn: u64 },
+    ConnData {
+        conn: u64,
+        data: Bytes,
+    },
+    ConnClose {
+        conn: u64,
+    },
     /// One HTTP request handed to the developer (filtered steal, or a mirrored copy).
     /// A mirrored request's response is discarded; a stolen one's is sent back.
     HttpRequest {
@@ -137,11 +146,18 @@ pub enum ServerMessage {
         body: Bytes,
     },
     /// After a 101 answer to a stolen request, `conn == req` carries raw bytes both ways.
-    Upgraded { req: u64 },
+    Upgraded {
+        req: u64,
+    },
     /// Another session took this port with `--on-concurrent-steal override`.
-    PortLost { port: u16, reason: String },
+    PortLost {
+        port: u16,
+        reason: String,
+    },
     /// The operator ended the session (killed, timed out, shut down).
-    SessionEnded { reason: String },
+    SessionEnded {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,8 +10,8 @@
 
 use crate::event::{Event, SessionMeta};
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,8 +23,7 @@ pub const SESSION_DURATION_BUCKETS: &[f64] = &[
 ];
 /// Ping round trips: 100 µs to 5 s.
 pub const PING_LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 const USER_LABELS: &[&str] = &["client_hostname", "client_name", "client_user", "user_id"];
@@ -79,7 +78,10 @@ impl Metrics {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter")
         };
         let build_info = IntGaugeVec::new(
-            Opts::new("mirrord_build_info", "Operator build information (always 1)"),
+            Opts::new(
+                "mirrord_build_info",
+                "Operator build information (always 1)",
+            ),
             &["version"],
         )
         .expect("valid gauge");

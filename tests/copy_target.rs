@@ -1,0 +1,152 @@
+//! Copy target: the session works on a fresh replica; with scale down the originals stop for
+//! the session's life and come back after. Replicas are real processes run by the operator.
+
+use mirrord_e2e::servers::{get, try_get, HttpServer};
+use mirrord_e2e::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+fn pid_of(body: &str) -> String {
+    body.split_whitespace()
+        .find(|w| w.starts_with("pid="))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_with_scale_down_takes_all_traffic_and_restores_originals() {
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&command_target("api", 80, listen, 2), "");
+    let alice = op.issue("alice");
+    let bob = op.issue("bob");
+
+    // Two original replicas answer, round robin.
+    let originals = wait_for(Duration::from_secs(20), || {
+        let rt = tokio::runtime::Handle::current();
+        let pids: HashSet<String> = (0..6)
+            .filter_map(|i| {
+                tokio::task::block_in_place(|| rt.block_on(try_get(listen, &format!("/o{i}"))))
+            })
+            .map(|(_, b)| b)
+            .filter(|b| b.starts_with("api pid="))
+            .map(|b| pid_of(&b))
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    })
+    .expect("two original replicas answering");
+
+    let port = format!("80={}", dev.addr);
+    let s = Session::start(
+        &alice,
+        &[
+            "steal",
+            "--target",
+            "api",
+            "--port",
+            &port,
+            "--copy-target",
+            "--scale-down",
+        ],
+    )
+    .unwrap();
+    assert!(
+        s.stdout
+            .text()
+            .contains("working on copy mirrord-copy-api-"),
+        "{}",
+        s.stdout.text()
+    );
+    for i in 0..6 {
+        assert_eq!(
+            get(listen, &format!("/c{i}"), &[]).await.1,
+            format!("dev GET /c{i}")
+        );
+    }
+    let st = status(&alice);
+    let copy = &st["copies"][0];
+    assert_eq!(copy["original_target"], "deployment/api");
+    assert_eq!(copy["scale_down"], true);
+    assert!(copy["copy_name"]
+        .as_str()
+        .unwrap()
+        .starts_with("mirrord-copy-api-"));
+    let copied = op.wait_event("Target Copied", 1);
+    assert_eq!(copied[0]["fields"]["scale_down"], true);
+
+    // Only one session may scale a target down; the first is untouched.
+    let err = Session::start(
+        &bob,
+        &[
+            "steal",
+            "--target",
+            "api",
+            "--port",
+            &port,
+            "--copy-target",
+            "--scale-down",
+        ],
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("already scaled down by session"), "{err}");
+    assert_eq!(get(listen, "/still", &[]).await.1, "dev GET /still");
+
+    // Session ends: copy gone, originals back (new processes).
+    drop(s);
+    op.wait_event("Session Ended", 1);
+    let back = wait_for(Duration::from_secs(20), || {
+        let rt = tokio::runtime::Handle::current();
+        let b = tokio::task::block_in_place(|| rt.block_on(try_get(listen, "/back")))?.1;
+        b.starts_with("api pid=").then_some(b)
+    })
+    .expect("originals answer again");
+    assert!(
+        !originals.contains(&pid_of(&back)),
+        "originals were never stopped"
+    );
+    assert!(status(&alice)["copies"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_without_scale_down_shares_traffic_with_originals() {
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&command_target("api", 80, listen, 1), "");
+    let alice = op.issue("alice");
+    wait_for(Duration::from_secs(20), || {
+        let rt = tokio::runtime::Handle::current();
+        let b = tokio::task::block_in_place(|| rt.block_on(try_get(listen, "/")))?.1;
+        b.starts_with("api").then_some(())
+    })
+    .expect("original answers");
+    let port = format!("80={}", dev.addr);
+    let _s = Session::start(
+        &alice,
+        &["steal", "--target", "api", "--port", &port, "--copy-target"],
+    )
+    .unwrap();
+    let mut bodies = Vec::new();
+    for i in 0..6 {
+        bodies.push(get(listen, &format!("/{i}"), &[]).await.1);
+    }
+    let to_dev = bodies.iter().filter(|b| b.starts_with("dev")).count();
+    let to_original = bodies.iter().filter(|b| b.starts_with("api")).count();
+    assert_eq!((to_dev, to_original), (3, 3), "{bodies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_of_a_target_without_command_is_refused_clearly() {
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", free_addr());
+    let err = Session::start(
+        &alice,
+        &["steal", "--target", "api", "--port", &port, "--copy-target"],
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("has no `command`"), "{err}");
+}

@@ -1,0 +1,80 @@
+//! Identity: only certificates from the operator's CA get in; client_id comes from the key,
+//! client_user from the certificate; name and hostname are what the client reports.
+
+use mirrord_e2e::servers::HttpServer;
+use mirrord_e2e::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_certificates_get_no_session() {
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let other = Operator::start(&upstream_target("api", 80, free_addr(), target.addr), "");
+
+    // A credential from another operator's CA, pointed at this operator.
+    let foreign = other.issue("mallory");
+    std::fs::write(foreign.join("operator-address"), op.api.to_string()).unwrap();
+    let out = ctl(&foreign, &["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TLS handshake") || err.contains("closed the connection"),
+        "{err}"
+    );
+    let warned = wait_for(std::time::Duration::from_secs(5), || {
+        op.stdout
+            .all()
+            .into_iter()
+            .find(|l| l.contains("TLS handshake failed"))
+    });
+    assert!(
+        warned.is_some(),
+        "operator did not log the refused handshake"
+    );
+
+    // (No certificate at all: see bad_input::no_client_certificate_no_session.)
+    assert!(status(&op.issue("admin"))["sessions"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_id_is_stable_per_credential_and_user_comes_from_the_certificate() {
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let alice2 = op.issue("alice");
+    let port = format!("80={}", free_addr());
+
+    let s1 = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
+    let s2 = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
+    let s3 = Session::start(&alice2, &["mirror", "--target", "api", "--port", &port]).unwrap();
+    let st = status(&alice);
+    let sessions = st["sessions"].as_array().unwrap();
+    let by_id = |id: &str| {
+        sessions
+            .iter()
+            .find(|s| s["session_id"] == serde_json::json!(u64::from_str_radix(id, 16).unwrap()))
+            .unwrap()
+            .clone()
+    };
+    let (a, b, c) = (by_id(&s1.id), by_id(&s2.id), by_id(&s3.id));
+    assert_eq!(
+        a["client_id"], b["client_id"],
+        "same credential, same client_id"
+    );
+    assert_ne!(a["client_id"], c["client_id"], "new key, new client_id");
+    assert_eq!(a["client_id"].as_str().unwrap().len(), 16);
+    for s in [&a, &b, &c] {
+        assert_eq!(s["client_user"], "alice");
+        assert!(!s["client_hostname"].as_str().unwrap().is_empty());
+    }
+    let started = op.wait_event("Session Started", 3);
+    assert_eq!(started[0]["fields"]["client_id"], a["client_id"]);
+    assert_eq!(
+        started[0]["fields"]["client_cli_version"],
+        env!("CARGO_PKG_VERSION")
+    );
+}
