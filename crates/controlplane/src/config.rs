@@ -197,14 +197,14 @@ listen = "127.0.0.1:18080"
     fn errors_name_the_line() {
         let unknown = OK.replace("port = 80", "port = 80\nlisen = 1");
         let e = Config::parse("c.toml", &unknown).unwrap_err().to_string();
-        assert!(e.contains("line 10") && e.contains("lisen"), "{e}");
+        assert!(e.contains("line 9") && e.contains("lisen"), "{e}");
 
         let bad = OK.replace("127.0.0.1:18080", "127.0.0.1:99999");
         let e = Config::parse("c.toml", &bad).unwrap_err().to_string();
-        assert!(e.contains("line 10"), "{e}");
+        assert!(e.contains("line 9"), "{e}");
 
         let dup = format!("{OK}[[targets.ports]]\nport = 81\nlisten = \"127.0.0.1:18080\"\n");
         let e = Config::parse("c.toml", &dup).unwrap_err().to_string();
-        assert!(e.contains("line 13") && e.contains("line 10"), "{e}");
+        assert!(e.contains("line 12") && e.contains("already used by line 9"), "{e}");
     }
 }

@@ -225,7 +225,10 @@ pub async fn open(
         let sub = Subscriber {
             session_id: id.0,
             tx: handoff_tx.clone(),
-            counters: op.telemetry.metrics().port_counters(&meta, p.port),
+            counters: match p.mode {
+                PortMode::Steal => op.telemetry.metrics().port_counters(&meta, p.port),
+                PortMode::Mirror => mirrord_telemetry::PortCounters::detached(),
+            },
         };
         routes.update(|r| match (p.mode, f) {
             (PortMode::Steal, None) => r.unfiltered_steal = Some(sub),

@@ -94,10 +94,10 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
         .map(|(s, _)| s)
         .collect();
 
+    if stealer.is_none() && !routes.filtered_steals.is_empty() {
+        ctx.bypass.0.inc();
+    }
     if stealer.is_none() && mirrors.is_empty() {
-        if !routes.filtered_steals.is_empty() {
-            ctx.bypass.0.inc();
-        }
         let req = Request::from_parts(parts, body.map_err(Into::into).boxed());
         return upstream.forward(req).await;
     }

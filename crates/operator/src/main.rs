@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod certs;
+mod demo;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,13 @@ struct Cli {
 enum Command {
     /// Run the operator: interceptors for every configured target, and the mTLS API.
     Serve(serve::ServeArgs),
+    /// A tiny HTTP server answering `hello from NAME`: the demo target's replicas.
+    DemoServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
     /// Client credentials.
     Certs {
         #[command(subcommand)]
@@ -56,6 +64,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::DemoServer { port, name } => demo::run(port, name),
         Command::Certs {
             command:
                 CertsCommand::Issue {

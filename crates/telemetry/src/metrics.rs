@@ -54,6 +54,17 @@ pub struct PortCounters {
     pub requests: IntCounter,
 }
 
+impl PortCounters {
+    /// Counters outside the registry, for subscriptions that steal nothing (mirrors).
+    pub fn detached() -> Self {
+        let c = || IntCounter::new("detached", "not exported").expect("valid counter");
+        Self {
+            connections: c(),
+            requests: c(),
+        }
+    }
+}
+
 /// Per-(target, port) counter of requests a filtered steal let through.
 #[derive(Clone)]
 pub struct BypassCounter(pub IntCounter);
