@@ -205,6 +205,9 @@ listen = "127.0.0.1:18080"
 
         let dup = format!("{OK}[[targets.ports]]\nport = 81\nlisten = \"127.0.0.1:18080\"\n");
         let e = Config::parse("c.toml", &dup).unwrap_err().to_string();
-        assert!(e.contains("line 12") && e.contains("already used by line 9"), "{e}");
+        assert!(
+            e.contains("line 12") && e.contains("already used by line 9"),
+            "{e}"
+        );
     }
 }
