@@ -45,7 +45,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let path = args.config.display().to_string();
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {path}"))?;
     let config = Config::parse(&path, &text)?;
-    logs::init(json);
+    let _log_guard = logs::init(json);
 
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
