@@ -3,6 +3,7 @@
 //! replicas and for a developer's local process. Nothing here is a mock: traffic crosses
 //! real sockets, TLS is real, the binaries are the ones users run.
 
+pub mod prom;
 pub mod raw;
 pub mod servers;
 
@@ -60,6 +61,9 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 pub struct Lines(Arc<Mutex<Vec<String>>>);
 
 impl Lines {
+    pub fn collect_from(self, r: impl std::io::Read + Send + 'static) -> Self {
+        self.collect(r)
+    }
     fn collect(self, r: impl std::io::Read + Send + 'static) -> Self {
         let me = self.clone();
         std::thread::spawn(move || {
@@ -89,6 +93,8 @@ pub struct OperatorOptions {
 pub struct Operator {
     child: Child,
     pub api: SocketAddr,
+    /// Where `/metrics` is served, when the test enabled it.
+    pub metrics: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub state: PathBuf,
     pub stdout: Lines,
@@ -103,6 +109,23 @@ impl Operator {
             sessions: sessions.into(),
             env: vec![],
         })
+    }
+
+    /// With metrics enabled on a free loopback address.
+    pub fn start_with_metrics(targets: &str, sessions: &str) -> Self {
+        Self::start_with(OperatorOptions {
+            targets: targets.into(),
+            sessions: sessions.into(),
+            env: vec![
+                ("OPERATOR_METRICS_ENABLED".into(), "true".into()),
+                ("OPERATOR_METRICS_ADDR".into(), free_addr().to_string()),
+            ],
+        })
+    }
+
+    /// The current `/metrics` exposition.
+    pub fn scrape(&self) -> String {
+        prom::http_get(self.metrics.expect("metrics enabled"), "/metrics")
     }
 
     pub fn start_with(opts: OperatorOptions) -> Self {
@@ -127,12 +150,18 @@ impl Operator {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        let metrics = opts
+            .env
+            .iter()
+            .find(|(k, _)| k == "OPERATOR_METRICS_ADDR")
+            .map(|(_, v)| v.parse().unwrap());
         let mut child = cmd.spawn().expect("start mirrord-operator");
         let stdout = Lines::default().collect(child.stdout.take().unwrap());
         let stderr = Lines::default().collect(child.stderr.take().unwrap());
         let op = Self {
             child,
             api,
+            metrics,
             dir,
             state,
             stdout,

@@ -138,6 +138,13 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
         let _ = out.send(error(ErrorCode::ProtocolVersion, msg)).await;
         return finish(out, writer).await;
     }
+    tracing::debug!(
+        %peer,
+        client_user = %identity.client_user,
+        client_id = %identity.client_id,
+        cli_version = %hello.cli_version,
+        "client connected"
+    );
     let client = ClientInfo {
         client_id: identity.client_id.clone(),
         client_user: identity.client_user.clone(),

@@ -48,6 +48,9 @@ pub async fn run(
             frame = inbound.next() => {
                 let msg = match frame {
                     None => break "client disconnected".into(),
+                    Some(Err(mirrord_protocol::FrameError::Io(e))) => {
+                        break format!("client disconnected ({e})");
+                    }
                     Some(Err(e)) => {
                         let e = NextError::Frame(e);
                         reject_frame(&out, &format!("session {id}"), &e).await;

@@ -240,7 +240,11 @@ mod tests {
         }
         drop(guard);
         let text = String::from_utf8(gate.1.lock().unwrap().clone()).unwrap();
-        assert_eq!(text.matches("Port Stolen").count(), 50, "a functional event was lost");
+        assert_eq!(
+            text.matches("Port Stolen").count(),
+            50,
+            "a functional event was lost"
+        );
         let noise = text.matches("noise").count();
         assert!(noise <= 11 && noise >= 1, "{noise} ordinary lines written");
     }
