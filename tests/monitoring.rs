@@ -55,10 +55,11 @@ async fn scripted_scenario_logs_exactly_the_expected_functional_events() {
     let web = free_addr();
     let targets =
         upstream_target("api", 80, api, target.addr) + &command_target("web", 8080, web, 1);
-    let op = Operator::start(
+    let op = Operator::start_with_metrics(
         &targets,
         "ping_interval = \"200ms\"\nclient_timeout = \"2s\"",
     );
+    let prom = Prometheus::start(op.metrics.unwrap());
     let alice = op.issue("alice");
     let bob = op.issue("bob");
     let admin = op.issue("admin");
@@ -232,6 +233,47 @@ async fn scripted_scenario_logs_exactly_the_expected_functional_events() {
     let refusal = op.events("Session Refused");
     assert_eq!(refusal.len(), 1);
     assert_eq!(refusal[0]["fields"]["client_user"], "bob");
+
+    // The same scenario, as a real Prometheus scraped it.
+    let alice_id = s(&one("Session Started", &a.id), "client_id").to_owned();
+    prom.expect(
+        &format!("mirrord_sessions_create_total{{client_user=\"alice\",user_id=\"{alice_id}\"}}"),
+        2.0,
+    );
+    prom.expect(
+        "sum(mirrord_sessions_create_total{client_user=\"bob\"})",
+        1.0,
+    );
+    prom.expect("sum(mirrord_sessions_duration_count)", 3.0);
+    prom.expect("mirrord_sessions_active", 0.0);
+    prom.expect("mirrord_session_refusals_total{reason=\"conflict\"}", 1.0);
+    prom.expect(
+        &format!(
+            "mirrord_stolen_requests_count{{session_id=\"{}\",target=\"deployment/api\"}}",
+            a.id
+        ),
+        1.0,
+    );
+    prom.expect(&format!("mirrord_stolen_connections_count{{session_id=\"{}\",target=\"deployment/web\",port=\"8080\"}}", c.id), 1.0);
+    prom.expect(
+        "mirrord_bypassed_requests_total{target=\"deployment/api\"}",
+        1.0,
+    );
+    prom.expect_that(
+        &format!(
+            "mirrord_operator_ping_latency_count{{session_id=\"{}\",k8s_user=\"alice\"}}",
+            a.id
+        ),
+        "pings observed",
+        |v| v >= 1.0,
+    );
+    // A mirror steals nothing: no stolen-traffic series for bob's session.
+    assert!(prom
+        .query(&format!(
+            "mirrord_stolen_requests_count{{session_id=\"{}\"}}",
+            b.id
+        ))
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
