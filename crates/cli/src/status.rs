@@ -86,11 +86,21 @@ fn duration(secs: u64) -> String {
 pub fn render(r: &StatusReport) -> String {
     let mut out = format!("Operator version: {}\n", r.operator_version);
     match &r.license {
-        Some(l) => out.push_str(&format!(
-            "License: {} ({}), expires {}\n",
-            l.name, l.organization, l.expires
-        )),
-        None => out.push_str("License: none (licensing not configured)\n"),
+        Some(l) if !l.name.is_empty() => {
+            out.push_str(&format!(
+                "License: {} ({}), expires {}, fingerprint {}\n",
+                l.name, l.organization, l.expires, l.fingerprint
+            ));
+            out.push_str(&format!(
+                "Seats: {}/{} used in {}\n",
+                l.seats_used, l.seats, l.seats_month
+            ));
+        }
+        Some(_) => out.push_str("License: none loaded\n"),
+        None => out.push_str("License: not enforced (no trusted license key configured)\n"),
+    }
+    if let Some(problem) = r.license.as_ref().and_then(|l| l.problem.as_ref()) {
+        out.push_str(&format!("New sessions are refused: {problem}\n"));
     }
     out.push_str("\nActive copies:\n");
     if r.copies.is_empty() {

@@ -29,17 +29,27 @@ pub struct Operator {
     pub sessions: Sessions,
     pub telemetry: Telemetry,
     pub cfg: SessionConfig,
+    pub licensing: Arc<mirrord_license::Licensing>,
+    pub policies: crate::policy::Policies,
     /// Opening sessions one at a time keeps lock arbitration simple and fair (first come).
     pub(crate) open_lock: tokio::sync::Mutex<()>,
 }
 
 impl Operator {
-    pub fn new(backend: Arc<dyn TargetBackend>, telemetry: Telemetry, cfg: SessionConfig) -> Self {
+    pub fn new(
+        backend: Arc<dyn TargetBackend>,
+        telemetry: Telemetry,
+        cfg: SessionConfig,
+        licensing: Arc<mirrord_license::Licensing>,
+        policies: crate::policy::Policies,
+    ) -> Self {
         Self {
             backend,
             sessions: Sessions::new(telemetry.clone()),
             telemetry,
             cfg,
+            licensing,
+            policies,
             open_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -48,10 +58,29 @@ impl Operator {
         let (sessions, copies) = self.sessions.info();
         StatusReport {
             operator_version: env!("CARGO_PKG_VERSION").to_owned(),
-            license: None,
+            license: self.license_summary(),
             copies,
             sessions,
         }
+    }
+
+    fn license_summary(&self) -> Option<mirrord_protocol::LicenseSummary> {
+        let v = self.licensing.view(chrono::Utc::now());
+        if !v.enforced {
+            return None;
+        }
+        let l = v.license.as_ref();
+        Some(mirrord_protocol::LicenseSummary {
+            enforced: true,
+            name: l.map(|l| l.name.clone()).unwrap_or_default(),
+            organization: l.map(|l| l.organization.clone()).unwrap_or_default(),
+            expires: l.map(|l| l.expires.to_string()).unwrap_or_default(),
+            fingerprint: l.map(|l| l.fingerprint.clone()).unwrap_or_default(),
+            seats: l.map(|l| l.seats).unwrap_or_default(),
+            seats_used: v.seats_used as u32,
+            seats_month: v.month,
+            problem: v.problem,
+        })
     }
 
     /// Ends every session (operator shutting down).

@@ -16,6 +16,17 @@ pub struct Config {
     pub sessions: SessionConfig,
     #[serde(default)]
     pub targets: Vec<TargetSpec>,
+    #[serde(default)]
+    pub license: Option<LicenseConfig>,
+    #[serde(default)]
+    pub policies: Vec<crate::policy::PolicySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LicenseConfig {
+    /// Hex Ed25519 public key of the license vendor this operator trusts.
+    pub public_key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +177,12 @@ impl Config {
                 }
             }
         }
+        if let Some(l) = &cfg.license {
+            l.public_key
+                .parse::<mirrord_license::PublicKey>()
+                .map_err(|e| err(format!("[license] public_key: {e}")))?;
+        }
+        crate::policy::Policies::compile(&cfg.policies).map_err(err)?;
         Ok(cfg)
     }
 }

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod config;
 pub mod local;
 pub mod open;
+pub mod policy;
 pub mod sessions;
 pub mod tunnel;
 

@@ -96,6 +96,14 @@ pub async fn open(
         filters.push(f);
     }
 
+    // Governance: the license first (it says why nothing works), then the policies.
+    if let Err(r) = op.licensing.check(chrono::Utc::now()) {
+        return Err(refuse(op, &client, r.reason, ErrorCode::License, r.message));
+    }
+    if let Err(m) = op.policies.check(&req.target, &req.ports) {
+        return Err(refuse(op, &client, "policy", ErrorCode::Policy, m));
+    }
+
     let _serial = op.open_lock.lock().await;
     let id = op.sessions.new_id();
     let copy = if req.copy_target {
@@ -164,6 +172,14 @@ pub async fn open(
             }
         }
         outcomes.push((p, f.clone(), routes, display, skipped));
+    }
+
+    // A seat is counted only for a session that is otherwise able to start.
+    if let Err(r) = op
+        .licensing
+        .admit_seat(&client.client_id, chrono::Utc::now())
+    {
+        return Err(refuse(op, &client, r.reason, ErrorCode::Seats, r.message));
     }
 
     let meta = Arc::new(SessionMeta {

@@ -164,7 +164,9 @@ impl std::str::FromStr for PublicKey {
         let bytes: [u8; 32] = hex::decode(s.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| LicenseError::Key("expected 64 hex digits of an Ed25519 public key".into()))?;
+            .ok_or_else(|| {
+                LicenseError::Key("expected 64 hex digits of an Ed25519 public key".into())
+            })?;
         VerifyingKey::from_bytes(&bytes)
             .map(PublicKey)
             .map_err(|e| LicenseError::Key(e.to_string()))

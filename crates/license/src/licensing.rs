@@ -78,7 +78,9 @@ impl Licensing {
         let Some(key) = &self.key else { return };
         let text = match &self.path {
             None => Err("no license file given".to_owned()),
-            Some(p) => std::fs::read(p).map_err(|e| format!("cannot read license {}: {e}", p.display())),
+            Some(p) => {
+                std::fs::read(p).map_err(|e| format!("cannot read license {}: {e}", p.display()))
+            }
         };
         {
             let mut last = self.last_text.lock().expect("license lock");
@@ -115,7 +117,9 @@ impl Licensing {
     }
 
     fn warn_if_near_expiry(&self, now: DateTime<Utc>) {
-        let State::Loaded(l) = &*self.state.read().expect("license lock") else { return };
+        let State::Loaded(l) = &*self.state.read().expect("license lock") else {
+            return;
+        };
         let left = l.seconds_left(now);
         let today = now.date_naive();
         let mut last = self.last_warned.lock().expect("license lock");
@@ -144,7 +148,12 @@ impl Licensing {
         if self.key.is_none() {
             return Ok(());
         }
-        let refuse = |message: String| Err(Refusal { reason: "license", message });
+        let refuse = |message: String| {
+            Err(Refusal {
+                reason: "license",
+                message,
+            })
+        };
         match &*self.state.read().expect("license lock") {
             State::Missing => refuse("no license: this operator requires one; start it with --license FILE or OPERATOR_LICENSE_PATH".into()),
             State::Invalid(why) => refuse(format!("no valid license: {why}")),
@@ -197,7 +206,11 @@ impl Licensing {
     }
 
     /// Reloads on change and reports seconds left, every `every`, until the process ends.
-    pub async fn watch(self: std::sync::Arc<Self>, every: Duration, report: impl Fn(f64) + Send + 'static) {
+    pub async fn watch(
+        self: std::sync::Arc<Self>,
+        every: Duration,
+        report: impl Fn(f64) + Send + 'static,
+    ) {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
@@ -225,14 +238,37 @@ mod tests {
         let e = lic.check(now).unwrap_err();
         assert!(e.message.contains("cannot read license"), "{}", e.message);
 
-        std::fs::write(&path, License::issue(&key, "Ada", "Acme", (now + chrono::Days::new(30)).date_naive(), 1)).unwrap();
+        std::fs::write(
+            &path,
+            License::issue(
+                &key,
+                "Ada",
+                "Acme",
+                (now + chrono::Days::new(30)).date_naive(),
+                1,
+            ),
+        )
+        .unwrap();
         lic.reload();
         assert!(lic.check(now).is_ok());
         assert!(lic.seconds_left(now) > 29.0 * 86_400.0);
         assert!(lic.admit_seat("a", now).is_ok());
-        assert_eq!(lic.admit_seat("b", now).unwrap_err().message, "Maximum seat count (1) reached");
+        assert_eq!(
+            lic.admit_seat("b", now).unwrap_err().message,
+            "Maximum seat count (1) reached"
+        );
 
-        std::fs::write(&path, License::issue(&key, "Ada", "Acme", (now - chrono::Days::new(2)).date_naive(), 1)).unwrap();
+        std::fs::write(
+            &path,
+            License::issue(
+                &key,
+                "Ada",
+                "Acme",
+                (now - chrono::Days::new(2)).date_naive(),
+                1,
+            ),
+        )
+        .unwrap();
         lic.reload();
         let e = lic.check(now).unwrap_err();
         assert!(e.message.contains("expired at the end of"), "{}", e.message);

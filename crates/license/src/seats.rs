@@ -46,7 +46,12 @@ impl SeatBook {
     }
 
     /// Counts `client_id` for `month` unless that would exceed `seats`.
-    pub fn admit(&mut self, month: &str, client_id: &str, seats: u32) -> std::io::Result<SeatCheck> {
+    pub fn admit(
+        &mut self,
+        month: &str,
+        client_id: &str,
+        seats: u32,
+    ) -> std::io::Result<SeatCheck> {
         self.roll(month);
         if self.book.clients.contains(client_id) {
             return Ok(SeatCheck::Known);

@@ -4,6 +4,7 @@
 
 mod certs;
 mod demo;
+mod license;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,11 @@ enum Command {
         port: u16,
         #[arg(long, default_value = "demo")]
         name: String,
+    },
+    /// Licenses: create vendor keys, sign, inspect.
+    License {
+        #[command(subcommand)]
+        command: license::LicenseCommand,
     },
     /// Client credentials.
     Certs {
@@ -65,6 +71,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::DemoServer { port, name } => demo::run(port, name),
+        Command::License { command } => license::run(command),
         Command::Certs {
             command:
                 CertsCommand::Issue {

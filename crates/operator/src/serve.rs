@@ -4,12 +4,15 @@ use crate::certs::API_ADDRESS_FILE;
 use anyhow::{bail, Context};
 use mirrord_controlplane::config::Config;
 use mirrord_controlplane::local::LocalBackend;
+use mirrord_controlplane::policy::Policies;
 use mirrord_controlplane::{api, Operator};
 use mirrord_identity::CertificateAuthority;
+use mirrord_license::{Licensing, PublicKey};
 use mirrord_telemetry::{logs, metrics, Telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -20,7 +23,14 @@ pub struct ServeArgs {
     /// JSON logs (tracing-subscriber's layout); also OPERATOR_JSON_LOG=true.
     #[arg(long)]
     json_log: bool,
+    /// The license file; reloaded when it changes.
+    #[arg(long, env = "OPERATOR_LICENSE_PATH")]
+    license: Option<PathBuf>,
 }
+
+/// A vendor key built into this binary (`MIRRORD_LICENSE_PUBLIC_KEY` at build time); the
+/// config's `[license] public_key` takes precedence.
+const BUILT_IN_LICENSE_KEY: Option<&str> = option_env!("MIRRORD_LICENSE_PUBLIC_KEY");
 
 fn env_bool(name: &str, default: bool) -> anyhow::Result<bool> {
     match std::env::var(name) {
@@ -72,10 +82,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 format!("{api_addr}\n"),
             )
             .with_context(|| format!("writing {}", args.state_dir.display()))?;
+            let key = match config
+                .license
+                .as_ref()
+                .map(|l| l.public_key.as_str())
+                .or(BUILT_IN_LICENSE_KEY)
+            {
+                Some(k) => Some(k.parse::<PublicKey>().context("the trusted license key")?),
+                None => None,
+            };
+            if key.is_none() {
+                tracing::info!(
+                    "licensing not enforced: no trusted license key is built in or configured"
+                );
+            }
+            let licensing = Arc::new(Licensing::new(key, args.license.clone(), &args.state_dir));
+            if licensing.enforced() {
+                let gauge = telemetry.metrics().license_valid_seconds.clone();
+                tokio::spawn(
+                    Arc::clone(&licensing).watch(Duration::from_secs(1), move |s| gauge.set(s)),
+                );
+            }
+            let policies = Policies::compile(&config.policies).map_err(anyhow::Error::msg)?;
             let op = Arc::new(Operator::new(
                 Arc::new(backend),
                 telemetry,
                 config.sessions.clone(),
+                licensing,
+                policies,
             ));
             tokio::spawn(api::serve(Arc::clone(&op), listener, tls));
             tracing::info!(

@@ -197,6 +197,9 @@ pub enum ErrorCode {
     CopyUnavailable,
     SessionNotFound,
     Killed,
+    License,
+    Seats,
+    Policy,
     Internal,
 }
 
@@ -246,9 +249,18 @@ pub struct StatusReport {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LicenseSummary {
+    /// `false`: the operator trusts no license key and admits every session.
+    pub enforced: bool,
     pub name: String,
     pub organization: String,
     pub expires: String,
+    pub fingerprint: String,
+    pub seats: u32,
+    pub seats_used: u32,
+    /// The calendar month seats are counted in (`2026-11`).
+    pub seats_month: String,
+    /// Why new sessions are refused, if they are.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
