@@ -480,6 +480,7 @@ async fn log_format_and_level_follow_the_environment() {
         targets: upstream_target("api", 80, listen, target.addr),
         sessions: String::new(),
         env: vec![("OPERATOR_JSON_LOG".into(), "false".into())],
+        ..Default::default()
     });
     let alice = op.issue("alice");
     drop(Session::start(&alice, &["mirror", "--target", "api", "--port", "80=1"]).unwrap());
@@ -504,6 +505,7 @@ async fn log_format_and_level_follow_the_environment() {
             targets: upstream_target("api", 80, free_addr(), target.addr),
             sessions: String::new(),
             env: vec![(k.into(), v.into())],
+            ..Default::default()
         });
         let alice = op.issue("alice");
         drop(Session::start(&alice, &["mirror", "--target", "api", "--port", "80=1"]).unwrap());

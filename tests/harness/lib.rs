@@ -84,10 +84,15 @@ impl Lines {
     }
 }
 
+#[derive(Default)]
 pub struct OperatorOptions {
     pub targets: String,
     pub sessions: String,
     pub env: Vec<(String, String)>,
+    /// More config after the targets (`[license]`, `[[policies]]`).
+    pub extra_config: String,
+    /// A state directory that outlives this operator (for restarts).
+    pub state_dir: Option<PathBuf>,
 }
 
 pub struct Operator {
@@ -107,7 +112,7 @@ impl Operator {
         Self::start_with(OperatorOptions {
             targets: targets.into(),
             sessions: sessions.into(),
-            env: vec![],
+            ..Default::default()
         })
     }
 
@@ -120,6 +125,7 @@ impl Operator {
                 ("OPERATOR_METRICS_ENABLED".into(), "true".into()),
                 ("OPERATOR_METRICS_ADDR".into(), free_addr().to_string()),
             ],
+            ..Default::default()
         })
     }
 
@@ -132,12 +138,15 @@ impl Operator {
         let dir = tempfile::tempdir().unwrap();
         let api = free_addr();
         let config = format!(
-            "[api]\nlisten = \"{api}\"\n[sessions]\n{}\n{}",
-            opts.sessions, opts.targets
+            "[api]\nlisten = \"{api}\"\n[sessions]\n{}\n{}\n{}",
+            opts.sessions, opts.targets, opts.extra_config
         );
         let path = dir.path().join("operator.toml");
         std::fs::write(&path, config).unwrap();
-        let state = dir.path().join("state");
+        let state = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let mut cmd = Command::new(bin("mirrord-operator"));
         cmd.args(["serve", "--config"])
             .arg(&path)
@@ -181,9 +190,20 @@ impl Operator {
 
     /// A credential directory for `user`, issued by this operator's CA.
     pub fn issue(&self, user: &str) -> PathBuf {
+        self.issue_in(user, self.dir.path())
+    }
+
+    /// Points an existing credential directory at this operator (after a restart, which
+    /// listens on a new address).
+    pub fn adopt(&self, creds: &Path) {
+        std::fs::write(creds.join("operator-address"), format!("{}\n", self.api)).unwrap();
+    }
+
+    /// Like [`Operator::issue`], into a directory that may outlive this operator.
+    pub fn issue_in(&self, user: &str, parent: &Path) -> PathBuf {
         static ISSUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let out = self.dir.path().join(format!("creds-{user}-{n}"));
+        let out = parent.join(format!("creds-{user}-{n}"));
         let st = Command::new(bin("mirrord-operator"))
             .args(["certs", "issue", "--state-dir"])
             .arg(&self.state)
