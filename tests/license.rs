@@ -1,61 +1,10 @@
 //! License, seats and policies, with licenses made by the real `license keygen|issue`.
 
 use mirrord_e2e::servers::{get, HttpServer};
+use mirrord_e2e::vendor::Vendor;
 use mirrord_e2e::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
-
-struct Vendor {
-    dir: tempfile::TempDir,
-    public: String,
-}
-
-impl Vendor {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(bin("mirrord-operator"))
-            .args(["license", "keygen", "--out"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let public = std::fs::read_to_string(dir.path().join("public.key"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        Self { dir, public }
-    }
-
-    /// A license valid for `days` from today (negative: already expired).
-    fn issue(&self, file: &str, days: i64, seats: u32) -> PathBuf {
-        let expires = (chrono::Utc::now() + chrono::Duration::days(days)).date_naive();
-        let out = self.dir.path().join(file);
-        let st = Command::new(bin("mirrord-operator"))
-            .args(["license", "issue", "--signing-key"])
-            .arg(self.dir.path().join("signing.key"))
-            .args([
-                "--name",
-                "Ada Lovelace",
-                "--organization",
-                "Acme",
-                "--expires",
-                &expires.to_string(),
-                "--seats",
-                &seats.to_string(),
-                "--out",
-            ])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(st.status.success(), "{st:?}");
-        out
-    }
-
-    fn config(&self) -> String {
-        format!("[license]\npublic_key = \"{}\"\n", self.public)
-    }
-}
 
 fn licensed(
     vendor: &Vendor,

@@ -6,6 +6,7 @@
 pub mod prom;
 pub mod raw;
 pub mod servers;
+pub mod vendor;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

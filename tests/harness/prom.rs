@@ -46,9 +46,10 @@ impl Prometheus {
             log,
         };
         wait_for(Duration::from_secs(30), || {
-            std::net::TcpStream::connect(addr).ok()
+            std::net::TcpStream::connect(addr).ok()?;
+            http_get(addr, "/-/ready").contains("Ready").then_some(())
         })
-        .unwrap_or_else(|| panic!("prometheus did not start:\n{}", p.log.text()));
+        .unwrap_or_else(|| panic!("prometheus did not become ready:\n{}", p.log.text()));
         p
     }
 

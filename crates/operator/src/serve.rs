@@ -98,6 +98,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             let licensing = Arc::new(Licensing::new(key, args.license.clone(), &args.state_dir));
             if licensing.enforced() {
+                telemetry.metrics().license_enforced.set(1);
                 let gauge = telemetry.metrics().license_valid_seconds.clone();
                 tokio::spawn(
                     Arc::clone(&licensing).watch(Duration::from_secs(1), move |s| gauge.set(s)),

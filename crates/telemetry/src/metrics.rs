@@ -36,6 +36,9 @@ pub struct Metrics {
     /// Ports that have stolen-traffic series, per session id, so they can be removed.
     session_ports: Mutex<HashMap<String, BTreeSet<u16>>>,
     pub license_valid_seconds: Gauge,
+    /// 1 when the operator enforces a license, so alerts on the gauge above can tell an
+    /// expired license from none being required.
+    pub license_enforced: IntGauge,
     sessions_create_total: IntCounterVec,
     sessions_duration: HistogramVec,
     ping_latency: HistogramVec,
@@ -106,6 +109,14 @@ impl Metrics {
                 Gauge::new(
                     "mirrord_license_valid_seconds",
                     "Seconds left for current license validity",
+                )
+                .expect("valid gauge"),
+            ),
+            license_enforced: reg(
+                &r,
+                IntGauge::new(
+                    "mirrord_license_enforced",
+                    "1 when the operator requires a license for new sessions",
                 )
                 .expect("valid gauge"),
             ),
@@ -239,6 +250,11 @@ impl Metrics {
                     .with_label_values(&Self::user_labels(session))
                     .inc();
                 self.sessions_active.inc();
+                // Exists (at zero) before the first observation, so `rate()` sees the
+                // user's first session end as an increase.
+                let _ = self
+                    .sessions_duration
+                    .with_label_values(&Self::user_labels(session));
                 // The series exists from the start, so a session that never answers a
                 // ping still shows up (with an empty histogram) while it lives.
                 let _ = self.ping_latency.with_label_values(&[
