@@ -54,3 +54,9 @@ impl Vendor {
         format!("[license]\npublic_key = \"{}\"\n", self.public)
     }
 }
+
+impl Default for Vendor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
