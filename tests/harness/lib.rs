@@ -16,16 +16,43 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// `target/debug` (or wherever cargo put this test binary's siblings).
+/// The real binary `name`, built (once per test process) from the current sources.
+///
+/// Cargo builds a package's binaries only for that package's own integration tests, so
+/// these tests build the operator and the CLI themselves: a no-op when they are up to
+/// date, and never a stale binary after an edit.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "mirrord-operator",
+            "-p",
+            "mirrordctl",
+            "--manifest-path",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(dir.parent().expect("target root"));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build");
+        assert!(st.success(), "building the binaries failed");
+        dir
+    });
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not built; run `cargo test --workspace`",
-        p.display()
-    );
+    assert!(p.exists(), "{} missing after the build", p.display());
     p
 }
 

@@ -75,7 +75,8 @@ pub async fn run(
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
     let writer = tokio::spawn(write_frames(sink, out_rx));
     let http = LocalHttp::new();
-    let mut conns: HashMap<u64, mpsc::Sender<Bytes>> = HashMap::new();
+    // Per handed-over connection: where its bytes go, and whether it is a mirror copy.
+    let mut conns: HashMap<u64, (mpsc::Sender<Bytes>, PortMode)> = HashMap::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
     let code = loop {
@@ -98,12 +99,18 @@ pub async fn run(
                     ServerMessage::Ping { nonce } => { let _ = out.send(ClientMessage::Pong { nonce }).await; }
                     ServerMessage::NewConnection { conn, port, mode, .. } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
-                        conns.insert(conn, local::spawn_connection(conn, addr, mode, out.clone()));
+                        conns.insert(conn, (local::spawn_connection(conn, addr, mode, out.clone()), mode));
                     }
                     ServerMessage::ConnData { conn, data } => {
-                        if let Some(tx) = conns.get(&conn) {
-                            if tx.send(data).await.is_err() { conns.remove(&conn); }
-                        }
+                        let Some((tx, mode)) = conns.get(&conn) else { continue };
+                        let delivered = match mode {
+                            // Stolen bytes are never dropped: wait for the local process.
+                            PortMode::Steal => tx.send(data).await.is_ok(),
+                            // A mirror copy the local process cannot take is dropped (and the
+                            // copy ended), so a stuck mirror never stalls this loop's pongs.
+                            PortMode::Mirror => tx.try_send(data).is_ok(),
+                        };
+                        if !delivered { conns.remove(&conn); }
                     }
                     ServerMessage::ConnClose { conn } => { conns.remove(&conn); }
                     ServerMessage::HttpRequest { req, port, mode, head, body } => {
@@ -111,7 +118,7 @@ pub async fn run(
                         let (tx, rx) = mpsc::channel(64);
                         if mode == PortMode::Steal {
                             // Registered now so bytes after a 101 find their way.
-                            conns.insert(req, tx.clone());
+                            conns.insert(req, (tx.clone(), PortMode::Steal));
                         }
                         http.spawn(LocalRequest { req, addr, mode, head, body }, out.clone(), rx);
                     }

@@ -1,0 +1,92 @@
+# Shared helpers for the benchmark scripts (sourced).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN="$ROOT/target/release"
+WORK=${WORK:-$(mktemp -d /tmp/mirrord-bench.XXXXXX)}
+DURATION=${DURATION:-5}
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+# nginx NAME PORT WORKERS [proxy_to_port]: a fixed 13-byte body, or a keep-alive reverse proxy.
+nginx_start() {
+  local name=$1 port=$2 workers=$3 proxy=${4:-}
+  local dir="$WORK/nginx-$name"; mkdir -p "$dir/logs"
+  local location='return 200 "hello, world\n";'
+  local upstream=""
+  if [ -n "$proxy" ]; then
+    upstream="upstream up { server 127.0.0.1:$proxy; keepalive 128; }"
+    location='proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";'
+  fi
+  cat > "$dir/nginx.conf" <<CONF
+worker_processes $workers;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  $upstream
+  server { listen 127.0.0.1:$port reuseport; location / { $location } }
+}
+CONF
+  nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' &
+  PIDS+=($!)
+  wait_port "$port"
+}
+
+# wrk_run LABEL URL CONNS [extra wrk args...] -> "LABEL rps p50_ms p99_ms"
+wrk_run() {
+  local label=$1 url=$2 conns=$3; shift 3
+  local out
+  out=$(wrk -t1 -c"$conns" -d"${DURATION}s" --latency "$@" "$url" 2>&1)
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local errs; errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  printf '%-44s %10.0f req/s  p50 %8s  p99 %8s  %s\n' "$label" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs"
+  echo "$label|$rps|$(ms "$p50")|$(ms "$p99")" >> "$WORK/results.psv"
+}
+
+# wrk prints 1.23ms / 456.00us / 1.02s: normalise to ms.
+ms() {
+  local v=$1
+  case $v in
+    *us) awk -v x="${v%us}" 'BEGIN{printf "%.3fms", x/1000}';;
+    *ms) awk -v x="${v%ms}" 'BEGIN{printf "%.3fms", x}';;
+    *s) awk -v x="${v%s}" 'BEGIN{printf "%.3fms", x*1000}';;
+    *) echo "$v";;
+  esac
+}
+
+# ratio A B: A/B from results.psv req/s
+ratio() {
+  awk -F'|' -v a="$1" -v b="$2" '$1==a{x=$2} $1==b{y=$2} END{ if (y>0) printf "%.2f", x/y; else print "n/a" }' "$WORK/results.psv"
+}
+
+# operator_start CONFIG: release operator with JSON logs and metrics; sets OP_PID, METRICS.
+operator_start() {
+  METRICS=127.0.0.1:$(free_port)
+  OPERATOR_JSON_LOG=true OPERATOR_METRICS_ENABLED=true OPERATOR_METRICS_ADDR=$METRICS \
+    "$BIN/mirrord-operator" serve --config "$1" --state-dir "$WORK/state" > "$WORK/operator.log" 2>&1 &
+  OP_PID=$!
+  PIDS+=($OP_PID)
+  for _ in $(seq 100); do grep -q "operator ready" "$WORK/operator.log" 2>/dev/null && return 0; sleep 0.05; done
+  cat "$WORK/operator.log"; return 1
+}
+
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+machine() {
+  echo "machine: $(nproc) cores ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs)), $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -sr)"
+  echo "tools: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), nginx $(nginx -v 2>&1 | cut -d/ -f2), $(rustc --version)"
+}
