@@ -97,3 +97,48 @@ async fn slow_and_dead_mirrors_never_slow_the_real_path() {
         "the slow mirror got no copy at all"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_mirror_whose_process_never_reads_keeps_its_session_and_the_real_path() {
+    // A local process that accepts and never reads: its socket buffers fill up.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(
+        &upstream_target("api", 80, listen, target.addr),
+        "ping_interval = \"200ms\"\nclient_timeout = \"2s\"",
+    );
+    let bob = op.issue("bob");
+    let port = format!("80={hole_addr}");
+    let s = Session::start(&bob, &["mirror", "--target", "api", "--port", &port]).unwrap();
+
+    let body = bytes::Bytes::from(vec![b'x'; 256 * 1024]);
+    let mut c = H1::connect(listen).await;
+    let start = Instant::now();
+    for i in 0..80 {
+        let (status, text) = c.post(&format!("/big{i}"), body.clone()).await;
+        assert_eq!((status, text), (200, format!("target POST /big{i}")));
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "20 MB took {:?}",
+        start.elapsed()
+    );
+    // Longer than the client timeout: the CLI must still be answering pings.
+    std::thread::sleep(Duration::from_secs(3));
+    let st = status(&bob);
+    assert_eq!(
+        st["sessions"].as_array().unwrap().len(),
+        1,
+        "the stuck mirror's session died: {}",
+        s.stderr.text()
+    );
+    assert!(op.events("Session Ended").is_empty());
+}

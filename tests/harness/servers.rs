@@ -162,6 +162,19 @@ impl H1 {
         Self { sender }
     }
 
+    /// Sends a POST with a body; returns (status, body).
+    pub async fn post(&mut self, path: &str, body: Bytes) -> (u16, String) {
+        let req = Request::post(path)
+            .header("host", "test")
+            .body(Full::new(body))
+            .unwrap();
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Sends a GET with headers; returns (status, body).
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut b = Request::get(path).header("host", "test");

@@ -77,11 +77,15 @@ pub async fn run(
     let http = LocalHttp::new();
     // Per handed-over connection: where its bytes go, and whether it is a mirror copy.
     let mut conns: HashMap<u64, (mpsc::Sender<Bytes>, PortMode)> = HashMap::new();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Registered once, before the loop: a listener created per iteration would miss a
+    // signal delivered between iterations.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
 
     let code = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break leave(&out, "interrupted").await,
+            _ = int.recv() => break leave(&out, "interrupted").await,
             _ = term.recv() => break leave(&out, "terminated").await,
             frame = inbound.next() => {
                 let msg = match frame {
