@@ -21,6 +21,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Initial read and write buffer of a connection's framing.
+const IDLE_BUFFER: usize = 512;
 /// Frames queued for one client before producers wait.
 const OUTBOUND_QUEUE: usize = 1024;
 
@@ -138,7 +140,12 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
             return;
         }
     };
-    let (sink, mut inbound) = Framed::new(tls, FrameCodec::default()).split();
+    let mut framed = Framed::new(tls, FrameCodec::default());
+    // Idle sessions are the common case: start with small buffers (they grow on demand)
+    // rather than tokio-util's 8 KiB each way, which is most of an idle session's memory.
+    *framed.read_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
+    *framed.write_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
+    let (sink, mut inbound) = framed.split();
     let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let writer = tokio::spawn(write_frames(sink, out_rx));
 

@@ -219,3 +219,4 @@ fn spawn_mirror(
         let _ = out.send(ServerMessage::ConnClose { conn }).await;
     });
 }
+
