@@ -1,13 +1,14 @@
 //! The developer's side of handed-over traffic: connections to the local process, and HTTP
 //! requests replayed against it.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mirrord_protocol::pump::{self, ConnFrames};
 use mirrord_protocol::{ClientMessage, HttpRequestHead, HttpResponseHead, PortMode};
 use std::net::SocketAddr;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 /// Connects to the local process and relays. Mirrored connections' answers are discarded.
@@ -33,37 +34,19 @@ pub fn spawn_connection(
     tx
 }
 
-/// Bytes from the operator go into `io`; bytes from `io` go back when `answer` is set.
+/// Relays a handed-over connection to the local process (answers go back when `answer`).
 pub async fn relay<IO: AsyncRead + AsyncWrite + Unpin>(
     conn: u64,
-    mut io: IO,
-    mut rx: mpsc::Receiver<Bytes>,
+    io: IO,
+    rx: mpsc::Receiver<Bytes>,
     out: mpsc::Sender<ClientMessage>,
     answer: bool,
 ) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut open = true;
-    loop {
-        buf.reserve(16 * 1024);
-        tokio::select! {
-            r = io.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let data = buf.split().freeze();
-                    if answer && out.send(ClientMessage::ConnData { conn, data }).await.is_err() {
-                        return;
-                    }
-                }
-            },
-            d = rx.recv(), if open => match d {
-                Some(d) => if io.write_all(&d).await.is_err() { break },
-                None => { open = false; let _ = io.shutdown().await; if !answer { break } }
-            },
-        }
-    }
-    if answer {
-        let _ = out.send(ClientMessage::ConnClose { conn }).await;
-    }
+    let frames = ConnFrames {
+        data: |conn, data| ClientMessage::ConnData { conn, data },
+        close: |conn| ClientMessage::ConnClose { conn },
+    };
+    pump::relay(conn, io, rx, out, frames, answer, std::future::pending()).await
 }
 
 const HOP_BY_HOP: &[&str] = &[

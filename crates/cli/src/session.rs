@@ -73,7 +73,7 @@ pub async fn run(
 
     let (sink, mut inbound) = t.split();
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
-    let writer = tokio::spawn(write_frames(sink, out_rx));
+    let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
     let http = LocalHttp::new();
     // Per handed-over connection: where its bytes go, and whether it is a mirror copy.
     let mut conns: HashMap<u64, (mpsc::Sender<Bytes>, PortMode)> = HashMap::new();
@@ -152,24 +152,4 @@ async fn leave(out: &mpsc::Sender<ClientMessage>, why: &str) -> u8 {
     let _ = out.send(ClientMessage::EndSession).await;
     eprintln!("mirrordctl: {why}; session ended");
     0
-}
-
-async fn write_frames(
-    mut sink: futures::stream::SplitSink<crate::connect::Transport, ClientMessage>,
-    mut rx: mpsc::Receiver<ClientMessage>,
-) {
-    while let Some(msg) = rx.recv().await {
-        if sink.feed(msg).await.is_err() {
-            return;
-        }
-        while let Ok(more) = rx.try_recv() {
-            if sink.feed(more).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = sink.close().await;
 }

@@ -5,7 +5,7 @@ use crate::backend::TargetBackend;
 use crate::config::SessionConfig;
 use crate::sessions::Sessions;
 use crate::{open, tunnel};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use mirrord_identity::PeerIdentity;
 use mirrord_protocol::{
     ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest, ServerMessage,
@@ -147,7 +147,7 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
     *framed.write_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
     let (sink, mut inbound) = framed.split();
     let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let writer = tokio::spawn(write_frames(sink, out_rx));
+    let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
 
     let hello = match next(&mut inbound, HANDSHAKE_TIMEOUT).await {
         Ok(ClientMessage::Hello(h)) => h,
@@ -256,27 +256,6 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
 async fn finish(out: mpsc::Sender<ServerMessage>, writer: tokio::task::JoinHandle<()>) {
     drop(out);
     let _ = writer.await;
-}
-
-/// The single writer of a connection: batches queued frames into one flush.
-async fn write_frames(
-    mut sink: futures::stream::SplitSink<Transport, ServerMessage>,
-    mut rx: mpsc::Receiver<ServerMessage>,
-) {
-    while let Some(msg) = rx.recv().await {
-        if sink.feed(msg).await.is_err() {
-            return;
-        }
-        while let Ok(more) = rx.try_recv() {
-            if sink.feed(more).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = sink.close().await;
 }
 
 pub(crate) enum NextError {

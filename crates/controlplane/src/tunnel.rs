@@ -5,15 +5,16 @@
 use crate::api::{error, kind, reject_frame, Inbound, NextError, Operator};
 use crate::open::Opened;
 use crate::sessions::Control;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use mirrord_dataplane::{Handoff, StolenResponse};
+use mirrord_protocol::pump::{relay, ConnFrames};
 use mirrord_protocol::{ClientMessage, ErrorCode, PortMode, ServerMessage};
 use mirrord_telemetry::Event;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Chunks from the developer queued per connection before the session's reader waits.
@@ -167,32 +168,20 @@ pub async fn run(
 /// the client's frames, until either side closes or the session ends.
 fn spawn_conn(
     conn: u64,
-    mut io: DuplexStream,
+    io: DuplexStream,
     out: mpsc::Sender<ServerMessage>,
     mut alive: watch::Receiver<()>,
 ) -> mpsc::Sender<Bytes> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(CONN_QUEUE);
+    let (tx, rx) = mpsc::channel::<Bytes>(CONN_QUEUE);
+    let frames = ConnFrames {
+        data: |conn, data| ServerMessage::ConnData { conn, data },
+        close: |conn| ServerMessage::ConnClose { conn },
+    };
     tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let mut client_open = true;
-        loop {
-            buf.reserve(16 * 1024);
-            tokio::select! {
-                r = io.read_buf(&mut buf) => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let data = buf.split().freeze();
-                        if out.send(ServerMessage::ConnData { conn, data }).await.is_err() { return; }
-                    }
-                },
-                d = rx.recv(), if client_open => match d {
-                    Some(d) => if io.write_all(&d).await.is_err() { break },
-                    None => { client_open = false; let _ = io.shutdown().await; }
-                },
-                _ = alive.changed() => return,
-            }
-        }
-        let _ = out.send(ServerMessage::ConnClose { conn }).await;
+        let stop = async move {
+            let _ = alive.changed().await;
+        };
+        relay(conn, io, rx, out, frames, true, stop).await
     });
     tx
 }
@@ -219,4 +208,3 @@ fn spawn_mirror(
         let _ = out.send(ServerMessage::ConnClose { conn }).await;
     });
 }
-

@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod filter;
 pub mod messages;
+pub mod pump;
 pub mod session_id;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME_LEN};
