@@ -296,3 +296,28 @@ block = ["mirror"]
             .contains("blocked by policy"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_warns_as_expiry_nears() {
+    let target = HttpServer::start("target").await;
+    let vendor = Vendor::new();
+    let soon = vendor.issue("soon.json", 5, 5);
+    let op = licensed(
+        &vendor,
+        Some(&soon),
+        upstream_target("api", 80, free_addr(), target.addr),
+        None,
+    );
+    let warning = op
+        .stdout
+        .wait(Duration::from_secs(5), |l| {
+            l.contains("license expires in 5 days")
+        })
+        .expect("a warning about the coming expiry");
+    let line: serde_json::Value = serde_json::from_str(&warning).unwrap();
+    assert_eq!(line["level"], "WARN");
+    assert_eq!(line["fields"]["days_left"], 5);
+    // Still valid: sessions start.
+    let alice = op.issue("alice");
+    drop(Session::start(&alice, &["mirror", "--target", "api", "--port", "80=1"]).unwrap());
+}
