@@ -41,7 +41,7 @@ pub async fn connect(creds_dir: &Path) -> anyhow::Result<(Transport, Welcome)> {
     }))
     .await?;
     match t.next().await {
-        Some(Ok(ServerMessage::Welcome(w))) => Ok((t, w)),
+        Some(Ok(ServerMessage::Welcome(w))) => Ok((t, *w)),
         Some(Ok(ServerMessage::Error(e))) => anyhow::bail!("{e}"),
         Some(Ok(other)) => anyhow::bail!("unexpected answer from the operator: {other:?}"),
         Some(Err(e)) => Err(e).context("reading the operator's answer"),

@@ -124,7 +124,7 @@ pub async fn run(
                             // Registered now so bytes after a 101 find their way.
                             conns.insert(req, (tx.clone(), PortMode::Steal));
                         }
-                        http.spawn(LocalRequest { req, addr, mode, head, body }, out.clone(), rx);
+                        http.spawn(LocalRequest { req, addr, mode, head: *head, body }, out.clone(), rx);
                     }
                     ServerMessage::Upgraded { .. } => {}
                     ServerMessage::PortLost { port, reason } => {

@@ -189,11 +189,11 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
         cli_version: hello.cli_version,
     };
     let _ = out
-        .send(ServerMessage::Welcome(Welcome {
+        .send(ServerMessage::Welcome(Box::new(Welcome {
             operator_version: env!("CARGO_PKG_VERSION").to_owned(),
             client_id: identity.client_id,
             client_user: identity.client_user,
-        }))
+        })))
         .await;
 
     match next(&mut inbound, HANDSHAKE_TIMEOUT).await {

@@ -271,11 +271,11 @@ pub async fn open(
         });
     }
     let _ = out
-        .send(ServerMessage::SessionOpened(SessionOpened {
+        .send(ServerMessage::SessionOpened(Box::new(SessionOpened {
             session_id: id,
             ports: reply,
             copy: copy_name,
-        }))
+        })))
         .await;
     Ok(Opened {
         entry,

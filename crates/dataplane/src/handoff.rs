@@ -27,14 +27,14 @@ pub enum Handoff {
     /// One stolen HTTP request; the answer comes back on `respond`.
     StolenRequest {
         port: u16,
-        head: HttpRequestHead,
+        head: Box<HttpRequestHead>,
         body: Bytes,
         respond: oneshot::Sender<StolenResponse>,
     },
     /// A copy of one HTTP request; no answer is expected.
     MirroredRequest {
         port: u16,
-        head: HttpRequestHead,
+        head: Box<HttpRequestHead>,
         body: Bytes,
     },
 }

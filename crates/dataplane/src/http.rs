@@ -114,7 +114,7 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
             return text(status, format!("mirrord: cannot read request body: {e}\n"));
         }
     };
-    let head = request_head(&parts);
+    let head = Box::new(request_head(&parts));
     for m in &mirrors {
         // A mirror that is behind loses this copy; the real path never waits for it.
         let _ = m.tx.try_send(Handoff::MirroredRequest {

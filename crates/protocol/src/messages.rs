@@ -109,10 +109,12 @@ pub enum KillRequest {
 // ---------------------------------------------------------------- operator -> client
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+// Rarely sent, large variants are boxed: every session preallocates a block of these in
+// its outbound queue, so the enum's size is paid per idle session.
 pub enum ServerMessage {
     /// Answer to [`ClientHello`]: who the operator authenticated.
-    Welcome(Welcome),
-    SessionOpened(SessionOpened),
+    Welcome(Box<Welcome>),
+    SessionOpened(Box<SessionOpened>),
     /// The request failed; for a session, it is over.
     Error(ErrorReply),
     Status(Box<StatusReport>),
@@ -142,7 +144,7 @@ pub enum ServerMessage {
         req: u64,
         port: u16,
         mode: PortMode,
-        head: HttpRequestHead,
+        head: Box<HttpRequestHead>,
         body: Bytes,
     },
     /// After a 101 answer to a stolen request, `conn == req` carries raw bytes both ways.
