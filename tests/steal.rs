@@ -2,6 +2,7 @@
 
 use mirrord_e2e::servers::{get, upgrade_echo, HttpServer, H1, H2};
 use mirrord_e2e::*;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfiltered_steal_takes_every_new_connection() {
@@ -234,4 +235,73 @@ async fn raw_post(addr: std::net::SocketAddr) -> (u16, String) {
     s.read_to_string(&mut out).await.unwrap();
     let status = out[9..12].parse().unwrap();
     (status, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_costs_only_its_own_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The developer's process: `/huge` answers 64 MiB, anything else a short body.
+    let dev = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dev_addr = dev.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = dev.accept().await {
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                if req.starts_with(b"GET /huge") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 67108864\r\n\r\n")
+                        .await;
+                    let chunk = vec![0u8; 1 << 20];
+                    for _ in 0..64 {
+                        if s.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(
+        &upstream_target("api", 80, listen, target.addr),
+        "ping_interval = \"200ms\"\nclient_timeout = \"2s\"",
+    );
+    let alice = op.issue("alice");
+    let port = format!("80={dev_addr}");
+    let s = Session::start(&alice, &["steal", "--target", "api", "--port", &port]).unwrap();
+
+    // A client that asks for 64 MiB and never reads a byte of it.
+    let mut stuck = tokio::net::TcpStream::connect(listen).await.unwrap();
+    stuck
+        .write_all(b"GET /huge HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Longer than the client timeout: the session is alive and still steals.
+    assert!(
+        op.events("Session Ended").is_empty(),
+        "session ended: {}",
+        s.stderr.text()
+    );
+    assert_eq!(status(&alice)["sessions"].as_array().unwrap().len(), 1);
+    let small = tokio::time::timeout(Duration::from_secs(10), get(listen, "/small", &[]))
+        .await
+        .expect("the session is wedged by one stuck connection");
+    assert_eq!((small.0, small.1.as_str()), (200, "ok"));
+    drop(stuck);
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mirrord_protocol::pump::{self, ConnFrames};
+use mirrord_protocol::pump::{self, conn_channel, ConnFrames, ConnInbox, ConnOutlet};
 use mirrord_protocol::{ClientMessage, HttpRequestHead, HttpResponseHead, PortMode};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -17,8 +17,8 @@ pub fn spawn_connection(
     addr: SocketAddr,
     mode: PortMode,
     out: mpsc::Sender<ClientMessage>,
-) -> mpsc::Sender<Bytes> {
-    let (tx, rx) = mpsc::channel(64);
+) -> ConnInbox {
+    let (tx, rx) = conn_channel();
     tokio::spawn(async move {
         match tokio::net::TcpStream::connect(addr).await {
             Ok(s) => {
@@ -38,7 +38,7 @@ pub fn spawn_connection(
 pub async fn relay<IO: AsyncRead + AsyncWrite + Unpin>(
     conn: u64,
     io: IO,
-    rx: mpsc::Receiver<Bytes>,
+    rx: ConnOutlet,
     out: mpsc::Sender<ClientMessage>,
     answer: bool,
 ) {
@@ -84,7 +84,7 @@ impl LocalHttp {
         &self,
         r: LocalRequest,
         out: mpsc::Sender<ClientMessage>,
-        upgraded_rx: mpsc::Receiver<Bytes>,
+        upgraded_rx: ConnOutlet,
     ) {
         let LocalRequest {
             req,

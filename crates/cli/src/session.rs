@@ -5,8 +5,8 @@ use crate::connect::connect;
 use crate::local::{self, LocalHttp, LocalRequest};
 use crate::SessionArgs;
 use anyhow::Context;
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use mirrord_protocol::pump::{conn_channel, ConnInbox};
 use mirrord_protocol::{
     ClientMessage, ConcurrentSteal, PortMode, PortRequest, ServerMessage, SessionRequest,
 };
@@ -75,8 +75,8 @@ pub async fn run(
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
     let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
     let http = LocalHttp::new();
-    // Per handed-over connection: where its bytes go, and whether it is a mirror copy.
-    let mut conns: HashMap<u64, (mpsc::Sender<Bytes>, PortMode)> = HashMap::new();
+    // Per handed-over connection: where its bytes go (never waited on).
+    let mut conns: HashMap<u64, ConnInbox> = HashMap::new();
     // Registered once, before the loop: a listener created per iteration would miss a
     // signal delivered between iterations.
     use tokio::signal::unix::{signal, SignalKind};
@@ -103,26 +103,23 @@ pub async fn run(
                     ServerMessage::Ping { nonce } => { let _ = out.send(ClientMessage::Pong { nonce }).await; }
                     ServerMessage::NewConnection { conn, port, mode, .. } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
-                        conns.insert(conn, (local::spawn_connection(conn, addr, mode, out.clone()), mode));
+                        conns.insert(conn, local::spawn_connection(conn, addr, mode, out.clone()));
                     }
                     ServerMessage::ConnData { conn, data } => {
-                        let Some((tx, mode)) = conns.get(&conn) else { continue };
-                        let delivered = match mode {
-                            // Stolen bytes are never dropped: wait for the local process.
-                            PortMode::Steal => tx.send(data).await.is_ok(),
-                            // A mirror copy the local process cannot take is dropped (and the
-                            // copy ended), so a stuck mirror never stalls this loop's pongs.
-                            PortMode::Mirror => tx.try_send(data).is_ok(),
-                        };
-                        if !delivered { conns.remove(&conn); }
+                        // A local process that stops reading costs its connection (closed
+                        // once too far behind), never this loop's pongs or other traffic.
+                        if conns.get(&conn).is_some_and(|c| !c.push(data)) {
+                            conns.remove(&conn);
+                            let _ = out.send(ClientMessage::ConnClose { conn }).await;
+                        }
                     }
                     ServerMessage::ConnClose { conn } => { conns.remove(&conn); }
                     ServerMessage::HttpRequest { req, port, mode, head, body } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
-                        let (tx, rx) = mpsc::channel(64);
+                        let (tx, rx) = conn_channel();
                         if mode == PortMode::Steal {
                             // Registered now so bytes after a 101 find their way.
-                            conns.insert(req, (tx.clone(), PortMode::Steal));
+                            conns.insert(req, tx);
                         }
                         http.spawn(LocalRequest { req, addr, mode, head: *head, body }, out.clone(), rx);
                     }

@@ -8,7 +8,7 @@ use crate::sessions::Control;
 use bytes::Bytes;
 use futures::StreamExt;
 use mirrord_dataplane::{Handoff, StolenResponse};
-use mirrord_protocol::pump::{relay, ConnFrames};
+use mirrord_protocol::pump::{conn_channel, relay, ConnFrames, ConnInbox};
 use mirrord_protocol::{ClientMessage, ErrorCode, PortMode, ServerMessage};
 use mirrord_telemetry::Event;
 use std::collections::{HashMap, VecDeque};
@@ -16,9 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot, watch};
-
-/// Chunks from the developer queued per connection before the session's reader waits.
-const CONN_QUEUE: usize = 64;
 
 pub async fn run(
     op: &Arc<Operator>,
@@ -35,7 +32,7 @@ pub async fn run(
     // Dropped when the session ends: every connection task of the session stops with it,
     // which closes the connections it was carrying.
     let (alive, _) = watch::channel(());
-    let mut conns: HashMap<u64, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut conns: HashMap<u64, ConnInbox> = HashMap::new();
     let mut pending: HashMap<u64, oneshot::Sender<StolenResponse>> = HashMap::new();
     let mut next_id: u64 = 1;
     let mut pings: VecDeque<(u64, Instant)> = VecDeque::new();
@@ -72,10 +69,11 @@ pub async fn run(
                         }
                     }
                     ClientMessage::ConnData { conn, data } => {
-                        if let Some(tx) = conns.get(&conn) {
-                            if tx.send(data).await.is_err() {
-                                conns.remove(&conn);
-                            }
+                        // Never waits: a connection too far behind is closed instead.
+                        if conns.get(&conn).is_some_and(|c| !c.push(data)) {
+                            conns.remove(&conn);
+                            tracing::debug!(session_id = %id, conn, "connection fell too far behind; closed");
+                            let _ = out.send(ServerMessage::ConnClose { conn }).await;
                         }
                     }
                     ClientMessage::ConnClose { conn } => {
@@ -171,8 +169,8 @@ fn spawn_conn(
     io: DuplexStream,
     out: mpsc::Sender<ServerMessage>,
     mut alive: watch::Receiver<()>,
-) -> mpsc::Sender<Bytes> {
-    let (tx, rx) = mpsc::channel::<Bytes>(CONN_QUEUE);
+) -> ConnInbox {
+    let (tx, rx) = conn_channel();
     let frames = ConnFrames {
         data: |conn, data| ServerMessage::ConnData { conn, data },
         close: |conn| ServerMessage::ConnClose { conn },

@@ -5,6 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use futures::{Sink, SinkExt};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -30,6 +32,47 @@ where
     let _ = sink.close().await;
 }
 
+/// Bytes the peer may have queued for one connection before that connection is closed
+/// rather than waited for: a consumer that stops reading costs its own connection, never
+/// the session's other connections or its pings.
+pub const CONN_BACKLOG_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Where a session's frame loop puts bytes for one connection. Never blocks.
+pub struct ConnInbox {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The connection's end of its inbox, read by [`relay`].
+pub struct ConnOutlet {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+pub fn conn_channel() -> (ConnInbox, ConnOutlet) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        ConnInbox {
+            tx,
+            queued: Arc::clone(&queued),
+        },
+        ConnOutlet { rx, queued },
+    )
+}
+
+impl ConnInbox {
+    /// Queues bytes for the connection. `false`: the connection is gone, or is more than
+    /// [`CONN_BACKLOG_LIMIT`] behind; the caller drops this inbox, which ends it.
+    pub fn push(&self, data: Bytes) -> bool {
+        let n = data.len();
+        if self.queued.fetch_add(n, Ordering::AcqRel) + n > CONN_BACKLOG_LIMIT {
+            return false;
+        }
+        self.tx.send(data).is_ok()
+    }
+}
+
 /// How one side spells "bytes for connection N" and "connection N closed".
 pub struct ConnFrames<M> {
     pub data: fn(u64, Bytes) -> M,
@@ -43,7 +86,7 @@ pub struct ConnFrames<M> {
 pub async fn relay<IO, M>(
     conn: u64,
     mut io: IO,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut inbox: ConnOutlet,
     out: mpsc::Sender<M>,
     frames: ConnFrames<M>,
     answer: bool,
@@ -66,8 +109,11 @@ pub async fn relay<IO, M>(
                     }
                 }
             },
-            d = rx.recv(), if peer_open => match d {
-                Some(d) => if io.write_all(&d).await.is_err() { break },
+            d = inbox.rx.recv(), if peer_open => match d {
+                Some(d) => {
+                    if io.write_all(&d).await.is_err() { break }
+                    inbox.queued.fetch_sub(d.len(), Ordering::AcqRel);
+                }
                 None => {
                     // The peer's side is done: pass the half-close on, keep reading answers.
                     peer_open = false;
