@@ -305,3 +305,62 @@ async fn a_client_that_stops_reading_costs_only_its_own_connection() {
     assert_eq!((small.0, small.1.as_str()), (200, "ok"));
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_routed_one_by_one_and_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let _s = Session::start(
+        &alice,
+        &[
+            "steal",
+            "--target",
+            "api",
+            "--port",
+            &port,
+            "--header",
+            "x-user: alice",
+        ],
+    )
+    .unwrap();
+
+    // Four requests in one write, before reading any answer.
+    let mut c = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let req = |path: &str, user: bool| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: t\r\n{}\r\n",
+            if user { "x-user: alice\r\n" } else { "" }
+        )
+    };
+    let batch = req("/p1", true) + &req("/p2", false) + &req("/p3", true) + &req("/p4", false);
+    c.write_all(batch.as_bytes()).await.unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let want = [
+        "dev GET /p1",
+        "target GET /p2",
+        "dev GET /p3",
+        "target GET /p4",
+    ];
+    while !got.contains(want[3]) {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("answers in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let positions: Vec<usize> = want
+        .iter()
+        .map(|w| got.find(w).unwrap_or_else(|| panic!("{w} missing: {got}")))
+        .collect();
+    assert!(
+        positions.windows(2).all(|p| p[0] < p[1]),
+        "out of order: {got}"
+    );
+}
