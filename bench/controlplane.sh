@@ -45,7 +45,7 @@ for n in 1000 10000; do
   sleep 5   # a few ping rounds: steady state
   echo "operator RSS with $n sessions: $(rss_mb "$OP_PID") MB"
   for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://$METRICS/metrics"; done \
-    | sort -n | awk -v n="$n" 'NR==3 {printf "scrape with %d sessions: median %.1f ms, %.1f MB, %d lines\n", n, $1*1000, $2/1048576, 0}' 
+    | sort -n | awk -v n="$n" 'NR==3 {printf "scrape with %d sessions: median %.1f ms, %.1f MB\n", n, $1*1000, $2/1048576}' 
   echo "   series lines: $(curl -s "http://$METRICS/metrics" | grep -vc '^#')"
   exec 7>&-
   wait "$HOLD" 2>/dev/null || true
