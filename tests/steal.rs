@@ -364,3 +364,114 @@ async fn pipelined_requests_are_routed_one_by_one_and_answered_in_order() {
         "out of order: {got}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stolen_responses_stream_as_they_are_produced() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    // The developer's process answers like server-sent events: a chunk now, one later.
+    let dev = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dev_addr = dev.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = dev.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let (tx, rx) =
+                        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+                    tokio::spawn(async move {
+                        let _ = tx
+                            .send(Ok(Frame::data(Bytes::from("data: first\n\n"))))
+                            .await;
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        let _ = tx
+                            .send(Ok(Frame::data(Bytes::from("data: second\n\n"))))
+                            .await;
+                    });
+                    let body = StreamBody::new(tokio_stream_from(rx));
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(body)
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={dev_addr}");
+    let _s = Session::start(
+        &alice,
+        &[
+            "steal", "--target", "api", "--port", &port, "--path", "^/events",
+        ],
+    )
+    .unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/events")
+        .header("host", "t")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let start = std::time::Instant::now();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let first_at = start.elapsed();
+    assert_eq!(first, "data: first\n\n");
+    assert!(
+        first_at < Duration::from_millis(1000),
+        "first event after {first_at:?}: buffered, not streamed"
+    );
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(second, "data: second\n\n");
+    assert!(start.elapsed() >= Duration::from_millis(1500));
+}
+
+/// An mpsc receiver as a stream (no tokio-stream dependency for one use).
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stolen_uploads_larger_than_a_frame_arrive_whole() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let _s = Session::start(
+        &alice,
+        &[
+            "steal", "--target", "api", "--port", &port, "--method", "POST",
+        ],
+    )
+    .unwrap();
+
+    // 40 MiB: more than twice the largest frame.
+    let body: Vec<u8> = (0..40 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut c = H1::connect(listen).await;
+    let (status, text) = c.post("/upload", bytes::Bytes::from(body.clone())).await;
+    assert_eq!((status, text.as_str()), (200, "dev POST /upload"));
+    let hits = dev.hits();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].body.len(), body.len());
+    assert!(hits[0].body == body, "the upload arrived altered");
+    assert!(target.hits().is_empty());
+}

@@ -2,9 +2,10 @@
 //! requests replayed against it.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mirrord_protocol::body::{self, Body};
 use mirrord_protocol::pump::{self, conn_channel, ConnFrames, ConnInbox, ConnOutlet};
 use mirrord_protocol::{ClientMessage, HttpRequestHead, HttpResponseHead, PortMode};
 use std::net::SocketAddr;
@@ -63,12 +64,12 @@ pub struct LocalRequest {
     pub addr: SocketAddr,
     pub mode: PortMode,
     pub head: HttpRequestHead,
-    pub body: Bytes,
+    pub body: Body,
 }
 
 #[derive(Clone)]
 pub struct LocalHttp {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
 }
 
 impl LocalHttp {
@@ -117,6 +118,7 @@ impl LocalHttp {
                                     headers,
                                 },
                                 body: Bytes::new(),
+                                end: true,
                             })
                             .await;
                         if let Ok(up) = up {
@@ -124,28 +126,23 @@ impl LocalHttp {
                         }
                         return;
                     }
-                    let body = match resp.into_body().collect().await {
-                        Ok(b) => b.to_bytes(),
-                        Err(e) => {
-                            let _ = out
-                                .send(ClientMessage::HttpFailed {
-                                    req,
-                                    reason: format!("reading the local response: {e}"),
-                                })
-                                .await;
-                            return;
-                        }
+                    // Streams: server-sent events and large downloads go out as they come.
+                    let head = HttpResponseHead {
+                        status: status.as_u16(),
+                        headers,
                     };
-                    let _ = out
-                        .send(ClientMessage::HttpResponse {
+                    body::send(
+                        resp.into_body().map_err(Into::into).boxed(),
+                        &out,
+                        |body, end| ClientMessage::HttpResponse {
                             req,
-                            head: HttpResponseHead {
-                                status: status.as_u16(),
-                                headers,
-                            },
+                            head,
                             body,
-                        })
-                        .await;
+                            end,
+                        },
+                        |data, end| ClientMessage::HttpBody { req, data, end },
+                    )
+                    .await;
                 }
                 Err(e) => {
                     eprintln!("mirrordctl: local {addr} did not answer: {e}");
@@ -162,10 +159,10 @@ impl LocalHttp {
 }
 
 async fn send(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
     addr: SocketAddr,
     head: HttpRequestHead,
-    body: Bytes,
+    body: Body,
 ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     let uri: http::Uri = format!("http://{addr}{}", head.uri).parse()?;
     let mut b = http::Request::builder()
@@ -178,5 +175,5 @@ async fn send(
         }
         b = b.header(k.as_str(), v.as_ref());
     }
-    Ok(client.request(b.body(Full::new(body))?).await?)
+    Ok(client.request(b.body(body)?).await?)
 }

@@ -6,6 +6,7 @@ use crate::local::{self, LocalHttp, LocalRequest};
 use crate::SessionArgs;
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
 use mirrord_protocol::pump::{conn_channel, ConnInbox};
 use mirrord_protocol::{
     ClientMessage, ConcurrentSteal, PortMode, PortRequest, ServerMessage, SessionRequest,
@@ -77,6 +78,8 @@ pub async fn run(
     let http = LocalHttp::new();
     // Per handed-over connection: where its bytes go (never waited on).
     let mut conns: HashMap<u64, ConnInbox> = HashMap::new();
+    // Request bodies still streaming in from the operator, by request.
+    let mut bodies: HashMap<u64, ConnInbox> = HashMap::new();
     // Registered once, before the loop: a listener created per iteration would miss a
     // signal delivered between iterations.
     use tokio::signal::unix::{signal, SignalKind};
@@ -114,14 +117,29 @@ pub async fn run(
                         }
                     }
                     ServerMessage::ConnClose { conn } => { conns.remove(&conn); }
-                    ServerMessage::HttpRequest { req, port, mode, head, body } => {
+                    ServerMessage::HttpRequest { req, port, mode, head, body, end } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
                         let (tx, rx) = conn_channel();
                         if mode == PortMode::Steal {
                             // Registered now so bytes after a 101 find their way.
                             conns.insert(req, tx);
                         }
+                        let body = if end {
+                            Full::new(body).map_err(|never| match never {}).boxed()
+                        } else {
+                            let (inbox, outlet) = conn_channel();
+                            if !body.is_empty() {
+                                inbox.push(body);
+                            }
+                            bodies.insert(req, inbox);
+                            mirrord_protocol::body::from_outlet(outlet)
+                        };
                         http.spawn(LocalRequest { req, addr, mode, head: *head, body }, out.clone(), rx);
+                    }
+                    ServerMessage::HttpBody { req, data, end } => {
+                        if bodies.get(&req).is_some_and(|b| !b.push(data)) || end {
+                            bodies.remove(&req);
+                        }
                     }
                     ServerMessage::Upgraded { .. } => {}
                     ServerMessage::PortLost { port, reason } => {

@@ -313,6 +313,7 @@ pub(crate) fn kind(m: &ClientMessage) -> &'static str {
         ClientMessage::ConnData { .. } => "ConnData",
         ClientMessage::ConnClose { .. } => "ConnClose",
         ClientMessage::HttpResponse { .. } => "HttpResponse",
+        ClientMessage::HttpBody { .. } => "HttpBody",
         ClientMessage::HttpFailed { .. } => "HttpFailed",
         ClientMessage::EndSession => "EndSession",
     }

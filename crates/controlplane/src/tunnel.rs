@@ -7,6 +7,7 @@ use crate::open::Opened;
 use crate::sessions::Control;
 use bytes::Bytes;
 use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
 use mirrord_dataplane::{Handoff, StolenResponse};
 use mirrord_protocol::pump::{conn_channel, relay, ConnFrames, ConnInbox};
 use mirrord_protocol::{ClientMessage, ErrorCode, PortMode, ServerMessage};
@@ -34,6 +35,8 @@ pub async fn run(
     let (alive, _) = watch::channel(());
     let mut conns: HashMap<u64, ConnInbox> = HashMap::new();
     let mut pending: HashMap<u64, oneshot::Sender<StolenResponse>> = HashMap::new();
+    // Response bodies still streaming in from the developer, by request.
+    let mut bodies: HashMap<u64, ConnInbox> = HashMap::new();
     let mut next_id: u64 = 1;
     let mut pings: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut nonce: u64 = 0;
@@ -79,7 +82,7 @@ pub async fn run(
                     ClientMessage::ConnClose { conn } => {
                         conns.remove(&conn);
                     }
-                    ClientMessage::HttpResponse { req, head, body } => {
+                    ClientMessage::HttpResponse { req, head, body, end } => {
                         let Some(respond) = pending.remove(&req) else { continue };
                         let upgraded = if head.status == 101 {
                             let (near, far) = tokio::io::duplex(mirrord_dataplane::handoff::HANDOFF_BUFFER);
@@ -88,7 +91,23 @@ pub async fn run(
                         } else {
                             None
                         };
+                        let body = if end {
+                            Full::new(body).map_err(|never| match never {}).boxed()
+                        } else {
+                            let (inbox, outlet) = conn_channel();
+                            if !body.is_empty() {
+                                inbox.push(body);
+                            }
+                            bodies.insert(req, inbox);
+                            mirrord_protocol::body::from_outlet(outlet)
+                        };
                         let _ = respond.send(StolenResponse::Response { head, body, upgraded });
+                    }
+                    ClientMessage::HttpBody { req, data, end } => {
+                        // Like connection bytes: never waited on; too far behind ends it.
+                        if bodies.get(&req).is_some_and(|b| !b.push(data)) || end {
+                            bodies.remove(&req);
+                        }
                     }
                     ClientMessage::HttpFailed { req, reason } => {
                         if let Some(respond) = pending.remove(&req) {
@@ -121,13 +140,25 @@ pub async fn run(
                     }
                     Handoff::StolenRequest { port, head, body, respond } => {
                         pending.insert(conn, respond);
-                        if out.send(ServerMessage::HttpRequest { req: conn, port, mode: PortMode::Steal, head, body }).await.is_err() {
-                            break "connection to client lost".into();
-                        }
+                        // The body may trickle in: it is sent by its own task, head first.
+                        let out = out.clone();
+                        let mut alive = alive.subscribe();
+                        tokio::spawn(async move {
+                            let send = mirrord_protocol::body::send(
+                                body,
+                                &out,
+                                |body, end| ServerMessage::HttpRequest { req: conn, port, mode: PortMode::Steal, head, body, end },
+                                |data, end| ServerMessage::HttpBody { req: conn, data, end },
+                            );
+                            tokio::select! {
+                                _ = send => {}
+                                _ = alive.changed() => {}
+                            }
+                        });
                     }
                     Handoff::MirroredRequest { port, head, body } => {
                         // A mirror copy never waits: if the client is behind, it is dropped.
-                        let _ = out.try_send(ServerMessage::HttpRequest { req: conn, port, mode: PortMode::Mirror, head, body });
+                        let _ = out.try_send(ServerMessage::HttpRequest { req: conn, port, mode: PortMode::Mirror, head, body, end: true });
                     }
                 }
             }

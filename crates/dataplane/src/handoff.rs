@@ -6,6 +6,8 @@ use mirrord_protocol::{HttpRequestHead, HttpResponseHead};
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot};
 
+pub use mirrord_protocol::body::{Body, BoxError};
+
 /// Bytes of a stolen connection or upgraded request in flight in one direction.
 pub const HANDOFF_BUFFER: usize = 256 * 1024;
 
@@ -24,11 +26,11 @@ pub enum Handoff {
         peer: String,
         rx: mpsc::Receiver<Bytes>,
     },
-    /// One stolen HTTP request; the answer comes back on `respond`.
+    /// One stolen HTTP request, its body streaming; the answer comes back on `respond`.
     StolenRequest {
         port: u16,
         head: Box<HttpRequestHead>,
-        body: Bytes,
+        body: Body,
         respond: oneshot::Sender<StolenResponse>,
     },
     /// A copy of one HTTP request; no answer is expected.
@@ -42,7 +44,7 @@ pub enum Handoff {
 pub enum StolenResponse {
     Response {
         head: HttpResponseHead,
-        body: Bytes,
+        body: Body,
         /// For a 101 answer: the raw stream to the developer's side.
         upgraded: Option<DuplexStream>,
     },

@@ -13,7 +13,7 @@ use crate::sniff::Protocol;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,10 +24,10 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Mutex};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = BoxBody<Bytes, BoxError>;
+use crate::handoff::{Body, BoxError};
 
-/// Largest body handed to a session: it travels in one frame, with room for the head.
+/// Largest body copied to a mirror: a copy travels in one frame, with room for the head.
+/// (Stolen bodies stream and have no limit.)
 pub const MAX_HANDOFF_BODY: usize = MAX_FRAME_LEN - 64 * 1024;
 
 pub struct HttpCtx {
@@ -97,12 +97,15 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
     if stealer.is_none() && !routes.filtered_steals.is_empty() {
         ctx.bypass.0.inc();
     }
-    if stealer.is_none() && mirrors.is_empty() {
-        let req = Request::from_parts(parts, body.map_err(Into::into).boxed());
-        return upstream.forward(req).await;
+    if mirrors.is_empty() {
+        let body = body.map_err(Into::into).boxed();
+        return match stealer {
+            None => upstream.forward(Request::from_parts(parts, body)).await,
+            Some(s) => steal(ctx, s, parts, body, upstream).await,
+        };
     }
 
-    // Handing over (or copying) means the body travels in one frame: buffer it.
+    // Copies for mirrors travel whole, in one frame: buffer the body.
     let body = match Limited::new(body, MAX_HANDOFF_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -123,23 +126,38 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
             body: body.clone(),
         });
     }
+    match stealer {
+        None => {
+            upstream
+                .forward(Request::from_parts(parts, full(body)))
+                .await
+        }
+        Some(s) => steal(ctx, s, parts, full(body), upstream).await,
+    }
+}
 
-    let Some(stealer) = stealer else {
-        let req = Request::from_parts(parts, full(body));
-        return upstream.forward(req).await;
-    };
+/// Hands the request to the stealer and answers with what the developer's process says.
+async fn steal(
+    ctx: &HttpCtx,
+    stealer: &Subscriber,
+    parts: http::request::Parts,
+    body: Body,
+    upstream: &Upstream,
+) -> Response<Body> {
     let (tx, rx) = oneshot::channel();
     let handoff = Handoff::StolenRequest {
         port: ctx.port,
-        head,
-        body: body.clone(),
+        head: Box::new(request_head(&parts)),
+        body,
         respond: tx,
     };
-    if stealer.tx.send(handoff).await.is_err() {
+    if let Err(returned) = stealer.tx.send(handoff).await {
         // The session ended after the lookup and before the handoff: nobody saw the
         // request, so the target gets it as if no steal had been there.
-        let req = Request::from_parts(parts, full(body));
-        return upstream.forward(req).await;
+        let Handoff::StolenRequest { body, .. } = returned.0 else {
+            unreachable!("we sent a StolenRequest")
+        };
+        return upstream.forward(Request::from_parts(parts, body)).await;
     }
     stealer.counters.requests.inc();
     match rx.await {
@@ -148,7 +166,7 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
             body,
             upgraded,
         }) => {
-            let mut resp = Response::new(full(body));
+            let mut resp = Response::new(body);
             *resp.status_mut() =
                 StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -278,11 +296,11 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "te",
     "trailer",
-    "content-length",
 ];
 
-/// Copies the developer's response headers. The body arrives whole, so framing headers are
-/// recomputed; for a 101, `connection` and `upgrade` are what the client needs to see.
+/// Copies the developer's response headers. Transfer framing is hyper's to redo (the body is
+/// re-chunked or sized as it streams); `content-length` is kept, since the body relayed is
+/// exactly the developer's. For a 101, `connection` and `upgrade` are what the client needs.
 fn copy_headers(dst: &mut HeaderMap, src: &[(String, Bytes)], switching: bool) {
     for (name, value) in src {
         let lower = name.to_ascii_lowercase();

@@ -21,6 +21,6 @@ pub mod routes;
 pub mod sniff;
 
 pub use filter::{FilterError, HttpFilter};
-pub use handoff::{Handoff, StolenResponse, SubscriberTx};
+pub use handoff::{Body, BoxError, Handoff, StolenResponse, SubscriberTx};
 pub use listener::{Endpoint, PortPlane};
 pub use routes::{PortRoutes, RouteTable, Subscriber};

@@ -23,12 +23,16 @@ pub enum ClientMessage {
     ConnData { conn: u64, data: Bytes },
     /// The developer's side of a handed-over connection closed.
     ConnClose { conn: u64 },
-    /// The local process' answer to a stolen HTTP request.
+    /// The local process' answer to a stolen HTTP request. With `end: false` the body
+    /// continues in [`ClientMessage::HttpBody`] frames.
     HttpResponse {
         req: u64,
         head: HttpResponseHead,
         body: Bytes,
+        end: bool,
     },
+    /// More of a response body; `end` marks its last frame.
+    HttpBody { req: u64, data: Bytes, end: bool },
     /// The stolen request could not be delivered locally; the operator answers 502.
     HttpFailed { req: u64, reason: String },
     /// The developer is leaving (Ctrl-C): end the session now.
@@ -146,6 +150,14 @@ pub enum ServerMessage {
         mode: PortMode,
         head: Box<HttpRequestHead>,
         body: Bytes,
+        /// `false`: the body continues in [`ServerMessage::HttpBody`] frames.
+        end: bool,
+    },
+    /// More of a stolen request's body; `end` marks its last frame.
+    HttpBody {
+        req: u64,
+        data: Bytes,
+        end: bool,
     },
     /// After a 101 answer to a stolen request, `conn == req` carries raw bytes both ways.
     Upgraded {

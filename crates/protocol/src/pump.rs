@@ -61,6 +61,15 @@ pub fn conn_channel() -> (ConnInbox, ConnOutlet) {
     )
 }
 
+impl ConnOutlet {
+    /// The next bytes queued, once they are taken off the backlog.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        let b = self.rx.recv().await?;
+        self.queued.fetch_sub(b.len(), Ordering::AcqRel);
+        Some(b)
+    }
+}
+
 impl ConnInbox {
     /// Queues bytes for the connection. `false`: the connection is gone, or is more than
     /// [`CONN_BACKLOG_LIMIT`] behind; the caller drops this inbox, which ends it.
