@@ -142,3 +142,45 @@ async fn a_raw_mirror_whose_process_never_reads_keeps_its_session_and_the_real_p
     );
     assert!(op.events("Session Ended").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_never_breaks_a_large_upload_and_copies_bodies_it_can() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let bob = op.issue("bob");
+    let port = format!("80={}", dev.addr);
+    let _s = Session::start(
+        &bob,
+        &[
+            "mirror", "--target", "api", "--port", &port, "--method", "POST",
+        ],
+    )
+    .unwrap();
+
+    let mut c = H1::connect(listen).await;
+    // 40 MiB: larger than a mirror copy can be. The real request must not suffer for it.
+    let big = bytes::Bytes::from(vec![7u8; 40 * 1024 * 1024]);
+    assert_eq!(
+        c.post("/big", big.clone()).await,
+        (200, "target POST /big".to_owned())
+    );
+    assert_eq!(target.hits()[0].body.len(), big.len());
+    // A body that fits is copied whole.
+    assert_eq!(
+        c.post("/small", bytes::Bytes::from_static(b"hello"))
+            .await
+            .0,
+        200
+    );
+    let copies = wait_for(Duration::from_secs(5), || {
+        (!dev.hits().is_empty()).then(|| dev.hits())
+    });
+    let copies = copies.expect("the small request's copy");
+    assert_eq!(copies.len(), 1, "the oversized body must not be mirrored");
+    assert_eq!(
+        (copies[0].path.as_str(), &copies[0].body[..]),
+        ("/small", &b"hello"[..])
+    );
+}

@@ -10,10 +10,11 @@ use crate::handoff::{Handoff, StolenResponse};
 use crate::relay;
 use crate::routes::{PortRoutes, RouteTable, Subscriber};
 use crate::sniff::Protocol;
+use crate::tee::TeeBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -105,34 +106,29 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
         };
     }
 
-    // Copies for mirrors travel whole, in one frame: buffer the body.
-    let body = match Limited::new(body, MAX_HANDOFF_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let status = if e.is::<http_body_util::LengthLimitError>() {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return text(status, format!("mirrord: cannot read request body: {e}\n"));
-        }
-    };
+    // Mirrors get a copy of the body once it has passed through to its real destination;
+    // the real path streams on and never waits for the copy.
     let head = Box::new(request_head(&parts));
-    for m in &mirrors {
-        // A mirror that is behind loses this copy; the real path never waits for it.
-        let _ = m.tx.try_send(Handoff::MirroredRequest {
-            port: ctx.port,
-            head: head.clone(),
-            body: body.clone(),
-        });
-    }
+    let port = ctx.port;
+    let mirror_txs: Vec<_> = mirrors.iter().map(|m| m.tx.clone()).collect();
+    let body = TeeBody::new(
+        body.map_err(Into::into).boxed(),
+        MAX_HANDOFF_BODY,
+        move |copy| {
+            for tx in mirror_txs {
+                // A mirror that is behind loses this copy.
+                let _ = tx.try_send(Handoff::MirroredRequest {
+                    port,
+                    head: head.clone(),
+                    body: copy.clone(),
+                });
+            }
+        },
+    )
+    .boxed();
     match stealer {
-        None => {
-            upstream
-                .forward(Request::from_parts(parts, full(body)))
-                .await
-        }
-        Some(s) => steal(ctx, s, parts, full(body), upstream).await,
+        None => upstream.forward(Request::from_parts(parts, body)).await,
+        Some(s) => steal(ctx, s, parts, body, upstream).await,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod relay;
 pub mod rewind;
 pub mod routes;
 pub mod sniff;
+pub mod tee;
 
 pub use filter::{FilterError, HttpFilter};
 pub use handoff::{Body, BoxError, Handoff, StolenResponse, SubscriberTx};
