@@ -97,3 +97,44 @@ async fn sessions_kill_ends_at_once_with_a_clear_message() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     assert_eq!(status(&admin)["sessions"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_session_closes_the_connections_it_had_stolen() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let mut s = Session::start(&alice, &["steal", "--target", "api", "--port", &port]).unwrap();
+
+    let mut c = tokio::net::TcpStream::connect(listen).await.unwrap();
+    c.write_all(b"GET /one HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("dev GET /one"));
+
+    assert!(ctl(&alice, &["sessions", "kill", &s.id]).status.success());
+    s.wait_exit(Duration::from_secs(5)).expect("CLI exits");
+    // The stolen connection is closed, not left talking to a session that is gone.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = c.write_all(b"GET /two HTTP/1.1\r\nhost: t\r\n\r\n").await;
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("GET /two") => return false,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the connection neither closed nor answered");
+    assert!(
+        closed,
+        "a request on the killed session's connection was still served"
+    );
+    assert_eq!(dev.paths(), vec!["/one"]);
+}

@@ -15,7 +15,6 @@ use mirrord_telemetry::Event;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub async fn run(
@@ -195,9 +194,9 @@ pub async fn run(
 
 /// Carries one stolen connection (or upgraded request) between the data plane's duplex and
 /// the client's frames, until either side closes or the session ends.
-fn spawn_conn(
+fn spawn_conn<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static>(
     conn: u64,
-    io: DuplexStream,
+    io: IO,
     out: mpsc::Sender<ServerMessage>,
     mut alive: watch::Receiver<()>,
 ) -> ConnInbox {

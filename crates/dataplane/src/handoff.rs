@@ -13,12 +13,17 @@ pub const HANDOFF_BUFFER: usize = 256 * 1024;
 
 pub type SubscriberTx = mpsc::Sender<Handoff>;
 
+/// A byte stream a session can own: the client's socket (with any sniffed bytes in front).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 pub enum Handoff {
     /// A whole connection, stolen: the session owns the other end of `io`.
     StolenConnection {
         port: u16,
         peer: String,
-        io: DuplexStream,
+        /// The client's own connection: the session reads and writes it directly.
+        io: Box<dyn Io>,
     },
     /// A copy of a connection's inbound bytes; dropping `rx`'s sender ends it.
     MirroredConnection {

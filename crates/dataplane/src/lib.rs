@@ -22,6 +22,6 @@ pub mod sniff;
 pub mod tee;
 
 pub use filter::{FilterError, HttpFilter};
-pub use handoff::{Body, BoxError, Handoff, StolenResponse, SubscriberTx};
+pub use handoff::{Body, BoxError, Handoff, Io, StolenResponse, SubscriberTx};
 pub use listener::{Endpoint, PortPlane};
 pub use routes::{PortRoutes, RouteTable, Subscriber};

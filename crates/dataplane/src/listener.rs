@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long a client has to send its first bytes before the connection is taken as not
@@ -97,12 +98,13 @@ pub async fn serve_connection(plane: Arc<PortPlane>, stream: TcpStream, peer: So
         return;
     };
     let routes = ep.routes.load();
-    let mut io = Rewind::new(Bytes::new(), stream);
+    let io = Rewind::new(Bytes::new(), stream);
 
     if let Some(stealer) = &routes.unfiltered_steal {
-        match relay::steal(io, peer, plane.port, stealer).await {
+        // Nothing was read yet: the bare socket is what the session gets.
+        match relay::steal(Box::new(io.inner), peer, plane.port, stealer).await {
             Ok(()) => return,
-            Err(back) => io = back,
+            Err(back) => return raw(back, peer, &plane, &ep, &routes).await,
         }
     }
 
@@ -129,8 +131,8 @@ pub async fn serve_connection(plane: Arc<PortPlane>, stream: TcpStream, peer: So
     raw(io, peer, &plane, &ep, &routes).await
 }
 
-async fn raw(
-    io: Rewind<TcpStream>,
+async fn raw<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: IO,
     peer: SocketAddr,
     plane: &PortPlane,
     ep: &Endpoint,

@@ -1,6 +1,6 @@
 //! Raw byte paths: pass through, hand a whole connection to a stealer, tee copies to mirrors.
 
-use crate::handoff::{Handoff, HANDOFF_BUFFER};
+use crate::handoff::{Handoff, Io};
 use crate::routes::Subscriber;
 use bytes::BytesMut;
 use std::io;
@@ -28,31 +28,30 @@ where
     Ok(())
 }
 
-/// Hands the connection to the stealer. Gives the connection back if the session is gone
-/// (it ended between the route lookup and now), so the caller can pass it through.
-pub async fn steal<IO>(
-    mut down: IO,
+/// Hands the connection itself to the stealer: the session relays it, and closes it when
+/// the session ends (no zombie connections). Gives the connection back if the session is
+/// gone (it ended between the route lookup and now), so the caller can pass it through.
+pub async fn steal(
+    down: Box<dyn Io>,
     peer: SocketAddr,
     port: u16,
     sub: &Subscriber,
-) -> Result<(), IO>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut near, far) = tokio::io::duplex(HANDOFF_BUFFER);
+) -> Result<(), Box<dyn Io>> {
     let handoff = Handoff::StolenConnection {
         port,
         peer: peer.to_string(),
-        io: far,
+        io: down,
     };
-    if sub.tx.send(handoff).await.is_err() {
-        return Err(down);
+    match sub.tx.send(handoff).await {
+        Ok(()) => {
+            sub.counters.connections.inc();
+            Ok(())
+        }
+        Err(back) => match back.0 {
+            Handoff::StolenConnection { io, .. } => Err(io),
+            _ => unreachable!("we sent a StolenConnection"),
+        },
     }
-    sub.counters.connections.inc();
-    // The session ending drops its end of the duplex, which ends this copy and so closes
-    // the client's connection: no zombie connections outlive a session.
-    let _ = tokio::io::copy_bidirectional(&mut down, &mut near).await;
-    Ok(())
 }
 
 /// Passes the connection through and copies what the client sends to each mirror.
