@@ -6,7 +6,6 @@ use crate::local::{self, LocalHttp, LocalRequest};
 use crate::SessionArgs;
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
 use mirrord_protocol::pump::{conn_channel, ConnInbox};
 use mirrord_protocol::{
     ClientMessage, ConcurrentSteal, PortMode, PortRequest, ServerMessage, SessionRequest,
@@ -124,16 +123,10 @@ pub async fn run(
                             // Registered now so bytes after a 101 find their way.
                             conns.insert(req, tx);
                         }
-                        let body = if end {
-                            Full::new(body).map_err(|never| match never {}).boxed()
-                        } else {
-                            let (inbox, outlet) = conn_channel();
-                            if !body.is_empty() {
-                                inbox.push(body);
-                            }
+                        let (body, more) = mirrord_protocol::body::receive(body, end);
+                        if let Some(inbox) = more {
                             bodies.insert(req, inbox);
-                            mirrord_protocol::body::from_outlet(outlet)
-                        };
+                        }
                         http.spawn(LocalRequest { req, addr, mode, head: *head, body }, out.clone(), rx);
                     }
                     ServerMessage::HttpBody { req, data, end } => {

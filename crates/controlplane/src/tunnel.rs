@@ -7,7 +7,6 @@ use crate::open::Opened;
 use crate::sessions::Control;
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Full};
 use mirrord_dataplane::{Handoff, StolenResponse};
 use mirrord_protocol::pump::{conn_channel, relay, ConnFrames, ConnInbox};
 use mirrord_protocol::{ClientMessage, ErrorCode, PortMode, ServerMessage};
@@ -90,16 +89,10 @@ pub async fn run(
                         } else {
                             None
                         };
-                        let body = if end {
-                            Full::new(body).map_err(|never| match never {}).boxed()
-                        } else {
-                            let (inbox, outlet) = conn_channel();
-                            if !body.is_empty() {
-                                inbox.push(body);
-                            }
+                        let (body, more) = mirrord_protocol::body::receive(body, end);
+                        if let Some(inbox) = more {
                             bodies.insert(req, inbox);
-                            mirrord_protocol::body::from_outlet(outlet)
-                        };
+                        }
                         let _ = respond.send(StolenResponse::Response { head, body, upgraded });
                     }
                     ClientMessage::HttpBody { req, data, end } => {

@@ -4,9 +4,9 @@
 //! Small bodies of known length travel inside the head's frame; everything else streams,
 //! so server-sent events, long polls and uploads larger than a frame work.
 
-use crate::pump::ConnOutlet;
+use crate::pump::{conn_channel, ConnInbox, ConnOutlet};
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Body as _, Frame};
 use tokio::sync::mpsc;
 
@@ -17,8 +17,24 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Bodies of at most this many bytes, with a known length, travel in the head's frame.
 pub const INLINE_BODY: u64 = 64 * 1024;
 
+/// The receiving side of [`send`]: the body a head frame starts. With `end: false` the
+/// returned inbox takes the body frames that follow (drop it at the last one).
+pub fn receive(first: Bytes, end: bool) -> (Body, Option<ConnInbox>) {
+    if end {
+        return (
+            Full::new(first).map_err(|never| match never {}).boxed(),
+            None,
+        );
+    }
+    let (inbox, outlet) = conn_channel();
+    if !first.is_empty() {
+        inbox.push(first);
+    }
+    (from_outlet(outlet), Some(inbox))
+}
+
 /// A body fed by frames arriving for it.
-pub fn from_outlet(outlet: ConnOutlet) -> Body {
+fn from_outlet(outlet: ConnOutlet) -> Body {
     let chunks = futures::stream::unfold(outlet, |mut o| async move {
         o.recv()
             .await
