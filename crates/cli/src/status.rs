@@ -167,3 +167,74 @@ pub fn render(r: &StatusReport) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirrord_protocol::{CopyInfo, PortMode, PortOutcome, SessionInfo};
+
+    #[test]
+    fn renders_the_table_admins_expect() {
+        let port = |port, mode, filter: &str| PortOutcome {
+            port,
+            mode,
+            filter: filter.into(),
+            skipped: None,
+        };
+        let r = StatusReport {
+            operator_version: "0.1.0".into(),
+            license: None,
+            copies: vec![CopyInfo {
+                original_target: "deployment/api".into(),
+                namespace: "default".into(),
+                copy_name: "mirrord-copy-api-0a1b2c3d".into(),
+                scale_down: true,
+                session_id: SessionId(0x1f2e),
+            }],
+            sessions: vec![SessionInfo {
+                session_id: SessionId(0x1f2e),
+                target: "deployment/api".into(),
+                namespace: "default".into(),
+                client_id: "cafe".into(),
+                client_user: "alice".into(),
+                client_name: "Alice".into(),
+                client_hostname: "laptop".into(),
+                ports: vec![
+                    port(80, PortMode::Steal, "header=x-user: alice"),
+                    port(8080, PortMode::Mirror, ""),
+                ],
+                duration_secs: 3725,
+                ping_ms: Some(0.4),
+            }],
+        };
+        let text = render(&r);
+        assert!(text.starts_with("Operator version: 0.1.0\n"), "{text}");
+        assert!(text.contains("License: not enforced"));
+        assert!(
+            text.contains("Original Target  Namespace  Copy Name                  Scale Down?"),
+            "{text}"
+        );
+        assert!(
+            text.contains("deployment/api   default    mirrord-copy-api-0a1b2c3d  yes"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("0000000000001F2E"))
+            .expect("session row");
+        assert!(
+            row.contains("Alice/alice@laptop")
+                && row.contains("80, steal, header=x-user: alice")
+                && row.ends_with("1h2m"),
+            "{row}"
+        );
+        // A second port goes on its own line, under the Ports column.
+        let next = text
+            .lines()
+            .skip_while(|l| !l.starts_with("0000000000001F2E"))
+            .nth(1)
+            .unwrap();
+        assert_eq!(next.trim(), "8080, mirror");
+        assert_eq!(next.find("8080"), row.find("80, steal"));
+    }
+}
