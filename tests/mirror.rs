@@ -7,55 +7,39 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filtered_mirror_copies_matching_requests_and_target_answers_all() {
-    let target = HttpServer::start("target").await;
-    let dev = HttpServer::start("dev").await;
-    let listen = free_addr();
-    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
-    let alice = op.issue("alice");
-    let port = format!("80={}", dev.addr);
-    let s = Session::start(
-        &alice,
-        &[
-            "mirror", "--target", "api", "--port", &port, "--path", "^/copy",
-        ],
-    )
-    .unwrap();
+    let f = ApiFixture::start("").await;
+    let s = f.session("alice", "mirror", &["--path", "^/copy"]);
     assert!(
         s.stdout.text().contains("port 80: mirror (path=^/copy)"),
         "{}",
         s.stdout.text()
     );
 
-    let mut c = H1::connect(listen).await;
+    let mut c = H1::connect(f.listen).await;
     for p in ["/copy/1", "/no/2", "/copy/3"] {
         assert_eq!(c.get(p, &[]).await.1, format!("target GET {p}"));
     }
-    assert_eq!(target.paths(), vec!["/copy/1", "/no/2", "/copy/3"]);
+    assert_eq!(f.target.paths(), vec!["/copy/1", "/no/2", "/copy/3"]);
     let copies = wait_for(Duration::from_secs(5), || {
-        (dev.hits().len() >= 2).then(|| dev.paths())
+        (f.dev.hits().len() >= 2).then(|| f.dev.paths())
     });
     assert_eq!(copies.unwrap(), vec!["/copy/1", "/copy/3"]);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(dev.hits().len(), 2, "an unmatched request was mirrored");
+    assert_eq!(f.dev.hits().len(), 2, "an unmatched request was mirrored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfiltered_mirror_copies_raw_connections() {
-    let target = HttpServer::start("target").await;
-    let dev = HttpServer::start("dev").await;
-    let listen = free_addr();
-    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
-    let alice = op.issue("alice");
-    let port = format!("80={}", dev.addr);
-    let _s = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
+    let f = ApiFixture::start("").await;
+    let _s = f.session("alice", "mirror", &[]);
     for i in 0..3 {
         assert_eq!(
-            get(listen, &format!("/m{i}"), &[]).await.1,
+            get(f.listen, &format!("/m{i}"), &[]).await.1,
             format!("target GET /m{i}")
         );
     }
     let copies = wait_for(Duration::from_secs(5), || {
-        (dev.hits().len() >= 3).then(|| dev.paths())
+        (f.dev.hits().len() >= 3).then(|| f.dev.paths())
     });
     assert_eq!(copies.unwrap(), vec!["/m0", "/m1", "/m2"]);
 }

@@ -105,51 +105,26 @@ async fn filtered_steal_routes_each_request_on_one_keepalive_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_method_and_any_filters() {
-    let target = HttpServer::start("target").await;
-    let dev = HttpServer::start("dev").await;
-    let listen = free_addr();
-    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
-    let alice = op.issue("alice");
-    let port = format!("80={}", dev.addr);
-    let _s = Session::start(
-        &alice,
-        &[
-            "steal", "--target", "api", "--port", &port, "--path", "^/api/", "--path", "debug=1",
-            "--any",
-        ],
-    )
-    .unwrap();
-    assert_eq!(get(listen, "/api/x", &[]).await.1, "dev GET /api/x");
+    let f = ApiFixture::start("").await;
+    let _s = f.session(
+        "alice",
+        "steal",
+        &["--path", "^/api/", "--path", "debug=1", "--any"],
+    );
+    assert_eq!(get(f.listen, "/api/x", &[]).await.1, "dev GET /api/x");
     assert_eq!(
-        get(listen, "/other?debug=1", &[]).await.1,
+        get(f.listen, "/other?debug=1", &[]).await.1,
         "dev GET /other?debug=1"
     );
-    assert_eq!(get(listen, "/other", &[]).await.1, "target GET /other");
+    assert_eq!(get(f.listen, "/other", &[]).await.1, "target GET /other");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_is_routed_per_stream() {
-    let target = HttpServer::start("target").await;
-    let dev = HttpServer::start("dev").await;
-    let listen = free_addr();
-    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
-    let alice = op.issue("alice");
-    let port = format!("80={}", dev.addr);
-    let _s = Session::start(
-        &alice,
-        &[
-            "steal",
-            "--target",
-            "api",
-            "--port",
-            &port,
-            "--header",
-            "x-user: alice",
-        ],
-    )
-    .unwrap();
+    let f = ApiFixture::start("").await;
+    let _s = f.session("alice", "steal", &["--header", "x-user: alice"]);
 
-    let c = H2::connect(listen).await;
+    let c = H2::connect(f.listen).await;
     // Concurrent streams on one connection, interleaved.
     let futs = (0..10).map(|i| {
         let c = &c;
@@ -168,37 +143,20 @@ async fn h2c_is_routed_per_stream() {
         assert_eq!(status, 200);
         assert_eq!(body, format!("{who} GET /h2/{i}"));
     }
-    assert_eq!(dev.hits().len(), 5);
-    assert_eq!(target.hits().len(), 5);
+    assert_eq!(f.dev.hits().len(), 5);
+    assert_eq!(f.target.hits().len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_on_stolen_request_becomes_a_raw_relay() {
-    let target = HttpServer::start("target").await;
-    let dev = HttpServer::start("dev").await;
-    let listen = free_addr();
-    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
-    let alice = op.issue("alice");
-    let port = format!("80={}", dev.addr);
-    let _s = Session::start(
-        &alice,
-        &[
-            "steal",
-            "--target",
-            "api",
-            "--port",
-            &port,
-            "--header",
-            "x-user: alice",
-        ],
-    )
-    .unwrap();
+    let f = ApiFixture::start("").await;
+    let _s = f.session("alice", "steal", &["--header", "x-user: alice"]);
 
-    let (head, echo) = upgrade_echo(listen, &[("x-user", "alice")], b"hello").await;
+    let (head, echo) = upgrade_echo(f.listen, &[("x-user", "alice")], b"hello").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(echo, "dev:hello");
     // Unmatched upgrades reach the real service, also relayed raw.
-    let (head, echo) = upgrade_echo(listen, &[], b"hi").await;
+    let (head, echo) = upgrade_echo(f.listen, &[], b"hi").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(echo, "target:hi");
 }
@@ -309,28 +267,11 @@ async fn a_client_that_stops_reading_costs_only_its_own_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_routed_one_by_one_and_answered_in_order() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let target = HttpServer::start("target").await;
-    let dev = HttpServer::start("dev").await;
-    let listen = free_addr();
-    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
-    let alice = op.issue("alice");
-    let port = format!("80={}", dev.addr);
-    let _s = Session::start(
-        &alice,
-        &[
-            "steal",
-            "--target",
-            "api",
-            "--port",
-            &port,
-            "--header",
-            "x-user: alice",
-        ],
-    )
-    .unwrap();
+    let f = ApiFixture::start("").await;
+    let _s = f.session("alice", "steal", &["--header", "x-user: alice"]);
 
     // Four requests in one write, before reading any answer.
-    let mut c = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(f.listen).await.unwrap();
     let req = |path: &str, user: bool| {
         format!(
             "GET {path} HTTP/1.1\r\nhost: t\r\n{}\r\n",
@@ -450,28 +391,17 @@ fn tokio_stream_from<T: Send + 'static>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stolen_uploads_larger_than_a_frame_arrive_whole() {
-    let target = HttpServer::start("target").await;
-    let dev = HttpServer::start("dev").await;
-    let listen = free_addr();
-    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
-    let alice = op.issue("alice");
-    let port = format!("80={}", dev.addr);
-    let _s = Session::start(
-        &alice,
-        &[
-            "steal", "--target", "api", "--port", &port, "--method", "POST",
-        ],
-    )
-    .unwrap();
+    let f = ApiFixture::start("").await;
+    let _s = f.session("alice", "steal", &["--method", "POST"]);
 
     // 40 MiB: more than twice the largest frame.
     let body: Vec<u8> = (0..40 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let mut c = H1::connect(listen).await;
+    let mut c = H1::connect(f.listen).await;
     let (status, text) = c.post("/upload", bytes::Bytes::from(body.clone())).await;
     assert_eq!((status, text.as_str()), (200, "dev POST /upload"));
-    let hits = dev.hits();
+    let hits = f.dev.hits();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].body.len(), body.len());
     assert!(hits[0].body == body, "the upload arrived altered");
-    assert!(target.hits().is_empty());
+    assert!(f.target.hits().is_empty());
 }

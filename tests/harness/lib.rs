@@ -422,3 +422,38 @@ pub fn command_target(name: &str, port: u16, listen: SocketAddr, replicas: usize
         fixture("replica.py").display()
     )
 }
+
+/// The set-up most tests share: the target's real service, a developer's local process,
+/// and an operator with `deployment/api` port 80 in front of the service.
+pub struct ApiFixture {
+    pub target: servers::HttpServer,
+    pub dev: servers::HttpServer,
+    /// Where the target's traffic arrives (the interceptor).
+    pub listen: SocketAddr,
+    pub op: Operator,
+}
+
+impl ApiFixture {
+    /// `sessions`: the body of the operator's `[sessions]` table.
+    pub async fn start(sessions: &str) -> Self {
+        let target = servers::HttpServer::start("target").await;
+        let dev = servers::HttpServer::start("dev").await;
+        let listen = free_addr();
+        let op = Operator::start(&upstream_target("api", 80, listen, target.addr), sessions);
+        Self {
+            target,
+            dev,
+            listen,
+            op,
+        }
+    }
+
+    /// `mirrordctl MODE --target api --port 80=<dev> EXTRA...` with new credentials of `user`.
+    pub fn session(&self, user: &str, mode: &str, extra: &[&str]) -> Session {
+        let creds = self.op.issue(user);
+        let port = format!("80={}", self.dev.addr);
+        let mut args = vec![mode, "--target", "api", "--port", &port];
+        args.extend_from_slice(extra);
+        Session::start(&creds, &args).unwrap()
+    }
+}
