@@ -82,6 +82,9 @@ impl ConnInbox {
     }
 }
 
+/// How long a mirror copy's local connection stays open after the original ended.
+pub const MIRROR_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How one side spells "bytes for connection N" and "connection N closed".
 pub struct ConnFrames<M> {
     pub data: fn(u64, Bytes) -> M,
@@ -106,6 +109,10 @@ pub async fn relay<IO, M>(
     tokio::pin!(stop);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut peer_open = true;
+    // Once the peer is done with a connection whose answers nobody wants (a mirror copy),
+    // the local process still gets to read and answer what it was sent, up to this long.
+    let linger = tokio::time::sleep(MIRROR_LINGER);
+    tokio::pin!(linger);
     loop {
         buf.reserve(16 * 1024);
         tokio::select! {
@@ -124,12 +131,14 @@ pub async fn relay<IO, M>(
                     inbox.queued.fetch_sub(d.len(), Ordering::AcqRel);
                 }
                 None => {
-                    // The peer's side is done: pass the half-close on, keep reading answers.
+                    // The peer's side is done: pass the half-close on, keep reading answers
+                    // until the local side closes too.
                     peer_open = false;
                     let _ = io.shutdown().await;
-                    if !answer { break }
+                    linger.as_mut().reset(tokio::time::Instant::now() + MIRROR_LINGER);
                 }
             },
+            _ = &mut linger, if !peer_open && !answer => break,
             _ = &mut stop => return,
         }
     }
