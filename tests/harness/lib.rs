@@ -63,11 +63,28 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// A loopback address nobody listens on right now.
+///
+/// Picked below Linux's ephemeral range (32768 and up by default), which the tests' own
+/// outgoing connections draw from: a port picked there can be taken by a connection
+/// between the pick and the operator binding it.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    loop {
+        let port = LOW + NEXT.fetch_add(1, Ordering::AcqRel) % SPAN;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
