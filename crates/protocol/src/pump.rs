@@ -131,11 +131,16 @@ pub async fn relay<IO, M>(
                     inbox.queued.fetch_sub(d.len(), Ordering::AcqRel);
                 }
                 None => {
-                    // The peer's side is done: pass the half-close on, keep reading answers
-                    // until the local side closes too.
                     peer_open = false;
-                    let _ = io.shutdown().await;
-                    linger.as_mut().reset(tokio::time::Instant::now() + MIRROR_LINGER);
+                    if answer {
+                        // The peer half-closed: pass it on, keep relaying the answers.
+                        let _ = io.shutdown().await;
+                    } else {
+                        // A copy: stay open like the original client did while it waited
+                        // for its answer (many servers drop a request that arrives with
+                        // EOF), until the local side closes or the linger runs out.
+                        linger.as_mut().reset(tokio::time::Instant::now() + MIRROR_LINGER);
+                    }
                 }
             },
             _ = &mut linger, if !peer_open && !answer => break,
