@@ -120,8 +120,14 @@ fn config_errors_stop_startup_naming_the_line() {
             .arg(dir.path().join("state"))
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2));
+        // 3: the configuration is wrong (2 is kept for usage errors, 1 for runtime ones).
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expect), "expected `{expect}` in: {err}");
     }
+    let usage = std::process::Command::new(bin("mirrord-operator"))
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
 }

@@ -1,5 +1,6 @@
-//! Copy target: the session works on a fresh replica; with scale down the originals stop for
-//! the session's life and come back after. Replicas are real processes run by the operator.
+//! Copy target: the session adds a fresh replica of the target; with scale down the
+//! originals stop for the session's life and come back after. Replicas are real processes
+//! run by the operator.
 
 use mirrord_e2e::servers::{get, try_get, HttpServer};
 use mirrord_e2e::*;
@@ -108,31 +109,49 @@ async fn copy_with_scale_down_takes_all_traffic_and_restores_originals() {
     assert!(status(&alice)["copies"].as_array().unwrap().is_empty());
 }
 
+/// A copy is one more replica of the target: it serves its share of what no session
+/// takes, and a session's routes cover every replica, originals and copy alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_without_scale_down_shares_traffic_with_originals() {
+async fn copy_without_scale_down_is_one_more_replica_and_the_session_covers_all() {
     let dev = HttpServer::start("dev").await;
     let listen = free_addr();
     let op = Operator::start(&command_target("api", 80, listen, 1), "");
     let alice = op.issue("alice");
-    wait_for(Duration::from_secs(20), || {
+    let original = wait_for(Duration::from_secs(20), || {
         let rt = tokio::runtime::Handle::current();
         let b = tokio::task::block_in_place(|| rt.block_on(try_get(listen, "/")))?.1;
-        b.starts_with("api").then_some(())
+        b.starts_with("api").then(|| pid_of(&b))
     })
     .expect("original answers");
     let port = format!("80={}", dev.addr);
     let _s = Session::start(
         &alice,
-        &["steal", "--target", "api", "--port", &port, "--copy-target"],
+        &[
+            "steal",
+            "--target",
+            "api",
+            "--port",
+            &port,
+            "--copy-target",
+            "--header",
+            "^x-dev: 1$",
+        ],
     )
     .unwrap();
-    let mut bodies = Vec::new();
+    // Unmatched requests: the original and the copy share them.
+    let mut pids = HashSet::new();
     for i in 0..6 {
-        bodies.push(get(listen, &format!("/{i}"), &[]).await.1);
+        let b = get(listen, &format!("/u{i}"), &[]).await.1;
+        assert!(b.starts_with("api pid="), "{b}");
+        pids.insert(pid_of(&b));
     }
-    let to_dev = bodies.iter().filter(|b| b.starts_with("dev")).count();
-    let to_original = bodies.iter().filter(|b| b.starts_with("api")).count();
-    assert_eq!((to_dev, to_original), (3, 3), "{bodies:?}");
+    assert_eq!(pids.len(), 2, "original and copy both serve: {pids:?}");
+    assert!(pids.contains(&original));
+    // Matched requests reach the developer whichever replica would have served them.
+    for i in 0..6 {
+        let b = get(listen, &format!("/m{i}"), &[("x-dev", "1")]).await.1;
+        assert_eq!(b, format!("dev GET /m{i}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

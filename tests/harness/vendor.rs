@@ -27,7 +27,10 @@ impl Vendor {
 
     /// A license valid for `days` from today (negative: already expired).
     pub fn issue(&self, file: &str, days: i64, seats: u32) -> PathBuf {
+        let today = chrono::Utc::now().date_naive();
         let expires = (chrono::Utc::now() + chrono::Duration::days(days)).date_naive();
+        // Issued a while before it expires (an expired license was issued in the past).
+        let issued = today.min(expires - chrono::Duration::days(30));
         let out = self.dir.path().join(file);
         let st = Command::new(bin("mirrord-operator"))
             .args(["license", "issue", "--signing-key"])
@@ -39,6 +42,8 @@ impl Vendor {
                 "Acme",
                 "--expires",
                 &expires.to_string(),
+                "--issued",
+                &issued.to_string(),
                 "--seats",
                 &seats.to_string(),
                 "--out",

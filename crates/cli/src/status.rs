@@ -205,6 +205,7 @@ mod tests {
                 ],
                 duration_secs: 3725,
                 ping_ms: Some(0.4),
+                ends_in_secs: None,
             }],
         };
         let text = render(&r);

@@ -1,22 +1,24 @@
 //! The API server: mutual TLS, the hello exchange, and dispatch of each connection's one
 //! request (open a session, status, kill).
+//!
+//! What an unknown peer can cost is bounded: connections are capped (a semaphore; more
+//! are closed at once), the TLS handshake and the hello have deadlines, and frames are
+//! small until the peer has said who it is.
 
-use crate::backend::TargetBackend;
-use crate::config::SessionConfig;
-use crate::sessions::Sessions;
-use crate::{open, tunnel};
-use futures::StreamExt;
+use crate::operator::Operator;
+use crate::{open, session};
+use futures::{SinkExt, StreamExt};
 use mirrord_identity::PeerIdentity;
 use mirrord_protocol::{
-    ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest, ServerMessage,
-    StatusReport, Welcome, PROTOCOL_VERSION,
+    ClientHello, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest,
+    ServerMessage, Welcome, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use mirrord_telemetry::{ClientInfo, Telemetry};
+use mirrord_telemetry::ClientInfo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
@@ -25,73 +27,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_BUFFER: usize = 512;
 /// Frames queued for one client before producers wait.
 const OUTBOUND_QUEUE: usize = 1024;
-
-pub struct Operator {
-    pub backend: Arc<dyn TargetBackend>,
-    pub sessions: Sessions,
-    pub telemetry: Telemetry,
-    pub cfg: SessionConfig,
-    pub licensing: Arc<mirrord_license::Licensing>,
-    pub policies: crate::policy::Policies,
-    /// Opening sessions one at a time keeps lock arbitration simple and fair (first come).
-    pub(crate) open_lock: tokio::sync::Mutex<()>,
-}
-
-impl Operator {
-    pub fn new(
-        backend: Arc<dyn TargetBackend>,
-        telemetry: Telemetry,
-        cfg: SessionConfig,
-        licensing: Arc<mirrord_license::Licensing>,
-        policies: crate::policy::Policies,
-    ) -> Self {
-        Self {
-            backend,
-            sessions: Sessions::new(telemetry.clone()),
-            telemetry,
-            cfg,
-            licensing,
-            policies,
-            open_lock: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    pub fn status(&self) -> StatusReport {
-        let (sessions, copies) = self.sessions.info();
-        StatusReport {
-            operator_version: env!("CARGO_PKG_VERSION").to_owned(),
-            license: self.license_summary(),
-            copies,
-            sessions,
-        }
-    }
-
-    fn license_summary(&self) -> Option<mirrord_protocol::LicenseSummary> {
-        let v = self.licensing.view(chrono::Utc::now());
-        if !v.enforced {
-            return None;
-        }
-        let l = v.license.as_ref();
-        Some(mirrord_protocol::LicenseSummary {
-            enforced: true,
-            name: l.map(|l| l.name.clone()).unwrap_or_default(),
-            organization: l.map(|l| l.organization.clone()).unwrap_or_default(),
-            expires: l.map(|l| l.expires.to_string()).unwrap_or_default(),
-            fingerprint: l.map(|l| l.fingerprint.clone()).unwrap_or_default(),
-            seats: l.map(|l| l.seats).unwrap_or_default(),
-            seats_used: v.seats_used as u32,
-            seats_month: v.month,
-            problem: v.problem,
-        })
-    }
-
-    /// Ends every session (operator shutting down).
-    pub fn end_all(&self, reason: &str) {
-        for s in self.sessions.list() {
-            self.sessions.end(s.id, reason);
-        }
-    }
-}
+/// The largest frame before a hello is accepted (a hello is a few hundred bytes).
+const HELLO_FRAME_LEN: usize = 16 * 1024;
+/// The largest request frame (a session request with its filters).
+const REQUEST_FRAME_LEN: usize = 1024 * 1024;
+/// How long a client's writer may take to flush the last frames after its request ends.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub type Transport =
     Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec<ClientMessage, ServerMessage>>;
@@ -99,6 +40,7 @@ pub type Inbound = futures::stream::SplitStream<Transport>;
 
 pub async fn serve(op: Arc<Operator>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
+    let mut last_full_warning: Option<Instant> = None;
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -108,13 +50,26 @@ pub async fn serve(op: Arc<Operator>, listener: TcpListener, tls: Arc<rustls::Se
                 continue;
             }
         };
+        let Ok(permit) = Arc::clone(&op.connections).try_acquire_owned() else {
+            if last_full_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                last_full_warning = Some(Instant::now());
+                tracing::warn!(%peer, max = op.limits.max_connections, "API connection limit reached; closing new connections (limits.max_connections)");
+            }
+            continue;
+        };
         let op = Arc::clone(&op);
         let acceptor = acceptor.clone();
-        tokio::spawn(async move { handle(op, acceptor, tcp, peer).await });
+        tokio::spawn(async move { handle(op, acceptor, tcp, peer, permit).await });
     }
 }
 
-async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+async fn handle(
+    op: Arc<Operator>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
@@ -140,30 +95,62 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
             return;
         }
     };
-    let mut framed = Framed::new(tls, FrameCodec::default());
+    let mut framed = Framed::new(tls, FrameCodec::with_max(HELLO_FRAME_LEN));
     // Idle sessions are the common case: start with small buffers (they grow on demand)
     // rather than tokio-util's 8 KiB each way, which is most of an idle session's memory.
     *framed.read_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
     *framed.write_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
-    let (sink, mut inbound) = framed.split();
-    let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
 
-    let hello = match next(&mut inbound, HANDSHAKE_TIMEOUT).await {
+    let client = match hello(&op, &mut framed, &peer, identity).await {
+        Ok(c) => c,
+        Err(reply) => {
+            if let Some(reply) = reply {
+                let _ = framed.send(ServerMessage::Error(reply)).await;
+            }
+            return;
+        }
+    };
+    framed.codec_mut().set_max(REQUEST_FRAME_LEN);
+    let request = match next(&mut framed, HANDSHAKE_TIMEOUT).await {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(reply) = reject_frame(&peer, &e) {
+                let _ = framed.send(ServerMessage::Error(reply)).await;
+            }
+            return;
+        }
+    };
+    let reply = match request {
+        ClientMessage::OpenSession(req) => {
+            return run_session(op, framed, req, client).await;
+        }
+        ClientMessage::Status => ServerMessage::Status(Box::new(op.status())),
+        ClientMessage::Kill(k) => kill(&op, k, &client),
+        other => error(
+            ErrorCode::BadRequest,
+            format!("expected OpenSession, Status or Kill, got {}", kind(&other)),
+        ),
+    };
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, framed.send(reply)).await;
+}
+
+/// The hello exchange: checks the protocol version and what the client says about itself,
+/// answers with who the operator authenticated. `Err(None)`: nothing to tell the peer.
+async fn hello(
+    op: &Operator,
+    framed: &mut Transport,
+    peer: &SocketAddr,
+    identity: PeerIdentity,
+) -> Result<ClientInfo, Option<ErrorReply>> {
+    let hello = match next(framed, HANDSHAKE_TIMEOUT).await {
         Ok(ClientMessage::Hello(h)) => h,
         Ok(other) => {
-            let _ = out
-                .send(error(
-                    ErrorCode::BadRequest,
-                    format!("expected Hello first, got {}", kind(&other)),
-                ))
-                .await;
-            return finish(out, writer).await;
+            return Err(Some(ErrorReply {
+                code: ErrorCode::BadRequest,
+                message: format!("expected Hello first, got {}", kind(&other)),
+            }))
         }
-        Err(e) => {
-            reject_frame(&out, &peer, &e).await;
-            return finish(out, writer).await;
-        }
+        Err(e) => return Err(reject_frame(peer, &e)),
     };
     if hello.protocol_version != PROTOCOL_VERSION {
         let msg = format!(
@@ -171,8 +158,17 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
             hello.protocol_version
         );
         tracing::warn!(%peer, client_user = %identity.client_user, "{msg}");
-        let _ = out.send(error(ErrorCode::ProtocolVersion, msg)).await;
-        return finish(out, writer).await;
+        return Err(Some(ErrorReply {
+            code: ErrorCode::ProtocolVersion,
+            message: msg,
+        }));
+    }
+    if let Err(msg) = check_labels(&hello, op.limits.max_client_label_len) {
+        tracing::warn!(%peer, client_user = %identity.client_user, "{msg}");
+        return Err(Some(ErrorReply {
+            code: ErrorCode::BadRequest,
+            message: msg,
+        }));
     }
     tracing::debug!(
         %peer,
@@ -181,81 +177,103 @@ async fn handle(op: Arc<Operator>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
         cli_version = %hello.cli_version,
         "client connected"
     );
-    let client = ClientInfo {
+    let welcome = ServerMessage::Welcome(Box::new(Welcome {
+        operator_version: env!("CARGO_PKG_VERSION").to_owned(),
         client_id: identity.client_id.clone(),
         client_user: identity.client_user.clone(),
+    }));
+    if framed.send(welcome).await.is_err() {
+        return Err(None);
+    }
+    Ok(ClientInfo {
+        client_id: identity.client_id,
+        client_user: identity.client_user,
         client_name: hello.client_name,
         client_hostname: hello.client_hostname,
         cli_version: hello.cli_version,
-    };
-    let _ = out
-        .send(ServerMessage::Welcome(Box::new(Welcome {
-            operator_version: env!("CARGO_PKG_VERSION").to_owned(),
-            client_id: identity.client_id,
-            client_user: identity.client_user,
-        })))
-        .await;
-
-    match next(&mut inbound, HANDSHAKE_TIMEOUT).await {
-        Ok(ClientMessage::OpenSession(req)) => {
-            match open::open(&op, req, client, out.clone()).await {
-                Ok(opened) => {
-                    tunnel::run(&op, opened, inbound, out.clone()).await;
-                }
-                Err(reply) => {
-                    let _ = out.send(ServerMessage::Error(reply)).await;
-                }
-            }
-        }
-        Ok(ClientMessage::Status) => {
-            let _ = out.send(ServerMessage::Status(Box::new(op.status()))).await;
-        }
-        Ok(ClientMessage::Kill(k)) => {
-            let ids = match k {
-                KillRequest::All => op.sessions.list().iter().map(|s| s.id).collect(),
-                KillRequest::Sessions(ids) => ids,
-            };
-            let mut killed = Vec::new();
-            let mut missing = Vec::new();
-            for id in ids {
-                let reason = format!("killed by {}", client.client_user);
-                if op.sessions.end(id, &reason) {
-                    killed.push(id);
-                } else {
-                    missing.push(id.to_string());
-                }
-            }
-            tracing::info!(client_user = %client.client_user, killed = killed.len(), "sessions killed on request");
-            let reply = if missing.is_empty() {
-                ServerMessage::Killed { sessions: killed }
-            } else {
-                error(
-                    ErrorCode::SessionNotFound,
-                    format!(
-                        "no session {} (killed {} others); see `mirrordctl status`",
-                        missing.join(", "),
-                        killed.len()
-                    ),
-                )
-            };
-            let _ = out.send(reply).await;
-        }
-        Ok(other) => {
-            let _ = out
-                .send(error(
-                    ErrorCode::BadRequest,
-                    format!("expected OpenSession, Status or Kill, got {}", kind(&other)),
-                ))
-                .await;
-        }
-        Err(e) => reject_frame(&out, &peer, &e).await,
-    }
-    finish(out, writer).await
+    })
 }
 
-async fn finish(out: mpsc::Sender<ServerMessage>, writer: tokio::task::JoinHandle<()>) {
-    drop(out);
-    let _ = writer.await;
+/// What a client says about itself lands in every log line and metric label of its
+/// sessions: it must be short and printable (a newline would forge a log line).
+fn check_labels(h: &ClientHello, max: usize) -> Result<(), String> {
+    for (field, value) in [
+        ("client_name", &h.client_name),
+        ("client_hostname", &h.client_hostname),
+        ("cli_version", &h.cli_version),
+    ] {
+        if value.len() > max {
+            return Err(format!(
+                "{field} is {} bytes long; this operator accepts at most {max}",
+                value.len()
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(format!(
+                "{field} {value:?} contains control characters; set a printable name"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn run_session(
+    op: Arc<Operator>,
+    mut framed: Transport,
+    req: mirrord_protocol::SessionRequest,
+    client: ClientInfo,
+) {
+    let opened = match open::open(&op, req, client).await {
+        Ok(o) => o,
+        Err(reply) => {
+            let _ =
+                tokio::time::timeout(FLUSH_TIMEOUT, framed.send(ServerMessage::Error(reply))).await;
+            return;
+        }
+    };
+    framed.codec_mut().set_max(MAX_FRAME_LEN);
+    let (sink, inbound) = framed.split();
+    let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
+    let reply = ServerMessage::SessionOpened(Box::new(opened.reply.clone()));
+    // Queued first: nothing else is sent on `out` before the actor starts.
+    let _ = out.try_send(reply);
+    session::run(op, opened, inbound, out).await;
+    // A frozen client cannot take the writer's last frames: give up on it after a while.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
+        abort.abort();
+    }
+}
+
+fn kill(op: &Operator, k: KillRequest, client: &ClientInfo) -> ServerMessage {
+    let ids = match k {
+        KillRequest::All => op.sessions.list().iter().map(|s| s.id).collect(),
+        KillRequest::Sessions(ids) => ids,
+    };
+    let mut killed = Vec::new();
+    let mut missing = Vec::new();
+    for id in ids {
+        let reason = format!("killed by {}", client.client_user);
+        if op.sessions.end(id, &reason) {
+            killed.push(id);
+        } else {
+            missing.push(id.to_string());
+        }
+    }
+    tracing::info!(client_user = %client.client_user, killed = killed.len(), "sessions killed on request");
+    if missing.is_empty() {
+        ServerMessage::Killed { sessions: killed }
+    } else {
+        error(
+            ErrorCode::SessionNotFound,
+            format!(
+                "no session {} (killed {} others); see `mirrordctl status`",
+                missing.join(", "),
+                killed.len()
+            ),
+        )
+    }
 }
 
 pub(crate) enum NextError {
@@ -274,8 +292,8 @@ impl std::fmt::Display for NextError {
     }
 }
 
-async fn next(inbound: &mut Inbound, wait: Duration) -> Result<ClientMessage, NextError> {
-    match tokio::time::timeout(wait, inbound.next()).await {
+async fn next(framed: &mut Transport, wait: Duration) -> Result<ClientMessage, NextError> {
+    match tokio::time::timeout(wait, framed.next()).await {
         Err(_) => Err(NextError::Timeout),
         Ok(None) => Err(NextError::Closed),
         Ok(Some(Err(e))) => Err(NextError::Frame(e)),
@@ -283,18 +301,16 @@ async fn next(inbound: &mut Inbound, wait: Duration) -> Result<ClientMessage, Ne
     }
 }
 
-pub(crate) async fn reject_frame(
-    out: &mpsc::Sender<ServerMessage>,
-    peer: &(dyn std::fmt::Display + Sync),
-    e: &NextError,
-) {
+/// What to tell a peer whose frame could not be read (nothing if it is gone).
+fn reject_frame(peer: &SocketAddr, e: &NextError) -> Option<ErrorReply> {
     match e {
-        NextError::Frame(FrameError::Io(_)) | NextError::Closed => {}
+        NextError::Frame(FrameError::Io(_)) | NextError::Closed => None,
         _ => {
-            tracing::warn!(peer = %peer, error = %e, "bad frame from client; closing its connection");
-            let _ = out
-                .send(error(ErrorCode::MalformedFrame, e.to_string()))
-                .await;
+            tracing::warn!(%peer, error = %e, "bad frame from client; closing its connection");
+            Some(ErrorReply {
+                code: ErrorCode::MalformedFrame,
+                message: e.to_string(),
+            })
         }
     }
 }
@@ -316,5 +332,31 @@ pub(crate) fn kind(m: &ClientMessage) -> &'static str {
         ClientMessage::HttpBody { .. } => "HttpBody",
         ClientMessage::HttpFailed { .. } => "HttpFailed",
         ClientMessage::EndSession => "EndSession",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str, host: &str) -> ClientHello {
+        ClientHello {
+            protocol_version: PROTOCOL_VERSION,
+            cli_version: "0.1.0".into(),
+            client_name: name.into(),
+            client_hostname: host.into(),
+        }
+    }
+
+    #[test]
+    fn labels_are_short_and_printable() {
+        assert!(check_labels(&hello("Ada Lovelace", "laptop"), 64).is_ok());
+        let e = check_labels(&hello("Ada\nINFO forged line", "laptop"), 64).unwrap_err();
+        assert!(e.contains("client_name") && e.contains("control"), "{e}");
+        let e = check_labels(&hello("a", &"h".repeat(65)), 64).unwrap_err();
+        assert!(
+            e.contains("client_hostname") && e.contains("65 bytes"),
+            "{e}"
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! What the control plane needs from wherever targets live. The single-machine backend
 //! ([`crate::local`]) implements it with processes and interceptors; a Kubernetes backend
-//! would implement it with kube-rs (a copy is a new pod, scale down patches replicas).
+//! implements it with the API server (a copy is a new pod, scale down patches replicas,
+//! the routes are pushed to the agents in front of the target's pods).
+//!
+//! Resolving a target and making a copy may be slow network calls: both are futures.
 
 use futures::future::BoxFuture;
 use mirrord_dataplane::RouteTable;
@@ -19,17 +22,20 @@ pub enum BackendError {
     CopyUnavailable(String),
     #[error("{0}")]
     ScaleDownConflict(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub trait TargetBackend: Send + Sync {
-    fn target(&self, r: &TargetRef) -> Result<Arc<dyn Target>, BackendError>;
+    fn target(&self, r: &TargetRef) -> BoxFuture<'_, Result<Arc<dyn Target>, BackendError>>;
 }
 
 pub trait Target: Send + Sync {
     fn reference(&self) -> &TargetRef;
     /// The port numbers the target is known by.
     fn ports(&self) -> Vec<u16>;
-    /// Routes of a port on the original replicas.
+    /// What sessions do with the traffic of `port`, whichever replica (original or copy)
+    /// would serve it. Only the port locks write it.
     fn routes(&self, port: u16) -> Option<Arc<RouteTable>>;
     /// Starts a copy for `session`; with `scale_down` the originals stop while it lives.
     /// Dropping the copy removes it (and restores the originals).
@@ -42,5 +48,4 @@ pub trait Target: Send + Sync {
 
 pub trait TargetCopy: Send + Sync {
     fn name(&self) -> &str;
-    fn routes(&self, port: u16) -> Option<Arc<RouteTable>>;
 }

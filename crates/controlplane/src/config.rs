@@ -15,6 +15,8 @@ pub struct Config {
     #[serde(default)]
     pub sessions: SessionConfig,
     #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
     pub targets: Vec<TargetSpec>,
     #[serde(default)]
     pub license: Option<LicenseConfig>,
@@ -47,6 +49,12 @@ pub struct SessionConfig {
     /// How long series labelled by a session id outlive their session in `/metrics`.
     #[serde(with = "humantime_serde")]
     pub metrics_grace: Duration,
+    /// A session is ended this long after it started (off when unset).
+    #[serde(with = "humantime_serde")]
+    pub max_session_time: Option<Duration>,
+    /// A session that holds no port for this long is ended (off when unset).
+    #[serde(with = "humantime_serde")]
+    pub unused_session_ttl: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -55,6 +63,44 @@ impl Default for SessionConfig {
             ping_interval: Duration::from_secs(1),
             client_timeout: Duration::from_secs(10),
             metrics_grace: Duration::from_secs(600),
+            max_session_time: None,
+            unused_session_ttl: None,
+        }
+    }
+}
+
+/// What one client may take from the operator, so that one user cannot exhaust it for the
+/// others. Every limit is reported to the client that hits it, by name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open API connections (sessions included); more are closed at once.
+    pub max_connections: usize,
+    /// Sessions one client (one `client_id`) may hold at once.
+    pub max_sessions_per_client: usize,
+    /// Ports one session may ask for.
+    pub max_ports_per_session: usize,
+    /// Regexes and methods in one port's HTTP filter.
+    pub max_filter_expressions: usize,
+    /// Bytes of one regex as written.
+    pub max_filter_pattern_len: usize,
+    /// Bytes one compiled regex may take (regex's `size_limit`); its lazy DFA cache gets
+    /// as much again.
+    pub max_filter_regex_size: usize,
+    /// Bytes of `client_name` and `client_hostname`.
+    pub max_client_label_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_sessions_per_client: 64,
+            max_ports_per_session: 32,
+            max_filter_expressions: 16,
+            max_filter_pattern_len: 1024,
+            max_filter_regex_size: 256 * 1024,
+            max_client_label_len: 256,
         }
     }
 }

@@ -1,20 +1,24 @@
 //! The control plane: the mutual-TLS API, sessions, port locks, targets and copies.
 //!
-//! - [`config`]: the operator's TOML configuration.
-//! - [`api`]: TLS accept, hello, dispatch of each connection's request.
-//! - [`open`]: opening a session (validation, port locks, copies, subscriptions).
-//! - [`tunnel`]: a session's traffic and pings on its connection.
-//! - [`sessions`]: the registry, and the one way a session ends.
-//! - [`backend`] / [`local`]: where targets live (single machine now, Kubernetes later).
+//! A session request travels: [`api`] (TLS, hello, dispatch) -> [`open`] (the pipeline:
+//! [`admission`], then [`locks`], then the copy, then commit) -> [`session`] (the actor
+//! that carries the session's traffic until it ends) -> [`sessions`] (the registry, and
+//! the one way a session ends). [`refusal`] is every way a request is turned down.
+//! [`operator`] holds the shared state; [`backend`] / [`local`] is where targets live
+//! (single machine here, Kubernetes beside it).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod backend;
 pub mod config;
 pub mod local;
+pub mod locks;
 pub mod open;
+pub mod operator;
 pub mod policy;
+pub mod refusal;
+pub mod session;
 pub mod sessions;
-pub mod tunnel;
 
-pub use api::Operator;
+pub use operator::Operator;

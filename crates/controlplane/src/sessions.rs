@@ -1,7 +1,11 @@
-//! The session registry: every open session, what it holds, and the one way a session ends.
+//! The session registry: every open session, how many each client holds, and the one way
+//! a session ends. Which ports a session holds is the port locks' business
+//! ([`crate::locks`]); a session entry owns its [`Grant`] and its copy, and ending the
+//! session releases both, in that order (traffic goes back first, then the copy goes).
 
 use crate::backend::TargetCopy;
-use mirrord_dataplane::RouteTable;
+use crate::locks::{Grant, Hold, PortLocks, Taken};
+use crate::refusal::Refusal;
 use mirrord_protocol::{CopyInfo, PortMode, PortOutcome, SessionId, SessionInfo};
 use mirrord_telemetry::{Event, SessionMeta, Telemetry};
 use std::collections::HashMap;
@@ -9,15 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// A port a session holds, with the routes it is subscribed in.
-pub struct ActivePort {
-    pub port: u16,
-    pub mode: PortMode,
-    pub filter: String,
-    pub routes: Arc<RouteTable>,
-}
-
-/// What the registry tells a session's task.
+/// What the registry tells a session's actor.
+#[derive(Debug)]
 pub enum Control {
     /// The session was ended elsewhere (killed, operator shutting down): tell the client.
     Ended(String),
@@ -28,32 +25,103 @@ pub enum Control {
 pub struct SessionEntry {
     pub id: SessionId,
     pub meta: Arc<SessionMeta>,
+    /// The target's key in the port locks.
+    pub target_key: String,
     pub started: Instant,
-    pub ports: Mutex<Vec<ActivePort>>,
-    pub copy: Mutex<Option<Box<dyn TargetCopy>>>,
+    /// When the session will be ended for reaching the maximum session time.
+    pub deadline: Option<Instant>,
+    pub copy_info: Option<CopyInfo>,
+    pub ping: Mutex<Option<Duration>>,
+    grant: Mutex<Option<Grant>>,
+    copy: Mutex<Option<Box<dyn TargetCopy>>>,
+    ctl: mpsc::UnboundedSender<Control>,
+    _slot: ClientSlot,
+}
+
+/// Everything a new entry is made of.
+pub struct NewEntry {
+    pub id: SessionId,
+    pub meta: Arc<SessionMeta>,
+    pub deadline: Option<Instant>,
+    pub grant: Grant,
+    pub copy: Option<Box<dyn TargetCopy>>,
     pub copy_info: Option<CopyInfo>,
     pub ctl: mpsc::UnboundedSender<Control>,
-    pub ping: Mutex<Option<Duration>>,
+    pub slot: ClientSlot,
 }
 
 impl SessionEntry {
+    pub fn new(e: NewEntry) -> Arc<Self> {
+        Arc::new(Self {
+            id: e.id,
+            meta: e.meta,
+            target_key: e.grant.target().to_owned(),
+            started: Instant::now(),
+            deadline: e.deadline,
+            copy_info: e.copy_info,
+            ping: Mutex::new(None),
+            grant: Mutex::new(Some(e.grant)),
+            copy: Mutex::new(e.copy),
+            ctl: e.ctl,
+            _slot: e.slot,
+        })
+    }
+
     pub fn user_display(&self) -> String {
         let c = &self.meta.client;
         format!("{}/{}@{}", c.client_name, c.client_user, c.client_hostname)
     }
 }
 
+/// One of a client's sessions (open or opening); given back when dropped.
+pub struct ClientSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    client_id: String,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("slots lock");
+        if let Some(n) = counts.get_mut(&self.client_id) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.client_id);
+            }
+        }
+    }
+}
+
 pub struct Sessions {
     map: Mutex<HashMap<SessionId, Arc<SessionEntry>>>,
+    per_client: Arc<Mutex<HashMap<String, usize>>>,
+    locks: Arc<PortLocks>,
     telemetry: Telemetry,
 }
 
 impl Sessions {
-    pub fn new(telemetry: Telemetry) -> Self {
+    pub fn new(telemetry: Telemetry, locks: Arc<PortLocks>) -> Self {
         Self {
             map: Mutex::default(),
+            per_client: Arc::default(),
+            locks,
             telemetry,
         }
+    }
+
+    /// Counts one more session for `client_id`, or refuses when it holds `max` already.
+    pub fn reserve_slot(&self, client_id: &str, max: usize) -> Result<ClientSlot, Refusal> {
+        let mut counts = self.per_client.lock().expect("slots lock");
+        let n = counts.entry(client_id.to_owned()).or_default();
+        if *n >= max {
+            return Err(Refusal::Limit(format!(
+                "you already have {n} sessions open, the most this operator allows per client; end one (mirrordctl sessions list / kill) and retry"
+            )));
+        }
+        *n += 1;
+        Ok(ClientSlot {
+            counts: Arc::clone(&self.per_client),
+            client_id: client_id.to_owned(),
+        })
     }
 
     pub fn new_id(&self) -> SessionId {
@@ -89,16 +157,27 @@ impl Sessions {
         v
     }
 
-    /// Ends a session: releases its ports at once, removes its copy (restoring scaled-down
-    /// originals), records Port Released and Session Ended, and tells its task. Safe to
-    /// call more than once; only the first call does anything.
+    /// The ports `entry` holds now.
+    pub fn holds(&self, entry: &SessionEntry) -> Vec<Hold> {
+        self.locks.holds(&entry.target_key, entry.id)
+    }
+
+    /// Ends a session: gives its ports back to the target, removes its copy (restoring
+    /// scaled-down originals), records Port Released and Session Ended, and tells its
+    /// actor. Safe to call more than once; only the first call does anything.
     pub fn end(&self, id: SessionId, reason: &str) -> bool {
         let Some(entry) = self.map.lock().expect("sessions lock").remove(&id) else {
             return false;
         };
-        let ports = std::mem::take(&mut *entry.ports.lock().expect("ports lock"));
-        for p in ports {
-            self.release(&entry, p);
+        let released = entry
+            .grant
+            .lock()
+            .expect("grant lock")
+            .take()
+            .map(|mut g| g.release())
+            .unwrap_or_default();
+        for h in released {
+            self.record_released(&entry.meta, &h);
         }
         drop(entry.copy.lock().expect("copy lock").take());
         self.telemetry.record(Event::SessionEnded {
@@ -110,71 +189,66 @@ impl Sessions {
         true
     }
 
-    /// Takes `port` away from `holder`'s steal (concurrent steal `override`).
-    pub fn take_over(&self, holder: &SessionEntry, port: u16, by: &str) {
-        let taken: Vec<ActivePort> = {
-            let mut ports = holder.ports.lock().expect("ports lock");
-            let (taken, kept) = std::mem::take(&mut *ports)
-                .into_iter()
-                .partition(|p| p.port == port && p.mode == PortMode::Steal);
-            *ports = kept;
-            taken
+    /// A port was taken from its holder by `override`: record it and tell the holder.
+    pub fn port_taken(&self, taken: &Taken, by: &str) {
+        let Some(holder) = self.get(taken.hold.holder.session) else {
+            return;
         };
-        for p in taken {
-            self.release(holder, p);
-            let _ = holder.ctl.send(Control::PortLost {
-                port,
-                reason: format!("port {port} was taken over by {by}"),
-            });
-        }
+        self.record_released(&holder.meta, &taken.hold);
+        let port = taken.hold.port;
+        let _ = holder.ctl.send(Control::PortLost {
+            port,
+            reason: format!("port {port} was taken over by {by}"),
+        });
     }
 
-    fn release(&self, entry: &SessionEntry, p: ActivePort) {
-        p.routes.remove_session(entry.id.0);
+    fn record_released(&self, meta: &Arc<SessionMeta>, h: &Hold) {
         self.telemetry.record(Event::PortReleased {
-            session: Arc::clone(&entry.meta),
-            port: p.port,
-            mode: match p.mode {
+            session: Arc::clone(meta),
+            port: h.port,
+            mode: match h.mode {
                 PortMode::Steal => "steal",
                 PortMode::Mirror => "mirror",
             },
-            filtered: !p.filter.is_empty(),
+            filtered: !h.filter.is_empty(),
         });
     }
 
     pub fn info(&self) -> (Vec<SessionInfo>, Vec<CopyInfo>) {
         let list = self.list();
         let copies = list.iter().filter_map(|e| e.copy_info.clone()).collect();
-        let sessions = list
-            .iter()
-            .map(|e| SessionInfo {
-                session_id: e.id,
-                target: e.meta.target(),
-                namespace: e.meta.target_namespace.clone(),
-                client_id: e.meta.client.client_id.clone(),
-                client_user: e.meta.client.client_user.clone(),
-                client_name: e.meta.client.client_name.clone(),
-                client_hostname: e.meta.client.client_hostname.clone(),
-                ports: e
-                    .ports
-                    .lock()
-                    .expect("ports lock")
-                    .iter()
-                    .map(|p| PortOutcome {
-                        port: p.port,
-                        mode: p.mode,
-                        filter: p.filter.clone(),
-                        skipped: None,
-                    })
-                    .collect(),
-                duration_secs: e.started.elapsed().as_secs(),
-                ping_ms: e
-                    .ping
-                    .lock()
-                    .expect("ping lock")
-                    .map(|d| d.as_secs_f64() * 1000.0),
-            })
-            .collect();
+        let sessions = list.iter().map(|e| self.info_of(e)).collect();
         (sessions, copies)
+    }
+
+    fn info_of(&self, e: &SessionEntry) -> SessionInfo {
+        SessionInfo {
+            session_id: e.id,
+            target: e.meta.target(),
+            namespace: e.meta.target_namespace.clone(),
+            client_id: e.meta.client.client_id.clone(),
+            client_user: e.meta.client.client_user.clone(),
+            client_name: e.meta.client.client_name.clone(),
+            client_hostname: e.meta.client.client_hostname.clone(),
+            ports: self
+                .holds(e)
+                .into_iter()
+                .map(|h| PortOutcome {
+                    port: h.port,
+                    mode: h.mode,
+                    filter: h.filter,
+                    skipped: None,
+                })
+                .collect(),
+            duration_secs: e.started.elapsed().as_secs(),
+            ping_ms: e
+                .ping
+                .lock()
+                .expect("ping lock")
+                .map(|d| d.as_secs_f64() * 1000.0),
+            ends_in_secs: e
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()).as_secs()),
+        }
     }
 }

@@ -18,6 +18,30 @@ pub enum FilterError {
     Method(String),
     #[error("an HTTP filter needs at least one --header, --path or --method")]
     Empty,
+    /// Beyond the operator's limits: one user's filter must not exhaust memory or CPU
+    /// shared by everyone.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// How large a filter may be. Every regex may take `regex_size` bytes compiled and as
+/// much again for its lazy DFA cache, so a filter costs at most about
+/// `2 * max_expressions * regex_size`.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterLimits {
+    pub max_expressions: usize,
+    pub max_pattern_len: usize,
+    pub regex_size: usize,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        Self {
+            max_expressions: 16,
+            max_pattern_len: 1024,
+            regex_size: 256 * 1024,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -30,10 +54,18 @@ pub struct HttpFilter {
     pub display: String,
 }
 
-fn compile(kind: &'static str, pattern: &str) -> Result<Regex, FilterError> {
+fn compile(kind: &'static str, pattern: &str, limits: &FilterLimits) -> Result<Regex, FilterError> {
+    if pattern.len() > limits.max_pattern_len {
+        return Err(FilterError::TooLarge(format!(
+            "{kind} filter of {} bytes is longer than this operator allows ({} bytes)",
+            pattern.len(),
+            limits.max_pattern_len
+        )));
+    }
     RegexBuilder::new(pattern)
         .case_insensitive(true)
-        .size_limit(1 << 20)
+        .size_limit(limits.regex_size)
+        .dfa_size_limit(limits.regex_size)
         .build()
         .map_err(|e| FilterError::Regex {
             kind,
@@ -50,18 +82,34 @@ fn compile(kind: &'static str, pattern: &str) -> Result<Regex, FilterError> {
 
 impl HttpFilter {
     pub fn compile(spec: &HttpFilterSpec) -> Result<Self, FilterError> {
+        Self::compile_limited(spec, &FilterLimits::default())
+    }
+
+    /// Compiles `spec` within `limits`. Compiling can take a while for large regexes:
+    /// callers on an async runtime run it on a blocking thread.
+    pub fn compile_limited(
+        spec: &HttpFilterSpec,
+        limits: &FilterLimits,
+    ) -> Result<Self, FilterError> {
         if spec.is_empty() {
             return Err(FilterError::Empty);
+        }
+        let n = spec.header.len() + spec.path.len() + spec.method.len();
+        if n > limits.max_expressions {
+            return Err(FilterError::TooLarge(format!(
+                "the filter has {n} parts; this operator allows {} per port",
+                limits.max_expressions
+            )));
         }
         let header = spec
             .header
             .iter()
-            .map(|p| compile("header", p))
+            .map(|p| compile("header", p, limits))
             .collect::<Result<_, _>>()?;
         let path = spec
             .path
             .iter()
-            .map(|p| compile("path", p))
+            .map(|p| compile("path", p, limits))
             .collect::<Result<_, _>>()?;
         let method = spec
             .method
@@ -186,5 +234,27 @@ mod tests {
             HttpFilter::compile(&HttpFilterSpec::default()),
             Err(FilterError::Empty)
         ));
+    }
+
+    #[test]
+    fn limits_bound_count_length_and_compiled_size() {
+        let limits = FilterLimits {
+            max_expressions: 2,
+            max_pattern_len: 64,
+            regex_size: 64 * 1024,
+        };
+        let three = spec(&["a", "b"], &["c"], &[], false);
+        let e = HttpFilter::compile_limited(&three, &limits).unwrap_err();
+        assert!(e.to_string().contains("3 parts"), "{e}");
+        let long = "a".repeat(65);
+        let e = HttpFilter::compile_limited(&spec(&[&long], &[], &[], false), &limits).unwrap_err();
+        assert!(matches!(e, FilterError::TooLarge(_)), "{e}");
+        // Short to write, huge compiled: counted repetitions of a Unicode class.
+        let e = HttpFilter::compile_limited(&spec(&[r"\w{1000}"], &[], &[], false), &limits)
+            .unwrap_err();
+        assert!(matches!(e, FilterError::Regex { .. }), "{e}");
+        assert!(
+            HttpFilter::compile_limited(&spec(&["^x-user: a$"], &[], &[], false), &limits).is_ok()
+        );
     }
 }

@@ -21,7 +21,7 @@ pub mod routes;
 pub mod sniff;
 pub mod tee;
 
-pub use filter::{FilterError, HttpFilter};
+pub use filter::{FilterError, FilterLimits, HttpFilter};
 pub use handoff::{Body, BoxError, Handoff, Io, StolenResponse, SubscriberTx};
 pub use listener::{Endpoint, PortPlane};
 pub use routes::{PortRoutes, RouteTable, Subscriber};

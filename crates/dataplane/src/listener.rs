@@ -20,16 +20,18 @@ use tokio::net::{TcpListener, TcpStream};
 /// HTTP (only when a filter makes parsing necessary).
 const SNIFF_WAIT: Duration = Duration::from_millis(500);
 
-/// A replica traffic can go to, and the routes of the group it belongs to.
+/// A replica traffic can go to (an original or a copy).
 pub struct Endpoint {
     pub name: String,
     pub upstream: SocketAddr,
-    pub routes: Arc<RouteTable>,
 }
 
 pub struct PortPlane {
     pub port: u16,
     pub listen: SocketAddr,
+    /// What sessions do with this port's traffic. One table for every replica: sessions
+    /// subscribe to the target's port, whichever replica would have served a request.
+    pub routes: Arc<RouteTable>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
     bypass: BypassCounter,
@@ -41,11 +43,13 @@ impl PortPlane {
         port: u16,
         listen: SocketAddr,
         bypass: BypassCounter,
+        routes: Arc<RouteTable>,
     ) -> std::io::Result<(Arc<Self>, TcpListener)> {
         let listener = TcpListener::bind(listen).await?;
         let plane = Arc::new(Self {
             port,
             listen: listener.local_addr()?,
+            routes,
             endpoints: ArcSwap::default(),
             next: AtomicUsize::new(0),
             bypass,
@@ -97,7 +101,7 @@ pub async fn serve_connection(plane: Arc<PortPlane>, stream: TcpStream, peer: So
         tracing::warn!(port = plane.port, %peer, "no ready replica; closing connection");
         return;
     };
-    let routes = ep.routes.load();
+    let routes = plane.routes.load();
     let io = Rewind::new(Bytes::new(), stream);
 
     if let Some(stealer) = &routes.unfiltered_steal {
@@ -119,7 +123,7 @@ pub async fn serve_connection(plane: Arc<PortPlane>, stream: TcpStream, peer: So
         if proto != Protocol::Other {
             let ctx = Arc::new(http::HttpCtx {
                 port: plane.port,
-                routes: Arc::clone(&ep.routes),
+                routes: Arc::clone(&plane.routes),
                 upstream: ep.upstream,
                 bypass: plane.bypass.clone(),
             });

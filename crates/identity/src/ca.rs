@@ -24,42 +24,79 @@ pub struct IssuedCert {
 }
 
 impl CertificateAuthority {
-    /// Loads the CA from `state_dir`, creating it (and the directory) on first use.
-    pub fn load_or_create(state_dir: &Path) -> Result<Self, IdentityError> {
-        let cert_path = state_dir.join(CA_CERT);
-        let key_path = state_dir.join(CA_KEY);
-        if key_path.exists() && cert_path.exists() {
-            let key_pem = read(&key_path)?;
-            let cert_pem = read(&cert_path)?;
-            let key = KeyPair::from_pem(&key_pem).map_err(|_| IdentityError::Pem {
-                path: key_path.clone(),
-                what: "CA private key",
-            })?;
-            // The issuer of what we sign is identified by name and key, both of which are
-            // the same as when the stored certificate was made, so rebuilding it is enough
-            // to sign with; the stored PEM stays the one clients trust.
-            let cert = ca_params().self_signed(&key)?;
-            return Ok(Self {
-                cert,
-                key,
-                cert_pem,
+    /// Creates a new CA in `state_dir` (made private). Never replaces an existing one:
+    /// that would silently invalidate every credential it issued.
+    pub fn init(state_dir: &Path) -> Result<Self, IdentityError> {
+        if state_dir.join(CA_CERT).exists() || state_dir.join(CA_KEY).exists() {
+            return Err(IdentityError::CaExists {
+                dir: state_dir.to_owned(),
             });
         }
-        std::fs::create_dir_all(state_dir).map_err(|source| IdentityError::Write {
-            path: state_dir.to_owned(),
-            source,
-        })?;
+        private_dir(state_dir)?;
         let key = KeyPair::generate()?;
         let cert = ca_params().self_signed(&key)?;
         let cert_pem = cert.pem();
-        write(&key_path, &key.serialize_pem(), true)?;
-        write(&cert_path, &cert_pem, false)?;
-        tracing::info!(path = %cert_path.display(), "created a new operator CA");
+        write(&state_dir.join(CA_KEY), &key.serialize_pem(), true)?;
+        write(&state_dir.join(CA_CERT), &cert_pem, false)?;
+        tracing::info!(path = %state_dir.join(CA_CERT).display(), "created a new operator CA");
         Ok(Self {
             cert,
             key,
             cert_pem,
         })
+    }
+
+    /// Loads the CA of `state_dir`: both files present, readable, and belonging together.
+    pub fn load(state_dir: &Path) -> Result<Self, IdentityError> {
+        let cert_path = state_dir.join(CA_CERT);
+        let key_path = state_dir.join(CA_KEY);
+        let broken = |problem: String| IdentityError::BrokenCa {
+            dir: state_dir.to_owned(),
+            problem,
+        };
+        match (cert_path.exists(), key_path.exists()) {
+            (false, false) => {
+                return Err(IdentityError::NoCa {
+                    dir: state_dir.to_owned(),
+                })
+            }
+            (true, false) => return Err(broken(format!("{CA_KEY} is missing"))),
+            (false, true) => return Err(broken(format!("{CA_CERT} is missing"))),
+            (true, true) => {}
+        }
+        let key_pem = read(&key_path)?;
+        let cert_pem = read(&cert_path)?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|_| broken(format!("{CA_KEY} holds no private key")))?;
+        let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| broken(format!("{CA_CERT} holds no certificate")))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| broken(format!("{CA_CERT} cannot be parsed: {e}")))?;
+        if parsed.tbs_certificate.subject_pki.raw != key.public_key_der().as_slice() {
+            return Err(broken(format!(
+                "{CA_CERT} and {CA_KEY} do not belong together"
+            )));
+        }
+        // The issuer of what we sign is identified by name and key, both of which are
+        // the same as when the stored certificate was made, so rebuilding it is enough
+        // to sign with; the stored PEM stays the one clients trust.
+        let cert = ca_params().self_signed(&key)?;
+        Ok(Self {
+            cert,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// What `serve` does: a state directory with no CA at all is a first start and gets
+    /// one; anything else must load (a half-present CA is an error, never replaced).
+    pub fn load_or_init(state_dir: &Path) -> Result<Self, IdentityError> {
+        match Self::load(state_dir) {
+            Err(IdentityError::NoCa { .. }) => Self::init(state_dir),
+            other => other,
+        }
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -138,22 +175,37 @@ pub(crate) fn read(path: &Path) -> Result<String, IdentityError> {
     })
 }
 
+/// Writes a file; a secret one is readable by its owner only, whatever the umask and
+/// whatever mode a file already there had.
 pub(crate) fn write(path: &PathBuf, contents: &str, secret: bool) -> Result<(), IdentityError> {
     use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |source| IdentityError::Write {
+        path: path.clone(),
+        source,
+    };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
     if secret {
-        use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let _ = secret;
-    opts.open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .map_err(|source| IdentityError::Write {
-            path: path.clone(),
-            source,
-        })
+    let mut f = opts.open(path).map_err(err)?;
+    if secret {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+    }
+    f.write_all(contents.as_bytes()).map_err(err)
+}
+
+/// Creates `dir` if needed and makes it private (owner only), whatever the umask.
+pub fn private_dir(dir: &Path) -> Result<(), IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| IdentityError::Write {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
 #[cfg(test)]
@@ -163,8 +215,8 @@ mod tests {
     #[test]
     fn ca_is_created_once_and_reused() {
         let dir = std::env::temp_dir().join(format!("mirrord-ca-{}", std::process::id()));
-        let a = CertificateAuthority::load_or_create(&dir).unwrap();
-        let b = CertificateAuthority::load_or_create(&dir).unwrap();
+        let a = CertificateAuthority::load_or_init(&dir).unwrap();
+        let b = CertificateAuthority::load_or_init(&dir).unwrap();
         assert_eq!(a.cert_pem(), b.cert_pem());
         assert!(a.issue_client("alice").is_ok());
         assert!(matches!(
@@ -172,5 +224,55 @@ mod tests {
             Err(IdentityError::BadUser(_))
         ));
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_missing_partial_or_mismatched_ca_is_never_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        assert!(matches!(
+            CertificateAuthority::load(&dir),
+            Err(IdentityError::NoCa { .. })
+        ));
+        CertificateAuthority::init(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(CA_KEY)), 0o600);
+        assert!(matches!(
+            CertificateAuthority::init(&dir),
+            Err(IdentityError::CaExists { .. })
+        ));
+        let key = std::fs::read(dir.join(CA_KEY)).unwrap();
+
+        std::fs::write(dir.join(CA_CERT), "").unwrap();
+        let e = CertificateAuthority::load_or_init(&dir).err().unwrap();
+        assert!(e.to_string().contains("holds no certificate"), "{e}");
+        std::fs::remove_file(dir.join(CA_CERT)).unwrap();
+        let e = CertificateAuthority::load_or_init(&dir).err().unwrap();
+        assert!(e.to_string().contains("ca.crt is missing"), "{e}");
+        // The key was never touched.
+        assert_eq!(std::fs::read(dir.join(CA_KEY)).unwrap(), key);
+
+        // A certificate of another CA beside this key.
+        let other = tmp.path().join("other");
+        CertificateAuthority::init(&other).unwrap();
+        std::fs::copy(other.join(CA_CERT), dir.join(CA_CERT)).unwrap();
+        let e = CertificateAuthority::load(&dir).err().unwrap();
+        assert!(e.to_string().contains("do not belong together"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_owner_only_even_over_an_existing_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("k");
+        std::fs::write(&p, "old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write(&p, "secret", true).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

@@ -28,10 +28,7 @@ impl Credentials {
         out: &Path,
     ) -> Result<(), IdentityError> {
         let issued = ca.issue_client(user)?;
-        std::fs::create_dir_all(out).map_err(|source| IdentityError::Write {
-            path: out.to_owned(),
-            source,
-        })?;
+        crate::ca::private_dir(out)?;
         write(&out.join(CA), ca.cert_pem(), false)?;
         write(&out.join(CERT), &issued.cert_pem, false)?;
         write(&out.join(KEY), &issued.key_pem, true)?;

@@ -12,7 +12,7 @@ mod credentials;
 mod peer;
 mod tls;
 
-pub use ca::CertificateAuthority;
+pub use ca::{private_dir, CertificateAuthority};
 pub use credentials::Credentials;
 pub use peer::PeerIdentity;
 pub use tls::{client_config, server_config, OPERATOR_SERVER_NAME};
@@ -44,4 +44,13 @@ pub enum IdentityError {
     BadUser(String),
     #[error("peer certificate cannot be parsed: {0}")]
     PeerCert(String),
+    #[error("no operator CA in {}: create one with `mirrord-operator certs init --state-dir {}` (or add --init-ca)", dir.display(), dir.display())]
+    NoCa { dir: std::path::PathBuf },
+    #[error("the operator CA in {} is unusable: {problem}. A new CA would invalidate every credential issued, so none is made: restore ca.crt and ca.key from a backup, or remove both and run `mirrord-operator certs init`", dir.display())]
+    BrokenCa {
+        dir: std::path::PathBuf,
+        problem: String,
+    },
+    #[error("{} already holds an operator CA; `certs init` never replaces one", dir.display())]
+    CaExists { dir: std::path::PathBuf },
 }

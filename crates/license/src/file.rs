@@ -27,6 +27,8 @@ pub enum LicenseError {
     BadSignature { trusted: String },
     #[error("key is malformed: {0}")]
     Key(String),
+    #[error("license dates are inconsistent: {0}; ask the vendor for a corrected license")]
+    Dates(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,10 +76,10 @@ impl License {
         key: &SigningKeyFile,
         name: &str,
         organization: &str,
+        issued: NaiveDate,
         expires: NaiveDate,
         seats: u32,
     ) -> String {
-        let issued = Utc::now().date_naive();
         let nonce: [u8; 16] = rand::random();
         let mut h = Sha256::new();
         h.update(name.as_bytes());
@@ -123,7 +125,27 @@ impl License {
         key.0
             .verify(&license.canonical(), &Signature::from_bytes(&bytes))
             .map_err(|_| bad())?;
+        license.check_dates(Utc::now().date_naive())?;
         Ok(license)
+    }
+
+    /// A signed license can still be wrong: issued after it expires, or issued in the
+    /// future (a clock or a vendor mistake that would otherwise pass silently).
+    pub fn check_dates(&self, today: NaiveDate) -> Result<(), LicenseError> {
+        if self.issued > self.expires {
+            return Err(LicenseError::Dates(format!(
+                "issued {} is after its expiry {}",
+                self.issued, self.expires
+            )));
+        }
+        // A day of slack: the vendor's "today" may be ahead of ours by a time zone.
+        if self.issued > today + chrono::Days::new(1) {
+            return Err(LicenseError::Dates(format!(
+                "issued {} is in the future (today is {today} UTC)",
+                self.issued
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -193,9 +215,52 @@ mod tests {
     }
 
     #[test]
+    fn signed_but_inconsistent_dates_are_refused() {
+        let key = generate_keypair();
+        let today = Utc::now().date_naive();
+        let after = License::issue(
+            &key,
+            "Ada",
+            "Acme",
+            date("2026-03-01"),
+            date("2026-02-01"),
+            5,
+        );
+        let e = License::verify(&after, &key.public()).unwrap_err();
+        assert!(e.to_string().contains("is after its expiry"), "{e}");
+        let future = License::issue(
+            &key,
+            "Ada",
+            "Acme",
+            today + chrono::Days::new(10),
+            today + chrono::Days::new(400),
+            5,
+        );
+        let e = License::verify(&future, &key.public()).unwrap_err();
+        assert!(e.to_string().contains("in the future"), "{e}");
+        // Issued today (or tomorrow, a time zone ahead) is fine.
+        let ok = License::issue(
+            &key,
+            "Ada",
+            "Acme",
+            today + chrono::Days::new(1),
+            today + chrono::Days::new(400),
+            5,
+        );
+        assert!(License::verify(&ok, &key.public()).is_ok());
+    }
+
+    #[test]
     fn signed_licenses_verify_and_altered_ones_do_not() {
         let key = generate_keypair();
-        let text = License::issue(&key, "Ada", "Acme", date("2030-01-31"), 5);
+        let text = License::issue(
+            &key,
+            "Ada",
+            "Acme",
+            date("2026-01-01"),
+            date("2030-01-31"),
+            5,
+        );
         let l = License::verify(&text, &key.public()).unwrap();
         assert_eq!((l.name.as_str(), l.seats), ("Ada", 5));
         assert_eq!(l.expires_at().to_rfc3339(), "2030-02-01T00:00:00+00:00");

@@ -12,4 +12,4 @@ pub mod licensing;
 pub mod seats;
 
 pub use file::{generate_keypair, License, LicenseError, PublicKey, SigningKeyFile};
-pub use licensing::{Admission, LicenseView, Licensing, Refusal};
+pub use licensing::{Admission, LicenseView, Licensing, Refusal, SeatReservation};

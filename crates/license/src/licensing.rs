@@ -6,7 +6,7 @@ use crate::file::{License, PublicKey};
 use crate::seats::{SeatBook, SeatCheck};
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Warn about expiry this long before it.
@@ -168,24 +168,33 @@ impl Licensing {
         }
     }
 
-    /// Counts the client's seat for this month, or refuses it.
-    pub fn admit_seat(&self, client_id: &str, now: DateTime<Utc>) -> Admission {
+    /// Holds a seat for the client this month, or refuses. The seat is counted once the
+    /// reservation is committed ([`SeatReservation::commit`]); dropped before that, it is
+    /// given back.
+    pub fn reserve_seat(
+        self: &Arc<Self>,
+        client_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SeatReservation, Refusal> {
         let seats = match &*self.state.read().expect("license lock") {
             State::Loaded(l) => l.seats,
-            _ => return Ok(()),
+            _ => return Ok(SeatReservation::none()),
         };
-        let mut book = self.seats.lock().expect("seat lock");
-        match book.admit(&month(now), client_id, seats) {
-            Ok(SeatCheck::Known | SeatCheck::Taken) => Ok(()),
-            Ok(SeatCheck::Full) => Err(Refusal {
+        let m = month(now);
+        match self
+            .seats
+            .lock()
+            .expect("seat lock")
+            .reserve(&m, client_id, seats)
+        {
+            SeatCheck::Known => Ok(SeatReservation::none()),
+            SeatCheck::Reserved => Ok(SeatReservation {
+                held: Some((Arc::clone(self), client_id.to_owned(), m)),
+            }),
+            SeatCheck::Full => Err(Refusal {
                 reason: "seats",
                 message: format!("Maximum seat count ({seats}) reached"),
             }),
-            Err(e) => {
-                // The book could not be saved: admit (the seat is counted in memory) and say so.
-                tracing::error!(error = %e, "cannot save the seat book; seat usage may be lost on restart");
-                Ok(())
-            }
         }
     }
 
@@ -222,6 +231,43 @@ impl Licensing {
     }
 }
 
+/// A seat held for a client whose first session of the month is opening.
+#[must_use = "a seat reservation is given back when dropped"]
+pub struct SeatReservation {
+    held: Option<(Arc<Licensing>, String, String)>,
+}
+
+impl SeatReservation {
+    fn none() -> Self {
+        Self { held: None }
+    }
+
+    /// Records the seat durably; a seat that cannot be recorded is not granted.
+    pub fn commit(mut self) -> Result<(), Refusal> {
+        let Some((lic, client, month)) = self.held.take() else {
+            return Ok(());
+        };
+        let mut book = lic.seats.lock().expect("seat lock");
+        let res = book.commit(&month, &client);
+        book.cancel(&client);
+        res.map_err(|e| {
+            tracing::error!(error = %e, "cannot record a seat in the seat book; refusing the session");
+            Refusal {
+                reason: "seats",
+                message: format!("the operator cannot record your seat ({e}); ask its administrator to check the state directory"),
+            }
+        })
+    }
+}
+
+impl Drop for SeatReservation {
+    fn drop(&mut self) {
+        if let Some((lic, client, _)) = self.held.take() {
+            lic.seats.lock().expect("seat lock").cancel(&client);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,7 +280,11 @@ mod tests {
         let path = dir.path().join("license.json");
         let now = Utc::now();
 
-        let lic = Licensing::new(Some(key.public()), Some(path.clone()), dir.path());
+        let lic = Arc::new(Licensing::new(
+            Some(key.public()),
+            Some(path.clone()),
+            dir.path(),
+        ));
         let e = lic.check(now).unwrap_err();
         assert!(e.message.contains("cannot read license"), "{}", e.message);
 
@@ -244,6 +294,7 @@ mod tests {
                 &key,
                 "Ada",
                 "Acme",
+                (now - chrono::Days::new(40)).date_naive(),
                 (now + chrono::Days::new(30)).date_naive(),
                 1,
             ),
@@ -252,11 +303,15 @@ mod tests {
         lic.reload();
         assert!(lic.check(now).is_ok());
         assert!(lic.seconds_left(now) > 29.0 * 86_400.0);
-        assert!(lic.admit_seat("a", now).is_ok());
+        let a = lic.reserve_seat("a", now).unwrap();
+        // Held, not yet recorded: the only seat is taken meanwhile.
         assert_eq!(
-            lic.admit_seat("b", now).unwrap_err().message,
+            lic.reserve_seat("b", now).err().unwrap().message,
             "Maximum seat count (1) reached"
         );
+        a.commit().unwrap();
+        assert!(lic.reserve_seat("a", now).is_ok());
+        assert!(lic.reserve_seat("b", now).is_err());
 
         std::fs::write(
             &path,
@@ -264,6 +319,7 @@ mod tests {
                 &key,
                 "Ada",
                 "Acme",
+                (now - chrono::Days::new(40)).date_naive(),
                 (now - chrono::Days::new(2)).date_naive(),
                 1,
             ),

@@ -2,7 +2,7 @@
 //! (UTC). Kept in the state directory so a restart does not hand out seats again.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -14,14 +14,18 @@ struct Book {
 pub struct SeatBook {
     path: PathBuf,
     book: Book,
+    /// Clients whose first session of the month is opening: they hold a seat that is not
+    /// written yet (by how many openings).
+    pending: HashMap<String, usize>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum SeatCheck {
     /// Already counted this month.
     Known,
-    /// A new client, now counted.
-    Taken,
+    /// A new client: a seat is held for it until [`SeatBook::commit`] or
+    /// [`SeatBook::cancel`].
+    Reserved,
     /// No seat left.
     Full,
 }
@@ -33,7 +37,11 @@ impl SeatBook {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        Self { path, book }
+        Self {
+            path,
+            book,
+            pending: HashMap::new(),
+        }
     }
 
     fn roll(&mut self, month: &str) {
@@ -45,23 +53,46 @@ impl SeatBook {
         }
     }
 
-    /// Counts `client_id` for `month` unless that would exceed `seats`.
-    pub fn admit(
-        &mut self,
-        month: &str,
-        client_id: &str,
-        seats: u32,
-    ) -> std::io::Result<SeatCheck> {
+    /// Holds a seat for `client_id` in `month` unless that would exceed `seats`.
+    pub fn reserve(&mut self, month: &str, client_id: &str, seats: u32) -> SeatCheck {
         self.roll(month);
         if self.book.clients.contains(client_id) {
-            return Ok(SeatCheck::Known);
+            return SeatCheck::Known;
         }
-        if self.book.clients.len() >= seats as usize {
-            return Ok(SeatCheck::Full);
+        if let Some(n) = self.pending.get_mut(client_id) {
+            *n += 1;
+            return SeatCheck::Reserved;
+        }
+        if self.book.clients.len() + self.pending.len() >= seats as usize {
+            return SeatCheck::Full;
+        }
+        self.pending.insert(client_id.to_owned(), 1);
+        SeatCheck::Reserved
+    }
+
+    /// Records a reserved seat durably. On error the seat is not counted (and stays
+    /// reserved until cancelled).
+    pub fn commit(&mut self, month: &str, client_id: &str) -> std::io::Result<()> {
+        self.roll(month);
+        if self.book.clients.contains(client_id) {
+            return Ok(());
         }
         self.book.clients.insert(client_id.to_owned());
-        self.save()?;
-        Ok(SeatCheck::Taken)
+        if let Err(e) = self.save() {
+            self.book.clients.remove(client_id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives back one reservation of `client_id`.
+    pub fn cancel(&mut self, client_id: &str) {
+        if let Some(n) = self.pending.get_mut(client_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(client_id);
+            }
+        }
     }
 
     pub fn used(&mut self, month: &str) -> usize {
@@ -69,11 +100,20 @@ impl SeatBook {
         self.book.clients.len()
     }
 
+    /// Write a temporary file, flush it to disk, rename it over the book and flush the
+    /// directory: after a crash the book is either the old one or the new one, and a
+    /// seat reported as recorded is on disk.
     fn save(&self) -> std::io::Result<()> {
-        // Write then rename: a crash never leaves a half-written book.
+        use std::io::Write;
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.book)?)?;
-        std::fs::rename(tmp, &self.path)
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&self.book)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 }
 
@@ -85,13 +125,45 @@ mod tests {
     fn seats_are_counted_per_month_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = SeatBook::open(dir.path());
-        assert_eq!(b.admit("2026-11", "a", 2).unwrap(), SeatCheck::Taken);
-        assert_eq!(b.admit("2026-11", "a", 2).unwrap(), SeatCheck::Known);
-        assert_eq!(b.admit("2026-11", "b", 2).unwrap(), SeatCheck::Taken);
-        assert_eq!(b.admit("2026-11", "c", 2).unwrap(), SeatCheck::Full);
+        let take = |b: &mut SeatBook, m: &str, c: &str| {
+            let check = b.reserve(m, c, 2);
+            if check == SeatCheck::Reserved {
+                b.commit(m, c).unwrap();
+                b.cancel(c);
+            }
+            check
+        };
+        assert_eq!(take(&mut b, "2026-11", "a"), SeatCheck::Reserved);
+        assert_eq!(take(&mut b, "2026-11", "a"), SeatCheck::Known);
+        assert_eq!(take(&mut b, "2026-11", "b"), SeatCheck::Reserved);
+        assert_eq!(take(&mut b, "2026-11", "c"), SeatCheck::Full);
         let mut again = SeatBook::open(dir.path());
         assert_eq!(again.used("2026-11"), 2);
-        assert_eq!(again.admit("2026-11", "c", 2).unwrap(), SeatCheck::Full);
-        assert_eq!(again.admit("2026-12", "c", 2).unwrap(), SeatCheck::Taken);
+        assert_eq!(take(&mut again, "2026-11", "c"), SeatCheck::Full);
+        assert_eq!(take(&mut again, "2026-12", "c"), SeatCheck::Reserved);
+    }
+
+    #[test]
+    fn a_reservation_holds_a_seat_until_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SeatBook::open(dir.path());
+        assert_eq!(b.reserve("2026-11", "a", 1), SeatCheck::Reserved);
+        // The last seat is held: another new client is refused meanwhile.
+        assert_eq!(b.reserve("2026-11", "b", 1), SeatCheck::Full);
+        b.cancel("a");
+        assert_eq!(b.used("2026-11"), 0);
+        assert_eq!(b.reserve("2026-11", "b", 1), SeatCheck::Reserved);
+    }
+
+    #[test]
+    fn a_seat_that_cannot_be_written_is_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SeatBook::open(dir.path());
+        // A directory where the temporary file goes makes the write fail.
+        std::fs::create_dir(dir.path().join("seats.json.tmp")).unwrap();
+        assert_eq!(b.reserve("2026-11", "a", 5), SeatCheck::Reserved);
+        assert!(b.commit("2026-11", "a").is_err());
+        b.cancel("a");
+        assert_eq!(b.used("2026-11"), 0);
     }
 }

@@ -7,9 +7,24 @@ use std::path::Path;
 /// File in the state directory where `serve` records the API address it listens on.
 pub const API_ADDRESS_FILE: &str = "api-address";
 
-pub fn issue(state_dir: &Path, user: &str, out: &Path, addr: Option<String>) -> anyhow::Result<()> {
-    let ca = CertificateAuthority::load_or_create(state_dir)
-        .with_context(|| format!("opening the CA in {}", state_dir.display()))?;
+/// `certs init`: a new CA (never over an existing one).
+pub fn init(state_dir: &Path) -> anyhow::Result<()> {
+    CertificateAuthority::init(state_dir)?;
+    println!("created an operator CA in {}", state_dir.display());
+    Ok(())
+}
+
+pub fn issue(
+    state_dir: &Path,
+    user: &str,
+    out: &Path,
+    addr: Option<String>,
+    init_ca: bool,
+) -> anyhow::Result<()> {
+    let ca = match init_ca {
+        true => CertificateAuthority::load_or_init(state_dir)?,
+        false => CertificateAuthority::load(state_dir)?,
+    };
     let addr = addr
         .or_else(|| {
             std::fs::read_to_string(state_dir.join(API_ADDRESS_FILE))

@@ -23,6 +23,10 @@ pub enum LicenseCommand {
         /// Last day of validity, YYYY-MM-DD (UTC).
         #[arg(long)]
         expires: NaiveDate,
+        /// Issue date, YYYY-MM-DD (UTC); default today. Operators refuse a license issued
+        /// in the future or after its expiry.
+        #[arg(long)]
+        issued: Option<NaiveDate>,
         #[arg(long)]
         seats: u32,
         #[arg(long)]
@@ -55,11 +59,16 @@ pub fn run(cmd: LicenseCommand) -> anyhow::Result<()> {
             name,
             organization,
             expires,
+            issued,
             seats,
             out,
         } => {
             let key = SigningKeyFile::load(&signing_key)?;
-            let text = License::issue(&key, &name, &organization, expires, seats);
+            let issued = issued.unwrap_or_else(|| chrono::Utc::now().date_naive());
+            if issued > expires {
+                anyhow::bail!("--issued {issued} is after --expires {expires}: operators would refuse this license");
+            }
+            let text = License::issue(&key, &name, &organization, issued, expires, seats);
             std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
             println!(
                 "license for {organization} ({name}), {seats} seats, valid through {expires}: {}",

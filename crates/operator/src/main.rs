@@ -46,7 +46,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertsCommand {
-    /// Write a credential directory for a user (the CA is created on first use).
+    /// Create the operator's CA in the state directory (never replaces one).
+    Init {
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+    },
+    /// Write a credential directory for a user, signed by the state directory's CA.
     Issue {
         #[arg(long, default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
@@ -57,6 +62,9 @@ enum CertsCommand {
         /// Address clients dial; defaults to what `serve` last listened on, else 127.0.0.1:8443.
         #[arg(long)]
         operator_addr: Option<String>,
+        /// Create the CA if the state directory has none (otherwise that is an error).
+        #[arg(long)]
+        init_ca: bool,
     },
 }
 
@@ -66,6 +74,51 @@ pub fn default_state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".mirrord-operator"))
 }
 
+/// Exit codes (documented in the README): what went wrong decides, so scripts and
+/// supervisors can tell a typo from an outage.
+pub mod exit {
+    /// A runtime failure (a port cannot be bound, the operator failed while serving).
+    pub const RUNTIME: u8 = 1;
+    /// The command line is wrong (clap's own code for usage errors).
+    pub const USAGE: u8 = 2;
+    /// The configuration (file or environment) is wrong.
+    pub const CONFIG: u8 = 3;
+    /// The state directory or its CA is missing, broken or unwritable.
+    pub const STATE: u8 = 4;
+}
+
+/// An error with the exit code it deserves.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Tags an error with its exit code.
+pub fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> anyhow::Error {
+    move |error| Failure { code, error }.into()
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(f) = e.downcast_ref::<Failure>() {
+        return f.code;
+    }
+    if e.downcast_ref::<mirrord_identity::IdentityError>()
+        .is_some()
+    {
+        return exit::STATE;
+    }
+    exit::RUNTIME
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -73,20 +126,24 @@ fn main() -> std::process::ExitCode {
         Command::DemoServer { port, name } => demo::run(port, name),
         Command::License { command } => license::run(command),
         Command::Certs {
+            command: CertsCommand::Init { state_dir },
+        } => certs::init(&state_dir),
+        Command::Certs {
             command:
                 CertsCommand::Issue {
                     state_dir,
                     user,
                     out,
                     operator_addr,
+                    init_ca,
                 },
-        } => certs::issue(&state_dir, &user, &out, operator_addr),
+        } => certs::issue(&state_dir, &user, &out, operator_addr, init_ca),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mirrord-operator: {e:#}");
-            std::process::ExitCode::from(2)
+            std::process::ExitCode::from(exit_code(&e))
         }
     }
 }

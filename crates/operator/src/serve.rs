@@ -1,9 +1,11 @@
 //! `serve`: start everything and run until SIGINT/SIGTERM.
 
 use crate::certs::API_ADDRESS_FILE;
+use crate::{exit, fail};
 use anyhow::{bail, Context};
 use mirrord_controlplane::config::Config;
 use mirrord_controlplane::local::LocalBackend;
+use mirrord_controlplane::operator::Parts;
 use mirrord_controlplane::policy::Policies;
 use mirrord_controlplane::{api, Operator};
 use mirrord_identity::CertificateAuthority;
@@ -43,7 +45,14 @@ fn env_bool(name: &str, default: bool) -> anyhow::Result<bool> {
     }
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// Everything `serve` reads before starting: a mistake here exits with [`exit::CONFIG`].
+struct Settings {
+    json: bool,
+    metrics: Option<SocketAddr>,
+    config: Config,
+}
+
+fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     let json = args.json_log || env_bool("OPERATOR_JSON_LOG", false)?;
     let metrics_enabled = env_bool("OPERATOR_METRICS_ENABLED", false)?;
     let metrics_addr: SocketAddr = match std::env::var("OPERATOR_METRICS_ADDR") {
@@ -55,6 +64,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let path = args.config.display().to_string();
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {path}"))?;
     let config = Config::parse(&path, &text)?;
+    Ok(Settings {
+        json,
+        metrics: metrics_enabled.then_some(metrics_addr),
+        config,
+    })
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let Settings {
+        json,
+        metrics,
+        config,
+    } = settings(&args).map_err(fail(exit::CONFIG))?;
     let _log_guard = logs::init(json);
 
     tokio::runtime::Builder::new_multi_thread()
@@ -62,17 +84,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?
         .block_on(async move {
-            let ca = CertificateAuthority::load_or_create(&args.state_dir)
-                .with_context(|| format!("opening the CA in {}", args.state_dir.display()))?;
+            mirrord_identity::private_dir(&args.state_dir)?;
+            let ca = CertificateAuthority::load_or_init(&args.state_dir)?;
             let tls = mirrord_identity::server_config(&ca)?;
             let telemetry = Telemetry::new(config.sessions.metrics_grace);
-            if metrics_enabled {
+            if let Some(metrics_addr) = metrics {
                 let listener = tokio::net::TcpListener::bind(metrics_addr)
                     .await
                     .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
                 tokio::spawn(metrics::serve_on(telemetry.metrics().clone(), listener));
             }
-            let backend = LocalBackend::start(&config.targets, &telemetry).await?;
+            let backend = LocalBackend::start(&config.targets, &telemetry, &args.state_dir).await?;
             let listener = tokio::net::TcpListener::bind(config.api.listen)
                 .await
                 .with_context(|| format!("API cannot listen on {}", config.api.listen))?;
@@ -105,13 +127,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 );
             }
             let policies = Policies::compile(&config.policies).map_err(anyhow::Error::msg)?;
-            let op = Arc::new(Operator::new(
-                Arc::new(backend),
+            let op = Arc::new(Operator::new(Parts {
+                backend: Arc::new(backend),
                 telemetry,
-                config.sessions.clone(),
+                cfg: config.sessions.clone(),
+                limits: config.limits.clone(),
                 licensing,
                 policies,
-            ));
+            }));
             tokio::spawn(api::serve(Arc::clone(&op), listener, tls));
             tracing::info!(
                 api = %api_addr,
@@ -128,11 +151,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
 }
 
+/// SIGINT, SIGTERM, or SIGHUP (the terminal that started the operator closed): all end
+/// the operator cleanly, replicas and copies included.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let name = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    };
+    tracing::info!(signal = name, "shutdown requested");
 }

@@ -41,6 +41,12 @@ impl<In, Out> FrameCodec<In, Out> {
             _p: PhantomData,
         }
     }
+
+    /// Changes the largest frame accepted from now on (e.g. small until a peer has said
+    /// who it is, so an unknown peer cannot make the server hold a large buffer).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
 }
 
 impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {

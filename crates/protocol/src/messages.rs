@@ -215,6 +215,10 @@ pub enum ErrorCode {
     Seats,
     Policy,
     Internal,
+    /// An operator limit (filter size, ports, sessions per client, connections).
+    Limit,
+    /// The caller's role does not allow the action.
+    Forbidden,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -299,4 +303,6 @@ pub struct SessionInfo {
     pub duration_secs: u64,
     /// Last measured ping round trip, in milliseconds.
     pub ping_ms: Option<f64>,
+    /// Seconds until the operator ends the session for its maximum session time.
+    pub ends_in_secs: Option<u64>,
 }

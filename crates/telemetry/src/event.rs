@@ -78,6 +78,10 @@ pub enum Event {
     SessionRefused {
         reason: &'static str,
         client: ClientInfo,
+        /// The target as requested (it may not exist).
+        target_type: String,
+        target_name: String,
+        target_namespace: String,
         message: String,
     },
 }
@@ -164,9 +168,16 @@ pub(crate) fn log(event: &Event) {
         Event::SessionRefused {
             reason,
             client,
+            target_type,
+            target_name,
+            target_namespace,
             message,
         } => tracing::warn!(
             reason = *reason,
+            target = %format_args!("{target_type}/{target_name}"),
+            target_type = %target_type,
+            target_name = %target_name,
+            target_namespace = %target_namespace,
             client_id = %client.client_id,
             client_user = %client.client_user,
             client_name = %client.client_name,

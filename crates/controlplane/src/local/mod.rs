@@ -1,5 +1,9 @@
 //! The single-machine backend: targets named in the config file, an interceptor in front of
-//! each port, and (with `command`) replicas the operator runs and restarts itself.
+//! each port, and (with `command`) replicas the operator runs and restarts itself
+//! ([`replica`]). A copy is one more replica behind the same interceptor: it shares the
+//! target's traffic and its routes; with scale down it is the only replica left.
+
+mod replica;
 
 use crate::backend::{BackendError, Target, TargetBackend, TargetCopy};
 use crate::config::TargetSpec;
@@ -7,22 +11,34 @@ use futures::future::BoxFuture;
 use mirrord_dataplane::{Endpoint, PortPlane, RouteTable};
 use mirrord_protocol::TargetRef;
 use mirrord_telemetry::Telemetry;
-use std::net::SocketAddr;
+use replica::{Replica, ReplicaDir};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::process::Command;
-use tokio::sync::watch;
 
 pub struct LocalBackend {
     targets: Vec<Arc<LocalTarget>>,
 }
 
 impl LocalBackend {
-    /// Binds every port's interceptor and starts the replicas.
-    pub async fn start(specs: &[TargetSpec], telemetry: &Telemetry) -> std::io::Result<Self> {
+    /// Binds every port's interceptor and starts the replicas, after removing any that an
+    /// operator which died before this one left running.
+    pub async fn start(
+        specs: &[TargetSpec],
+        telemetry: &Telemetry,
+        state_dir: &Path,
+    ) -> std::io::Result<Self> {
+        let replicas = ReplicaDir::open(state_dir)?;
+        let reaped = replicas.reap_orphans();
+        if reaped > 0 {
+            tracing::warn!(
+                reaped,
+                "removed replicas left running by a previous operator"
+            );
+        }
         let mut targets = Vec::new();
         for spec in specs {
-            targets.push(LocalTarget::start(spec.clone(), telemetry).await?);
+            targets.push(LocalTarget::start(spec.clone(), telemetry, replicas.clone()).await?);
         }
         Ok(Self { targets })
     }
@@ -33,7 +49,13 @@ impl LocalBackend {
 }
 
 impl TargetBackend for LocalBackend {
-    fn target(&self, r: &TargetRef) -> Result<Arc<dyn Target>, BackendError> {
+    fn target(&self, r: &TargetRef) -> BoxFuture<'_, Result<Arc<dyn Target>, BackendError>> {
+        Box::pin(std::future::ready(self.find(r)))
+    }
+}
+
+impl LocalBackend {
+    fn find(&self, r: &TargetRef) -> Result<Arc<dyn Target>, BackendError> {
         self.targets
             .iter()
             .find(|t| &t.reference == r)
@@ -51,17 +73,9 @@ impl TargetBackend for LocalBackend {
     }
 }
 
-/// One replica: its name, and where it listens once it accepts connections.
-struct Replica {
-    name: String,
-    ready: watch::Receiver<Option<Vec<SocketAddr>>>,
-    _stop: watch::Sender<bool>,
-}
-
 struct Copy {
     id: u64,
     replica: Replica,
-    routes: Vec<Arc<RouteTable>>,
 }
 
 #[derive(Default)]
@@ -76,13 +90,17 @@ pub struct LocalTarget {
     reference: TargetRef,
     spec: TargetSpec,
     planes: Vec<Arc<PortPlane>>,
-    original_routes: Vec<Arc<RouteTable>>,
+    replicas: ReplicaDir,
     pool: Mutex<Pool>,
     next_copy: std::sync::atomic::AtomicU64,
 }
 
 impl LocalTarget {
-    async fn start(spec: TargetSpec, telemetry: &Telemetry) -> std::io::Result<Arc<Self>> {
+    async fn start(
+        spec: TargetSpec,
+        telemetry: &Telemetry,
+        replicas: ReplicaDir,
+    ) -> std::io::Result<Arc<Self>> {
         let reference = TargetRef {
             kind: spec.kind.clone(),
             name: spec.name.clone(),
@@ -95,7 +113,7 @@ impl LocalTarget {
                 telemetry
                     .metrics()
                     .bypass_counter(&spec.namespace, &reference.to_string(), p.port);
-            let (plane, l) = PortPlane::bind(p.port, *p.listen.get_ref(), bypass)
+            let (plane, l) = PortPlane::bind(p.port, *p.listen.get_ref(), bypass, Arc::default())
                 .await
                 .map_err(|e| {
                     std::io::Error::new(
@@ -110,12 +128,11 @@ impl LocalTarget {
             planes.push(plane);
             listeners.push(l);
         }
-        let original_routes = spec.ports.iter().map(|_| Arc::default()).collect();
         let target = Arc::new(Self {
             reference,
             spec,
             planes,
-            original_routes,
+            replicas,
             pool: Mutex::default(),
             next_copy: 0.into(),
         });
@@ -157,142 +174,41 @@ impl LocalTarget {
                             .as_ref()
                             .expect("validated")
                             .get_ref(),
-                        routes: Arc::clone(&self.original_routes[i]),
                     })),
-                    Some(_) => {
-                        for r in &pool.originals {
-                            if let Some(addrs) = r.ready.borrow().as_ref() {
-                                eps.push(Arc::new(Endpoint {
-                                    name: r.name.clone(),
-                                    upstream: addrs[i],
-                                    routes: Arc::clone(&self.original_routes[i]),
-                                }));
-                            }
-                        }
-                    }
+                    Some(_) => eps.extend(pool.originals.iter().filter_map(|r| endpoint(r, i))),
                 }
             }
-            for c in &pool.copies {
-                if let Some(addrs) = c.replica.ready.borrow().as_ref() {
-                    eps.push(Arc::new(Endpoint {
-                        name: c.replica.name.clone(),
-                        upstream: addrs[i],
-                        routes: Arc::clone(&c.routes[i]),
-                    }));
-                }
-            }
+            eps.extend(pool.copies.iter().filter_map(|c| endpoint(&c.replica, i)));
             plane.set_endpoints(eps);
         }
     }
 
-    /// Runs one replica from `command` and keeps it running (with backoff) until dropped.
     fn spawn_replica(self: &Arc<Self>, name: String) -> Replica {
-        let (ready_tx, ready) = watch::channel(None);
-        let (stop, mut stop_rx) = watch::channel(false);
         let me = Arc::downgrade(self);
-        let argv = self
-            .spec
-            .command
-            .clone()
-            .expect("only called with a command");
-        let ports: Vec<u16> = self.spec.ports.iter().map(|p| p.port).collect();
-        let replica_name = name.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                let addrs: Vec<SocketAddr> = match ports.iter().map(|_| free_port()).collect() {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::error!(replica = %name, error = %e, "no free port for replica");
-                        return;
-                    }
-                };
-                let args = substitute(&argv, &ports, &addrs);
-                let mut child = match Command::new(&args[0])
-                    .args(&args[1..])
-                    .stdin(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(replica = %name, command = ?args, error = %e, "cannot start replica");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => { backoff = (backoff * 2).min(Duration::from_secs(30)); continue }
-                            _ = stop_rx.changed() => return,
-                        }
-                    }
-                };
-                tracing::info!(replica = %name, pid = child.id(), ports = ?addrs, "replica started");
-                let became_ready = async {
-                    loop {
-                        let mut all = true;
-                        for a in &addrs {
-                            all &= tokio::net::TcpStream::connect(a).await.is_ok();
-                        }
-                        if all {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(25)).await;
-                    }
-                };
-                tokio::select! {
-                    _ = became_ready => {
-                        let _ = ready_tx.send(Some(addrs.clone()));
-                        if let Some(t) = me.upgrade() { t.refresh(); }
-                        backoff = Duration::from_millis(500);
-                        tracing::info!(replica = %name, "replica ready");
-                    }
-                    status = child.wait() => {
-                        tracing::warn!(replica = %name, ?status, "replica exited before it was ready");
-                    }
-                    _ = stop_rx.changed() => { let _ = child.kill().await; return; }
-                }
-                tokio::select! {
-                    status = child.wait() => {
-                        tracing::warn!(replica = %name, ?status, "replica exited; restarting");
-                    }
-                    _ = stop_rx.changed() => {
-                        let _ = child.kill().await;
-                        let _ = ready_tx.send(None);
-                        return;
-                    }
-                }
-                let _ = ready_tx.send(None);
+        replica::supervise(
+            self.replicas.clone(),
+            name,
+            self.spec
+                .command
+                .clone()
+                .expect("only called with a command"),
+            self.spec.ports.iter().map(|p| p.port).collect(),
+            move || {
                 if let Some(t) = me.upgrade() {
                     t.refresh();
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop_rx.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        });
-        Replica {
-            name: replica_name,
-            ready,
-            _stop: stop,
-        }
+            },
+        )
     }
 }
 
-fn free_port() -> std::io::Result<SocketAddr> {
-    // The port is free when we look; a replica racing another process for it fails to
-    // start and is restarted on a new one.
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
-fn substitute(argv: &[String], ports: &[u16], addrs: &[SocketAddr]) -> Vec<String> {
-    argv.iter()
-        .map(|a| {
-            let mut s = a.replace("{port}", &addrs[0].port().to_string());
-            for (p, addr) in ports.iter().zip(addrs) {
-                s = s.replace(&format!("{{port:{p}}}"), &addr.port().to_string());
-            }
-            s
+fn endpoint(r: &Replica, port_index: usize) -> Option<Arc<Endpoint>> {
+    r.ready.borrow().as_ref().map(|addrs| {
+        Arc::new(Endpoint {
+            name: r.name.clone(),
+            upstream: addrs[port_index],
         })
-        .collect()
+    })
 }
 
 impl Target for LocalTarget {
@@ -306,7 +222,7 @@ impl Target for LocalTarget {
 
     fn routes(&self, port: u16) -> Option<Arc<RouteTable>> {
         let i = self.spec.ports.iter().position(|p| p.port == port)?;
-        Some(Arc::clone(&self.original_routes[i]))
+        Some(Arc::clone(&self.planes[i].routes))
     }
 
     fn copy(
@@ -342,11 +258,7 @@ impl Target for LocalTarget {
                     pool.scaled_down_by = Some(session.clone());
                 }
                 let replica = me.spawn_replica(name.clone());
-                pool.copies.push(Copy {
-                    id,
-                    replica,
-                    routes: me.spec.ports.iter().map(|_| Arc::default()).collect(),
-                });
+                pool.copies.push(Copy { id, replica });
             }
             let handle = LocalCopy {
                 target: Arc::clone(&me),
@@ -394,14 +306,6 @@ struct LocalCopy {
 impl TargetCopy for LocalCopy {
     fn name(&self) -> &str {
         &self.name
-    }
-    fn routes(&self, port: u16) -> Option<Arc<RouteTable>> {
-        let i = self.target.spec.ports.iter().position(|p| p.port == port)?;
-        let pool = self.target.pool.lock().expect("pool lock");
-        pool.copies
-            .iter()
-            .find(|c| c.id == self.id)
-            .map(|c| Arc::clone(&c.routes[i]))
     }
 }
 

@@ -1,0 +1,104 @@
+//! The operator's shared state: where targets live, the sessions, the port locks, the
+//! license, the policies, the limits and the telemetry. The API, the opening pipeline and
+//! the session actors all read it; each piece of state inside has one owner.
+
+use crate::backend::TargetBackend;
+use crate::config::{Limits, SessionConfig};
+use crate::locks::PortLocks;
+use crate::policy::Policies;
+use crate::sessions::Sessions;
+use mirrord_dataplane::FilterLimits;
+use mirrord_license::Licensing;
+use mirrord_protocol::{LicenseSummary, StatusReport};
+use mirrord_telemetry::Telemetry;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Filters compiled at once: compiling runs on blocking threads, and one user's large
+/// filters must not take all of them.
+const COMPILE_SLOTS: usize = 2;
+
+pub struct Operator {
+    pub backend: Arc<dyn TargetBackend>,
+    pub sessions: Sessions,
+    pub locks: Arc<PortLocks>,
+    pub telemetry: Telemetry,
+    pub cfg: SessionConfig,
+    pub limits: Limits,
+    pub licensing: Arc<Licensing>,
+    pub policies: Policies,
+    pub(crate) compile_slots: Semaphore,
+    pub(crate) connections: Arc<Semaphore>,
+}
+
+/// What an operator is made of.
+pub struct Parts {
+    pub backend: Arc<dyn TargetBackend>,
+    pub telemetry: Telemetry,
+    pub cfg: SessionConfig,
+    pub limits: Limits,
+    pub licensing: Arc<Licensing>,
+    pub policies: Policies,
+}
+
+impl Operator {
+    pub fn new(p: Parts) -> Self {
+        let locks = Arc::new(PortLocks::default());
+        Self {
+            backend: p.backend,
+            sessions: Sessions::new(p.telemetry.clone(), Arc::clone(&locks)),
+            locks,
+            telemetry: p.telemetry,
+            cfg: p.cfg,
+            connections: Arc::new(Semaphore::new(p.limits.max_connections)),
+            limits: p.limits,
+            licensing: p.licensing,
+            policies: p.policies,
+            compile_slots: Semaphore::new(COMPILE_SLOTS),
+        }
+    }
+
+    pub fn filter_limits(&self) -> FilterLimits {
+        FilterLimits {
+            max_expressions: self.limits.max_filter_expressions,
+            max_pattern_len: self.limits.max_filter_pattern_len,
+            regex_size: self.limits.max_filter_regex_size,
+        }
+    }
+
+    pub fn status(&self) -> StatusReport {
+        let (sessions, copies) = self.sessions.info();
+        StatusReport {
+            operator_version: env!("CARGO_PKG_VERSION").to_owned(),
+            license: self.license_summary(),
+            copies,
+            sessions,
+        }
+    }
+
+    fn license_summary(&self) -> Option<LicenseSummary> {
+        let v = self.licensing.view(chrono::Utc::now());
+        if !v.enforced {
+            return None;
+        }
+        let l = v.license.as_ref();
+        Some(LicenseSummary {
+            enforced: true,
+            name: l.map(|l| l.name.clone()).unwrap_or_default(),
+            organization: l.map(|l| l.organization.clone()).unwrap_or_default(),
+            expires: l.map(|l| l.expires.to_string()).unwrap_or_default(),
+            fingerprint: l.map(|l| l.fingerprint.clone()).unwrap_or_default(),
+            seats: l.map(|l| l.seats).unwrap_or_default(),
+            seats_used: v.seats_used as u32,
+            seats_month: v.month,
+            problem: v.problem,
+        })
+    }
+
+    /// Ends every session (operator shutting down).
+    pub fn end_all(&self, reason: &str) {
+        for s in self.sessions.list() {
+            self.sessions.end(s.id, reason);
+        }
+    }
+}

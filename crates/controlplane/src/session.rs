@@ -1,0 +1,487 @@
+//! The session actor: owns a session's connection to its client, the traffic the data
+//! plane hands it, its pings and its shutdown.
+//!
+//! Three tasks share one [`CancellationToken`]: the *reader* (frames from the client back
+//! into the data plane), the *forwarder* (handoffs from the data plane to the client; it
+//! may wait when the client is slow) and the *watchdog* (pings, the client timeout, the
+//! session's lifetime limits, and what the registry says). The watchdog never waits on
+//! traffic, so a frozen client is timed out after `client_timeout` however much traffic
+//! is queued for it. Every task the session starts (one per carried connection) is in
+//! its [`TaskTracker`] and stops with it.
+
+use crate::api::{kind, Inbound};
+use crate::open::Opened;
+use crate::operator::Operator;
+use crate::sessions::{Control, SessionEntry};
+use futures::StreamExt;
+use mirrord_dataplane::{Handoff, StolenResponse};
+use mirrord_protocol::pump::{conn_channel, relay, ConnFrames, ConnInbox};
+use mirrord_protocol::{ClientMessage, ErrorCode, ErrorReply, FrameError, PortMode, ServerMessage};
+use mirrord_telemetry::Event;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a session's last words to its client may take before it is closed anyway.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+/// What the reader and the forwarder both touch: connections and requests in flight.
+#[derive(Default)]
+struct Demux {
+    conns: HashMap<u64, ConnInbox>,
+    pending: HashMap<u64, oneshot::Sender<StolenResponse>>,
+    /// Response bodies still streaming in from the developer, by request.
+    bodies: HashMap<u64, ConnInbox>,
+    pings: VecDeque<(u64, Instant)>,
+}
+
+struct Actor {
+    op: Arc<Operator>,
+    entry: Arc<SessionEntry>,
+    out: mpsc::Sender<ServerMessage>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    reason: OnceLock<String>,
+    /// Milliseconds after `epoch` when the client was last heard from.
+    last_seen: AtomicU64,
+    epoch: Instant,
+    demux: Mutex<Demux>,
+}
+
+pub async fn run(
+    op: Arc<Operator>,
+    opened: Opened,
+    inbound: Inbound,
+    out: mpsc::Sender<ServerMessage>,
+) {
+    let Opened {
+        entry,
+        handoffs,
+        ctl,
+        ..
+    } = opened;
+    let actor = Arc::new(Actor {
+        op,
+        entry,
+        out,
+        cancel: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        reason: OnceLock::new(),
+        last_seen: AtomicU64::new(0),
+        epoch: Instant::now(),
+        demux: Mutex::default(),
+    });
+    actor.tracker.spawn(Arc::clone(&actor).read(inbound));
+    actor.tracker.spawn(Arc::clone(&actor).forward(handoffs));
+    Arc::clone(&actor).watch(ctl).await;
+    actor.finish().await;
+}
+
+impl Actor {
+    /// Ends the session with `reason` (the first reason given wins).
+    fn end(&self, reason: impl Into<String>) {
+        let _ = self.reason.set(reason.into());
+        self.cancel.cancel();
+    }
+
+    fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_seen.store(now, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_seen.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Sends without ever blocking the caller: queued now if there is room, else by a
+    /// task of the session (which gives up when the session ends).
+    fn send_soon(self: &Arc<Self>, msg: ServerMessage) {
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.out.try_send(msg) {
+            let me = Arc::clone(self);
+            self.tracker.spawn(async move {
+                tokio::select! {
+                    _ = me.out.send(msg) => {}
+                    _ = me.cancel.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    async fn finish(self: Arc<Self>) {
+        let reason = self
+            .reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "session ended".into());
+        self.tracker.close();
+        let pending: Vec<_> = {
+            let mut d = self.demux.lock().expect("demux lock");
+            d.conns.clear();
+            d.bodies.clear();
+            d.pending.drain().map(|(_, r)| r).collect()
+        };
+        for respond in pending {
+            let _ = respond.send(StolenResponse::Failed(format!("session ended: {reason}")));
+        }
+        // The port goes back to the target now, whatever the tasks are still doing.
+        self.op.sessions.end(self.entry.id, &reason);
+        let _ = tokio::time::timeout(LAST_WORDS, self.tracker.wait()).await;
+    }
+
+    // ------------------------------------------------------------------ watchdog
+
+    async fn watch(self: Arc<Self>, mut ctl: mpsc::UnboundedReceiver<Control>) {
+        let cfg = &self.op.cfg;
+        let mut tick = tokio::time::interval(cfg.ping_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = self.entry.deadline.map(tokio::time::Instant::from_std);
+        let mut unused_since: Option<Instant> = None;
+        let mut nonce = 0u64;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                Some(c) = ctl.recv() => match c {
+                    Control::Ended(reason) => return self.say_last(reason).await,
+                    Control::PortLost { port, reason } => self.send_soon(ServerMessage::PortLost { port, reason }),
+                },
+                _ = sleep_until(deadline) => {
+                    let max = cfg.max_session_time.unwrap_or_default();
+                    let reason = format!("max session time reached ({})", humantime::format_duration(max));
+                    return self.say_last(reason).await;
+                }
+                _ = tick.tick() => {
+                    let silent = self.silent_for();
+                    if silent > cfg.client_timeout {
+                        let reason = format!("client stopped answering pings for {} s", silent.as_secs());
+                        let _ = self.out.try_send(ServerMessage::SessionEnded { reason: reason.clone() });
+                        return self.end(reason);
+                    }
+                    if let Some(reason) = self.unused(&mut unused_since) {
+                        return self.say_last(reason).await;
+                    }
+                    nonce += 1;
+                    self.ping(nonce);
+                }
+            }
+        }
+    }
+
+    /// The unused-session TTL: a session that has held no port for that long ends.
+    fn unused(&self, since: &mut Option<Instant>) -> Option<String> {
+        let ttl = self.op.cfg.unused_session_ttl?;
+        if !self.op.sessions.holds(&self.entry).is_empty() {
+            *since = None;
+            return None;
+        }
+        let since = *since.get_or_insert_with(Instant::now);
+        (since.elapsed() >= ttl).then(|| {
+            format!(
+                "unused: held no port for {}",
+                humantime::format_duration(ttl)
+            )
+        })
+    }
+
+    fn ping(&self, nonce: u64) {
+        {
+            let mut d = self.demux.lock().expect("demux lock");
+            d.pings.push_back((nonce, Instant::now()));
+            if d.pings.len() > 64 {
+                d.pings.pop_front();
+            }
+        }
+        let _ = self.out.try_send(ServerMessage::Ping { nonce });
+    }
+
+    /// Tells the client why its session ends (briefly: it may not be reading), then ends it.
+    async fn say_last(&self, reason: String) {
+        let msg = ServerMessage::SessionEnded {
+            reason: reason.clone(),
+        };
+        let _ = tokio::time::timeout(LAST_WORDS, self.out.send(msg)).await;
+        self.end(reason);
+    }
+
+    // ------------------------------------------------------------------ reader
+
+    async fn read(self: Arc<Self>, mut inbound: Inbound) {
+        self.touch();
+        loop {
+            let frame = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                f = inbound.next() => f,
+            };
+            let msg = match frame {
+                None => return self.end("client disconnected"),
+                Some(Err(FrameError::Io(e))) => {
+                    return self.end(format!("client disconnected ({e})"))
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(session_id = %self.entry.id, error = %e, "bad frame from client; ending its session");
+                    let _ = self.out.try_send(ServerMessage::Error(ErrorReply {
+                        code: ErrorCode::MalformedFrame,
+                        message: e.to_string(),
+                    }));
+                    return self.end(format!("client sent a bad frame: {e}"));
+                }
+                Some(Ok(m)) => m,
+            };
+            self.touch();
+            if let ClientMessage::EndSession = msg {
+                return self.end("client ended the session");
+            }
+            self.handle(msg);
+        }
+    }
+
+    /// Handles one frame from the client. Never waits: the reader must keep reading.
+    fn handle(self: &Arc<Self>, msg: ClientMessage) {
+        match msg {
+            ClientMessage::Pong { nonce } => self.pong(nonce),
+            ClientMessage::ConnData { conn, data } => {
+                let behind = {
+                    let mut d = self.demux.lock().expect("demux lock");
+                    let full = d.conns.get(&conn).is_some_and(|c| !c.push(data));
+                    full && d.conns.remove(&conn).is_some()
+                };
+                if behind {
+                    tracing::debug!(session_id = %self.entry.id, conn, "connection fell too far behind; closed");
+                    self.send_soon(ServerMessage::ConnClose { conn });
+                }
+            }
+            ClientMessage::ConnClose { conn } => {
+                self.demux.lock().expect("demux lock").conns.remove(&conn);
+            }
+            ClientMessage::HttpResponse {
+                req,
+                head,
+                body,
+                end,
+            } => self.respond(req, head, body, end),
+            ClientMessage::HttpBody { req, data, end } => {
+                let mut d = self.demux.lock().expect("demux lock");
+                // Like connection bytes: never waited on; too far behind ends it.
+                if d.bodies.get(&req).is_some_and(|b| !b.push(data)) || end {
+                    d.bodies.remove(&req);
+                }
+            }
+            ClientMessage::HttpFailed { req, reason } => {
+                let respond = self.demux.lock().expect("demux lock").pending.remove(&req);
+                if let Some(respond) = respond {
+                    let _ = respond.send(StolenResponse::Failed(reason));
+                }
+            }
+            other => {
+                // Not fatal: the session goes on, the client learns what was wrong.
+                let m = format!("{} is not valid inside a session", kind(&other));
+                tracing::warn!(session_id = %self.entry.id, "{m}");
+                self.send_soon(ServerMessage::Error(ErrorReply {
+                    code: ErrorCode::BadRequest,
+                    message: m,
+                }));
+            }
+        }
+    }
+
+    fn pong(&self, nonce: u64) {
+        let sent = {
+            let mut d = self.demux.lock().expect("demux lock");
+            let mut found = None;
+            while let Some((n, at)) = d.pings.pop_front() {
+                if n == nonce {
+                    found = Some(at);
+                    break;
+                }
+            }
+            found
+        };
+        if let Some(at) = sent {
+            let rtt = at.elapsed();
+            *self.entry.ping.lock().expect("ping lock") = Some(rtt);
+            self.op.telemetry.record(Event::PingLatency {
+                session: Arc::clone(&self.entry.meta),
+                rtt,
+            });
+        }
+    }
+
+    fn respond(
+        self: &Arc<Self>,
+        req: u64,
+        head: mirrord_protocol::HttpResponseHead,
+        body: bytes::Bytes,
+        end: bool,
+    ) {
+        let mut d = self.demux.lock().expect("demux lock");
+        let Some(respond) = d.pending.remove(&req) else {
+            return;
+        };
+        let upgraded = (head.status == 101).then(|| {
+            let (near, far) = tokio::io::duplex(mirrord_dataplane::handoff::HANDOFF_BUFFER);
+            d.conns.insert(req, self.carry(req, far));
+            near
+        });
+        let (body, more) = mirrord_protocol::body::receive(body, end);
+        if let Some(inbox) = more {
+            d.bodies.insert(req, inbox);
+        }
+        drop(d);
+        let _ = respond.send(StolenResponse::Response {
+            head,
+            body,
+            upgraded,
+        });
+    }
+
+    // ------------------------------------------------------------------ forwarder
+
+    async fn forward(self: Arc<Self>, mut handoffs: mpsc::Receiver<Handoff>) {
+        let mut next_id: u64 = 1;
+        loop {
+            let h = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                h = handoffs.recv() => match h { Some(h) => h, None => return },
+            };
+            let conn = next_id;
+            next_id += 1;
+            if !self.hand_over(conn, h).await {
+                return self.end("connection to client lost");
+            }
+        }
+    }
+
+    /// Passes one handoff to the client; `false` when the client connection is gone.
+    async fn hand_over(self: &Arc<Self>, conn: u64, h: Handoff) -> bool {
+        match h {
+            Handoff::StolenConnection { port, peer, io } => {
+                let msg = ServerMessage::NewConnection {
+                    conn,
+                    port,
+                    mode: PortMode::Steal,
+                    peer,
+                };
+                tokio::select! {
+                    r = self.out.send(msg) => if r.is_err() { return false },
+                    _ = self.cancel.cancelled() => return true,
+                }
+                let inbox = self.carry(conn, io);
+                self.demux
+                    .lock()
+                    .expect("demux lock")
+                    .conns
+                    .insert(conn, inbox);
+            }
+            Handoff::MirroredConnection { port, peer, rx } => {
+                let msg = ServerMessage::NewConnection {
+                    conn,
+                    port,
+                    mode: PortMode::Mirror,
+                    peer,
+                };
+                // A mirror copy never waits: if the client is behind, it is dropped.
+                if self.out.try_send(msg).is_ok() {
+                    self.copy_mirror(conn, rx);
+                }
+            }
+            Handoff::StolenRequest {
+                port,
+                head,
+                body,
+                respond,
+            } => {
+                self.demux
+                    .lock()
+                    .expect("demux lock")
+                    .pending
+                    .insert(conn, respond);
+                // The body may trickle in: it is sent by its own task, head first.
+                let me = Arc::clone(self);
+                self.tracker.spawn(async move {
+                    let send = mirrord_protocol::body::send(
+                        body,
+                        &me.out,
+                        |body, end| ServerMessage::HttpRequest {
+                            req: conn,
+                            port,
+                            mode: PortMode::Steal,
+                            head,
+                            body,
+                            end,
+                        },
+                        |data, end| ServerMessage::HttpBody {
+                            req: conn,
+                            data,
+                            end,
+                        },
+                    );
+                    tokio::select! {
+                        _ = send => {}
+                        _ = me.cancel.cancelled() => {}
+                    }
+                });
+            }
+            Handoff::MirroredRequest { port, head, body } => {
+                let _ = self.out.try_send(ServerMessage::HttpRequest {
+                    req: conn,
+                    port,
+                    mode: PortMode::Mirror,
+                    head,
+                    body,
+                    end: true,
+                });
+            }
+        }
+        true
+    }
+
+    /// Carries one stolen connection (or upgraded request) between the data plane and
+    /// the client's frames, until either side closes or the session ends.
+    fn carry<IO>(self: &Arc<Self>, conn: u64, io: IO) -> ConnInbox
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = conn_channel();
+        let frames = ConnFrames {
+            data: |conn, data| ServerMessage::ConnData { conn, data },
+            close: |conn| ServerMessage::ConnClose { conn },
+        };
+        let out = self.out.clone();
+        let stop = self.cancel.child_token().cancelled_owned();
+        self.tracker
+            .spawn(async move { relay(conn, io, rx, out, frames, true, stop).await });
+        tx
+    }
+
+    fn copy_mirror(self: &Arc<Self>, conn: u64, mut rx: mpsc::Receiver<bytes::Bytes>) {
+        let out = self.out.clone();
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    d = rx.recv() => match d {
+                        // Never wait on a slow client: drop the copy instead.
+                        Some(data) => if out.try_send(ServerMessage::ConnData { conn, data }).is_err() { break },
+                        None => break,
+                    },
+                    _ = cancel.cancelled() => return,
+                }
+            }
+            tokio::select! {
+                _ = out.send(ServerMessage::ConnClose { conn }) => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
