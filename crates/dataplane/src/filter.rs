@@ -67,7 +67,11 @@ fn compile(kind: &'static str, pattern: &str, limits: &FilterLimits) -> Result<R
         .size_limit(limits.regex_size)
         .dfa_size_limit(limits.regex_size)
         .build()
-        .map_err(|e| FilterError::Regex {
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => FilterError::TooLarge(format!(
+                "{kind} filter `{pattern}` compiles to more than {limit} bytes, this operator's limit; simplify it"
+            )),
+            e => FilterError::Regex {
             kind,
             pattern: pattern.to_owned(),
             reason: e
@@ -77,6 +81,7 @@ fn compile(kind: &'static str, pattern: &str, limits: &FilterLimits) -> Result<R
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
+            },
         })
 }
 
