@@ -13,6 +13,8 @@ listen = "127.0.0.1:$API"
 ping_interval = "1s"
 client_timeout = "30s"
 metrics_grace = "3s"       # so each phase measures its own sessions' series only
+[limits]
+max_sessions_per_client = 20000   # every idle session below belongs to one client
 [[targets]]
 name = "api"
 [[targets.ports]]

@@ -434,7 +434,8 @@ async fn one_client_cannot_exhaust_the_operator() {
     let listen = free_addr();
     let op = Operator::start_with(OperatorOptions {
         targets: upstream_target("api", 80, listen, target.addr),
-        extra_config: "[limits]\nmax_sessions_per_client = 2\n".into(),
+        extra_config: "[limits]\nmax_sessions_per_client = 3\nmax_filter_regexes_per_client = 4\n"
+            .into(),
         ..Default::default()
     });
     let alice = op.issue("alice");
@@ -480,13 +481,20 @@ async fn one_client_cannot_exhaust_the_operator() {
         "{refused:?}"
     );
 
+    // Regexes per client, across its sessions.
+    let three = ["--header", "a: 1", "--header", "b: 2", "--path", "^/c"];
+    let mut args = vec!["mirror", "--target", "api", "--port", &port];
+    args.extend(three);
+    let _one = Session::start(&alice, &args).unwrap();
+    let err = Session::start(&alice, &args).err().unwrap();
+    assert!(err.contains("allows 4 per client"), "{err}");
     // Sessions per client.
-    let _one = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
     let _two = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
+    let _three = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
     let err = Session::start(&alice, &["mirror", "--target", "api", "--port", &port])
         .err()
         .unwrap();
-    assert!(err.contains("2 sessions open"), "{err}");
+    assert!(err.contains("3 sessions open"), "{err}");
     // Another client is not affected.
     let _bob = Session::start(&bob, &["mirror", "--target", "api", "--port", &port]).unwrap();
 

@@ -7,7 +7,7 @@ use crate::backend::{BackendError, Target};
 use crate::locks::Want;
 use crate::operator::Operator;
 use crate::refusal::Refusal;
-use crate::sessions::ClientSlot;
+use crate::sessions::{ClientLimits, ClientSlot};
 use mirrord_dataplane::{FilterError, HttpFilter};
 use mirrord_license::SeatReservation;
 use mirrord_protocol::{HttpFilterSpec, PortMode, SessionRequest};
@@ -153,9 +153,19 @@ pub fn admit(
     op.policies
         .check(&req.target, &req.ports)
         .map_err(Refusal::Policy)?;
+    let regexes = req
+        .ports
+        .iter()
+        .filter_map(|p| p.filter.as_ref())
+        .map(|f| f.header.len() + f.path.len())
+        .sum();
+    let limits = ClientLimits {
+        sessions: op.limits.max_sessions_per_client,
+        regexes: op.limits.max_filter_regexes_per_client,
+    };
     let slot = op
         .sessions
-        .reserve_slot(&client.client_id, op.limits.max_sessions_per_client)?;
+        .reserve_slot(&client.client_id, regexes, limits)?;
     let seat = op.licensing.reserve_seat(&client.client_id, now)?;
     Ok(Admitted { slot, seat })
 }

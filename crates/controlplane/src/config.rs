@@ -82,6 +82,9 @@ pub struct Limits {
     pub max_ports_per_session: usize,
     /// Regexes and methods in one port's HTTP filter.
     pub max_filter_expressions: usize,
+    /// Regexes one client may hold across all its sessions (each can take up to about
+    /// 4 x `max_filter_regex_size` with its match caches).
+    pub max_filter_regexes_per_client: usize,
     /// Bytes of one regex as written.
     pub max_filter_pattern_len: usize,
     /// Bytes one compiled regex may take (regex's `size_limit`); its lazy DFA cache gets
@@ -98,6 +101,7 @@ impl Default for Limits {
             max_sessions_per_client: 64,
             max_ports_per_session: 32,
             max_filter_expressions: 16,
+            max_filter_regexes_per_client: 64,
             max_filter_pattern_len: 1024,
             max_filter_regex_size: 256 * 1024,
             max_client_label_len: 256,

@@ -73,27 +73,43 @@ impl SessionEntry {
     }
 }
 
-/// One of a client's sessions (open or opening); given back when dropped.
+/// What one client holds across its sessions.
+#[derive(Default)]
+struct Usage {
+    sessions: usize,
+    regexes: usize,
+}
+
+/// One of a client's sessions (open or opening) and the filter regexes it holds; given
+/// back when dropped.
 pub struct ClientSlot {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    usage: Arc<Mutex<HashMap<String, Usage>>>,
     client_id: String,
+    regexes: usize,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().expect("slots lock");
-        if let Some(n) = counts.get_mut(&self.client_id) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.client_id);
+        let mut usage = self.usage.lock().expect("slots lock");
+        if let Some(u) = usage.get_mut(&self.client_id) {
+            u.sessions -= 1;
+            u.regexes -= self.regexes;
+            if u.sessions == 0 {
+                usage.remove(&self.client_id);
             }
         }
     }
 }
 
+/// How much a client may hold.
+pub struct ClientLimits {
+    pub sessions: usize,
+    pub regexes: usize,
+}
+
 pub struct Sessions {
     map: Mutex<HashMap<SessionId, Arc<SessionEntry>>>,
-    per_client: Arc<Mutex<HashMap<String, usize>>>,
+    per_client: Arc<Mutex<HashMap<String, Usage>>>,
     locks: Arc<PortLocks>,
     telemetry: Telemetry,
 }
@@ -108,19 +124,38 @@ impl Sessions {
         }
     }
 
-    /// Counts one more session for `client_id`, or refuses when it holds `max` already.
-    pub fn reserve_slot(&self, client_id: &str, max: usize) -> Result<ClientSlot, Refusal> {
-        let mut counts = self.per_client.lock().expect("slots lock");
-        let n = counts.entry(client_id.to_owned()).or_default();
-        if *n >= max {
+    /// Counts one more session holding `regexes` filter regexes for `client_id`, or
+    /// refuses when that would go beyond `limits`.
+    pub fn reserve_slot(
+        &self,
+        client_id: &str,
+        regexes: usize,
+        limits: ClientLimits,
+    ) -> Result<ClientSlot, Refusal> {
+        let mut usage = self.per_client.lock().expect("slots lock");
+        let u = usage.entry(client_id.to_owned()).or_default();
+        if u.sessions >= limits.sessions {
             return Err(Refusal::Limit(format!(
-                "you already have {n} sessions open, the most this operator allows per client; end one (mirrordctl sessions list / kill) and retry"
+                "you already have {} sessions open, the most this operator allows per client; end one (mirrordctl sessions list / kill) and retry",
+                u.sessions
             )));
         }
-        *n += 1;
+        if u.regexes + regexes > limits.regexes {
+            let held = u.regexes;
+            if u.sessions == 0 {
+                usage.remove(client_id);
+            }
+            return Err(Refusal::Limit(format!(
+                "this session's filters have {regexes} regexes and your other sessions hold {held}; this operator allows {} per client",
+                limits.regexes
+            )));
+        }
+        u.sessions += 1;
+        u.regexes += regexes;
         Ok(ClientSlot {
-            counts: Arc::clone(&self.per_client),
+            usage: Arc::clone(&self.per_client),
             client_id: client_id.to_owned(),
+            regexes,
         })
     }
 

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Bounds: what one user can cost everybody else, measured.
+#  1. The worst filter the operator allows (16 parts, each regex as large as the compiled
+#     size limit lets through, found by asking the operator itself), held by one client in
+#     as many mirror sessions as it may open, with traffic evaluating every filter: the
+#     operator's RSS, and another user's `mirrordctl status` latency, before and during.
+#  2. The time from freezing (SIGSTOP) a client that holds an unfiltered steal, under upload
+#     traffic, until the port answers from the target again (client_timeout = 10 s).
+source "$(dirname "$0")/lib.sh"
+CTL="$BIN/mirrordctl"
+
+API=$(free_port); LISTEN=$(free_port); UP=$(free_port); DEV=$(free_port)
+python3 -m http.server --bind 127.0.0.1 "$UP" > /dev/null 2>&1 & PIDS+=($!)
+python3 -m http.server --bind 127.0.0.1 "$DEV" > /dev/null 2>&1 & PIDS+=($!)
+wait_port "$UP"; wait_port "$DEV"
+cat > "$WORK/op.toml" <<TOML
+[api]
+listen = "127.0.0.1:$API"
+[[targets]]
+name = "api"
+[[targets.ports]]
+port = 80
+listen = "127.0.0.1:$LISTEN"
+upstream = "127.0.0.1:$UP"
+TOML
+operator_start "$WORK/op.toml"
+for u in heavy other frozen; do
+  "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user "$u" --out "$WORK/$u" > /dev/null
+done
+MAX_SESSIONS=64   # limits.max_sessions_per_client; limits.max_filter_regexes_per_client (64) admits 4 of them
+
+# status_ms N: median wall time of N `mirrordctl status` runs by another user, in ms.
+status_ms() {
+  for _ in $(seq "$1"); do
+    local a b; a=$(date +%s%N)
+    "$CTL" --credentials "$WORK/other" status > /dev/null 2>&1 || echo "status failed" >&2
+    b=$(date +%s%N); echo $(((b - a) / 1000))
+  done | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]/1000}'
+}
+
+# The largest N for which `\w{N}` is admitted (binary search against the operator).
+admitted() {
+  timeout 5 "$CTL" --credentials "$WORK/heavy" mirror --target api --port "80=127.0.0.1:9" --header "\\w{$1}" > "$WORK/probe.out" 2>&1 &
+  local p=$!
+  for _ in $(seq 50); do
+    grep -q '^session ' "$WORK/probe.out" && { kill -INT $p; wait $p 2>/dev/null; return 0; }
+    kill -0 $p 2>/dev/null || { wait $p 2>/dev/null; return 1; }
+    sleep 0.1
+  done
+  kill $p 2>/dev/null; wait $p 2>/dev/null; return 1
+}
+lo=1; hi=5000
+while [ $((hi - lo)) -gt 1 ]; do mid=$(((lo + hi) / 2)); if admitted $mid; then lo=$mid; else hi=$mid; fi; done
+echo "worst single regex admitted: \\w{$lo} (\\w{$hi} is refused: $(grep -o 'compiles to more than [0-9]* bytes' "$WORK/probe.out" | head -1))"
+
+echo "== one client opening $MAX_SESSIONS sessions with the worst filter allowed, traffic evaluating them"
+base_rss=$(rss_mb "$OP_PID"); base_status=$(status_ms 9)
+HEADERS=()
+for i in $(seq 16); do HEADERS+=(--header "\\w{$lo}"); done
+HEAVY=()
+t0=$(date +%s.%N)
+for i in $(seq "$MAX_SESSIONS"); do
+  "$CTL" --credentials "$WORK/heavy" mirror --target api --port "80=127.0.0.1:9" "${HEADERS[@]}" > "$WORK/heavy.$i.out" 2>&1 &
+  HEAVY+=($!); PIDS+=($!)
+done
+# Every attempt either opened (and keeps running) or was refused (and exited).
+settled() { local n=0; for i in $(seq "$MAX_SESSIONS"); do
+  grep -q '^session ' "$WORK/heavy.$i.out" 2>/dev/null || ! kill -0 "${HEAVY[$((i - 1))]}" 2>/dev/null && n=$((n + 1)); done; echo $n; }
+for _ in $(seq 600); do [ "$(settled)" -ge "$MAX_SESSIONS" ] && break; sleep 0.1; done
+t1=$(date +%s.%N)
+opened=$(grep -l '^session ' "$WORK"/heavy.*.out 2>/dev/null | wc -l)
+extra=$(grep -h 'mirrordctl:' "$WORK"/heavy.*.out 2>/dev/null | sort | uniq -c | sort -rn | head -1 | sed 's/^ *//')
+# Requests whose headers every filter must scan (no match: each regex runs to the end).
+wrk -t1 -c16 -d"${DURATION}s" -H "x-long: $(head -c 2000 /dev/zero | tr '\0' 'a')" "http://127.0.0.1:$LISTEN/" > "$WORK/wrk.out" 2>&1 &
+WRK=$!
+sleep 1
+load_status=$(status_ms 9)
+peak=$(rss_mb "$OP_PID")
+wait $WRK
+after_rss=$(rss_mb "$OP_PID")
+printf '%-58s %s\n' "sessions opened of $MAX_SESSIONS attempted, time" "$opened in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f s", b-a}')"
+printf '%-58s %s\n' "the others were refused (count, message)" "$extra"
+printf '%-58s %s\n' "requests through 16 x $opened filters" "$(awk '/Requests\/sec/ {print $2 " req/s"}' "$WORK/wrk.out")"
+printf '%-58s %s MB -> %s MB (during traffic), %s MB after\n' "operator RSS" "$base_rss" "$peak" "$after_rss"
+printf '%-58s %s ms -> %s ms\n' "another user's status (median of 9, process start incl.)" "$base_status" "$load_status"
+pkill -INT -f "credentials $WORK/heavy" || true
+sleep 2
+
+echo "== a frozen client holding an unfiltered steal, under upload traffic"
+"$CTL" --credentials "$WORK/frozen" steal --target api --port "80=127.0.0.1:$DEV" > "$WORK/frozen.out" 2>&1 &
+FROZEN=$!; PIDS+=($FROZEN)
+for _ in $(seq 100); do grep -q '^port ' "$WORK/frozen.out" && break; sleep 0.1; done
+kill -STOP $FROZEN
+python3 - "$LISTEN" <<'PY' &
+import socket, sys, threading, time
+port = int(sys.argv[1]); end = time.time() + 30
+def upload():
+    chunk = b"x" * 65536
+    while time.time() < end:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=1)
+            s.sendall(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n")
+            for _ in range(16): s.sendall(chunk)
+        except OSError:
+            pass
+for _ in range(8): threading.Thread(target=upload, daemon=True).start()
+time.sleep(30)
+PY
+LOADER=$!; PIDS+=($LOADER)
+t0=$(date +%s.%N)
+while :; do
+  body=$(curl -s -m 1 "http://127.0.0.1:$LISTEN/" || true)
+  if grep -q "Directory listing" <<<"$body"; then break; fi
+  [ "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{print (b-a > 60)}')" = 1 ] && { echo "port still held after 60 s"; break; }
+  sleep 0.1
+done
+t1=$(date +%s.%N)
+printf '%-58s %s\n' "port back to the target after the client froze" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f s (client_timeout 10 s)", b-a}')"
+kill -CONT $FROZEN 2>/dev/null || true
+kill $LOADER 2>/dev/null || true
