@@ -78,3 +78,87 @@ async fn client_id_is_stable_per_credential_and_user_comes_from_the_certificate(
         env!("CARGO_PKG_VERSION")
     );
 }
+
+fn certs(args: &[&str], state: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(bin("mirrord-operator"))
+        .arg("certs")
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Issue 9, item 7: `certs issue` never makes or replaces a CA behind the user's back
+/// (that would silently invalidate every credential issued), and secrets are private.
+#[test]
+fn certs_never_make_or_replace_a_ca_silently_and_keys_stay_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+
+    // No CA: refused with the way out, and nothing created.
+    let out = certs(&["issue", "--user", "alice"], &state, &dir.path().join("a"));
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certs init"), "{err}");
+    assert!(!state.join("ca.key").exists() && !dir.path().join("a").exists());
+
+    // An explicit init; then a credential over a pre-existing world-readable key.
+    let init = std::process::Command::new(bin("mirrord-operator"))
+        .args(["certs", "init", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let b = dir.path().join("b");
+    std::fs::create_dir(&b).unwrap();
+    std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(b.join("client.key"), "old").unwrap();
+    std::fs::set_permissions(b.join("client.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = certs(&["issue", "--user", "bob"], &state, &b);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&b.join("client.key")), 0o600);
+    assert_eq!(mode(&b), 0o700);
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("ca.key")), 0o600);
+    let ca_key = std::fs::read(state.join("ca.key")).unwrap();
+
+    // A half-present CA is an error, never replaced.
+    let crt = std::fs::read(state.join("ca.crt")).unwrap();
+    std::fs::write(state.join("ca.crt"), "").unwrap();
+    let c = dir.path().join("c");
+    let out = certs(&["issue", "--user", "carol"], &state, &c);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no certificate"),
+        "{out:?}"
+    );
+    assert!(
+        !c.join("ca.crt").exists(),
+        "an empty CA certificate was handed out"
+    );
+    std::fs::remove_file(state.join("ca.crt")).unwrap();
+    let out = certs(&["issue", "--user", "carol", "--init-ca"], &state, &c);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ca.crt is missing"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read(state.join("ca.key")).unwrap(),
+        ca_key,
+        "ca.key was replaced"
+    );
+    std::fs::write(state.join("ca.crt"), crt).unwrap();
+    assert!(certs(&["issue", "--user", "carol"], &state, &c)
+        .status
+        .success());
+}

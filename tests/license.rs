@@ -321,3 +321,49 @@ async fn the_log_warns_as_expiry_nears() {
     let alice = op.issue("alice");
     drop(Session::start(&alice, &["mirror", "--target", "api", "--port", "80=1"]).unwrap());
 }
+
+/// Issue 9, item 7: a signed license with impossible dates is refused, and a seat that
+/// cannot be recorded durably is not granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_dates_and_unrecordable_seats_are_refused() {
+    let vendor = Vendor::new();
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let today = chrono::Utc::now().date_naive();
+    let future = vendor.issue_dated(
+        "future.json",
+        today + chrono::Days::new(30),
+        today + chrono::Days::new(400),
+        5,
+    );
+    let op = licensed(
+        &vendor,
+        Some(&future),
+        upstream_target("api", 80, listen, target.addr),
+        None,
+    );
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let err = Session::start(&alice, &["steal", "--target", "api", "--port", &port])
+        .err()
+        .unwrap();
+    assert!(err.contains("in the future"), "{err}");
+
+    // A valid license; the seat book cannot be written (its temporary file is a directory).
+    let good = vendor.issue("good.json", 30, 5);
+    std::fs::copy(&good, &future).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (metric(&op, "mirrord_license_valid_seconds") > 0.0).then_some(())
+    })
+    .expect("license reloaded");
+    std::fs::create_dir(op.state.join("seats.json.tmp")).unwrap();
+    let err = Session::start(&alice, &["steal", "--target", "api", "--port", &port])
+        .err()
+        .unwrap();
+    assert!(err.contains("cannot record your seat"), "{err}");
+    assert!(status(&alice)["sessions"].as_array().unwrap().is_empty());
+    std::fs::remove_dir(op.state.join("seats.json.tmp")).unwrap();
+    let _ok = Session::start(&alice, &["steal", "--target", "api", "--port", &port]).unwrap();
+    assert_eq!(get(listen, "/x", &[]).await.1, "dev GET /x");
+}

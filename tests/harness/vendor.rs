@@ -31,6 +31,17 @@ impl Vendor {
         let expires = (chrono::Utc::now() + chrono::Duration::days(days)).date_naive();
         // Issued a while before it expires (an expired license was issued in the past).
         let issued = today.min(expires - chrono::Duration::days(30));
+        self.issue_dated(file, issued, expires, seats)
+    }
+
+    /// A license with explicit dates.
+    pub fn issue_dated(
+        &self,
+        file: &str,
+        issued: chrono::NaiveDate,
+        expires: chrono::NaiveDate,
+        seats: u32,
+    ) -> PathBuf {
         let out = self.dir.path().join(file);
         let st = Command::new(bin("mirrord-operator"))
             .args(["license", "issue", "--signing-key"])

@@ -30,9 +30,18 @@ const USER_LABELS: &[&str] = &["client_hostname", "client_name", "client_user", 
 const PING_LABELS: &[&str] = &["session_id", "k8s_user", "target"];
 const STOLEN_LABELS: &[&str] = &["session_id", "port", "namespace", "target", "user_id"];
 
+/// Distinct (`client_name`, `client_hostname`) pairs one client's per-user series may use;
+/// more are counted under `other`. Both are what a client says about itself, so without a
+/// bound one client could create series at will; counters are never removed (`increase()`
+/// would break), so the bound is on creation.
+const LABEL_SETS_PER_CLIENT: usize = 4;
+const OTHER: &str = "other";
+
 pub struct Metrics {
     registry: Registry,
     grace: Duration,
+    /// The (name, hostname) pairs admitted as labels, per `client_id`.
+    label_sets: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Ports that have stolen-traffic series, per session id, so they can be removed.
     session_ports: Mutex<HashMap<String, BTreeSet<u16>>>,
     pub license_valid_seconds: Gauge,
@@ -197,16 +206,29 @@ impl Metrics {
             registry: r,
             grace,
             session_ports: Mutex::default(),
+            label_sets: Mutex::default(),
         }
     }
 
-    fn user_labels(s: &SessionMeta) -> [&str; 4] {
-        [
-            &s.client.client_hostname,
-            &s.client.client_name,
-            &s.client.client_user,
-            &s.client.client_id,
-        ]
+    /// `client_hostname`, `client_name`, `client_user`, `user_id`, with the self-reported
+    /// two bounded per client (see [`LABEL_SETS_PER_CLIENT`]).
+    fn user_labels(&self, s: &SessionMeta) -> [String; 4] {
+        let c = &s.client;
+        let pair = (c.client_name.clone(), c.client_hostname.clone());
+        let mut sets = self.label_sets.lock().expect("not poisoned");
+        let known = sets.entry(c.client_id.clone()).or_default();
+        let admitted = known.contains(&pair) || {
+            let room = known.len() < LABEL_SETS_PER_CLIENT;
+            if room {
+                known.push(pair.clone());
+            }
+            room
+        };
+        let (name, host) = match admitted {
+            true => pair,
+            false => (OTHER.to_owned(), OTHER.to_owned()),
+        };
+        [host, name, c.client_user.clone(), c.client_id.clone()]
     }
 
     fn stolen_labels(s: &SessionMeta, port: &str) -> Vec<String> {
@@ -246,15 +268,13 @@ impl Metrics {
     pub(crate) fn observe(self: &Arc<Self>, event: &Event) {
         match event {
             Event::SessionStarted { session } => {
-                self.sessions_create_total
-                    .with_label_values(&Self::user_labels(session))
-                    .inc();
+                let user = self.user_labels(session);
+                let user: Vec<&str> = user.iter().map(String::as_str).collect();
+                self.sessions_create_total.with_label_values(&user).inc();
                 self.sessions_active.inc();
                 // Exists (at zero) before the first observation, so `rate()` sees the
                 // user's first session end as an increase.
-                let _ = self
-                    .sessions_duration
-                    .with_label_values(&Self::user_labels(session));
+                let _ = self.sessions_duration.with_label_values(&user);
                 // The series exists from the start, so a session that never answers a
                 // ping still shows up (with an empty histogram) while it lives.
                 let _ = self.ping_latency.with_label_values(&[
@@ -266,8 +286,10 @@ impl Metrics {
             Event::SessionEnded {
                 session, duration, ..
             } => {
+                let user = self.user_labels(session);
+                let user: Vec<&str> = user.iter().map(String::as_str).collect();
                 self.sessions_duration
-                    .with_label_values(&Self::user_labels(session))
+                    .with_label_values(&user)
                     .observe(duration.as_secs_f64());
                 self.sessions_active.dec();
                 self.forget_later(session.clone());
@@ -438,5 +460,34 @@ mod tests {
         let text = String::from_utf8(m.encode()).unwrap();
         assert!(!text.contains("00000000000000AB"), "{text}");
         assert!(text.contains("mirrord_sessions_duration_sum"));
+    }
+
+    #[test]
+    fn self_reported_labels_cannot_grow_series_without_bound() {
+        let m = Arc::new(Metrics::new(Duration::from_secs(600)));
+        for i in 0..50 {
+            let mut s = (*meta()).clone();
+            s.client.client_name = format!("name-{i}");
+            s.client.client_hostname = format!("host-{i}");
+            m.observe(&Event::SessionStarted {
+                session: Arc::new(s),
+            });
+        }
+        let text = String::from_utf8(m.encode()).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("mirrord_sessions_create_total{"))
+            .count();
+        assert_eq!(series, LABEL_SETS_PER_CLIENT + 1, "{text}");
+        assert!(text.contains(r#"mirrord_sessions_create_total{client_hostname="other",client_name="other",client_user="alice",user_id="cafe"} 46"#), "{text}");
+        // A known pair keeps its own series.
+        let mut s = (*meta()).clone();
+        s.client.client_name = "name-0".into();
+        s.client.client_hostname = "host-0".into();
+        m.observe(&Event::SessionStarted {
+            session: Arc::new(s),
+        });
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains(r#"client_hostname="host-0",client_name="name-0",client_user="alice",user_id="cafe"} 2"#), "{text}");
     }
 }
