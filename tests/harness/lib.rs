@@ -138,6 +138,8 @@ pub struct OperatorOptions {
     pub extra_config: String,
     /// A state directory that outlives this operator (for restarts).
     pub state_dir: Option<PathBuf>,
+    /// `(soft, hard)` limit of open files the operator starts with (util-linux `prlimit`).
+    pub nofile: Option<(u64, u64)>,
 }
 
 pub struct Operator {
@@ -192,7 +194,17 @@ impl Operator {
             .state_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("state"));
-        let mut cmd = Command::new(bin("mirrord-operator"));
+        let mut cmd = match opts.nofile {
+            None => Command::new(bin("mirrord-operator")),
+            Some((soft, hard)) => {
+                // prlimit sets the limits and execs the operator (same process id).
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(bin("mirrord-operator"));
+                c
+            }
+        };
         cmd.args(["serve", "--config"])
             .arg(&path)
             .arg("--state-dir")

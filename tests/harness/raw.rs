@@ -98,3 +98,58 @@ pub fn frame(m: ClientMessage) -> Vec<u8> {
         .unwrap();
     buf.to_vec()
 }
+
+/// A session opened by hand, for answering stolen requests the way `mirrordctl` never
+/// would (broken framing, no answer at all).
+pub struct RawSession {
+    t: Framed<TlsStream<TcpStream>, FrameCodec<ServerMessage, ClientMessage>>,
+}
+
+impl RawSession {
+    /// Opens a session on `target` with `ports`; panics unless the operator accepts it.
+    pub async fn open(
+        api: SocketAddr,
+        creds: &Path,
+        target: &str,
+        ports: Vec<mirrord_protocol::PortRequest>,
+    ) -> Self {
+        use mirrord_protocol::{ConcurrentSteal, SessionRequest, TargetRef};
+        let stream = tls(api, creds, true).await.unwrap();
+        let mut t = Framed::new(stream, FrameCodec::default());
+        t.send(hello(PROTOCOL_VERSION)).await.unwrap();
+        let _welcome = t.next().await.unwrap().unwrap();
+        t.send(ClientMessage::OpenSession(SessionRequest {
+            target: TargetRef {
+                kind: "deployment".into(),
+                name: target.into(),
+                namespace: "default".into(),
+            },
+            ports,
+            on_concurrent_steal: ConcurrentSteal::Abort,
+            copy_target: false,
+            scale_down: false,
+        }))
+        .await
+        .unwrap();
+        match t.next().await.unwrap().unwrap() {
+            ServerMessage::SessionOpened(_) => Self { t },
+            other => panic!("session not opened: {other:?}"),
+        }
+    }
+
+    /// The next message other than a ping (pings are answered).
+    pub async fn next(&mut self) -> ServerMessage {
+        loop {
+            match self.t.next().await.unwrap().unwrap() {
+                ServerMessage::Ping { nonce } => {
+                    self.t.send(ClientMessage::Pong { nonce }).await.unwrap()
+                }
+                m => return m,
+            }
+        }
+    }
+
+    pub async fn send(&mut self, m: ClientMessage) {
+        self.t.send(m).await.unwrap()
+    }
+}

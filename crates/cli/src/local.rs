@@ -1,5 +1,6 @@
 //! The developer's side of handed-over traffic: connections to the local process, and HTTP
-//! requests replayed against it.
+//! requests replayed against it in the protocol the original client spoke (HTTP/2 stays
+//! HTTP/2, so gRPC works; trailers go both ways).
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -7,7 +8,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mirrord_protocol::body::{self, Body};
 use mirrord_protocol::pump::{self, conn_channel, ConnFrames, ConnInbox, ConnOutlet};
-use mirrord_protocol::{ClientMessage, HttpRequestHead, HttpResponseHead, PortMode};
+use mirrord_protocol::{ClientMessage, HttpRequestHead, HttpResponseHead, HttpVersion, PortMode};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -50,6 +51,9 @@ pub async fn relay<IO: AsyncRead + AsyncWrite + Unpin>(
     pump::relay(conn, io, rx, out, frames, answer, std::future::pending()).await
 }
 
+/// Not replayed: framing is redone for the local connection, and these belong to the
+/// original connection only. (`connection` and `upgrade` stay for HTTP/1, which needs
+/// them to ask for an upgrade.)
 const HOP_BY_HOP: &[&str] = &[
     "content-length",
     "transfer-encoding",
@@ -57,6 +61,10 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-connection",
     "te",
 ];
+/// What HTTP/2 has no place for besides (RFC 9113 §8.2.2); its authority is the URI's.
+const NOT_IN_H2: &[&str] = &["connection", "upgrade", "host"];
+
+type LocalClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
 /// A request handed over by the operator, and where it goes locally.
 pub struct LocalRequest {
@@ -67,15 +75,20 @@ pub struct LocalRequest {
     pub body: Body,
 }
 
+/// Clients of the local process: one per protocol, each pooling its connections.
 #[derive(Clone)]
 pub struct LocalHttp {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    h1: LocalClient,
+    h2: LocalClient,
 }
 
 impl LocalHttp {
     pub fn new() -> Self {
         Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            h1: Client::builder(TokioExecutor::new()).build_http(),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
         }
     }
 
@@ -94,7 +107,10 @@ impl LocalHttp {
             head,
             body,
         } = r;
-        let client = self.client.clone();
+        let client = match head.version {
+            HttpVersion::Http2 => self.h2.clone(),
+            _ => self.h1.clone(),
+        };
         tokio::spawn(async move {
             let result = send(&client, addr, head, body).await;
             if mode == PortMode::Mirror {
@@ -141,6 +157,7 @@ impl LocalHttp {
                             end,
                         },
                         |data, end| ClientMessage::HttpBody { req, data, end },
+                        |trailers| ClientMessage::HttpTrailers { req, trailers },
                     )
                     .await;
                 }
@@ -159,21 +176,31 @@ impl LocalHttp {
 }
 
 async fn send(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    client: &LocalClient,
     addr: SocketAddr,
     head: HttpRequestHead,
     body: Body,
 ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     let uri: http::Uri = format!("http://{addr}{}", head.uri).parse()?;
+    let h2 = head.version == HttpVersion::Http2;
     let mut b = http::Request::builder()
         .method(head.method.as_str())
         .uri(uri)
-        .version(http::Version::HTTP_11);
+        .version(if h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        });
     for (k, v) in &head.headers {
-        if HOP_BY_HOP.contains(&k.to_ascii_lowercase().as_str()) {
-            continue;
+        let k = k.to_ascii_lowercase();
+        // HTTP/2 allows `te: trailers` (gRPC sends it).
+        let keep = match k.as_str() {
+            "te" => h2 && v.as_ref().eq_ignore_ascii_case(b"trailers"),
+            k => !(HOP_BY_HOP.contains(&k) || h2 && NOT_IN_H2.contains(&k)),
+        };
+        if keep {
+            b = b.header(k.as_str(), v.as_ref());
         }
-        b = b.header(k.as_str(), v.as_ref());
     }
     Ok(client.request(b.body(body)?).await?)
 }

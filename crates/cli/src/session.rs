@@ -78,7 +78,7 @@ pub async fn run(
     // Per handed-over connection: where its bytes go (never waited on).
     let mut conns: HashMap<u64, ConnInbox> = HashMap::new();
     // Request bodies still streaming in from the operator, by request.
-    let mut bodies: HashMap<u64, ConnInbox> = HashMap::new();
+    let mut bodies: HashMap<u64, mirrord_protocol::body::BodyInbox> = HashMap::new();
     // Registered once, before the loop: a listener created per iteration would miss a
     // signal delivered between iterations.
     use tokio::signal::unix::{signal, SignalKind};
@@ -132,6 +132,11 @@ pub async fn run(
                     ServerMessage::HttpBody { req, data, end } => {
                         if bodies.get(&req).is_some_and(|b| !b.push(data)) || end {
                             bodies.remove(&req);
+                        }
+                    }
+                    ServerMessage::HttpTrailers { req, trailers } => {
+                        if let Some(body) = bodies.remove(&req) {
+                            body.finish(&trailers);
                         }
                     }
                     ServerMessage::Upgraded { .. } => {}

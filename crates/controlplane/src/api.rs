@@ -330,6 +330,7 @@ pub(crate) fn kind(m: &ClientMessage) -> &'static str {
         ClientMessage::ConnClose { .. } => "ConnClose",
         ClientMessage::HttpResponse { .. } => "HttpResponse",
         ClientMessage::HttpBody { .. } => "HttpBody",
+        ClientMessage::HttpTrailers { .. } => "HttpTrailers",
         ClientMessage::HttpFailed { .. } => "HttpFailed",
         ClientMessage::EndSession => "EndSession",
     }

@@ -92,6 +92,17 @@ pub struct Limits {
     pub max_filter_regex_size: usize,
     /// Bytes of `client_name` and `client_hostname`.
     pub max_client_label_len: usize,
+    /// Connections one intercepted port serves at once (more wait in the listen backlog).
+    /// Unset: derived from the open-file limit, keeping descriptors for the API.
+    pub max_connections_per_port: Option<usize>,
+    /// How long a client has to send a request head, when requests are routed one by one
+    /// (a filter is active); `408 Request Timeout` after that.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a stolen request waits for the developer's answer to begin;
+    /// `504 Gateway Timeout` after that.
+    #[serde(with = "humantime_serde")]
+    pub stolen_response_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -105,6 +116,9 @@ impl Default for Limits {
             max_filter_pattern_len: 1024,
             max_filter_regex_size: 256 * 1024,
             max_client_label_len: 256,
+            max_connections_per_port: None,
+            header_read_timeout: Duration::from_secs(60),
+            stolen_response_timeout: Duration::from_secs(60),
         }
     }
 }

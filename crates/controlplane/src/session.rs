@@ -15,6 +15,7 @@ use crate::operator::Operator;
 use crate::sessions::{Control, SessionEntry};
 use futures::StreamExt;
 use mirrord_dataplane::{Handoff, StolenResponse};
+use mirrord_protocol::body::BodyInbox;
 use mirrord_protocol::pump::{conn_channel, relay, ConnFrames, ConnInbox};
 use mirrord_protocol::{ClientMessage, ErrorCode, ErrorReply, FrameError, PortMode, ServerMessage};
 use mirrord_telemetry::Event;
@@ -35,7 +36,7 @@ struct Demux {
     conns: HashMap<u64, ConnInbox>,
     pending: HashMap<u64, oneshot::Sender<StolenResponse>>,
     /// Response bodies still streaming in from the developer, by request.
-    bodies: HashMap<u64, ConnInbox>,
+    bodies: HashMap<u64, BodyInbox>,
     pings: VecDeque<(u64, Instant)>,
 }
 
@@ -270,6 +271,12 @@ impl Actor {
                     d.bodies.remove(&req);
                 }
             }
+            ClientMessage::HttpTrailers { req, trailers } => {
+                let body = self.demux.lock().expect("demux lock").bodies.remove(&req);
+                if let Some(body) = body {
+                    body.finish(&trailers);
+                }
+            }
             ClientMessage::HttpFailed { req, reason } => {
                 let respond = self.demux.lock().expect("demux lock").pending.remove(&req);
                 if let Some(respond) = respond {
@@ -417,6 +424,10 @@ impl Actor {
                             req: conn,
                             data,
                             end,
+                        },
+                        |trailers| ServerMessage::HttpTrailers {
+                            req: conn,
+                            trailers,
                         },
                     );
                     tokio::select! {

@@ -3,26 +3,37 @@
 //! Each request is looked at on its own: the first matching filtered steal (or an
 //! unfiltered steal that arrived after the connection did) gets it, matching mirrors get a
 //! copy, and everything else goes to the replica over one upstream connection per
-//! downstream connection, so a keep-alive connection's requests stay in order. A 101
-//! answer, from the developer or from the replica, turns the connection into a raw relay.
+//! downstream connection, in the protocol the client spoke (h2 stays h2, trailers
+//! included), so a keep-alive connection's requests stay in order. A 101 answer, from the
+//! developer or from the replica, turns the connection into a raw relay.
+//!
+//! What a session answers is not trusted: its status and framing are checked here, its
+//! body is cut to the `content-length` it declared (a shorter one closes the connection),
+//! and it has `stolen_response_timeout` to start answering (504 after that).
 
+use crate::gate::HeadGate;
 use crate::handoff::{Handoff, StolenResponse};
+use crate::listener::InterceptorLimits;
 use crate::relay;
+use crate::rewind::Rewind;
 use crate::routes::{PortRoutes, RouteTable, Subscriber};
-use crate::sniff::Protocol;
 use crate::tee::TeeBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1 as client1, http2 as client2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mirrord_protocol::{HttpRequestHead, HttpResponseHead, HttpVersion, MAX_FRAME_LEN};
 use mirrord_telemetry::metrics::BypassCounter;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Mutex};
 
 use crate::handoff::{Body, BoxError};
@@ -31,44 +42,70 @@ use crate::handoff::{Body, BoxError};
 /// (Stolen bodies stream and have no limit.)
 pub const MAX_HANDOFF_BODY: usize = MAX_FRAME_LEN - 64 * 1024;
 
+/// hyper's own header timeout, a little after [`HeadGate`]'s: it only matters on
+/// connections the gate stopped following (after an upgrade request that was refused).
+const BACKSTOP: Duration = Duration::from_secs(1);
+
 pub struct HttpCtx {
     pub port: u16,
     pub routes: Arc<RouteTable>,
     pub upstream: SocketAddr,
     pub bypass: BypassCounter,
+    pub settings: InterceptorLimits,
 }
 
-pub async fn serve<IO>(io: IO, proto: Protocol, ctx: Arc<HttpCtx>)
+/// Serves one HTTP/1 connection, request by request. `up`: a connection to the replica
+/// already open (used for the first request that goes there).
+pub async fn serve_h1(io: HeadGate<TcpStream>, ctx: Arc<HttpCtx>, up: Option<Rewind<TcpStream>>) {
+    let timeout = ctx.settings.header_read_timeout;
+    let svc = service(ctx, up);
+    let res = hyper::server::conn::http1::Builder::new()
+        // A client may send its request and shut its side: it still gets its answer.
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout + BACKSTOP)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
+    }
+}
+
+/// Serves one HTTP/2 (h2c) connection, stream by stream.
+pub async fn serve_h2<IO>(io: IO, ctx: Arc<HttpCtx>, up: Option<Rewind<TcpStream>>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let svc = service(ctx, up);
+    let res = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+fn service(
+    ctx: Arc<HttpCtx>,
+    up: Option<Rewind<TcpStream>>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+> + Clone {
     let upstream = Arc::new(Upstream {
         addr: ctx.upstream,
+        spare: std::sync::Mutex::new(up),
         h1: Mutex::new(None),
         h2: Mutex::new(None),
     });
-    let svc = hyper::service::service_fn(move |req| {
+    hyper::service::service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
         let upstream = Arc::clone(&upstream);
         async move { Ok::<_, std::convert::Infallible>(route(req, &ctx, &upstream).await) }
-    });
-    let io = TokioIo::new(io);
-    let res = match proto {
-        Protocol::Http2 => {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, svc)
-                .await
-        }
-        _ => {
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .with_upgrades()
-                .await
-        }
-    };
-    if let Err(e) = res {
-        tracing::debug!(error = %e, "HTTP connection ended with an error");
-    }
+    })
 }
 
 async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -> Response<Body> {
@@ -156,45 +193,173 @@ async fn steal(
         return upstream.forward(Request::from_parts(parts, body)).await;
     }
     stealer.counters.requests.inc();
-    match rx.await {
-        Ok(StolenResponse::Response {
+    let wait = ctx.settings.response_timeout;
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(StolenResponse::Response {
             head,
             body,
             upgraded,
-        }) => {
-            let mut resp = Response::new(body);
-            *resp.status_mut() =
-                StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            copy_headers(resp.headers_mut(), &head.headers, switching);
-            if let (Some(dev), Some(on_up)) = (
-                upgraded,
-                parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned(),
-            ) {
-                tokio::spawn(async move {
-                    if let Ok(client) = on_up.await {
-                        let mut client = TokioIo::new(client);
-                        let mut dev = dev;
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut dev).await;
-                    }
-                });
+        })) => match answer(&parts, head, body) {
+            Ok(resp) => {
+                if let (Some(dev), Some(on_up)) = (
+                    upgraded.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS),
+                    parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned(),
+                ) {
+                    tokio::spawn(async move {
+                        if let Ok(client) = on_up.await {
+                            let mut client = TokioIo::new(client);
+                            let mut dev = dev;
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut dev).await;
+                        }
+                    });
+                }
+                resp
             }
-            resp
-        }
-        Ok(StolenResponse::Failed(reason)) => text(
+            Err(problem) => {
+                tracing::warn!(port = ctx.port, session_id = stealer.session_id, %problem, "a session answered a stolen request with a response that cannot be sent; answering 502");
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("mirrord: the developer's answer was refused: {problem}\n"),
+                )
+            }
+        },
+        Ok(Ok(StolenResponse::Failed(reason))) => text(
             StatusCode::BAD_GATEWAY,
             format!("mirrord: the developer's local process did not answer: {reason}\n"),
         ),
-        Err(_) => text(
+        Ok(Err(_)) => text(
             StatusCode::BAD_GATEWAY,
             "mirrord: the session ended before answering this request\n".into(),
         ),
+        Err(_) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "mirrord: the developer's process did not answer within {wait:?} (stolen_response_timeout)\n"
+            ),
+        ),
+    }
+}
+
+/// The client's response from what a session answered, checked: a status the request can
+/// have, and a body framed by this side (cut to its declared length).
+fn answer(
+    req: &http::request::Parts,
+    head: HttpResponseHead,
+    body: Body,
+) -> Result<Response<Body>, String> {
+    let status = StatusCode::from_u16(head.status)
+        .map_err(|_| format!("status {} is not an HTTP status", head.status))?;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if status.is_informational() && !switching {
+        return Err(format!("{status} is not a final status"));
+    }
+    let asked_upgrade = req.extensions.get::<hyper::upgrade::OnUpgrade>().is_some();
+    if switching && (!asked_upgrade || req.version == Version::HTTP_2) {
+        return Err("101 answers only a request that asked for an upgrade".into());
+    }
+    let length = declared_length(&head.headers)?;
+    let bodiless = req.method == http::Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || switching;
+    let body = match length {
+        Some(n) if !bodiless => Limited {
+            inner: body,
+            left: n,
+        }
+        .boxed(),
+        _ => body,
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    copy_headers(resp.headers_mut(), &head.headers, switching);
+    Ok(resp)
+}
+
+/// The `content-length` a response declares: one value (repeated values must agree).
+fn declared_length(headers: &[(String, Bytes)]) -> Result<Option<u64>, String> {
+    let mut length = None;
+    for (name, value) in headers {
+        if !name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        for v in String::from_utf8_lossy(value).split(',') {
+            let v = v.trim();
+            let n: u64 = v
+                .parse()
+                .ok()
+                .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| format!("content-length `{v}` is not a length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err("content-length given twice with different values".into());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// A session's response body held to its declared length: extra bytes are dropped (they
+/// would otherwise be read as the next response), and a body that ends short is an error,
+/// which closes the client's connection instead of leaving it waiting.
+struct Limited {
+    inner: Body,
+    left: u64,
+}
+
+impl hyper::body::Body for Limited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => {
+                let short = format!(
+                    "the session's answer ended {} bytes short of its content-length",
+                    self.left
+                );
+                tracing::warn!("{short}; closing the client's connection");
+                return Poll::Ready(Some(Err(short.into())));
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            // Trailers have no place in a body of declared length.
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::new()))));
+        };
+        let n = (data.len() as u64).min(self.left);
+        if n < data.len() as u64 {
+            tracing::warn!(
+                extra = data.len() as u64 - n,
+                "a session's answer was longer than its content-length; the rest is dropped"
+            );
+        }
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(data.slice(..n as usize)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
     }
 }
 
 /// The upstream side of one downstream connection.
 struct Upstream {
     addr: SocketAddr,
+    /// A connection opened before routing began (with what the replica already said on
+    /// it), used first.
+    spare: std::sync::Mutex<Option<Rewind<TcpStream>>>,
     h1: Mutex<Option<client1::SendRequest<Body>>>,
     h2: Mutex<Option<client2::SendRequest<Body>>>,
 }
@@ -238,7 +403,7 @@ impl Upstream {
     async fn send_h1(&self, req: Request<Body>) -> Result<Response<Incoming>, BoxError> {
         let mut guard = self.h1.lock().await;
         if guard.as_ref().is_none_or(|s| s.is_closed()) {
-            let io = TokioIo::new(relay::connect(self.addr).await?);
+            let io = TokioIo::new(self.socket().await?);
             let (sender, conn) = client1::handshake(io).await?;
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
@@ -254,7 +419,7 @@ impl Upstream {
         let mut sender = {
             let mut guard = self.h2.lock().await;
             if guard.as_ref().is_none_or(|s| s.is_closed()) {
-                let io = TokioIo::new(relay::connect(self.addr).await?);
+                let io = TokioIo::new(self.socket().await?);
                 let (sender, conn) = client2::handshake(TokioExecutor::new(), io).await?;
                 tokio::spawn(conn);
                 *guard = Some(sender);
@@ -263,6 +428,16 @@ impl Upstream {
         };
         sender.ready().await?;
         Ok(sender.send_request(req).await?)
+    }
+}
+
+impl Upstream {
+    async fn socket(&self) -> std::io::Result<Rewind<TcpStream>> {
+        let spare = self.spare.lock().expect("spare connection").take();
+        match spare {
+            Some(s) => Ok(s),
+            None => Ok(Rewind::new(Bytes::new(), relay::connect(self.addr).await?)),
+        }
     }
 }
 

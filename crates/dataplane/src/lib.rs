@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod filter;
+pub mod gate;
+pub mod h1;
 pub mod handoff;
 pub mod http;
 pub mod listener;
@@ -23,5 +25,5 @@ pub mod tee;
 
 pub use filter::{FilterError, FilterLimits, HttpFilter};
 pub use handoff::{Body, BoxError, Handoff, Io, StolenResponse, SubscriberTx};
-pub use listener::{Endpoint, PortPlane};
+pub use listener::{Endpoint, InterceptorLimits, PortPlane};
 pub use routes::{PortRoutes, RouteTable, Subscriber};

@@ -1,11 +1,20 @@
 //! One port of a target: the listener, its replicas (endpoints), and the choice of path for
 //! each accepted connection.
+//!
+//! With no session on the port, a connection is relayed to a replica as bytes, its HTTP/1
+//! requests followed so it can switch to per-request routing when a session arrives
+//! ([`relay`]). With a filter (or a filtered mirror) active, the first bytes are read
+//! first ([`sniff`]): HTTP goes to per-request routing ([`http`]), anything else is
+//! relayed. An unfiltered steal takes new connections whole. HTTP/2 is always routed per
+//! request. Connections per port are capped, so that however many clients connect, the
+//! operator keeps descriptors for its API and metrics.
 
-use crate::http;
-use crate::relay;
+use crate::gate::HeadGate;
+use crate::http::{self, HttpCtx};
+use crate::relay::{self, Ended, Track, Watch};
 use crate::rewind::Rewind;
-use crate::routes::RouteTable;
-use crate::sniff::{self, Protocol};
+use crate::routes::{PortRoutes, RouteTable};
+use crate::sniff::{self, Detected, Protocol};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use mirrord_telemetry::metrics::BypassCounter;
@@ -13,12 +22,35 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
-/// How long a client has to send its first bytes before the connection is taken as not
-/// HTTP (only when a filter makes parsing necessary).
-const SNIFF_WAIT: Duration = Duration::from_millis(500);
+/// Connections the kernel queues for a port while it is at its connection cap.
+const BACKLOG: u32 = 1024;
+
+/// How an interceptor treats its clients; from the operator's `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct InterceptorLimits {
+    /// How long a client has for a request head (from the moment the interceptor waits
+    /// for one) when requests are routed one by one; 408 after that.
+    pub header_read_timeout: Duration,
+    /// How long a stolen request waits for the developer's answer to begin; 504 after.
+    pub response_timeout: Duration,
+    /// Connections one port serves at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for InterceptorLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
 
 /// A replica traffic can go to (an original or a copy).
 pub struct Endpoint {
@@ -35,6 +67,8 @@ pub struct PortPlane {
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
     bypass: BypassCounter,
+    settings: InterceptorLimits,
+    connections: Arc<Semaphore>,
 }
 
 impl PortPlane {
@@ -44,8 +78,16 @@ impl PortPlane {
         listen: SocketAddr,
         bypass: BypassCounter,
         routes: Arc<RouteTable>,
+        settings: InterceptorLimits,
     ) -> std::io::Result<(Arc<Self>, TcpListener)> {
-        let listener = TcpListener::bind(listen).await?;
+        let socket = match listen {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(listen)?;
+        // Clients beyond the connection cap wait here.
+        let listener = socket.listen(BACKLOG)?;
         let plane = Arc::new(Self {
             port,
             listen: listener.local_addr()?,
@@ -53,6 +95,8 @@ impl PortPlane {
             endpoints: ArcSwap::default(),
             next: AtomicUsize::new(0),
             bypass,
+            settings,
+            connections: Arc::new(Semaphore::new(settings.max_connections.max(1))),
         });
         Ok((plane, listener))
     }
@@ -60,10 +104,30 @@ impl PortPlane {
     pub fn spawn(self: &Arc<Self>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
         let plane = Arc::clone(self);
         tokio::spawn(async move {
+            let mut last_warning: Option<std::time::Instant> = None;
             loop {
+                // A permit first: at the cap, clients wait in the backlog rather than take
+                // descriptors the API needs.
+                let permit = match Arc::clone(&plane.connections).try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            last_warning = Some(std::time::Instant::now());
+                            tracing::warn!(port = plane.port, max = plane.settings.max_connections, "interceptor connection limit reached; new connections wait (limits.max_connections_per_port)");
+                        }
+                        match Arc::clone(&plane.connections).acquire_owned().await {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        }
+                    }
+                };
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        tokio::spawn(serve_connection(Arc::clone(&plane), stream, peer));
+                        let plane = Arc::clone(&plane);
+                        tokio::spawn(async move {
+                            serve_connection(plane, stream, peer).await;
+                            drop(permit);
+                        });
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
@@ -96,64 +160,195 @@ impl PortPlane {
 
 /// Routes one accepted connection to its end.
 pub async fn serve_connection(plane: Arc<PortPlane>, stream: TcpStream, peer: SocketAddr) {
+    let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
     let Some(ep) = plane.pick() else {
         tracing::warn!(port = plane.port, %peer, "no ready replica; closing connection");
         return;
     };
+    let version = plane.routes.version();
     let routes = plane.routes.load();
-    let io = Rewind::new(Bytes::new(), stream);
 
     if let Some(stealer) = &routes.unfiltered_steal {
         // Nothing was read yet: the bare socket is what the session gets.
-        match relay::steal(Box::new(io.inner), peer, plane.port, stealer).await {
+        match relay::steal(Box::new(stream), peer, plane.port, stealer).await {
             Ok(()) => return,
-            Err(back) => return raw(back, peer, &plane, &ep, &routes).await,
+            Err(back) => {
+                let mut back = Rewind::new(Bytes::new(), back);
+                if let Ok(mut up) = relay::connect(ep.upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut back, &mut up).await;
+                }
+                return;
+            }
         }
     }
-
-    if routes.needs_http() {
-        let mut stream = io;
-        let (proto, prefix) = match sniff::detect(&mut stream, SNIFF_WAIT).await {
-            Ok(x) => x,
-            Err(_) => return,
-        };
-        // Nothing was read before sniffing, so the sniffed bytes are the whole prefix.
-        let io = Rewind::new(prefix, stream.inner);
-        if proto != Protocol::Other {
-            let ctx = Arc::new(http::HttpCtx {
-                port: plane.port,
-                routes: Arc::clone(&plane.routes),
-                upstream: ep.upstream,
-                bypass: plane.bypass.clone(),
-            });
-            http::serve(io, proto, ctx).await;
-            return;
-        }
-        return raw(io, peer, &plane, &ep, &routes).await;
-    }
-    raw(io, peer, &plane, &ep, &routes).await
+    let conn = Conn {
+        plane: &plane,
+        upstream: ep.upstream,
+        peer,
+        routes: &routes,
+        version,
+        routed: routes.needs_http(),
+        deadline: accepted + plane.settings.header_read_timeout,
+    };
+    conn.serve(stream).await
 }
 
-async fn raw<IO: AsyncRead + AsyncWrite + Unpin>(
-    io: IO,
+struct Conn<'a> {
+    plane: &'a Arc<PortPlane>,
+    upstream: SocketAddr,
     peer: SocketAddr,
-    plane: &PortPlane,
-    ep: &Endpoint,
-    routes: &crate::routes::PortRoutes,
-) {
-    let mirrors: Vec<_> = routes
+    /// The routes when the connection was accepted, and their version.
+    routes: &'a PortRoutes,
+    version: u64,
+    /// A filter is in force: requests are routed one by one from the start, and a client
+    /// has `header_read_timeout` for its first request head.
+    routed: bool,
+    deadline: Instant,
+}
+
+impl Conn<'_> {
+    async fn serve(self, mut stream: TcpStream) {
+        // The replica connection is opened at once, as a plain proxy would: a server that
+        // speaks first is heard without waiting for the client.
+        let mut up = match relay::connect(self.upstream).await {
+            Ok(up) => Some(up),
+            // Stolen requests can still be served; the rest get a 502 naming the replica.
+            Err(_) if self.routed => None,
+            Err(e) => {
+                return tracing::debug!(port = self.plane.port, upstream = %self.upstream, error = %e, "replica unreachable; closing connection");
+            }
+        };
+        let deadline = self.routed.then_some(self.deadline);
+        let detected = match sniff::detect(&mut stream, up.as_mut(), deadline).await {
+            Ok(d) => d,
+            Err(e) => return self.log_end(&e),
+        };
+        match detected {
+            Detected::Client {
+                protocol: Protocol::Http1,
+                client,
+                server,
+            } => {
+                if self.routed {
+                    // Whatever the server said first is not for an HTTP/1 client.
+                    let up = up.filter(|_| server.is_empty());
+                    self.serve_h1(client, stream, up, self.deadline).await
+                } else if let Some(up) = up {
+                    self.relay(stream, client, up, server).await
+                }
+            }
+            Detected::Client {
+                protocol: Protocol::Http2,
+                client,
+                server,
+            } => {
+                let up = up.map(|u| Rewind::new(server, u));
+                http::serve_h2(Rewind::new(client, stream), self.http(), up).await
+            }
+            Detected::Client { client, server, .. } => self.raw(stream, client, up, server).await,
+            Detected::ServerFirst { server } => self.raw(stream, Bytes::new(), up, server).await,
+            Detected::TimedOut(partial) if !partial.is_empty() => {
+                // A request line still incomplete: the gate answers it as a server would.
+                self.serve_h1(partial, stream, up, self.deadline).await
+            }
+            Detected::TimedOut(_) | Detected::Closed => {
+                let _ = stream.shutdown().await;
+            }
+        }
+    }
+
+    fn http(&self) -> Arc<HttpCtx> {
+        Arc::new(HttpCtx {
+            port: self.plane.port,
+            routes: Arc::clone(&self.plane.routes),
+            upstream: self.upstream,
+            bypass: self.plane.bypass.clone(),
+            settings: self.plane.settings,
+        })
+    }
+
+    async fn serve_h1(
+        &self,
+        prefix: Bytes,
+        stream: TcpStream,
+        up: Option<TcpStream>,
+        first_head: Instant,
+    ) {
+        let timeout = self.plane.settings.header_read_timeout;
+        let gate = HeadGate::new(prefix, stream, timeout, first_head);
+        let up = up.map(|u| Rewind::new(Bytes::new(), u));
+        http::serve_h1(gate, self.http(), up).await
+    }
+
+    /// HTTP/1 with no filter in force: relayed, and routed per request from the first
+    /// request boundary after the routes change.
+    async fn relay(&self, mut stream: TcpStream, client: Bytes, mut up: TcpStream, server: Bytes) {
+        let watch = Watch {
+            table: &self.plane.routes,
+            version: self.version,
+        };
+        let copies =
+            relay::mirror_copies(&unfiltered_mirrors(self.routes), self.peer, self.plane.port);
+        let ended = relay::run(
+            &mut stream,
+            client,
+            &mut up,
+            server,
+            Track::Http1,
+            Some(watch),
+            copies,
+        )
+        .await;
+        match ended {
+            Ok(Ended::Closed) => {}
+            Ok(Ended::Http1 { held, upstream }) => {
+                let first_head = Instant::now() + self.plane.settings.header_read_timeout;
+                self.serve_h1(held, stream, upstream.then_some(up), first_head)
+                    .await
+            }
+            Err(e) => self.log_end(&e),
+        }
+    }
+
+    /// Not HTTP: relayed as bytes (unfiltered mirrors get copies).
+    async fn raw(
+        &self,
+        mut stream: TcpStream,
+        client: Bytes,
+        up: Option<TcpStream>,
+        server: Bytes,
+    ) {
+        let Some(mut up) = up else {
+            return tracing::debug!(port = self.plane.port, upstream = %self.upstream, "replica unreachable; closing connection");
+        };
+        let copies =
+            relay::mirror_copies(&unfiltered_mirrors(self.routes), self.peer, self.plane.port);
+        if let Err(e) = relay::run(
+            &mut stream,
+            client,
+            &mut up,
+            server,
+            Track::Opaque,
+            None,
+            copies,
+        )
+        .await
+        {
+            self.log_end(&e)
+        }
+    }
+
+    fn log_end(&self, e: &std::io::Error) {
+        tracing::debug!(port = self.plane.port, upstream = %self.upstream, error = %e, "connection ended with an error");
+    }
+}
+
+fn unfiltered_mirrors(routes: &PortRoutes) -> Vec<crate::routes::Subscriber> {
+    routes
         .mirrors
         .iter()
         .filter(|(_, f)| f.is_none())
         .map(|(s, _)| s.clone())
-        .collect();
-    let res = if mirrors.is_empty() {
-        relay::pass_through(io, ep.upstream).await
-    } else {
-        relay::tee(io, peer, plane.port, ep.upstream, &mirrors).await
-    };
-    if let Err(e) = res {
-        tracing::debug!(port = plane.port, upstream = %ep.upstream, error = %e, "connection ended with an error");
-    }
+        .collect()
 }

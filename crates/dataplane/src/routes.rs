@@ -6,6 +6,7 @@ use crate::filter::HttpFilter;
 use crate::handoff::SubscriberTx;
 use arc_swap::ArcSwap;
 use mirrord_telemetry::PortCounters;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
@@ -40,6 +41,9 @@ impl PortRoutes {
 #[derive(Default)]
 pub struct RouteTable {
     current: ArcSwap<PortRoutes>,
+    /// Bumped after every change: connections relayed as bytes check it at each request
+    /// boundary (one atomic load) to learn that they should be routed per request.
+    version: AtomicU64,
     /// Serialises writers so read-modify-write never loses an update.
     write: Mutex<()>,
 }
@@ -49,11 +53,18 @@ impl RouteTable {
         self.current.load_full()
     }
 
+    /// Read it before [`RouteTable::load`]: a change in between then shows as a newer
+    /// version later, never as a missed one.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     pub fn update(&self, f: impl FnOnce(&mut PortRoutes)) {
         let _guard = self.write.lock().expect("route writer panicked");
         let mut next = PortRoutes::clone(&self.current.load());
         f(&mut next);
         self.current.store(Arc::new(next));
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Removes every subscription of the session.

@@ -1,13 +1,21 @@
-//! Protocol detection from the first bytes a client sends.
+//! Protocol detection from the first bytes, by the grammar: the HTTP/2 connection preface,
+//! or an HTTP/1 request line (RFC 9112 §3: any token method, leading empty lines allowed),
+//! else something else.
+//!
+//! *How* to detect is decided here; *what to do* with a slow client or a silent one is
+//! the caller's choice ([`detect`] reports it). A connection is never taken as "not HTTP"
+//! because its client is slow: only bytes that break the grammar, or a server that speaks
+//! first, make it so.
 
 use bytes::{Bytes, BytesMut};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const METHODS: &[&[u8]] = &[
-    b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE",
-];
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// A request line this long with no end is handed to the HTTP server, which refuses it
+/// with a status (414) rather than relayed unrouted.
+const MAX_SNIFF: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -16,48 +24,116 @@ pub enum Protocol {
     Other,
 }
 
-fn classify(buf: &[u8]) -> Option<Protocol> {
-    if buf.len() >= H2_PREFACE.len() && buf.starts_with(H2_PREFACE) {
-        return Some(Protocol::Http2);
+/// What the first bytes are, or `None` while they could still be either.
+pub fn classify(buf: &[u8]) -> Option<Protocol> {
+    if buf.is_empty() {
+        return None;
     }
-    let maybe_h2 = H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]);
-    let mut maybe_h1 = false;
-    for m in METHODS {
-        if buf.len() > m.len() {
-            if buf.starts_with(m) && buf[m.len()] == b' ' {
-                return Some(Protocol::Http1);
-            }
-        } else if m.starts_with(buf) {
-            maybe_h1 = true;
-        }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return (n == H2_PREFACE.len()).then_some(Protocol::Http2);
     }
-    if maybe_h2 || maybe_h1 {
-        None
-    } else {
-        Some(Protocol::Other)
+    let mut headers = [httparse::EMPTY_HEADER; 0];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        // The request line is complete (its version parsed): HTTP/1. Too many headers
+        // for our empty array means the same.
+        Ok(_) if req.version.is_some() => Some(Protocol::Http1),
+        Err(httparse::Error::TooManyHeaders) => Some(Protocol::Http1),
+        Ok(_) if buf.len() >= MAX_SNIFF => Some(Protocol::Http1),
+        Ok(_) => None,
+        Err(_) => Some(Protocol::Other),
     }
 }
 
-/// Reads until the protocol is known. Protocols where the server speaks first send
-/// nothing, so after `wait` the connection is treated as not HTTP.
-pub async fn detect<T: AsyncRead + Unpin>(
-    io: &mut T,
-    wait: Duration,
-) -> std::io::Result<(Protocol, Bytes)> {
+/// How [`detect`] ended.
+#[derive(Debug)]
+pub enum Detected {
+    /// The client's bytes (all read so far) are this protocol. `server`: what the server
+    /// said before the client spoke, held back (an HTTP/2 server's SETTINGS: it belongs
+    /// to whoever speaks HTTP/2 to the server next).
+    Client {
+        protocol: Protocol,
+        client: Bytes,
+        server: Bytes,
+    },
+    /// The server spoke first (`server` is what it said), and not as an HTTP/2 server
+    /// does: not HTTP, relayed as it is.
+    ServerFirst { server: Bytes },
+    /// Nothing decisive before the deadline; what the client had sent.
+    TimedOut(Bytes),
+    /// The client closed (or the server did, before anyone said anything).
+    Closed,
+}
+
+/// Reads the client until its protocol is known, the deadline (if any) passes, or the
+/// server (when connected) speaks first.
+pub async fn detect(
+    client: &mut TcpStream,
+    mut server: Option<&mut TcpStream>,
+    deadline: Option<Instant>,
+) -> std::io::Result<Detected> {
     let mut buf = BytesMut::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + wait;
+    let mut from_server = BytesMut::new();
+    // Whether the server's bytes still need a look (nothing decided about them yet).
+    let mut watch_server = server.is_some();
     loop {
-        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Err(_) => return Ok((Protocol::Other, buf.freeze())),
-            Ok(Ok(0)) => return Ok((Protocol::Other, buf.freeze())),
-            Ok(Ok(_)) => {
-                if let Some(p) = classify(&buf) {
-                    return Ok((p, buf.freeze()));
+        // Once the client has spoken, what the server says is its own business.
+        let watching = watch_server && buf.is_empty();
+        let server_read = async {
+            match server.as_deref_mut() {
+                Some(s) if watching => s.read_buf(&mut from_server).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let timeout = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = client.read_buf(&mut buf) => {
+                if r? == 0 {
+                    return Ok(Detected::Closed);
+                }
+                if let Some(protocol) = classify(&buf) {
+                    return Ok(Detected::Client { protocol, client: buf.freeze(), server: from_server.freeze() });
                 }
             }
-            Ok(Err(e)) => return Err(e),
+            r = server_read => match r {
+                Ok(n) if n > 0 => match h2_server_preface(&from_server) {
+                    Some(true) => watch_server = false,
+                    Some(false) => return Ok(Detected::ServerFirst { server: from_server.freeze() }),
+                    None => {}
+                },
+                // The server closed (or failed) before the client said anything.
+                _ => return Ok(Detected::Closed),
+            },
+            _ = timeout => return Ok(Detected::TimedOut(buf.freeze())),
         }
     }
+}
+
+/// Whether a server's first bytes are the start of an HTTP/2 server preface (a SETTINGS
+/// frame: type 4, no flags, stream 0); `None` while too few bytes have arrived to tell.
+pub fn h2_server_preface(bytes: &[u8]) -> Option<bool> {
+    let header = [
+        (3, 0x04u8), // type: SETTINGS
+        (4, 0x00),   // flags: not an ACK
+        (5, 0x00),   // stream 0
+        (6, 0x00),
+        (7, 0x00),
+        (8, 0x00),
+    ];
+    for (at, want) in header {
+        match bytes.get(at) {
+            Some(b) if *b != want => return Some(false),
+            Some(_) => {}
+            None => return None,
+        }
+    }
+    Some(true)
 }
 
 #[cfg(test)]
@@ -65,15 +141,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classifies_first_bytes() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
-        assert_eq!(classify(b"GE"), None);
+    fn classifies_by_the_grammar() {
+        use Protocol::*;
+        for (bytes, want) in [
+            (&b"GET / HTTP/1.1\r\n"[..], Some(Http1)),
+            (b"PURGE /cache HTTP/1.1\r\n", Some(Http1)),
+            (b"PROPFIND /dav HTTP/1.1\n", Some(Http1)),
+            (b"\r\n\r\nGET / HTTP/1.1\r\n", Some(Http1)),
+            (b"M-SEARCH * HTTP/1.1\r\n", Some(Http1)),
+            (b"GE", None),
+            (b"\r\n", None),
+            (b"GET /slow", None),
+            (b"GET / HTTP/1.", None),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Http2)),
+            (b"PRI * HT", None),
+            (b"\x16\x03\x01\x02\x00", Some(Other)),
+            (b"SSH-2.0-OpenSSH_9.6\r\n", Some(Other)),
+            (b"GET / FTP/1.1\r\n", Some(Other)),
+            (b"SET k v\r\n", Some(Other)),
+            (b"*1\r\n$4\r\nPING\r\n", Some(Other)),
+        ] {
+            assert_eq!(
+                classify(bytes),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // A request line too long to wait for is still HTTP: the server refuses it.
+        let long = format!("GET /{}", "a".repeat(MAX_SNIFF));
+        assert_eq!(classify(long.as_bytes()), Some(Http1));
+    }
+
+    #[test]
+    fn knows_an_http2_server_preface_from_a_greeting() {
+        let settings = [0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 200];
+        assert_eq!(h2_server_preface(&settings), Some(true));
+        assert_eq!(h2_server_preface(&settings[..5]), None);
         assert_eq!(
-            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Some(Protocol::Http2)
+            h2_server_preface(b"220 smtp.example ESMTP\r\n"),
+            Some(false)
         );
-        assert_eq!(classify(b"PRI * HT"), None);
-        assert_eq!(classify(b"\x16\x03\x01"), Some(Protocol::Other));
-        assert_eq!(classify(b"GETX"), Some(Protocol::Other));
+        // MySQL's handshake: length, sequence 0, protocol 10.
+        assert_eq!(h2_server_preface(&[74, 0, 0, 0, 10, b'8']), Some(false));
     }
 }

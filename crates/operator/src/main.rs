@@ -4,6 +4,7 @@
 
 mod certs;
 mod demo;
+mod fdlimit;
 mod license;
 mod serve;
 

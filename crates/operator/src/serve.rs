@@ -8,6 +8,7 @@ use mirrord_controlplane::local::LocalBackend;
 use mirrord_controlplane::operator::Parts;
 use mirrord_controlplane::policy::Policies;
 use mirrord_controlplane::{api, Operator};
+use mirrord_dataplane::InterceptorLimits;
 use mirrord_identity::CertificateAuthority;
 use mirrord_license::{Licensing, PublicKey};
 use mirrord_telemetry::{logs, metrics, Telemetry};
@@ -78,6 +79,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config,
     } = settings(&args).map_err(fail(exit::CONFIG))?;
     let _log_guard = logs::init(json);
+    let nofile = crate::fdlimit::raise();
+    let ports: usize = config.targets.iter().map(|t| t.ports.len()).sum();
+    let interception = InterceptorLimits {
+        header_read_timeout: config.limits.header_read_timeout,
+        response_timeout: config.limits.stolen_response_timeout,
+        max_connections: config
+            .limits
+            .max_connections_per_port
+            .unwrap_or_else(|| crate::fdlimit::per_port(nofile, ports)),
+    };
+    tracing::info!(
+        open_files = nofile,
+        connections_per_port = interception.max_connections,
+        "interceptor limits"
+    );
 
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -94,7 +110,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
                 tokio::spawn(metrics::serve_on(telemetry.metrics().clone(), listener));
             }
-            let backend = LocalBackend::start(&config.targets, &telemetry, &args.state_dir).await?;
+            let backend =
+                LocalBackend::start(&config.targets, &telemetry, &args.state_dir, interception)
+                    .await?;
             let listener = tokio::net::TcpListener::bind(config.api.listen)
                 .await
                 .with_context(|| format!("API cannot listen on {}", config.api.listen))?;

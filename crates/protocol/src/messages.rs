@@ -33,6 +33,11 @@ pub enum ClientMessage {
     },
     /// More of a response body; `end` marks its last frame.
     HttpBody { req: u64, data: Bytes, end: bool },
+    /// The response body ends with these trailers (HTTP/2, gRPC's status).
+    HttpTrailers {
+        req: u64,
+        trailers: Vec<(String, Bytes)>,
+    },
     /// The stolen request could not be delivered locally; the operator answers 502.
     HttpFailed { req: u64, reason: String },
     /// The developer is leaving (Ctrl-C): end the session now.
@@ -158,6 +163,11 @@ pub enum ServerMessage {
         req: u64,
         data: Bytes,
         end: bool,
+    },
+    /// The stolen request's body ends with these trailers.
+    HttpTrailers {
+        req: u64,
+        trailers: Vec<(String, Bytes)>,
     },
     /// After a 101 answer to a stolen request, `conn == req` carries raw bytes both ways.
     Upgraded {

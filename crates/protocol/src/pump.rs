@@ -93,8 +93,13 @@ pub struct ConnFrames<M> {
 
 /// Relays connection `conn`: bytes arriving on `rx` are written to `io`; bytes read from
 /// `io` go out as `data` frames when `answer` is set (a mirror's answers are dropped).
-/// Ends when `io` closes (sending `close`), when the peer closes and nothing more is
-/// expected, or when `stop` completes (no `close`: the whole session is going away).
+///
+/// `close` means "this side is done sending", like a TCP FIN: when `io` reaches its end,
+/// `close` is sent and what the peer still sends keeps being written to `io` (a client
+/// that sends its request and shuts its side still gets the answer); when the peer's
+/// close arrives (its inbox ends), `io`'s write side is shut. The relay ends once both
+/// sides are done, when `io` fails, or when `stop` completes (no `close`: the whole
+/// session is going away).
 pub async fn relay<IO, M>(
     conn: u64,
     mut io: IO,
@@ -109,6 +114,7 @@ pub async fn relay<IO, M>(
     tokio::pin!(stop);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut peer_open = true;
+    let mut io_open = true;
     // Once the peer is done with a connection whose answers nobody wants (a mirror copy),
     // the local process still gets to read and answer what it was sent, up to this long.
     let linger = tokio::time::sleep(MIRROR_LINGER);
@@ -116,7 +122,16 @@ pub async fn relay<IO, M>(
     loop {
         buf.reserve(16 * 1024);
         tokio::select! {
-            r = io.read_buf(&mut buf) => match r {
+            r = io.read_buf(&mut buf), if io_open => match r {
+                Ok(0) if answer => {
+                    io_open = false;
+                    if out.send((frames.close)(conn)).await.is_err() {
+                        return;
+                    }
+                    if !peer_open {
+                        return;
+                    }
+                }
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     let data = buf.split().freeze();
@@ -135,6 +150,9 @@ pub async fn relay<IO, M>(
                     if answer {
                         // The peer half-closed: pass it on, keep relaying the answers.
                         let _ = io.shutdown().await;
+                        if !io_open {
+                            return;
+                        }
                     } else {
                         // A copy: stay open like the original client did while it waited
                         // for its answer (many servers drop a request that arrives with

@@ -8,7 +8,7 @@ mod replica;
 use crate::backend::{BackendError, Target, TargetBackend, TargetCopy};
 use crate::config::TargetSpec;
 use futures::future::BoxFuture;
-use mirrord_dataplane::{Endpoint, PortPlane, RouteTable};
+use mirrord_dataplane::{Endpoint, InterceptorLimits, PortPlane, RouteTable};
 use mirrord_protocol::TargetRef;
 use mirrord_telemetry::Telemetry;
 use replica::{Replica, ReplicaDir};
@@ -27,6 +27,7 @@ impl LocalBackend {
         specs: &[TargetSpec],
         telemetry: &Telemetry,
         state_dir: &Path,
+        interception: InterceptorLimits,
     ) -> std::io::Result<Self> {
         let replicas = ReplicaDir::open(state_dir)?;
         let reaped = replicas.reap_orphans();
@@ -38,7 +39,9 @@ impl LocalBackend {
         }
         let mut targets = Vec::new();
         for spec in specs {
-            targets.push(LocalTarget::start(spec.clone(), telemetry, replicas.clone()).await?);
+            targets.push(
+                LocalTarget::start(spec.clone(), telemetry, replicas.clone(), interception).await?,
+            );
         }
         Ok(Self { targets })
     }
@@ -100,6 +103,7 @@ impl LocalTarget {
         spec: TargetSpec,
         telemetry: &Telemetry,
         replicas: ReplicaDir,
+        interception: InterceptorLimits,
     ) -> std::io::Result<Arc<Self>> {
         let reference = TargetRef {
             kind: spec.kind.clone(),
@@ -113,18 +117,20 @@ impl LocalTarget {
                 telemetry
                     .metrics()
                     .bypass_counter(&spec.namespace, &reference.to_string(), p.port);
-            let (plane, l) = PortPlane::bind(p.port, *p.listen.get_ref(), bypass, Arc::default())
-                .await
-                .map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "cannot listen on {} for port {} of {reference}: {e}",
-                            p.listen.get_ref(),
-                            p.port
-                        ),
-                    )
-                })?;
+            let routes = Arc::default();
+            let (plane, l) =
+                PortPlane::bind(p.port, *p.listen.get_ref(), bypass, routes, interception)
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "cannot listen on {} for port {} of {reference}: {e}",
+                                p.listen.get_ref(),
+                                p.port
+                            ),
+                        )
+                    })?;
             planes.push(plane);
             listeners.push(l);
         }
