@@ -85,12 +85,19 @@ pub async fn run(
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
 
+    // After Ctrl-C: the operator stops routing to this session at once, and its answers
+    // to requests already here still go back; it says when it is done (or this runs out).
+    let mut leaving: Option<&str> = None;
+    let drain = tokio::time::sleep(std::time::Duration::from_secs(86_400 * 365));
+    tokio::pin!(drain);
     let code = loop {
-        tokio::select! {
-            _ = int.recv() => break leave(&out, "interrupted").await,
-            _ = term.recv() => break leave(&out, "terminated").await,
+        let signal = tokio::select! {
+            _ = int.recv() => Some("interrupted"),
+            _ = term.recv() => Some("terminated"),
+            _ = &mut drain, if leaving.is_some() => break 0,
             frame = inbound.next() => {
                 let msg = match frame {
+                    None if leaving.is_some() => break 0,
                     None => {
                         eprintln!("mirrordctl: connection to the operator lost; session {} is over", opened.session_id);
                         break 1;
@@ -143,6 +150,7 @@ pub async fn run(
                     ServerMessage::PortLost { port, reason } => {
                         eprintln!("mirrordctl: port {port} is no longer stolen: {reason}");
                     }
+                    ServerMessage::SessionEnded { .. } if leaving.is_some() => break 0,
                     ServerMessage::SessionEnded { reason } => {
                         eprintln!("mirrordctl: session {} ended by the operator: {reason}", opened.session_id);
                         break 1;
@@ -152,17 +160,30 @@ pub async fn run(
                     }
                     other => tracing::debug!(?other, "ignored message"),
                 }
+                None
             }
+        };
+        if let Some(why) = signal {
+            if leaving.is_some() {
+                // Asked twice: leave now.
+                break 0;
+            }
+            leaving = Some(why);
+            let _ = out.send(ClientMessage::EndSession).await;
+            drain
+                .as_mut()
+                .reset(tokio::time::Instant::now() + LEAVE_WAIT);
         }
     };
+    if let Some(why) = leaving {
+        eprintln!("mirrordctl: {why}; session ended");
+    }
     drop(conns);
     drop(out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     Ok(code)
 }
 
-async fn leave(out: &mpsc::Sender<ClientMessage>, why: &str) -> u8 {
-    let _ = out.send(ClientMessage::EndSession).await;
-    eprintln!("mirrordctl: {why}; session ended");
-    0
-}
+/// How long the CLI waits, after asking to leave, for the operator to finish the session
+/// (it first lets requests in flight be answered).
+const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -29,6 +29,9 @@ use tokio_util::task::TaskTracker;
 
 /// How long a session's last words to its client may take before it is closed anyway.
 const LAST_WORDS: Duration = Duration::from_secs(1);
+/// How long an ending session (its routes already gone) keeps carrying the answers to
+/// requests the developer already has, so that a route change fails none of them.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// What the reader and the forwarder both touch: connections and requests in flight.
 #[derive(Default)]
@@ -200,12 +203,35 @@ impl Actor {
     }
 
     /// Tells the client why its session ends (briefly: it may not be reading), then ends it.
+    /// Its routes are gone already; stolen requests it still owes answers to get them
+    /// first (up to [`DRAIN`]).
     async fn say_last(&self, reason: String) {
+        self.drain().await;
         let msg = ServerMessage::SessionEnded {
             reason: reason.clone(),
         };
         let _ = tokio::time::timeout(LAST_WORDS, self.out.send(msg)).await;
         self.end(reason);
+    }
+
+    /// Waits until no stolen request awaits its answer and no answer is still streaming.
+    async fn drain(&self) {
+        let until = tokio::time::Instant::now() + DRAIN;
+        loop {
+            let busy = {
+                let mut d = self.demux.lock().expect("demux lock");
+                // Requests whose client gave up (504, closed) are owed nothing.
+                d.pending.retain(|_, respond| !respond.is_closed());
+                !d.pending.is_empty() || !d.bodies.is_empty()
+            };
+            if !busy || tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+        }
     }
 
     // ------------------------------------------------------------------ reader
@@ -234,7 +260,12 @@ impl Actor {
             };
             self.touch();
             if let ClientMessage::EndSession = msg {
-                return self.end("client ended the session");
+                // The routes go now; the watchdog lets answers in flight finish, then
+                // says goodbye. This reader keeps carrying them meanwhile.
+                self.op
+                    .sessions
+                    .end(self.entry.id, "client ended the session");
+                continue;
             }
             self.handle(msg);
         }
