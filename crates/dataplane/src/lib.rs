@@ -1,11 +1,14 @@
 //! The data plane: one interceptor per target port, in front of the target's replicas.
 //!
 //! The path of a connection, one module each:
-//! [`listener`] accepts and picks a replica -> [`sniff`] detects HTTP/1, HTTP/2 or other ->
-//! [`relay`] (raw: pass through, hand the whole connection to a stealer, or tee copies to
-//! mirrors) or [`http`] (per-request routing: filtered steal, mirror copies, pass through).
-//! What each port does is a [`routes::PortRoutes`] snapshot the control plane swaps in;
-//! the data plane never decides *who* may steal, only applies what it is given.
+//! [`listener`] accepts (under a per-port cap) and picks a replica -> [`sniff`] detects
+//! HTTP/1, HTTP/2 or other by the grammar -> [`relay`] (bytes: pass through, with the HTTP/1
+//! requests followed by [`h1`] so the connection can switch to per-request routing when the
+//! routes change; a whole connection to a stealer; copies teed to mirrors) or [`http`]
+//! (per-request routing: filtered steal, mirror copies, pass through; [`gate`] keeps the
+//! header read timeout in front of it). What each port does is a [`routes::PortRoutes`]
+//! snapshot the control plane swaps in; the data plane never decides *who* may steal, only
+//! applies what it is given.
 //!
 //! How traffic reached the listener does not matter here: a transparent (iptables)
 //! front end would hand the same accepted sockets to [`listener::serve_connection`].
