@@ -60,7 +60,10 @@ impl HttpServer {
                     let svc = hyper::service::service_fn(move |req| {
                         handle(name, behaviour, hits.clone(), req)
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    // A client that sends its request and shuts its side gets its answer.
+                    b.http1().half_close(true);
+                    let _ = b
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });

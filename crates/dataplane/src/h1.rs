@@ -126,25 +126,14 @@ impl Framer {
                 None => (data.len(), None),
             },
             State::Head(buf) => {
-                let from = buf.len().saturating_sub(2);
-                buf.extend_from_slice(data);
-                match head_end(&buf[from..]) {
+                // The whole head in this read (the usual case) is parsed where it lies.
+                let fast = if buf.is_empty() { head_end(data) } else { None };
+                match fast {
                     Some(end) => {
-                        let end = from + end;
-                        let used = data.len() - (buf.len() - end);
-                        buf.truncate(end);
-                        let head = std::mem::take(buf);
-                        let ev = match self.role {
-                            Role::Request => Some(self.request_head(&head)),
-                            Role::Response => self.response_head(&head, request),
-                        };
-                        (used, ev)
+                        let ev = self.head(&data[..end], request);
+                        (end, ev)
                     }
-                    None if buf.len() > MAX_HEAD || !plausible(self.role, buf) => {
-                        self.state = State::Opaque;
-                        (data.len(), Some(Event::Opaque))
-                    }
-                    None => (data.len(), None),
+                    None => self.head_more(data, request),
                 }
             }
             State::Length(left) => {
@@ -157,6 +146,36 @@ impl Framer {
                 }
             }
             State::Chunked(_) => self.chunked(data),
+        }
+    }
+
+    /// More of a head that did not come in one piece: collected until it is complete.
+    fn head_more(&mut self, data: &[u8], request: Option<RequestInfo>) -> (usize, Option<Event>) {
+        let State::Head(buf) = &mut self.state else {
+            unreachable!("called in the head state")
+        };
+        let from = buf.len().saturating_sub(2);
+        buf.extend_from_slice(data);
+        match head_end(&buf[from..]) {
+            Some(end) => {
+                let end = from + end;
+                let used = data.len() - (buf.len() - end);
+                buf.truncate(end);
+                let head = std::mem::take(buf);
+                let ev = self.head(&head, request);
+                (used, ev)
+            }
+            None if buf.len() > MAX_HEAD || !plausible(self.role, buf) => {
+                (data.len(), Some(self.opaque_event()))
+            }
+            None => (data.len(), None),
+        }
+    }
+
+    fn head(&mut self, head: &[u8], request: Option<RequestInfo>) -> Option<Event> {
+        match self.role {
+            Role::Request => Some(self.request_head(head)),
+            Role::Response => self.response_head(head, request),
         }
     }
 

@@ -161,7 +161,7 @@ pub async fn run(
     let requests = Requests {
         from: cr,
         to: uw,
-        buf: BytesMut::from(&client_prefix[..]),
+        buf: BytesMut::from(client_prefix),
         watch,
         copies,
         shared: &shared,
@@ -169,7 +169,7 @@ pub async fn run(
     };
     let (end, upstream) = tokio::try_join!(
         requests.run(track),
-        responses(ur, cw, BytesMut::from(&up_prefix[..]), &shared, &stop)
+        responses(ur, cw, BytesMut::from(up_prefix), &shared, &stop)
     )?;
     Ok(match end {
         RequestsEnd::Eof => Ended::Closed,

@@ -74,6 +74,21 @@ pub async fn detect(
     deadline: Option<Instant>,
 ) -> std::io::Result<Detected> {
     let mut buf = BytesMut::with_capacity(1024);
+    // Most clients have sent their first request by the time it is accepted: no waiting.
+    match client.try_read_buf(&mut buf) {
+        Ok(0) => return Ok(Detected::Closed),
+        Ok(_) => {
+            if let Some(protocol) = classify(&buf) {
+                return Ok(Detected::Client {
+                    protocol,
+                    client: buf.freeze(),
+                    server: Bytes::new(),
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
     let mut from_server = BytesMut::new();
     // Whether the server's bytes still need a look (nothing decided about them yet).
     let mut watch_server = server.is_some();
