@@ -257,7 +257,7 @@ mod tests {
         // Short to write, huge compiled: counted repetitions of a Unicode class.
         let e = HttpFilter::compile_limited(&spec(&[r"\w{1000}"], &[], &[], false), &limits)
             .unwrap_err();
-        assert!(matches!(e, FilterError::Regex { .. }), "{e}");
+        assert!(matches!(e, FilterError::TooLarge(_)), "{e}");
         assert!(
             HttpFilter::compile_limited(&spec(&["^x-user: a$"], &[], &[], false), &limits).is_ok()
         );
