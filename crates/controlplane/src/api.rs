@@ -36,7 +36,6 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub type Transport =
     Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec<ClientMessage, ServerMessage>>;
-pub type Inbound = futures::stream::SplitStream<Transport>;
 
 pub async fn serve(op: Arc<Operator>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
@@ -128,7 +127,7 @@ async fn handle(
         ClientMessage::Kill(k) => kill(&op, k, &client),
         other => error(
             ErrorCode::BadRequest,
-            format!("expected OpenSession, Status or Kill, got {}", kind(&other)),
+            format!("expected OpenSession, Status or Kill, got {}", other.kind()),
         ),
     };
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, framed.send(reply)).await;
@@ -147,7 +146,7 @@ async fn hello(
         Ok(other) => {
             return Err(Some(ErrorReply {
                 code: ErrorCode::BadRequest,
-                message: format!("expected Hello first, got {}", kind(&other)),
+                message: format!("expected Hello first, got {}", other.kind()),
             }))
         }
         Err(e) => return Err(reject_frame(peer, &e)),
@@ -317,23 +316,6 @@ fn reject_frame(peer: &SocketAddr, e: &NextError) -> Option<ErrorReply> {
 
 pub(crate) fn error(code: ErrorCode, message: String) -> ServerMessage {
     ServerMessage::Error(ErrorReply { code, message })
-}
-
-pub(crate) fn kind(m: &ClientMessage) -> &'static str {
-    match m {
-        ClientMessage::Hello(_) => "Hello",
-        ClientMessage::OpenSession(_) => "OpenSession",
-        ClientMessage::Status => "Status",
-        ClientMessage::Kill(_) => "Kill",
-        ClientMessage::Pong { .. } => "Pong",
-        ClientMessage::ConnData { .. } => "ConnData",
-        ClientMessage::ConnClose { .. } => "ConnClose",
-        ClientMessage::HttpResponse { .. } => "HttpResponse",
-        ClientMessage::HttpBody { .. } => "HttpBody",
-        ClientMessage::HttpTrailers { .. } => "HttpTrailers",
-        ClientMessage::HttpFailed { .. } => "HttpFailed",
-        ClientMessage::EndSession => "EndSession",
-    }
 }
 
 #[cfg(test)]

@@ -20,5 +20,7 @@ pub mod policy;
 pub mod refusal;
 pub mod session;
 pub mod sessions;
+#[cfg(test)]
+mod testing;
 
 pub use operator::Operator;

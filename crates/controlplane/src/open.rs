@@ -220,3 +220,100 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Target;
+    use crate::config::{Limits, SessionConfig};
+    use crate::testing::{client, operator, request};
+    use mirrord_protocol::ErrorCode;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn a_refused_session_changes_nothing() {
+        let limits = Limits {
+            max_sessions_per_client: 1,
+            ..Limits::default()
+        };
+        let (op, api) = operator(SessionConfig::default(), limits);
+        let held = open(
+            &op,
+            request(&[(80, PortMode::Steal, None)]),
+            client("alice"),
+        )
+        .await
+        .unwrap();
+        let routes = |port| api.routes(port).unwrap().load();
+        let holder = || routes(80).unfiltered_steal.as_ref().map(|s| s.session_id);
+        assert_eq!(holder(), Some(held.entry.id.0));
+
+        let copy = |mut r: SessionRequest| {
+            r.copy_target = true;
+            r.scale_down = true;
+            r
+        };
+        // Refused by the lock, by a bad filter, by the per-client limit: each with a copy
+        // and a scale down asked for; none may touch anything.
+        let cases = [
+            (
+                copy(request(&[(80, PortMode::Steal, None)])),
+                "bob",
+                ErrorCode::PortConflict,
+            ),
+            (
+                copy(request(&[(81, PortMode::Steal, Some("("))])),
+                "bob",
+                ErrorCode::InvalidFilter,
+            ),
+            (
+                copy(request(&[(81, PortMode::Steal, None)])),
+                "alice",
+                ErrorCode::Limit,
+            ),
+            (
+                copy(request(&[(82, PortMode::Steal, None)])),
+                "bob",
+                ErrorCode::UnknownPort,
+            ),
+        ];
+        for (req, who, code) in cases {
+            let e = open(&op, req, client(who)).await.err().unwrap();
+            assert_eq!(e.code, code, "{e}");
+            assert_eq!(api.copies.load(Ordering::SeqCst), 0, "{e}");
+            assert_eq!(holder(), Some(held.entry.id.0), "{e}");
+            assert!(routes(81).is_empty(), "{e}");
+            assert_eq!(op.sessions.list().len(), 1, "{e}");
+        }
+        assert_eq!(op.locks.snapshot().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ending_a_session_frees_its_ports_then_its_copy() {
+        let (op, api) = operator(SessionConfig::default(), Limits::default());
+        let mut req = request(&[
+            (80, PortMode::Steal, Some("x: y")),
+            (81, PortMode::Mirror, None),
+        ]);
+        req.copy_target = true;
+        let opened = open(&op, req, client("alice")).await.unwrap();
+        assert_eq!(api.copies.load(Ordering::SeqCst), 1);
+        assert_eq!(api.routes(80).unwrap().load().filtered_steals.len(), 1);
+        assert_eq!(api.routes(81).unwrap().load().mirrors.len(), 1);
+        assert_eq!(op.status().copies.len(), 1);
+        assert!(op.sessions.end(opened.entry.id, "test"));
+        assert!(!op.sessions.end(opened.entry.id, "again"));
+        assert_eq!(api.copies.load(Ordering::SeqCst), 0);
+        assert!(api.routes(80).unwrap().load().is_empty());
+        assert!(api.routes(81).unwrap().load().is_empty());
+        assert!(op.locks.snapshot().is_empty());
+        // The client's slot came back with it.
+        open(
+            &op,
+            request(&[(80, PortMode::Steal, None)]),
+            client("alice"),
+        )
+        .await
+        .unwrap();
+    }
+}

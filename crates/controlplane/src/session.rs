@@ -9,7 +9,6 @@
 //! is queued for it. Every task the session starts (one per carried connection) is in
 //! its [`TaskTracker`] and stops with it.
 
-use crate::api::{kind, Inbound};
 use crate::open::Opened;
 use crate::operator::Operator;
 use crate::sessions::{Control, SessionEntry};
@@ -22,8 +21,10 @@ use mirrord_telemetry::Event;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock: the same as std's in production, and driven by paused time in tests.
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,10 +57,20 @@ struct Actor {
     demux: Mutex<Demux>,
 }
 
+/// Frames from the client: the TLS connection's, or anything else that yields them.
+pub trait Inbound:
+    futures::Stream<Item = Result<ClientMessage, FrameError>> + Send + Unpin + 'static
+{
+}
+impl<T> Inbound for T where
+    T: futures::Stream<Item = Result<ClientMessage, FrameError>> + Send + Unpin + 'static
+{
+}
+
 pub async fn run(
     op: Arc<Operator>,
     opened: Opened,
-    inbound: Inbound,
+    inbound: impl Inbound,
     out: mpsc::Sender<ServerMessage>,
 ) {
     let Opened {
@@ -143,7 +154,7 @@ impl Actor {
         let cfg = &self.op.cfg;
         let mut tick = tokio::time::interval(cfg.ping_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let deadline = self.entry.deadline.map(tokio::time::Instant::from_std);
+        let deadline = self.entry.deadline.map(Instant::from_std);
         let mut unused_since: Option<Instant> = None;
         let mut nonce = 0u64;
         loop {
@@ -236,7 +247,7 @@ impl Actor {
 
     // ------------------------------------------------------------------ reader
 
-    async fn read(self: Arc<Self>, mut inbound: Inbound) {
+    async fn read(self: Arc<Self>, mut inbound: impl Inbound) {
         self.touch();
         loop {
             let frame = tokio::select! {
@@ -316,7 +327,7 @@ impl Actor {
             }
             other => {
                 // Not fatal: the session goes on, the client learns what was wrong.
-                let m = format!("{} is not valid inside a session", kind(&other));
+                let m = format!("{} is not valid inside a session", other.kind());
                 tracing::warn!(session_id = %self.entry.id, "{m}");
                 self.send_soon(ServerMessage::Error(ErrorReply {
                     code: ErrorCode::BadRequest,
@@ -525,5 +536,96 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Target;
+    use crate::config::{Limits, SessionConfig};
+    use crate::testing::{client, operator, request};
+
+    /// A frozen client (reads nothing, sends nothing) whose queue is full and whose
+    /// handoffs are waiting: the watchdog still ends the session at `client_timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn a_frozen_client_is_ended_at_client_timeout_whatever_is_queued() {
+        let cfg = SessionConfig {
+            client_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(1),
+            ..SessionConfig::default()
+        };
+        let (op, api) = operator(cfg, Limits::default());
+        let opened = crate::open::open(
+            &op,
+            request(&[(80, PortMode::Steal, None)]),
+            client("alice"),
+        )
+        .await
+        .unwrap();
+        let id = opened.entry.id;
+        let routes = api.routes(80).unwrap();
+        let sub = routes.load().unfiltered_steal.clone().unwrap();
+        // Nobody reads `out`: it is full after one frame.
+        let (out, _frozen) = mpsc::channel(1);
+        let (_silent, inbound) =
+            futures::channel::mpsc::unbounded::<Result<ClientMessage, FrameError>>();
+        for i in 0..4 {
+            let (io, _peer) = tokio::io::duplex(64);
+            sub.tx
+                .send(Handoff::StolenConnection {
+                    port: 80,
+                    peer: format!("peer-{i}"),
+                    io: Box::new(io),
+                })
+                .await
+                .unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            run(Arc::clone(&op), opened, inbound, out),
+        )
+        .await
+        .expect("the session never ended");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(10) && took <= Duration::from_secs(13),
+            "{took:?}"
+        );
+        assert!(routes.load().is_empty(), "the port was not given back");
+        assert!(op.sessions.get(id).is_none());
+    }
+
+    /// The maximum session time ends a session that is otherwise healthy.
+    #[tokio::test(start_paused = true)]
+    async fn max_session_time_ends_a_healthy_session() {
+        let cfg = SessionConfig {
+            max_session_time: Some(Duration::from_secs(30)),
+            client_timeout: Duration::from_secs(3600),
+            ..SessionConfig::default()
+        };
+        let (op, _api) = operator(cfg, Limits::default());
+        let opened = crate::open::open(
+            &op,
+            request(&[(80, PortMode::Mirror, None)]),
+            client("alice"),
+        )
+        .await
+        .unwrap();
+        let (out, mut rx) = mpsc::channel(64);
+        let (_tx, inbound) =
+            futures::channel::mpsc::unbounded::<Result<ClientMessage, FrameError>>();
+        let started = tokio::time::Instant::now();
+        run(Arc::clone(&op), opened, inbound, out).await;
+        assert!(started.elapsed() >= Duration::from_secs(30));
+        let mut last = None;
+        while let Ok(m) = rx.try_recv() {
+            last = Some(m);
+        }
+        assert!(
+            matches!(&last, Some(ServerMessage::SessionEnded { reason }) if reason == "max session time reached (30s)"),
+            "{last:?}"
+        );
     }
 }

@@ -44,6 +44,26 @@ pub enum ClientMessage {
     EndSession,
 }
 
+impl ClientMessage {
+    /// The message's name, for errors about it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello(_) => "Hello",
+            ClientMessage::OpenSession(_) => "OpenSession",
+            ClientMessage::Status => "Status",
+            ClientMessage::Kill(_) => "Kill",
+            ClientMessage::Pong { .. } => "Pong",
+            ClientMessage::ConnData { .. } => "ConnData",
+            ClientMessage::ConnClose { .. } => "ConnClose",
+            ClientMessage::HttpResponse { .. } => "HttpResponse",
+            ClientMessage::HttpBody { .. } => "HttpBody",
+            ClientMessage::HttpTrailers { .. } => "HttpTrailers",
+            ClientMessage::HttpFailed { .. } => "HttpFailed",
+            ClientMessage::EndSession => "EndSession",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientHello {
     pub protocol_version: u32,
