@@ -6,7 +6,7 @@ use crate::local::{self, LocalHttp, LocalRequest};
 use crate::SessionArgs;
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
-use mirrord_protocol::pump::{conn_channel, ConnInbox};
+use mirrord_protocol::pump::ConnInbox;
 use mirrord_protocol::{
     ClientMessage, ConcurrentSteal, PortMode, PortRequest, ServerMessage, SessionRequest,
 };
@@ -75,8 +75,13 @@ pub async fn run(
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
     let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
     let http = LocalHttp::new();
-    // Per handed-over connection: where its bytes go (never waited on).
+    // Per handed-over connection, and per stolen request the local process upgraded
+    // (101): where its bytes go (never waited on). A plain request has no entry: this map
+    // holds only what the operator can still send bytes for, so it stays as small as the
+    // open connections however many requests a session serves.
     let mut conns: HashMap<u64, ConnInbox> = HashMap::new();
+    // Upgraded requests' inboxes, registered by their tasks before they send the 101.
+    let (upgrades, mut upgraded) = mpsc::unbounded_channel::<(u64, ConnInbox)>();
     // Request bodies still streaming in from the operator, by request.
     let mut bodies: HashMap<u64, mirrord_protocol::body::BodyInbox> = HashMap::new();
     // Registered once, before the loop: a listener created per iteration would miss a
@@ -92,6 +97,13 @@ pub async fn run(
     tokio::pin!(drain);
     let code = loop {
         let signal = tokio::select! {
+            // First: an upgrade registered before its 101 went out must be in `conns`
+            // before any frame that arrived after that 101 is handled.
+            biased;
+            Some((req, inbox)) = upgraded.recv() => {
+                conns.insert(req, inbox);
+                None
+            }
             _ = int.recv() => Some("interrupted"),
             _ = term.recv() => Some("terminated"),
             _ = &mut drain, if leaving.is_some() => break 0,
@@ -125,16 +137,11 @@ pub async fn run(
                     ServerMessage::ConnClose { conn } => { conns.remove(&conn); }
                     ServerMessage::HttpRequest { req, port, mode, head, body, end } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
-                        let (tx, rx) = conn_channel();
-                        if mode == PortMode::Steal {
-                            // Registered now so bytes after a 101 find their way.
-                            conns.insert(req, tx);
-                        }
                         let (body, more) = mirrord_protocol::body::receive(body, end);
                         if let Some(inbox) = more {
                             bodies.insert(req, inbox);
                         }
-                        http.spawn(LocalRequest { req, addr, mode, head: *head, body }, out.clone(), rx);
+                        http.spawn(LocalRequest { req, addr, mode, head: *head, body }, out.clone(), upgrades.clone());
                     }
                     ServerMessage::HttpBody { req, data, end } => {
                         if bodies.get(&req).is_some_and(|b| !b.push(data)) || end {
