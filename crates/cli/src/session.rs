@@ -1,7 +1,8 @@
 //! `steal` / `mirror`: open a session and carry its traffic to the local process until
 //! Ctrl-C, SIGTERM, or the operator ends it.
 
-use crate::connect::connect;
+use crate::connect::{connect, Endpoint};
+use crate::exit::{self, Refused};
 use crate::local::{self, LocalHttp, LocalRequest};
 use crate::SessionArgs;
 use anyhow::Context;
@@ -12,23 +13,23 @@ use mirrord_protocol::{
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use tokio::sync::mpsc;
 
 pub async fn run(
-    creds: &Path,
+    ep: &Endpoint,
     args: SessionArgs,
     mode: PortMode,
     on_concurrent_steal: ConcurrentSteal,
 ) -> anyhow::Result<u8> {
-    let ports: HashMap<u16, SocketAddr> = args.port_map()?.into_iter().collect();
+    let port_map = args.port_map()?;
+    check_local(&port_map).await?;
+    let ports: HashMap<u16, SocketAddr> = port_map.iter().copied().collect();
     let filter = args.filter();
     let target = args.target_ref();
-    let (mut t, welcome) = connect(creds).await?;
+    let (mut t, welcome) = connect(ep).await?;
     t.send(ClientMessage::OpenSession(SessionRequest {
         target: target.clone(),
-        ports: args
-            .port_map()?
+        ports: port_map
             .iter()
             .map(|(p, _)| PortRequest {
                 port: *p,
@@ -43,7 +44,7 @@ pub async fn run(
     .await?;
     let opened = match t.next().await {
         Some(Ok(ServerMessage::SessionOpened(o))) => o,
-        Some(Ok(ServerMessage::Error(e))) => anyhow::bail!("{e}"),
+        Some(Ok(ServerMessage::Error(e))) => return Err(Refused(e).into()),
         Some(Ok(other)) => anyhow::bail!("unexpected answer from the operator: {other:?}"),
         Some(Err(e)) => return Err(e).context("reading the operator's answer"),
         None => anyhow::bail!("the operator closed the connection"),
@@ -92,7 +93,8 @@ pub async fn run(
 
     // After Ctrl-C: the operator stops routing to this session at once, and its answers
     // to requests already here still go back; it says when it is done (or this runs out).
-    let mut leaving: Option<&str> = None;
+    // Why, and the exit code it means.
+    let mut leaving: Option<(&str, u8)> = None;
     let drain = tokio::time::sleep(std::time::Duration::from_secs(86_400 * 365));
     tokio::pin!(drain);
     let code = loop {
@@ -104,19 +106,19 @@ pub async fn run(
                 conns.insert(req, inbox);
                 None
             }
-            _ = int.recv() => Some("interrupted"),
-            _ = term.recv() => Some("terminated"),
-            _ = &mut drain, if leaving.is_some() => break 0,
+            _ = int.recv() => Some(("interrupted", exit::INTERRUPTED)),
+            _ = term.recv() => Some(("terminated", exit::TERMINATED)),
+            _ = &mut drain, if leaving.is_some() => break left(leaving),
             frame = inbound.next() => {
                 let msg = match frame {
-                    None if leaving.is_some() => break 0,
+                    None if leaving.is_some() => break left(leaving),
                     None => {
                         eprintln!("mirrordctl: connection to the operator lost; session {} is over", opened.session_id);
-                        break 1;
+                        break exit::FAILED;
                     }
                     Some(Err(e)) => {
                         eprintln!("mirrordctl: bad frame from the operator: {e}");
-                        break 1;
+                        break exit::FAILED;
                     }
                     Some(Ok(m)) => m,
                 };
@@ -157,10 +159,10 @@ pub async fn run(
                     ServerMessage::PortLost { port, reason } => {
                         eprintln!("mirrordctl: port {port} is no longer stolen: {reason}");
                     }
-                    ServerMessage::SessionEnded { .. } if leaving.is_some() => break 0,
+                    ServerMessage::SessionEnded { .. } if leaving.is_some() => break left(leaving),
                     ServerMessage::SessionEnded { reason } => {
                         eprintln!("mirrordctl: session {} ended by the operator: {reason}", opened.session_id);
-                        break 1;
+                        break exit::FAILED;
                     }
                     ServerMessage::Error(e) => {
                         eprintln!("mirrordctl: operator error: {e}");
@@ -173,7 +175,7 @@ pub async fn run(
         if let Some(why) = signal {
             if leaving.is_some() {
                 // Asked twice: leave now.
-                break 0;
+                break left(leaving);
             }
             leaving = Some(why);
             let _ = out.send(ClientMessage::EndSession).await;
@@ -182,13 +184,37 @@ pub async fn run(
                 .reset(tokio::time::Instant::now() + LEAVE_WAIT);
         }
     };
-    if let Some(why) = leaving {
+    if let Some((why, _)) = leaving {
         eprintln!("mirrordctl: {why}; session ended");
     }
     drop(conns);
     drop(out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     Ok(code)
+}
+
+/// The exit code of a session the user ended.
+fn left(leaving: Option<(&str, u8)>) -> u8 {
+    leaving.map_or(exit::OK, |(_, code)| code)
+}
+
+/// Refuses to start when nothing accepts connections where traffic would go: every
+/// handed-over connection and request would fail, and the developer would only see the
+/// target's clients getting errors.
+async fn check_local(ports: &[(u16, SocketAddr)]) -> anyhow::Result<()> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+    for (port, addr) in ports {
+        let why = match tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", WAIT.as_secs()),
+        };
+        anyhow::bail!(
+            "nothing accepts connections on {addr}, where port {port}'s traffic would go \
+             ({why}): start your local process first, or point --port {port}=... at it"
+        );
+    }
+    Ok(())
 }
 
 /// How long the CLI waits, after asking to leave, for the operator to finish the session
