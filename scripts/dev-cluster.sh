@@ -28,7 +28,7 @@ SERVICE_CIDR=10.96.0.0/16
 API_SERVICE_IP=10.96.0.1
 NODE=mirrord-dev
 SANDBOX_IMAGE=mirrord.dev/pause:1
-PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables conntrack
+PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables conntrack make dpkg-dev
   busybox-static openssl golang-go golang-github-modern-go-reflect2-dev rsync)
 
 say() { echo "dev-cluster: $*" >&2; }
@@ -66,7 +66,11 @@ fetch_source() {
   mkdir -p "$apt/parts" "$apt/cache"; cp "$apt/src.sources" "$apt/parts/src.sources"
   say "fetching Debian's kubernetes source $DEB_VERSION from $uri"
   apt-get "${opts[@]}" update -qq
+  # Unpacked with Debian's patches (security fixes included) into kubernetes-<upstream>.
   (cd "$src" && apt-get "${opts[@]}" source -qq "kubernetes=$DEB_VERSION" >/dev/null)
+  local tree
+  tree=$(find "$src" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -1)
+  [ -n "$tree" ] && mv "$tree" "$src/kubernetes-$K8S_VERSION"
   [ -d "$src/kubernetes-$K8S_VERSION" ] || die "apt-get source did not produce $src/kubernetes-$K8S_VERSION"
 }
 

@@ -1,6 +1,5 @@
 """A small helm-like command line over helm-python-sdk (Helm's Go SDK): see scripts/helm."""
 import argparse
-import json
 import sys
 
 import helm_python as helm
@@ -72,8 +71,10 @@ def main():
     else:
         rel = cfg.upgrade(args.chart, args.release, values, namespace=args.namespace,
                           wait=wait, timeout=args.timeout)
-    print(json.dumps({"name": rel.get("name"), "version": rel.get("version"),
-                      "status": (rel.get("info") or {}).get("status")}))
+    print(f'release "{rel.get("name")}" revision {rel.get("revision")}: {rel.get("status")}'
+          f' (namespace {rel.get("namespace")})')
+    if rel.get("notes"):
+        print(rel["notes"].rstrip())
     return 0
 
 

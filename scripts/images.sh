@@ -5,6 +5,7 @@
 #   scripts/images.sh pause       the pod sandbox image (busybox sleeping)
 #   scripts/images.sh busybox     busybox (httpd, sh, wget, nc) for test targets and clients
 #   scripts/images.sh operator    the operator from this tree's release build
+#                                 (OPERATOR_BIN=path: another build, e.g. the tests' debug one)
 #   scripts/images.sh all         all of the above
 #
 # The operator image holds the release binary and exactly the shared libraries `ldd`
@@ -75,8 +76,8 @@ busybox_image() {
 }
 
 operator() {
-  local bin=$TARGET/release/mirrord-operator root lib
-  [ -x "$bin" ] || die "no $bin: run cargo build --release -p mirrord-operator first"
+  local bin=${OPERATOR_BIN:-$TARGET/release/mirrord-operator} root lib
+  [ -x "$bin" ] || die "no $bin: run cargo build --release -p mirrord-operator first (or set OPERATOR_BIN)"
   root=$(mktemp -d)
   mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp"
   # Debug info stays on the build machine (the release profile keeps it for profiling).
