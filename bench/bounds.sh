@@ -10,6 +10,7 @@ source "$(dirname "$0")/lib.sh"
 CTL="$BIN/mirrordctl"
 
 API=$(free_port); LISTEN=$(free_port); UP=$(free_port); DEV=$(free_port)
+# DEV: the local process of every session (mirrordctl refuses to start when nothing listens).
 python3 -m http.server --bind 127.0.0.1 "$UP" > /dev/null 2>&1 & PIDS+=($!)
 python3 -m http.server --bind 127.0.0.1 "$DEV" > /dev/null 2>&1 & PIDS+=($!)
 wait_port "$UP"; wait_port "$DEV"
@@ -40,7 +41,7 @@ status_ms() {
 
 # The largest N for which `\w{N}` is admitted (binary search against the operator).
 admitted() {
-  timeout 5 "$CTL" --credentials "$WORK/heavy" mirror --target api --port "80=127.0.0.1:9" --header "\\w{$1}" > "$WORK/probe.out" 2>&1 &
+  timeout 5 "$CTL" --credentials "$WORK/heavy" mirror --target api --port "80=127.0.0.1:$DEV" --header "\\w{$1}" > "$WORK/probe.out" 2>&1 &
   local p=$!
   for _ in $(seq 50); do
     grep -q '^session ' "$WORK/probe.out" && { kill -INT $p; wait $p 2>/dev/null; return 0; }
@@ -60,7 +61,7 @@ for i in $(seq 16); do HEADERS+=(--header "\\w{$lo}"); done
 HEAVY=()
 t0=$(date +%s.%N)
 for i in $(seq "$MAX_SESSIONS"); do
-  "$CTL" --credentials "$WORK/heavy" mirror --target api --port "80=127.0.0.1:9" "${HEADERS[@]}" > "$WORK/heavy.$i.out" 2>&1 &
+  "$CTL" --credentials "$WORK/heavy" mirror --target api --port "80=127.0.0.1:$DEV" "${HEADERS[@]}" > "$WORK/heavy.$i.out" 2>&1 &
   HEAVY+=($!); PIDS+=($!)
 done
 # Every attempt either opened (and keeps running) or was refused (and exited).

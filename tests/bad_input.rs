@@ -49,11 +49,11 @@ async fn malformed_frames_and_bad_requests_leave_everyone_else_working() {
     assert!(msg.contains("999"), "{msg}");
 
     // Through the CLI: unknown target, unknown port, invalid regex, bad method.
-    let mp = format!("80={}", free_addr());
+    let mp = format!("80={}", idle_local());
     for (args, expect) in [
         (vec!["steal", "--target", "deployment/nope", "--port", &mp], "target deployment/nope not found in namespace default; known targets: deployment/api (default)"),
         (vec!["steal", "--target", "api", "--namespace", "prod", "--port", &mp], "not found in namespace prod"),
-        (vec!["steal", "--target", "api", "--port", "81=9999"], "deployment/api has no port 81; its ports are 80"),
+        (vec!["steal", "--target", "api", "--port", &mp.replace("80=", "81=")], "deployment/api has no port 81; its ports are 80"),
         (vec!["steal", "--target", "api", "--port", &mp, "--header", "(unclosed"], "port 80: invalid header filter `(unclosed`"),
         (vec!["mirror", "--target", "api", "--port", &mp, "--method", "G T"], "invalid method filter `G T`"),
         (vec!["steal", "--target", "api", "--port", "eighty=1"], "`eighty` is not a port number"),

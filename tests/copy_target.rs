@@ -160,7 +160,7 @@ async fn copy_of_a_target_without_command_is_refused_clearly() {
     let listen = free_addr();
     let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
     let alice = op.issue("alice");
-    let port = format!("80={}", free_addr());
+    let port = format!("80={}", idle_local());
     let err = Session::start(
         &alice,
         &["steal", "--target", "api", "--port", &port, "--copy-target"],

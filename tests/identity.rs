@@ -46,7 +46,7 @@ async fn client_id_is_stable_per_credential_and_user_comes_from_the_certificate(
     let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
     let alice = op.issue("alice");
     let alice2 = op.issue("alice");
-    let port = format!("80={}", free_addr());
+    let port = format!("80={}", idle_local());
 
     let s1 = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
     let s2 = Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap();
@@ -56,7 +56,7 @@ async fn client_id_is_stable_per_credential_and_user_comes_from_the_certificate(
     let by_id = |id: &str| {
         sessions
             .iter()
-            .find(|s| s["session_id"] == serde_json::json!(u64::from_str_radix(id, 16).unwrap()))
+            .find(|s| s["session_id"] == id)
             .unwrap()
             .clone()
     };

@@ -182,7 +182,7 @@ async fn seat_limit_holds_across_restart() {
     let state = tempfile::tempdir().unwrap();
     let listen = free_addr();
     let targets = upstream_target("api", 80, listen, target.addr);
-    let port = format!("80={}", free_addr());
+    let port = format!("80={}", idle_local());
     let args = ["mirror", "--target", "api", "--port", port.as_str()];
 
     let op = licensed(
@@ -251,7 +251,7 @@ block = ["mirror"]
         ..Default::default()
     });
     let mallory = op.issue("mallory");
-    let p = format!("80={}", free_addr());
+    let p = format!("80={}", idle_local());
     for (args, expect) in [
         (vec!["steal", "--target", "api", "--port", &p], "blocked by policy `api-filtered-only`: unfiltered steal of port 80 of deployment/api is not allowed"),
         (vec!["steal", "--target", "api", "--port", &p, "--header", "x-team: a"], "blocked by policy `api-filtered-only`: steals on deployment/api need a --header filter matching `^x-user: `"),
@@ -319,7 +319,19 @@ async fn the_log_warns_as_expiry_nears() {
     assert_eq!(line["fields"]["days_left"], 5);
     // Still valid: sessions start.
     let alice = op.issue("alice");
-    drop(Session::start(&alice, &["mirror", "--target", "api", "--port", "80=1"]).unwrap());
+    drop(
+        Session::start(
+            &alice,
+            &[
+                "mirror",
+                "--target",
+                "api",
+                "--port",
+                &format!("80={}", idle_local()),
+            ],
+        )
+        .unwrap(),
+    );
 }
 
 /// Issue 9, item 7: a signed license with impossible dates is refused, and a seat that

@@ -55,10 +55,7 @@ async fn sessions_kill_ends_at_once_with_a_clear_message() {
     let port = format!("80={}", dev.addr);
     let mut s = Session::start(&alice, &["steal", "--target", "api", "--port", &port]).unwrap();
     let st = status(&admin);
-    assert_eq!(
-        st["sessions"][0]["session_id"],
-        serde_json::json!(u64::from_str_radix(&s.id, 16).unwrap())
-    );
+    assert_eq!(st["sessions"][0]["session_id"], s.id.as_str());
 
     let out = ctl(&admin, &["sessions", "kill", &s.id]);
     assert!(out.status.success(), "{out:?}");

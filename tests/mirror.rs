@@ -53,7 +53,9 @@ async fn slow_and_dead_mirrors_never_slow_the_real_path() {
     let alice = op.issue("alice");
     let bob = op.issue("bob");
     let slow = format!("80={}", stuck.addr);
-    let dead = format!("80={}", free_addr());
+    // Listening while bob starts (mirrordctl checks), gone before the traffic comes.
+    let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("80={}", dying.local_addr().unwrap());
     let _a = Session::start(
         &alice,
         &[
@@ -62,6 +64,7 @@ async fn slow_and_dead_mirrors_never_slow_the_real_path() {
     )
     .unwrap();
     let _b = Session::start(&bob, &["mirror", "--target", "api", "--port", &dead]).unwrap();
+    drop(dying);
 
     let mut c = H1::connect(listen).await;
     let start = Instant::now();

@@ -88,7 +88,7 @@ async fn keepalive_connections_opened_before_a_filtered_steal_follow_it() {
     assert_eq!(h2.get("/h2-other", &[]).await.1, "target GET /h2-other");
 
     // And back: once the session is gone, the same connections reach the target again.
-    assert!(s.stop().unwrap().success());
+    assert_eq!(s.stop().unwrap().code(), Some(130), "Ctrl-C exits 130");
     f.op.wait_event("Session Ended", 1);
     assert_eq!(
         h1.get("/h1-after", &[ALICE]).await.1,
@@ -168,7 +168,7 @@ async fn no_request_is_failed_or_lost_while_routes_change_under_load() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut s = f.session("alice", "steal", &["--header", "^x-user: alice$"]);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(s.stop().unwrap().success());
+    assert_eq!(s.stop().unwrap().code(), Some(130), "Ctrl-C exits 130");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut sent, mut to_dev) = (0, 0);

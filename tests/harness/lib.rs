@@ -88,6 +88,16 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
+/// A loopback address where something accepts connections (the kernel completes them)
+/// and never reads: the local process of a session whose traffic a test does not look at.
+/// `mirrordctl` refuses to start when nothing listens where traffic would go.
+pub fn idle_local() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    Box::leak(Box::new(l));
+    addr
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;

@@ -92,13 +92,15 @@ impl LocalHttp {
         }
     }
 
-    /// Replays one request; a stolen one's answer goes back on `out`, and after a 101 the
-    /// bytes arriving on `upgraded_rx` are relayed.
+    /// Replays one request; a stolen one's answer goes back on `out`. After a 101 the
+    /// request becomes a connection: its inbox goes to the session loop on `upgrades`
+    /// *before* the 101 is sent, so it is registered when the operator's first bytes for
+    /// it arrive (they can only follow the 101).
     pub fn spawn(
         &self,
         r: LocalRequest,
         out: mpsc::Sender<ClientMessage>,
-        upgraded_rx: ConnOutlet,
+        upgrades: mpsc::UnboundedSender<(u64, ConnInbox)>,
     ) {
         let LocalRequest {
             req,
@@ -125,22 +127,8 @@ impl LocalHttp {
                         .map(|(k, v)| (k.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
                         .collect();
                     if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                        let up = hyper::upgrade::on(&mut resp).await;
-                        let _ = out
-                            .send(ClientMessage::HttpResponse {
-                                req,
-                                head: HttpResponseHead {
-                                    status: 101,
-                                    headers,
-                                },
-                                body: Bytes::new(),
-                                end: true,
-                            })
-                            .await;
-                        if let Ok(up) = up {
-                            relay(req, TokioIo::new(up), upgraded_rx, out, true).await;
-                        }
-                        return;
+                        let upgraded = hyper::upgrade::on(&mut resp).await;
+                        return answer_upgrade(req, headers, upgraded, out, upgrades).await;
                     }
                     // Streams: server-sent events and large downloads go out as they come.
                     let head = HttpResponseHead {
@@ -172,6 +160,41 @@ impl LocalHttp {
                 }
             }
         });
+    }
+}
+
+/// A 101 from the local process: the request becomes a connection carried both ways.
+async fn answer_upgrade(
+    req: u64,
+    headers: Vec<(String, Bytes)>,
+    upgraded: hyper::Result<hyper::upgrade::Upgraded>,
+    out: mpsc::Sender<ClientMessage>,
+    upgrades: mpsc::UnboundedSender<(u64, ConnInbox)>,
+) {
+    let up = match upgraded {
+        Ok(up) => up,
+        Err(e) => {
+            let reason = format!("local process answered 101 but the upgrade failed: {e}");
+            let _ = out.send(ClientMessage::HttpFailed { req, reason }).await;
+            return;
+        }
+    };
+    let (inbox, outlet) = conn_channel();
+    if upgrades.send((req, inbox)).is_err() {
+        return; // the session is over
+    }
+    let head = HttpResponseHead {
+        status: 101,
+        headers,
+    };
+    let answer = ClientMessage::HttpResponse {
+        req,
+        head,
+        body: Bytes::new(),
+        end: true,
+    };
+    if out.send(answer).await.is_ok() {
+        relay(req, TokioIo::new(up), outlet, out, true).await;
     }
 }
 

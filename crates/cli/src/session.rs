@@ -1,34 +1,35 @@
 //! `steal` / `mirror`: open a session and carry its traffic to the local process until
 //! Ctrl-C, SIGTERM, or the operator ends it.
 
-use crate::connect::connect;
+use crate::connect::{connect, Endpoint};
+use crate::exit::{self, Refused};
 use crate::local::{self, LocalHttp, LocalRequest};
 use crate::SessionArgs;
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
-use mirrord_protocol::pump::{conn_channel, ConnInbox};
+use mirrord_protocol::pump::ConnInbox;
 use mirrord_protocol::{
     ClientMessage, ConcurrentSteal, PortMode, PortRequest, ServerMessage, SessionRequest,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use tokio::sync::mpsc;
 
 pub async fn run(
-    creds: &Path,
+    ep: &Endpoint,
     args: SessionArgs,
     mode: PortMode,
     on_concurrent_steal: ConcurrentSteal,
 ) -> anyhow::Result<u8> {
-    let ports: HashMap<u16, SocketAddr> = args.port_map()?.into_iter().collect();
+    let port_map = args.port_map()?;
+    check_local(&port_map).await?;
+    let ports: HashMap<u16, SocketAddr> = port_map.iter().copied().collect();
     let filter = args.filter();
     let target = args.target_ref();
-    let (mut t, welcome) = connect(creds).await?;
+    let (mut t, welcome) = connect(ep).await?;
     t.send(ClientMessage::OpenSession(SessionRequest {
         target: target.clone(),
-        ports: args
-            .port_map()?
+        ports: port_map
             .iter()
             .map(|(p, _)| PortRequest {
                 port: *p,
@@ -43,7 +44,7 @@ pub async fn run(
     .await?;
     let opened = match t.next().await {
         Some(Ok(ServerMessage::SessionOpened(o))) => o,
-        Some(Ok(ServerMessage::Error(e))) => anyhow::bail!("{e}"),
+        Some(Ok(ServerMessage::Error(e))) => return Err(Refused(e).into()),
         Some(Ok(other)) => anyhow::bail!("unexpected answer from the operator: {other:?}"),
         Some(Err(e)) => return Err(e).context("reading the operator's answer"),
         None => anyhow::bail!("the operator closed the connection"),
@@ -75,8 +76,13 @@ pub async fn run(
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
     let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
     let http = LocalHttp::new();
-    // Per handed-over connection: where its bytes go (never waited on).
+    // Per handed-over connection, and per stolen request the local process upgraded
+    // (101): where its bytes go (never waited on). A plain request has no entry: this map
+    // holds only what the operator can still send bytes for, so it stays as small as the
+    // open connections however many requests a session serves.
     let mut conns: HashMap<u64, ConnInbox> = HashMap::new();
+    // Upgraded requests' inboxes, registered by their tasks before they send the 101.
+    let (upgrades, mut upgraded) = mpsc::unbounded_channel::<(u64, ConnInbox)>();
     // Request bodies still streaming in from the operator, by request.
     let mut bodies: HashMap<u64, mirrord_protocol::body::BodyInbox> = HashMap::new();
     // Registered once, before the loop: a listener created per iteration would miss a
@@ -87,24 +93,32 @@ pub async fn run(
 
     // After Ctrl-C: the operator stops routing to this session at once, and its answers
     // to requests already here still go back; it says when it is done (or this runs out).
-    let mut leaving: Option<&str> = None;
+    // Why, and the exit code it means.
+    let mut leaving: Option<(&str, u8)> = None;
     let drain = tokio::time::sleep(std::time::Duration::from_secs(86_400 * 365));
     tokio::pin!(drain);
     let code = loop {
         let signal = tokio::select! {
-            _ = int.recv() => Some("interrupted"),
-            _ = term.recv() => Some("terminated"),
-            _ = &mut drain, if leaving.is_some() => break 0,
+            // First: an upgrade registered before its 101 went out must be in `conns`
+            // before any frame that arrived after that 101 is handled.
+            biased;
+            Some((req, inbox)) = upgraded.recv() => {
+                conns.insert(req, inbox);
+                None
+            }
+            _ = int.recv() => Some(("interrupted", exit::INTERRUPTED)),
+            _ = term.recv() => Some(("terminated", exit::TERMINATED)),
+            _ = &mut drain, if leaving.is_some() => break left(leaving),
             frame = inbound.next() => {
                 let msg = match frame {
-                    None if leaving.is_some() => break 0,
+                    None if leaving.is_some() => break left(leaving),
                     None => {
                         eprintln!("mirrordctl: connection to the operator lost; session {} is over", opened.session_id);
-                        break 1;
+                        break exit::FAILED;
                     }
                     Some(Err(e)) => {
                         eprintln!("mirrordctl: bad frame from the operator: {e}");
-                        break 1;
+                        break exit::FAILED;
                     }
                     Some(Ok(m)) => m,
                 };
@@ -125,16 +139,11 @@ pub async fn run(
                     ServerMessage::ConnClose { conn } => { conns.remove(&conn); }
                     ServerMessage::HttpRequest { req, port, mode, head, body, end } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
-                        let (tx, rx) = conn_channel();
-                        if mode == PortMode::Steal {
-                            // Registered now so bytes after a 101 find their way.
-                            conns.insert(req, tx);
-                        }
                         let (body, more) = mirrord_protocol::body::receive(body, end);
                         if let Some(inbox) = more {
                             bodies.insert(req, inbox);
                         }
-                        http.spawn(LocalRequest { req, addr, mode, head: *head, body }, out.clone(), rx);
+                        http.spawn(LocalRequest { req, addr, mode, head: *head, body }, out.clone(), upgrades.clone());
                     }
                     ServerMessage::HttpBody { req, data, end } => {
                         if bodies.get(&req).is_some_and(|b| !b.push(data)) || end {
@@ -150,10 +159,10 @@ pub async fn run(
                     ServerMessage::PortLost { port, reason } => {
                         eprintln!("mirrordctl: port {port} is no longer stolen: {reason}");
                     }
-                    ServerMessage::SessionEnded { .. } if leaving.is_some() => break 0,
+                    ServerMessage::SessionEnded { .. } if leaving.is_some() => break left(leaving),
                     ServerMessage::SessionEnded { reason } => {
                         eprintln!("mirrordctl: session {} ended by the operator: {reason}", opened.session_id);
-                        break 1;
+                        break exit::FAILED;
                     }
                     ServerMessage::Error(e) => {
                         eprintln!("mirrordctl: operator error: {e}");
@@ -166,7 +175,7 @@ pub async fn run(
         if let Some(why) = signal {
             if leaving.is_some() {
                 // Asked twice: leave now.
-                break 0;
+                break left(leaving);
             }
             leaving = Some(why);
             let _ = out.send(ClientMessage::EndSession).await;
@@ -175,13 +184,37 @@ pub async fn run(
                 .reset(tokio::time::Instant::now() + LEAVE_WAIT);
         }
     };
-    if let Some(why) = leaving {
+    if let Some((why, _)) = leaving {
         eprintln!("mirrordctl: {why}; session ended");
     }
     drop(conns);
     drop(out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     Ok(code)
+}
+
+/// The exit code of a session the user ended.
+fn left(leaving: Option<(&str, u8)>) -> u8 {
+    leaving.map_or(exit::OK, |(_, code)| code)
+}
+
+/// Refuses to start when nothing accepts connections where traffic would go: every
+/// handed-over connection and request would fail, and the developer would only see the
+/// target's clients getting errors.
+async fn check_local(ports: &[(u16, SocketAddr)]) -> anyhow::Result<()> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+    for (port, addr) in ports {
+        let why = match tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", WAIT.as_secs()),
+        };
+        anyhow::bail!(
+            "nothing accepts connections on {addr}, where port {port}'s traffic would go \
+             ({why}): start your local process first, or point --port {port}=... at it"
+        );
+    }
+    Ok(())
 }
 
 /// How long the CLI waits, after asking to leave, for the operator to finish the session

@@ -1,30 +1,29 @@
 //! `status` and `sessions kill`.
 
-use crate::connect::request;
+use crate::connect::{request, Endpoint};
 use mirrord_protocol::{ClientMessage, KillRequest, ServerMessage, SessionId, StatusReport};
-use std::path::Path;
 
-pub async fn show(creds: &Path, json: bool) -> anyhow::Result<u8> {
-    let report = match request(creds, ClientMessage::Status).await? {
+pub async fn show(ep: &Endpoint, json: bool) -> anyhow::Result<u8> {
+    let report = match request(ep, ClientMessage::Status).await? {
         ServerMessage::Status(s) => *s,
-        ServerMessage::Error(e) => anyhow::bail!("{e}"),
         other => anyhow::bail!("unexpected answer: {other:?}"),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let doc = crate::json::Status::of(&report);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render(&report));
     }
     Ok(0)
 }
 
-pub async fn kill(creds: &Path, ids: Vec<SessionId>, all: bool) -> anyhow::Result<u8> {
+pub async fn kill(ep: &Endpoint, ids: Vec<SessionId>, all: bool) -> anyhow::Result<u8> {
     let req = if all {
         KillRequest::All
     } else {
         KillRequest::Sessions(ids)
     };
-    match request(creds, ClientMessage::Kill(req)).await? {
+    match request(ep, ClientMessage::Kill(req)).await? {
         ServerMessage::Killed { sessions } => {
             if sessions.is_empty() {
                 println!("no sessions to kill");
@@ -34,7 +33,6 @@ pub async fn kill(creds: &Path, ids: Vec<SessionId>, all: bool) -> anyhow::Resul
             }
             Ok(0)
         }
-        ServerMessage::Error(e) => anyhow::bail!("{e}"),
         other => anyhow::bail!("unexpected answer: {other:?}"),
     }
 }
@@ -179,6 +177,7 @@ mod tests {
             port,
             mode,
             filter: filter.into(),
+            http_filter: None,
             skipped: None,
         };
         let r = StatusReport {

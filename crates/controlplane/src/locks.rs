@@ -10,7 +10,7 @@
 
 use crate::refusal::Refusal;
 use mirrord_dataplane::{HttpFilter, RouteTable, Subscriber};
-use mirrord_protocol::{ConcurrentSteal, PortMode, SessionId};
+use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, SessionId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +35,8 @@ pub struct Hold {
     pub mode: PortMode,
     /// The filter as the user wrote it; empty when unfiltered.
     pub filter: String,
+    /// The same, part by part.
+    pub spec: Option<HttpFilterSpec>,
     /// `false` while the session holding it is still opening.
     committed: bool,
 }
@@ -60,6 +62,10 @@ impl Want {
             .as_ref()
             .map(|f| f.display.clone())
             .unwrap_or_default()
+    }
+
+    pub fn spec(&self) -> Option<HttpFilterSpec> {
+        self.filter.as_ref().map(|f| f.spec.clone())
     }
 }
 
@@ -122,6 +128,7 @@ impl PortLocks {
                     port: w.port,
                     mode: w.mode,
                     filter: w.display(),
+                    spec: w.spec(),
                     committed: false,
                 });
             }

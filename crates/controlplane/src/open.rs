@@ -145,6 +145,7 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
             port: w.port,
             mode: w.mode,
             filter: w.display(),
+            http_filter: w.spec(),
             skipped: match o {
                 Outcome::Granted => None,
                 Outcome::Skipped(why) => Some(why.clone()),

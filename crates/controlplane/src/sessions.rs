@@ -272,6 +272,7 @@ impl Sessions {
                     port: h.port,
                     mode: h.mode,
                     filter: h.filter,
+                    http_filter: h.spec,
                     skipped: None,
                 })
                 .collect(),

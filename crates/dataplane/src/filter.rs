@@ -52,6 +52,8 @@ pub struct HttpFilter {
     any: bool,
     /// The filter as the user wrote it.
     pub display: String,
+    /// The same, part by part.
+    pub spec: HttpFilterSpec,
 }
 
 fn compile(kind: &'static str, pattern: &str, limits: &FilterLimits) -> Result<Regex, FilterError> {
@@ -131,6 +133,7 @@ impl HttpFilter {
             method,
             any: spec.any,
             display: spec.to_string(),
+            spec: spec.clone(),
         })
     }
 

@@ -223,7 +223,10 @@ pub struct SessionOpened {
 pub struct PortOutcome {
     pub port: u16,
     pub mode: PortMode,
+    /// The filter as text (`header=x-user: alice and path=^/api`); empty when unfiltered.
     pub filter: String,
+    /// The same filter, part by part (for `status --json`).
+    pub http_filter: Option<HttpFilterSpec>,
     /// `None`: active. `Some(why)`: the port is not stolen (concurrent steal `continue`).
     pub skipped: Option<String>,
 }

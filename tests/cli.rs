@@ -1,0 +1,229 @@
+//! What a developer meets at the CLI's edges (issue 14): the `status --json` contract, a
+//! bounded wait for the operator, errors that say each thing once and what to do, the
+//! local address checked at start, exit codes, and `--help` that documents every flag.
+
+use mirrord_e2e::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_has_hex_ids_lowercase_modes_structured_filters_and_a_version() {
+    let f = ApiFixture::start("").await;
+    let s = f.session(
+        "alice",
+        "steal",
+        &["--header", "^x-user: alice$", "--method", "GET"],
+    );
+    let st = status(&f.op.issue("admin"));
+    assert_eq!(st["schema_version"], 1, "{st}");
+    let session = &st["sessions"][0];
+    // The same 16 hex digits the table prints and `sessions kill` takes.
+    assert_eq!(session["session_id"], s.id.as_str(), "{st}");
+    assert_eq!(
+        session["ports"][0],
+        serde_json::json!({
+            "port": 80,
+            "mode": "steal",
+            "filter": {
+                "header": ["^x-user: alice$"],
+                "path": [],
+                "method": ["GET"],
+                "combine": "all",
+                "text": "header=^x-user: alice$ and method=GET",
+            },
+        }),
+        "{st}"
+    );
+    let table = String::from_utf8(ctl(&f.op.issue("admin"), &["status"]).stdout).unwrap();
+    assert!(table.contains(&s.id), "{table}");
+}
+
+/// An "operator" that accepts connections and never says a word.
+async fn silent_operator() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+/// Runs `mirrordctl` for at most `limit`; `None` if it was still running then.
+fn run_for(cmd: &mut Command, limit: Duration) -> Option<std::process::Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if wait_for(limit, || child.try_wait().unwrap()).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_operator_times_out_instead_of_hanging() {
+    let f = ApiFixture::start("").await;
+    let creds = f.op.issue("alice");
+    let silent = silent_operator().await;
+    std::fs::write(creds.join("operator-address"), format!("{silent}\n")).unwrap();
+
+    // The environment variable (as `--help` shows it), then the flag.
+    let mut by_env = Command::new(bin("mirrordctl"));
+    by_env
+        .env("MIRRORD_CONNECT_TIMEOUT", "1s")
+        .arg("--credentials")
+        .arg(&creds)
+        .arg("status");
+    let mut by_flag = Command::new(bin("mirrordctl"));
+    by_flag
+        .arg("--credentials")
+        .arg(&creds)
+        .args(["status", "--connect-timeout", "1500ms"]);
+    for (cmd, shown) in [(&mut by_env, "1s"), (&mut by_flag, "1s 500ms")] {
+        let start = Instant::now();
+        let out = run_for(cmd, Duration::from_secs(20)).expect("mirrordctl hung");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "the operator at {silent} did not answer within {shown}"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("--connect-timeout"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn missing_credentials_say_where_and_what_to_do_once() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("mirrordctl"))
+        .env("HOME", home.path())
+        .env_remove("MIRRORD_CREDENTIALS")
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let dir = home.path().join(".mirrord/credentials");
+    assert!(
+        err.contains(&format!("no credentials in {}", dir.display())),
+        "{err}"
+    );
+    assert!(err.contains("mirrord-operator certs issue"), "{err}");
+    assert!(err.contains("--credentials DIR"), "{err}");
+
+    // A directory with a broken part: the cause once, not repeated by its wrapper.
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::create_dir(creds.path().join("ca.crt")).unwrap();
+    let out = ctl(creds.path(), &["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let cause = std::io::Error::from_raw_os_error(21).to_string(); // EISDIR
+    assert_eq!(err.matches(&cause).count(), 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_listening_locally_is_refused_at_start() {
+    let f = ApiFixture::start("").await;
+    let alice = f.op.issue("alice");
+    let nobody = free_addr();
+    for mode in ["steal", "mirror"] {
+        let port = format!("80={}", nobody.port());
+        let mut cmd = Command::new(bin("mirrordctl"));
+        cmd.arg("--credentials").arg(&alice);
+        cmd.args([mode, "--target", "api", "--port", &port]);
+        let out = run_for(&mut cmd, Duration::from_secs(20))
+            .expect("mirrordctl started a session with nothing listening");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("nothing accepts connections on {nobody}")),
+            "{err}"
+        );
+        assert!(err.contains("start your local process first"), "{err}");
+    }
+    assert!(status(&alice)["sessions"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_tell_usage_refusal_failure_and_signals_apart() {
+    let f = ApiFixture::start("").await;
+    let alice = f.op.issue("alice");
+    let dev = format!("80={}", f.dev.addr);
+    let code = |args: &[&str]| ctl(&alice, args).status.code();
+
+    // 2: the command line.
+    assert_eq!(code(&["steal", "--target", "api", "--port", "80"]), Some(2));
+    assert_eq!(code(&["sessions", "kill", "not-hex"]), Some(2));
+    assert_eq!(code(&["sessions", "kill"]), Some(2));
+    assert_eq!(code(&["status", "--no-such-flag"]), Some(2));
+
+    // 3: the operator refuses (the port is stolen by someone else).
+    let mut holder = f.session("bob", "steal", &[]);
+    let out = ctl(&alice, &["steal", "--target", "api", "--port", &dev]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("refused by the operator"), "{err}");
+
+    // 130 / 143: Ctrl-C and SIGTERM.
+    assert_eq!(holder.stop().unwrap().code(), Some(130));
+    let mut s = f.session("bob", "steal", &[]);
+    signal(s.pid(), "TERM");
+    let st = s.wait_exit(Duration::from_secs(15)).expect("CLI exits");
+    assert_eq!(st.code(), Some(143));
+
+    // 1: the session ends at run time (killed by an admin).
+    let mut s = f.session("bob", "steal", &[]);
+    assert!(ctl(&alice, &["sessions", "kill", &s.id]).status.success());
+    let st = s.wait_exit(Duration::from_secs(15)).expect("CLI exits");
+    assert_eq!(st.code(), Some(1));
+}
+
+#[test]
+fn every_flag_has_help_and_env_vars_show_in_it() {
+    for sub in [
+        &[][..],
+        &["steal"],
+        &["mirror"],
+        &["status"],
+        &["sessions", "kill"],
+    ] {
+        let out = Command::new(bin("mirrordctl"))
+            .args(sub)
+            .arg("-h")
+            .output()
+            .unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{sub:?}");
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.trim_start().starts_with('-') {
+                continue;
+            }
+            // `  -h, --help  Print help`, or the text on the next line when it is long.
+            let (flag, inline) = line.trim().split_once("  ").unwrap_or((line, ""));
+            let next = lines.get(i + 1).map_or("", |l| l.trim());
+            let text = if inline.trim().is_empty() && !next.starts_with('-') {
+                next
+            } else {
+                inline
+            };
+            assert!(!text.trim().is_empty(), "{sub:?}: `{flag}` has no help");
+        }
+        for var in [
+            "MIRRORD_CREDENTIALS",
+            "MIRRORD_CONNECT_TIMEOUT",
+            "MIRRORDCTL_LOG",
+        ] {
+            assert!(help.contains(&format!("[env: {var}")), "{sub:?}: {help}");
+        }
+    }
+}
