@@ -17,6 +17,9 @@ pub type Transport =
 pub async fn connect(creds_dir: &Path) -> anyhow::Result<(Transport, Welcome)> {
     let creds = Credentials::load(creds_dir)
         .with_context(|| format!("loading credentials from {}", creds_dir.display()))?;
+    if let Some(w) = crate::expiry::warning(&creds, std::time::SystemTime::now()) {
+        eprintln!("mirrordctl: {w}");
+    }
     let cfg = client_config(&creds)?;
     let tcp = TcpStream::connect(&creds.operator_addr)
         .await
@@ -44,7 +47,10 @@ pub async fn connect(creds_dir: &Path) -> anyhow::Result<(Transport, Welcome)> {
         Some(Ok(ServerMessage::Welcome(w))) => Ok((t, *w)),
         Some(Ok(ServerMessage::Error(e))) => anyhow::bail!("{e}"),
         Some(Ok(other)) => anyhow::bail!("unexpected answer from the operator: {other:?}"),
-        Some(Err(e)) => Err(e).context("reading the operator's answer"),
+        Some(Err(e)) => match crate::expiry::explain(&e.to_string()) {
+            Some(why) => Err(e).context(why),
+            None => Err(e).context("reading the operator's answer"),
+        },
         // The operator closes a connection whose certificate it rejects right after the
         // handshake (TLS 1.3 verifies the client after the server's Finished).
         None => anyhow::bail!(

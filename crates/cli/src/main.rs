@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod connect;
+mod expiry;
 mod local;
 mod session;
 mod status;

@@ -1,7 +1,8 @@
 //! Opening a session, as a pipeline of owned steps:
 //!
 //! validate -> authorize -> admit (holding a client slot and a seat reservation) ->
-//! reserve the ports (port locks) -> record the seat -> make the copy -> commit.
+//! reserve the ports (port locks) -> authorize take-overs -> record the seat -> make the
+//! copy -> commit.
 //!
 //! Everything that can refuse the session happens before anything changes: a refused
 //! session leaves no copy, no scaled-down target and no route behind. Each step's result
@@ -11,6 +12,7 @@
 
 use crate::admission::{self, Admitted, Validated};
 use crate::backend::{BackendError, TargetCopy};
+use crate::caller::Caller;
 use crate::locks::{Holder, Outcome, Reservation};
 use crate::operator::Operator;
 use crate::refusal::Refusal;
@@ -19,7 +21,7 @@ use mirrord_dataplane::{Handoff, Subscriber};
 use mirrord_protocol::{
     CopyInfo, ErrorReply, PortMode, PortOutcome, SessionId, SessionOpened, SessionRequest,
 };
-use mirrord_telemetry::{ClientInfo, Event, PortCounters, SessionMeta};
+use mirrord_telemetry::{Event, PortCounters, SessionMeta};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -40,14 +42,14 @@ pub struct Opened {
 pub async fn open(
     op: &Arc<Operator>,
     req: SessionRequest,
-    client: ClientInfo,
+    caller: Caller,
 ) -> Result<Opened, ErrorReply> {
-    match pipeline(op, &req, &client).await {
+    match pipeline(op, &req, &caller).await {
         Ok(opened) => Ok(opened),
         Err(refusal) => {
             op.telemetry.record(Event::SessionRefused {
                 reason: refusal.reason(),
-                client,
+                client: caller.client,
                 target_type: req.target.kind.clone(),
                 target_name: req.target.name.clone(),
                 target_namespace: req.target.namespace.clone(),
@@ -61,11 +63,12 @@ pub async fn open(
 async fn pipeline(
     op: &Arc<Operator>,
     req: &SessionRequest,
-    client: &ClientInfo,
+    caller: &Caller,
 ) -> Result<Opened, Refusal> {
-    let valid = admission::validate(op, req).await?;
-    admission::authorize(op, client, &valid)?;
-    let admitted = admission::admit(op, client, req)?;
+    let mut valid = admission::validate(op, req).await?;
+    admission::authorize(op, caller, req)?;
+    let admitted = admission::admit(op, caller, req, &mut valid)?;
+    let client = &caller.client;
     let id = op.sessions.new_id();
     let holder = Holder {
         session: id,
@@ -78,6 +81,7 @@ async fn pipeline(
         req.on_concurrent_steal,
         req.scale_down,
     )?;
+    admission::authorize_take_overs(caller, &ports)?;
     let Admitted { slot, seat } = admitted;
     // The last step that can refuse: a seat that cannot be recorded is not granted.
     seat.commit()?;
@@ -90,7 +94,7 @@ async fn pipeline(
         Commit {
             id,
             req,
-            client,
+            caller,
             ports,
             copy,
             slot,
@@ -115,7 +119,7 @@ async fn make_copy(
 struct Commit<'a> {
     id: SessionId,
     req: &'a SessionRequest,
-    client: &'a ClientInfo,
+    caller: &'a Caller,
     ports: Reservation,
     copy: Option<Box<dyn TargetCopy>>,
     slot: crate::sessions::ClientSlot,
@@ -127,11 +131,12 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
     let Commit {
         id,
         req,
-        client,
+        caller,
         ports,
         copy,
         slot,
     } = c;
+    let client = &caller.client;
     let meta = Arc::new(SessionMeta {
         session_id: id.to_string(),
         target_type: req.target.kind.clone(),
@@ -191,7 +196,15 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
     }
     let by = format!("session {id} ({})", client.client_user);
     for t in &taken {
-        op.sessions.port_taken(t, &by);
+        if let Some(victim) = op.sessions.port_taken(t, &by) {
+            op.telemetry.record(Event::PortTakenOver {
+                session: victim,
+                port: t.hold.port,
+                by: client.clone(),
+                by_role: caller.role.as_str(),
+                by_session: id.to_string(),
+            });
+        }
     }
     for o in outcomes.iter().filter(|o| o.skipped.is_none()) {
         let session = Arc::clone(&meta);
@@ -300,7 +313,7 @@ mod tests {
         assert_eq!(api.copies.load(Ordering::SeqCst), 1);
         assert_eq!(api.routes(80).unwrap().load().filtered_steals.len(), 1);
         assert_eq!(api.routes(81).unwrap().load().mirrors.len(), 1);
-        assert_eq!(op.status().copies.len(), 1);
+        assert_eq!(op.status(&client("alice")).copies.len(), 1);
         assert!(op.sessions.end(opened.entry.id, "test"));
         assert!(!op.sessions.end(opened.entry.id, "again"));
         assert_eq!(api.copies.load(Ordering::SeqCst), 0);

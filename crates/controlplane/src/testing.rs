@@ -11,6 +11,8 @@ use mirrord_dataplane::RouteTable;
 use mirrord_protocol::{
     ConcurrentSteal, HttpFilterSpec, PortMode, PortRequest, SessionRequest, TargetRef,
 };
+use crate::caller::Caller;
+use mirrord_identity::Role;
 use mirrord_telemetry::{ClientInfo, Telemetry};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -115,13 +117,26 @@ pub fn operator(cfg: SessionConfig, limits: Limits) -> (Arc<Operator>, Arc<FakeT
     (Arc::new(op), api)
 }
 
-pub fn client(id: &str) -> ClientInfo {
-    ClientInfo {
-        client_id: id.into(),
-        client_user: id.into(),
-        client_name: "Test".into(),
-        client_hostname: "test".into(),
-        cli_version: "0".into(),
+/// An admin called `id` (user and client id): may do anything a role allows.
+pub fn client(id: &str) -> Caller {
+    caller(id, Role::Admin)
+}
+
+/// A developer called `id`.
+pub fn developer(id: &str) -> Caller {
+    caller(id, Role::Developer)
+}
+
+fn caller(id: &str, role: Role) -> Caller {
+    Caller {
+        client: ClientInfo {
+            client_id: id.into(),
+            client_user: id.into(),
+            client_name: "Test".into(),
+            client_hostname: "test".into(),
+            cli_version: "0".into(),
+        },
+        role,
     }
 }
 

@@ -18,6 +18,7 @@ pub use filter::HttpFilterSpec;
 pub use messages::*;
 pub use session_id::SessionId;
 
-/// Bumped on any incompatible change of [`messages`] (2: HTTP trailers); the operator
-/// refuses other versions with a message that names both.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bumped on any incompatible change of [`messages`] (2: HTTP trailers; 3: the caller's
+/// role in `Welcome` and `StatusReport`); the operator refuses other versions with a
+/// message that names both.
+pub const PROTOCOL_VERSION: u32 = 3;
