@@ -203,7 +203,12 @@ pub fn admit(
             .iter_mut()
             .find(|p| p.port == r.port)
             .and_then(|p| p.filter.as_mut())
-            .ok_or_else(|| Refusal::Internal(format!("policy `{}`: port {} has no filter to narrow", r.policy, r.port)))?;
+            .ok_or_else(|| {
+                Refusal::Internal(format!(
+                    "policy `{}`: port {} has no filter to narrow",
+                    r.policy, r.port
+                ))
+            })?;
         Arc::make_mut(filter)
             .require_header(&r.pattern, &op.filter_limits())
             .map_err(|e| Refusal::Internal(format!("policy `{}`: {e}", r.policy)))?;

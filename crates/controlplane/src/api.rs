@@ -11,11 +11,11 @@ use crate::{open, session};
 use arc_swap::ArcSwap;
 use futures::{SinkExt, StreamExt};
 use mirrord_identity::PeerIdentity;
+use mirrord_protocol::SessionId;
 use mirrord_protocol::{
     ClientHello, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest,
     ServerMessage, Welcome, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use mirrord_protocol::SessionId;
 use mirrord_telemetry::{ClientInfo, Event};
 use std::net::SocketAddr;
 use std::sync::Arc;

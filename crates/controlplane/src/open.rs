@@ -239,7 +239,7 @@ mod tests {
     use super::*;
     use crate::backend::Target;
     use crate::config::{Limits, SessionConfig};
-    use crate::testing::{client, operator, request};
+    use crate::testing::{client, operator, operator_with, request};
     use mirrord_protocol::ErrorCode;
     use std::sync::atomic::Ordering;
 
@@ -328,5 +328,141 @@ mod tests {
         )
         .await
         .unwrap();
+    }
+
+    /// Scaling down and taking another user's port are an admin's; a developer may take
+    /// over their own port. Refusals are `Forbidden` and change nothing.
+    #[tokio::test]
+    async fn roles_decide_scale_down_and_take_overs() {
+        use crate::testing::developer;
+        use mirrord_protocol::ConcurrentSteal;
+        let (op, api) = operator(SessionConfig::default(), Limits::default());
+        let holder = || {
+            api.routes(80)
+                .unwrap()
+                .load()
+                .unfiltered_steal
+                .as_ref()
+                .map(|s| s.session_id)
+        };
+        let alice = open(
+            &op,
+            request(&[(80, PortMode::Steal, None)]),
+            developer("alice"),
+        )
+        .await
+        .unwrap();
+
+        let mut scale = request(&[(81, PortMode::Mirror, None)]);
+        scale.copy_target = true;
+        scale.scale_down = true;
+        let e = open(&op, scale.clone(), developer("bob"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::Forbidden, "{e}");
+        assert!(
+            e.message
+                .contains("only an admin may do it, and you are a developer"),
+            "{e}"
+        );
+        assert_eq!(api.copies.load(Ordering::SeqCst), 0);
+        assert!(api.routes(81).unwrap().load().is_empty());
+
+        let mut over = request(&[(80, PortMode::Steal, None)]);
+        over.on_concurrent_steal = ConcurrentSteal::Override;
+        let e = open(&op, over.clone(), developer("bob"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::Forbidden, "{e}");
+        assert!(
+            e.message.starts_with(&format!("port 80 is held by session {} (alice): taking over another user's port needs an admin", alice.entry.id)),
+            "{e}"
+        );
+        assert_eq!(holder(), Some(alice.entry.id.0));
+        assert_eq!(op.sessions.list().len(), 1);
+
+        let again = open(&op, over.clone(), developer("alice")).await.unwrap();
+        assert_eq!(holder(), Some(again.entry.id.0));
+        let root = open(&op, over, client("root")).await.unwrap();
+        assert_eq!(holder(), Some(root.entry.id.0));
+        let copy = open(&op, scale, client("root")).await.unwrap();
+        assert_eq!(api.copies.load(Ordering::SeqCst), 1);
+
+        // Status: a developer sees their own sessions, an admin everyone's.
+        let ids = |c| {
+            op.status(&c)
+                .sessions
+                .iter()
+                .map(|s| s.session_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(developer("alice")),
+            vec![alice.entry.id, again.entry.id]
+        );
+        assert!(ids(developer("bob")).is_empty());
+        assert!(op.status(&developer("bob")).copies.is_empty());
+        assert_eq!(ids(client("root")).len(), 4);
+        let me = op.status(&developer("alice")).caller;
+        assert_eq!(
+            (me.client_user.as_str(), me.role.as_str()),
+            ("alice", "developer")
+        );
+        drop(copy);
+    }
+
+    /// `require_header_filter` narrows what a steal takes; the lock and status show it.
+    #[tokio::test]
+    async fn a_policy_header_is_added_to_every_steal() {
+        use crate::policy::{Policies, PolicySpec};
+        let spec = PolicySpec {
+            name: "api-needs-user".into(),
+            target: "deployment/api".into(),
+            namespace: "*".into(),
+            users: vec![],
+            roles: vec![],
+            block: vec![],
+            require_header_filter: Some("^x-user: ".into()),
+        };
+        let policies = Policies::compile(&[spec]).unwrap();
+        let (op, api) = operator_with(SessionConfig::default(), Limits::default(), policies);
+        let opened = open(
+            &op,
+            request(&[
+                (80, PortMode::Steal, Some("x-user: |.")),
+                (81, PortMode::Mirror, None),
+            ]),
+            client("alice"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            opened.reply.ports[0].filter,
+            "header=x-user: |. and header=^x-user: "
+        );
+        assert_eq!(opened.reply.ports[1].filter, "");
+        let table = api.routes(80).unwrap().load();
+        let (_, filter) = &table.filtered_steals[0];
+        let req = |h: &[(&str, &str)]| {
+            let mut b = http::Request::builder().uri("/");
+            for (k, v) in h {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert!(filter.matches(&req(&[("x-user", "bob")])));
+        assert!(!filter.matches(&req(&[("x-team", "a")])));
+        let status = op.status(&client("alice"));
+        assert_eq!(
+            status.sessions[0].ports[0].filter,
+            "header=x-user: |. and header=^x-user: "
+        );
+        let e = open(&op, request(&[(80, PortMode::Steal, None)]), client("bob"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::Policy, "{e}");
     }
 }

@@ -252,7 +252,13 @@ block = ["mirror"]
             e.starts_with("blocked by policy `prod-no-unfiltered`: unfiltered steal"),
             "{e}"
         );
-        assert!(check(&p, &t("web", "prod"), &[port(PortMode::Steal, Some("x: 1"))], ALICE).is_ok());
+        assert!(check(
+            &p,
+            &t("web", "prod"),
+            &[port(PortMode::Steal, Some("x: 1"))],
+            ALICE
+        )
+        .is_ok());
         assert!(check(&p, &t("web", "dev"), &[port(PortMode::Steal, None)], ALICE).is_ok());
 
         let e = check(
@@ -263,7 +269,13 @@ block = ["mirror"]
         )
         .unwrap_err();
         assert!(e.contains("`payments-readonly`"), "{e}");
-        assert!(check(&p, &t("payments-eu", "dev"), &[port(PortMode::Mirror, None)], ALICE).is_ok());
+        assert!(check(
+            &p,
+            &t("payments-eu", "dev"),
+            &[port(PortMode::Mirror, None)],
+            ALICE
+        )
+        .is_ok());
 
         let e = check(&p, &t("db", "dev"), &[port(PortMode::Mirror, None)], ALICE).unwrap_err();
         assert!(e.contains("`no-mirror-db`: mirroring deployment/db"), "{e}");
@@ -300,8 +312,14 @@ require_header_filter = "^x-user: "
             "{e}"
         );
         // Mirrors are not narrowed; other targets are not concerned.
-        assert!(check(&p, &api, &[port(PortMode::Mirror, None)], ALICE).unwrap().is_empty());
-        assert!(check(&p, &t("web", "dev"), &[port(PortMode::Steal, None)], ALICE).unwrap().is_empty());
+        assert!(check(&p, &api, &[port(PortMode::Mirror, None)], ALICE)
+            .unwrap()
+            .is_empty());
+        assert!(
+            check(&p, &t("web", "dev"), &[port(PortMode::Steal, None)], ALICE)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -340,11 +358,19 @@ block = ["steal"]
             })
         };
         let e = scale(("root", Role::Admin)).unwrap_err();
-        assert!(e.contains("`no-scale-down-in-prod`: scaling deployment/web"), "{e}");
+        assert!(
+            e.contains("`no-scale-down-in-prod`: scaling deployment/web"),
+            "{e}"
+        );
 
         let dev = t("web", "dev");
-        let e = check(&p, &dev, &[port(PortMode::Steal, Some("a: b"))], ("intern-joe", Role::Developer))
-            .unwrap_err();
+        let e = check(
+            &p,
+            &dev,
+            &[port(PortMode::Steal, Some("a: b"))],
+            ("intern-joe", Role::Developer),
+        )
+        .unwrap_err();
         assert!(e.contains("`interns-mirror-only`"), "{e}");
         assert!(check(&p, &dev, &[port(PortMode::Steal, Some("a: b"))], ALICE).is_ok());
     }
@@ -361,13 +387,17 @@ block = ["steal"]
             require_header_filter: Some("(".into()),
         };
         let e = Policies::compile(&[spec]).err().unwrap();
-        assert!(e.starts_with("policy `p`: require_header_filter `(` is not a valid regex"), "{e}");
+        assert!(
+            e.starts_with("policy `p`: require_header_filter `(` is not a valid regex"),
+            "{e}"
+        );
         #[derive(Deserialize, Debug)]
         #[allow(dead_code)]
         struct W {
             policies: Vec<PolicySpec>,
         }
-        let e = toml::from_str::<W>("[[policies]]\nname = \"p\"\nroles = [\"root\"]\n").unwrap_err();
+        let e =
+            toml::from_str::<W>("[[policies]]\nname = \"p\"\nroles = [\"root\"]\n").unwrap_err();
         assert!(e.to_string().contains("unknown variant `root`"), "{e}");
     }
 }

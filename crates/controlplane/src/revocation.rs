@@ -132,11 +132,18 @@ impl ApiTls {
             .cloned()
             .collect();
         self.serials = serials.into_iter().collect();
-        tracing::info!(revoked = self.serials.len(), new = new.len(), "revocation list reloaded");
+        tracing::info!(
+            revoked = self.serials.len(),
+            new = new.len(),
+            "revocation list reloaded"
+        );
         let records = self.records_of(&new);
         let unknown = new.len() - records.len();
         if unknown > 0 {
-            tracing::warn!(unknown, "the revocation list names serial numbers the registry (issued.json) does not know");
+            tracing::warn!(
+                unknown,
+                "the revocation list names serial numbers the registry (issued.json) does not know"
+            );
         }
         for r in records {
             end_sessions_of(op, r);

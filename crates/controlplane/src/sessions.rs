@@ -250,8 +250,15 @@ impl Sessions {
     }
 
     /// Sessions and copies, of the sessions `visible` admits.
-    pub fn info(&self, visible: impl Fn(&SessionMeta) -> bool) -> (Vec<SessionInfo>, Vec<CopyInfo>) {
-        let list: Vec<_> = self.list().into_iter().filter(|e| visible(&e.meta)).collect();
+    pub fn info(
+        &self,
+        visible: impl Fn(&SessionMeta) -> bool,
+    ) -> (Vec<SessionInfo>, Vec<CopyInfo>) {
+        let list: Vec<_> = self
+            .list()
+            .into_iter()
+            .filter(|e| visible(&e.meta))
+            .collect();
         let copies = list.iter().filter_map(|e| e.copy_info.clone()).collect();
         let sessions = list.iter().map(|e| self.info_of(e)).collect();
         (sessions, copies)

@@ -141,7 +141,11 @@ impl HttpFilter {
     /// Narrows the filter: a request matches only if it also carries a header (`name:
     /// value`) matching `pattern`. Matching follows the filter's rules (case-insensitive),
     /// and the display shows the added clause.
-    pub fn require_header(&mut self, pattern: &str, limits: &FilterLimits) -> Result<(), FilterError> {
+    pub fn require_header(
+        &mut self,
+        pattern: &str,
+        limits: &FilterLimits,
+    ) -> Result<(), FilterError> {
         self.required.push(compile("header", pattern, limits)?);
         let parts = self.header.len() + self.path.len() + self.method.len();
         if self.required.len() == 1 && self.any && parts > 1 {

@@ -165,8 +165,8 @@ impl CertificateAuthority {
         let revoked_certs = revoked
             .iter()
             .map(|(serial, at)| {
-                let bytes = hex::decode(serial)
-                    .map_err(|_| IdentityError::BadSerial(serial.clone()))?;
+                let bytes =
+                    hex::decode(serial).map_err(|_| IdentityError::BadSerial(serial.clone()))?;
                 Ok(RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&bytes),
                     revocation_time: OffsetDateTime::from(*at),

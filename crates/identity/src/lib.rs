@@ -75,4 +75,3 @@ pub enum IdentityError {
     #[error("every credential matching `{0}` is already revoked")]
     AlreadyRevoked(String),
 }
-

@@ -122,7 +122,9 @@ pub fn sync_crl(ca: &CertificateAuthority, state_dir: &Path) -> Result<usize, Id
         .filter(|r| r.revoked_at.is_some() && !listed.contains(&r.serial))
         .count();
     if missing > 0 {
-        update(state_dir, |book| write_crl(ca, state_dir, &book.certificates))?;
+        update(state_dir, |book| {
+            write_crl(ca, state_dir, &book.certificates)
+        })?;
     }
     Ok(missing)
 }

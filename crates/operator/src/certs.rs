@@ -131,7 +131,9 @@ fn render(records: &[IssuedRecord], now: chrono::DateTime<chrono::Utc>) -> Strin
         out.push_str(&line(row));
     }
     if rows.is_empty() {
-        out.push_str("(no credentials issued yet: mirrord-operator certs issue --user NAME --out DIR)\n");
+        out.push_str(
+            "(no credentials issued yet: mirrord-operator certs issue --user NAME --out DIR)\n",
+        );
     }
     out
 }
