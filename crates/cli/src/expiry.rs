@@ -31,10 +31,12 @@ pub fn warning(creds: &Credentials, now: SystemTime) -> Option<String> {
 }
 
 fn days(d: Duration) -> String {
-    match d.as_secs() / 86_400 {
-        0 => format!("{} hours", d.as_secs() / 3600),
-        1 => "1 day".into(),
-        n => format!("{n} days"),
+    match (d.as_secs() / 86_400, d.as_secs() / 3600) {
+        (0, 0) => "less than an hour".into(),
+        (0, 1) => "1 hour".into(),
+        (0, h) => format!("{h} hours"),
+        (1, _) => "1 day".into(),
+        (n, _) => format!("{n} days"),
     }
 }
 
@@ -58,6 +60,7 @@ mod tests {
         assert_eq!(days(Duration::from_secs(13 * 86_400 + 5)), "13 days");
         assert_eq!(days(Duration::from_secs(86_400)), "1 day");
         assert_eq!(days(Duration::from_secs(7200)), "2 hours");
+        assert_eq!(days(Duration::from_secs(3)), "less than an hour");
         assert!(explain("received fatal alert: CertificateRevoked").is_some());
         assert!(explain("connection reset").is_none());
     }
