@@ -103,10 +103,13 @@ impl CertificateAuthority {
                 "{CA_CERT} and {CA_KEY} do not belong together"
             )));
         }
-        // The issuer of what we sign is identified by name and key, both of which are
-        // the same as when the stored certificate was made, so rebuilding it is enough
-        // to sign with; the stored PEM stays the one clients trust.
-        let cert = ca_params().self_signed(&key)?;
+        // The issuer of what we sign is identified by name and key. Rebuilding from the
+        // stored certificate keeps its name byte for byte (a CA made elsewhere, e.g. by
+        // Helm, encodes it differently from ours), so issued certificates chain to it;
+        // the stored PEM stays the one clients trust.
+        let params = CertificateParams::from_ca_cert_pem(&cert_pem)
+            .map_err(|e| broken(format!("{CA_CERT} cannot be used as a CA: {e}")))?;
+        let cert = params.self_signed(&key)?;
         Ok(Self {
             cert,
             key,
@@ -370,5 +373,43 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+}
+
+#[cfg(test)]
+mod foreign_ca {
+    use super::*;
+    use rcgen::{DnValue, PKCS_ED25519};
+
+    /// A CA as Helm's `genCAWithKey` makes it: an Ed25519 key in PKCS#8 and a common name
+    /// encoded as a PrintableString (ours are UTF8String). What we issue must name it as
+    /// issuer byte for byte, or no verifier chains to it.
+    #[test]
+    fn a_ca_made_elsewhere_issues_certificates_that_chain_to_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+        let mut params = ca_params();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            DnValue::PrintableString("mirrord operator CA".try_into().unwrap()),
+        );
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(tmp.path().join(CA_CERT), cert.pem()).unwrap();
+        std::fs::write(tmp.path().join(CA_KEY), key.serialize_pem()).unwrap();
+
+        let ca = CertificateAuthority::load(tmp.path()).unwrap();
+        let issued = ca.issue_server().unwrap();
+        let der = |pem: &str| {
+            rustls_pemfile::certs(&mut pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        let (ca_der, leaf_der) = (der(&cert.pem()), der(&issued.cert_pem));
+        let (_, ca_x509) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).unwrap();
+        assert_eq!(leaf.issuer().as_raw(), ca_x509.subject().as_raw());
+        assert!(leaf.verify_signature(Some(ca_x509.public_key())).is_ok());
     }
 }

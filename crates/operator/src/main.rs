@@ -5,6 +5,7 @@
 mod certs;
 mod demo;
 mod fdlimit;
+mod health;
 mod license;
 mod serve;
 

@@ -30,6 +30,13 @@ pub struct ServeArgs {
     /// The license file; reloaded when it changes.
     #[arg(long, env = "OPERATOR_LICENSE_PATH")]
     license: Option<PathBuf>,
+    /// Load the CA (ca.crt, ca.key) from this directory instead of the state directory,
+    /// and never create one (in a cluster: the chart's Secret, mounted read-only).
+    #[arg(long, env = "OPERATOR_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// Serve `/healthz` and `/readyz` here (for the kubelet's probes), e.g. 0.0.0.0:8081.
+    #[arg(long, env = "OPERATOR_HEALTH_ADDR")]
+    health_addr: Option<SocketAddr>,
 }
 
 /// A vendor key built into this binary (`MIRRORD_LICENSE_PUBLIC_KEY` at build time); the
@@ -101,8 +108,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?
         .block_on(async move {
+            let health = match args.health_addr {
+                Some(addr) => Some(crate::health::serve(addr).await?),
+                None => None,
+            };
             mirrord_identity::private_dir(&args.state_dir)?;
-            let ca = CertificateAuthority::load_or_init(&args.state_dir)?;
+            let ca = match &args.ca_dir {
+                Some(dir) => CertificateAuthority::load(dir)?,
+                None => CertificateAuthority::load_or_init(&args.state_dir)?,
+            };
+            // The registry and the revocation list live in the state directory (writable)
+            // even when the CA comes from elsewhere.
             let missing = registry::sync_crl(&ca, &args.state_dir)?;
             if missing > 0 {
                 tracing::warn!(missing, "the revocation list lacked credentials the registry says are revoked; rewrote it");
@@ -160,6 +176,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }));
             tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
             tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
+            if let Some(health) = &health {
+                health.ready();
+            }
             tracing::info!(
                 api = %api_addr,
                 targets = config.targets.len(),

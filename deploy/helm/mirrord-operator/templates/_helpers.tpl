@@ -1,0 +1,54 @@
+{{- define "mirrord-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mirrord-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "mirrord-operator.labels" -}}
+{{ include "mirrord-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "mirrord-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "mirrord-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mirrord-operator.caSecret" -}}
+{{- default (printf "%s-ca" (include "mirrord-operator.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{- define "mirrord-operator.licenseSecret" -}}
+{{- if .Values.license.existingSecret -}}
+{{- .Values.license.existingSecret -}}
+{{- else if .Values.license.contents -}}
+{{- printf "%s-license" (include "mirrord-operator.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's configuration file: the chart's fixed parts, then the user's. */}}
+{{- define "mirrord-operator.config" -}}
+[api]
+listen = "0.0.0.0:{{ .Values.service.apiPort }}"
+{{- if .Values.license.publicKey }}
+
+[license]
+public_key = {{ .Values.license.publicKey | quote }}
+{{- end }}
+{{- with .Values.operator.config }}
+
+{{ . }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,82 @@
+"""A small helm-like command line over helm-python-sdk (Helm's Go SDK): see scripts/helm."""
+import argparse
+import sys
+
+import helm_python as helm
+
+
+def parse_set(pairs):
+    """--set a.b=c, as helm parses it for the cases the chart uses (bool, int, string)."""
+    values = {}
+    for pair in pairs or []:
+        key, _, raw = pair.partition("=")
+        value = {"true": True, "false": False}.get(raw, raw)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        node = values
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return values
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="scripts/helm")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("install", "upgrade", "template"):
+        p = sub.add_parser(name)
+        p.add_argument("release")
+        p.add_argument("chart")
+        p.add_argument("-n", "--namespace", default="default")
+        p.add_argument("--set", action="append")
+        p.add_argument("--wait", action="store_true")
+        p.add_argument("--timeout", type=int, default=120)
+        p.add_argument("--create-namespace", action="store_true")
+    p = sub.add_parser("uninstall")
+    p.add_argument("release")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--wait", action="store_true")
+    p = sub.add_parser("lint")
+    p.add_argument("chart")
+    p.add_argument("--set", action="append")
+    args = ap.parse_args()
+
+    if args.cmd == "lint":
+        report = helm.lint(args.chart, parse_set(args.set), strict=True)
+        for m in report.get("messages", []):
+            print(f"[{m.get('severity')}] {m.get('path')}: {m.get('error')}")
+        errors = report.get("errors") or [
+            m for m in report.get("messages", []) if m.get("severity", 0) >= 2
+        ]
+        print(f"{report.get('total_charts_linted', 0)} chart(s) linted, {len(errors)} failed")
+        return 1 if errors else 0
+
+    cfg = helm.Config(namespace=args.namespace)
+    wait = "watcher" if getattr(args, "wait", False) else None
+    if args.cmd == "uninstall":
+        cfg.uninstall(args.release, wait=wait, timeout=120)
+        print(f'release "{args.release}" uninstalled')
+        return 0
+    values = parse_set(args.set)
+    if args.cmd == "template":
+        rel = cfg.install(args.chart, args.release, values, namespace=args.namespace,
+                          dry_run="client")
+        print(rel.get("manifest", ""))
+        return 0
+    if args.cmd == "install":
+        rel = cfg.install(args.chart, args.release, values, namespace=args.namespace,
+                          wait=wait, timeout=args.timeout,
+                          create_namespace=args.create_namespace)
+    else:
+        rel = cfg.upgrade(args.chart, args.release, values, namespace=args.namespace,
+                          wait=wait, timeout=args.timeout)
+    print(f'release "{rel.get("name")}" revision {rel.get("revision")}: {rel.get("status")}'
+          f' (namespace {rel.get("namespace")})')
+    if rel.get("notes"):
+        print(rel["notes"].rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+//! The real Kubernetes cluster of `scripts/dev-cluster.sh` (found through `KUBECONFIG`),
+//! driven with `kubectl` and the chart installed with `scripts/helm` (Helm's Go SDK).
+//!
+//! Without a cluster these tests say so and return, so a developer can run the rest of the
+//! suite; under `CI` a missing cluster is a failure (`.ci/run` starts one).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub struct Cluster {
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    /// The cluster, or `None` (with a note) when there is none and this is not CI.
+    pub fn get() -> Option<Self> {
+        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        let found = std::env::var_os("KUBECONFIG")
+            .map(PathBuf::from)
+            .filter(|p| p.exists());
+        let Some(kubeconfig) = found else {
+            assert!(
+                !ci,
+                "CI is set but no cluster is reachable: KUBECONFIG is unset or missing \
+                 (run `scripts/dev-cluster.sh up` and `eval \"$(scripts/dev-cluster.sh env)\"`)"
+            );
+            eprintln!("no Kubernetes cluster (KUBECONFIG unset): this test needs one, see README");
+            return None;
+        };
+        let c = Self { kubeconfig };
+        let ready = c.kubectl_output(&["get", "--raw", "/readyz"]);
+        assert!(
+            ready.status.success(),
+            "KUBECONFIG={} but the API server does not answer: {}",
+            c.kubeconfig.display(),
+            String::from_utf8_lossy(&ready.stderr)
+        );
+        Some(c)
+    }
+
+    fn kubectl_output(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl on PATH (scripts/dev-cluster.sh env puts the cluster's there)")
+    }
+
+    /// `kubectl ARGS`, which must succeed; its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_output(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 from kubectl")
+    }
+
+    /// `kubectl ARGS` that may fail: (success, stdout, stderr).
+    pub fn try_kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.kubectl_output(args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `scripts/helm ARGS` against this cluster; must succeed.
+    pub fn helm(&self, args: &[&str]) -> String {
+        let out = Command::new(repo().join("scripts/helm"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("run scripts/helm");
+        assert!(
+            out.status.success(),
+            "scripts/helm {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Loads the operator image made from the binary these tests built (current sources).
+    pub fn load_operator_image(&self) {
+        static LOADED: std::sync::Once = std::sync::Once::new();
+        LOADED.call_once(|| {
+            let st = Command::new(repo().join("scripts/images.sh"))
+                .arg("operator")
+                .env("OPERATOR_BIN", crate::bin("mirrord-operator"))
+                .status()
+                .expect("run scripts/images.sh");
+            assert!(st.success(), "loading the operator image failed");
+        });
+    }
+
+    /// Polls `kubectl ARGS` until `pred` holds on its stdout; the last stdout.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        args: &[&str],
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let mut last = String::new();
+        let ok = crate::wait_for(timeout, || {
+            let (_, out, err) = self.try_kubectl(args);
+            last = format!("{out}{err}");
+            pred(&out).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "kubectl {args:?}: condition not met in {timeout:?}; last:\n{last}"
+        );
+        last
+    }
+}
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
