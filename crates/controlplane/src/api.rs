@@ -7,6 +7,7 @@
 
 use crate::caller::Caller;
 use crate::operator::Operator;
+use crate::refusal::Refusal;
 use crate::{open, session};
 use arc_swap::ArcSwap;
 use futures::{SinkExt, StreamExt};
@@ -276,14 +277,16 @@ fn kill(op: &Operator, k: KillRequest, caller: &Caller) -> ServerMessage {
         .iter()
         .find(|id| visible(id).is_none() && op.sessions.get(**id).is_some())
     {
-        let message = format!("kill session {id}: not yours and you are not an admin");
+        let refusal = Refusal::Forbidden(format!(
+            "kill session {id}: not yours and you are not an admin"
+        ));
         op.telemetry.record(Event::RequestForbidden {
             client: caller.client.clone(),
             role: caller.role.as_str(),
             action: format!("kill session {id}"),
-            message: message.clone(),
+            message: refusal.to_string(),
         });
-        return error(ErrorCode::Forbidden, message);
+        return ServerMessage::Error(refusal.reply());
     }
     let mut killed = Vec::new();
     let mut missing = Vec::new();
