@@ -89,7 +89,7 @@ async fn pipeline(
         true => Some(make_copy(&valid, id, req.scale_down).await?),
         false => None,
     };
-    Ok(commit(
+    let opened = commit(
         op,
         Commit {
             id,
@@ -99,7 +99,13 @@ async fn pipeline(
             copy,
             slot,
         },
-    ))
+    );
+    // Revoked while it opened (the copy takes a while): the revocation's sweep of
+    // sessions may have run before this one was registered, so end it here.
+    if op.revoked.contains(&client.client_id) {
+        op.sessions.end(id, "credential revoked");
+    }
+    Ok(opened)
 }
 
 async fn make_copy(
