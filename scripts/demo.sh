@@ -39,9 +39,11 @@ for _ in $(seq 100); do
 done
 curl -sf "http://$LISTEN/hello"
 
-step "issue credentials for alice and bob"
+step "issue credentials: developers alice and bob, an admin"
 "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user alice --out "$WORK/alice"
 "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user bob --out "$WORK/bob"
+"$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user ops --role admin --valid-for 7d --out "$WORK/ops"
+"$BIN/mirrord-operator" certs list --state-dir "$WORK/state"
 
 step "alice's and bob's local processes"
 "$BIN/mirrord-operator" demo-server --port 19091 --name alice-laptop & pids+=($!)
@@ -60,14 +62,15 @@ curl -s -H 'x-user: alice' "http://$LISTEN/orders/1"
 curl -s "http://$LISTEN/orders/2"
 curl -s -H 'x-user: bob' "http://$LISTEN/orders/3"
 
-step "mirrordctl status"
+step "mirrordctl status (alice sees her own session; the admin sees all)"
 "$BIN/mirrordctl" --credentials "$WORK/alice" status
+"$BIN/mirrordctl" --credentials "$WORK/ops" status
 
 step "a conflicting unfiltered steal is refused"
 "$BIN/mirrordctl" --credentials "$WORK/bob" steal --target deployment/api --port 80=127.0.0.1:19092 || true
 
-step "kill all sessions"
-"$BIN/mirrordctl" --credentials "$WORK/alice" sessions kill --all
+step "kill all sessions (an admin's right)"
+"$BIN/mirrordctl" --credentials "$WORK/ops" sessions kill --all
 sleep 0.5
 curl -s -H 'x-user: alice' "http://$LISTEN/orders/4"
 

@@ -19,8 +19,9 @@ async fn copy_with_scale_down_takes_all_traffic_and_restores_originals() {
     let dev = HttpServer::start("dev").await;
     let listen = free_addr();
     let op = Operator::start(&command_target("api", 80, listen, 2), "");
-    let alice = op.issue("alice");
-    let bob = op.issue("bob");
+    // Both scale down: an admin's right.
+    let alice = op.issue_admin("alice");
+    let bob = op.issue_admin("bob");
 
     // Two original replicas answer, round robin.
     let originals = wait_for(Duration::from_secs(20), || {

@@ -285,7 +285,8 @@ async fn dashboards_queries_and_log_fields_match_a_real_operator() {
 
     // The workload: filtered steal with matched and unmatched requests, an unfiltered steal
     // on a scaled-down copy with connections, a mirror, a refusal, an ended session.
-    let (alice, bob, carol) = (op.issue("alice"), op.issue("bob"), op.issue("carol"));
+    // bob scales a target down: an admin's right.
+    let (alice, bob, carol) = (op.issue("alice"), op.issue_admin("bob"), op.issue("carol"));
     let devp = format!("80={}", dev.addr);
     let a = Session::start(
         &alice,

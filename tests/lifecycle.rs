@@ -51,7 +51,7 @@ async fn sessions_kill_ends_at_once_with_a_clear_message() {
     let listen = free_addr();
     let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
     let alice = op.issue("alice");
-    let admin = op.issue("admin");
+    let admin = op.issue_admin("admin");
     let port = format!("80={}", dev.addr);
     let mut s = Session::start(&alice, &["steal", "--target", "api", "--port", &port]).unwrap();
     let st = status(&admin);

@@ -12,7 +12,8 @@ async fn conflicts_abort_continue_and_override() {
     let listen = free_addr();
     let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
     let alice = op.issue("alice");
-    let bob = op.issue("bob");
+    // bob overrides alice's port below: an admin's right.
+    let bob = op.issue_admin("bob");
     let pa = format!("80={}", dev_a.addr);
     let pb = format!("80={}", dev_b.addr);
 

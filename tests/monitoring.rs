@@ -60,9 +60,10 @@ async fn scripted_scenario_logs_exactly_the_expected_functional_events() {
         "ping_interval = \"200ms\"\nclient_timeout = \"2s\"",
     );
     let prom = Prometheus::start(op.metrics.unwrap());
-    let alice = op.issue("alice");
+    // alice scales a target down and the admin kills her session: both admins' rights.
+    let alice = op.issue_admin("alice");
     let bob = op.issue("bob");
-    let admin = op.issue("admin");
+    let admin = op.issue_admin("admin");
     let devp = format!("80={}", dev.addr);
 
     // alice: filtered steal; bob: unfiltered mirror; bob's unfiltered steal conflicts.

@@ -492,7 +492,7 @@ async fn idle_intercepted_connections_never_lock_out_the_api() {
         nofile: Some((256, 256)),
         ..Default::default()
     });
-    let admin = op.issue("admin");
+    let admin = op.issue_admin("admin");
     // Far more idle connections than the operator has descriptors for.
     let mut idle = Vec::new();
     for _ in 0..400 {

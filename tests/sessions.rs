@@ -53,8 +53,8 @@ async fn a_refused_session_changes_nothing() {
         )],
         ..Default::default()
     });
-    let alice = op.issue("alice");
-    let bob = op.issue("bob");
+    let alice = op.issue_admin("alice");
+    let bob = op.issue_admin("bob");
     let original = replica_pids(listen, 1);
     let port = format!("80={}", dev.addr);
     // Alice takes the only seat.
@@ -136,8 +136,8 @@ async fn copy_target_respects_port_locks() {
     let dev_b = HttpServer::start("bob").await;
     let listen = free_addr();
     let op = Operator::start(&command_target("api", 80, listen, 1), "");
-    let alice = op.issue("alice");
-    let bob = op.issue("bob");
+    let alice = op.issue_admin("alice");
+    let bob = op.issue_admin("bob");
     replica_pids(listen, 1);
     let pa = format!("80={}", dev_a.addr);
     let pb = format!("80={}", dev_b.addr);
@@ -209,8 +209,8 @@ async fn scale_down_does_not_starve_other_sessions() {
     let dev_b = HttpServer::start("bob").await;
     let listen = free_addr();
     let op = Operator::start(&command_target("api", 80, listen, 2), "");
-    let alice = op.issue("alice");
-    let bob = op.issue("bob");
+    let alice = op.issue_admin("alice");
+    let bob = op.issue_admin("bob");
     let originals = replica_pids(listen, 2);
     let pa = format!("80={}", dev_a.addr);
     let pb = format!("80={}", dev_b.addr);
@@ -554,7 +554,7 @@ async fn api_connections_and_pre_hello_frames_are_bounded() {
 async fn sessions_end_at_their_maximum_time_or_when_unused() {
     let f = ApiFixture::start("max_session_time = \"4s\"\nunused_session_ttl = \"2s\"").await;
     let mut holder = f.session("alice", "steal", &[]);
-    let st = status(&f.op.issue("admin"));
+    let st = status(&f.op.issue_admin("admin"));
     assert!(
         st["sessions"][0]["ends_in_secs"].as_u64().unwrap() <= 4,
         "{st}"

@@ -256,9 +256,31 @@ impl Operator {
         op
     }
 
-    /// A credential directory for `user`, issued by this operator's CA.
+    /// A developer's credential directory for `user`, issued by this operator's CA.
     pub fn issue(&self, user: &str) -> PathBuf {
         self.issue_in(user, self.dir.path())
+    }
+
+    /// An admin's credential directory for `user`.
+    pub fn issue_admin(&self, user: &str) -> PathBuf {
+        self.issue_with(user, &["--role", "admin"])
+    }
+
+    /// A credential directory for `user` issued with more `certs issue` arguments
+    /// (`--role admin`, `--valid-for 2s`...).
+    pub fn issue_with(&self, user: &str, extra: &[&str]) -> PathBuf {
+        self.issue_into(user, self.dir.path(), extra)
+    }
+
+    /// `mirrord-operator certs ARGS --state-dir <this operator's>`, run to completion.
+    pub fn certs(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("mirrord-operator"))
+            .arg("certs")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output()
+            .expect("run mirrord-operator certs")
     }
 
     /// Points an existing credential directory at this operator (after a restart, which
@@ -269,6 +291,10 @@ impl Operator {
 
     /// Like [`Operator::issue`], into a directory that may outlive this operator.
     pub fn issue_in(&self, user: &str, parent: &Path) -> PathBuf {
+        self.issue_into(user, parent, &[])
+    }
+
+    fn issue_into(&self, user: &str, parent: &Path, extra: &[&str]) -> PathBuf {
         static ISSUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = parent.join(format!("creds-{user}-{n}"));
@@ -277,6 +303,7 @@ impl Operator {
             .arg(&self.state)
             .args(["--user", user, "--out"])
             .arg(&out)
+            .args(extra)
             .output()
             .unwrap();
         assert!(st.status.success(), "certs issue: {st:?}");

@@ -272,8 +272,16 @@ pub async fn upgrade_echo(
     )
 }
 
-/// Like [`get`], but `None` instead of a panic when the connection fails (for polling).
+/// Like [`get`], but `None` instead of a panic when the connection fails or nothing
+/// answers within 10 s (for polling: one lost answer must not hang the poll).
 pub async fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), try_get_once(addr, path))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn try_get_once(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await

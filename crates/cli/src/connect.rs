@@ -27,6 +27,9 @@ pub struct Endpoint {
 
 pub async fn connect(ep: &Endpoint) -> anyhow::Result<(Transport, Welcome)> {
     let creds = load_credentials(&ep.creds)?;
+    if let Some(w) = crate::expiry::warning(&creds, std::time::SystemTime::now()) {
+        eprintln!("mirrordctl: {w}");
+    }
     let addr = creds.operator_addr.clone();
     let t = ep.connect_timeout;
     tokio::time::timeout(t, handshake(creds))
@@ -88,7 +91,10 @@ async fn handshake(creds: Credentials) -> anyhow::Result<(Transport, Welcome)> {
         Some(Ok(ServerMessage::Welcome(w))) => Ok((t, *w)),
         Some(Ok(ServerMessage::Error(e))) => Err(Refused(e).into()),
         Some(Ok(other)) => anyhow::bail!("unexpected answer from the operator: {other:?}"),
-        Some(Err(e)) => Err(e).context("reading the operator's answer"),
+        Some(Err(e)) => match crate::expiry::explain(&e.to_string()) {
+            Some(why) => Err(e).context(why),
+            None => Err(e).context("reading the operator's answer"),
+        },
         // The operator closes a connection whose certificate it rejects right after the
         // handshake (TLS 1.3 verifies the client after the server's Finished).
         None => anyhow::bail!(

@@ -4,7 +4,7 @@
 //! `sessions kill` use (a u64 above 2^53 loses digits in jq and JavaScript).
 
 use mirrord_protocol::{
-    CopyInfo, HttpFilterSpec, LicenseSummary, PortOutcome, SessionInfo, StatusReport,
+    Caller, CopyInfo, HttpFilterSpec, LicenseSummary, PortOutcome, SessionInfo, StatusReport,
 };
 use serde::Serialize;
 
@@ -14,6 +14,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Status<'a> {
     schema_version: u32,
     operator_version: &'a str,
+    /// Who asked, as the operator authenticated them: `client_user`, `client_id`, `role`.
+    caller: &'a Caller,
     /// `null`: the operator enforces no license.
     license: Option<&'a LicenseSummary>,
     copies: Vec<Copy<'a>>,
@@ -69,6 +71,7 @@ impl<'a> Status<'a> {
         Self {
             schema_version: SCHEMA_VERSION,
             operator_version: &r.operator_version,
+            caller: &r.caller,
             license: r.license.as_ref(),
             copies: r.copies.iter().map(Copy::of).collect(),
             sessions: r.sessions.iter().map(Session::of).collect(),
@@ -148,6 +151,11 @@ mod tests {
         };
         let r = StatusReport {
             operator_version: "0.1.0".into(),
+            caller: Caller {
+                client_user: "alice".into(),
+                client_id: "cafe".into(),
+                role: "developer".into(),
+            },
             license: None,
             copies: vec![CopyInfo {
                 original_target: "deployment/api".into(),

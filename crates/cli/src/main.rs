@@ -4,6 +4,7 @@
 
 mod connect;
 mod exit;
+mod expiry;
 mod json;
 mod local;
 mod session;

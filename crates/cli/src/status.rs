@@ -83,6 +83,18 @@ fn duration(secs: u64) -> String {
 
 pub fn render(r: &StatusReport) -> String {
     let mut out = format!("Operator version: {}\n", r.operator_version);
+    let c = &r.caller;
+    out.push_str(&format!(
+        "You: {} ({}, client id {}){}\n",
+        c.client_user,
+        c.role,
+        c.client_id,
+        if c.role == "admin" {
+            ""
+        } else {
+            "; sessions below are your own"
+        }
+    ));
     match &r.license {
         Some(l) if !l.name.is_empty() => {
             out.push_str(&format!(
@@ -182,6 +194,11 @@ mod tests {
         };
         let r = StatusReport {
             operator_version: "0.1.0".into(),
+            caller: mirrord_protocol::Caller {
+                client_user: "alice".into(),
+                client_id: "cafe".into(),
+                role: "developer".into(),
+            },
             license: None,
             copies: vec![CopyInfo {
                 original_target: "deployment/api".into(),
@@ -208,7 +225,10 @@ mod tests {
             }],
         };
         let text = render(&r);
-        assert!(text.starts_with("Operator version: 0.1.0\n"), "{text}");
+        assert!(
+            text.starts_with("Operator version: 0.1.0\nYou: alice (developer, client id cafe); sessions below are your own\n"),
+            "{text}"
+        );
         assert!(text.contains("License: not enforced"));
         assert!(
             text.contains("Original Target  Namespace  Copy Name                  Scale Down?"),

@@ -2,16 +2,19 @@
 //! anything changes. [`validate`] (the request is well formed and within the limits;
 //! filters are compiled off the async runtime) -> [`authorize`] (the caller's role allows
 //! it) -> [`admit`] (license, policies, sessions per client, a seat held for the client).
+//! Once the port locks have decided, [`authorize_take_overs`]: taking a port from another
+//! user is an admin's right.
 
 use crate::backend::{BackendError, Target};
-use crate::locks::Want;
+use crate::caller::Caller;
+use crate::locks::{Reservation, Want};
 use crate::operator::Operator;
+use crate::policy::Subject;
 use crate::refusal::Refusal;
 use crate::sessions::{ClientLimits, ClientSlot};
 use mirrord_dataplane::{FilterError, HttpFilter};
 use mirrord_license::SeatReservation;
 use mirrord_protocol::{HttpFilterSpec, PortMode, SessionRequest};
-use mirrord_telemetry::ClientInfo;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -129,10 +132,42 @@ async fn compile(
     }
 }
 
-/// Whether the caller's role allows the request. Every authenticated client may open
-/// sessions today; roles come with the authorization model.
-pub fn authorize(_op: &Operator, _client: &ClientInfo, _v: &Validated) -> Result<(), Refusal> {
+/// Whether the caller may ask this at all: a credential revoked while it was connected
+/// gets nothing, and scaling a shared target down is an admin's decision.
+pub fn authorize(op: &Operator, caller: &Caller, req: &SessionRequest) -> Result<(), Refusal> {
+    if op.revoked.contains(&caller.client.client_id) {
+        return Err(Refusal::Forbidden(format!(
+            "the credential of {} (client id {}) is revoked; ask an admin for a new one",
+            caller.user(),
+            caller.client.client_id
+        )));
+    }
+    if req.scale_down && !caller.role.is_admin() {
+        return Err(Refusal::Forbidden(format!(
+            "--scale-down stops {} (namespace {}) for everyone: only an admin may do it, and you are a {}",
+            req.target, req.target.namespace, caller.role
+        )));
+    }
     Ok(())
+}
+
+/// `--on-concurrent-steal override` of ports held by another user needs an admin (a
+/// developer may take over their own sessions' ports).
+pub fn authorize_take_overs(caller: &Caller, reserved: &Reservation) -> Result<(), Refusal> {
+    if caller.role.is_admin() {
+        return Ok(());
+    }
+    match reserved
+        .take_overs()
+        .iter()
+        .find(|(h, _)| h.user != caller.user())
+    {
+        None => Ok(()),
+        Some((holder, port)) => Err(Refusal::Forbidden(format!(
+            "port {port} is held by {holder}: taking over another user's port needs an admin, and you are a {}; retry with --on-concurrent-steal abort or continue",
+            caller.role
+        ))),
+    }
 }
 
 /// What admission holds for a session until it is committed (or refused).
@@ -141,18 +176,43 @@ pub struct Admitted {
     pub seat: SeatReservation,
 }
 
-/// The license first (it says why nothing works), then the policies, then the client's
-/// own limits, then a seat.
+/// The license first (it says why nothing works), then the policies (which may narrow the
+/// steals' filters), then the client's own limits, then a seat.
 pub fn admit(
     op: &Operator,
-    client: &ClientInfo,
+    caller: &Caller,
     req: &SessionRequest,
+    valid: &mut Validated,
 ) -> Result<Admitted, Refusal> {
+    let client = &caller.client;
     let now = chrono::Utc::now();
     op.licensing.check(now)?;
-    op.policies
-        .check(&req.target, &req.ports)
+    let required = op
+        .policies
+        .check(&Subject {
+            target: &req.target,
+            ports: &req.ports,
+            scale_down: req.scale_down,
+            user: caller.user(),
+            role: caller.role,
+        })
         .map_err(Refusal::Policy)?;
+    for r in required {
+        let filter = valid
+            .ports
+            .iter_mut()
+            .find(|p| p.port == r.port)
+            .and_then(|p| p.filter.as_mut())
+            .ok_or_else(|| {
+                Refusal::Internal(format!(
+                    "policy `{}`: port {} has no filter to narrow",
+                    r.policy, r.port
+                ))
+            })?;
+        Arc::make_mut(filter)
+            .require_header(&r.pattern, &op.filter_limits())
+            .map_err(|e| Refusal::Internal(format!("policy `{}`: {e}", r.policy)))?;
+    }
     let regexes = req
         .ports
         .iter()

@@ -5,15 +5,19 @@
 //! are closed at once), the TLS handshake and the hello have deadlines, and frames are
 //! small until the peer has said who it is.
 
+use crate::caller::Caller;
 use crate::operator::Operator;
+use crate::refusal::Refusal;
 use crate::{open, session};
+use arc_swap::ArcSwap;
 use futures::{SinkExt, StreamExt};
 use mirrord_identity::PeerIdentity;
+use mirrord_protocol::SessionId;
 use mirrord_protocol::{
     ClientHello, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest,
     ServerMessage, Welcome, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use mirrord_telemetry::ClientInfo;
+use mirrord_telemetry::{ClientInfo, Event};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,8 +41,13 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub type Transport =
     Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec<ClientMessage, ServerMessage>>;
 
-pub async fn serve(op: Arc<Operator>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = TlsAcceptor::from(tls);
+/// Serves the API. `tls` is read at every accept, so a new configuration (a new
+/// revocation list) applies to every handshake from then on.
+pub async fn serve(
+    op: Arc<Operator>,
+    listener: TcpListener,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+) {
     let mut last_full_warning: Option<Instant> = None;
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -57,7 +66,7 @@ pub async fn serve(op: Arc<Operator>, listener: TcpListener, tls: Arc<rustls::Se
             continue;
         };
         let op = Arc::clone(&op);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls.load_full());
         tokio::spawn(async move { handle(op, acceptor, tcp, peer, permit).await });
     }
 }
@@ -73,7 +82,7 @@ async fn handle(
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::warn!(%peer, error = %e, "TLS handshake failed (a client needs a certificate from `mirrord-operator certs issue`)");
+            tracing::warn!(%peer, error = %e, "TLS handshake failed (a client needs a valid, unrevoked certificate from `mirrord-operator certs issue`)");
             return;
         }
         Err(_) => {
@@ -100,7 +109,7 @@ async fn handle(
     *framed.read_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
     *framed.write_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
 
-    let client = match hello(&op, &mut framed, &peer, identity).await {
+    let caller = match hello(&op, &mut framed, &peer, identity).await {
         Ok(c) => c,
         Err(reply) => {
             if let Some(reply) = reply {
@@ -121,10 +130,10 @@ async fn handle(
     };
     let reply = match request {
         ClientMessage::OpenSession(req) => {
-            return run_session(op, framed, req, client).await;
+            return run_session(op, framed, req, caller).await;
         }
-        ClientMessage::Status => ServerMessage::Status(Box::new(op.status())),
-        ClientMessage::Kill(k) => kill(&op, k, &client),
+        ClientMessage::Status => ServerMessage::Status(Box::new(op.status(&caller))),
+        ClientMessage::Kill(k) => kill(&op, k, &caller),
         other => error(
             ErrorCode::BadRequest,
             format!("expected OpenSession, Status or Kill, got {}", other.kind()),
@@ -140,7 +149,7 @@ async fn hello(
     framed: &mut Transport,
     peer: &SocketAddr,
     identity: PeerIdentity,
-) -> Result<ClientInfo, Option<ErrorReply>> {
+) -> Result<Caller, Option<ErrorReply>> {
     let hello = match next(framed, HANDSHAKE_TIMEOUT).await {
         Ok(ClientMessage::Hello(h)) => h,
         Ok(other) => {
@@ -180,16 +189,20 @@ async fn hello(
         operator_version: env!("CARGO_PKG_VERSION").to_owned(),
         client_id: identity.client_id.clone(),
         client_user: identity.client_user.clone(),
+        role: identity.role.to_string(),
     }));
     if framed.send(welcome).await.is_err() {
         return Err(None);
     }
-    Ok(ClientInfo {
-        client_id: identity.client_id,
-        client_user: identity.client_user,
-        client_name: hello.client_name,
-        client_hostname: hello.client_hostname,
-        cli_version: hello.cli_version,
+    Ok(Caller {
+        client: ClientInfo {
+            client_id: identity.client_id,
+            client_user: identity.client_user,
+            client_name: hello.client_name,
+            client_hostname: hello.client_hostname,
+            cli_version: hello.cli_version,
+        },
+        role: identity.role,
     })
 }
 
@@ -220,9 +233,9 @@ async fn run_session(
     op: Arc<Operator>,
     mut framed: Transport,
     req: mirrord_protocol::SessionRequest,
-    client: ClientInfo,
+    caller: Caller,
 ) {
-    let opened = match open::open(&op, req, client).await {
+    let opened = match open::open(&op, req, caller).await {
         Ok(o) => o,
         Err(reply) => {
             let _ =
@@ -245,22 +258,53 @@ async fn run_session(
     }
 }
 
-fn kill(op: &Operator, k: KillRequest, client: &ClientInfo) -> ServerMessage {
-    let ids = match k {
-        KillRequest::All => op.sessions.list().iter().map(|s| s.id).collect(),
+/// Ends sessions on request. A developer may end only their own user's sessions (`--all`
+/// means all of those); asking for someone else's refuses the whole request, with no
+/// effect. Every kill and every refusal is an audit line.
+fn kill(op: &Operator, k: KillRequest, caller: &Caller) -> ServerMessage {
+    let visible = |id: &SessionId| op.sessions.get(*id).filter(|e| caller.may_manage(&e.meta));
+    let ids: Vec<SessionId> = match k {
+        KillRequest::All => op
+            .sessions
+            .list()
+            .iter()
+            .filter(|e| caller.may_manage(&e.meta))
+            .map(|e| e.id)
+            .collect(),
         KillRequest::Sessions(ids) => ids,
     };
+    if let Some(id) = ids
+        .iter()
+        .find(|id| visible(id).is_none() && op.sessions.get(**id).is_some())
+    {
+        let refusal = Refusal::Forbidden(format!(
+            "kill session {id}: not yours and you are not an admin"
+        ));
+        op.telemetry.record(Event::RequestForbidden {
+            client: caller.client.clone(),
+            role: caller.role.as_str(),
+            action: format!("kill session {id}"),
+            message: refusal.to_string(),
+        });
+        return ServerMessage::Error(refusal.reply());
+    }
     let mut killed = Vec::new();
     let mut missing = Vec::new();
+    let reason = format!("killed by {}", caller.user());
     for id in ids {
-        let reason = format!("killed by {}", client.client_user);
-        if op.sessions.end(id, &reason) {
-            killed.push(id);
-        } else {
-            missing.push(id.to_string());
+        let entry = visible(&id);
+        match entry {
+            Some(e) if op.sessions.end(id, &reason) => {
+                op.telemetry.record(Event::SessionKilled {
+                    session: Arc::clone(&e.meta),
+                    by: caller.client.clone(),
+                    by_role: caller.role.as_str(),
+                });
+                killed.push(id);
+            }
+            _ => missing.push(id.to_string()),
         }
     }
-    tracing::info!(client_user = %client.client_user, killed = killed.len(), "sessions killed on request");
     if missing.is_empty() {
         ServerMessage::Killed { sessions: killed }
     } else {

@@ -5,12 +5,14 @@
 //! that carries the session's traffic until it ends) -> [`sessions`] (the registry, and
 //! the one way a session ends). [`refusal`] is every way a request is turned down.
 //! [`operator`] holds the shared state; [`backend`] / [`local`] is where targets live
-//! (single machine here, Kubernetes beside it).
+//! (single machine here, Kubernetes beside it). [`caller`] is who asks and what their role
+//! lets them do; [`revocation`] follows the CA's revocation list while the operator runs.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod api;
 pub mod backend;
+pub mod caller;
 pub mod config;
 pub mod local;
 pub mod locks;
@@ -18,9 +20,11 @@ pub mod open;
 pub mod operator;
 pub mod policy;
 pub mod refusal;
+pub mod revocation;
 pub mod session;
 pub mod sessions;
 #[cfg(test)]
 mod testing;
 
+pub use caller::Caller;
 pub use operator::Operator;

@@ -216,7 +216,7 @@ impl PortLocks {
 enum Arbitration {
     Free,
     Skip(String),
-    TakeOver(Vec<SessionId>),
+    TakeOver(Vec<Holder>),
 }
 
 /// One unfiltered steal per port; filtered steals share a port with each other but not
@@ -255,7 +255,7 @@ fn arbitrate(
                 )));
             }
             Ok(Arbitration::TakeOver(
-                holders.iter().map(|h| h.holder.session).collect(),
+                holders.iter().map(|h| h.holder.clone()).collect(),
             ))
         }
     }
@@ -267,7 +267,7 @@ pub struct Reservation {
     target: String,
     holder: Holder,
     wants: Vec<(Want, Outcome)>,
-    take_over: Vec<(SessionId, u16)>,
+    take_over: Vec<(Holder, u16)>,
     scale_down: bool,
     committed: bool,
 }
@@ -284,7 +284,7 @@ impl Reservation {
     }
 
     /// Sessions whose ports this reservation would take (`override`), with the port.
-    pub fn take_overs(&self) -> &[(SessionId, u16)] {
+    pub fn take_overs(&self) -> &[(Holder, u16)] {
         &self.take_over
     }
 
@@ -295,6 +295,7 @@ impl Reservation {
         let t = targets.entry(self.target.clone()).or_default();
         let mut taken = Vec::new();
         for (victim, port) in &self.take_over {
+            let victim = &victim.session;
             let Some(holds) = t.ports.get_mut(port) else {
                 continue;
             };
@@ -575,7 +576,7 @@ mod tests {
                 false,
             )
             .unwrap();
-        assert_eq!(over.take_overs(), &[(SessionId(1), 80)]);
+        assert_eq!(over.take_overs(), &[(holder(1, "alice"), 80)]);
         // Until commit, alice still holds the port and its traffic.
         assert_eq!(
             routes.load().unfiltered_steal.as_ref().unwrap().session_id,

@@ -1,7 +1,8 @@
 //! Opening a session, as a pipeline of owned steps:
 //!
 //! validate -> authorize -> admit (holding a client slot and a seat reservation) ->
-//! reserve the ports (port locks) -> record the seat -> make the copy -> commit.
+//! reserve the ports (port locks) -> authorize take-overs -> record the seat -> make the
+//! copy -> commit.
 //!
 //! Everything that can refuse the session happens before anything changes: a refused
 //! session leaves no copy, no scaled-down target and no route behind. Each step's result
@@ -11,6 +12,7 @@
 
 use crate::admission::{self, Admitted, Validated};
 use crate::backend::{BackendError, TargetCopy};
+use crate::caller::Caller;
 use crate::locks::{Holder, Outcome, Reservation};
 use crate::operator::Operator;
 use crate::refusal::Refusal;
@@ -19,7 +21,7 @@ use mirrord_dataplane::{Handoff, Subscriber};
 use mirrord_protocol::{
     CopyInfo, ErrorReply, PortMode, PortOutcome, SessionId, SessionOpened, SessionRequest,
 };
-use mirrord_telemetry::{ClientInfo, Event, PortCounters, SessionMeta};
+use mirrord_telemetry::{Event, PortCounters, SessionMeta};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -40,14 +42,14 @@ pub struct Opened {
 pub async fn open(
     op: &Arc<Operator>,
     req: SessionRequest,
-    client: ClientInfo,
+    caller: Caller,
 ) -> Result<Opened, ErrorReply> {
-    match pipeline(op, &req, &client).await {
+    match pipeline(op, &req, &caller).await {
         Ok(opened) => Ok(opened),
         Err(refusal) => {
             op.telemetry.record(Event::SessionRefused {
                 reason: refusal.reason(),
-                client,
+                client: caller.client,
                 target_type: req.target.kind.clone(),
                 target_name: req.target.name.clone(),
                 target_namespace: req.target.namespace.clone(),
@@ -61,11 +63,12 @@ pub async fn open(
 async fn pipeline(
     op: &Arc<Operator>,
     req: &SessionRequest,
-    client: &ClientInfo,
+    caller: &Caller,
 ) -> Result<Opened, Refusal> {
-    let valid = admission::validate(op, req).await?;
-    admission::authorize(op, client, &valid)?;
-    let admitted = admission::admit(op, client, req)?;
+    let mut valid = admission::validate(op, req).await?;
+    admission::authorize(op, caller, req)?;
+    let admitted = admission::admit(op, caller, req, &mut valid)?;
+    let client = &caller.client;
     let id = op.sessions.new_id();
     let holder = Holder {
         session: id,
@@ -78,6 +81,7 @@ async fn pipeline(
         req.on_concurrent_steal,
         req.scale_down,
     )?;
+    admission::authorize_take_overs(caller, &ports)?;
     let Admitted { slot, seat } = admitted;
     // The last step that can refuse: a seat that cannot be recorded is not granted.
     seat.commit()?;
@@ -85,17 +89,23 @@ async fn pipeline(
         true => Some(make_copy(&valid, id, req.scale_down).await?),
         false => None,
     };
-    Ok(commit(
+    let opened = commit(
         op,
         Commit {
             id,
             req,
-            client,
+            caller,
             ports,
             copy,
             slot,
         },
-    ))
+    );
+    // Revoked while it opened (the copy takes a while): the revocation's sweep of
+    // sessions may have run before this one was registered, so end it here.
+    if op.revoked.contains(&client.client_id) {
+        op.sessions.end(id, "credential revoked");
+    }
+    Ok(opened)
 }
 
 async fn make_copy(
@@ -115,7 +125,7 @@ async fn make_copy(
 struct Commit<'a> {
     id: SessionId,
     req: &'a SessionRequest,
-    client: &'a ClientInfo,
+    caller: &'a Caller,
     ports: Reservation,
     copy: Option<Box<dyn TargetCopy>>,
     slot: crate::sessions::ClientSlot,
@@ -127,11 +137,12 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
     let Commit {
         id,
         req,
-        client,
+        caller,
         ports,
         copy,
         slot,
     } = c;
+    let client = &caller.client;
     let meta = Arc::new(SessionMeta {
         session_id: id.to_string(),
         target_type: req.target.kind.clone(),
@@ -192,7 +203,15 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
     }
     let by = format!("session {id} ({})", client.client_user);
     for t in &taken {
-        op.sessions.port_taken(t, &by);
+        if let Some(victim) = op.sessions.port_taken(t, &by) {
+            op.telemetry.record(Event::PortTakenOver {
+                session: victim,
+                port: t.hold.port,
+                by: client.clone(),
+                by_role: caller.role.as_str(),
+                by_session: id.to_string(),
+            });
+        }
     }
     for o in outcomes.iter().filter(|o| o.skipped.is_none()) {
         let session = Arc::clone(&meta);
@@ -227,7 +246,7 @@ mod tests {
     use super::*;
     use crate::backend::Target;
     use crate::config::{Limits, SessionConfig};
-    use crate::testing::{client, operator, request};
+    use crate::testing::{client, operator, operator_with, request};
     use mirrord_protocol::ErrorCode;
     use std::sync::atomic::Ordering;
 
@@ -301,7 +320,7 @@ mod tests {
         assert_eq!(api.copies.load(Ordering::SeqCst), 1);
         assert_eq!(api.routes(80).unwrap().load().filtered_steals.len(), 1);
         assert_eq!(api.routes(81).unwrap().load().mirrors.len(), 1);
-        assert_eq!(op.status().copies.len(), 1);
+        assert_eq!(op.status(&client("alice")).copies.len(), 1);
         assert!(op.sessions.end(opened.entry.id, "test"));
         assert!(!op.sessions.end(opened.entry.id, "again"));
         assert_eq!(api.copies.load(Ordering::SeqCst), 0);
@@ -316,5 +335,141 @@ mod tests {
         )
         .await
         .unwrap();
+    }
+
+    /// Scaling down and taking another user's port are an admin's; a developer may take
+    /// over their own port. Refusals are `Forbidden` and change nothing.
+    #[tokio::test]
+    async fn roles_decide_scale_down_and_take_overs() {
+        use crate::testing::developer;
+        use mirrord_protocol::ConcurrentSteal;
+        let (op, api) = operator(SessionConfig::default(), Limits::default());
+        let holder = || {
+            api.routes(80)
+                .unwrap()
+                .load()
+                .unfiltered_steal
+                .as_ref()
+                .map(|s| s.session_id)
+        };
+        let alice = open(
+            &op,
+            request(&[(80, PortMode::Steal, None)]),
+            developer("alice"),
+        )
+        .await
+        .unwrap();
+
+        let mut scale = request(&[(81, PortMode::Mirror, None)]);
+        scale.copy_target = true;
+        scale.scale_down = true;
+        let e = open(&op, scale.clone(), developer("bob"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::Forbidden, "{e}");
+        assert!(
+            e.message
+                .contains("only an admin may do it, and you are a developer"),
+            "{e}"
+        );
+        assert_eq!(api.copies.load(Ordering::SeqCst), 0);
+        assert!(api.routes(81).unwrap().load().is_empty());
+
+        let mut over = request(&[(80, PortMode::Steal, None)]);
+        over.on_concurrent_steal = ConcurrentSteal::Override;
+        let e = open(&op, over.clone(), developer("bob"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::Forbidden, "{e}");
+        assert!(
+            e.message.starts_with(&format!("port 80 is held by session {} (alice): taking over another user's port needs an admin", alice.entry.id)),
+            "{e}"
+        );
+        assert_eq!(holder(), Some(alice.entry.id.0));
+        assert_eq!(op.sessions.list().len(), 1);
+
+        let again = open(&op, over.clone(), developer("alice")).await.unwrap();
+        assert_eq!(holder(), Some(again.entry.id.0));
+        let root = open(&op, over, client("root")).await.unwrap();
+        assert_eq!(holder(), Some(root.entry.id.0));
+        let copy = open(&op, scale, client("root")).await.unwrap();
+        assert_eq!(api.copies.load(Ordering::SeqCst), 1);
+
+        // Status: a developer sees their own sessions, an admin everyone's.
+        let ids = |c| {
+            op.status(&c)
+                .sessions
+                .iter()
+                .map(|s| s.session_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(developer("alice")),
+            vec![alice.entry.id, again.entry.id]
+        );
+        assert!(ids(developer("bob")).is_empty());
+        assert!(op.status(&developer("bob")).copies.is_empty());
+        assert_eq!(ids(client("root")).len(), 4);
+        let me = op.status(&developer("alice")).caller;
+        assert_eq!(
+            (me.client_user.as_str(), me.role.as_str()),
+            ("alice", "developer")
+        );
+        drop(copy);
+    }
+
+    /// `require_header_filter` narrows what a steal takes; the lock and status show it.
+    #[tokio::test]
+    async fn a_policy_header_is_added_to_every_steal() {
+        use crate::policy::{Policies, PolicySpec};
+        let spec = PolicySpec {
+            name: "api-needs-user".into(),
+            target: "deployment/api".into(),
+            namespace: "*".into(),
+            users: vec![],
+            roles: vec![],
+            block: vec![],
+            require_header_filter: Some("^x-user: ".into()),
+        };
+        let policies = Policies::compile(&[spec]).unwrap();
+        let (op, api) = operator_with(SessionConfig::default(), Limits::default(), policies);
+        let opened = open(
+            &op,
+            request(&[
+                (80, PortMode::Steal, Some("x-user: |.")),
+                (81, PortMode::Mirror, None),
+            ]),
+            client("alice"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            opened.reply.ports[0].filter,
+            "header=x-user: |. and header=^x-user: "
+        );
+        assert_eq!(opened.reply.ports[1].filter, "");
+        let table = api.routes(80).unwrap().load();
+        let (_, filter) = &table.filtered_steals[0];
+        let req = |h: &[(&str, &str)]| {
+            let mut b = http::Request::builder().uri("/");
+            for (k, v) in h {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert!(filter.matches(&req(&[("x-user", "bob")])));
+        assert!(!filter.matches(&req(&[("x-team", "a")])));
+        let status = op.status(&client("alice"));
+        assert_eq!(
+            status.sessions[0].ports[0].filter,
+            "header=x-user: |. and header=^x-user: "
+        );
+        let e = open(&op, request(&[(80, PortMode::Steal, None)]), client("bob"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::Policy, "{e}");
     }
 }

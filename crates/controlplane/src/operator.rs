@@ -3,9 +3,11 @@
 //! the session actors all read it; each piece of state inside has one owner.
 
 use crate::backend::TargetBackend;
+use crate::caller::Caller;
 use crate::config::{Limits, SessionConfig};
 use crate::locks::PortLocks;
 use crate::policy::Policies;
+use crate::revocation::Revoked;
 use crate::sessions::Sessions;
 use mirrord_dataplane::FilterLimits;
 use mirrord_license::Licensing;
@@ -27,6 +29,9 @@ pub struct Operator {
     pub limits: Limits,
     pub licensing: Arc<Licensing>,
     pub policies: Policies,
+    /// Client ids whose credential was revoked while the operator runs (their handshakes
+    /// already fail; this catches a connection made just before).
+    pub revoked: Revoked,
     pub(crate) compile_slots: Semaphore,
     pub(crate) connections: Arc<Semaphore>,
 }
@@ -54,6 +59,7 @@ impl Operator {
             limits: p.limits,
             licensing: p.licensing,
             policies: p.policies,
+            revoked: Revoked::default(),
             compile_slots: Semaphore::new(COMPILE_SLOTS),
         }
     }
@@ -66,10 +72,16 @@ impl Operator {
         }
     }
 
-    pub fn status(&self) -> StatusReport {
-        let (sessions, copies) = self.sessions.info();
+    /// The status report `caller` may see: a developer's holds only their own sessions.
+    pub fn status(&self, caller: &Caller) -> StatusReport {
+        let (sessions, copies) = self.sessions.info(|s| caller.may_manage(s));
         StatusReport {
             operator_version: env!("CARGO_PKG_VERSION").to_owned(),
+            caller: mirrord_protocol::Caller {
+                client_user: caller.client.client_user.clone(),
+                client_id: caller.client.client_id.clone(),
+                role: caller.role.to_string(),
+            },
             license: self.license_summary(),
             copies,
             sessions,

@@ -1,8 +1,15 @@
-//! Policies from the config file: per target (by name, namespace or pattern), what a session
-//! may not do. A refused session is told which policy refused it.
+//! Policies from the config file: per target (by name, namespace or pattern) and per
+//! caller (by user or role), what a session may not do, and what its steals must be
+//! narrowed to. A refused session is told which policy refused it.
+//!
+//! `require_header_filter` is enforced by what a filter does, not by its text: the
+//! policy's header regex is ANDed into every steal's filter, so whatever the user wrote
+//! (`x-user: |.`, `--method GET --any`...), a request is stolen only if it also carries a
+//! matching header. Only an unfiltered steal, which takes whole connections, is refused.
 
+use mirrord_identity::Role;
 use mirrord_protocol::{PortMode, PortRequest, TargetRef};
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -13,6 +20,8 @@ pub enum Blocked {
     /// Any steal.
     Steal,
     Mirror,
+    /// `--scale-down` (admins only in any case).
+    ScaleDown,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -25,9 +34,16 @@ pub struct PolicySpec {
     /// Namespace glob.
     #[serde(default = "any")]
     pub namespace: String,
+    /// User globs (`client_user`) the policy applies to; everyone when empty.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Roles the policy applies to; every role when empty.
+    #[serde(default)]
+    pub roles: Vec<Role>,
     #[serde(default)]
     pub block: Vec<Blocked>,
-    /// Steals must carry a `--header` filter whose text matches this regex.
+    /// Every stolen request must carry a header (`name: value`) matching this regex
+    /// (case-insensitive, like filters): it is added to each steal's filter.
     #[serde(default)]
     pub require_header_filter: Option<String>,
 }
@@ -40,15 +56,78 @@ struct Policy {
     spec: PolicySpec,
     target: Regex,
     namespace: Regex,
-    header: Option<Regex>,
+    users: Vec<Regex>,
 }
 
 #[derive(Default)]
 pub struct Policies(Vec<Policy>);
 
+/// Who asks for what: everything a policy can be about.
+pub struct Subject<'a> {
+    pub target: &'a TargetRef,
+    pub ports: &'a [PortRequest],
+    pub scale_down: bool,
+    pub user: &'a str,
+    pub role: Role,
+}
+
+/// A header every request stolen on `port` must also carry (from policy `policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequiredHeader {
+    pub port: u16,
+    pub policy: String,
+    pub pattern: String,
+}
+
 fn glob(pattern: &str) -> Regex {
     let escaped: Vec<String> = pattern.split('*').map(regex::escape).collect();
     Regex::new(&format!("^{}$", escaped.join(".*"))).expect("escaped glob is a valid regex")
+}
+
+impl Policy {
+    fn applies(&self, s: &Subject<'_>) -> bool {
+        self.target.is_match(&s.target.to_string())
+            && self.namespace.is_match(&s.target.namespace)
+            && (self.users.is_empty() || self.users.iter().any(|u| u.is_match(s.user)))
+            && (self.spec.roles.is_empty() || self.spec.roles.contains(&s.role))
+    }
+
+    /// The first rule `s` breaks, as the user reads it.
+    fn breach(&self, s: &Subject<'_>) -> Option<String> {
+        let t = s.target.to_string();
+        let ns = &s.target.namespace;
+        let blocks = |b| self.spec.block.contains(&b);
+        if s.scale_down && blocks(Blocked::ScaleDown) {
+            return Some(format!(
+                "scaling {t} (namespace {ns}) down is not allowed; use --copy-target without --scale-down"
+            ));
+        }
+        for port in s.ports {
+            let steal = port.mode == PortMode::Steal;
+            let filtered = port.filter.is_some();
+            if steal && blocks(Blocked::Steal) {
+                return Some(format!(
+                    "stealing from {t} (namespace {ns}) is not allowed; mirror instead"
+                ));
+            }
+            if steal && !filtered && blocks(Blocked::UnfilteredSteal) {
+                return Some(format!(
+                    "unfiltered steal of port {} of {t} is not allowed; add an HTTP filter (--header, --path or --method)",
+                    port.port
+                ));
+            }
+            if !steal && blocks(Blocked::Mirror) {
+                return Some(format!("mirroring {t} (namespace {ns}) is not allowed"));
+            }
+            if let (true, false, Some(re)) = (steal, filtered, &self.spec.require_header_filter) {
+                return Some(format!(
+                    "an unfiltered steal of port {} of {t} would take requests without a header matching `{re}`; add an HTTP filter (--header, --path or --method) and only requests that also carry such a header are stolen",
+                    port.port
+                ));
+            }
+        }
+        None
+    }
 }
 
 impl Policies {
@@ -56,19 +135,21 @@ impl Policies {
         specs
             .iter()
             .map(|s| {
-                let header = match &s.require_header_filter {
-                    Some(p) => Some(Regex::new(p).map_err(|e| {
-                        format!(
-                            "policy `{}`: require_header_filter `{p}` is not a valid regex: {e}",
-                            s.name
-                        )
-                    })?),
-                    None => None,
-                };
+                if let Some(p) = &s.require_header_filter {
+                    RegexBuilder::new(p)
+                        .case_insensitive(true)
+                        .build()
+                        .map_err(|e| {
+                            format!(
+                                "policy `{}`: require_header_filter `{p}` is not a valid regex: {e}",
+                                s.name
+                            )
+                        })?;
+                }
                 Ok(Policy {
                     target: glob(&s.target),
                     namespace: glob(&s.namespace),
-                    header,
+                    users: s.users.iter().map(|u| glob(u)).collect(),
                     spec: s.clone(),
                 })
             })
@@ -76,52 +157,29 @@ impl Policies {
             .map(Policies)
     }
 
-    /// The first policy the request breaks, as the message the user sees.
-    pub fn check(&self, target: &TargetRef, ports: &[PortRequest]) -> Result<(), String> {
-        let t = target.to_string();
-        for p in self
-            .0
-            .iter()
-            .filter(|p| p.target.is_match(&t) && p.namespace.is_match(&target.namespace))
-        {
-            let name = &p.spec.name;
-            let why = |what: String| Err(format!("blocked by policy `{name}`: {what}"));
-            for port in ports {
-                let steal = port.mode == PortMode::Steal;
-                let filtered = port.filter.is_some();
-                if steal && p.spec.block.contains(&Blocked::Steal) {
-                    return why(format!(
-                        "stealing from {t} (namespace {}) is not allowed; mirror instead",
-                        target.namespace
-                    ));
-                }
-                if steal && !filtered && p.spec.block.contains(&Blocked::UnfilteredSteal) {
-                    return why(format!(
-                        "unfiltered steal of port {} of {t} is not allowed; add an HTTP filter (--header, --path or --method)",
-                        port.port
-                    ));
-                }
-                if !steal && p.spec.block.contains(&Blocked::Mirror) {
-                    return why(format!(
-                        "mirroring {t} (namespace {}) is not allowed",
-                        target.namespace
-                    ));
-                }
-                if let (true, Some(re)) = (steal, &p.header) {
-                    let ok = port
-                        .filter
-                        .as_ref()
-                        .is_some_and(|f| f.header.iter().any(|h| re.is_match(h)));
-                    if !ok {
-                        return why(format!(
-                            "steals on {t} need a --header filter matching `{}`",
-                            re.as_str()
-                        ));
-                    }
-                }
+    /// The first policy the request breaks, as the message the user sees; otherwise the
+    /// headers its steals must be narrowed to.
+    pub fn check(&self, s: &Subject<'_>) -> Result<Vec<RequiredHeader>, String> {
+        let mut required = Vec::new();
+        for p in self.0.iter().filter(|p| p.applies(s)) {
+            if let Some(what) = p.breach(s) {
+                return Err(format!("blocked by policy `{}`: {what}", p.spec.name));
             }
+            let Some(pattern) = &p.spec.require_header_filter else {
+                continue;
+            };
+            required.extend(
+                s.ports
+                    .iter()
+                    .filter(|port| port.mode == PortMode::Steal)
+                    .map(|port| RequiredHeader {
+                        port: port.port,
+                        policy: p.spec.name.clone(),
+                        pattern: pattern.clone(),
+                    }),
+            );
         }
-        Ok(())
+        Ok(required)
     }
 }
 
@@ -155,6 +213,21 @@ mod tests {
         let w: W = toml::from_str(toml_text).unwrap();
         Policies::compile(&w.policies).unwrap()
     }
+    fn check(
+        p: &Policies,
+        target: &TargetRef,
+        ports: &[PortRequest],
+        who: (&str, Role),
+    ) -> Result<Vec<RequiredHeader>, String> {
+        p.check(&Subject {
+            target,
+            ports,
+            scale_down: false,
+            user: who.0,
+            role: who.1,
+        })
+    }
+    const ALICE: (&str, Role) = ("alice", Role::Developer);
 
     #[test]
     fn each_kind_of_policy() {
@@ -172,63 +245,159 @@ block = ["steal"]
 name = "no-mirror-db"
 target = "deployment/db"
 block = ["mirror"]
+"#,
+        );
+        let e = check(&p, &t("web", "prod"), &[port(PortMode::Steal, None)], ALICE).unwrap_err();
+        assert!(
+            e.starts_with("blocked by policy `prod-no-unfiltered`: unfiltered steal"),
+            "{e}"
+        );
+        assert!(check(
+            &p,
+            &t("web", "prod"),
+            &[port(PortMode::Steal, Some("x: 1"))],
+            ALICE
+        )
+        .is_ok());
+        assert!(check(&p, &t("web", "dev"), &[port(PortMode::Steal, None)], ALICE).is_ok());
+
+        let e = check(
+            &p,
+            &t("payments-eu", "dev"),
+            &[port(PortMode::Steal, Some("x: 1"))],
+            ALICE,
+        )
+        .unwrap_err();
+        assert!(e.contains("`payments-readonly`"), "{e}");
+        assert!(check(
+            &p,
+            &t("payments-eu", "dev"),
+            &[port(PortMode::Mirror, None)],
+            ALICE
+        )
+        .is_ok());
+
+        let e = check(&p, &t("db", "dev"), &[port(PortMode::Mirror, None)], ALICE).unwrap_err();
+        assert!(e.contains("`no-mirror-db`: mirroring deployment/db"), "{e}");
+    }
+
+    /// The header requirement is a clause added to every steal's filter, whatever the
+    /// filter's text: nothing to refuse but an unfiltered steal.
+    #[test]
+    fn a_required_header_narrows_every_steal() {
+        let p = policies(
+            r#"
 [[policies]]
 name = "api-needs-user"
 target = "deployment/api"
 require_header_filter = "^x-user: "
 "#,
         );
-        let e = p
-            .check(&t("web", "prod"), &[port(PortMode::Steal, None)])
-            .unwrap_err();
+        let api = t("api", "dev");
+        for filter in ["^x-user: alice$", "x-user: |.", "x-team: a"] {
+            let required = check(&p, &api, &[port(PortMode::Steal, Some(filter))], ALICE).unwrap();
+            assert_eq!(
+                required,
+                vec![RequiredHeader {
+                    port: 80,
+                    policy: "api-needs-user".into(),
+                    pattern: "^x-user: ".into()
+                }],
+                "{filter}"
+            );
+        }
+        let e = check(&p, &api, &[port(PortMode::Steal, None)], ALICE).unwrap_err();
         assert!(
-            e.starts_with("blocked by policy `prod-no-unfiltered`: unfiltered steal"),
+            e.contains("`api-needs-user`: an unfiltered steal of port 80 of deployment/api would take requests without a header matching `^x-user: `"),
             "{e}"
         );
-        assert!(p
-            .check(&t("web", "prod"), &[port(PortMode::Steal, Some("x: 1"))])
-            .is_ok());
-        assert!(p
-            .check(&t("web", "dev"), &[port(PortMode::Steal, None)])
-            .is_ok());
-
-        let e = p
-            .check(
-                &t("payments-eu", "dev"),
-                &[port(PortMode::Steal, Some("x: 1"))],
-            )
-            .unwrap_err();
-        assert!(e.contains("`payments-readonly`"), "{e}");
-        assert!(p
-            .check(&t("payments-eu", "dev"), &[port(PortMode::Mirror, None)])
-            .is_ok());
-
-        let e = p
-            .check(&t("db", "dev"), &[port(PortMode::Mirror, None)])
-            .unwrap_err();
-        assert!(e.contains("`no-mirror-db`: mirroring deployment/db"), "{e}");
-
-        let e = p
-            .check(
-                &t("api", "dev"),
-                &[port(PortMode::Steal, Some("x-team: a"))],
-            )
-            .unwrap_err();
+        // Mirrors are not narrowed; other targets are not concerned.
+        assert!(check(&p, &api, &[port(PortMode::Mirror, None)], ALICE)
+            .unwrap()
+            .is_empty());
         assert!(
-            e.contains("need a --header filter matching `^x-user: `"),
+            check(&p, &t("web", "dev"), &[port(PortMode::Steal, None)], ALICE)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn policies_can_name_users_and_roles() {
+        let p = policies(
+            r#"
+[[policies]]
+name = "prod-developers-filtered"
+namespace = "prod"
+roles = ["developer"]
+block = ["unfiltered_steal"]
+[[policies]]
+name = "no-scale-down-in-prod"
+namespace = "prod"
+users = ["*"]
+block = ["scale_down"]
+[[policies]]
+name = "interns-mirror-only"
+users = ["intern-*"]
+block = ["steal"]
+"#,
+        );
+        let web = t("web", "prod");
+        let unfiltered = [port(PortMode::Steal, None)];
+        let e = check(&p, &web, &unfiltered, ALICE).unwrap_err();
+        assert!(e.contains("`prod-developers-filtered`"), "{e}");
+        assert!(check(&p, &web, &unfiltered, ("root", Role::Admin)).is_ok());
+
+        let scale = |who: (&str, Role)| {
+            p.check(&Subject {
+                target: &web,
+                ports: &[port(PortMode::Mirror, None)],
+                scale_down: true,
+                user: who.0,
+                role: who.1,
+            })
+        };
+        let e = scale(("root", Role::Admin)).unwrap_err();
+        assert!(
+            e.contains("`no-scale-down-in-prod`: scaling deployment/web"),
             "{e}"
         );
-        assert!(p
-            .check(
-                &t("api", "dev"),
-                &[port(PortMode::Steal, Some("^x-user: alice$"))]
-            )
-            .is_err());
-        assert!(p
-            .check(
-                &t("api", "dev"),
-                &[port(PortMode::Steal, Some("x-user: alice"))]
-            )
-            .is_ok());
+
+        let dev = t("web", "dev");
+        let e = check(
+            &p,
+            &dev,
+            &[port(PortMode::Steal, Some("a: b"))],
+            ("intern-joe", Role::Developer),
+        )
+        .unwrap_err();
+        assert!(e.contains("`interns-mirror-only`"), "{e}");
+        assert!(check(&p, &dev, &[port(PortMode::Steal, Some("a: b"))], ALICE).is_ok());
+    }
+
+    #[test]
+    fn bad_policies_are_named() {
+        let spec = PolicySpec {
+            name: "p".into(),
+            target: any(),
+            namespace: any(),
+            users: vec![],
+            roles: vec![],
+            block: vec![],
+            require_header_filter: Some("(".into()),
+        };
+        let e = Policies::compile(&[spec]).err().unwrap();
+        assert!(
+            e.starts_with("policy `p`: require_header_filter `(` is not a valid regex"),
+            "{e}"
+        );
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct W {
+            policies: Vec<PolicySpec>,
+        }
+        let e =
+            toml::from_str::<W>("[[policies]]\nname = \"p\"\nroles = [\"root\"]\n").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `root`"), "{e}");
     }
 }

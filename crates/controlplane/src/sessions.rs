@@ -225,16 +225,16 @@ impl Sessions {
     }
 
     /// A port was taken from its holder by `override`: record it and tell the holder.
-    pub fn port_taken(&self, taken: &Taken, by: &str) {
-        let Some(holder) = self.get(taken.hold.holder.session) else {
-            return;
-        };
+    /// Returns the holder's session, if it is still open.
+    pub fn port_taken(&self, taken: &Taken, by: &str) -> Option<Arc<SessionMeta>> {
+        let holder = self.get(taken.hold.holder.session)?;
         self.record_released(&holder.meta, &taken.hold);
         let port = taken.hold.port;
         let _ = holder.ctl.send(Control::PortLost {
             port,
             reason: format!("port {port} was taken over by {by}"),
         });
+        Some(Arc::clone(&holder.meta))
     }
 
     fn record_released(&self, meta: &Arc<SessionMeta>, h: &Hold) {
@@ -249,8 +249,16 @@ impl Sessions {
         });
     }
 
-    pub fn info(&self) -> (Vec<SessionInfo>, Vec<CopyInfo>) {
-        let list = self.list();
+    /// Sessions and copies, of the sessions `visible` admits.
+    pub fn info(
+        &self,
+        visible: impl Fn(&SessionMeta) -> bool,
+    ) -> (Vec<SessionInfo>, Vec<CopyInfo>) {
+        let list: Vec<_> = self
+            .list()
+            .into_iter()
+            .filter(|e| visible(&e.meta))
+            .collect();
         let copies = list.iter().filter_map(|e| e.copy_info.clone()).collect();
         let sessions = list.iter().map(|e| self.info_of(e)).collect();
         (sessions, copies)

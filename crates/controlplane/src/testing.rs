@@ -3,11 +3,13 @@
 //! an operator built around it. Kept small and apart, like kube-rs' `fixtures.rs`.
 
 use crate::backend::{BackendError, Target, TargetBackend, TargetCopy};
+use crate::caller::Caller;
 use crate::config::{Limits, SessionConfig};
 use crate::operator::{Operator, Parts};
 use crate::policy::Policies;
 use futures::future::BoxFuture;
 use mirrord_dataplane::RouteTable;
+use mirrord_identity::Role;
 use mirrord_protocol::{
     ConcurrentSteal, HttpFilterSpec, PortMode, PortRequest, SessionRequest, TargetRef,
 };
@@ -96,6 +98,15 @@ pub fn api() -> TargetRef {
 
 /// An operator on the fake backend; licensing off, no policies.
 pub fn operator(cfg: SessionConfig, limits: Limits) -> (Arc<Operator>, Arc<FakeTarget>) {
+    operator_with(cfg, limits, Policies::default())
+}
+
+/// An operator on the fake backend with `policies`; licensing off.
+pub fn operator_with(
+    cfg: SessionConfig,
+    limits: Limits,
+    policies: Policies,
+) -> (Arc<Operator>, Arc<FakeTarget>) {
     let api = Arc::new(FakeTarget {
         reference: api(),
         routes: vec![(80, Arc::default()), (81, Arc::default())],
@@ -110,18 +121,31 @@ pub fn operator(cfg: SessionConfig, limits: Limits) -> (Arc<Operator>, Arc<FakeT
         cfg,
         limits,
         licensing: Arc::new(mirrord_license::Licensing::new(None, None, &state)),
-        policies: Policies::default(),
+        policies,
     });
     (Arc::new(op), api)
 }
 
-pub fn client(id: &str) -> ClientInfo {
-    ClientInfo {
-        client_id: id.into(),
-        client_user: id.into(),
-        client_name: "Test".into(),
-        client_hostname: "test".into(),
-        cli_version: "0".into(),
+/// An admin called `id` (user and client id): may do anything a role allows.
+pub fn client(id: &str) -> Caller {
+    caller(id, Role::Admin)
+}
+
+/// A developer called `id`.
+pub fn developer(id: &str) -> Caller {
+    caller(id, Role::Developer)
+}
+
+fn caller(id: &str, role: Role) -> Caller {
+    Caller {
+        client: ClientInfo {
+            client_id: id.into(),
+            client_user: id.into(),
+            client_name: "Test".into(),
+            client_hostname: "test".into(),
+            cli_version: "0".into(),
+        },
+        role,
     }
 }
 

@@ -44,13 +44,16 @@ impl Default for FilterLimits {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HttpFilter {
     header: Vec<Regex>,
     path: Vec<Regex>,
     method: Vec<String>,
     any: bool,
-    /// The filter as the user wrote it.
+    /// Header regexes every matching request must also match, whatever `any` says: added
+    /// by the operator's policies (`require_header_filter`), not by the user.
+    required: Vec<Regex>,
+    /// The filter as the user wrote it, followed by any clause a policy added.
     pub display: String,
     /// The same, part by part.
     pub spec: HttpFilterSpec,
@@ -132,12 +135,33 @@ impl HttpFilter {
             path,
             method,
             any: spec.any,
+            required: Vec::new(),
             display: spec.to_string(),
             spec: spec.clone(),
         })
     }
 
+    /// Narrows the filter: a request matches only if it also carries a header (`name:
+    /// value`) matching `pattern`. Matching follows the filter's rules (case-insensitive),
+    /// and the display shows the added clause.
+    pub fn require_header(
+        &mut self,
+        pattern: &str,
+        limits: &FilterLimits,
+    ) -> Result<(), FilterError> {
+        self.required.push(compile("header", pattern, limits)?);
+        let parts = self.header.len() + self.path.len() + self.method.len();
+        if self.required.len() == 1 && self.any && parts > 1 {
+            self.display = format!("({})", self.display);
+        }
+        self.display.push_str(&format!(" and header={pattern}"));
+        Ok(())
+    }
+
     pub fn matches(&self, req: &Parts) -> bool {
+        if !self.required.iter().all(|re| header_matches(re, req)) {
+            return false;
+        }
         let mut checks = self
             .header
             .iter()
@@ -227,6 +251,50 @@ mod tests {
         let any = HttpFilter::compile(&spec(&["x-a: 1"], &["^/p"], &[], true)).unwrap();
         assert!(any.matches(&parts("GET", "/q", &[("x-a", "1")])));
         assert!(!any.matches(&parts("GET", "/q", &[])));
+    }
+
+    /// `require_header_filter = "^x-user: "`: whatever the user's filter says, a request
+    /// without a matching header is never stolen.
+    #[test]
+    fn a_required_header_holds_whatever_the_users_filter_says() {
+        let limits = FilterLimits::default();
+        let narrowed = |s: HttpFilterSpec| {
+            let mut f = HttpFilter::compile(&s).unwrap();
+            f.require_header("^x-user: ", &limits).unwrap();
+            f
+        };
+        let bob = [("x-user", "bob")];
+        let other = [("x-team", "a")];
+
+        // A header regex that passes a check of its text but matches every request.
+        let f = narrowed(spec(&["x-user: |."], &[], &[], false));
+        assert_eq!(f.display, "header=x-user: |. and header=^x-user: ");
+        assert!(f.matches(&parts("GET", "/", &bob)));
+        assert!(!f.matches(&parts("GET", "/", &other)));
+        assert!(!f.matches(&parts("GET", "/", &[])));
+
+        // Any-of with a method: every GET matched before; now only GETs with the header.
+        let f = narrowed(spec(&["x-user: bob"], &[], &["GET"], true));
+        assert_eq!(
+            f.display,
+            "(header=x-user: bob or method=GET) and header=^x-user: "
+        );
+        assert!(f.matches(&parts("GET", "/", &[("x-user", "carol")])));
+        assert!(!f.matches(&parts("GET", "/", &other)));
+        assert!(!f.matches(&parts("POST", "/", &other)));
+
+        // A path-only filter is narrowed the same way.
+        let f = narrowed(spec(&[], &["^/api"], &[], false));
+        assert!(f.matches(&parts("GET", "/api/x", &[("X-User", "Alice")])));
+        assert!(!f.matches(&parts("GET", "/api/x", &[])));
+
+        // The README's example keeps meaning what it says.
+        let f = narrowed(spec(&["^x-user: alice$"], &[], &[], false));
+        assert!(f.matches(&parts("GET", "/", &[("x-user", "alice")])));
+        assert!(!f.matches(&parts("GET", "/", &bob)));
+
+        let mut f = HttpFilter::compile(&spec(&["a: b"], &[], &[], false)).unwrap();
+        assert!(f.require_header("(", &limits).is_err());
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The operator's CA: created on first use in the state directory, then reused.
 
-use crate::IdentityError;
+use crate::{IdentityError, Role};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use time::OffsetDateTime;
 
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
@@ -22,6 +25,27 @@ pub struct IssuedCert {
     pub cert_pem: String,
     pub key_pem: String,
 }
+
+/// What a client certificate asserts: who, in which role, for how long.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    pub user: String,
+    pub role: Role,
+    /// From now; `not_after` of the certificate.
+    pub valid_for: Duration,
+}
+
+/// A client certificate as issued: the files' contents and what the registry records.
+pub struct IssuedClient {
+    pub cert: IssuedCert,
+    /// Hex of the certificate's serial number (random, 16 bytes).
+    pub serial: String,
+    pub not_after: SystemTime,
+}
+
+/// Clients' clocks may run a little behind the operator's: a credential is valid from a
+/// few minutes before it was issued.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 impl CertificateAuthority {
     /// Creates a new CA in `state_dir` (made private). Never replaces an existing one:
@@ -106,14 +130,65 @@ impl CertificateAuthority {
         &self.cert_pem
     }
 
-    /// A client certificate whose common name is `user`.
-    pub fn issue_client(&self, user: &str) -> Result<IssuedCert, IdentityError> {
-        validate_user(user)?;
+    /// A client certificate: common name `user`, organizational unit the role, a random
+    /// serial number (what a revocation list names), valid for `spec.valid_for`.
+    pub fn issue_client(&self, spec: &ClientSpec) -> Result<IssuedClient, IdentityError> {
+        validate_user(&spec.user)?;
+        let now = SystemTime::now();
+        let not_after = now
+            .checked_add(spec.valid_for)
+            .filter(|t| *t < SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+            .ok_or(IdentityError::BadValidity(spec.valid_for))?;
+        let serial = random_serial();
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(user);
+        params.distinguished_name = dn(&spec.user);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, spec.role.as_str());
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = OffsetDateTime::from(now - CLOCK_SKEW);
+        params.not_after = OffsetDateTime::from(not_after);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        self.sign(params)
+        Ok(IssuedClient {
+            cert: self.sign(params)?,
+            serial: hex::encode(serial),
+            not_after,
+        })
+    }
+
+    /// A revocation list signed by this CA naming `revoked` (hex serial, when), PEM.
+    /// `number` must grow with every list issued.
+    pub fn revocation_list(
+        &self,
+        revoked: &[(String, SystemTime)],
+        number: u64,
+    ) -> Result<String, IdentityError> {
+        let now = SystemTime::now();
+        let revoked_certs = revoked
+            .iter()
+            .map(|(serial, at)| {
+                let bytes =
+                    hex::decode(serial).map_err(|_| IdentityError::BadSerial(serial.clone()))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: OffsetDateTime::from(*at),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<_, IdentityError>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: OffsetDateTime::from(now - CLOCK_SKEW),
+            // The operator does not enforce nextUpdate (it reads the file it is given); a
+            // year keeps other tools that do from calling it stale.
+            next_update: OffsetDateTime::from(now + Duration::from_secs(365 * 86_400)),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
     }
 
     /// The operator's serving certificate. Clients verify it against the CA under the
@@ -156,6 +231,14 @@ fn dn(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
     dn
+}
+
+/// 16 random bytes, positive as a DER integer and without a leading zero byte, so the
+/// encoding in the certificate and in a revocation list is the same bytes.
+fn random_serial() -> [u8; 16] {
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] = (serial[0] & 0x7f).max(1);
+    serial
 }
 
 fn validate_user(user: &str) -> Result<(), IdentityError> {
@@ -221,10 +304,23 @@ mod tests {
         let a = CertificateAuthority::load_or_init(&dir).unwrap();
         let b = CertificateAuthority::load_or_init(&dir).unwrap();
         assert_eq!(a.cert_pem(), b.cert_pem());
-        assert!(a.issue_client("alice").is_ok());
+        let spec = |user: &str| ClientSpec {
+            user: user.into(),
+            role: Role::Developer,
+            valid_for: std::time::Duration::from_secs(60),
+        };
+        assert!(a.issue_client(&spec("alice")).is_ok());
         assert!(matches!(
-            a.issue_client("bad user"),
+            a.issue_client(&spec("bad user")),
             Err(IdentityError::BadUser(_))
+        ));
+        let forever = ClientSpec {
+            valid_for: std::time::Duration::from_secs(u64::MAX / 2),
+            ..spec("alice")
+        };
+        assert!(matches!(
+            a.issue_client(&forever),
+            Err(IdentityError::BadValidity(_))
         ));
         std::fs::remove_dir_all(dir).ok();
     }

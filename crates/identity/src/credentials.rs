@@ -1,6 +1,7 @@
 //! A user's credential directory: what `certs issue` writes and `mirrordctl` reads.
 
-use crate::ca::{read, write, CertificateAuthority};
+use crate::ca::{read, write, CertificateAuthority, ClientSpec};
+use crate::registry::{self, IssuedRecord};
 use crate::IdentityError;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
@@ -20,20 +21,23 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Issues a certificate for `user` and writes the directory.
+    /// Issues a certificate, records it in `state_dir`'s registry (before anything else,
+    /// so no credential exists that `certs list` does not show or `certs revoke` cannot
+    /// reach) and writes the directory.
     pub fn issue(
         ca: &CertificateAuthority,
-        user: &str,
+        state_dir: &Path,
+        spec: &ClientSpec,
         operator_addr: &str,
         out: &Path,
-    ) -> Result<(), IdentityError> {
-        let issued = ca.issue_client(user)?;
+    ) -> Result<IssuedRecord, IdentityError> {
+        let (issued, record) = registry::issue(ca, state_dir, spec)?;
         crate::ca::private_dir(out)?;
         write(&out.join(CA), ca.cert_pem(), false)?;
-        write(&out.join(CERT), &issued.cert_pem, false)?;
-        write(&out.join(KEY), &issued.key_pem, true)?;
+        write(&out.join(CERT), &issued.cert.cert_pem, false)?;
+        write(&out.join(KEY), &issued.cert.key_pem, true)?;
         write(&out.join(ADDR), &format!("{operator_addr}\n"), false)?;
-        Ok(())
+        Ok(record)
     }
 
     pub fn load(dir: &Path) -> Result<Self, IdentityError> {

@@ -10,12 +10,15 @@
 mod ca;
 mod credentials;
 mod peer;
+pub mod registry;
+mod role;
 mod tls;
 
-pub use ca::{private_dir, CertificateAuthority};
+pub use ca::{private_dir, CertificateAuthority, ClientSpec, IssuedClient};
 pub use credentials::Credentials;
 pub use peer::PeerIdentity;
-pub use tls::{client_config, server_config, OPERATOR_SERVER_NAME};
+pub use role::{Role, UnknownRole};
+pub use tls::{client_config, ServerTls, OPERATOR_SERVER_NAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -53,4 +56,22 @@ pub enum IdentityError {
     },
     #[error("{} already holds an operator CA; `certs init` never replaces one", dir.display())]
     CaExists { dir: std::path::PathBuf },
+    #[error("a certificate cannot be valid for {} s; give a duration such as 90d or 12h", .0.as_secs())]
+    BadValidity(std::time::Duration),
+    #[error("`{0}` is not a hex serial number")]
+    BadSerial(String),
+    #[error("{path} is not a registry of issued certificates: {reason}")]
+    BadRegistry {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("{path} holds no usable certificate revocation list: {reason}; restore it (revocations are recorded in issued.json) or run `mirrord-operator certs revoke` again")]
+    BadCrl {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("no credential to revoke matches `{0}` (a user or a client id); see `mirrord-operator certs list`")]
+    NothingToRevoke(String),
+    #[error("every credential matching `{0}` is already revoked")]
+    AlreadyRevoked(String),
 }

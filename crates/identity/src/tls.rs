@@ -4,7 +4,7 @@
 use crate::credentials::Credentials;
 use crate::{CertificateAuthority, IdentityError};
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::sync::Arc;
@@ -24,27 +24,52 @@ fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, IdentityE
     Ok(Arc::new(store))
 }
 
-/// Server side: a fresh serving certificate from the CA; client certificates required.
-pub fn server_config(ca: &CertificateAuthority) -> Result<Arc<ServerConfig>, IdentityError> {
-    let ca_der: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
-        .filter_map(Result::ok)
-        .collect();
-    let issued = ca.issue_server()?;
-    let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut issued.cert_pem.as_bytes())
+/// The server side: a serving certificate made once from the CA, and a configuration per
+/// revocation list (made again whenever the list changes, with the same certificate).
+pub struct ServerTls {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ServerTls {
+    pub fn new(ca: &CertificateAuthority) -> Result<Self, IdentityError> {
+        let ca_der: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
+                .filter_map(Result::ok)
+                .collect();
+        let issued = ca.issue_server()?;
+        let chain = rustls_pemfile::certs(&mut issued.cert_pem.as_bytes())
             .filter_map(Result::ok)
             .collect();
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
-        .ok()
-        .flatten()
-        .ok_or(IdentityError::PeerCert("generated key unreadable".into()))?;
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(&ca_der)?, provider()).build()?;
-    let cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    Ok(Arc::new(cfg))
+        let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
+            .ok()
+            .flatten()
+            .ok_or(IdentityError::PeerCert("generated key unreadable".into()))?;
+        Ok(Self {
+            roots: roots(&ca_der)?,
+            chain,
+            key,
+        })
+    }
+
+    /// Client certificates required, checked against the CA, their validity period
+    /// (expired ones fail the handshake) and `crl` when given (revoked ones fail it too).
+    pub fn config(
+        &self,
+        crl: Option<CertificateRevocationListDer<'static>>,
+    ) -> Result<Arc<ServerConfig>, IdentityError> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::clone(&self.roots), provider())
+                .with_crls(crl)
+                .only_check_end_entity_revocation()
+                .build()?;
+        let cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        Ok(Arc::new(cfg))
+    }
 }
 
 /// Client side: trust only the operator's CA, present the user's certificate.

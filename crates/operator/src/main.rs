@@ -61,12 +61,37 @@ enum CertsCommand {
         user: String,
         #[arg(long)]
         out: PathBuf,
+        /// `developer` (open sessions, see and end their own) or `admin` (see and end
+        /// everyone's, take over ports held by others, scale targets down).
+        #[arg(long, default_value = "developer")]
+        role: mirrord_identity::Role,
+        /// How long the certificate is valid (e.g. 90d, 12h, 30m); expired certificates
+        /// fail the handshake.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        valid_for: std::time::Duration,
         /// Address clients dial; defaults to what `serve` last listened on, else 127.0.0.1:8443.
         #[arg(long)]
         operator_addr: Option<String>,
         /// Create the CA if the state directory has none (otherwise that is an error).
         #[arg(long)]
         init_ca: bool,
+    },
+    /// Every credential issued: user, role, client id, issued, expires, revoked.
+    List {
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+    },
+    /// Revoke a user's credentials (all of them) or one credential by client id. A running
+    /// operator refuses them within a second and ends their sessions; so does every
+    /// operator started later on this state directory.
+    Revoke {
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+        /// A user name or a client id (see `certs list`).
+        who: String,
+        /// Who is revoking, for the record and the operator's log (default: your login).
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -136,10 +161,28 @@ fn main() -> std::process::ExitCode {
                     state_dir,
                     user,
                     out,
+                    role,
+                    valid_for,
                     operator_addr,
                     init_ca,
                 },
-        } => certs::issue(&state_dir, &user, &out, operator_addr, init_ca),
+        } => certs::issue(
+            &state_dir,
+            certs::IssueArgs {
+                user,
+                role,
+                valid_for,
+                out,
+                addr: operator_addr,
+                init_ca,
+            },
+        ),
+        Command::Certs {
+            command: CertsCommand::List { state_dir },
+        } => certs::list(&state_dir),
+        Command::Certs {
+            command: CertsCommand::Revoke { state_dir, who, by },
+        } => certs::revoke(&state_dir, &who, by),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,9 +7,10 @@ use mirrord_controlplane::config::Config;
 use mirrord_controlplane::local::LocalBackend;
 use mirrord_controlplane::operator::Parts;
 use mirrord_controlplane::policy::Policies;
+use mirrord_controlplane::revocation::ApiTls;
 use mirrord_controlplane::{api, Operator};
 use mirrord_dataplane::InterceptorLimits;
-use mirrord_identity::CertificateAuthority;
+use mirrord_identity::{registry, CertificateAuthority, ServerTls};
 use mirrord_license::{Licensing, PublicKey};
 use mirrord_telemetry::{logs, metrics, Telemetry};
 use std::net::SocketAddr;
@@ -116,7 +117,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Some(dir) => CertificateAuthority::load(dir)?,
                 None => CertificateAuthority::load_or_init(&args.state_dir)?,
             };
-            let tls = mirrord_identity::server_config(&ca)?;
+            // The registry and the revocation list live in the state directory (writable)
+            // even when the CA comes from elsewhere.
+            let missing = registry::sync_crl(&ca, &args.state_dir)?;
+            if missing > 0 {
+                tracing::warn!(missing, "the revocation list lacked credentials the registry says are revoked; rewrote it");
+            }
+            let tls = ApiTls::load(ServerTls::new(&ca)?, &args.state_dir)?;
             let telemetry = Telemetry::new(config.sessions.metrics_grace);
             if let Some(metrics_addr) = metrics {
                 let listener = tokio::net::TcpListener::bind(metrics_addr)
@@ -167,7 +174,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 licensing,
                 policies,
             }));
-            tokio::spawn(api::serve(Arc::clone(&op), listener, tls));
+            tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
+            tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
             if let Some(health) = &health {
                 health.ready();
             }

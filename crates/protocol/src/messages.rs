@@ -209,6 +209,8 @@ pub struct Welcome {
     pub operator_version: String,
     pub client_id: String,
     pub client_user: String,
+    /// The role the caller's certificate carries (`developer`, `admin`).
+    pub role: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -293,9 +295,19 @@ pub enum HttpVersion {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     pub operator_version: String,
+    /// Who asked, as the operator authenticated them: a developer's report holds only
+    /// their own sessions and copies.
+    pub caller: Caller,
     pub license: Option<LicenseSummary>,
     pub copies: Vec<CopyInfo>,
     pub sessions: Vec<SessionInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub client_user: String,
+    pub client_id: String,
+    pub role: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

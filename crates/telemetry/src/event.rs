@@ -84,6 +84,41 @@ pub enum Event {
         target_namespace: String,
         message: String,
     },
+    /// Audit: a session was ended on request (`mirrordctl sessions kill`), by its owner or
+    /// by an admin.
+    SessionKilled {
+        session: Arc<SessionMeta>,
+        by: ClientInfo,
+        by_role: &'static str,
+    },
+    /// Audit: a port was taken from its holder by `--on-concurrent-steal override`.
+    PortTakenOver {
+        /// The session that lost the port.
+        session: Arc<SessionMeta>,
+        port: u16,
+        by: ClientInfo,
+        by_role: &'static str,
+        by_session: String,
+    },
+    /// Audit: something the caller's role does not allow was refused (a session refused
+    /// for its role is `SessionRefused` with reason `forbidden`).
+    RequestForbidden {
+        client: ClientInfo,
+        role: &'static str,
+        /// What was asked, e.g. `kill session 1F2E...`.
+        action: String,
+        message: String,
+    },
+    /// Audit: the operator loaded a revocation list naming this credential; it can no
+    /// longer connect and its sessions were ended.
+    CredentialRevoked {
+        client_user: String,
+        client_id: String,
+        role: &'static str,
+        serial: String,
+        revoked_by: String,
+        sessions_ended: usize,
+    },
 }
 
 macro_rules! functional {
@@ -184,6 +219,66 @@ pub(crate) fn log(event: &Event) {
             client_hostname = %client.client_hostname,
             error = %message,
             "Session Refused"
+        ),
+        Event::SessionKilled {
+            session,
+            by,
+            by_role,
+        } => functional!(
+            "Session Killed",
+            session,
+            session_id = %session.session_id,
+            by_user = %by.client_user,
+            by_client_id = %by.client_id,
+            by_role = *by_role,
+        ),
+        Event::PortTakenOver {
+            session,
+            port,
+            by,
+            by_role,
+            by_session,
+        } => functional!(
+            "Port Taken Over",
+            session,
+            session_id = %session.session_id,
+            port = *port,
+            by_user = %by.client_user,
+            by_client_id = %by.client_id,
+            by_role = *by_role,
+            by_session = %by_session,
+        ),
+        Event::RequestForbidden {
+            client,
+            role,
+            action,
+            message,
+        } => tracing::warn!(
+            reason = "forbidden",
+            client_id = %client.client_id,
+            client_user = %client.client_user,
+            client_name = %client.client_name,
+            client_hostname = %client.client_hostname,
+            client_role = *role,
+            action = %action,
+            error = %message,
+            "Request Forbidden"
+        ),
+        Event::CredentialRevoked {
+            client_user,
+            client_id,
+            role,
+            serial,
+            revoked_by,
+            sessions_ended,
+        } => tracing::info!(
+            client_user = %client_user,
+            client_id = %client_id,
+            client_role = *role,
+            serial = %serial,
+            revoked_by = %revoked_by,
+            sessions_ended = *sessions_ended,
+            "Credential Revoked"
         ),
     }
 }

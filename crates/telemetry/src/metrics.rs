@@ -321,6 +321,10 @@ impl Metrics {
             Event::SessionRefused { reason, .. } => {
                 self.refusals.with_label_values(&[reason]).inc();
             }
+            Event::SessionKilled { .. }
+            | Event::PortTakenOver { .. }
+            | Event::RequestForbidden { .. }
+            | Event::CredentialRevoked { .. } => {}
         }
     }
 
