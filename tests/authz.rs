@@ -464,11 +464,14 @@ require_header_filter = "^x-user: "
         let mine = get(listen, "/mine", &[("x-user", "|x")]).await.1;
         assert_eq!(mine, at("dev", "/mine"), "{filter}");
         let shown = status(&bob);
+        let shown = &shown["sessions"][0]["ports"][0]["filter"];
         assert_eq!(
-            shown["sessions"][0]["ports"][0]["filter"],
+            shown["text"],
             format!("header={filter} and header=^x-user: ")
         );
-        assert!(s.stop().unwrap().success());
+        assert_eq!(shown["header"], serde_json::json!([filter]));
+        assert_eq!(shown["required_header"], serde_json::json!(["^x-user: "]));
+        assert_eq!(s.stop().unwrap().code(), Some(130), "Ctrl-C exits 130");
     }
 
     // Any-of with a method: GETs without the header are no longer stolen.
@@ -478,7 +481,7 @@ require_header_filter = "^x-user: "
         get(listen, "/g2", &[("x-user", "bob")]).await.1,
         at("dev", "/g2")
     );
-    assert!(s.stop().unwrap().success());
+    assert_eq!(s.stop().unwrap().code(), Some(130), "Ctrl-C exits 130");
 
     // The README's own example is accepted and means what it says.
     let mut s = steal(&["--header", "^x-user: alice$"]).unwrap();
@@ -490,7 +493,7 @@ require_header_filter = "^x-user: "
         get(listen, "/b", &[("x-user", "bob")]).await.1,
         at("target", "/b")
     );
-    assert!(s.stop().unwrap().success());
+    assert_eq!(s.stop().unwrap().code(), Some(130), "Ctrl-C exits 130");
 
     // Only an unfiltered steal, which takes whole connections, is refused.
     let err = steal(&[]).err().unwrap();

@@ -29,6 +29,7 @@ async fn status_json_has_hex_ids_lowercase_modes_structured_filters_and_a_versio
                 "path": [],
                 "method": ["GET"],
                 "combine": "all",
+                "required_header": [],
                 "text": "header=^x-user: alice$ and method=GET",
             },
         }),
@@ -226,4 +227,101 @@ fn every_flag_has_help_and_env_vars_show_in_it() {
             assert!(help.contains(&format!("[env: {var}")), "{sub:?}: {help}");
         }
     }
+}
+
+/// A local process for `exec`: serves `exec GET PATH` on the port it is given until it is
+/// asked for `/quit`, then exits with code 7.
+const EXEC_SERVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"exec GET {self.path}".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if self.path == "/quit":
+            self.server.quit = True
+    def log_message(self, *args):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+s.quit = False
+while not s.quit:
+    s.handle_request()
+sys.exit(7)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_the_local_process_under_a_session_and_passes_its_exit_code() {
+    use mirrord_e2e::servers::{get, HttpServer};
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let local = free_addr();
+    let port = format!("80={local}");
+    let local_port = local.port().to_string();
+    let mut s = Session::start(
+        &alice,
+        &[
+            "exec",
+            "-t",
+            "deployment/api",
+            "-n",
+            "default",
+            "--port",
+            &port,
+            "--",
+            "python3",
+            "-c",
+            EXEC_SERVER,
+            &local_port,
+        ],
+    )
+    .expect("exec opens the session once the process listens");
+    assert_eq!(get(listen, "/a", &[]).await.1, "exec GET /a");
+    assert_eq!(get(listen, "/quit", &[]).await.1, "exec GET /quit");
+    let st = s
+        .wait_exit(Duration::from_secs(20))
+        .expect("mirrordctl exits when its process does");
+    assert_eq!(st.code(), Some(7), "the process's exit code passes through");
+    op.wait_event("Session Ended", 1);
+    assert_eq!(get(listen, "/after", &[]).await.1, "target GET /after");
+    assert_eq!(
+        target.paths(),
+        vec!["/after"],
+        "the target saw no stolen request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_of_a_process_that_never_listens_opens_no_session() {
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, idle_local()), "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", free_addr());
+    let out = ctl(
+        &alice,
+        &[
+            "exec",
+            "--target",
+            "deployment/api",
+            "--port",
+            &port,
+            "--",
+            "python3",
+            "-c",
+            "import sys; sys.exit(3)",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the local process exited") && err.contains("before it listened"),
+        "{err}"
+    );
+    assert!(
+        op.events("Session Started").is_empty(),
+        "no session was opened"
+    );
 }

@@ -62,6 +62,8 @@ struct Filter<'a> {
     method: &'a [String],
     /// `"all"`: every part must match; `"any"`: one is enough.
     combine: &'static str,
+    /// Header regexes the operator's policies added: a stolen request matches each too.
+    required_header: &'a [String],
     /// The filter as `status` shows it.
     text: &'a str,
 }
@@ -130,6 +132,7 @@ impl<'a> Filter<'a> {
             path: &f.path,
             method: &f.method,
             combine: if f.any { "any" } else { "all" },
+            required_header: &f.required_header,
             text,
         }
     }
@@ -148,6 +151,7 @@ mod tests {
             path: vec![],
             method: vec!["GET".into()],
             any: true,
+            required_header: Vec::new(),
         };
         let r = StatusReport {
             operator_version: "0.1.0".into(),

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod connect;
+mod exec;
 mod exit;
 mod expiry;
 mod json;
@@ -60,6 +61,22 @@ enum Command {
         #[command(flatten)]
         common: SessionArgs,
     },
+    /// Run your local process under a session: it starts first, the session opens once
+    /// it listens on the local ports, and ends when it exits (mirrordctl exits with its
+    /// code). `mirrordctl exec -t deployment/api --port 80=9090 -- ./server --port 9090`
+    Exec {
+        #[command(flatten)]
+        common: SessionArgs,
+        /// Mirror the traffic instead of stealing it.
+        #[arg(long)]
+        mirror: bool,
+        /// What to do when another session already steals a port.
+        #[arg(long, value_enum, default_value_t = OnConcurrentSteal::Abort)]
+        on_concurrent_steal: OnConcurrentSteal,
+        /// The command to run and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Operator version, copies and sessions.
     Status {
         /// Print a JSON document (its fields are described in the README; stable within
@@ -89,10 +106,10 @@ enum SessionsCommand {
 #[derive(Args, Clone)]
 pub struct SessionArgs {
     /// `deployment/api` (a bare name means a deployment).
-    #[arg(long)]
+    #[arg(short = 't', long)]
     target: String,
     /// The target's namespace.
-    #[arg(long, default_value = "default")]
+    #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
     /// `PORT=LOCAL`: the target's port and where your process listens (`80=127.0.0.1:9090`
     /// or `80=9090`). Repeatable.
@@ -128,6 +145,16 @@ enum OnConcurrentSteal {
     Override,
 }
 
+impl From<OnConcurrentSteal> for ConcurrentSteal {
+    fn from(o: OnConcurrentSteal) -> Self {
+        match o {
+            OnConcurrentSteal::Abort => ConcurrentSteal::Abort,
+            OnConcurrentSteal::Continue => ConcurrentSteal::Continue,
+            OnConcurrentSteal::Override => ConcurrentSteal::Override,
+        }
+    }
+}
+
 impl SessionArgs {
     pub fn target_ref(&self) -> TargetRef {
         let (kind, name) = match self.target.split_once('/') {
@@ -147,6 +174,7 @@ impl SessionArgs {
             path: self.path.clone(),
             method: self.method.clone(),
             any: self.any,
+            required_header: Vec::new(),
         };
         (!f.is_empty()).then_some(f)
     }
@@ -208,15 +236,32 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             common,
             on_concurrent_steal,
         } => {
-            let on = match on_concurrent_steal {
-                OnConcurrentSteal::Abort => ConcurrentSteal::Abort,
-                OnConcurrentSteal::Continue => ConcurrentSteal::Continue,
-                OnConcurrentSteal::Override => ConcurrentSteal::Override,
-            };
-            session::run(&ep, common, PortMode::Steal, on).await
+            session::run(
+                &ep,
+                common,
+                PortMode::Steal,
+                on_concurrent_steal.into(),
+                None,
+            )
+            .await
         }
         Command::Mirror { common } => {
-            session::run(&ep, common, PortMode::Mirror, ConcurrentSteal::Abort).await
+            session::run(&ep, common, PortMode::Mirror, ConcurrentSteal::Abort, None).await
+        }
+        Command::Exec {
+            common,
+            mirror,
+            on_concurrent_steal,
+            command,
+        } => {
+            let mode = if mirror {
+                PortMode::Mirror
+            } else {
+                PortMode::Steal
+            };
+            common.port_map()?;
+            let child = exec::spawn(&command)?;
+            session::run(&ep, common, mode, on_concurrent_steal.into(), Some(child)).await
         }
         Command::Status { json } => status::show(&ep, json).await,
         Command::Sessions {

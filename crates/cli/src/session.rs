@@ -15,14 +15,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
 
+/// The local process `exec` started: the session lives as long as it does.
+pub type Local = Option<tokio::process::Child>;
+
 pub async fn run(
     ep: &Endpoint,
     args: SessionArgs,
     mode: PortMode,
     on_concurrent_steal: ConcurrentSteal,
+    mut child: Local,
 ) -> anyhow::Result<u8> {
     let port_map = args.port_map()?;
-    check_local(&port_map).await?;
+    match child.as_mut() {
+        None => check_local(&port_map).await?,
+        Some(c) => crate::exec::wait_listening(c, &port_map).await?,
+    }
     let ports: HashMap<u16, SocketAddr> = port_map.iter().copied().collect();
     let filter = args.filter();
     let target = args.target_ref();
@@ -107,6 +114,10 @@ pub async fn run(
                 None
             }
             _ = int.recv() => Some(("interrupted", exit::INTERRUPTED)),
+            // `exec`: the process ended, so does the session; its exit code is ours.
+            code = crate::exec::exited(&mut child), if leaving.is_none() => {
+                Some(("the local process exited", code))
+            }
             _ = term.recv() => Some(("terminated", exit::TERMINATED)),
             _ = &mut drain, if leaving.is_some() => break left(leaving),
             frame = inbound.next() => {
@@ -114,6 +125,7 @@ pub async fn run(
                     None if leaving.is_some() => break left(leaving),
                     None => {
                         eprintln!("mirrordctl: connection to the operator lost; session {} is over", opened.session_id);
+                        crate::exec::stop(&mut child).await;
                         break exit::FAILED;
                     }
                     Some(Err(e)) => {
@@ -162,6 +174,7 @@ pub async fn run(
                     ServerMessage::SessionEnded { .. } if leaving.is_some() => break left(leaving),
                     ServerMessage::SessionEnded { reason } => {
                         eprintln!("mirrordctl: session {} ended by the operator: {reason}", opened.session_id);
+                        crate::exec::stop(&mut child).await;
                         break exit::FAILED;
                     }
                     ServerMessage::Error(e) => {
@@ -184,6 +197,7 @@ pub async fn run(
                 .reset(tokio::time::Instant::now() + LEAVE_WAIT);
         }
     };
+    crate::exec::stop(&mut child).await;
     if let Some((why, _)) = leaving {
         eprintln!("mirrordctl: {why}; session ended");
     }

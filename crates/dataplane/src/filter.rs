@@ -137,7 +137,10 @@ impl HttpFilter {
             any: spec.any,
             required: Vec::new(),
             display: spec.to_string(),
-            spec: spec.clone(),
+            spec: HttpFilterSpec {
+                required_header: Vec::new(),
+                ..spec.clone()
+            },
         })
     }
 
@@ -155,6 +158,7 @@ impl HttpFilter {
             self.display = format!("({})", self.display);
         }
         self.display.push_str(&format!(" and header={pattern}"));
+        self.spec.required_header.push(pattern.to_owned());
         Ok(())
     }
 
@@ -223,6 +227,7 @@ mod tests {
             path: path.iter().map(|s| s.to_string()).collect(),
             method: method.iter().map(|s| s.to_string()).collect(),
             any,
+            required_header: Vec::new(),
         }
     }
 

@@ -14,6 +14,11 @@ pub struct HttpFilterSpec {
     pub method: Vec<String>,
     /// `true`: any one part matching is enough; `false`: all parts must match.
     pub any: bool,
+    /// Header regexes every stolen request must also match, whatever `any` says: added by
+    /// the operator's policies (`require_header_filter`) and reported back; a client's own
+    /// are ignored.
+    #[serde(default)]
+    pub required_header: Vec<String>,
 }
 
 impl HttpFilterSpec {
@@ -55,6 +60,7 @@ mod tests {
             path: vec!["^/api".into()],
             method: vec![],
             any: false,
+            required_header: Vec::new(),
         };
         assert_eq!(f.to_string(), "header=x-user: alice and path=^/api");
         assert_eq!(HttpFilterSpec::default().to_string(), "");
