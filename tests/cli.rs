@@ -14,7 +14,7 @@ async fn status_json_has_hex_ids_lowercase_modes_structured_filters_and_a_versio
         "steal",
         &["--header", "^x-user: alice$", "--method", "GET"],
     );
-    let st = status(&f.op.issue("admin"));
+    let st = status(&f.op.issue_admin("admin"));
     assert_eq!(st["schema_version"], 1, "{st}");
     let session = &st["sessions"][0];
     // The same 16 hex digits the table prints and `sessions kill` takes.
@@ -35,7 +35,7 @@ async fn status_json_has_hex_ids_lowercase_modes_structured_filters_and_a_versio
         }),
         "{st}"
     );
-    let table = String::from_utf8(ctl(&f.op.issue("admin"), &["status"]).stdout).unwrap();
+    let table = String::from_utf8(ctl(&f.op.issue_admin("admin"), &["status"]).stdout).unwrap();
     assert!(table.contains(&s.id), "{table}");
 }
 
@@ -183,7 +183,8 @@ async fn exit_codes_tell_usage_refusal_failure_and_signals_apart() {
 
     // 1: the session ends at run time (killed by an admin).
     let mut s = f.session("bob", "steal", &[]);
-    assert!(ctl(&alice, &["sessions", "kill", &s.id]).status.success());
+    let admin = f.op.issue_admin("root");
+    assert!(ctl(&admin, &["sessions", "kill", &s.id]).status.success());
     let st = s.wait_exit(Duration::from_secs(15)).expect("CLI exits");
     assert_eq!(st.code(), Some(1));
 }

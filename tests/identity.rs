@@ -33,7 +33,7 @@ async fn foreign_certificates_get_no_session() {
     );
 
     // (No certificate at all: see bad_input::no_client_certificate_no_session.)
-    assert!(status(&op.issue("admin"))["sessions"]
+    assert!(status(&op.issue_admin("admin"))["sessions"]
         .as_array()
         .unwrap()
         .is_empty());

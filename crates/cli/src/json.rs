@@ -206,7 +206,8 @@ mod tests {
             s["ports"][0],
             json!({"port": 80, "mode": "steal", "filter": {
                 "header": ["^x-user: alice$"], "path": [], "method": ["GET"],
-                "combine": "any", "text": "header=^x-user: alice$ or method=GET"}})
+                "combine": "any", "required_header": [],
+                "text": "header=^x-user: alice$ or method=GET"}})
         );
         assert_eq!(
             s["ports"][1],
