@@ -8,19 +8,23 @@ cd "$(dirname "$0")/.."
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
 
-was_up=0; scripts/dev-cluster.sh status >/dev/null 2>&1 && was_up=1
-[ $was_up -eq 1 ] && scripts/dev-cluster.sh down >/dev/null
+was_up=0
+if scripts/dev-cluster.sh status >/dev/null 2>&1; then was_up=1; fi
+scripts/dev-cluster.sh down >/dev/null 2>&1
 t0=$(now); scripts/dev-cluster.sh up >/dev/null 2>&1; t1=$(now)
 echo "dev-cluster up (warm cache, from nothing running): $(secs "$t0" "$t1") s"
 eval "$(scripts/dev-cluster.sh env)"
 cargo build --quiet --release -p mirrord-operator
 scripts/images.sh operator 2>/dev/null
 ns=mirrord-bench
+kubectl delete namespace $ns --ignore-not-found --wait=true >/dev/null
 kubectl create namespace $ns >/dev/null
 for run in 1 2 3; do
   t0=$(now)
   scripts/helm install mirrord-operator deploy/helm/mirrord-operator -n $ns \
     --set operator.jsonLog=true --set operator.metrics=true >/dev/null
+  # The Deployment creates its pod asynchronously: wait for it to exist, then to be Ready.
+  until kubectl -n $ns get pod -l app.kubernetes.io/instance=mirrord-operator -o name | grep -q pod/; do sleep 0.05; done
   kubectl -n $ns wait --for=condition=Ready pod -l app.kubernetes.io/instance=mirrord-operator --timeout=120s >/dev/null
   t1=$(now)
   sleep 3

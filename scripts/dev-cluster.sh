@@ -411,7 +411,7 @@ cleanup_chains() {
   for ipt in iptables ip6tables; do
     command -v "$ipt" >/dev/null || continue
     for table in nat filter mangle; do
-      "$ipt" -t "$table" -S 2>/dev/null | grep -E '^-A .*(CNI-|KUBE-)' | while read -r rule; do
+      "$ipt" -t "$table" -S 2>/dev/null | { grep -E '^-A .*(CNI-|KUBE-)' || true; } | while read -r rule; do
         eval "$ipt -t $table ${rule/-A/-D}" 2>/dev/null || true
       done
       for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (CNI|KUBE)-/ {print $2}'); do
