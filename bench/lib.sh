@@ -1,7 +1,9 @@
 # Shared helpers for the benchmark scripts (sourced).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$ROOT/target/release"
+# Where cargo put the release builds: CARGO_TARGET_DIR (relative to the repo) if set.
+TARGET=${CARGO_TARGET_DIR:-target}; [[ $TARGET = /* ]] || TARGET="$ROOT/$TARGET"
+BIN="$TARGET/release"
 WORK=${WORK:-$(mktemp -d /tmp/mirrord-bench.XXXXXX)}
 DURATION=${DURATION:-5}
 PIDS=()

@@ -4,8 +4,12 @@
 # traffic they get, `mirrordctl status`, the functional JSON logs and the Prometheus metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --release -p mirrord-operator -p mirrordctl
-BIN="$PWD/target/release"
+echo "building mirrord-operator and mirrordctl (release; the first build takes several minutes)..." >&2
+cargo build --release -p mirrord-operator -p mirrordctl
+# Where cargo put them: CARGO_TARGET_DIR (relative to here) if set.
+TARGET=${CARGO_TARGET_DIR:-target}; [[ $TARGET = /* ]] || TARGET="$PWD/$TARGET"
+BIN="$TARGET/release"
+[ -x "$BIN/mirrord-operator" ] || { echo "build failed: no $BIN/mirrord-operator" >&2; exit 1; }
 WORK=$(mktemp -d)
 API=127.0.0.1:18443 LISTEN=127.0.0.1:18080 METRICS=127.0.0.1:19000
 pids=()
