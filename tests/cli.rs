@@ -326,3 +326,41 @@ async fn exec_of_a_process_that_never_listens_opens_no_session() {
         "no session was opened"
     );
 }
+
+#[test]
+fn version_names_the_commit_and_completions_and_man_page_come_from_the_flags() {
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("mirrordctl")).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version = run(&["--version"]);
+    assert!(
+        version.contains("(commit ") && version.contains(", built 20"),
+        "{version}"
+    );
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    if head.status.success() {
+        let head = String::from_utf8(head.stdout).unwrap();
+        assert!(version.contains(head.trim()), "{version} vs {head}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        for word in ["exec", "connect-timeout", "on-concurrent-steal"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let man = run(&["man"]);
+    assert!(
+        man.contains(".TH mirrordctl 1") && man.contains("MIRRORD_CREDENTIALS"),
+        "{man}"
+    );
+}

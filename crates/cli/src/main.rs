@@ -19,10 +19,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `0.1.0 (commit 1a2b3c4d5e6f, built 2026-11-25)`: which build a bug report is about.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MIRRORDCTL_COMMIT"),
+    ", built ",
+    env!("MIRRORDCTL_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "mirrordctl",
-    version,
+    version = VERSION,
     about = "Steal or mirror a shared target's traffic into your local process",
     after_help = "Exit codes: 0 done, 1 failed at run time (operator unreachable, session \
                   lost or ended by the operator), 2 wrong command line, 3 refused by the \
@@ -84,6 +94,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (`mirrordctl completions bash > /etc/bash_completion.d/mirrordctl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `mirrordctl man > mirrordctl.1; man ./mirrordctl.1`.
+    Man,
     /// Manage sessions.
     Sessions {
         #[command(subcommand)]
@@ -226,7 +243,24 @@ fn log_filter(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Everything generated from the command definitions: nothing to keep in sync by hand.
+fn generate(command: &Command) -> anyhow::Result<bool> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "mirrordctl", &mut std::io::stdout());
+        }
+        Command::Man => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if generate(&cli.command)? {
+        return Ok(exit::OK);
+    }
     let ep = Endpoint {
         creds: credentials_dir(cli.credentials)?,
         connect_timeout: cli.connect_timeout,
@@ -264,6 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             session::run(&ep, common, mode, on_concurrent_steal.into(), Some(child)).await
         }
         Command::Status { json } => status::show(&ep, json).await,
+        Command::Completions { .. } | Command::Man => unreachable!("handled by generate"),
         Command::Sessions {
             command: SessionsCommand::Kill { ids, all },
         } => {
