@@ -537,3 +537,30 @@ async fn log_format_and_level_follow_the_environment() {
         );
     }
 }
+
+/// `increase()` over a counter series that is born at 1 reads 0: the first refusal of a
+/// reason would vanish from "Refused sessions by reason" and the alerts built on it. Every
+/// reason's series exists at 0 from the start, so the first refusal is an increase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_refusal_of_a_reason_is_an_increase_prometheus_sees() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let api = free_addr();
+    let op = Operator::start_with_metrics(&upstream_target("api", 80, api, target.addr), "");
+    let prom = Prometheus::start(op.metrics.unwrap());
+    // Scraped at 0 before anything happens.
+    prom.expect("mirrord_session_refusals_total{reason=\"conflict\"}", 0.0);
+    prom.expect("count(mirrord_session_refusals_total)", 9.0);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let devp = format!("80={}", dev.addr);
+    let _holder =
+        Session::start(&op.issue("alice"), &["steal", "-t", "api", "--port", &devp]).unwrap();
+    let refused = Session::start(&op.issue("bob"), &["steal", "-t", "api", "--port", &devp]);
+    assert!(refused.is_err(), "bob's steal of a held port is refused");
+    prom.expect_that(
+        "increase(mirrord_session_refusals_total{reason=\"conflict\"}[1m])",
+        "the one refusal (increase extrapolates slightly above 1)",
+        |v| v >= 0.9,
+    );
+}

@@ -49,6 +49,9 @@ pub struct Parts {
 impl Operator {
     pub fn new(p: Parts) -> Self {
         let locks = Arc::new(PortLocks::default());
+        p.telemetry
+            .metrics()
+            .known_refusal_reasons(crate::refusal::Refusal::REASONS);
         Self {
             backend: p.backend,
             sessions: Sessions::new(p.telemetry.clone(), Arc::clone(&locks)),

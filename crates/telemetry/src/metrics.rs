@@ -210,6 +210,14 @@ impl Metrics {
         }
     }
 
+    /// Creates the refusal series of every `reason` at 0, so the first refusal of each is
+    /// an increase Prometheus sees (a series born at 1 reads 0 in `increase()`).
+    pub fn known_refusal_reasons(&self, reasons: &[&str]) {
+        for r in reasons {
+            self.refusals.with_label_values(&[r]);
+        }
+    }
+
     /// `client_hostname`, `client_name`, `client_user`, `user_id`, with the self-reported
     /// two bounded per client (see [`LABEL_SETS_PER_CLIENT`]).
     fn user_labels(&self, s: &SessionMeta) -> [String; 4] {
