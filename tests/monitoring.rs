@@ -433,6 +433,7 @@ async fn promtool_finds_nothing_but_the_spec_names_and_series_expire_after_grace
         "mirrord_operator_ping_latency_bucket",
         "mirrord_stolen_connections_count{",
         "mirrord_stolen_requests_count{",
+        "mirrord_port_locks{",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
@@ -463,6 +464,11 @@ async fn promtool_finds_nothing_but_the_spec_names_and_series_expire_after_grace
     assert!(
         text.contains("mirrord_sessions_create_total{"),
         "per-user series must stay"
+    );
+    // A target nobody holds a port of any more is not exported at 0 forever.
+    assert!(
+        !text.contains("mirrord_port_locks{"),
+        "idle lock series of deployment/api still exported:\n{text}"
     );
     assert!(text.contains("mirrord_sessions_duration_count{"));
 }

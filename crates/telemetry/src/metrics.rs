@@ -55,6 +55,9 @@ pub struct Metrics {
     stolen_requests: IntCounterVec,
     sessions_active: IntGauge,
     port_locks: IntGaugeVec,
+    /// Held while a lock gauge changes or an idle one is removed, so a removal never
+    /// drops a lock taken in between.
+    lock_series: Mutex<()>,
     bypassed_requests: IntCounterVec,
     refusals: IntCounterVec,
 }
@@ -203,6 +206,7 @@ impl Metrics {
                     &["reason"],
                 ),
             ),
+            lock_series: Mutex::default(),
             registry: r,
             grace,
             session_ports: Mutex::default(),
@@ -303,10 +307,10 @@ impl Metrics {
                 self.forget_later(session.clone());
             }
             Event::PortStolen { session, port, .. } => {
-                self.lock_gauge(session, *port, "steal").inc();
+                self.lock_change(session, *port, "steal", 1);
             }
             Event::PortMirrored { session, port, .. } => {
-                self.lock_gauge(session, *port, "mirror").inc();
+                self.lock_change(session, *port, "mirror", 1);
             }
             Event::PortReleased {
                 session,
@@ -314,7 +318,7 @@ impl Metrics {
                 mode,
                 ..
             } => {
-                self.lock_gauge(session, *port, mode).dec();
+                self.lock_change(session, *port, mode, -1);
             }
             Event::TargetCopied { .. } => {}
             Event::PingLatency { session, rtt } => {
@@ -336,9 +340,34 @@ impl Metrics {
         }
     }
 
-    fn lock_gauge(&self, s: &SessionMeta, port: u16, mode: &str) -> IntGauge {
+    fn lock_change(&self, s: &SessionMeta, port: u16, mode: &str, delta: i64) {
+        let _guard = self.lock_series.lock().expect("not poisoned");
         self.port_locks
             .with_label_values(&[&s.target(), &port.to_string(), mode])
+            .add(delta);
+    }
+
+    /// Removes the lock series of the session's target that nobody holds any more, so
+    /// targets no one uses stop being exported (a series comes back with the next lock).
+    fn forget_idle_locks(&self, s: &SessionMeta) {
+        use prometheus::core::Collector;
+        let _guard = self.lock_series.lock().expect("not poisoned");
+        let target = s.target();
+        for family in self.port_locks.collect() {
+            for m in family.get_metric() {
+                let labels: HashMap<&str, &str> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if labels.get("target") == Some(&target.as_str())
+                    && m.get_gauge().get_value() == 0.0
+                {
+                    let l = [target.as_str(), labels["port"], labels["mode"]];
+                    let _ = self.port_locks.remove_label_values(&l);
+                }
+            }
+        }
     }
 
     /// Drops the session's series after the grace period, long enough for several scrapes
@@ -367,6 +396,7 @@ impl Metrics {
             .expect("not poisoned")
             .remove(&s.session_id)
             .unwrap_or_default();
+        self.forget_idle_locks(s);
         for port in ports {
             let l = Self::stolen_labels(s, &port.to_string());
             let l: Vec<&str> = l.iter().map(String::as_str).collect();
