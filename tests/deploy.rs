@@ -419,3 +419,38 @@ async fn dashboards_queries_and_log_fields_match_a_real_operator() {
         );
     }
 }
+
+/// fluentd reads the operator's `timestamp` as UTC with the shipped format. fluentd itself
+/// cannot be installed here (not in the Debian index these machines reach, and RubyGems is
+/// not reachable), so the config is checked against a real operator's log lines: the
+/// parse section names the field, the format and the zone, and every timestamp the
+/// operator wrote parses with that format and ends in `Z`.
+#[test]
+fn fluentd_reads_the_operator_timestamps_as_utc() {
+    let conf = std::fs::read_to_string(deploy("fluentd/mirrord-operator.conf")).unwrap();
+    let parse = &conf[conf.find("<parse>").unwrap()..conf.find("</parse>").unwrap()];
+    let setting = |key: &str| {
+        parse
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(key).map(str::trim))
+            .unwrap_or_else(|| panic!("{key} missing from the parse section:\n{parse}"))
+            .to_owned()
+    };
+    assert_eq!(setting("time_key "), "timestamp");
+    assert_eq!(setting("utc "), "true", "the zone must be explicit");
+    let format = setting("time_format ");
+    assert_eq!(format, "%Y-%m-%dT%H:%M:%S.%NZ");
+    // fluentd's %N (fraction) is chrono's %.f with the dot folded in.
+    let chrono_format = format.replace(".%N", "%.f");
+
+    let op = Operator::start("", "");
+    let logs = op.logs();
+    assert!(!logs.is_empty());
+    for line in logs {
+        let ts = line["timestamp"].as_str().unwrap();
+        assert!(ts.ends_with('Z'), "not UTC: {ts}");
+        chrono::NaiveDateTime::parse_from_str(ts, &chrono_format)
+            .unwrap_or_else(|e| panic!("{ts} does not parse with {format}: {e}"));
+    }
+}
