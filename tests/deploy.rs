@@ -454,3 +454,89 @@ fn fluentd_reads_the_operator_timestamps_as_utc() {
             .unwrap_or_else(|e| panic!("{ts} does not parse with {format}: {e}"));
     }
 }
+
+/// deploy/datadog/conf.yaml checked by DataDog's own parser, not by reading: the Agent's
+/// OpenMetrics check (PyPI `datadog-checks-base`, run by `scripts/datadog-check`) scrapes a
+/// real operator under a workload that produces every metric, and each mapping in the
+/// conf must yield a submitted `mirrord.*` metric. (The check strips `_total` from counter
+/// names before it looks them up, so a key ending in `_total` maps nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datadog_check_submits_every_metric_conf_yaml_maps() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let (api, tcp) = (free_addr(), free_addr());
+    let targets = upstream_target("api", 80, api, target.addr)
+        + &upstream_target("tcp", 9000, tcp, target.addr);
+    let op = Operator::start_with_metrics(&targets, "ping_interval = \"100ms\"");
+    let (alice, bob) = (op.issue("alice"), op.issue("bob"));
+    let devp = format!("80={}", dev.addr);
+    let a = Session::start(
+        &alice,
+        &[
+            "steal",
+            "-t",
+            "api",
+            "--port",
+            &devp,
+            "--header",
+            "x-user: alice",
+        ],
+    )
+    .unwrap();
+    let b = Session::start(
+        &bob,
+        &[
+            "steal",
+            "-t",
+            "tcp",
+            "--port",
+            &format!("9000={}", dev.addr),
+        ],
+    )
+    .unwrap();
+    assert!(Session::start(&bob, &["steal", "-t", "api", "--port", &devp]).is_err());
+    get(api, "/mine", &[("x-user", "alice")]).await;
+    get(api, "/theirs", &[]).await;
+    get(tcp, "/conn", &[]).await;
+    let mut ended = Session::start(&bob, &["mirror", "-t", "api", "--port", &devp]).unwrap();
+    ended.stop();
+    op.wait_event("Session Ended", 1);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let endpoint = format!("http://{}/metrics", op.metrics.unwrap());
+    let out = std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/datadog-check"),
+    )
+    .arg(&endpoint)
+    .output()
+    .expect("run scripts/datadog-check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the DataDog check failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let submitted: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let submitted: Vec<&str> = submitted["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+
+    let conf = std::fs::read_to_string(deploy("datadog/conf.yaml")).unwrap();
+    let mapped: Vec<&str> = conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- mirrord_"))
+        .map(|l| l.split(':').nth(1).unwrap().trim())
+        .collect();
+    assert_eq!(mapped.len(), 11, "{conf}");
+    for name in mapped {
+        let full = format!("mirrord.{name}");
+        assert!(
+            submitted.iter().any(|s| *s == full || s.starts_with(&format!("{full}."))),
+            "conf.yaml maps {full} but DataDog's check submitted no such metric; it submitted {submitted:?}"
+        );
+    }
+    drop((a, b));
+}
