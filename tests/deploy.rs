@@ -540,3 +540,56 @@ async fn datadog_check_submits_every_metric_conf_yaml_maps() {
     }
     drop((a, b));
 }
+
+/// The expression of recording rule `name` in deploy/prometheus/recording.yml.
+fn recording_rule(name: &str) -> String {
+    let text = std::fs::read_to_string(deploy("prometheus/recording.yml")).unwrap();
+    let at = text.find(&format!("record: {name}")).unwrap();
+    let expr = text[at..].lines().nth(1).unwrap().trim();
+    expr.strip_prefix("expr: ").unwrap().to_owned()
+}
+
+/// A small team's first hour: three users with one session each and one refusal. A counter
+/// series born at its first value reads 0 in `increase()`, so the panels and the recording
+/// rule must count new series too, and every refusal reason exists at 0 from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sessions_and_first_refusal_count_in_panels_and_rules() {
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let api = free_addr();
+    let op = Operator::start_with_metrics(&upstream_target("api", 80, api, target.addr), "");
+    let prom = Prometheus::start(op.metrics.unwrap());
+    prom.expect("up", 1.0);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let devp = format!("80={}", dev.addr);
+    let sessions: Vec<Session> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|u| Session::start(&op.issue(u), &["mirror", "-t", "api", "--port", &devp]).unwrap())
+        .collect();
+    let refused = Session::start(
+        &op.issue("dave"),
+        &["steal", "-t", "api", "--port", &devp, "--header", "("],
+    );
+    assert!(refused.is_err(), "an invalid filter is refused");
+
+    let rule = recording_rule("mirrord:sessions_created:increase1h");
+    prom.expect(&format!("sum({rule})"), 3.0);
+    let per_user = grafana_queries()
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| e.contains("increase(mirrord_sessions_create_total"))
+        .expect("the sessions-created-per-user panel");
+    prom.expect(&format!("sum({})", substitute(&per_user)), 3.0);
+    let refusals = grafana_queries()
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| e.contains("mirrord_session_refusals_total"))
+        .expect("the refusals panel");
+    prom.expect_that(
+        &format!("sum({})", substitute(&refusals)),
+        "the one refusal",
+        |v| v >= 0.9,
+    );
+    drop(sessions);
+}
