@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Serve `/healthz` and `/readyz` here (for the kubelet's probes), e.g. 0.0.0.0:8081.
     #[arg(long, env = "OPERATOR_HEALTH_ADDR")]
     health_addr: Option<SocketAddr>,
+    /// Serve the web console (HTTPS, the operator's server certificate) here, e.g.
+    /// 127.0.0.1:8444; overrides the config's `[console] listen`. Off when neither is set.
+    #[arg(long, env = "OPERATOR_CONSOLE_ADDR")]
+    console_addr: Option<SocketAddr>,
 }
 
 /// A vendor key built into this binary (`MIRRORD_LICENSE_PUBLIC_KEY` at build time); the
@@ -123,8 +127,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             if missing > 0 {
                 tracing::warn!(missing, "the revocation list lacked credentials the registry says are revoked; rewrote it");
             }
-            let tls = ApiTls::load(ServerTls::new(&ca)?, &args.state_dir)?;
-            let telemetry = Telemetry::new(config.sessions.metrics_grace);
+            let server_tls = ServerTls::new(&ca)?;
+            let console_addr = args
+                .console_addr
+                .or(config.console.as_ref().map(|c| c.listen));
+            let console_tls = match console_addr {
+                Some(_) => Some(server_tls.browser_config()?),
+                None => None,
+            };
+            let tls = ApiTls::load(server_tls, &args.state_dir)?;
+            let mut telemetry = Telemetry::new(config.sessions.metrics_grace);
+            if console_addr.is_some() {
+                telemetry = telemetry.with_feed(crate::console::FEED_CAPACITY);
+            }
             if let Some(metrics_addr) = metrics {
                 let listener = tokio::net::TcpListener::bind(metrics_addr)
                     .await
@@ -176,6 +191,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }));
             tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
             tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
+            if let (Some(addr), Some(tls)) = (console_addr, console_tls) {
+                crate::console::serve(addr, tls, Arc::clone(&op)).await?;
+            }
             if let Some(health) = &health {
                 health.ready();
             }

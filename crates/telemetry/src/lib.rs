@@ -4,15 +4,19 @@
 //! - [`event`]: the typed [`Event`] every state change is reported as.
 //! - [`logs`]: tracing set-up (human or JSON, level from the environment).
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
+//! - [`feed`]: a bounded ring of the latest events for live viewers (the console), off
+//!   unless [`Telemetry::with_feed`] turned it on.
 //!
 //! Call sites only ever build an [`Event`] and hand it to [`Telemetry::record`].
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod feed;
 pub mod logs;
 pub mod metrics;
 
 pub use event::{ClientInfo, Event, SessionMeta};
+pub use feed::{Feed, FeedItem};
 pub use metrics::{Metrics, PortCounters};
 
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Telemetry {
     metrics: Arc<Metrics>,
+    feed: Option<Arc<Feed>>,
 }
 
 impl Telemetry {
@@ -29,7 +34,18 @@ impl Telemetry {
     pub fn new(series_grace: Duration) -> Self {
         Self {
             metrics: Arc::new(Metrics::new(series_grace)),
+            feed: None,
         }
+    }
+
+    /// Also keeps the latest `capacity` functional events for live viewers.
+    pub fn with_feed(mut self, capacity: usize) -> Self {
+        self.feed = Some(Arc::new(Feed::new(capacity)));
+        self
+    }
+
+    pub fn feed(&self) -> Option<&Arc<Feed>> {
+        self.feed.as_ref()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -41,5 +57,8 @@ impl Telemetry {
     pub fn record(&self, event: Event) {
         event::log(&event);
         self.metrics.observe(&event);
+        if let Some(feed) = &self.feed {
+            feed.push(&event);
+        }
     }
 }
