@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// 127.0.0.1:8444; overrides the config's `[console] listen`. Off when neither is set.
     #[arg(long, env = "OPERATOR_CONSOLE_ADDR")]
     console_addr: Option<SocketAddr>,
+    /// Where browsers reach the console, when not at its listen address (a port-forward, a
+    /// proxy): login links start with this, e.g. https://127.0.0.1:8444.
+    #[arg(long, env = "OPERATOR_CONSOLE_URL")]
+    console_url: Option<String>,
 }
 
 /// A vendor key built into this binary (`MIRRORD_LICENSE_PUBLIC_KEY` at build time); the
@@ -192,7 +196,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
             tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
             if let (Some(addr), Some(tls)) = (console_addr, console_tls) {
-                crate::console::serve(addr, tls, Arc::clone(&op)).await?;
+                crate::console::serve(addr, args.console_url.clone(), tls, Arc::clone(&op))
+                    .await?;
             }
             if let Some(health) = &health {
                 health.ready();

@@ -45,10 +45,12 @@ pub struct Console {
     streams: Arc<Semaphore>,
 }
 
-/// Binds `addr` now (a bad address fails the start), turns login links on, and serves in
-/// the background. Returns the address bound.
+/// Binds `addr` now (a bad address fails the start), turns login links on (pointing at
+/// `public_url`, else the address bound), and serves in the background. Returns the
+/// address bound.
 pub async fn serve(
     addr: SocketAddr,
+    public_url: Option<String>,
     tls: Arc<rustls::ServerConfig>,
     op: Arc<Operator>,
 ) -> anyhow::Result<SocketAddr> {
@@ -61,14 +63,17 @@ pub async fn serve(
         .await
         .with_context(|| format!("console cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
-    op.console_logins.enable(format!("https://{bound}"));
+    let url = public_url
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("https://{bound}"));
+    op.console_logins.enable(url);
     let console = Arc::new(Console {
         op,
         feed,
         sessions: auth::BrowserSessions::default(),
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
     });
-    tracing::info!(addr = %bound, "console on https://{bound} (log in with `mirrordctl console login`)");
+    tracing::info!(addr = %bound, "console listening on {bound} (log in with `mirrordctl console login`)");
     tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), console));
     Ok(bound)
 }
