@@ -399,6 +399,18 @@ async fn event_stream_resumes_after_last_event_id_and_shows_developers_only_thei
         "{resumed}"
     );
 
+    // An id from an earlier run of the operator (beyond the latest) starts from the ring.
+    let mut stale = send(
+        &f.op.state,
+        f.console,
+        "GET",
+        "/api/events",
+        &[("cookie", &admin), ("last-event-id", "999999999")],
+    )
+    .await;
+    let from_start = read_stream_until(&mut stale, |s| s.contains("Session Ended")).await;
+    assert!(from_start.contains("Session Started"), "{from_start}");
+
     // bob (a developer) saw none of alice's events, but does see his own.
     let mut b = f.mirror(&bob);
     let bob_seen = read_stream_until(&mut bob_stream, |s| s.contains("Session Started")).await;

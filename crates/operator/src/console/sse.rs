@@ -43,10 +43,14 @@ pub fn stream(
             "too many event streams open; close another console tab\n",
         );
     };
+    let latest = console.feed.subscribe();
+    // An id from beyond the latest event was issued by an earlier run of the operator (ids
+    // start again at 1): start from the ring's beginning, or it would see nothing.
+    let last = Some(resume_point(req)).filter(|id| *id <= *latest.borrow());
     let cursor = Cursor {
-        latest: console.feed.subscribe(),
+        latest,
         feed: Arc::clone(&console.feed),
-        last: resume_point(req),
+        last: last.unwrap_or(0),
         caller: session.caller.clone(),
         started: false,
         _permit: permit,
