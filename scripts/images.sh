@@ -23,12 +23,15 @@ say() { echo "images: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 [ -S "$SOCK" ] || die "no containerd at $SOCK: run scripts/dev-cluster.sh up first"
+SNAPSHOTTER=$(cat "$RUN/containerd/snapshotter" 2>/dev/null || echo overlayfs)
 command -v busybox >/dev/null || die "busybox missing (Debian package busybox-static)"
 
 # image NAME:TAG ROOTFS ENTRYPOINT_JSON: archive ROOTFS as one layer and import it.
 image() {
   local ref=$1 rootfs=$2 entrypoint=$3 out
   out=$(mktemp -d)
+  # mktemp makes 0700 directories: the image's / must be traversable by non-root users.
+  chmod 0755 "$rootfs"
   tar -C "$rootfs" --numeric-owner --owner=0 --group=0 -cf "$out/layer.tar" .
   python3 - "$out" "$ref" "$entrypoint" <<'PY'
 import hashlib, json, sys
@@ -45,7 +48,7 @@ json.dump([{"Config": "config.json", "RepoTags": [ref], "Layers": ["layer.tar"]}
           open(f"{out}/manifest.json", "w"))
 PY
   tar -C "$out" -cf "$out/image.tar" manifest.json config.json layer.tar
-  ctr --address "$SOCK" -n k8s.io images import "$out/image.tar" >/dev/null
+  ctr --address "$SOCK" -n k8s.io images import --snapshotter "$SNAPSHOTTER" "$out/image.tar" >/dev/null
   rm -rf "$out"
   say "imported $ref"
 }
@@ -53,6 +56,7 @@ PY
 busybox_root() { # a root filesystem with busybox and its applets as links
   local root=$1 applet
   mkdir -p "$root/bin" "$root/tmp" "$root/www" "$root/etc"
+  chmod 1777 "$root/tmp"
   cp "$(command -v busybox)" "$root/bin/busybox"
   for applet in sh sleep httpd wget nc cat echo ls mkdir env hostname ip kill ps; do
     ln -sf busybox "$root/bin/$applet"

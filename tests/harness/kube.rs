@@ -76,13 +76,63 @@ impl Cluster {
             .env("KUBECONFIG", &self.kubeconfig)
             .output()
             .expect("run scripts/helm");
-        assert!(
-            out.status.success(),
-            "scripts/helm {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            let ns = args
+                .windows(2)
+                .find(|w| w[0] == "-n" || w[0] == "--namespace")
+                .map_or("default", |w| w[1]);
+            panic!(
+                "scripts/helm {args:?} failed: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.diagnose(ns)
+            );
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What a person would look at when a release does not become ready: pods, their
+    /// descriptions, the namespace's events and the containers' logs (current and previous).
+    pub fn diagnose(&self, ns: &str) -> String {
+        let mut report = String::new();
+        let mut run = |title: &str, args: &[&str]| {
+            let (_, out, err) = self.try_kubectl(args);
+            report.push_str(&format!("--- kubectl {title}\n{out}{err}\n"));
+        };
+        run("get pods", &["get", "pods", "-n", ns, "-o", "wide"]);
+        run("describe pods", &["describe", "pods", "-n", ns]);
+        run(
+            "events",
+            &["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
+        );
+        run(
+            "logs",
+            &[
+                "logs",
+                "-n",
+                ns,
+                "--all-containers",
+                "--prefix",
+                "-l",
+                "app.kubernetes.io/name",
+                "--tail=50",
+            ],
+        );
+        run(
+            "previous logs",
+            &[
+                "logs",
+                "-n",
+                ns,
+                "--all-containers",
+                "--prefix",
+                "-l",
+                "app.kubernetes.io/name",
+                "--previous",
+                "--tail=50",
+            ],
+        );
+        report
     }
 
     /// Loads the operator image made from the binary these tests built (current sources).
