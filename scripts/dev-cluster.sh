@@ -31,7 +31,7 @@ API_SERVICE_IP=10.96.0.1
 NODE=mirrord-dev
 SANDBOX_IMAGE=mirrord.dev/pause:1
 PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables conntrack make dpkg-dev
-  busybox-static openssl golang-go golang-github-modern-go-reflect2-dev rsync)
+  busybox-static openssl golang-go golang-github-modern-go-reflect2-dev rsync nftables)
 
 say() { echo "dev-cluster: $*" >&2; }
 die() { say "error: $*"; diagnose >&2 || true; exit 1; }

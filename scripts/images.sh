@@ -6,6 +6,7 @@
 #   scripts/images.sh busybox     busybox (httpd, sh, wget, nc) for test targets and clients
 #   scripts/images.sh operator    the operator from this tree's release build
 #                                 (OPERATOR_BIN=path: another build, e.g. the tests' debug one)
+#   scripts/images.sh agent       the agent (AGENT_BIN likewise) with Debian's nft
 #   scripts/images.sh all         all of the above
 #
 # The operator image holds the release binary and exactly the shared libraries `ldd`
@@ -97,10 +98,38 @@ operator() {
   rm -rf "$root"
 }
 
+# Copies BIN to ROOT/DEST with the dynamic loader and every library `ldd` lists, at the
+# same paths.
+with_libs() {
+  local bin=$1 root=$2 dest=$3 lib
+  mkdir -p "$root$(dirname "$dest")"
+  strip --strip-debug -o "$root$dest" "$bin"
+  for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+}
+
+agent() {
+  local bin=${AGENT_BIN:-$TARGET/release/mirrord-agent} root
+  [ -x "$bin" ] || die "no $bin: run cargo build --release -p mirrord-agent first (or set AGENT_BIN)"
+  command -v nft >/dev/null || die "nft missing (Debian package nftables)"
+  root=$(mktemp -d)
+  mkdir -p "$root/etc" "$root/tmp"
+  chmod 1777 "$root/tmp"
+  with_libs "$bin" "$root" /usr/local/bin/mirrord-agent
+  # The redirect is nftables; the agent runs Debian's nft (same libraries, via ldd).
+  with_libs "$(command -v nft)" "$root" /usr/local/bin/nft
+  echo 'root:x:0:0:root:/:/sbin/nologin' > "$root/etc/passwd"
+  image "mirrord.dev/agent:$VERSION" "$root" '["/usr/local/bin/mirrord-agent"]'
+  rm -rf "$root"
+}
+
 case "${1:-}" in
   pause) pause ;;
   busybox) busybox_image ;;
   operator) operator ;;
-  all) pause; busybox_image; operator ;;
-  *) echo "usage: $0 pause|busybox|operator|all" >&2; exit 2 ;;
+  agent) agent ;;
+  all) pause; busybox_image; operator; agent ;;
+  *) echo "usage: $0 pause|busybox|operator|agent|all" >&2; exit 2 ;;
 esac

@@ -148,6 +148,45 @@ impl Cluster {
         });
     }
 
+    /// Loads the agent image made from the binary these tests built.
+    pub fn load_agent_image(&self) {
+        static LOADED: std::sync::Once = std::sync::Once::new();
+        LOADED.call_once(|| {
+            let st = Command::new(repo().join("scripts/images.sh"))
+                .arg("agent")
+                .env("AGENT_BIN", crate::bin("mirrord-agent"))
+                .status()
+                .expect("run scripts/images.sh");
+            assert!(st.success(), "loading the agent image failed");
+        });
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Polls `kubectl ARGS` until `pred` holds on its stdout; the last stdout.
     pub fn wait_until(
         &self,

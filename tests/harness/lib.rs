@@ -40,6 +40,8 @@ pub fn bin(name: &str) -> PathBuf {
             "mirrord-operator",
             "-p",
             "mirrordctl",
+            "-p",
+            "mirrord-agent",
             "--manifest-path",
         ])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))

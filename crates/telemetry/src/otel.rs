@@ -36,7 +36,7 @@ pub enum OtelError {
          (the endpoint is then a gRPC one, by convention port 4317)"
     )]
     Protocol { var: String, value: String },
-    #[error("cannot set up the OTLP {signal} exporter: {source}")]
+    #[error("cannot set up the OTLP {signal} exporter")]
     Exporter {
         signal: &'static str,
         #[source]
