@@ -138,27 +138,13 @@ impl Cluster {
     /// Loads the operator image made from the binary these tests built (current sources).
     pub fn load_operator_image(&self) {
         static LOADED: std::sync::Once = std::sync::Once::new();
-        LOADED.call_once(|| {
-            let st = Command::new(repo().join("scripts/images.sh"))
-                .arg("operator")
-                .env("OPERATOR_BIN", crate::bin("mirrord-operator"))
-                .status()
-                .expect("run scripts/images.sh");
-            assert!(st.success(), "loading the operator image failed");
-        });
+        LOADED.call_once(|| load_image("operator", "OPERATOR_BIN", "mirrord-operator"));
     }
 
     /// Loads the agent image made from the binary these tests built.
     pub fn load_agent_image(&self) {
         static LOADED: std::sync::Once = std::sync::Once::new();
-        LOADED.call_once(|| {
-            let st = Command::new(repo().join("scripts/images.sh"))
-                .arg("agent")
-                .env("AGENT_BIN", crate::bin("mirrord-agent"))
-                .status()
-                .expect("run scripts/images.sh");
-            assert!(st.success(), "loading the agent image failed");
-        });
+        LOADED.call_once(|| load_image("agent", "AGENT_BIN", "mirrord-agent"));
     }
 
     /// `kubectl apply -f -` of `yaml`.
@@ -206,6 +192,16 @@ impl Cluster {
         );
         last
     }
+}
+
+/// `scripts/images.sh IMAGE` with the tests' build of `bin` (through the variable `var`).
+fn load_image(image: &str, var: &str, bin: &str) {
+    let st = Command::new(repo().join("scripts/images.sh"))
+        .arg(image)
+        .env(var, crate::bin(bin))
+        .status()
+        .expect("run scripts/images.sh");
+    assert!(st.success(), "loading the {image} image failed");
 }
 
 pub fn repo() -> &'static Path {
