@@ -341,7 +341,12 @@ authorization: {mode: Webhook}
 # Images are imported, never pulled: the kubelet must not collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"}
+# Absolute floors, not percentages: a big disk that build trees have filled to 99% still
+# has gigabytes free, and a disk-pressure taint leaves every new pod Pending (seen here with
+# 1.5 GB free of 252 GB under a 1% threshold: the likely cause of a CI run whose operator
+# never became Available). The taint also goes 10 s after the pressure, not 5 min.
+evictionHard: {"memory.available": "100Mi", "nodefs.available": "512Mi", "imagefs.available": "512Mi"}
+evictionPressureTransitionPeriod: 10s
 serializeImagePulls: false
 EOF
   start kubelet "$BIN/kubelet" --config="$RUN/kubelet.yaml" \
