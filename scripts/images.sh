@@ -114,12 +114,15 @@ agent() {
   local bin=${AGENT_BIN:-$TARGET/release/mirrord-agent} root
   [ -x "$bin" ] || die "no $bin: run cargo build --release -p mirrord-agent first (or set AGENT_BIN)"
   command -v nft >/dev/null || die "nft missing (Debian package nftables)"
+  command -v conntrack >/dev/null || die "conntrack missing (Debian package conntrack)"
   root=$(mktemp -d)
   mkdir -p "$root/etc" "$root/tmp"
   chmod 1777 "$root/tmp"
   with_libs "$bin" "$root" /usr/local/bin/mirrord-agent
   # The redirect is nftables; the agent runs Debian's nft (same libraries, via ldd).
   with_libs "$(command -v nft)" "$root" /usr/local/bin/nft
+  # And conntrack, to forget the redirected connections' NAT entries when it leaves.
+  with_libs "$(command -v conntrack)" "$root" /usr/local/bin/conntrack
   echo 'root:x:0:0:root:/:/sbin/nologin' > "$root/etc/passwd"
   image "mirrord.dev/agent:$VERSION" "$root" '["/usr/local/bin/mirrord-agent"]'
   rm -rf "$root"

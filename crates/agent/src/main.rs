@@ -135,6 +135,7 @@ async fn serve(uid: &str, pid: u32, ports: &[u16], lease: Duration) -> anyhow::R
         }
     }
     redirect::nft(&redirect::delete_script())?;
+    redirect::forget_connections(ports);
     tracing::info!(pod_uid = uid, "agent stopped: redirect removed");
     Ok(())
 }

@@ -49,6 +49,27 @@ pub fn delete_script() -> String {
     format!("delete table ip {TABLE}\n")
 }
 
+/// Forgets the NAT entries the redirect made for `ports`: without this, a client that
+/// reuses a connection's addresses soon after the agent leaves is still sent to the agent's
+/// closed port until conntrack's entry ends. Best effort: an entry that is gone is fine.
+pub fn forget_connections(ports: &[u16]) {
+    for port in ports {
+        let out = Command::new("conntrack")
+            .args(["-D", "-p", "tcp", "--orig-port-dst", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        match out {
+            // conntrack exits 1 when nothing matched.
+            Ok(o) if o.status.success() || o.status.code() == Some(1) => {}
+            Ok(o) => {
+                tracing::warn!(port, error = %String::from_utf8_lossy(&o.stderr).trim(), "could not forget the port's redirected connections")
+            }
+            Err(e) => tracing::warn!(port, error = %e, "could not run conntrack"),
+        }
+    }
+}
+
 /// Runs an nft script as one transaction.
 pub fn nft(script: &str) -> Result<(), RedirectError> {
     let mut child = Command::new("nft")
