@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kubernetes costs on this machine: dev-cluster `up` (warm cache: binaries built), the
-# operator's time to Ready after `helm install` with its image already loaded, and the
-# operator pod's idle RSS. Runs as root; leaves the cluster as it found it (up or down).
+# operator's time to Ready after `helm install` with its image already loaded, the
+# operator pod's idle RSS, and the agent's start, RSS, pass-through cost and fail-open time. Runs as root; leaves the cluster as it found it (up or down).
 # The cold cost (building Kubernetes) is printed by `scripts/dev-cluster.sh build`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +33,69 @@ for run in 1 2 3; do
   scripts/helm uninstall mirrord-operator -n $ns --wait >/dev/null
   kubectl -n $ns wait --for=delete pod -l app.kubernetes.io/instance=mirrord-operator --timeout=60s >/dev/null 2>&1 || true
 done
+kubectl delete namespace $ns --wait=false >/dev/null
+
+# The agent: from its pod's creation to the redirect in place (image loaded), its idle RSS,
+# what it costs on the way to the pod (pass-through, same run: before it and through it),
+# and how long a SIGKILLed agent's port stays dark (its lease, 3 s by default).
+cargo build --quiet --release -p mirrord-agent
+scripts/images.sh agent 2>/dev/null
+ns=mirrord-bench-agent
+kubectl delete namespace $ns --ignore-not-found --wait=true >/dev/null
+kubectl create namespace $ns >/dev/null
+# The workload: the operator image's keep-alive demo server (busybox httpd would fork per
+# connection and the client would run out of ports, which is not what is measured here).
+kubectl -n $ns create deployment web --image=mirrord.dev/operator:0.1.0 -- \
+  /usr/local/bin/mirrord-operator demo-server --bind 0.0.0.0 --port 8080 --name web >/dev/null
+kubectl -n $ns patch deployment web --type=json -p '[{"op":"add","path":"/spec/template/spec/containers/0/imagePullPolicy","value":"Never"}]' >/dev/null
+kubectl -n $ns rollout status deployment/web --timeout=90s >/dev/null
+pod=$(kubectl -n $ns get pod -l app=web -o jsonpath='{.items[0].metadata.name}')
+uid=$(kubectl -n $ns get pod "$pod" -o jsonpath='{.metadata.uid}')
+ip=$(kubectl -n $ns get pod "$pod" -o jsonpath='{.status.podIP}')
+for _ in $(seq 100); do curl -s -m 1 "http://$ip:8080/" >/dev/null && break; sleep 0.1; done
+rate() { wrk -t1 -c"$1" -d5s "http://$ip:8080/" 2>/dev/null | awk '/Requests\/sec/ {print $2}' || true; }
+agent_pod() {
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: $ns}
+spec:
+  hostPID: true
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  containers:
+    - name: agent
+      image: mirrord.dev/agent:0.1.0
+      imagePullPolicy: Never
+      args: ["intercept", "--pod-uid", "$uid", "--port", "8080", "--json-log"]
+      securityContext: {privileged: true}
+YAML
+}
+start_agent() { # start_agent NAME: create it, wait for the redirect
+  agent_pod "$1"
+  until kubectl -n $ns logs "$1" 2>/dev/null | grep -q "agent intercepting"; do sleep 0.05; done
+}
+# Two rounds, each: direct, then through a fresh agent (same run, same pod).
+for round in 1 2; do
+  direct1=$(rate 1); direct16=$(rate 16)
+  t0=$(now); start_agent "agent-$round"; t1=$(now)
+  sleep 1
+  apid=$(pgrep -f "mirrord-agent intercept --pod-uid $uid" | head -1)
+  idle=$(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$apid/status)
+  via1=$(rate 1); via16=$(rate 16)
+  echo "round $round: agent pod created -> redirect in place $(secs "$t0" "$t1") s, idle RSS $idle, $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$apid/status) after the load"
+  echo "round $round, keep-alive: through the agent c=1 $via1 req/s vs direct $direct1 ($(secs 0 "$via1/$direct1")x); c=16 $via16 vs $direct16 ($(secs 0 "$via16/$direct16")x)"
+  kubectl -n $ns delete pod "agent-$round" --wait=true >/dev/null
+  # Connections whose addresses match a NAT entry the agent's redirect left in conntrack
+  # still go to its (closed) port until the entry ends: let the client pick fresh ones.
+  sleep 5
+done
+start_agent agent-kill
+apid=$(pgrep -f "mirrord-agent intercept --pod-uid $uid" | head -1)
+t0=$(now); kill -KILL "$apid"
+sleep 0.1
+until curl -s -m 0.5 "http://$ip:8080/" >/dev/null; do sleep 0.05; done
+t1=$(now)
+echo "agent SIGKILLed: the pod's port answers again after $(secs "$t0" "$t1") s (lease 3 s)"
 kubectl delete namespace $ns --wait=false >/dev/null
 [ $was_up -eq 1 ] || scripts/dev-cluster.sh down >/dev/null

@@ -6,6 +6,8 @@
 #                                  iptables chains, mounts and state
 #   scripts/dev-cluster.sh env     print KUBECONFIG=... (eval "$(scripts/dev-cluster.sh env)")
 #   scripts/dev-cluster.sh status  what runs, and whether the API answers
+#   scripts/dev-cluster.sh diagnose  components' log tails, pods and events (CI prints it
+#                                  when the tests fail)
 #   scripts/dev-cluster.sh build   only build the Kubernetes binaries into the cache
 #
 # Pieces: Debian's etcd, containerd, runc, CNI plugins and iptables; kube-apiserver,
@@ -29,10 +31,10 @@ API_SERVICE_IP=10.96.0.1
 NODE=mirrord-dev
 SANDBOX_IMAGE=mirrord.dev/pause:1
 PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables conntrack make dpkg-dev
-  busybox-static openssl golang-go golang-github-modern-go-reflect2-dev rsync)
+  busybox-static openssl golang-go golang-github-modern-go-reflect2-dev rsync nftables)
 
 say() { echo "dev-cluster: $*" >&2; }
-die() { say "error: $*"; exit 1; }
+die() { say "error: $*"; diagnose >&2 || true; exit 1; }
 
 # ---------------------------------------------------------------------------- packages
 
@@ -223,9 +225,27 @@ network() {
 EOF
 }
 
+# overlayfs when the filesystem under $RUN can carry it (not, e.g., when it is itself an
+# overlay on older kernels); otherwise native (copies, slower, always works).
+snapshotter() {
+  local t=$RUN/overlay-probe ok=native
+  mkdir -p "$t/lower" "$t/upper" "$t/work" "$t/merged"
+  if mount -t overlay overlay -o "lowerdir=$t/lower,upperdir=$t/upper,workdir=$t/work" \
+       "$t/merged" 2>/dev/null; then
+    ok=overlayfs
+    umount "$t/merged"
+  fi
+  rm -rf "$t"
+  echo "$ok"
+}
+
 containerd_up() {
-  local d=$RUN/containerd
+  local d=$RUN/containerd snap
   mkdir -p "$d"
+  snap=${MIRRORD_CLUSTER_SNAPSHOTTER:-$(snapshotter)}
+  # images.sh unpacks imported images for the same snapshotter.
+  echo "$snap" > "$d/snapshotter"
+  say "containerd snapshotter: $snap"
   cat > "$d/config.toml" <<EOF
 version = 2
 root = "$d/root"
@@ -239,7 +259,7 @@ state = "$d/state"
   # root here lacks CAP_SYS_RESOURCE: without this runc fails to start any container.
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+    snapshotter = "$snap"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
@@ -321,7 +341,12 @@ authorization: {mode: Webhook}
 # Images are imported, never pulled: the kubelet must not collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"}
+# Absolute floors, not percentages: a big disk that build trees have filled to 99% still
+# has gigabytes free, and a disk-pressure taint leaves every new pod Pending (seen here with
+# 1.5 GB free of 252 GB under a 1% threshold: the likely cause of a CI run whose operator
+# never became Available). The taint also goes 10 s after the pressure, not 5 min.
+evictionHard: {"memory.available": "100Mi", "nodefs.available": "512Mi", "imagefs.available": "512Mi"}
+evictionPressureTransitionPeriod: 10s
 serializeImagePulls: false
 EOF
   start kubelet "$BIN/kubelet" --config="$RUN/kubelet.yaml" \
@@ -355,7 +380,52 @@ up() {
   node
   # The default ServiceAccount must exist before pods can be created in `default`.
   wait_for "default service account" 60 kctl -n default get serviceaccount default
+  smoke
   say "cluster up in $((SECONDS - started)) s; $(env_line)"
+}
+
+# A pod through the whole path (scheduler, kubelet, containerd, CNI, a non-root user on a
+# read-only root filesystem, as the chart runs the operator): a cluster that cannot run
+# one fails here, with the reason, instead of in a test's timeout.
+smoke() {
+  "$(dirname "$0")/images.sh" busybox
+  kctl -n default delete pod dev-cluster-smoke --ignore-not-found --wait=true >/dev/null
+  kctl -n default apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: dev-cluster-smoke}
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+  containers:
+    - name: smoke
+      image: mirrord.dev/busybox:1
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "ip -4 addr show eth0 | grep -q 10.244. && echo ok"]
+      securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}
+YAML
+  wait_for "a smoke-test pod" 90 pod_succeeded default dev-cluster-smoke
+  kctl -n default delete pod dev-cluster-smoke --wait=false >/dev/null
+}
+
+pod_succeeded() { [ "$(kctl -n "$1" get pod "$2" -o 'jsonpath={.status.phase}')" = Succeeded ]; }
+
+# What to look at when the cluster or a test's pods misbehave: the components' logs, the
+# pods and the events. Bounded, so it fits at the end of a CI log.
+diagnose() {
+  [ -d "$RUN/logs" ] || { say "diagnose: no cluster state in $RUN"; return 0; }
+  local f
+  echo "=== dev-cluster diagnostics ($RUN)"
+  status || true
+  for f in "$RUN"/logs/*.log; do
+    echo "--- $(basename "$f") (last 12 lines)"
+    tail -n 12 "$f" | cut -c1-400
+  done
+  echo "--- pods"
+  kctl get pods -A -o wide 2>&1 | head -40 || true
+  echo "--- events (last 30)"
+  kctl get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 30 | cut -c1-400 || true
 }
 
 # ---------------------------------------------------------------------------- down
@@ -451,6 +521,7 @@ case "${1:-}" in
   down) down ;;
   env) env_cmd ;;
   status) status ;;
+  diagnose) diagnose ;;
   build) need_packages; build ;;
-  *) echo "usage: $0 up|down|env|status|build" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|env|status|diagnose|build" >&2; exit 2 ;;
 esac

@@ -31,7 +31,7 @@ def main():
         p.add_argument("-n", "--namespace", default="default")
         p.add_argument("--set", action="append")
         p.add_argument("--wait", action="store_true")
-        p.add_argument("--timeout", type=int, default=120)
+        p.add_argument("--timeout", type=int, default=300)  # Helm CLI's default, 5m
         p.add_argument("--create-namespace", action="store_true")
     p = sub.add_parser("uninstall")
     p.add_argument("release")

@@ -6,6 +6,7 @@
 #   scripts/images.sh busybox     busybox (httpd, sh, wget, nc) for test targets and clients
 #   scripts/images.sh operator    the operator from this tree's release build
 #                                 (OPERATOR_BIN=path: another build, e.g. the tests' debug one)
+#   scripts/images.sh agent       the agent (AGENT_BIN likewise) with Debian's nft
 #   scripts/images.sh all         all of the above
 #
 # The operator image holds the release binary and exactly the shared libraries `ldd`
@@ -23,12 +24,15 @@ say() { echo "images: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 [ -S "$SOCK" ] || die "no containerd at $SOCK: run scripts/dev-cluster.sh up first"
+SNAPSHOTTER=$(cat "$RUN/containerd/snapshotter" 2>/dev/null || echo overlayfs)
 command -v busybox >/dev/null || die "busybox missing (Debian package busybox-static)"
 
 # image NAME:TAG ROOTFS ENTRYPOINT_JSON: archive ROOTFS as one layer and import it.
 image() {
   local ref=$1 rootfs=$2 entrypoint=$3 out
   out=$(mktemp -d)
+  # mktemp makes 0700 directories: the image's / must be traversable by non-root users.
+  chmod 0755 "$rootfs"
   tar -C "$rootfs" --numeric-owner --owner=0 --group=0 -cf "$out/layer.tar" .
   python3 - "$out" "$ref" "$entrypoint" <<'PY'
 import hashlib, json, sys
@@ -45,7 +49,7 @@ json.dump([{"Config": "config.json", "RepoTags": [ref], "Layers": ["layer.tar"]}
           open(f"{out}/manifest.json", "w"))
 PY
   tar -C "$out" -cf "$out/image.tar" manifest.json config.json layer.tar
-  ctr --address "$SOCK" -n k8s.io images import "$out/image.tar" >/dev/null
+  ctr --address "$SOCK" -n k8s.io images import --snapshotter "$SNAPSHOTTER" "$out/image.tar" >/dev/null
   rm -rf "$out"
   say "imported $ref"
 }
@@ -53,6 +57,7 @@ PY
 busybox_root() { # a root filesystem with busybox and its applets as links
   local root=$1 applet
   mkdir -p "$root/bin" "$root/tmp" "$root/www" "$root/etc"
+  chmod 1777 "$root/tmp"
   cp "$(command -v busybox)" "$root/bin/busybox"
   for applet in sh sleep httpd wget nc cat echo ls mkdir env hostname ip kill ps; do
     ln -sf busybox "$root/bin/$applet"
@@ -93,10 +98,41 @@ operator() {
   rm -rf "$root"
 }
 
+# Copies BIN to ROOT/DEST with the dynamic loader and every library `ldd` lists, at the
+# same paths.
+with_libs() {
+  local bin=$1 root=$2 dest=$3 lib
+  mkdir -p "$root$(dirname "$dest")"
+  strip --strip-debug -o "$root$dest" "$bin"
+  for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+}
+
+agent() {
+  local bin=${AGENT_BIN:-$TARGET/release/mirrord-agent} root
+  [ -x "$bin" ] || die "no $bin: run cargo build --release -p mirrord-agent first (or set AGENT_BIN)"
+  command -v nft >/dev/null || die "nft missing (Debian package nftables)"
+  command -v conntrack >/dev/null || die "conntrack missing (Debian package conntrack)"
+  root=$(mktemp -d)
+  mkdir -p "$root/etc" "$root/tmp"
+  chmod 1777 "$root/tmp"
+  with_libs "$bin" "$root" /usr/local/bin/mirrord-agent
+  # The redirect is nftables; the agent runs Debian's nft (same libraries, via ldd).
+  with_libs "$(command -v nft)" "$root" /usr/local/bin/nft
+  # And conntrack, to forget the redirected connections' NAT entries when it leaves.
+  with_libs "$(command -v conntrack)" "$root" /usr/local/bin/conntrack
+  echo 'root:x:0:0:root:/:/sbin/nologin' > "$root/etc/passwd"
+  image "mirrord.dev/agent:$VERSION" "$root" '["/usr/local/bin/mirrord-agent"]'
+  rm -rf "$root"
+}
+
 case "${1:-}" in
   pause) pause ;;
   busybox) busybox_image ;;
   operator) operator ;;
-  all) pause; busybox_image; operator ;;
-  *) echo "usage: $0 pause|busybox|operator|all" >&2; exit 2 ;;
+  agent) agent ;;
+  all) pause; busybox_image; operator; agent ;;
+  *) echo "usage: $0 pause|busybox|operator|agent|all" >&2; exit 2 ;;
 esac

@@ -231,7 +231,7 @@ fn every_flag_has_help_and_env_vars_show_in_it() {
 }
 
 /// A local process for `exec`: serves `exec GET PATH` on the port it is given until it is
-/// asked for `/quit`, then exits with code 7.
+/// asked for a path ending in `/quit`, then exits with code 7.
 const EXEC_SERVER: &str = r#"
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -241,7 +241,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        if self.path == "/quit":
+        if self.path.endswith("/quit"):
             self.server.quit = True
     def log_message(self, *args):
         pass
@@ -362,5 +362,221 @@ fn version_names_the_commit_and_completions_and_man_page_come_from_the_flags() {
     assert!(
         man.contains(".TH mirrordctl 1") && man.contains("MIRRORD_CREDENTIALS"),
         "{man}"
+    );
+}
+
+/// A mirrord config file as mirrord's documentation writes one: the incoming part is
+/// honoured, the rest named in one warning.
+fn mirrord_json(local_port: u16) -> String {
+    format!(
+        r#"{{
+  "target": {{ "path": "deployment/api", "namespace": "default" }},
+  "feature": {{
+    "network": {{
+      "incoming": {{
+        "mode": "steal",
+        "http_filter": {{ "header_filter": "^x-user: alice$" }},
+        "port_mapping": [[{local_port}, 80]]
+      }},
+      "outgoing": true
+    }},
+    "fs": "read",
+    "env": true
+  }},
+  "agent": {{ "ttl": 30 }}
+}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_teams_mirrord_json_opens_the_session_it_describes() {
+    use mirrord_e2e::servers::{get, HttpServer};
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    // Found where mirrord keeps it: .mirrord/mirrord.json in the working directory.
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir(project.path().join(".mirrord")).unwrap();
+    std::fs::write(
+        project.path().join(".mirrord/mirrord.json"),
+        mirrord_json(dev.addr.port()),
+    )
+    .unwrap();
+    let s = Session::start_in(&alice, &["steal"], Some(project.path()))
+        .expect("the file alone describes the session");
+    let err = s.stderr.text();
+    assert!(err.contains("using the mirrord config"), "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("does not implement"))
+        .unwrap_or_else(|| panic!("one warning names what is ignored: {err}"));
+    for key in [
+        "agent",
+        "feature.fs",
+        "feature.env",
+        "feature.network.outgoing",
+    ] {
+        assert!(warning.contains(key), "{key} not named: {warning}");
+    }
+    assert_eq!(
+        get(listen, "/mine", &[("x-user", "alice")]).await.1,
+        "dev GET /mine"
+    );
+    assert_eq!(get(listen, "/theirs", &[]).await.1, "target GET /theirs");
+    let st = status(&alice);
+    let port = &st["sessions"][0]["ports"][0];
+    assert_eq!(port["port"], 80);
+    assert_eq!(port["mode"], "steal");
+    assert_eq!(port["filter"]["header"][0], "^x-user: alice$", "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_takes_the_file_with_f_and_flags_win_over_it() {
+    use mirrord_e2e::servers::{get, HttpServer};
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let local = free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("team.json");
+    std::fs::write(&file, mirrord_json(local.port())).unwrap();
+    let file = file.to_str().unwrap();
+    let local_port = local.port().to_string();
+    // The file says header x-user: alice; the flag says path ^/exec instead.
+    let mut s = Session::start(
+        &alice,
+        &[
+            "exec",
+            "-f",
+            file,
+            "--path",
+            "^/exec",
+            "--",
+            "python3",
+            "-c",
+            EXEC_SERVER,
+            &local_port,
+        ],
+    )
+    .expect("exec opens the session from the file");
+    assert_eq!(get(listen, "/exec-a", &[]).await.1, "exec GET /exec-a");
+    assert_eq!(
+        get(listen, "/other", &[("x-user", "alice")]).await.1,
+        "target GET /other",
+        "the flag's filter replaced the file's"
+    );
+    assert_eq!(
+        get(listen, "/exec/quit", &[]).await.1,
+        "exec GET /exec/quit"
+    );
+    let st = s
+        .wait_exit(Duration::from_secs(20))
+        .expect("the process quit");
+    assert_eq!(st.code(), Some(7));
+
+    // -t wins over the file's target: an unknown one is refused (exit 3), by name.
+    let _local_process = std::net::TcpListener::bind(local).unwrap();
+    let out = ctl(&alice, &["steal", "-f", file, "-t", "deployment/nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_mistake_names_the_key_and_opens_nothing() {
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, idle_local()), "");
+    let alice = op.issue("alice");
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            r#"{"target": "deployment/api", "feature": {"network": {"incoming": {"mode": "stael", "ports": [80]}}}}"#,
+            "`feature.network.incoming.mode`",
+        ),
+        (
+            r#"{"target": "deployment/api", "feature": {"network": {"incoming": {"mode": "steal", "ports": [80], "http_filter": {"header_filter": "^x$", "body_filter": "secret"}}}}}"#,
+            "`feature.network.incoming.http_filter.body_filter`",
+        ),
+        (r#"{"target": "deployment/api", "#, "not valid JSON"),
+    ];
+    for (i, (text, named)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("m{i}.json"));
+        std::fs::write(&file, text).unwrap();
+        let out = ctl(&alice, &["steal", "-f", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(named), "{named} not in: {err}");
+    }
+    assert!(op.events("Session Started").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_formats_and_sessions_list_show_the_same_sessions() {
+    let f = ApiFixture::start("").await;
+    let s = f.session("alice", "steal", &["--header", "^x-user: alice$"]);
+    let creds = f.op.issue("alice");
+    let out = |args: &[&str]| {
+        let o = ctl(&creds, args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&out(&["status", "-o", "json"])).unwrap();
+    let yaml: serde_json::Value = serde_yaml_ng::from_str(&out(&["status", "-o", "yaml"])).unwrap();
+    assert_eq!(yaml, json, "YAML is the same document");
+    assert_eq!(json["sessions"][0]["session_id"], s.id.as_str());
+    let listed: serde_json::Value =
+        serde_json::from_str(&out(&["sessions", "list", "-o", "json"])).unwrap();
+    assert_eq!(listed, json["sessions"]);
+
+    let table = out(&["sessions", "list"]);
+    assert!(table.starts_with("Session ID"), "{table}");
+    assert!(
+        table.contains(&s.id) && !table.contains("Client ID"),
+        "{table}"
+    );
+    let wide = out(&["sessions", "list", "-o", "wide"]);
+    let client_id = json["sessions"][0]["client_id"].as_str().unwrap();
+    assert!(
+        wide.contains("Client ID") && wide.contains(client_id),
+        "{wide}"
+    );
+    assert!(out(&["status", "-o", "wide"]).contains("Ends In"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_takes_a_while_to_start_is_reported_while_waiting() {
+    let dev = mirrord_e2e::servers::HttpServer::start("dev").await;
+    let listen = free_addr();
+    // Every replica of this target (the copy too) needs 2 s before it listens.
+    let targets = format!(
+        "[[targets]]\nname = \"slow\"\nreplicas = 1\ncommand = [\"sh\", \"-c\", \"sleep 2; exec python3 {} {{port}} slow\"]\n[[targets.ports]]\nport = 80\nlisten = \"{listen}\"\n",
+        fixture("replica.py").display()
+    );
+    let op = Operator::start(&targets, "");
+    let alice = op.issue("alice");
+    let port = format!("80={}", dev.addr);
+    let s = Session::start(
+        &alice,
+        &[
+            "steal",
+            "-t",
+            "deployment/slow",
+            "--port",
+            &port,
+            "--copy-target",
+        ],
+    )
+    .expect("the copy starts");
+    let err = s.stderr.text();
+    assert!(
+        err.contains("the operator is starting a copy of deployment/slow (1s)..."),
+        "{err}"
     );
 }

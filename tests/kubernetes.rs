@@ -353,6 +353,12 @@ fn the_chart_lints_clean_with_each_switch() {
             "--set",
             "license.publicKey=y",
         ][..],
+        &[
+            "--set",
+            "operator.otel.endpoint=http://otel-collector:4317",
+            "--set",
+            "operator.otel.resourceAttributes=team=payments",
+        ][..],
     ] {
         let out = Command::new(repo().join("scripts/helm"))
             .arg("lint")

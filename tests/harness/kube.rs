@@ -76,26 +76,101 @@ impl Cluster {
             .env("KUBECONFIG", &self.kubeconfig)
             .output()
             .expect("run scripts/helm");
-        assert!(
-            out.status.success(),
-            "scripts/helm {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            let ns = args
+                .windows(2)
+                .find(|w| w[0] == "-n" || w[0] == "--namespace")
+                .map_or("default", |w| w[1]);
+            panic!(
+                "scripts/helm {args:?} failed: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.diagnose(ns)
+            );
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What a person would look at when a release does not become ready: pods, their
+    /// descriptions, the namespace's events and the containers' logs (current and previous).
+    pub fn diagnose(&self, ns: &str) -> String {
+        let mut report = String::new();
+        let mut run = |title: &str, args: &[&str]| {
+            let (_, out, err) = self.try_kubectl(args);
+            report.push_str(&format!("--- kubectl {title}\n{out}{err}\n"));
+        };
+        run("get pods", &["get", "pods", "-n", ns, "-o", "wide"]);
+        run("describe pods", &["describe", "pods", "-n", ns]);
+        run(
+            "events",
+            &["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
+        );
+        run(
+            "logs",
+            &[
+                "logs",
+                "-n",
+                ns,
+                "--all-containers",
+                "--prefix",
+                "-l",
+                "app.kubernetes.io/name",
+                "--tail=50",
+            ],
+        );
+        run(
+            "previous logs",
+            &[
+                "logs",
+                "-n",
+                ns,
+                "--all-containers",
+                "--prefix",
+                "-l",
+                "app.kubernetes.io/name",
+                "--previous",
+                "--tail=50",
+            ],
+        );
+        report
     }
 
     /// Loads the operator image made from the binary these tests built (current sources).
     pub fn load_operator_image(&self) {
         static LOADED: std::sync::Once = std::sync::Once::new();
-        LOADED.call_once(|| {
-            let st = Command::new(repo().join("scripts/images.sh"))
-                .arg("operator")
-                .env("OPERATOR_BIN", crate::bin("mirrord-operator"))
-                .status()
-                .expect("run scripts/images.sh");
-            assert!(st.success(), "loading the operator image failed");
-        });
+        LOADED.call_once(|| load_image("operator", "OPERATOR_BIN", "mirrord-operator"));
+    }
+
+    /// Loads the agent image made from the binary these tests built.
+    pub fn load_agent_image(&self) {
+        static LOADED: std::sync::Once = std::sync::Once::new();
+        LOADED.call_once(|| load_image("agent", "AGENT_BIN", "mirrord-agent"));
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Polls `kubectl ARGS` until `pred` holds on its stdout; the last stdout.
@@ -117,6 +192,16 @@ impl Cluster {
         );
         last
     }
+}
+
+/// `scripts/images.sh IMAGE` with the tests' build of `bin` (through the variable `var`).
+fn load_image(image: &str, var: &str, bin: &str) {
+    let st = Command::new(repo().join("scripts/images.sh"))
+        .arg(image)
+        .env(var, crate::bin(bin))
+        .status()
+        .expect("run scripts/images.sh");
+    assert!(st.success(), "loading the {image} image failed");
 }
 
 pub fn repo() -> &'static Path {

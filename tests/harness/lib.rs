@@ -40,6 +40,8 @@ pub fn bin(name: &str) -> PathBuf {
             "mirrord-operator",
             "-p",
             "mirrordctl",
+            "-p",
+            "mirrord-agent",
             "--manifest-path",
         ])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
@@ -395,7 +397,17 @@ impl Session {
     /// Starts `mirrordctl ARGS` and waits until it reports the session active. On failure
     /// returns what it printed on stderr.
     pub fn start(creds: &Path, args: &[&str]) -> Result<Self, String> {
-        let mut child = Command::new(bin("mirrordctl"))
+        Self::start_in(creds, args, None)
+    }
+
+    /// [`Session::start`] in the working directory `cwd` (where mirrordctl looks for
+    /// `.mirrord/mirrord.json`).
+    pub fn start_in(creds: &Path, args: &[&str], cwd: Option<&Path>) -> Result<Self, String> {
+        let mut cmd = Command::new(bin("mirrordctl"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .arg("--credentials")
             .arg(creds)
             .args(args)

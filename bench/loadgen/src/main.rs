@@ -204,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
             let _ = tokio::io::stdin().read_to_end(&mut sink).await;
         }
         Cmd::Events { count } => {
-            let _guard = mirrord_telemetry::logs::init(true);
+            let _guard = mirrord_telemetry::logs::init(true, None);
             let t = mirrord_telemetry::Telemetry::new(Duration::from_secs(600));
             let meta = Arc::new(mirrord_telemetry::SessionMeta {
                 session_id: "00000000000000AB".into(),

@@ -32,7 +32,7 @@ struct Copy<'a> {
 }
 
 #[derive(Serialize)]
-struct Session<'a> {
+pub struct Session<'a> {
     session_id: String,
     target: &'a str,
     namespace: &'a str,
@@ -69,6 +69,11 @@ struct Filter<'a> {
 }
 
 impl<'a> Status<'a> {
+    /// The `sessions` array alone (`sessions list -o json|yaml`).
+    pub fn sessions(&self) -> &[Session<'a>] {
+        &self.sessions
+    }
+
     pub fn of(r: &'a StatusReport) -> Self {
         Self {
             schema_version: SCHEMA_VERSION,

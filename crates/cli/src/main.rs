@@ -2,19 +2,22 @@
 //! process, show the operator's status, kill sessions.
 #![forbid(unsafe_code)]
 
+mod config_file;
 mod connect;
 mod exec;
 mod exit;
 mod expiry;
 mod json;
 mod local;
+mod plan;
 mod session;
 mod status;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use connect::Endpoint;
 use exit::Usage;
-use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, SessionId, TargetRef};
+use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, SessionId};
+use plan::ModeChoice;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,9 +65,10 @@ enum Command {
     Steal {
         #[command(flatten)]
         common: SessionArgs,
-        /// What to do when another session already steals a port.
-        #[arg(long, value_enum, default_value_t = OnConcurrentSteal::Abort)]
-        on_concurrent_steal: OnConcurrentSteal,
+        /// What to do when another session already steals a port [default: the config
+        /// file's, else abort]
+        #[arg(long, value_enum)]
+        on_concurrent_steal: Option<OnConcurrentSteal>,
     },
     /// Get a copy of the target's incoming traffic; the target keeps answering.
     Mirror {
@@ -77,21 +81,29 @@ enum Command {
     Exec {
         #[command(flatten)]
         common: SessionArgs,
-        /// Mirror the traffic instead of stealing it.
-        #[arg(long)]
+        /// Mirror the traffic instead of stealing it [default: the config file's mode
+        /// (mirrord's default, mirror, if it has none); steal without a file]
+        #[arg(long, conflicts_with = "steal")]
         mirror: bool,
-        /// What to do when another session already steals a port.
-        #[arg(long, value_enum, default_value_t = OnConcurrentSteal::Abort)]
-        on_concurrent_steal: OnConcurrentSteal,
+        /// Steal the traffic (whatever the config file says).
+        #[arg(long)]
+        steal: bool,
+        /// What to do when another session already steals a port [default: the config
+        /// file's, else abort]
+        #[arg(long, value_enum)]
+        on_concurrent_steal: Option<OnConcurrentSteal>,
         /// The command to run and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// Operator version, copies and sessions.
     Status {
-        /// Print a JSON document (its fields are described in the README; stable within
-        /// its `schema_version`).
-        #[arg(long)]
+        /// Output format: table, wide, json (fields described in the README; stable within
+        /// its `schema_version`) or yaml.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: status::Output,
+        /// The same as `-o json`.
+        #[arg(long, conflicts_with = "output")]
         json: bool,
     },
     /// Print a shell completion script (`mirrordctl completions bash > /etc/bash_completion.d/mirrordctl`).
@@ -122,6 +134,13 @@ enum ConsoleCommand {
 
 #[derive(Subcommand)]
 enum SessionsCommand {
+    /// The sessions you may see (all of them for an admin), as `status` shows them.
+    List {
+        /// Output format: table, wide, json (the `sessions` array of `status -o json`) or
+        /// yaml.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: status::Output,
+    },
     /// End sessions now; their ports go back to the target.
     Kill {
         /// Session ids as shown by `mirrordctl status`.
@@ -134,15 +153,20 @@ enum SessionsCommand {
 
 #[derive(Args, Clone)]
 pub struct SessionArgs {
-    /// `deployment/api` (a bare name means a deployment).
+    /// A mirrord config file (JSON or TOML) whose incoming-traffic part describes the
+    /// session; flags override it [default: .mirrord/mirrord.json if present]
+    #[arg(short = 'f', long, env = "MIRRORD_CONFIG_FILE", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// `deployment/api` (a bare name means a deployment) [default: the config file's
+    /// `target`]
     #[arg(short = 't', long)]
-    target: String,
-    /// The target's namespace.
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
+    target: Option<String>,
+    /// The target's namespace [default: the config file's, else `default`]
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
     /// `PORT=LOCAL`: the target's port and where your process listens (`80=127.0.0.1:9090`
-    /// or `80=9090`). Repeatable.
-    #[arg(long = "port", required = true)]
+    /// or `80=9090`). Repeatable. [default: the config file's `ports`/`port_mapping`]
+    #[arg(long = "port")]
     ports: Vec<String>,
     /// Header regex, matched against `name: value` (case-insensitive). Repeatable.
     #[arg(long)]
@@ -160,7 +184,7 @@ pub struct SessionArgs {
     #[arg(long)]
     copy_target: bool,
     /// With --copy-target: stop the original replicas while the session lives.
-    #[arg(long, requires = "copy_target")]
+    #[arg(long)]
     scale_down: bool,
 }
 
@@ -185,30 +209,28 @@ impl From<OnConcurrentSteal> for ConcurrentSteal {
 }
 
 impl SessionArgs {
-    pub fn target_ref(&self) -> TargetRef {
-        let (kind, name) = match self.target.split_once('/') {
-            Some((k, n)) => (k.to_owned(), n.to_owned()),
-            None => ("deployment".to_owned(), self.target.clone()),
-        };
-        TargetRef {
-            kind,
-            name,
-            namespace: self.namespace.clone(),
-        }
-    }
-
-    pub fn filter(&self) -> Option<HttpFilterSpec> {
-        let f = HttpFilterSpec {
+    /// The command line's part of the session (see [`plan`]).
+    fn flags(&self, on_concurrent_steal: Option<OnConcurrentSteal>) -> anyhow::Result<plan::Flags> {
+        let filter = HttpFilterSpec {
             header: self.header.clone(),
             path: self.path.clone(),
             method: self.method.clone(),
             any: self.any,
             required_header: Vec::new(),
         };
-        (!f.is_empty()).then_some(f)
+        Ok(plan::Flags {
+            config_file: self.config_file.clone(),
+            target: self.target.clone(),
+            namespace: self.namespace.clone(),
+            ports: self.port_map()?,
+            filter: (!filter.is_empty()).then_some(filter),
+            on_concurrent_steal: on_concurrent_steal.map(Into::into),
+            copy_target: self.copy_target,
+            scale_down: self.scale_down,
+        })
     }
 
-    pub fn port_map(&self) -> anyhow::Result<Vec<(u16, SocketAddr)>> {
+    fn port_map(&self) -> anyhow::Result<Vec<(u16, SocketAddr)>> {
         self.ports
             .iter()
             .map(|p| {
@@ -282,34 +304,42 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             common,
             on_concurrent_steal,
         } => {
-            session::run(
-                &ep,
-                common,
-                PortMode::Steal,
-                on_concurrent_steal.into(),
-                None,
-            )
-            .await
+            let plan = common
+                .flags(on_concurrent_steal)?
+                .plan(ModeChoice::Command(PortMode::Steal))?;
+            session::run(&ep, plan, None).await
         }
         Command::Mirror { common } => {
-            session::run(&ep, common, PortMode::Mirror, ConcurrentSteal::Abort, None).await
+            let plan = common
+                .flags(None)?
+                .plan(ModeChoice::Command(PortMode::Mirror))?;
+            session::run(&ep, plan, None).await
         }
         Command::Exec {
             common,
             mirror,
+            steal,
             on_concurrent_steal,
             command,
         } => {
-            let mode = if mirror {
-                PortMode::Mirror
-            } else {
-                PortMode::Steal
+            let mode = match (mirror, steal) {
+                (true, _) => Some(PortMode::Mirror),
+                (_, true) => Some(PortMode::Steal),
+                _ => None,
             };
-            common.port_map()?;
+            let plan = common
+                .flags(on_concurrent_steal)?
+                .plan(ModeChoice::Flag(mode))?;
             let child = exec::spawn(&command)?;
-            session::run(&ep, common, mode, on_concurrent_steal.into(), Some(child)).await
+            session::run(&ep, plan, Some(child)).await
         }
-        Command::Status { json } => status::show(&ep, json).await,
+        Command::Status { output, json } => {
+            let output = if json { status::Output::Json } else { output };
+            status::show(&ep, output, false).await
+        }
+        Command::Sessions {
+            command: SessionsCommand::List { output },
+        } => status::show(&ep, output, true).await,
         Command::Console {
             command: ConsoleCommand::Login,
         } => status::console_login(&ep).await,

@@ -4,52 +4,68 @@
 use crate::connect::{connect, Endpoint};
 use crate::exit::{self, Refused};
 use crate::local::{self, LocalHttp, LocalRequest};
-use crate::SessionArgs;
+use crate::plan::Plan;
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use mirrord_protocol::pump::ConnInbox;
-use mirrord_protocol::{
-    ClientMessage, ConcurrentSteal, PortMode, PortRequest, ServerMessage, SessionRequest,
-};
+use mirrord_protocol::{ClientMessage, PortRequest, ServerMessage, SessionRequest};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
 
+/// Waits for the operator's answer; when that takes a while (a copy of the target is
+/// starting, the operator is busy), says so on stderr, then every few seconds.
+async fn with_progress<F: std::future::Future>(answer: F, plan: &Plan) -> F::Output {
+    use std::time::Duration;
+    tokio::pin!(answer);
+    let started = tokio::time::Instant::now();
+    let mut tick =
+        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            out = &mut answer => return out,
+            _ = tick.tick() => {
+                let waited = started.elapsed().as_secs();
+                if plan.copy_target {
+                    eprintln!("mirrordctl: the operator is starting a copy of {} ({waited}s)...", plan.target);
+                } else {
+                    eprintln!("mirrordctl: waiting for the operator to open the session ({waited}s)...");
+                }
+            }
+        }
+    }
+}
+
 /// The local process `exec` started: the session lives as long as it does.
 pub type Local = Option<tokio::process::Child>;
 
-pub async fn run(
-    ep: &Endpoint,
-    args: SessionArgs,
-    mode: PortMode,
-    on_concurrent_steal: ConcurrentSteal,
-    mut child: Local,
-) -> anyhow::Result<u8> {
-    let port_map = args.port_map()?;
+pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<u8> {
+    let port_map: Vec<(u16, SocketAddr)> = plan.ports.iter().map(|p| (p.remote, p.local)).collect();
     match child.as_mut() {
         None => check_local(&port_map).await?,
         Some(c) => crate::exec::wait_listening(c, &port_map).await?,
     }
     let ports: HashMap<u16, SocketAddr> = port_map.iter().copied().collect();
-    let filter = args.filter();
-    let target = args.target_ref();
+    let target = plan.target.clone();
     let (mut t, welcome) = connect(ep).await?;
     t.send(ClientMessage::OpenSession(SessionRequest {
         target: target.clone(),
-        ports: port_map
+        ports: plan
+            .ports
             .iter()
-            .map(|(p, _)| PortRequest {
-                port: *p,
-                mode,
-                filter: filter.clone(),
+            .map(|p| PortRequest {
+                port: p.remote,
+                mode: plan.mode,
+                filter: p.filter.clone(),
             })
             .collect(),
-        on_concurrent_steal,
-        copy_target: args.copy_target,
-        scale_down: args.scale_down,
+        on_concurrent_steal: plan.on_concurrent_steal,
+        copy_target: plan.copy_target,
+        scale_down: plan.scale_down,
     }))
     .await?;
-    let opened = match t.next().await {
+    let answer = with_progress(t.next(), &plan);
+    let opened = match answer.await {
         Some(Ok(ServerMessage::SessionOpened(o))) => o,
         Some(Ok(ServerMessage::Error(e))) => return Err(Refused(e).into()),
         Some(Ok(other)) => anyhow::bail!("unexpected answer from the operator: {other:?}"),
@@ -63,7 +79,7 @@ pub async fn run(
     if let Some(copy) = &opened.copy {
         println!(
             "working on copy {copy}{}",
-            if args.scale_down {
+            if plan.scale_down {
                 " (originals scaled down)"
             } else {
                 ""

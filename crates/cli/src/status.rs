@@ -3,16 +3,34 @@
 use crate::connect::{request, Endpoint};
 use mirrord_protocol::{ClientMessage, KillRequest, ServerMessage, SessionId, StatusReport};
 
-pub async fn show(ep: &Endpoint, json: bool) -> anyhow::Result<u8> {
+/// How `status` and `sessions list` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// Tables for people.
+    #[default]
+    Table,
+    /// The tables with more columns (client id, ping, time left).
+    Wide,
+    /// The stable document described in the README (`schema_version`).
+    Json,
+    /// The same document as YAML.
+    Yaml,
+}
+
+/// `status`, or with `sessions_only` `sessions list`.
+pub async fn show(ep: &Endpoint, output: Output, sessions_only: bool) -> anyhow::Result<u8> {
     let report = match request(ep, ClientMessage::Status).await? {
         ServerMessage::Status(s) => *s,
         other => anyhow::bail!("unexpected answer: {other:?}"),
     };
-    if json {
-        let doc = crate::json::Status::of(&report);
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        print!("{}", render(&report));
+    let doc = crate::json::Status::of(&report);
+    match (output, sessions_only) {
+        (Output::Json, false) => println!("{}", serde_json::to_string_pretty(&doc)?),
+        (Output::Json, true) => println!("{}", serde_json::to_string_pretty(doc.sessions())?),
+        (Output::Yaml, false) => print!("{}", serde_yaml_ng::to_string(&doc)?),
+        (Output::Yaml, true) => print!("{}", serde_yaml_ng::to_string(doc.sessions())?),
+        (table, false) => print!("{}", render(&report, table == Output::Wide)),
+        (table, true) => print!("{}", sessions(&report, table == Output::Wide)),
     }
     Ok(0)
 }
@@ -52,51 +70,33 @@ pub async fn console_login(ep: &Endpoint) -> anyhow::Result<u8> {
     }
 }
 
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+/// Columns two spaces apart, no borders (like kubectl); cells may hold several lines;
+/// wrapped to the terminal's width when there is one.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_header(headers.to_vec());
     for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            for line in c.lines() {
-                widths[i] = widths[i].max(line.len());
-            }
-        }
+        t.add_row(r);
     }
-    let mut out = String::new();
-    let line = |cells: &[String], out: &mut String| {
-        let height = cells
-            .iter()
-            .map(|c| c.lines().count().max(1))
-            .max()
-            .unwrap_or(1);
-        for l in 0..height {
-            let parts: Vec<String> = cells
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{:<w$}", c.lines().nth(l).unwrap_or(""), w = widths[i]))
-                .collect();
-            out.push_str(parts.join("  ").trim_end());
-            out.push('\n');
-        }
-    };
-    line(
-        &headers.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-        &mut out,
-    );
-    for r in rows {
-        line(r, &mut out);
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
     }
+    let mut out: String = t
+        .lines()
+        .map(|l| l.trim_end().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    out.push('\n');
     out
 }
 
 fn duration(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
-        s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-    }
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
-pub fn render(r: &StatusReport) -> String {
+pub fn render(r: &StatusReport, wide: bool) -> String {
     let mut out = format!("Operator version: {}\n", r.operator_version);
     let c = &r.caller;
     out.push_str(&format!(
@@ -145,13 +145,18 @@ pub fn render(r: &StatusReport) -> String {
             .collect();
         out.push_str(&table(
             &["Original Target", "Namespace", "Copy Name", "Scale Down?"],
-            &rows,
+            rows,
         ));
     }
     out.push_str("\nSessions:\n");
+    out.push_str(&sessions(r, wide));
+    out
+}
+
+/// The sessions table (`sessions list`, and the end of `status`).
+pub fn sessions(r: &StatusReport, wide: bool) -> String {
     if r.sessions.is_empty() {
-        out.push_str("  none\n");
-        return out;
+        return "  none\n".into();
     }
     let rows: Vec<Vec<String>> = r
         .sessions
@@ -169,28 +174,34 @@ pub fn render(r: &StatusReport) -> String {
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
-            vec![
+            let mut row = vec![
                 s.session_id.to_string(),
                 s.target.clone(),
                 s.namespace.clone(),
                 format!("{}/{}@{}", s.client_name, s.client_user, s.client_hostname),
                 if ports.is_empty() { "-".into() } else { ports },
                 duration(s.duration_secs),
-            ]
+            ];
+            if wide {
+                row.push(s.client_id.clone());
+                row.push(s.ping_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")));
+                row.push(s.ends_in_secs.map_or("-".into(), duration));
+            }
+            row
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "Session ID",
-            "Target",
-            "Namespace",
-            "User",
-            "Ports",
-            "Session Duration",
-        ],
-        &rows,
-    ));
-    out
+    let mut headers = vec![
+        "Session ID",
+        "Target",
+        "Namespace",
+        "User",
+        "Ports",
+        "Session Duration",
+    ];
+    if wide {
+        headers.extend(["Client ID", "Ping", "Ends In"]);
+    }
+    table(&headers, rows)
 }
 
 #[cfg(test)]
@@ -239,7 +250,7 @@ mod tests {
                 ends_in_secs: None,
             }],
         };
-        let text = render(&r);
+        let text = render(&r, false);
         assert!(
             text.starts_with("Operator version: 0.1.0\nYou: alice (developer, client id cafe); sessions below are your own\n"),
             "{text}"
@@ -260,7 +271,7 @@ mod tests {
         assert!(
             row.contains("Alice/alice@laptop")
                 && row.contains("80, steal, header=x-user: alice")
-                && row.ends_with("1h2m"),
+                && row.ends_with("1h 2m 5s"),
             "{row}"
         );
         // A second port goes on its own line, under the Ports column.

@@ -420,6 +420,7 @@ mod tests {
             session_id: n,
             tx,
             counters: mirrord_telemetry::PortCounters::detached(),
+            trace: Default::default(),
         }
     }
 

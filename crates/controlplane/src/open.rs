@@ -165,6 +165,7 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
         .collect();
     let (handoff_tx, handoffs) = mpsc::channel(HANDOFF_QUEUE);
     let (ctl_tx, ctl) = mpsc::unbounded_channel();
+    let trace = op.telemetry.session_trace(&meta);
     let (grant, taken) = ports.commit(|w| Subscriber {
         session_id: id.0,
         tx: handoff_tx.clone(),
@@ -172,6 +173,7 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
             PortMode::Steal => op.telemetry.metrics().port_counters(&meta, w.port),
             PortMode::Mirror => PortCounters::detached(),
         },
+        trace: trace.clone(),
     });
     let copy_name = copy.as_ref().map(|c| c.name().to_owned());
     let entry = SessionEntry::new(NewEntry {

@@ -169,7 +169,8 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
     }
 }
 
-/// Hands the request to the stealer and answers with what the developer's process says.
+/// Hands the request to the stealer and answers with what the developer's process says,
+/// in a span of its own when traces are exported (its `traceparent` goes to the developer).
 async fn steal(
     ctx: &HttpCtx,
     stealer: &Subscriber,
@@ -177,10 +178,39 @@ async fn steal(
     body: Body,
     upstream: &Upstream,
 ) -> Response<Body> {
+    let span = stealer.trace.stolen_request(
+        ctx.port,
+        parts.method.as_str(),
+        parts.uri.path(),
+        &parts.headers,
+    );
+    let mut head = request_head(&parts);
+    for (name, value) in span.propagation_headers() {
+        head.headers.retain(|(n, _)| *n != name);
+        head.headers.push((name, Bytes::from(value)));
+    }
+    let resp = hand_off(ctx, stealer, parts, head, body, upstream).await;
+    let problem = resp.extensions().get::<OperatorAnswer>().map(|a| a.0);
+    span.finish(resp.status().as_u16(), problem);
+    resp
+}
+
+/// Marks a response the operator wrote itself (the developer's side failed): why.
+#[derive(Clone, Copy)]
+struct OperatorAnswer(&'static str);
+
+async fn hand_off(
+    ctx: &HttpCtx,
+    stealer: &Subscriber,
+    parts: http::request::Parts,
+    head: HttpRequestHead,
+    body: Body,
+    upstream: &Upstream,
+) -> Response<Body> {
     let (tx, rx) = oneshot::channel();
     let handoff = Handoff::StolenRequest {
         port: ctx.port,
-        head: Box::new(request_head(&parts)),
+        head: Box::new(head),
         body,
         respond: tx,
     };
@@ -217,25 +247,29 @@ async fn steal(
             }
             Err(problem) => {
                 tracing::warn!(port = ctx.port, session_id = stealer.session_id, %problem, "a session answered a stolen request with a response that cannot be sent; answering 502");
-                text(
+                operator_answer(
                     StatusCode::BAD_GATEWAY,
                     format!("mirrord: the developer's answer was refused: {problem}\n"),
+                    "the developer's answer was refused",
                 )
             }
         },
-        Ok(Ok(StolenResponse::Failed(reason))) => text(
+        Ok(Ok(StolenResponse::Failed(reason))) => operator_answer(
             StatusCode::BAD_GATEWAY,
             format!("mirrord: the developer's local process did not answer: {reason}\n"),
+            "the developer's local process did not answer",
         ),
-        Ok(Err(_)) => text(
+        Ok(Err(_)) => operator_answer(
             StatusCode::BAD_GATEWAY,
             "mirrord: the session ended before answering this request\n".into(),
+            "the session ended before answering",
         ),
-        Err(_) => text(
+        Err(_) => operator_answer(
             StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "mirrord: the developer's process did not answer within {wait:?} (stolen_response_timeout)\n"
             ),
+            "no answer within stolen_response_timeout",
         ),
     }
 }
@@ -447,6 +481,14 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
 
 fn full(b: Bytes) -> Body {
     Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+/// A response the operator writes in the developer's place, marked with why (the span
+/// of the stolen request reports it as its error).
+fn operator_answer(status: StatusCode, msg: String, why: &'static str) -> Response<Body> {
+    let mut resp = text(status, msg);
+    resp.extensions_mut().insert(OperatorAnswer(why));
+    resp
 }
 
 fn text(status: StatusCode, msg: String) -> Response<Body> {

@@ -5,7 +5,7 @@
 use crate::filter::HttpFilter;
 use crate::handoff::SubscriberTx;
 use arc_swap::ArcSwap;
-use mirrord_telemetry::PortCounters;
+use mirrord_telemetry::{PortCounters, SessionTrace};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +14,8 @@ pub struct Subscriber {
     pub session_id: u64,
     pub tx: SubscriberTx,
     pub counters: PortCounters,
+    /// Spans for stolen requests (inert unless traces are exported).
+    pub trace: SessionTrace,
 }
 
 #[derive(Clone, Default)]

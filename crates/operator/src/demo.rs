@@ -5,12 +5,12 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-pub fn run(port: u16, name: String) -> anyhow::Result<()> {
+pub fn run(bind: std::net::IpAddr, port: u16, name: String) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+            let listener = tokio::net::TcpListener::bind((bind, port)).await?;
             let pid = std::process::id();
             loop {
                 let (stream, _) = listener.accept().await?;

@@ -32,6 +32,9 @@ enum Command {
     DemoServer {
         #[arg(long)]
         port: u16,
+        /// The address to listen on (`0.0.0.0` in a pod).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
         #[arg(long, default_value = "demo")]
         name: String,
     },
@@ -162,7 +165,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::DemoServer { port, name } => demo::run(port, name),
+        Command::DemoServer { port, bind, name } => demo::run(bind, port, name),
         Command::License { command } => license::run(command),
         Command::Console {
             command: ConsoleCommand::Routes,

@@ -12,7 +12,7 @@ use mirrord_controlplane::{api, Operator};
 use mirrord_dataplane::InterceptorLimits;
 use mirrord_identity::{registry, CertificateAuthority, ServerTls};
 use mirrord_license::{Licensing, PublicKey};
-use mirrord_telemetry::{logs, metrics, Telemetry};
+use mirrord_telemetry::{logs, metrics, Otel, Telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,7 +94,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         config,
     } = settings(&args).map_err(fail(exit::CONFIG))?;
-    let _log_guard = logs::init(json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // OTLP export, when configured, carries the log lines' events: set up first, on the
+    // runtime its gRPC channel lives on.
+    let otel = {
+        let _in_runtime = runtime.enter();
+        Otel::from_env()
+            .map_err(anyhow::Error::from)
+            .map_err(fail(exit::CONFIG))?
+    };
+    let _log_guard = logs::init(json, otel.as_ref().and_then(|o| o.logger_provider()));
+    if otel.is_some() {
+        tracing::info!(
+            endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default(),
+            "exporting OpenTelemetry logs and traces over OTLP/gRPC"
+        );
+    }
     let nofile = crate::fdlimit::raise();
     let ports: usize = config.targets.iter().map(|t| t.ports.len()).sum();
     let interception = InterceptorLimits {
@@ -111,110 +129,114 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         "interceptor limits"
     );
 
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?
-        .block_on(async move {
-            let health = match args.health_addr {
-                Some(addr) => Some(crate::health::serve(addr).await?),
-                None => None,
-            };
-            mirrord_identity::private_dir(&args.state_dir)?;
-            let ca = match &args.ca_dir {
-                Some(dir) => CertificateAuthority::load(dir)?,
-                None => CertificateAuthority::load_or_init(&args.state_dir)?,
-            };
-            // The registry and the revocation list live in the state directory (writable)
-            // even when the CA comes from elsewhere.
-            let missing = registry::sync_crl(&ca, &args.state_dir)?;
-            if missing > 0 {
-                tracing::warn!(missing, "the revocation list lacked credentials the registry says are revoked; rewrote it");
-            }
-            let server_tls = ServerTls::new(&ca)?;
-            let console_addr = args
-                .console_addr
-                .or(config.console.as_ref().map(|c| c.listen));
-            let console_tls = match console_addr {
-                Some(_) => Some(server_tls.browser_config()?),
-                None => None,
-            };
-            let tls = ApiTls::load(server_tls, &args.state_dir)?;
-            let mut telemetry = Telemetry::new(config.sessions.metrics_grace);
-            if console_addr.is_some() {
-                telemetry = telemetry.with_feed(crate::console::FEED_CAPACITY);
-            }
-            if let Some(metrics_addr) = metrics {
-                let listener = tokio::net::TcpListener::bind(metrics_addr)
-                    .await
-                    .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
-                tokio::spawn(metrics::serve_on(telemetry.metrics().clone(), listener));
-            }
-            let backend =
-                LocalBackend::start(&config.targets, &telemetry, &args.state_dir, interception)
-                    .await?;
-            let listener = tokio::net::TcpListener::bind(config.api.listen)
-                .await
-                .with_context(|| format!("API cannot listen on {}", config.api.listen))?;
-            let api_addr = listener.local_addr()?;
-            std::fs::write(
-                args.state_dir.join(API_ADDRESS_FILE),
-                format!("{api_addr}\n"),
-            )
-            .with_context(|| format!("writing {}", args.state_dir.display()))?;
-            let key = match config
-                .license
-                .as_ref()
-                .map(|l| l.public_key.as_str())
-                .or(BUILT_IN_LICENSE_KEY)
-            {
-                Some(k) => Some(k.parse::<PublicKey>().context("the trusted license key")?),
-                None => None,
-            };
-            if key.is_none() {
-                tracing::info!(
-                    "licensing not enforced: no trusted license key is built in or configured"
-                );
-            }
-            let licensing = Arc::new(Licensing::new(key, args.license.clone(), &args.state_dir));
-            if licensing.enforced() {
-                telemetry.metrics().license_enforced.set(1);
-                let gauge = telemetry.metrics().license_valid_seconds.clone();
-                tokio::spawn(
-                    Arc::clone(&licensing).watch(Duration::from_secs(1), move |s| gauge.set(s)),
-                );
-            }
-            let policies = Policies::compile(&config.policies).map_err(anyhow::Error::msg)?;
-            let op = Arc::new(Operator::new(Parts {
-                backend: Arc::new(backend),
-                telemetry,
-                cfg: config.sessions.clone(),
-                limits: config.limits.clone(),
-                licensing,
-                policies,
-            }));
-            tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
-            tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
-            if let (Some(addr), Some(tls)) = (console_addr, console_tls) {
-                crate::console::serve(addr, args.console_url.clone(), tls, Arc::clone(&op))
-                    .await?;
-            }
-            if let Some(health) = &health {
-                health.ready();
-            }
-            tracing::info!(
-                api = %api_addr,
-                targets = config.targets.len(),
-                version = env!("CARGO_PKG_VERSION"),
-                "operator ready"
+    let exported = otel.clone();
+    let result = runtime.block_on(async move {
+        let health = match args.health_addr {
+            Some(addr) => Some(crate::health::serve(addr).await?),
+            None => None,
+        };
+        mirrord_identity::private_dir(&args.state_dir)?;
+        let ca = match &args.ca_dir {
+            Some(dir) => CertificateAuthority::load(dir)?,
+            None => CertificateAuthority::load_or_init(&args.state_dir)?,
+        };
+        // The registry and the revocation list live in the state directory (writable)
+        // even when the CA comes from elsewhere.
+        let missing = registry::sync_crl(&ca, &args.state_dir)?;
+        if missing > 0 {
+            tracing::warn!(
+                missing,
+                "the revocation list lacked credentials the registry says are revoked; rewrote it"
             );
-            shutdown_signal().await;
-            tracing::info!("shutting down: ending all sessions");
-            op.end_all("operator shutting down");
-            // Let session tasks tell their clients.
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            Ok(())
-        })
+        }
+        let server_tls = ServerTls::new(&ca)?;
+        let console_addr = args
+            .console_addr
+            .or(config.console.as_ref().map(|c| c.listen));
+        let console_tls = match console_addr {
+            Some(_) => Some(server_tls.browser_config()?),
+            None => None,
+        };
+        let tls = ApiTls::load(server_tls, &args.state_dir)?;
+        let mut telemetry = Telemetry::new(config.sessions.metrics_grace).with_otel(otel);
+        if console_addr.is_some() {
+            telemetry = telemetry.with_feed(crate::console::FEED_CAPACITY);
+        }
+        if let Some(metrics_addr) = metrics {
+            let listener = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
+            tokio::spawn(metrics::serve_on(telemetry.metrics().clone(), listener));
+        }
+        let backend =
+            LocalBackend::start(&config.targets, &telemetry, &args.state_dir, interception).await?;
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("API cannot listen on {}", config.api.listen))?;
+        let api_addr = listener.local_addr()?;
+        std::fs::write(
+            args.state_dir.join(API_ADDRESS_FILE),
+            format!("{api_addr}\n"),
+        )
+        .with_context(|| format!("writing {}", args.state_dir.display()))?;
+        let key = match config
+            .license
+            .as_ref()
+            .map(|l| l.public_key.as_str())
+            .or(BUILT_IN_LICENSE_KEY)
+        {
+            Some(k) => Some(k.parse::<PublicKey>().context("the trusted license key")?),
+            None => None,
+        };
+        if key.is_none() {
+            tracing::info!(
+                "licensing not enforced: no trusted license key is built in or configured"
+            );
+        }
+        let licensing = Arc::new(Licensing::new(key, args.license.clone(), &args.state_dir));
+        if licensing.enforced() {
+            telemetry.metrics().license_enforced.set(1);
+            let gauge = telemetry.metrics().license_valid_seconds.clone();
+            tokio::spawn(
+                Arc::clone(&licensing).watch(Duration::from_secs(1), move |s| gauge.set(s)),
+            );
+        }
+        let policies = Policies::compile(&config.policies).map_err(anyhow::Error::msg)?;
+        let op = Arc::new(Operator::new(Parts {
+            backend: Arc::new(backend),
+            telemetry,
+            cfg: config.sessions.clone(),
+            limits: config.limits.clone(),
+            licensing,
+            policies,
+        }));
+        tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
+        tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
+        if let (Some(addr), Some(tls)) = (console_addr, console_tls) {
+            crate::console::serve(addr, args.console_url.clone(), tls, Arc::clone(&op)).await?;
+        }
+        if let Some(health) = &health {
+            health.ready();
+        }
+        tracing::info!(
+            api = %api_addr,
+            targets = config.targets.len(),
+            version = env!("CARGO_PKG_VERSION"),
+            "operator ready"
+        );
+        shutdown_signal().await;
+        tracing::info!("shutting down: ending all sessions");
+        op.end_all("operator shutting down");
+        // Let session tasks tell their clients.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Ok(())
+    });
+    if let Some(otel) = exported {
+        // The last batches, while the runtime that carries the channel still runs.
+        let _in_runtime = runtime.enter();
+        otel.shutdown();
+    }
+    result
 }
 
 /// SIGINT, SIGTERM, or SIGHUP (the terminal that started the operator closed): all end

@@ -125,6 +125,8 @@ macro_rules! functional {
     ($msg:literal, $s:expr, $($fields:tt)*) => {{
         let s: &SessionMeta = $s;
         tracing::info!(
+            // The event's name: OpenTelemetry log records carry it as `event_name`.
+            name: $msg,
             target = %s.target(),
             client_hostname = %s.client.client_hostname,
             client_name = %s.client.client_name,
@@ -208,6 +210,7 @@ pub(crate) fn log(event: &Event) {
             target_namespace,
             message,
         } => tracing::warn!(
+            name: "Session Refused",
             reason = *reason,
             target = %format_args!("{target_type}/{target_name}"),
             target_type = %target_type,
@@ -254,6 +257,7 @@ pub(crate) fn log(event: &Event) {
             action,
             message,
         } => tracing::warn!(
+            name: "Request Forbidden",
             reason = "forbidden",
             client_id = %client.client_id,
             client_user = %client.client_user,
@@ -272,6 +276,7 @@ pub(crate) fn log(event: &Event) {
             revoked_by,
             sessions_ended,
         } => tracing::info!(
+            name: "Credential Revoked",
             client_user = %client_user,
             client_id = %client_id,
             client_role = *role,

@@ -4,6 +4,7 @@
 //! - [`event`]: the typed [`Event`] every state change is reported as.
 //! - [`logs`]: tracing set-up (human or JSON, level from the environment).
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
+//! - [`otel`]: OpenTelemetry export (OTLP log records and spans), when configured.
 //! - [`feed`]: a bounded ring of the latest events for live viewers (the console), off
 //!   unless [`Telemetry::with_feed`] turned it on.
 //!
@@ -14,10 +15,12 @@ pub mod event;
 pub mod feed;
 pub mod logs;
 pub mod metrics;
+pub mod otel;
 
 pub use event::{ClientInfo, Event, SessionMeta};
 pub use feed::{Feed, FeedItem};
 pub use metrics::{Metrics, PortCounters};
+pub use otel::{Otel, RequestSpan, SessionTrace};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +29,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Telemetry {
     metrics: Arc<Metrics>,
+    otel: Option<Arc<Otel>>,
     feed: Option<Arc<Feed>>,
 }
 
@@ -34,6 +38,7 @@ impl Telemetry {
     pub fn new(series_grace: Duration) -> Self {
         Self {
             metrics: Arc::new(Metrics::new(series_grace)),
+            otel: None,
             feed: None,
         }
     }
@@ -48,6 +53,20 @@ impl Telemetry {
         self.feed.as_ref()
     }
 
+    /// Exports events and spans over OTLP too (see [`otel`]).
+    pub fn with_otel(mut self, otel: Option<Arc<Otel>>) -> Self {
+        self.otel = otel;
+        self
+    }
+
+    /// Opens the session's span when traces are exported; the handle its routes carry.
+    pub fn session_trace(&self, session: &SessionMeta) -> SessionTrace {
+        self.otel
+            .as_ref()
+            .map(|o| o.session_started(session))
+            .unwrap_or_default()
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -55,7 +74,16 @@ impl Telemetry {
     /// Logs the event (functional events at INFO, exactly as the spec names them) and
     /// updates the metrics derived from it.
     pub fn record(&self, event: Event) {
-        event::log(&event);
+        match &self.otel {
+            None => event::log(&event),
+            Some(otel) => {
+                // The log record exported for this line carries its session's trace.
+                let _in_session = otel.context_of(&event).map(|cx| cx.attach());
+                event::log(&event);
+                drop(_in_session);
+                otel.observe(&event);
+            }
+        }
         self.metrics.observe(&event);
         if let Some(feed) = &self.feed {
             feed.push(&event);

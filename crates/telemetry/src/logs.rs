@@ -8,12 +8,17 @@
 //! dropped when it is full; functional events and warnings are never dropped. The writer
 //! says how many lines it dropped, as a warning, once the pressure is over.
 
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use tracing::{Level, Metadata};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 /// Ordinary (droppable) lines that may wait for the writer thread.
 pub const QUEUE_LINES: usize = 16 * 1024;
@@ -177,19 +182,37 @@ fn filter() -> EnvFilter {
     })
 }
 
-/// Installs the global subscriber writing to stdout. Keep the guard until exit.
-pub fn init(json: bool) -> LogGuard {
+/// Installs the global subscriber writing to stdout; with `otel`, functional events are
+/// also bridged to OpenTelemetry log records (same fields, same filter). Keep the guard
+/// until exit.
+pub fn init(json: bool, otel: Option<&SdkLoggerProvider>) -> LogGuard {
     let (writer, guard) = queue_writer(std::io::stdout(), QUEUE_LINES);
-    let builder = fmt().with_env_filter(filter()).with_writer(writer);
-    if json {
-        builder
+    let lines: Box<dyn Layer<Registry> + Send + Sync> = if json {
+        fmt::layer()
             .json()
             .with_current_span(false)
             .with_span_list(false)
-            .init();
+            .with_writer(writer)
+            .with_filter(filter())
+            .boxed()
     } else {
-        builder.with_ansi(false).init();
-    }
+        fmt::layer()
+            .with_ansi(false)
+            .with_writer(writer)
+            .with_filter(filter())
+            .boxed()
+    };
+    let records = otel.map(|provider| {
+        OpenTelemetryTracingBridge::new(provider)
+            .with_filter(filter())
+            .with_filter(filter_fn(|m: &Metadata<'_>| {
+                m.target() == FUNCTIONAL_TARGET && *m.level() <= Level::INFO
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(records)
+        .init();
     guard
 }
 

@@ -1,0 +1,325 @@
+//! What a session will ask for, from the command line and the mirrord config file: flags
+//! override the file, the file overrides the defaults.
+
+use crate::config_file::{self, FileConfig};
+use crate::exit::Usage;
+use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, TargetRef};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// One port of the session: the target's port, where the local process listens, and the
+/// filter on it (none: every request, or raw TCP).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortPlan {
+    pub remote: u16,
+    pub local: SocketAddr,
+    pub filter: Option<HttpFilterSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub target: TargetRef,
+    pub ports: Vec<PortPlan>,
+    pub mode: PortMode,
+    pub on_concurrent_steal: ConcurrentSteal,
+    pub copy_target: bool,
+    pub scale_down: bool,
+}
+
+/// How the command chose the mode.
+#[derive(Debug, Clone, Copy)]
+pub enum ModeChoice {
+    /// `steal` / `mirror`: the subcommand decides (a file saying otherwise gets a warning).
+    Command(PortMode),
+    /// `exec`: `--steal`/`--mirror`, else the file, else steal (with a file: mirrord's
+    /// default, mirror).
+    Flag(Option<PortMode>),
+}
+
+/// The command line's side, as parsed.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config_file: Option<PathBuf>,
+    pub target: Option<String>,
+    pub namespace: Option<String>,
+    pub ports: Vec<(u16, SocketAddr)>,
+    pub filter: Option<HttpFilterSpec>,
+    pub on_concurrent_steal: Option<ConcurrentSteal>,
+    pub copy_target: bool,
+    pub scale_down: bool,
+}
+
+impl Flags {
+    /// Reads the config file if there is one (warning about what it says that is not
+    /// implemented here) and merges.
+    pub fn plan(self, mode: ModeChoice) -> anyhow::Result<Plan> {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let file = match config_file::locate(self.config_file.clone(), &cwd) {
+            None => None,
+            Some(path) => {
+                // A file that cannot be used is a usage error (exit 2), like a bad flag.
+                let file = config_file::load(&path).map_err(|e| Usage(e.to_string()))?;
+                eprintln!("mirrordctl: using the mirrord config {}", path.display());
+                if !file.ignored.is_empty() {
+                    eprintln!(
+                        "mirrordctl: warning: {} sets what this operator does not implement; ignored: {}",
+                        path.display(),
+                        file.ignored.join(", ")
+                    );
+                }
+                Some(file)
+            }
+        };
+        Ok(merge(self, file, mode)?)
+    }
+}
+
+/// Flags over file over defaults. Pure, for the tests.
+pub fn merge(flags: Flags, file: Option<FileConfig>, mode: ModeChoice) -> Result<Plan, Usage> {
+    let has_file = file.is_some();
+    let file = file.unwrap_or_default();
+    let target = flags
+        .target
+        .clone()
+        .or(file.target.clone())
+        .ok_or_else(|| {
+            Usage(
+                "no target: pass -t deployment/NAME, or set `target` in the mirrord config".into(),
+            )
+        })?;
+    let namespace = flags
+        .namespace
+        .clone()
+        .or(file.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let mode = match mode {
+        ModeChoice::Command(m) => {
+            if file.mode.is_some_and(|f| f != m) {
+                eprintln!(
+                    "mirrordctl: warning: the mirrord config says {}; the command says {m}, which wins",
+                    file.mode.unwrap()
+                );
+            }
+            m
+        }
+        ModeChoice::Flag(Some(m)) => m,
+        ModeChoice::Flag(None) => file.mode.unwrap_or(if has_file {
+            PortMode::Mirror
+        } else {
+            PortMode::Steal
+        }),
+    };
+    let ports = ports(&flags, &file)?;
+    if flags.scale_down && !(flags.copy_target || file.copy_target == Some(true)) {
+        return Err(Usage("--scale-down needs --copy-target".into()));
+    }
+    Ok(Plan {
+        target: target_ref(&target, namespace),
+        ports,
+        mode,
+        on_concurrent_steal: flags
+            .on_concurrent_steal
+            .or(file.on_concurrent_steal)
+            .unwrap_or_default(),
+        copy_target: flags.copy_target || file.copy_target.unwrap_or(false),
+        scale_down: flags.scale_down || file.scale_down.unwrap_or(false),
+    })
+}
+
+/// `--port` flags, each with the flags' filter (or the file's, where the file applies it);
+/// else the file's `ports` and `port_mapping`, the local process on the same port unless
+/// mapped, the file's filter on its `http_filter.ports`.
+fn ports(flags: &Flags, file: &FileConfig) -> Result<Vec<PortPlan>, Usage> {
+    let file_filter = |remote: u16| {
+        file.filter
+            .clone()
+            .filter(|_| file.filter_ports.contains(&remote))
+    };
+    if !flags.ports.is_empty() {
+        return Ok(flags
+            .ports
+            .iter()
+            .map(|&(remote, local)| PortPlan {
+                remote,
+                local,
+                filter: match &flags.filter {
+                    Some(f) => Some(f.clone()),
+                    None => file_filter(remote),
+                },
+            })
+            .collect());
+    }
+    let mut remotes: Vec<u16> = file.ports.clone();
+    for (_, remote) in &file.port_mapping {
+        if !remotes.contains(remote) {
+            remotes.push(*remote);
+        }
+    }
+    if remotes.is_empty() {
+        return Err(Usage(
+            "which ports? pass --port PORT=LOCAL, or set feature.network.incoming.ports \
+             (or port_mapping) in the mirrord config"
+                .into(),
+        ));
+    }
+    Ok(remotes
+        .into_iter()
+        .map(|remote| {
+            let local = file
+                .port_mapping
+                .iter()
+                .find(|(_, r)| *r == remote)
+                .map_or(remote, |(l, _)| *l);
+            PortPlan {
+                remote,
+                local: SocketAddr::from(([127, 0, 0, 1], local)),
+                filter: flags.filter.clone().or_else(|| file_filter(remote)),
+            }
+        })
+        .collect())
+}
+
+/// `deployment/api`; a bare name means a deployment.
+fn target_ref(target: &str, namespace: String) -> TargetRef {
+    let (kind, name) = match target.split_once('/') {
+        Some((k, n)) => (k.to_owned(), n.to_owned()),
+        None => ("deployment".to_owned(), target.to_owned()),
+    };
+    TargetRef {
+        kind,
+        name,
+        namespace,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn header(h: &str) -> HttpFilterSpec {
+        HttpFilterSpec {
+            header: vec![h.into()],
+            ..Default::default()
+        }
+    }
+
+    fn file() -> FileConfig {
+        FileConfig {
+            target: Some("deployment/api".into()),
+            namespace: Some("shop".into()),
+            mode: Some(PortMode::Steal),
+            filter: Some(header("^x-user: alice$")),
+            filter_ports: vec![80],
+            ports: vec![80, 81],
+            port_mapping: vec![(9090, 80)],
+            on_concurrent_steal: Some(ConcurrentSteal::Continue),
+            copy_target: Some(true),
+            scale_down: None,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_file_alone_describes_the_session() {
+        let p = merge(Flags::default(), Some(file()), ModeChoice::Flag(None)).unwrap();
+        assert_eq!(p.target.to_string(), "deployment/api");
+        assert_eq!(p.target.namespace, "shop");
+        assert_eq!(p.mode, PortMode::Steal);
+        assert_eq!(p.on_concurrent_steal, ConcurrentSteal::Continue);
+        assert!(p.copy_target && !p.scale_down);
+        assert_eq!(
+            p.ports,
+            [
+                PortPlan {
+                    remote: 80,
+                    local: local(9090),
+                    filter: Some(header("^x-user: alice$"))
+                },
+                // Not in http_filter.ports: stolen whole, as mirrord does.
+                PortPlan {
+                    remote: 81,
+                    local: local(81),
+                    filter: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let flags = Flags {
+            target: Some("deployment/web".into()),
+            namespace: Some("dev".into()),
+            ports: vec![(80, local(7000))],
+            filter: Some(header("^x-user: bob$")),
+            on_concurrent_steal: Some(ConcurrentSteal::Abort),
+            ..Default::default()
+        };
+        let p = merge(flags, Some(file()), ModeChoice::Command(PortMode::Mirror)).unwrap();
+        assert_eq!(p.target.to_string(), "deployment/web");
+        assert_eq!(p.target.namespace, "dev");
+        assert_eq!(p.mode, PortMode::Mirror);
+        assert_eq!(p.on_concurrent_steal, ConcurrentSteal::Abort);
+        assert_eq!(
+            p.ports,
+            [PortPlan {
+                remote: 80,
+                local: local(7000),
+                filter: Some(header("^x-user: bob$"))
+            }]
+        );
+    }
+
+    #[test]
+    fn without_a_file_the_old_defaults_hold() {
+        let flags = Flags {
+            target: Some("api".into()),
+            ports: vec![(80, local(9090))],
+            ..Default::default()
+        };
+        let p = merge(flags, None, ModeChoice::Flag(None)).unwrap();
+        assert_eq!(
+            (p.target.to_string(), p.target.namespace.as_str()),
+            ("deployment/api".into(), "default")
+        );
+        assert_eq!(p.mode, PortMode::Steal);
+        assert_eq!(p.on_concurrent_steal, ConcurrentSteal::Abort);
+        // A file without a mode means mirrord's default.
+        let bare = FileConfig {
+            ports: vec![80],
+            ..Default::default()
+        };
+        let flags = Flags {
+            target: Some("api".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            merge(flags, Some(bare), ModeChoice::Flag(None))
+                .unwrap()
+                .mode,
+            PortMode::Mirror
+        );
+    }
+
+    #[test]
+    fn missing_target_or_ports_are_usage_errors_that_say_where_to_put_them() {
+        let e = merge(Flags::default(), None, ModeChoice::Flag(None)).unwrap_err();
+        assert!(
+            e.0.contains("-t deployment/NAME") && e.0.contains("`target`"),
+            "{e}"
+        );
+        let flags = Flags {
+            target: Some("api".into()),
+            ..Default::default()
+        };
+        let e = merge(flags, Some(FileConfig::default()), ModeChoice::Flag(None)).unwrap_err();
+        assert!(
+            e.0.contains("--port") && e.0.contains("feature.network.incoming.ports"),
+            "{e}"
+        );
+    }
+}
