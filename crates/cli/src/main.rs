@@ -118,6 +118,18 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// The operator's web console.
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Print a login link for your browser: valid for a minute, usable once, and it logs
+    /// you in with your credentials' user and role (a developer sees their own sessions).
+    Login,
 }
 
 #[derive(Subcommand)]
@@ -328,6 +340,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Sessions {
             command: SessionsCommand::List { output },
         } => status::show(&ep, output, true).await,
+        Command::Console {
+            command: ConsoleCommand::Login,
+        } => status::console_login(&ep).await,
         Command::Completions { .. } | Command::Man => unreachable!("handled by generate"),
         Command::Sessions {
             command: SessionsCommand::Kill { ids, all },

@@ -1,4 +1,4 @@
-//! `status` and `sessions kill`.
+//! `status`, `sessions kill` and `console login`.
 
 use crate::connect::{request, Endpoint};
 use mirrord_protocol::{ClientMessage, KillRequest, ServerMessage, SessionId, StatusReport};
@@ -49,6 +49,21 @@ pub async fn kill(ep: &Endpoint, ids: Vec<SessionId>, all: bool) -> anyhow::Resu
             for s in sessions {
                 println!("killed session {s}");
             }
+            Ok(0)
+        }
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// Prints the link (alone on stdout, so scripts can take it) and how long it works.
+pub async fn console_login(ep: &Endpoint) -> anyhow::Result<u8> {
+    match request(ep, ClientMessage::ConsoleLogin).await? {
+        ServerMessage::ConsoleLogin {
+            url,
+            expires_in_secs,
+        } => {
+            println!("{url}");
+            eprintln!("open this link in your browser within {expires_in_secs}s; it works once");
             Ok(0)
         }
         other => anyhow::bail!("unexpected answer: {other:?}"),

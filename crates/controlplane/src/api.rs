@@ -134,9 +134,13 @@ async fn handle(
         }
         ClientMessage::Status => ServerMessage::Status(Box::new(op.status(&caller))),
         ClientMessage::Kill(k) => kill(&op, k, &caller),
+        ClientMessage::ConsoleLogin => console_login(&op, &caller),
         other => error(
             ErrorCode::BadRequest,
-            format!("expected OpenSession, Status or Kill, got {}", other.kind()),
+            format!(
+                "expected OpenSession, Status, Kill or ConsoleLogin, got {}",
+                other.kind()
+            ),
         ),
     };
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, framed.send(reply)).await;
@@ -258,10 +262,24 @@ async fn run_session(
     }
 }
 
-/// Ends sessions on request. A developer may end only their own user's sessions (`--all`
+/// A console login link for the caller (it carries their user and role).
+fn console_login(op: &Operator, caller: &Caller) -> ServerMessage {
+    match op.console_logins.mint(caller) {
+        Ok(url) => {
+            tracing::info!(client_user = %caller.user(), role = caller.role.as_str(), "console login link issued");
+            ServerMessage::ConsoleLogin {
+                url,
+                expires_in_secs: crate::console::LOGIN_TTL.as_secs(),
+            }
+        }
+        Err(e) => error(ErrorCode::BadRequest, e.to_string()),
+    }
+}
+
+/// Ends sessions on request (from the API and from the console: both are audited here). A developer may end only their own user's sessions (`--all`
 /// means all of those); asking for someone else's refuses the whole request, with no
 /// effect. Every kill and every refusal is an audit line.
-fn kill(op: &Operator, k: KillRequest, caller: &Caller) -> ServerMessage {
+pub fn kill(op: &Operator, k: KillRequest, caller: &Caller) -> ServerMessage {
     let visible = |id: &SessionId| op.sessions.get(*id).filter(|e| caller.may_manage(&e.meta));
     let ids: Vec<SessionId> = match k {
         KillRequest::All => op

@@ -22,6 +22,16 @@ pub struct Config {
     pub license: Option<LicenseConfig>,
     #[serde(default)]
     pub policies: Vec<crate::policy::PolicySpec>,
+    /// The web console (off unless listed, or `--console-addr` is given).
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// HTTPS address of the console, e.g. `127.0.0.1:8444`.
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 //! [`operator`] holds the shared state; [`backend`] / [`local`] is where targets live
 //! (single machine here, Kubernetes beside it). [`caller`] is who asks and what their role
 //! lets them do; [`revocation`] follows the CA's revocation list while the operator runs.
+//! [`console`] holds the console's pending login links.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -14,6 +15,7 @@ pub mod api;
 pub mod backend;
 pub mod caller;
 pub mod config;
+pub mod console;
 pub mod local;
 pub mod locks;
 pub mod open;

@@ -5,6 +5,7 @@
 use crate::backend::TargetBackend;
 use crate::caller::Caller;
 use crate::config::{Limits, SessionConfig};
+use crate::console::ConsoleLogins;
 use crate::locks::PortLocks;
 use crate::policy::Policies;
 use crate::revocation::Revoked;
@@ -32,6 +33,8 @@ pub struct Operator {
     /// Client ids whose credential was revoked while the operator runs (their handshakes
     /// already fail; this catches a connection made just before).
     pub revoked: Revoked,
+    /// Login links for the console (minting refused while the console is off).
+    pub console_logins: ConsoleLogins,
     pub(crate) compile_slots: Semaphore,
     pub(crate) connections: Arc<Semaphore>,
 }
@@ -63,6 +66,7 @@ impl Operator {
             licensing: p.licensing,
             policies: p.policies,
             revoked: Revoked::default(),
+            console_logins: ConsoleLogins::default(),
             compile_slots: Semaphore::new(COMPILE_SLOTS),
         }
     }

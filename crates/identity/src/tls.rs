@@ -70,6 +70,17 @@ impl ServerTls {
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         Ok(Arc::new(cfg))
     }
+
+    /// For browsers (the console): the same serving certificate, no client certificate
+    /// asked for (the console authenticates with login links and cookies), HTTP/1.1.
+    pub fn browser_config(&self) -> Result<Arc<ServerConfig>, IdentityError> {
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
 }
 
 /// Client side: trust only the operator's CA, present the user's certificate.

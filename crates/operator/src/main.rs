@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod certs;
+mod console;
 mod demo;
 mod fdlimit;
 mod health;
@@ -42,11 +43,22 @@ enum Command {
         #[command(subcommand)]
         command: license::LicenseCommand,
     },
+    /// The web console.
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+    },
     /// Client credentials.
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Print the console's route table (method, path, who may call it), one per line.
+    Routes,
 }
 
 #[derive(Subcommand)]
@@ -155,6 +167,14 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::DemoServer { port, bind, name } => demo::run(bind, port, name),
         Command::License { command } => license::run(command),
+        Command::Console {
+            command: ConsoleCommand::Routes,
+        } => {
+            for r in console::ROUTES {
+                println!("{} {} {:?}", r.method, r.path, r.access);
+            }
+            Ok(())
+        }
         Command::Certs {
             command: CertsCommand::Init { state_dir },
         } => certs::init(&state_dir),

@@ -37,6 +37,14 @@ pub struct ServeArgs {
     /// Serve `/healthz` and `/readyz` here (for the kubelet's probes), e.g. 0.0.0.0:8081.
     #[arg(long, env = "OPERATOR_HEALTH_ADDR")]
     health_addr: Option<SocketAddr>,
+    /// Serve the web console (HTTPS, the operator's server certificate) here, e.g.
+    /// 127.0.0.1:8444; overrides the config's `[console] listen`. Off when neither is set.
+    #[arg(long, env = "OPERATOR_CONSOLE_ADDR")]
+    console_addr: Option<SocketAddr>,
+    /// Where browsers reach the console, when not at its listen address (a port-forward, a
+    /// proxy): login links start with this, e.g. https://127.0.0.1:8444.
+    #[arg(long, env = "OPERATOR_CONSOLE_URL")]
+    console_url: Option<String>,
 }
 
 /// A vendor key built into this binary (`MIRRORD_LICENSE_PUBLIC_KEY` at build time); the
@@ -141,8 +149,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 "the revocation list lacked credentials the registry says are revoked; rewrote it"
             );
         }
-        let tls = ApiTls::load(ServerTls::new(&ca)?, &args.state_dir)?;
-        let telemetry = Telemetry::new(config.sessions.metrics_grace).with_otel(otel);
+        let server_tls = ServerTls::new(&ca)?;
+        let console_addr = args
+            .console_addr
+            .or(config.console.as_ref().map(|c| c.listen));
+        let console_tls = match console_addr {
+            Some(_) => Some(server_tls.browser_config()?),
+            None => None,
+        };
+        let tls = ApiTls::load(server_tls, &args.state_dir)?;
+        let mut telemetry = Telemetry::new(config.sessions.metrics_grace).with_otel(otel);
+        if console_addr.is_some() {
+            telemetry = telemetry.with_feed(crate::console::FEED_CAPACITY);
+        }
         if let Some(metrics_addr) = metrics {
             let listener = tokio::net::TcpListener::bind(metrics_addr)
                 .await
@@ -193,6 +212,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }));
         tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
         tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
+        if let (Some(addr), Some(tls)) = (console_addr, console_tls) {
+            crate::console::serve(addr, args.console_url.clone(), tls, Arc::clone(&op)).await?;
+        }
         if let Some(health) = &health {
             health.ready();
         }

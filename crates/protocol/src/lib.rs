@@ -19,6 +19,6 @@ pub use messages::*;
 pub use session_id::SessionId;
 
 /// Bumped on any incompatible change of [`messages`] (2: HTTP trailers; 3: structured
-/// filters in port outcomes; 4: the caller's role in `Welcome` and `StatusReport`); the
-/// operator refuses other versions with a message that names both.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// filters in port outcomes; 4: the caller's role in `Welcome` and `StatusReport`; 5: console login
+/// links); the operator refuses other versions with a message that names both.
+pub const PROTOCOL_VERSION: u32 = 5;

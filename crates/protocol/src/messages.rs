@@ -17,6 +17,8 @@ pub enum ClientMessage {
     Status,
     /// End sessions by id (or all of them).
     Kill(KillRequest),
+    /// A short-lived, single-use link that logs the caller's browser into the console.
+    ConsoleLogin,
     /// Answer to [`ServerMessage::Ping`].
     Pong { nonce: u64 },
     /// Bytes from the developer's local process for a connection handed over.
@@ -52,6 +54,7 @@ impl ClientMessage {
             ClientMessage::OpenSession(_) => "OpenSession",
             ClientMessage::Status => "Status",
             ClientMessage::Kill(_) => "Kill",
+            ClientMessage::ConsoleLogin => "ConsoleLogin",
             ClientMessage::Pong { .. } => "Pong",
             ClientMessage::ConnData { .. } => "ConnData",
             ClientMessage::ConnClose { .. } => "ConnClose",
@@ -149,6 +152,12 @@ pub enum ServerMessage {
     Status(Box<StatusReport>),
     Killed {
         sessions: Vec<SessionId>,
+    },
+    /// Answer to [`ClientMessage::ConsoleLogin`]: open `url` within `expires_in_secs`,
+    /// once.
+    ConsoleLogin {
+        url: String,
+        expires_in_secs: u64,
     },
     Ping {
         nonce: u64,

@@ -5,16 +5,20 @@
 //! - [`logs`]: tracing set-up (human or JSON, level from the environment).
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
 //! - [`otel`]: OpenTelemetry export (OTLP log records and spans), when configured.
+//! - [`feed`]: a bounded ring of the latest events for live viewers (the console), off
+//!   unless [`Telemetry::with_feed`] turned it on.
 //!
 //! Call sites only ever build an [`Event`] and hand it to [`Telemetry::record`].
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod feed;
 pub mod logs;
 pub mod metrics;
 pub mod otel;
 
 pub use event::{ClientInfo, Event, SessionMeta};
+pub use feed::{Feed, FeedItem};
 pub use metrics::{Metrics, PortCounters};
 pub use otel::{Otel, RequestSpan, SessionTrace};
 
@@ -26,6 +30,7 @@ use std::time::Duration;
 pub struct Telemetry {
     metrics: Arc<Metrics>,
     otel: Option<Arc<Otel>>,
+    feed: Option<Arc<Feed>>,
 }
 
 impl Telemetry {
@@ -34,7 +39,18 @@ impl Telemetry {
         Self {
             metrics: Arc::new(Metrics::new(series_grace)),
             otel: None,
+            feed: None,
         }
+    }
+
+    /// Also keeps the latest `capacity` functional events for live viewers.
+    pub fn with_feed(mut self, capacity: usize) -> Self {
+        self.feed = Some(Arc::new(Feed::new(capacity)));
+        self
+    }
+
+    pub fn feed(&self) -> Option<&Arc<Feed>> {
+        self.feed.as_ref()
     }
 
     /// Exports events and spans over OTLP too (see [`otel`]).
@@ -69,5 +85,8 @@ impl Telemetry {
             }
         }
         self.metrics.observe(&event);
+        if let Some(feed) = &self.feed {
+            feed.push(&event);
+        }
     }
 }

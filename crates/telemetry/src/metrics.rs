@@ -383,6 +383,24 @@ impl Metrics {
         });
     }
 
+    /// Requests stolen by the session so far, over its ports (for the console). Reads only
+    /// series that exist: under the lock `forget_session` takes first, so it never brings
+    /// back a series being removed.
+    pub fn stolen_requests_of(&self, s: &SessionMeta) -> u64 {
+        let ports = self.session_ports.lock().expect("not poisoned");
+        let Some(ports) = ports.get(&s.session_id) else {
+            return 0;
+        };
+        ports
+            .iter()
+            .map(|p| {
+                let l = Self::stolen_labels(s, &p.to_string());
+                let l: Vec<&str> = l.iter().map(String::as_str).collect();
+                self.stolen_requests.with_label_values(&l).get()
+            })
+            .sum()
+    }
+
     /// Removes every series labelled with this session's id.
     pub fn forget_session(&self, s: &SessionMeta) {
         let _ = self.ping_latency.remove_label_values(&[

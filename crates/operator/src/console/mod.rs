@@ -1,0 +1,123 @@
+//! The console: an opt-in web UI for platform teams (overview, sessions with kill, a live
+//! feed of the functional events, who holds what per target, small charts).
+//!
+//! It owns no operator state: every page reads the control plane's own status report
+//! ([`Operator::status`]) and the telemetry's event feed, and kills go through the API's
+//! own kill path (so the audit lines are the same). What it owns is the browser side:
+//! the HTTPS listener (the operator's server certificate), browser sessions ([`auth`]),
+//! the route table ([`routes`]), the event stream ([`sse`]) and the embedded assets.
+//!
+//! Browsers log in with a single-use link minted over the mutual-TLS API
+//! (`mirrordctl console login`); the link becomes a `__Host-` cookie (HttpOnly, Secure,
+//! SameSite=Strict). Every route but the login itself needs that cookie; the kill action
+//! also needs the CSRF token and a same-origin `Origin`.
+
+mod auth;
+mod routes;
+mod sse;
+mod view;
+
+pub use routes::ROUTES;
+
+use anyhow::Context;
+use mirrord_controlplane::Operator;
+use mirrord_telemetry::Feed;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// Browser connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 256;
+/// Event streams open at once (each holds a connection for as long as its tab is open).
+const MAX_STREAMS: usize = 64;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Functional events kept for viewers that reconnect (`Last-Event-ID`) or just opened.
+pub const FEED_CAPACITY: usize = 4096;
+
+/// What every request handler shares.
+pub struct Console {
+    op: Arc<Operator>,
+    feed: Arc<Feed>,
+    sessions: auth::BrowserSessions,
+    streams: Arc<Semaphore>,
+}
+
+/// Binds `addr` now (a bad address fails the start), turns login links on (pointing at
+/// `public_url`, else the address bound), and serves in the background. Returns the
+/// address bound.
+pub async fn serve(
+    addr: SocketAddr,
+    public_url: Option<String>,
+    tls: Arc<rustls::ServerConfig>,
+    op: Arc<Operator>,
+) -> anyhow::Result<SocketAddr> {
+    let feed = op
+        .telemetry
+        .feed()
+        .cloned()
+        .context("the console needs the telemetry's event feed (Telemetry::with_feed)")?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("console cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let url = public_url
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("https://{bound}"));
+    op.console_logins.enable(url);
+    let console = Arc::new(Console {
+        op,
+        feed,
+        sessions: auth::BrowserSessions::default(),
+        streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+    });
+    tracing::info!(addr = %bound, "console listening on {bound} (log in with `mirrordctl console login`)");
+    tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), console));
+    Ok(bound)
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, console: Arc<Console>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "console accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "console connection limit reached; closing");
+            continue;
+        };
+        tokio::spawn(connection(
+            tcp,
+            acceptor.clone(),
+            Arc::clone(&console),
+            permit,
+        ));
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    console: Arc<Console>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+        return;
+    };
+    let svc = hyper::service::service_fn(move |req| {
+        let console = Arc::clone(&console);
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(&console, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+        .await;
+}

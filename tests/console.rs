@@ -1,0 +1,625 @@
+//! The web console (issue 15), driven through the real binaries: login links minted by
+//! `mirrordctl console login`, the route table refusing strangers, CSRF and Origin checks
+//! on kill, the SSE feed resuming after `Last-Event-ID`, and a real headless Chromium
+//! (chromedriver + fantoccini) logging in, watching a session and its events appear,
+//! killing it as an admin and being refused as another developer. Screenshots are saved
+//! under `<target>/console-screenshots/`.
+
+use mirrord_e2e::servers::HttpServer;
+use mirrord_e2e::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Fixture {
+    op: Operator,
+    console: SocketAddr,
+    dev: HttpServer,
+    _target: HttpServer,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        let target = HttpServer::start("target").await;
+        let dev = HttpServer::start("dev").await;
+        let console = free_addr();
+        let op = Operator::start_with(OperatorOptions {
+            targets: upstream_target("api", 80, free_addr(), target.addr),
+            env: vec![("OPERATOR_CONSOLE_ADDR".into(), console.to_string())],
+            ..Default::default()
+        });
+        Self {
+            op,
+            console,
+            dev,
+            _target: target,
+        }
+    }
+
+    fn mirror(&self, creds: &Path) -> Session {
+        let port = format!("80={}", self.dev.addr);
+        Session::start(creds, &["mirror", "--target", "api", "--port", &port]).unwrap()
+    }
+
+    /// A login link for `creds`, as `mirrordctl console login` prints it.
+    fn login_link(&self, creds: &Path) -> String {
+        let out = ctl(creds, &["console", "login"]);
+        assert!(out.status.success(), "console login failed: {out:?}");
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(
+            url.starts_with(&format!("https://{}/login?token=", self.console)),
+            "{url}"
+        );
+        url
+    }
+
+    /// The path part of a login link.
+    fn login_path(&self, creds: &Path) -> String {
+        let url = self.login_link(creds);
+        url[url.find("/login").unwrap()..].to_owned()
+    }
+
+    /// Logs in with a raw HTTPS client; returns the `Cookie` header value.
+    async fn cookie(&self, creds: &Path) -> String {
+        let r = self.get(&self.login_path(creds), &[]).await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let set = &r.headers["set-cookie"];
+        set.split(';').next().unwrap().to_owned()
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        https(&self.op.state, self.console, "GET", path, headers).await
+    }
+
+    async fn csrf(&self, cookie: &str) -> String {
+        let r = self.get("/api/status", &[("cookie", cookie)]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        v["csrf"].as_str().unwrap().to_owned()
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+fn tls_client(state: &Path) -> tokio_rustls::TlsConnector {
+    let pem = std::fs::read(state.join("ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile_certs(&pem) {
+        roots.add(c).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// PEM certificates without another crate: base64 between the markers.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Opens a TLS connection to the console (verifying its certificate against the
+/// operator's CA) and sends one request.
+async fn send(
+    state: &Path,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(mirrord_identity::OPERATOR_SERVER_NAME)
+        .unwrap()
+        .to_owned();
+    let mut tls = tls_client(state).connect(name, tcp).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: 0\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    tls
+}
+
+async fn https(
+    state: &Path,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut tls = send(state, addr, method, path, headers).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw)).await;
+    parse(&String::from_utf8_lossy(&raw))
+}
+
+fn parse(raw: &str) -> Reply {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// Reads an event stream until `pred` holds for what arrived (or 20 s pass).
+async fn read_stream_until(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 8192];
+    while !pred(&seen) {
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => break,
+        }
+    }
+    seen
+}
+
+/// The SSE events (id, JSON data) in `text`.
+fn sse_events(text: &str) -> Vec<(u64, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let id = block.lines().find_map(|l| l.strip_prefix("id: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((id.parse().ok()?, serde_json::from_str(data).ok()?))
+        })
+        .collect()
+}
+
+fn routes() -> Vec<(String, String, String)> {
+    let out = Command::new(bin("mirrord-operator"))
+        .args(["console", "routes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut p = l.split(' ');
+            let (m, path, access) = (p.next(), p.next(), p.next());
+            (
+                m.unwrap().to_owned(),
+                path.unwrap().replace("{id}", "00000000000000AB"),
+                access.unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_requests_without_a_valid_login() {
+    let f = Fixture::start().await;
+    let root = f.op.issue_admin("root");
+    let table = routes();
+    // The walk means something only if it covers the pages, the API and the actions.
+    for must in ["/", "/api/status", "/api/events", "/login"] {
+        assert!(table.iter().any(|(_, p, _)| p == must), "{table:?}");
+    }
+    assert!(table.iter().any(|(m, _, _)| m == "POST"), "{table:?}");
+
+    let bogus =
+        "__Host-mirrord-console=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    for (method, path, _) in &table {
+        for headers in [vec![], vec![("cookie", bogus)]] {
+            let r = https(&f.op.state, f.console, method, path, &headers).await;
+            assert_eq!(r.status, 401, "{method} {path} {headers:?}: {}", r.body);
+            assert!(!r.headers.contains_key("set-cookie"), "{method} {path}");
+        }
+    }
+    // A login link with a made-up token, and one used twice, are refused too.
+    let r = f.get("/login?token=abcd", &[]).await;
+    assert_eq!(r.status, 401);
+    let link = f.login_path(&root);
+    assert_eq!(f.get(&link, &[]).await.status, 303);
+    assert_eq!(f.get(&link, &[]).await.status, 401, "a link works once");
+
+    // With a login every route answers (so the 401s above were about the login).
+    let cookie = f.cookie(&root).await;
+    for (method, path, access) in &table {
+        if method != "GET" || access != "Session" || path == "/api/events" {
+            continue;
+        }
+        let r = f.get(path, &[("cookie", &cookie)]).await;
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        let csp = &r.headers["content-security-policy"];
+        assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(r.headers["cache-control"], "no-store");
+        assert_eq!(r.headers["x-frame-options"], "DENY");
+    }
+    let set = f.get(&f.login_path(&root), &[]).await.headers["set-cookie"].clone();
+    for attr in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=",
+    ] {
+        assert!(set.contains(attr), "{set}");
+    }
+    // No static page carries inline script.
+    let page = f.get("/", &[("cookie", &cookie)]).await.body;
+    assert!(
+        page.contains("<script src=\"/assets/console.js\""),
+        "{page}"
+    );
+    assert!(!page.contains("<script>"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_login_is_refused_when_the_console_is_off() {
+    let f = ApiFixture::start("").await;
+    let out = ctl(&f.op.issue_admin("root"), &["console", "login"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the console is not enabled"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_needs_the_csrf_token_and_a_same_origin_request() {
+    let f = Fixture::start().await;
+    let (root, alice) = (f.op.issue_admin("root"), f.op.issue("alice"));
+    let mut a = f.mirror(&alice);
+    let cookie = f.cookie(&root).await;
+    let csrf = f.csrf(&cookie).await;
+    let path = format!("/api/sessions/{}/kill", a.id);
+    let origin = format!("https://{}", f.console);
+    let post = |headers: Vec<(&'static str, String)>| {
+        let (state, console, path, cookie) =
+            (f.op.state.clone(), f.console, path.clone(), cookie.clone());
+        async move {
+            let mut h: Vec<(&str, &str)> = vec![("cookie", &cookie)];
+            h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            https(&state, console, "POST", &path, &h).await
+        }
+    };
+    let refused = [
+        vec![("origin", origin.clone())],
+        vec![("x-csrf-token", "0".repeat(64)), ("origin", origin.clone())],
+        vec![("x-csrf-token", csrf.clone())],
+        vec![
+            ("x-csrf-token", csrf.clone()),
+            ("origin", "https://evil.example".into()),
+        ],
+    ];
+    for headers in refused {
+        let r = post(headers.clone()).await;
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.body);
+    }
+    assert_eq!(status(&root)["sessions"].as_array().unwrap().len(), 1);
+    assert!(f.op.events("Session Killed").is_empty());
+
+    let r = post(vec![("x-csrf-token", csrf), ("origin", origin)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    a.wait_exit(Duration::from_secs(10))
+        .expect("alice's CLI ends");
+    let killed = f.op.wait_event("Session Killed", 1);
+    assert_eq!(killed[0]["fields"]["by_user"], "root");
+    assert_eq!(killed[0]["fields"]["session_id"], a.id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_resumes_after_last_event_id_and_shows_developers_only_theirs() {
+    let f = Fixture::start().await;
+    let (root, alice, bob) = (
+        f.op.issue_admin("root"),
+        f.op.issue("alice"),
+        f.op.issue("bob"),
+    );
+    let admin = f.cookie(&root).await;
+    let bobs = f.cookie(&bob).await;
+    let mut bob_stream = send(
+        &f.op.state,
+        f.console,
+        "GET",
+        "/api/events",
+        &[("cookie", &bobs)],
+    )
+    .await;
+    let mut a = f.mirror(&alice);
+    let mut stream = send(
+        &f.op.state,
+        f.console,
+        "GET",
+        "/api/events",
+        &[("cookie", &admin)],
+    )
+    .await;
+    let seen = read_stream_until(&mut stream, |s| s.contains("Port Mirrored")).await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    let events = sse_events(&seen);
+    let started = events
+        .iter()
+        .find(|(_, e)| e["message"] == "Session Started")
+        .unwrap_or_else(|| panic!("no Session Started in {seen}"));
+    assert_eq!(started.1["fields"]["session_id"], a.id.as_str());
+    assert_eq!(started.1["fields"]["client_user"], "alice");
+    let last = events.last().unwrap().0;
+    drop(stream);
+
+    // While nobody watches, the session ends; a reconnect from `last` gets exactly what
+    // came after.
+    a.stop();
+    f.op.wait_event("Session Ended", 1);
+    let id = last.to_string();
+    let mut again = send(
+        &f.op.state,
+        f.console,
+        "GET",
+        "/api/events",
+        &[("cookie", &admin), ("last-event-id", &id)],
+    )
+    .await;
+    let resumed = read_stream_until(&mut again, |s| s.contains("Session Ended")).await;
+    let after = sse_events(&resumed);
+    assert!(!after.is_empty(), "{resumed}");
+    assert!(after.iter().all(|(i, _)| *i > last), "{resumed}");
+    assert!(
+        after.iter().any(|(_, e)| e["message"] == "Session Ended"),
+        "{resumed}"
+    );
+    assert!(
+        !after.iter().any(|(_, e)| e["message"] == "Session Started"),
+        "{resumed}"
+    );
+
+    // An id from an earlier run of the operator (beyond the latest) starts from the ring.
+    let mut stale = send(
+        &f.op.state,
+        f.console,
+        "GET",
+        "/api/events",
+        &[("cookie", &admin), ("last-event-id", "999999999")],
+    )
+    .await;
+    let from_start = read_stream_until(&mut stale, |s| s.contains("Session Ended")).await;
+    assert!(from_start.contains("Session Started"), "{from_start}");
+
+    // bob (a developer) saw none of alice's events, but does see his own.
+    let mut b = f.mirror(&bob);
+    let bob_seen = read_stream_until(&mut bob_stream, |s| s.contains("Session Started")).await;
+    let bob_events = sse_events(&bob_seen);
+    assert!(!bob_events.is_empty(), "{bob_seen}");
+    assert!(
+        bob_events.iter().all(|(_, e)| e["owner"] == "bob"),
+        "{bob_seen}"
+    );
+    b.stop();
+}
+
+// ---------------------------------------------------------------- headless Chromium
+
+/// chromedriver on a free loopback port, stopped on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `None` (skip) only outside CI: under CI a missing browser is a failure.
+fn chromedriver() -> Option<Driver> {
+    let found = ["/usr/bin/chromedriver", "/usr/bin/chromium"]
+        .iter()
+        .all(|p| Path::new(p).exists());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium and chromium-driver are required under CI (apt-get install chromium chromium-driver)"
+        );
+        eprintln!("skipping: chromium / chromium-driver not installed");
+        return None;
+    }
+    let addr = free_addr();
+    let child = Command::new("/usr/bin/chromedriver")
+        .arg(format!("--port={}", addr.port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let url = format!("http://{addr}");
+    wait_for(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(addr).ok()
+    })
+    .expect("chromedriver listens");
+    Some(Driver { child, url })
+}
+
+async fn browser(driver: &Driver) -> fantoccini::Client {
+    let caps = json!({
+        "browserName": "chrome",
+        // The console's certificate is the operator's own (its CA is not the system's).
+        "acceptInsecureCerts": true,
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1280,1000"],
+        },
+    });
+    let caps = caps.as_object().unwrap().clone().into_iter().collect();
+    fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a chromium session")
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = bin("mirrord-operator")
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(c: &fantoccini::Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    let path = screenshot_dir().join(name);
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
+/// Waits (up to 30 s) until the script returns true.
+async fn until(c: &fantoccini::Client, what: &str, script: &str) {
+    for _ in 0..150 {
+        if c.execute(script, vec![]).await.unwrap() == Value::Bool(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    screenshot(c, &format!("failed-{}.png", what.replace(' ', "-"))).await;
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_logs_in_sees_a_live_session_and_its_events_kills_it_as_admin_and_is_refused_as_another_developer(
+) {
+    let Some(driver) = chromedriver() else { return };
+    let f = Fixture::start().await;
+    let (root, alice, bob) = (
+        f.op.issue_admin("root"),
+        f.op.issue("alice"),
+        f.op.issue("bob"),
+    );
+    let c = browser(&driver).await;
+
+    // The admin logs in with the link mirrordctl printed.
+    c.goto(&f.login_link(&root)).await.unwrap();
+    until(
+        &c,
+        "the admin's name",
+        "return document.getElementById('whoami').textContent.includes('root (admin)')",
+    )
+    .await;
+
+    // A session opened by the CLI appears in the table, and its events in the feed.
+    let mut a = f.mirror(&alice);
+    let row = format!(
+        "return !!document.querySelector('tr[data-session=\"{}\"]')",
+        a.id
+    );
+    until(&c, "alice's session row", &row).await;
+    until(
+        &c,
+        "the Session Started event",
+        &format!("return [...document.querySelectorAll('#event-list li[data-message=\"Session Started\"]')].some(l => l.textContent.includes('{}'))", a.id),
+    )
+    .await;
+    until(
+        &c,
+        "the Port Mirrored event",
+        "return !!document.querySelector('#event-list li[data-message=\"Port Mirrored\"]')",
+    )
+    .await;
+    screenshot(&c, "console-admin.png").await;
+
+    // bob, another developer, does not see alice's session and may not kill it.
+    c.delete_all_cookies().await.unwrap();
+    c.goto(&f.login_link(&bob)).await.unwrap();
+    until(
+        &c,
+        "bob's name",
+        "return document.getElementById('whoami').textContent.includes('bob (developer)')",
+    )
+    .await;
+    let visible = c.execute(&row, vec![]).await.unwrap();
+    assert_eq!(visible, Value::Bool(false), "bob sees alice's session");
+    let refused = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/status').then(r => r.json())
+               .then(s => fetch('/api/sessions/' + arguments[0] + '/kill',
+                                {method: 'POST', headers: {'X-CSRF-Token': s.csrf}}))
+               .then(r => done(r.status), e => done(String(e)));",
+            vec![json!(a.id)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, json!(403));
+    assert_eq!(
+        f.op.wait_event("Request Forbidden", 1)[0]["fields"]["client_user"],
+        "bob"
+    );
+    screenshot(&c, "console-developer.png").await;
+
+    // Back as the admin: the Kill button ends it; the CLI ends and the audit line says who.
+    c.delete_all_cookies().await.unwrap();
+    c.goto(&f.login_link(&root)).await.unwrap();
+    until(&c, "alice's session row again", &row).await;
+    let button = c
+        .find(fantoccini::Locator::Css(&format!(
+            "tr[data-session=\"{}\"] button.kill",
+            a.id
+        )))
+        .await
+        .unwrap();
+    button.click().await.unwrap();
+    until(
+        &c,
+        "the row to go",
+        &format!(
+            "return !document.querySelector('tr[data-session=\"{}\"]')",
+            a.id
+        ),
+    )
+    .await;
+    until(
+        &c,
+        "the Session Killed event",
+        "return !!document.querySelector('#event-list li[data-message=\"Session Killed\"]')",
+    )
+    .await;
+    assert!(
+        a.wait_exit(Duration::from_secs(10)).is_some(),
+        "alice's CLI ends"
+    );
+    assert_eq!(
+        f.op.wait_event("Session Killed", 1)[0]["fields"]["by_user"],
+        "root"
+    );
+    screenshot(&c, "console-after-kill.png").await;
+    c.close().await.unwrap();
+}
