@@ -94,7 +94,7 @@ struct Reply {
 fn tls_client(state: &Path) -> tokio_rustls::TlsConnector {
     let pem = std::fs::read(state.join("ca.crt")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile_certs(&pem) {
+    for c in pem_certs(&pem) {
         roots.add(c).unwrap();
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -107,8 +107,8 @@ fn tls_client(state: &Path) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
-/// PEM certificates without another crate: base64 between the markers.
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+/// The certificates of a PEM file (rustls' own PEM reader).
+fn pem_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .map(Result::unwrap)
