@@ -589,14 +589,20 @@ async fn chromium_logs_in_sees_a_live_session_and_its_events_kills_it_as_admin_a
     c.delete_all_cookies().await.unwrap();
     c.goto(&f.login_link(&root)).await.unwrap();
     until(&c, "alice's session row again", &row).await;
-    let button = c
-        .find(fantoccini::Locator::Css(&format!(
-            "tr[data-session=\"{}\"] button.kill",
-            a.id
-        )))
-        .await
-        .unwrap();
-    button.click().await.unwrap();
+    // The table is redrawn on every poll and event: a button found just before a redraw is
+    // stale by the time it is clicked, so find and click again.
+    let css = format!("tr[data-session=\"{}\"] button.kill", a.id);
+    let mut clicked = false;
+    for _ in 0..10 {
+        if let Ok(button) = c.find(fantoccini::Locator::Css(&css)).await {
+            if button.click().await.is_ok() {
+                clicked = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(clicked, "could not click alice's Kill button");
     until(
         &c,
         "the row to go",
