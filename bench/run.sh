@@ -15,3 +15,4 @@ machine
 echo "duration per wrk run: ${DURATION}s, wrk -t1"
 bash bench/dataplane.sh
 bash bench/controlplane.sh
+bash bench/console.sh

@@ -94,7 +94,7 @@ struct Reply {
 fn tls_client(state: &Path) -> tokio_rustls::TlsConnector {
     let pem = std::fs::read(state.join("ca.crt")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile_certs(&pem) {
+    for c in pem_certs(&pem) {
         roots.add(c).unwrap();
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -107,8 +107,8 @@ fn tls_client(state: &Path) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
-/// PEM certificates without another crate: base64 between the markers.
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+/// The certificates of a PEM file (rustls' own PEM reader).
+fn pem_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .map(Result::unwrap)
@@ -589,14 +589,20 @@ async fn chromium_logs_in_sees_a_live_session_and_its_events_kills_it_as_admin_a
     c.delete_all_cookies().await.unwrap();
     c.goto(&f.login_link(&root)).await.unwrap();
     until(&c, "alice's session row again", &row).await;
-    let button = c
-        .find(fantoccini::Locator::Css(&format!(
-            "tr[data-session=\"{}\"] button.kill",
-            a.id
-        )))
-        .await
-        .unwrap();
-    button.click().await.unwrap();
+    // The table is redrawn on every poll and event: a button found just before a redraw is
+    // stale by the time it is clicked, so find and click again.
+    let css = format!("tr[data-session=\"{}\"] button.kill", a.id);
+    let mut clicked = false;
+    for _ in 0..10 {
+        if let Ok(button) = c.find(fantoccini::Locator::Css(&css)).await {
+            if button.click().await.is_ok() {
+                clicked = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(clicked, "could not click alice's Kill button");
     until(
         &c,
         "the row to go",

@@ -10,7 +10,7 @@
 use crate::event::{Event, SessionMeta};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
@@ -27,6 +27,17 @@ pub struct FeedItem {
     /// admins may see it.
     pub owner: String,
     pub fields: BTreeMap<&'static str, String>,
+    /// This item as JSON, made by the first viewer that sends it and shared by the rest.
+    #[serde(skip)]
+    json: OnceLock<String>,
+}
+
+impl FeedItem {
+    /// The item as one line of JSON (what an event stream sends).
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string(self).unwrap_or_default())
+    }
 }
 
 /// What [`Feed::since`] found.
@@ -83,6 +94,7 @@ impl Feed {
                 message,
                 owner,
                 fields,
+                json: OnceLock::new(),
             }));
             id
         };
@@ -311,5 +323,9 @@ mod tests {
         assert_eq!(tail.items[0].owner, "e");
         assert_eq!(tail.missed, 0);
         assert_eq!(*feed.subscribe().borrow(), 5);
+        let json: serde_json::Value = serde_json::from_str(tail.items[0].json()).unwrap();
+        assert_eq!(json["message"], "Session Started");
+        assert_eq!(json["fields"]["target"], "deployment/api");
+        assert_eq!(json["id"], 5);
     }
 }

@@ -117,8 +117,7 @@ impl Cursor {
         for item in &found.items {
             self.last = item.id;
             if self.visible(item) {
-                let data = serde_json::to_string(item.as_ref()).unwrap_or_default();
-                let _ = write!(out, "id: {}\ndata: {data}\n\n", item.id);
+                let _ = write!(out, "id: {}\ndata: {}\n\n", item.id, item.json());
             }
         }
     }

@@ -87,7 +87,13 @@ function renderSessions() {
       el("td", s.requests_stolen), actions);
     return tr;
   });
+  // Re-rendering must not take keyboard focus away from a Kill button.
+  const focused = document.activeElement && document.activeElement.closest("tr[data-session]");
   body.replaceChildren(...rows);
+  if (focused) {
+    const again = body.querySelector('tr[data-session="' + focused.dataset.session + '"] button');
+    if (again) again.focus();
+  }
 }
 
 function renderTargets() {
