@@ -9,9 +9,9 @@
 //! it is the node.
 
 use mirrord_e2e::kube::Cluster;
+use mirrord_e2e::prom::http_exchange;
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -72,13 +72,8 @@ spec:
 
 /// One request through the Service; the body, or why it failed.
 fn get(service: SocketAddr) -> Result<String, String> {
-    let mut s =
-        TcpStream::connect_timeout(&service, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nhost: web\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let out =
+        http_exchange(service, "GET / HTTP/1.0\r\nhost: web\r\n\r\n").map_err(|e| e.to_string())?;
     out.split("\r\n\r\n")
         .nth(1)
         .map(|b| b.trim().to_owned())

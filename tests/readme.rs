@@ -33,14 +33,8 @@ fn says(readme: &str, command: &str) {
 
 /// What `curl -H ...` would get: one request on its own connection, the whole answer.
 fn curl(addr: std::net::SocketAddr, headers: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let req = format!("GET / HTTP/1.1\r\nhost: localhost\r\n{headers}connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    prom::http_exchange(addr, &req).unwrap()
 }
 
 struct Killed(Child);

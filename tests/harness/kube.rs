@@ -39,10 +39,15 @@ impl Cluster {
         Some(c)
     }
 
+    /// `kubectl --kubeconfig <this cluster's>`, to add arguments to.
+    fn kubectl_command(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c
+    }
+
     fn kubectl_output(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+        self.kubectl_command()
             .args(args)
             .output()
             .expect("kubectl on PATH (scripts/dev-cluster.sh env puts the cluster's there)")
@@ -150,9 +155,8 @@ impl Cluster {
     /// `kubectl apply -f -` of `yaml`.
     pub fn apply(&self, yaml: &str) {
         use std::io::Write;
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+        let mut child = self
+            .kubectl_command()
             .args(["apply", "-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -117,12 +117,26 @@ fn encode(s: &str) -> String {
 
 /// A blocking HTTP/1.0 GET (no runtime needed), returning the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
+    let answer = http_exchange(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    )
+    .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+    answer
+        .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()
+}
+
+/// Sends `request` on a new connection and reads the whole answer until the server closes
+/// (blocking; bounded by a 2 s connect and a 10 s read timeout).
+pub fn http_exchange(addr: SocketAddr, request: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
