@@ -216,7 +216,7 @@ network() {
   "cniVersion": "0.4.0",
   "name": "mirrord-dev",
   "plugins": [
-    {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "hairpinMode": true,
+    {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
      "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$NODE_IP"}]],
               "dataDir": "$RUN/cni/ipam"}},
     {"type": "portmap", "capabilities": {"portMappings": true}}

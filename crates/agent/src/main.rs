@@ -5,18 +5,21 @@
 //! redirect that fails open when the agent dies ([`redirect`]), and serves them with the
 //! same interceptor as the single-machine operator (`mirrord-dataplane`).
 //!
-//! Today it passes traffic through to the target; the operator's routes (steal, mirror,
-//! filters) reach it in a later step (see the README's "Kubernetes targets" status).
+//! What each port does comes from the operator over mutual TLS ([`link`]): the sessions'
+//! steals, filters and mirrors, applied by the same routing as on one machine ([`ports`]).
 #![forbid(unsafe_code)]
 
+mod link;
 mod netns;
+mod ports;
 mod redirect;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mirrord_dataplane::{Endpoint, InterceptorLimits, PortPlane};
+use link::Link;
+use mirrord_protocol::agent::RouteSnapshot;
 use mirrord_telemetry::{logs, Telemetry};
-use std::net::SocketAddr;
+use ports::Ports;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,21 +40,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enter the pod's network namespace and take over its ports (traffic passes through
-    /// to the target) until SIGTERM, which removes the redirect at once.
+    /// Enter the pod's network namespace and serve its ports until SIGTERM, which removes
+    /// the redirect at once. With `--operator`, the operator's sessions decide what each
+    /// port does (and which ports are taken over); without, the `--port`s pass through.
     Intercept {
         /// The target pod's UID (`kubectl get pod NAME -o jsonpath={.metadata.uid}`).
         #[arg(long)]
         pod_uid: String,
-        /// A target port to take over. Repeatable.
-        #[arg(long = "port", required = true)]
+        /// A port to take over and pass through (without `--operator`). Repeatable.
+        #[arg(long = "port", required_unless_present = "credentials")]
         ports: Vec<u16>,
+        /// The operator's agent gateway, `host:port`, dialled from the pod's namespace
+        /// (default: the credential directory's `operator-address`).
+        #[arg(long, requires = "credentials")]
+        operator: Option<String>,
+        /// A credential directory from the operator (ca.crt, client.crt, client.key,
+        /// operator-address): the routes come from the operator.
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+        /// How long the agent waits for an unreachable operator before it leaves.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        operator_timeout: Duration,
         /// How long the redirect outlives the agent: renewed every third of it.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         lease: Duration,
         /// The node's /proc (the agent runs with hostPID).
         #[arg(long, default_value = "/proc", hide = true)]
         proc_dir: PathBuf,
+    },
+}
+
+/// Where the agent's routes come from.
+enum Source {
+    Fixed(Vec<u16>),
+    Operator {
+        addr: Option<String>,
+        credentials: PathBuf,
+        timeout: Duration,
     },
 }
 
@@ -62,9 +87,22 @@ fn main() -> std::process::ExitCode {
         Command::Intercept {
             pod_uid,
             ports,
+            operator,
+            credentials,
+            operator_timeout,
             lease,
             proc_dir,
-        } => intercept(&pod_uid, &ports, lease, &proc_dir),
+        } => {
+            let source = match credentials {
+                Some(credentials) => Source::Operator {
+                    addr: operator,
+                    credentials,
+                    timeout: operator_timeout,
+                },
+                None => Source::Fixed(ports),
+            };
+            intercept(&pod_uid, source, lease, &proc_dir)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -78,7 +116,7 @@ fn main() -> std::process::ExitCode {
 
 fn intercept(
     uid: &str,
-    ports: &[u16],
+    source: Source,
     lease: Duration,
     proc_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
@@ -90,52 +128,129 @@ fn intercept(
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(serve(uid, pid, ports, lease))
+        .block_on(serve(uid, pid, source, lease))
 }
 
-async fn serve(uid: &str, pid: u32, ports: &[u16], lease: Duration) -> anyhow::Result<()> {
+async fn serve(uid: &str, pid: u32, source: Source, lease: Duration) -> anyhow::Result<()> {
     let telemetry = Telemetry::new(Duration::from_secs(60));
-    let mut mapping = Vec::new();
-    for &port in ports {
-        let bypass = telemetry.metrics().bypass_counter("", uid, port);
-        let any: SocketAddr = ([0, 0, 0, 0], 0).into();
-        let (plane, listener) = PortPlane::bind(
-            port,
-            any,
-            bypass,
-            Arc::default(),
-            InterceptorLimits::default(),
-        )
-        .await
-        .with_context(|| format!("listening for port {port}"))?;
-        // The target, in this namespace; the agent's own connections are not redirected.
-        plane.set_endpoints(vec![Arc::new(Endpoint {
-            name: "target".into(),
-            upstream: ([127, 0, 0, 1], port).into(),
-        })]);
-        mapping.push((port, plane.listen.port()));
-        plane.spawn(listener);
-    }
+    let ports = Arc::new(Ports::new(telemetry, uid.to_owned()));
     redirect::nft(&redirect::create_script())?;
-    redirect::nft(&redirect::renew_script(&mapping, lease))?;
-    tracing::info!(pod_uid = uid, pid, ports = ?mapping, lease_ms = lease.as_millis() as u64, "agent intercepting");
-    let mut renew = tokio::time::interval(lease / 3);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let renewer = tokio::spawn(renew(Arc::clone(&ports), lease));
+    tracing::info!(
+        pod_uid = uid,
+        pid,
+        lease_ms = lease.as_millis() as u64,
+        "agent intercepting"
+    );
+    let result = tokio::select! {
+        r = run(source, uid, &ports, lease) => r,
+        _ = stopped() => Ok(()),
+    };
+    renewer.abort();
+    let taken: Vec<u16> = ports.redirected().iter().map(|(p, _)| *p).collect();
+    redirect::nft(&redirect::delete_script())?;
+    redirect::forget_connections(&taken);
+    tracing::info!(pod_uid = uid, "agent stopped: redirect removed");
+    result
+}
+
+fn redirect_now(ports: &Ports, lease: Duration) {
+    if let Err(e) = redirect::nft(&redirect::renew_script(&ports.redirected(), lease)) {
+        tracing::warn!(error = %e, "could not set the redirect");
+    }
+}
+
+async fn stopped() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Keeps the redirect of the held ports alive; a failed renewal is not fatal: the redirect
+/// lapses (fails open) and the next one restores it.
+async fn renew(ports: Arc<Ports>, lease: Duration) {
+    let mut tick = tokio::time::interval(lease / 3);
     loop {
+        redirect_now(&ports, lease);
         tokio::select! {
-            _ = renew.tick() => {
-                // A failed renewal is not fatal: the redirect lapses (fails open) and the next
-                // one restores it.
-                if let Err(e) = redirect::nft(&redirect::renew_script(&mapping, lease)) {
-                    tracing::warn!(error = %e, "could not renew the redirect");
-                }
-            }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {}
+            _ = ports.renewed.notified() => {}
         }
     }
-    redirect::nft(&redirect::delete_script())?;
-    redirect::forget_connections(ports);
-    tracing::info!(pod_uid = uid, "agent stopped: redirect removed");
-    Ok(())
+}
+
+async fn run(source: Source, uid: &str, ports: &Arc<Ports>, lease: Duration) -> anyhow::Result<()> {
+    match source {
+        Source::Fixed(list) => {
+            ports.pass_through(&list).await?;
+            ports.renewed.notify_one();
+            std::future::pending().await
+        }
+        Source::Operator {
+            addr,
+            credentials,
+            timeout,
+        } => {
+            let creds = mirrord_identity::Credentials::load(&credentials).with_context(|| {
+                format!(
+                    "loading the agent's credentials from {}",
+                    credentials.display()
+                )
+            })?;
+            let tls = mirrord_identity::client_config(&creds)?;
+            let addr = addr.unwrap_or_else(|| creds.operator_addr.clone());
+            let link = Link::new(addr, tls, uid.to_owned());
+            follow(&link, ports, timeout, lease).await
+        }
+    }
+}
+
+/// Applies the operator's routes while it is connected; without it routes nothing, and
+/// leaves once it has been away for `timeout`.
+async fn follow(
+    link: &Arc<Link>,
+    ports: &Arc<Ports>,
+    timeout: Duration,
+    lease: Duration,
+) -> anyhow::Result<()> {
+    let mut last_contact = tokio::time::Instant::now();
+    loop {
+        match link.connect().await {
+            Ok(mut stream) => {
+                tracing::info!("connected to the operator");
+                loop {
+                    match stream.next().await {
+                        Ok(Some(snapshot)) => {
+                            if ports.apply(&snapshot, link).await {
+                                // In force before the operator hears it is.
+                                redirect_now(ports, lease);
+                            }
+                            link.applied(snapshot.version).await;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = format!("{e:#}"), "route stream broke");
+                            break;
+                        }
+                    }
+                }
+                link.disconnected();
+                if ports.apply(&RouteSnapshot::default(), link).await {
+                    redirect_now(ports, lease);
+                }
+                last_contact = tokio::time::Instant::now();
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot reach the operator"),
+        }
+        if last_contact.elapsed() > timeout {
+            anyhow::bail!(
+                "the operator has been unreachable for {}; leaving (the target serves its own traffic)",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

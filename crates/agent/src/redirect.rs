@@ -37,6 +37,9 @@ pub fn create_script() -> String {
 
 /// One renewal: every `(target port, agent port)` for another `lease`, atomically.
 pub fn renew_script(ports: &[(u16, u16)], lease: Duration) -> String {
+    if ports.is_empty() {
+        return format!("flush map ip {TABLE} redirects\n");
+    }
     let elements = ports
         .iter()
         .map(|(from, to)| format!("{from} timeout {}ms : {to}", lease.as_millis()))

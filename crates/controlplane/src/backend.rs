@@ -44,6 +44,12 @@ pub trait Target: Send + Sync {
         session: String,
         scale_down: bool,
     ) -> BoxFuture<'static, Result<Box<dyn TargetCopy>, BackendError>>;
+    /// Resolves once the routes as they are now are in force where the traffic is (at
+    /// once on one machine; in a cluster, once every target pod's agent applied them).
+    /// The error says what is missing.
+    fn settle(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 pub trait TargetCopy: Send + Sync {

@@ -25,6 +25,54 @@ pub struct Config {
     /// The web console (off unless listed, or `--console-addr` is given).
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
+    /// Targets are the cluster's workloads (README "Kubernetes targets"); `targets` must
+    /// then be empty.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The agent's image (`mirrord-agent`, scripts/images.sh agent).
+    pub agent_image: String,
+    #[serde(default = "default_pull_policy")]
+    pub agent_image_pull_policy: String,
+    /// Where agent pods and their credential Secret live; default: the operator's own
+    /// namespace (POD_NAMESPACE), else `default`.
+    pub agent_namespace: Option<String>,
+    /// Where the operator listens for its agents (mutual TLS, a CA of its own).
+    #[serde(default = "default_gateway_listen")]
+    pub gateway_listen: SocketAddr,
+    /// How agents reach that listener from the target pods; default: POD_IP and the
+    /// listen port.
+    pub gateway_address: Option<String>,
+    /// How long an agent stays after the last session on its pod ends (a new session
+    /// within it starts at once).
+    #[serde(default = "default_agent_linger", with = "humantime_serde")]
+    pub agent_linger: Duration,
+    /// How long a dead agent's redirect outlives it (the target serves again after it).
+    #[serde(default = "default_agent_lease", with = "humantime_serde")]
+    pub agent_lease: Duration,
+    /// How long opening a session waits for the agents to apply its routes.
+    #[serde(default = "default_agent_ready_timeout", with = "humantime_serde")]
+    pub agent_ready_timeout: Duration,
+}
+
+fn default_pull_policy() -> String {
+    "IfNotPresent".into()
+}
+fn default_gateway_listen() -> SocketAddr {
+    ([0, 0, 0, 0], 8445).into()
+}
+fn default_agent_linger() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_agent_lease() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_agent_ready_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +233,11 @@ impl Config {
         let cfg: Config = toml::from_str(text).map_err(|e| err(e.to_string().trim().to_owned()))?;
         let line = |span: Range<usize>| text[..span.start.min(text.len())].lines().count().max(1);
 
+        if cfg.kubernetes.is_some() && !cfg.targets.is_empty() {
+            return Err(err(
+                "[kubernetes] and [[targets]] cannot be combined: with [kubernetes] the targets are the cluster's workloads".into(),
+            ));
+        }
         let mut listens: HashMap<SocketAddr, usize> = HashMap::new();
         listens.insert(cfg.api.listen, 0);
         let mut names = HashMap::new();

@@ -105,6 +105,12 @@ async fn pipeline(
     if op.revoked.contains(&client.client_id) {
         op.sessions.end(id, "credential revoked");
     }
+    // In a cluster the routes take effect in the agents: the session is open when they
+    // are in force, or ends saying why they are not.
+    if let Err(why) = Arc::clone(&valid.target).settle().await {
+        op.sessions.end(id, &why);
+        return Err(Refusal::Internal(why));
+    }
     Ok(opened)
 }
 

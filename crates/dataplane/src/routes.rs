@@ -48,9 +48,21 @@ pub struct RouteTable {
     version: AtomicU64,
     /// Serialises writers so read-modify-write never loses an update.
     write: Mutex<()>,
+    /// Told after every change, for a table whose routes are applied elsewhere (by the
+    /// agents of a Kubernetes target).
+    changed: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl RouteTable {
+    /// A table that tells `changed` (with `notify_one`: no change is missed) after every
+    /// update.
+    pub fn notifying(changed: Arc<tokio::sync::Notify>) -> Self {
+        Self {
+            changed: Some(changed),
+            ..Self::default()
+        }
+    }
+
     pub fn load(&self) -> Arc<PortRoutes> {
         self.current.load_full()
     }
@@ -67,6 +79,9 @@ impl RouteTable {
         f(&mut next);
         self.current.store(Arc::new(next));
         self.version.fetch_add(1, Ordering::AcqRel);
+        if let Some(n) = &self.changed {
+            n.notify_one();
+        }
     }
 
     /// Removes every subscription of the session.

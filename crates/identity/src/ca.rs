@@ -126,6 +126,21 @@ impl CertificateAuthority {
         }
     }
 
+    /// A CA that lives in memory only, for one process's private trust (the operator and
+    /// the agents it starts): nothing it issued outlives the process that made it.
+    pub fn ephemeral(name: &str) -> Result<Self, IdentityError> {
+        let key = KeyPair::generate()?;
+        let mut params = ca_params();
+        params.distinguished_name = dn(name);
+        let cert = params.self_signed(&key)?;
+        let cert_pem = cert.pem();
+        Ok(Self {
+            cert,
+            key,
+            cert_pem,
+        })
+    }
+
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }

@@ -14,7 +14,7 @@ pub mod registry;
 mod role;
 mod tls;
 
-pub use ca::{private_dir, CertificateAuthority, ClientSpec, IssuedClient};
+pub use ca::{private_dir, CertificateAuthority, ClientSpec, IssuedCert, IssuedClient};
 pub use credentials::Credentials;
 pub use peer::PeerIdentity;
 pub use role::{Role, UnknownRole};

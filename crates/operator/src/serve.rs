@@ -3,6 +3,7 @@
 use crate::certs::API_ADDRESS_FILE;
 use crate::{exit, fail};
 use anyhow::{bail, Context};
+use mirrord_controlplane::backend::TargetBackend;
 use mirrord_controlplane::config::Config;
 use mirrord_controlplane::local::LocalBackend;
 use mirrord_controlplane::operator::Parts;
@@ -168,8 +169,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
             tokio::spawn(metrics::serve_on(telemetry.metrics().clone(), listener));
         }
-        let backend =
-            LocalBackend::start(&config.targets, &telemetry, &args.state_dir, interception).await?;
+        let backend: Arc<dyn TargetBackend> = match &config.kubernetes {
+            Some(k) => Arc::new(mirrord_kube::KubeBackend::start(k).await?),
+            None => Arc::new(
+                LocalBackend::start(&config.targets, &telemetry, &args.state_dir, interception)
+                    .await?,
+            ),
+        };
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
             .with_context(|| format!("API cannot listen on {}", config.api.listen))?;
@@ -203,7 +209,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         let policies = Policies::compile(&config.policies).map_err(anyhow::Error::msg)?;
         let op = Arc::new(Operator::new(Parts {
-            backend: Arc::new(backend),
+            backend,
             telemetry,
             cfg: config.sessions.clone(),
             limits: config.limits.clone(),

@@ -6,6 +6,7 @@
 //! ([`codec`]) holding a postcard-encoded [`ClientMessage`] or [`ServerMessage`].
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod body;
 pub mod codec;
 pub mod filter;

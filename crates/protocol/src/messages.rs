@@ -77,7 +77,7 @@ pub struct ClientHello {
     pub client_hostname: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TargetRef {
     pub kind: String,
     pub name: String,

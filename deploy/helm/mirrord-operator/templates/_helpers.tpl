@@ -47,6 +47,14 @@ listen = "0.0.0.0:{{ .Values.service.apiPort }}"
 [license]
 public_key = {{ .Values.license.publicKey | quote }}
 {{- end }}
+
+
+[kubernetes]
+agent_image = {{ printf "%s:%s" .Values.agent.image.repository (.Values.agent.image.tag | default .Chart.AppVersion) | quote }}
+agent_image_pull_policy = {{ .Values.agent.image.pullPolicy | quote }}
+gateway_listen = "0.0.0.0:{{ .Values.agent.gatewayPort }}"
+agent_linger = {{ .Values.agent.linger | quote }}
+agent_lease = {{ .Values.agent.lease | quote }}
 {{- with .Values.operator.config }}
 
 {{ . }}

@@ -1,0 +1,297 @@
+//! The agent's link to the operator: one mutual-TLS HTTP/2 connection, dialled from the
+//! target pod's network namespace ([`mirrord_protocol::agent`] says what travels). It
+//! brings the routes in, and carries every session's handoffs out: a stolen request
+//! becomes a request to the operator, a stolen connection a `CONNECT` tunnel.
+//!
+//! Without the operator the agent routes nothing (the target serves its own traffic) and,
+//! if the operator stays away, leaves.
+
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mirrord_dataplane::handoff::HANDOFF_BUFFER;
+use mirrord_dataplane::{Body, Handoff, StolenResponse, SubscriberTx};
+use mirrord_protocol::agent::{self, RouteSnapshot};
+use mirrord_protocol::HttpResponseHead;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot reach the operator at {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the operator's HTTP/2 handshake failed")]
+    Handshake(#[source] hyper::Error),
+    #[error("the operator refused the request: {0}")]
+    Refused(String),
+    #[error("the link to the operator broke")]
+    Broken(#[source] hyper::Error),
+}
+
+pub struct Link {
+    addr: String,
+    tls: TlsConnector,
+    pod_uid: String,
+    sender: Mutex<Option<SendRequest<Body>>>,
+}
+
+/// Queued handoffs per session before the data plane sees the session as slow.
+const BRIDGE_QUEUE: usize = 1024;
+
+impl Link {
+    pub fn new(addr: String, tls: Arc<rustls::ClientConfig>, pod_uid: String) -> Arc<Self> {
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(Self {
+            addr,
+            tls: TlsConnector::from(Arc::new(tls)),
+            pod_uid,
+            sender: Mutex::default(),
+        })
+    }
+
+    /// Connects and returns the route stream; handoffs use the same connection.
+    pub async fn connect(&self) -> Result<RouteStream, LinkError> {
+        let connect_err = |source| LinkError::Connect {
+            addr: self.addr.clone(),
+            source,
+        };
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(connect_err)?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(mirrord_identity::OPERATOR_SERVER_NAME)
+            .expect("a valid name");
+        let tls = self.tls.connect(name, tcp).await.map_err(connect_err)?;
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(HANDOFF_BUFFER as u32)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(LinkError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(target: "mirrord_agent", error = %e, "link to the operator closed");
+            }
+        });
+        let req = Request::get(agent::ROUTES_PATH)
+            .header(agent::POD_UID, &self.pod_uid)
+            .body(empty())
+            .expect("valid request");
+        let resp = sender.send_request(req).await.map_err(LinkError::Broken)?;
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            return Err(LinkError::Refused(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body.unwrap_or_default())
+            )));
+        }
+        *self.sender.lock().expect("sender") = Some(sender);
+        Ok(RouteStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Tells the operator that the routes of `version` are in force.
+    pub async fn applied(&self, version: u64) {
+        let Some(sender) = self.sender() else { return };
+        let req = Request::post(agent::APPLIED_PATH)
+            .header(agent::POD_UID, &self.pod_uid)
+            .header(agent::VERSION, version)
+            .body(empty())
+            .expect("valid request");
+        if let Err(e) = send(sender, req).await {
+            tracing::warn!(target: "mirrord_agent", error = %e, "cannot report applied routes");
+        }
+    }
+
+    pub fn disconnected(&self) {
+        *self.sender.lock().expect("sender") = None;
+    }
+
+    fn sender(&self) -> Option<SendRequest<Body>> {
+        self.sender.lock().expect("sender").clone()
+    }
+
+    /// A session's bridge: handoffs sent to the returned channel reach the operator.
+    pub fn bridge(self: &Arc<Self>, session: u64) -> SubscriberTx {
+        let (tx, mut rx) = mpsc::channel(BRIDGE_QUEUE);
+        let link = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Some(h) = rx.recv().await {
+                let link = Arc::clone(&link);
+                tokio::spawn(async move { link.forward(session, h).await });
+            }
+        });
+        tx
+    }
+
+    async fn forward(&self, session: u64, handoff: Handoff) {
+        let Some(sender) = self.sender() else {
+            tracing::warn!(target: "mirrord_agent", session, "operator unreachable; handoff dropped");
+            if let Handoff::StolenRequest { respond, .. } = handoff {
+                let _ = respond.send(StolenResponse::Failed("the operator is unreachable".into()));
+            }
+            return;
+        };
+        match handoff {
+            Handoff::StolenRequest {
+                port,
+                head,
+                body,
+                respond,
+            } => {
+                let req = Request::post(agent::REQUEST_PATH)
+                    .header(agent::SESSION, session)
+                    .header(agent::PORT, port)
+                    .header(agent::HEAD, agent::encode_head(&*head))
+                    .body(body)
+                    .expect("valid request");
+                let _ = respond.send(stolen_response(sender, req).await);
+            }
+            Handoff::MirroredRequest { port, head, body } => {
+                let req = Request::post(agent::MIRROR_PATH)
+                    .header(agent::SESSION, session)
+                    .header(agent::PORT, port)
+                    .header(agent::HEAD, agent::encode_head(&*head))
+                    .body(Full::new(body).map_err(|never| match never {}).boxed())
+                    .expect("valid request");
+                if let Err(e) = send(sender, req).await {
+                    tracing::debug!(target: "mirrord_agent", session, error = %e, "mirrored request not delivered");
+                }
+            }
+            Handoff::StolenConnection { port, peer, mut io } => {
+                match tunnel(sender, session, port, &peer, "steal").await {
+                    Ok(up) => {
+                        let mut up = TokioIo::new(up);
+                        let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "mirrord_agent", session, port, error = %e, "stolen connection not delivered")
+                    }
+                }
+            }
+            Handoff::MirroredConnection { port, peer, mut rx } => {
+                match tunnel(sender, session, port, &peer, "mirror").await {
+                    Ok(up) => {
+                        let mut up = TokioIo::new(up);
+                        while let Some(b) = rx.recv().await {
+                            if up.write_all(&b).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = up.shutdown().await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(target: "mirrord_agent", session, port, error = %e, "mirrored connection not delivered")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+async fn send(
+    mut sender: SendRequest<Body>,
+    req: Request<Body>,
+) -> Result<http::Response<hyper::body::Incoming>, LinkError> {
+    sender.ready().await.map_err(LinkError::Broken)?;
+    sender.send_request(req).await.map_err(LinkError::Broken)
+}
+
+async fn stolen_response(sender: SendRequest<Body>, req: Request<Body>) -> StolenResponse {
+    let resp = match send(sender, req).await {
+        Ok(r) => r,
+        Err(e) => return StolenResponse::Failed(e.to_string()),
+    };
+    let head = resp
+        .headers()
+        .get(agent::HEAD)
+        .map(|v| agent::decode_head::<HttpResponseHead>(v.as_bytes()));
+    match head {
+        Some(Ok(head)) => StolenResponse::Response {
+            head,
+            body: resp
+                .into_body()
+                .map_err(|e| Box::new(e) as mirrord_dataplane::BoxError)
+                .boxed(),
+            upgraded: None,
+        },
+        _ => {
+            let status = resp.status();
+            let why = resp.into_body().collect().await.map(|b| b.to_bytes());
+            StolenResponse::Failed(format!(
+                "operator answered {status}: {}",
+                String::from_utf8_lossy(&why.unwrap_or_default())
+            ))
+        }
+    }
+}
+
+async fn tunnel(
+    sender: SendRequest<Body>,
+    session: u64,
+    port: u16,
+    peer: &str,
+    kind: &str,
+) -> Result<hyper::upgrade::Upgraded, LinkError> {
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri("mirrord-operator:0")
+        .header(agent::SESSION, session)
+        .header(agent::PORT, port)
+        .header(agent::PEER, peer)
+        .header(agent::KIND, kind)
+        .body(empty())
+        .expect("valid request");
+    let resp = send(sender, req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(LinkError::Refused(resp.status().to_string()));
+    }
+    hyper::upgrade::on(resp).await.map_err(LinkError::Broken)
+}
+
+/// The operator's route snapshots, one JSON line each.
+pub struct RouteStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl RouteStream {
+    /// The next snapshot; `None` when the operator ended the stream.
+    pub async fn next(&mut self) -> Result<Option<RouteSnapshot>, LinkError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                match serde_json::from_slice(&line) {
+                    Ok(s) => return Ok(Some(s)),
+                    Err(e) => {
+                        tracing::error!(target: "mirrord_agent", error = %e, "unreadable routes from the operator; ignored");
+                        continue;
+                    }
+                }
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(LinkError::Broken(e)),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The agents of one target: an agent pod for every ready target pod (original or copy)
+//! that a session needs, replaced when it is lost, deleted a linger after the last session
+//! on its pod ends. The gateway reports what each agent does ([`Agents::connected`],
+//! [`Agents::applied`]); this loop is the only one that creates or deletes agent pods.
+
+use crate::target::{KubeTarget, PodInfo, POLL};
+use crate::{marks, Context};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, PostParams};
+use kube::Api;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Where the agent's credentials are mounted (the Secret from [`crate::trust`]).
+const CREDENTIALS_DIR: &str = "/etc/mirrord-agent";
+
+#[derive(Default)]
+pub struct Agents(Mutex<HashMap<String, Agent>>);
+
+/// The agent of one target pod.
+struct Agent {
+    /// The agent's own pod.
+    pod: String,
+    created: Instant,
+    connected: bool,
+    ever_connected: bool,
+    /// The last route version it applied.
+    applied: u64,
+    idle_since: Option<Instant>,
+}
+
+impl Agents {
+    /// The gateway saw the agent of `uid` connect or go. Returns whether one is expected.
+    pub fn connected(&self, uid: &str, yes: bool) -> bool {
+        let mut map = self.0.lock().expect("agents");
+        let Some(a) = map.get_mut(uid) else {
+            return false;
+        };
+        a.connected = yes;
+        a.ever_connected |= yes;
+        true
+    }
+
+    pub fn applied(&self, uid: &str, version: u64) {
+        if let Some(a) = self.0.lock().expect("agents").get_mut(uid) {
+            a.applied = a.applied.max(version);
+        }
+    }
+
+    fn applied_version(&self, uid: &str) -> Option<u64> {
+        self.0.lock().expect("agents").get(uid).map(|a| a.applied)
+    }
+}
+
+pub async fn run(target: Weak<KubeTarget>) {
+    let Some(changed) = target.upgrade().map(|t| Arc::clone(&t.changed)) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let Some(t) = target.upgrade() else { return };
+        reconcile(&t).await;
+    }
+}
+
+/// Which pods need an agent now.
+fn wanted(t: &KubeTarget) -> HashMap<String, PodInfo> {
+    let all = t.publish();
+    t.pods()
+        .into_iter()
+        .filter(|(uid, p)| p.ready && !t.snapshot_for(uid, &all).ports.is_empty())
+        .collect()
+}
+
+async fn reconcile(t: &Arc<KubeTarget>) {
+    let wanted = wanted(t);
+    let pods = t.pods();
+    let now = Instant::now();
+    let mut create = Vec::new();
+    let mut delete = Vec::new();
+    {
+        let mut agents = t.agents.0.lock().expect("agents");
+        agents.retain(|uid, a| {
+            let lost = a.ever_connected && !a.connected;
+            let never = !a.ever_connected && a.created.elapsed() > t.ctx.ready_timeout;
+            let pod_gone = !pods.get(uid).is_some_and(|p| p.ready);
+            if lost || never || pod_gone {
+                if lost && !pod_gone {
+                    tracing::warn!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %a.pod, "agent lost; the pod serves its own traffic until a new agent takes over");
+                }
+                if never {
+                    tracing::error!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %a.pod, "agent did not connect in time; replacing it");
+                }
+                delete.push(a.pod.clone());
+                return false;
+            }
+            if wanted.contains_key(uid) {
+                a.idle_since = None;
+                return true;
+            }
+            let idle = *a.idle_since.get_or_insert(now);
+            if idle.elapsed() >= t.ctx.linger {
+                delete.push(a.pod.clone());
+                return false;
+            }
+            true
+        });
+        for (uid, pod) in &wanted {
+            if !agents.contains_key(uid) {
+                let name = agent_name(uid);
+                agents.insert(
+                    uid.clone(),
+                    Agent {
+                        pod: name.clone(),
+                        created: now,
+                        connected: false,
+                        ever_connected: false,
+                        applied: 0,
+                        idle_since: None,
+                    },
+                );
+                create.push((uid.clone(), pod.clone(), name));
+            }
+        }
+    }
+    let api = Api::<Pod>::namespaced(t.ctx.client.clone(), &t.ctx.agent_namespace);
+    for name in delete {
+        let api = api.clone();
+        tokio::spawn(async move {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(target: "mirrord_kube", agent = %name, "agent removed"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(target: "mirrord_kube", agent = %name, error = %e, "cannot delete agent pod")
+                }
+            }
+        });
+    }
+    for (uid, pod, name) in create {
+        let spec = agent_pod(&t.ctx, &name, &uid, &pod);
+        match api.create(&PostParams::default(), &spec).await {
+            Ok(_) => {
+                tracing::info!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %name, pod = %pod.name, node = %pod.node, "agent started")
+            }
+            Err(e) => {
+                tracing::error!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %name, error = %e, "cannot create agent pod");
+                t.agents.0.lock().expect("agents").remove(&uid);
+            }
+        }
+    }
+}
+
+/// Waits until every pod that needs an agent has one that applied the routes as they are
+/// now.
+pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
+    let version = t.publish().version;
+    t.changed.notify_one();
+    let deadline = Instant::now() + t.ctx.ready_timeout;
+    loop {
+        let pending: Vec<(String, PodInfo)> = wanted(t)
+            .into_iter()
+            .filter(|(uid, _)| t.agents.applied_version(uid).is_none_or(|v| v < version))
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let mut why = Vec::new();
+            for (uid, pod) in pending {
+                let agent = t
+                    .agents
+                    .0
+                    .lock()
+                    .expect("agents")
+                    .get(&uid)
+                    .map(|a| a.pod.clone());
+                let state = match agent {
+                    Some(a) => agent_state(&t.ctx, &a).await,
+                    None => "no agent yet".into(),
+                };
+                why.push(format!("pod {}: {state}", pod.name));
+            }
+            return Err(format!(
+                "the agents of {} did not take over within {} ({})",
+                t.reference_string(),
+                humantime::format_duration(t.ctx.ready_timeout),
+                why.join("; ")
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What an agent pod is doing, for an error message: its container's waiting or
+/// terminated reason, else its phase.
+async fn agent_state(ctx: &Context, name: &str) -> String {
+    let pod = match Api::<Pod>::namespaced(ctx.client.clone(), &ctx.agent_namespace)
+        .get(name)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return format!("agent {name} unreadable: {e}"),
+    };
+    let status = pod.status.unwrap_or_default();
+    let container = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .and_then(|c| c.state);
+    let detail = container.and_then(|s| {
+        s.waiting
+            .map(|w| {
+                format!(
+                    "{} {}",
+                    w.reason.unwrap_or_default(),
+                    w.message.unwrap_or_default()
+                )
+            })
+            .or(s
+                .terminated
+                .map(|t| format!("exited {} {}", t.exit_code, t.message.unwrap_or_default())))
+    });
+    format!(
+        "agent {name} {}{}",
+        status.phase.unwrap_or_default(),
+        detail
+            .map(|d| format!(": {}", d.trim()))
+            .unwrap_or_default()
+    )
+}
+
+fn agent_name(pod_uid: &str) -> String {
+    let short: String = pod_uid.chars().filter(|c| *c != '-').take(10).collect();
+    format!("mirrord-agent-{short}-{:04x}", rand::random::<u16>())
+}
+
+/// The agent's pod: on the target pod's node, privileged with the host's PID namespace (to
+/// find the pod's processes and enter its network namespace), owned by the operator's pod.
+fn agent_pod(ctx: &Context, name: &str, pod_uid: &str, pod: &PodInfo) -> Pod {
+    let owners: Vec<_> = ctx.owner.iter().cloned().collect();
+    let lease = format!("{}ms", ctx.lease.as_millis());
+    let json = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": ctx.agent_namespace,
+            "labels": {
+                marks::MANAGED_BY: marks::MANAGER,
+                marks::ROLE: "agent",
+                marks::OPERATOR_NS: ctx.agent_namespace,
+                marks::POD_UID: pod_uid,
+            },
+            "annotations": {
+                "mirrord.dev/target-pod": format!("{}/{}", pod.namespace, pod.name),
+            },
+            "ownerReferences": owners,
+        },
+        "spec": {
+            "nodeName": pod.node,
+            "hostPID": true,
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 5,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{
+                "name": "agent",
+                "image": ctx.agent_image,
+                "imagePullPolicy": ctx.agent_pull_policy,
+                "args": ["intercept", "--pod-uid", pod_uid, "--credentials", CREDENTIALS_DIR,
+                         "--lease", lease],
+                "env": [{"name": "RUST_LOG", "value": "mirrord=info"}],
+                "securityContext": {"privileged": true},
+                "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}],
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
+            }],
+            "volumes": [{"name": "credentials", "secret": {"secretName": crate::trust::SECRET, "defaultMode": 0o400}}],
+        }
+    });
+    serde_json::from_value(json).expect("a valid pod")
+}

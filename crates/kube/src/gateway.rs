@@ -1,0 +1,322 @@
+//! Where agents connect: mutual TLS with the process's agent CA, HTTP/2
+//! ([`mirrord_protocol::agent`] says what travels). Routes stream out to each agent; the
+//! handoffs it sends back go into the session's channel, exactly where the single-machine
+//! interceptor puts them, so sessions do not know where their traffic came from.
+
+use crate::Targets;
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mirrord_dataplane::handoff::HANDOFF_BUFFER;
+use mirrord_dataplane::{Body, BoxError, Handoff, StolenResponse, Subscriber};
+use mirrord_protocol::agent::{self, decode_head, encode_head};
+use mirrord_protocol::HttpRequestHead;
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, thiserror::Error)]
+enum GatewayError {
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("missing or malformed header {0}")]
+    BadHeader(&'static str),
+    #[error("no target pod has uid {0}")]
+    UnknownPod(String),
+    #[error("no agent is expected for pod {0}")]
+    Unexpected(String),
+    #[error("session {session:016x} holds nothing on port {port}")]
+    NoSession { session: u64, port: u16 },
+    #[error("the session ended")]
+    SessionGone,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl GatewayError {
+    fn response(&self) -> Response<Body> {
+        let status = match self {
+            GatewayError::NotFound | GatewayError::UnknownPod(_) => StatusCode::NOT_FOUND,
+            GatewayError::BadHeader(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Unexpected(_) => StatusCode::CONFLICT,
+            GatewayError::NoSession { .. } | GatewayError::SessionGone => StatusCode::GONE,
+            GatewayError::Failed(_) => StatusCode::BAD_GATEWAY,
+        };
+        Response::builder()
+            .status(status)
+            .body(full(Bytes::from(self.to_string())))
+            .expect("valid response")
+    }
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, targets: Arc<Targets>) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target: "mirrord_kube", error = %e, "agent gateway cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, targets) = (acceptor.clone(), Arc::clone(&targets));
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                .await
+            {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "mirrord_kube", %peer, error = %e, "agent refused: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = service_fn(move |req| {
+                let targets = Arc::clone(&targets);
+                async move {
+                    let r = handle(&targets, req).await;
+                    Ok::<_, Infallible>(r.unwrap_or_else(|e| {
+                        tracing::debug!(target: "mirrord_kube", error = %e, "agent request refused");
+                        e.response()
+                    }))
+                }
+            });
+            let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            http2
+                .timer(TokioTimer::new())
+                // A dead agent's connection is noticed even if no FIN ever comes.
+                .keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .initial_stream_window_size(HANDOFF_BUFFER as u32);
+            if let Err(e) = http2.serve_connection(TokioIo::new(tls), svc).await {
+                tracing::debug!(target: "mirrord_kube", %peer, error = %e, "agent connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(targets: &Targets, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    if req.method() == Method::CONNECT {
+        return connect(targets, req);
+    }
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET, agent::ROUTES_PATH) => routes(targets, &req),
+        (Method::POST, agent::APPLIED_PATH) => {
+            let uid: String = header(&req, agent::POD_UID)?;
+            let version: u64 = header(&req, agent::VERSION)?;
+            let t = targets
+                .by_pod(&uid)
+                .ok_or(GatewayError::UnknownPod(uid.clone()))?;
+            t.agents.applied(&uid, version);
+            Ok(Response::new(full(Bytes::new())))
+        }
+        (Method::POST, agent::REQUEST_PATH) => stolen_request(targets, req).await,
+        (Method::POST, agent::MIRROR_PATH) => mirrored_request(targets, req).await,
+        _ => Err(GatewayError::NotFound),
+    }
+}
+
+fn header<T: FromStr>(req: &Request<Incoming>, name: &'static str) -> Result<T, GatewayError> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or(GatewayError::BadHeader(name))
+}
+
+fn subscriber(targets: &Targets, session: u64, port: u16) -> Result<Subscriber, GatewayError> {
+    targets
+        .all()
+        .iter()
+        .find_map(|t| t.subscriber(session, port))
+        .map(|(s, _)| s)
+        .ok_or(GatewayError::NoSession { session, port })
+}
+
+/// Marks the agent connected while its route stream lives.
+struct Connected {
+    target: Arc<crate::target::KubeTarget>,
+    uid: String,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.target.agents.connected(&self.uid, false);
+        self.target.changed.notify_one();
+    }
+}
+
+fn routes(targets: &Targets, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let uid: String = header(req, agent::POD_UID)?;
+    let target = targets
+        .by_pod(&uid)
+        .ok_or(GatewayError::UnknownPod(uid.clone()))?;
+    if !target.agents.connected(&uid, true) {
+        return Err(GatewayError::Unexpected(uid));
+    }
+    tracing::info!(target: "mirrord_kube", target_ref = %target.reference_string(), pod_uid = %uid, "agent connected");
+    let (tx, lines) = mpsc::channel(4);
+    tokio::spawn(stream_routes(Connected { target, uid }, tx));
+    Ok(Response::new(BodyExt::boxed(Lines(lines))))
+}
+
+/// Sends the agent its snapshot now and after every change, until its stream goes.
+async fn stream_routes(agent: Connected, tx: mpsc::Sender<Bytes>) {
+    let mut rx = agent.target.subscribe();
+    loop {
+        let all = Arc::clone(&rx.borrow_and_update());
+        let snapshot = agent.target.snapshot_for(&agent.uid, &all);
+        let mut line = serde_json::to_vec(&snapshot).expect("snapshots serialise");
+        line.push(b'\n');
+        if tx.send(Bytes::from(line)).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// The route stream's body: one line per snapshot.
+struct Lines(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Lines {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|l| l.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+async fn stolen_request(
+    targets: &Targets,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let session: u64 = header(&req, agent::SESSION)?;
+    let port: u16 = header(&req, agent::PORT)?;
+    let head: HttpRequestHead = req
+        .headers()
+        .get(agent::HEAD)
+        .and_then(|v| decode_head(v.as_bytes()).ok())
+        .ok_or(GatewayError::BadHeader(agent::HEAD))?;
+    let sub = subscriber(targets, session, port)?;
+    let (respond, answer) = oneshot::channel();
+    let body: Body = req.into_body().map_err(|e| Box::new(e) as BoxError).boxed();
+    sub.counters.requests.inc();
+    sub.tx
+        .send(Handoff::StolenRequest {
+            port,
+            head: Box::new(head),
+            body,
+            respond,
+        })
+        .await
+        .map_err(|_| GatewayError::SessionGone)?;
+    match answer.await {
+        Ok(StolenResponse::Response { upgraded: Some(_), .. }) => Err(GatewayError::Failed(
+            "protocol upgrades of stolen requests do not cross the agent yet; steal the port unfiltered".into(),
+        )),
+        Ok(StolenResponse::Response { head, body, .. }) => Ok(Response::builder()
+            .header(agent::HEAD, encode_head(&head))
+            .body(body)
+            .expect("valid response")),
+        Ok(StolenResponse::Failed(why)) => Err(GatewayError::Failed(why)),
+        Err(_) => Err(GatewayError::SessionGone),
+    }
+}
+
+async fn mirrored_request(
+    targets: &Targets,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let session: u64 = header(&req, agent::SESSION)?;
+    let port: u16 = header(&req, agent::PORT)?;
+    let head: HttpRequestHead = req
+        .headers()
+        .get(agent::HEAD)
+        .and_then(|v| decode_head(v.as_bytes()).ok())
+        .ok_or(GatewayError::BadHeader(agent::HEAD))?;
+    let sub = subscriber(targets, session, port)?;
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| GatewayError::Failed(e.to_string()))?
+        .to_bytes();
+    // A mirror never slows the target: a session that is behind loses copies.
+    let _ = sub.tx.try_send(Handoff::MirroredRequest {
+        port,
+        head: Box::new(head),
+        body,
+    });
+    Ok(Response::new(full(Bytes::new())))
+}
+
+fn connect(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let session: u64 = header(&req, agent::SESSION)?;
+    let port: u16 = header(&req, agent::PORT)?;
+    let peer: String = header(&req, agent::PEER)?;
+    let kind: String = header(&req, agent::KIND)?;
+    let sub = subscriber(targets, session, port)?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(up) = upgrade.await else { return };
+        let io = TokioIo::new(up);
+        if kind == "steal" {
+            sub.counters.connections.inc();
+            let _ = sub
+                .tx
+                .send(Handoff::StolenConnection {
+                    port,
+                    peer,
+                    io: Box::new(io),
+                })
+                .await;
+        } else {
+            let (tx, rx) = mpsc::channel(64);
+            if sub
+                .tx
+                .try_send(Handoff::MirroredConnection { port, peer, rx })
+                .is_ok()
+            {
+                copy_into(io, tx).await;
+            }
+        }
+    });
+    Ok(Response::new(full(Bytes::new())))
+}
+
+/// A mirrored connection's bytes, as they come, into the session's channel.
+async fn copy_into(mut io: TokioIo<hyper::upgrade::Upgraded>, tx: mpsc::Sender<Bytes>) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        buf.reserve(16 * 1024);
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if tx.send(buf.split().freeze()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The Kubernetes target backend: `deployment/NAME`, `statefulset/NAME` and `pod/NAME` in a
+//! namespace, served by an agent in each target pod's network namespace.
+//!
+//! The operator stays the one owner of every port's routes (the same [`RouteTable`]s and
+//! port locks as on one machine); this crate carries them to where the traffic is:
+//! - [`workload`] resolves a target to its pods' selector, ports and pod template;
+//! - [`target`] follows the target's pods and owns what each pod's agent must apply;
+//! - [`fleet`] starts an agent pod per target pod while sessions need one, replaces a
+//!   lost one, and removes it after the last session (after a linger);
+//! - [`gateway`] is where agents connect (mutual TLS, a CA of this process): routes go
+//!   out, stolen requests and connections come back into the sessions' channels;
+//! - [`copy`] makes copy pods from the pod template and scales workloads down;
+//! - [`reconcile`] undoes what a previous operator process left (copies, agents, scaled
+//!   down workloads) at start.
+//!
+//! [`RouteTable`]: mirrord_dataplane::RouteTable
+
+pub mod copy;
+pub mod fleet;
+pub mod gateway;
+pub mod reconcile;
+pub mod target;
+pub mod trust;
+pub mod workload;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Api;
+use mirrord_controlplane::backend::{BackendError, Target, TargetBackend};
+use mirrord_controlplane::config::KubernetesConfig;
+use mirrord_protocol::TargetRef;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use target::KubeTarget;
+
+/// Labels and annotations on everything this operator creates or changes.
+pub mod marks {
+    /// On copies, agents and the agents' Secret.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGER: &str = "mirrord-operator";
+    /// The namespace of the operator that made it: a restarted operator cleans up its own.
+    pub const OPERATOR_NS: &str = "mirrord.dev/operator-namespace";
+    /// `agent` or `copy`.
+    pub const ROLE: &str = "mirrord.dev/role";
+    /// On an agent: the UID of the pod it serves.
+    pub const POD_UID: &str = "mirrord.dev/pod-uid";
+    /// On a copy: the session it was made for.
+    pub const SESSION: &str = "mirrord.dev/session";
+    /// On a copy: the workload it copies (`deployment/web`).
+    pub const COPY_OF: &str = "mirrord.dev/copy-of";
+    /// On a scaled-down workload: its replica count before.
+    pub const ORIGINAL_REPLICAS: &str = "mirrord.dev/original-replicas";
+    /// On a scaled-down workload: which operator and session scaled it down.
+    pub const SCALED_DOWN_BY: &str = "mirrord.dev/scaled-down-by";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("cannot reach the Kubernetes API server (in-cluster config or KUBECONFIG)")]
+    Client(#[source] kube::Error),
+    #[error("the Kubernetes API refused to {action}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Identity(#[from] mirrord_identity::IdentityError),
+    #[error("the agent gateway cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agents cannot reach this operator: set [kubernetes] gateway_address, or POD_IP")]
+    NoGatewayAddress,
+}
+
+/// What every target shares: the API client and how agents are made.
+pub struct Context {
+    pub client: kube::Client,
+    pub agent_namespace: String,
+    pub agent_image: String,
+    pub agent_pull_policy: String,
+    pub linger: Duration,
+    pub lease: Duration,
+    pub ready_timeout: Duration,
+    /// The operator's pod, owner of its agents and copies (garbage-collected with it).
+    pub owner: Option<OwnerReference>,
+}
+
+/// The targets resolved so far, shared with the gateway.
+#[derive(Default)]
+pub struct Targets(Mutex<HashMap<TargetRef, Arc<KubeTarget>>>);
+
+impl Targets {
+    pub fn all(&self) -> Vec<Arc<KubeTarget>> {
+        self.0.lock().expect("targets").values().cloned().collect()
+    }
+
+    /// The target one of whose pods (original or copy) has `uid`.
+    pub fn by_pod(&self, uid: &str) -> Option<Arc<KubeTarget>> {
+        self.all().into_iter().find(|t| t.has_pod(uid))
+    }
+}
+
+pub struct KubeBackend {
+    ctx: Arc<Context>,
+    targets: Arc<Targets>,
+}
+
+impl KubeBackend {
+    /// Connects to the API server, cleans up after a previous operator, issues the agents'
+    /// credentials and starts the gateway.
+    pub async fn start(cfg: &KubernetesConfig) -> Result<Self, KubeError> {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(KubeError::Client)?;
+        let agent_namespace = cfg
+            .agent_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        let owner = operator_pod(&client, &agent_namespace).await;
+        let ctx = Arc::new(Context {
+            client,
+            agent_namespace,
+            agent_image: cfg.agent_image.clone(),
+            agent_pull_policy: cfg.agent_image_pull_policy.clone(),
+            linger: cfg.agent_linger,
+            lease: cfg.agent_lease,
+            ready_timeout: cfg.agent_ready_timeout,
+            owner,
+        });
+        reconcile::on_start(&ctx).await;
+        let gateway_address = match &cfg.gateway_address {
+            Some(a) => a.clone(),
+            None => match std::env::var("POD_IP") {
+                Ok(ip) => format!("{ip}:{}", cfg.gateway_listen.port()),
+                Err(_) => return Err(KubeError::NoGatewayAddress),
+            },
+        };
+        let trust = trust::AgentTrust::new()?;
+        trust.publish(&ctx, &gateway_address).await?;
+        let targets = Arc::new(Targets::default());
+        let listener = tokio::net::TcpListener::bind(cfg.gateway_listen)
+            .await
+            .map_err(|source| KubeError::Listen {
+                addr: cfg.gateway_listen,
+                source,
+            })?;
+        tracing::info!(target: "mirrord_kube", listen = %cfg.gateway_listen, agents_dial = %gateway_address, namespace = %ctx.agent_namespace, "agent gateway listening");
+        tokio::spawn(gateway::serve(
+            listener,
+            trust.server_config()?,
+            Arc::clone(&targets),
+        ));
+        Ok(Self { ctx, targets })
+    }
+
+    pub fn targets(&self) -> Vec<Arc<KubeTarget>> {
+        self.targets.all()
+    }
+}
+
+/// The operator's own pod (POD_NAME in the agents' namespace), to own what it creates.
+async fn operator_pod(client: &kube::Client, namespace: &str) -> Option<OwnerReference> {
+    let name = std::env::var("POD_NAME").ok()?;
+    match Api::<Pod>::namespaced(client.clone(), namespace)
+        .get(&name)
+        .await
+    {
+        Ok(pod) => Some(OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name,
+            uid: pod.metadata.uid?,
+            ..Default::default()
+        }),
+        Err(e) => {
+            tracing::warn!(target: "mirrord_kube", error = %e, "cannot read the operator's own pod; agents and copies get no owner reference");
+            None
+        }
+    }
+}
+
+impl TargetBackend for KubeBackend {
+    fn target(&self, r: &TargetRef) -> BoxFuture<'_, Result<Arc<dyn Target>, BackendError>> {
+        let r = r.clone();
+        Box::pin(async move {
+            // Resolved on every session: a deleted workload is unknown at once, and one
+            // recreated under the same name is a new target.
+            let resolved = workload::resolve(&self.ctx.client, &r).await?;
+            let mut map = self.targets.0.lock().expect("targets");
+            if let Some(t) = map.get(&r).filter(|t| t.workload_uid() == resolved.uid) {
+                return Ok(Arc::clone(t) as Arc<dyn Target>);
+            }
+            let t = KubeTarget::start(r.clone(), resolved, Arc::clone(&self.ctx));
+            map.insert(r, Arc::clone(&t));
+            Ok(t as Arc<dyn Target>)
+        })
+    }
+}

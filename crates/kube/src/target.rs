@@ -1,0 +1,288 @@
+//! One Kubernetes target: its pods (followed with a watch, so a rollout or a crashed pod
+//! during a session is followed too), its copies, and the routes its agents apply.
+//!
+//! The port locks write the target's [`RouteTable`]s as on one machine; every change is
+//! published as a numbered [`RouteSnapshot`]. An original pod's agent applies every
+//! session but those that made a copy; a copy pod's agent applies only its own session.
+
+use crate::fleet::{self, Agents};
+use crate::workload::{PodSelector, Resolved};
+use crate::Context;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use mirrord_controlplane::backend::{BackendError, Target, TargetCopy};
+use mirrord_dataplane::{PortRoutes, RouteTable, Subscriber};
+use mirrord_protocol::agent::{PortRouteSpec, RouteSnapshot};
+use mirrord_protocol::TargetRef;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+#[derive(Clone, Debug)]
+pub struct PodInfo {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    /// Running, with an address, not being deleted: its namespace can be served.
+    pub ready: bool,
+    /// For a copy pod: the session it serves.
+    pub copy_for: Option<u64>,
+}
+
+pub struct KubeTarget {
+    reference: TargetRef,
+    pub(crate) resolved: Resolved,
+    pub(crate) ctx: Arc<Context>,
+    /// Told on every route, pod or agent change; the fleet loop waits on it.
+    pub(crate) changed: Arc<Notify>,
+    tables: BTreeMap<u16, Arc<RouteTable>>,
+    /// Pods by UID: the workload's (from the watch) and copies.
+    pods: Mutex<BTreeMap<String, PodInfo>>,
+    routes: watch::Sender<Arc<RouteSnapshot>>,
+    pub(crate) agents: Agents,
+}
+
+impl KubeTarget {
+    pub fn start(reference: TargetRef, resolved: Resolved, ctx: Arc<Context>) -> Arc<Self> {
+        let changed = Arc::new(Notify::new());
+        let tables = resolved
+            .ports
+            .iter()
+            .map(|&p| (p, Arc::new(RouteTable::notifying(Arc::clone(&changed)))))
+            .collect();
+        let target = Arc::new(Self {
+            reference,
+            resolved,
+            ctx,
+            changed,
+            tables,
+            pods: Mutex::default(),
+            routes: watch::Sender::new(Arc::default()),
+            agents: Agents::default(),
+        });
+        tokio::spawn(watch_pods(Arc::downgrade(&target)));
+        tokio::spawn(fleet::run(Arc::downgrade(&target)));
+        target
+    }
+
+    pub fn reference_string(&self) -> String {
+        self.reference.to_string()
+    }
+
+    pub fn workload_uid(&self) -> &str {
+        &self.resolved.uid
+    }
+
+    pub fn has_pod(&self, uid: &str) -> bool {
+        self.pods.lock().expect("pods").contains_key(uid)
+    }
+
+    pub fn pods(&self) -> BTreeMap<String, PodInfo> {
+        self.pods.lock().expect("pods").clone()
+    }
+
+    pub(crate) fn add_copy_pod(&self, uid: String, info: PodInfo) {
+        self.pods.lock().expect("pods").insert(uid, info);
+        self.changed.notify_one();
+    }
+
+    pub(crate) fn remove_pod(&self, uid: &str) {
+        self.pods.lock().expect("pods").remove(uid);
+        self.changed.notify_one();
+    }
+
+    /// The routes now, as the agents get them; publishes a new version if they changed.
+    pub fn publish(&self) -> Arc<RouteSnapshot> {
+        let ports: Vec<PortRouteSpec> = self
+            .tables
+            .iter()
+            .map(|(port, t)| spec(*port, &t.load()))
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut current = Arc::clone(&self.routes.borrow());
+        if current.ports != ports {
+            current = Arc::new(RouteSnapshot {
+                version: current.version + 1,
+                ports,
+            });
+            self.routes.send_replace(Arc::clone(&current));
+        }
+        current
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RouteSnapshot>> {
+        self.routes.subscribe()
+    }
+
+    /// What the agent of pod `uid` applies from `all`.
+    pub fn snapshot_for(&self, uid: &str, all: &RouteSnapshot) -> RouteSnapshot {
+        let pods = self.pods.lock().expect("pods");
+        let copies: HashSet<u64> = pods.values().filter_map(|p| p.copy_for).collect();
+        let mine = pods.get(uid).and_then(|p| p.copy_for);
+        let keep = |s: u64| match mine {
+            Some(m) => s == m,
+            None => !copies.contains(&s),
+        };
+        let ports = all
+            .ports
+            .iter()
+            .map(|p| PortRouteSpec {
+                port: p.port,
+                steal: p.steal.filter(|s| keep(*s)),
+                filtered: p
+                    .filtered
+                    .iter()
+                    .filter(|(s, _)| keep(*s))
+                    .cloned()
+                    .collect(),
+                mirrors: p
+                    .mirrors
+                    .iter()
+                    .filter(|(s, _)| keep(*s))
+                    .cloned()
+                    .collect(),
+            })
+            .filter(|p| !p.is_empty())
+            .collect();
+        RouteSnapshot {
+            version: all.version,
+            ports,
+        }
+    }
+
+    /// The subscription of `session` on `port`: where the agents' handoffs for it go.
+    pub fn subscriber(&self, session: u64, port: u16) -> Option<(Subscriber, bool)> {
+        let routes = self.tables.get(&port)?.load();
+        let steal = routes
+            .unfiltered_steal
+            .iter()
+            .chain(routes.filtered_steals.iter().map(|(s, _)| s))
+            .find(|s| s.session_id == session)
+            .map(|s| (s.clone(), true));
+        steal.or_else(|| {
+            routes
+                .mirrors
+                .iter()
+                .find(|(s, _)| s.session_id == session)
+                .map(|(s, _)| (s.clone(), false))
+        })
+    }
+
+    fn pod_info(&self, pod: &Pod) -> Option<(String, PodInfo)> {
+        let uid = pod.metadata.uid.clone()?;
+        let status = pod.status.as_ref();
+        let info = PodInfo {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            namespace: self.resolved.namespace.clone(),
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            ready: pod.metadata.deletion_timestamp.is_none()
+                && status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                && status.and_then(|s| s.pod_ip.as_ref()).is_some(),
+            copy_for: None,
+        };
+        Some((uid, info))
+    }
+}
+
+fn spec(port: u16, r: &PortRoutes) -> PortRouteSpec {
+    PortRouteSpec {
+        port,
+        steal: r.unfiltered_steal.as_ref().map(|s| s.session_id),
+        filtered: r
+            .filtered_steals
+            .iter()
+            .map(|(s, f)| (s.session_id, f.spec.clone()))
+            .collect(),
+        mirrors: r
+            .mirrors
+            .iter()
+            .map(|(s, f)| (s.session_id, f.as_ref().map(|f| f.spec.clone())))
+            .collect(),
+    }
+}
+
+/// Follows the workload's pods until the target is dropped.
+async fn watch_pods(target: Weak<KubeTarget>) {
+    let Some(t) = target.upgrade() else { return };
+    let api = Api::<Pod>::namespaced(t.ctx.client.clone(), &t.resolved.namespace);
+    let cfg = match &t.resolved.pods {
+        PodSelector::Labels(l) => watcher::Config::default().labels(l),
+        PodSelector::Name(n) => watcher::Config::default().fields(&format!("metadata.name={n}")),
+    };
+    let reference = t.reference.clone();
+    drop(t);
+    let mut events = watcher(api, cfg).default_backoff().boxed();
+    // A relist (the watch restarts every few minutes) is collected whole before it
+    // replaces what is known: a pod missing from a half-done list is not gone.
+    let mut relist: Option<BTreeMap<String, PodInfo>> = None;
+    while let Some(ev) = events.next().await {
+        let Some(t) = target.upgrade() else { return };
+        match ev {
+            Ok(watcher::Event::Apply(p)) => {
+                if let Some((uid, info)) = t.pod_info(&p) {
+                    t.pods.lock().expect("pods").insert(uid, info);
+                }
+            }
+            Ok(watcher::Event::Delete(p)) => {
+                if let Some(uid) = p.metadata.uid {
+                    t.pods.lock().expect("pods").remove(&uid);
+                }
+            }
+            Ok(watcher::Event::Init) => relist = Some(BTreeMap::new()),
+            Ok(watcher::Event::InitApply(p)) => {
+                if let (Some(list), Some((uid, info))) = (relist.as_mut(), t.pod_info(&p)) {
+                    list.insert(uid, info);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(list) = relist.take() {
+                    let mut pods = t.pods.lock().expect("pods");
+                    // Copies are not in the watch.
+                    pods.retain(|_, p| p.copy_for.is_some());
+                    pods.extend(list);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "mirrord_kube", target_ref = %reference, error = %e, "watching the target's pods failed; retrying");
+            }
+        }
+        t.changed.notify_one();
+    }
+}
+
+impl Target for KubeTarget {
+    fn reference(&self) -> &TargetRef {
+        &self.reference
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.tables.keys().copied().collect()
+    }
+
+    fn routes(&self, port: u16) -> Option<Arc<RouteTable>> {
+        self.tables.get(&port).cloned()
+    }
+
+    fn copy(
+        self: Arc<Self>,
+        session: String,
+        scale_down: bool,
+    ) -> BoxFuture<'static, Result<Box<dyn TargetCopy>, BackendError>> {
+        Box::pin(crate::copy::make(self, session, scale_down))
+    }
+
+    fn settle(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async move { fleet::settled(&self).await })
+    }
+}
+
+/// How often waiting code looks again.
+pub(crate) const POLL: Duration = Duration::from_millis(50);

@@ -1,0 +1,238 @@
+//! From a target reference to what the backend needs of it: how to find its pods, the
+//! ports it declares, and the pod template a copy is made from.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::ListParams;
+use kube::core::Selector;
+use kube::{Api, Client};
+use mirrord_controlplane::backend::BackendError;
+use mirrord_protocol::TargetRef;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Deployment,
+    StatefulSet,
+    Pod,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "deployment" | "deploy" | "deployments" => Some(Kind::Deployment),
+            "statefulset" | "sts" | "statefulsets" => Some(Kind::StatefulSet),
+            "pod" | "pods" | "po" => Some(Kind::Pod),
+            _ => None,
+        }
+    }
+}
+
+/// A target as found in the cluster.
+#[derive(Clone)]
+pub struct Resolved {
+    pub kind: Kind,
+    pub name: String,
+    pub namespace: String,
+    /// The workload's (or pod's) UID: a target recreated under the same name is new.
+    pub uid: String,
+    /// Which pods serve it: a label selector, or for a pod its name.
+    pub pods: PodSelector,
+    /// Container ports the pod template declares.
+    pub ports: Vec<u16>,
+    /// What a copy is made from.
+    pub template: PodTemplateSpec,
+}
+
+#[derive(Clone, Debug)]
+pub enum PodSelector {
+    Labels(String),
+    Name(String),
+}
+
+fn api_error(action: String, e: kube::Error) -> BackendError {
+    BackendError::Unavailable(format!("the Kubernetes API refused to {action}: {e}"))
+}
+
+fn not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, BackendError> {
+    let Some(kind) = Kind::parse(&r.kind) else {
+        return Err(unknown(client, r).await);
+    };
+    let ns = &r.namespace;
+    let get = |e: kube::Error| {
+        if not_found(&e) {
+            None
+        } else {
+            Some(api_error(format!("read {r} in namespace {ns}"), e))
+        }
+    };
+    let (uid, selector, template) = match kind {
+        Kind::Deployment => {
+            match Api::<Deployment>::namespaced(client.clone(), ns)
+                .get(&r.name)
+                .await
+            {
+                Ok(d) => {
+                    let spec = d.spec.unwrap_or_default();
+                    (d.metadata.uid, Some(spec.selector), spec.template)
+                }
+                Err(e) => return Err(get(e).unwrap_or(unknown(client, r).await)),
+            }
+        }
+        Kind::StatefulSet => {
+            match Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get(&r.name)
+                .await
+            {
+                Ok(s) => {
+                    let spec = s.spec.unwrap_or_default();
+                    (s.metadata.uid, Some(spec.selector), spec.template)
+                }
+                Err(e) => return Err(get(e).unwrap_or(unknown(client, r).await)),
+            }
+        }
+        Kind::Pod => match Api::<Pod>::namespaced(client.clone(), ns)
+            .get(&r.name)
+            .await
+        {
+            Ok(p) => (
+                p.metadata.uid.clone(),
+                None,
+                PodTemplateSpec {
+                    metadata: Some(kube::api::ObjectMeta {
+                        labels: p.metadata.labels.clone(),
+                        annotations: p.metadata.annotations.clone(),
+                        ..Default::default()
+                    }),
+                    spec: p.spec.clone(),
+                },
+            ),
+            Err(e) => return Err(get(e).unwrap_or(unknown(client, r).await)),
+        },
+    };
+    let pods = match selector {
+        Some(s) => PodSelector::Labels(label_selector(&s).map_err(|e| {
+            BackendError::Unavailable(format!("{r} has a selector this operator cannot use: {e}"))
+        })?),
+        None => PodSelector::Name(r.name.clone()),
+    };
+    Ok(Resolved {
+        kind,
+        name: r.name.clone(),
+        namespace: ns.clone(),
+        uid: uid.unwrap_or_default(),
+        pods,
+        ports: declared_ports(template.spec.as_ref()),
+        template,
+    })
+}
+
+fn label_selector(s: &LabelSelector) -> Result<String, String> {
+    let sel = Selector::try_from(s.clone()).map_err(|e| e.to_string())?;
+    if sel.selects_all() {
+        return Err("it selects every pod".into());
+    }
+    Ok(sel.to_string())
+}
+
+fn declared_ports(spec: Option<&PodSpec>) -> Vec<u16> {
+    let mut ports: Vec<u16> = spec
+        .into_iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The error for a target that does not exist: it lists what does, in that namespace.
+async fn unknown(client: &Client, r: &TargetRef) -> BackendError {
+    let ns = &r.namespace;
+    let lp = ListParams::default();
+    let mut known = Vec::new();
+    if let Ok(l) = Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+    {
+        known.extend(
+            l.items
+                .into_iter()
+                .filter_map(|d| d.metadata.name)
+                .map(|n| format!("deployment/{n}")),
+        );
+    }
+    if let Ok(l) = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+    {
+        known.extend(
+            l.items
+                .into_iter()
+                .filter_map(|d| d.metadata.name)
+                .map(|n| format!("statefulset/{n}")),
+        );
+    }
+    if let Ok(l) = Api::<Pod>::namespaced(client.clone(), ns).list(&lp).await {
+        known.extend(
+            l.items
+                .into_iter()
+                .filter(|p| {
+                    // Pods of this operator are not targets.
+                    !p.metadata
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.contains_key(crate::marks::ROLE))
+                })
+                .filter_map(|p| p.metadata.name)
+                .map(|n| format!("pod/{n}")),
+        );
+    }
+    let known = if known.is_empty() {
+        "none (target kinds: deployment, statefulset, pod)".to_owned()
+    } else {
+        known.join(", ")
+    };
+    BackendError::UnknownTarget {
+        target: r.to_string(),
+        namespace: ns.clone(),
+        known,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn selectors_become_label_queries_and_select_all_is_refused() {
+        let s = LabelSelector {
+            match_labels: Some(BTreeMap::from([("app".to_owned(), "web".to_owned())])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["a".into(), "b".into()]),
+            }]),
+        };
+        let q = label_selector(&s).unwrap();
+        assert!(q.contains("app=web"), "{q}");
+        assert!(q.contains("tier in (a,b)"), "{q}");
+        assert!(label_selector(&LabelSelector::default()).is_err());
+    }
+
+    #[test]
+    fn kinds_accept_kubectl_spellings() {
+        assert_eq!(Kind::parse("Deployment"), Some(Kind::Deployment));
+        assert_eq!(Kind::parse("sts"), Some(Kind::StatefulSet));
+        assert_eq!(Kind::parse("po"), Some(Kind::Pod));
+        assert_eq!(Kind::parse("rollout"), None);
+    }
+}

@@ -1,0 +1,142 @@
+//! What travels between the operator and its agents (Kubernetes targets).
+//!
+//! One mutual-TLS HTTP/2 connection per agent, opened by the agent (it runs in the target
+//! pod's network namespace and dials out, so the target's pod exposes nothing new):
+//! - `GET /v1/routes` (header [`POD_UID`]): the operator streams a [`RouteSnapshot`] per
+//!   line (JSON) whenever the routes of the agent's target change;
+//! - `POST /v1/request`: one stolen HTTP request, the original head in [`HEAD`] (hex of
+//!   postcard: HTTP/2 forbids the connection headers an HTTP/1 head carries), the body
+//!   streamed; the developer's answer comes back the same way;
+//! - `POST /v1/mirror`: a copy of one request, answered at once;
+//! - `POST /v1/applied`: the agent applied a snapshot (its version in [`VERSION`]);
+//! - `CONNECT` with [`KIND`] `steal` or `mirror`: a whole connection, its bytes tunnelled.
+//!
+//! Every handoff names the session ([`SESSION`]) and the target port ([`PORT`]).
+
+use crate::filter::HttpFilterSpec;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub const ROUTES_PATH: &str = "/v1/routes";
+pub const REQUEST_PATH: &str = "/v1/request";
+pub const MIRROR_PATH: &str = "/v1/mirror";
+/// `POST` with [`POD_UID`] and [`VERSION`]: the agent applied that snapshot.
+pub const APPLIED_PATH: &str = "/v1/applied";
+pub const VERSION: &str = "mirrord-version";
+
+pub const POD_UID: &str = "mirrord-pod-uid";
+pub const SESSION: &str = "mirrord-session";
+pub const PORT: &str = "mirrord-port";
+pub const PEER: &str = "mirrord-peer";
+pub const HEAD: &str = "mirrord-head";
+/// `steal` or `mirror`, on a `CONNECT`.
+pub const KIND: &str = "mirrord-kind";
+
+/// Everything one agent applies: per port, who steals and who mirrors. Sent whole on every
+/// change, so an agent that reconnects is current after one line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSnapshot {
+    /// Increases with every change; the agent reports the last one it applied
+    /// ([`APPLIED_PATH`]), so a session opens once its routes are in force.
+    #[serde(default)]
+    pub version: u64,
+    pub ports: Vec<PortRouteSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRouteSpec {
+    pub port: u16,
+    /// The session stealing every connection of the port.
+    pub steal: Option<u64>,
+    /// Filtered steals in subscription order (the first match wins), with the filter as the
+    /// operator accepted it (policy clauses in `required_header`).
+    pub filtered: Vec<(u64, HttpFilterSpec)>,
+    pub mirrors: Vec<(u64, Option<HttpFilterSpec>)>,
+}
+
+impl PortRouteSpec {
+    pub fn is_empty(&self) -> bool {
+        self.steal.is_none() && self.filtered.is_empty() && self.mirrors.is_empty()
+    }
+
+    /// Every session named on the port.
+    pub fn sessions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.steal
+            .into_iter()
+            .chain(self.filtered.iter().map(|(s, _)| *s))
+            .chain(self.mirrors.iter().map(|(s, _)| *s))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {HEAD} header")]
+pub struct HeadError;
+
+/// A head as one header value: hex of its postcard encoding.
+pub fn encode_head<T: Serialize>(head: &T) -> String {
+    let bytes = postcard::to_allocvec(head).expect("heads serialise");
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+pub fn decode_head<T: DeserializeOwned>(value: &[u8]) -> Result<T, HeadError> {
+    if value.len() % 2 != 0 {
+        return Err(HeadError);
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).ok_or(HeadError);
+    let bytes = value
+        .chunks(2)
+        .map(|p| Ok((nibble(p[0])? << 4 | nibble(p[1])?) as u8))
+        .collect::<Result<Vec<u8>, HeadError>>()?;
+    postcard::from_bytes(&bytes).map_err(|_| HeadError)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{HttpRequestHead, HttpVersion};
+
+    #[test]
+    fn heads_survive_the_header_encoding() {
+        let head = HttpRequestHead {
+            method: "GET".into(),
+            uri: "/a?b=c".into(),
+            version: HttpVersion::Http11,
+            headers: vec![
+                ("connection".into(), "keep-alive".into()),
+                ("x-bin".into(), bytes::Bytes::from_static(&[0, 255, 10])),
+            ],
+        };
+        let back: HttpRequestHead = decode_head(encode_head(&head).as_bytes()).unwrap();
+        assert_eq!(back.headers, head.headers);
+        assert_eq!(back.uri, head.uri);
+        assert!(decode_head::<HttpRequestHead>(b"zz").is_err());
+        assert!(decode_head::<HttpRequestHead>(b"abc").is_err());
+    }
+
+    #[test]
+    fn snapshots_are_one_json_line() {
+        let s = RouteSnapshot {
+            version: 3,
+            ports: vec![PortRouteSpec {
+                port: 80,
+                steal: None,
+                filtered: vec![(
+                    7,
+                    HttpFilterSpec {
+                        header: vec!["x-user: a\nb".into()],
+                        ..Default::default()
+                    },
+                )],
+                mirrors: vec![(9, None)],
+            }],
+        };
+        let line = serde_json::to_string(&s).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<RouteSnapshot>(&line).unwrap(), s);
+        assert_eq!(s.ports[0].sessions().collect::<Vec<_>>(), vec![7, 9]);
+    }
+}
