@@ -67,7 +67,9 @@ pub async fn serve(
         };
         let op = Arc::clone(&op);
         let acceptor = TlsAcceptor::from(tls.load_full());
-        tokio::spawn(async move { handle(op, acceptor, tcp, peer, permit).await });
+        let fut = handle(op, acceptor, tcp, peer, permit);
+
+        tokio::spawn(fut);
     }
 }
 
@@ -76,10 +78,13 @@ async fn handle(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    // Boxed, like every step before the session: the handshake's and the open's state
+    // would otherwise size this task for as long as its connection lives.
+    let accept = Box::pin(acceptor.accept(tcp));
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "TLS handshake failed (a client needs a valid, unrevoked certificate from `mirrord-operator certs issue`)");
@@ -109,7 +114,7 @@ async fn handle(
     *framed.read_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
     *framed.write_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
 
-    let caller = match hello(&op, &mut framed, &peer, identity).await {
+    let caller = match Box::pin(hello(&op, &mut framed, &peer, identity)).await {
         Ok(c) => c,
         Err(reply) => {
             if let Some(reply) = reply {
@@ -130,7 +135,7 @@ async fn handle(
     };
     let reply = match request {
         ClientMessage::OpenSession(req) => {
-            return run_session(op, framed, req, caller).await;
+            return run_session(op, framed, req, caller, permit).await;
         }
         ClientMessage::Status => ServerMessage::Status(Box::new(op.status(&caller))),
         ClientMessage::Kill(k) => kill(&op, k, &caller),
@@ -233,13 +238,18 @@ fn check_labels(h: &ClientHello, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Opens the session and, once it is open, runs it in a task of its own: this task (and
+/// the handshake's state it was sized for) ends here, and the session's task is sized for
+/// what a session carries for hours. `permit` (the connection's place under
+/// `limits.max_connections`) goes with it.
 async fn run_session(
     op: Arc<Operator>,
     mut framed: Transport,
     req: mirrord_protocol::SessionRequest,
     caller: Caller,
+    permit: OwnedSemaphorePermit,
 ) {
-    let opened = match open::open(&op, req, caller).await {
+    let opened = match Box::pin(open::open(&op, req, caller)).await {
         Ok(o) => o,
         Err(reply) => {
             let _ =
@@ -248,10 +258,21 @@ async fn run_session(
         }
     };
     framed.codec_mut().set_max(MAX_FRAME_LEN);
-    let (sink, inbound) = framed.split();
+    let fut = session_task(op, opened, framed, permit);
+    tracing::info!(target: "mirrord::size", "SIZE session_task {}", std::mem::size_of_val(&fut));
+    tokio::spawn(fut);
+}
+
+async fn session_task(
+    op: Arc<Operator>,
+    opened: open::Opened,
+    framed: Transport,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (sink, inbound) = framed.split::<Box<ServerMessage>>();
     let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
-    let reply = ServerMessage::SessionOpened(Box::new(opened.reply.clone()));
+    let reply = Box::new(ServerMessage::SessionOpened(Box::new(opened.reply.clone())));
     // Queued first: nothing else is sent on `out` before the actor starts.
     let _ = out.try_send(reply);
     session::run(op, opened, inbound, out).await;

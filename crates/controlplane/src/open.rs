@@ -16,7 +16,7 @@ use crate::caller::Caller;
 use crate::locks::{Holder, Outcome, Reservation};
 use crate::operator::Operator;
 use crate::refusal::Refusal;
-use crate::sessions::{Control, NewEntry, SessionEntry};
+use crate::sessions::{NewEntry, SessionEntry};
 use mirrord_dataplane::{Handoff, Subscriber};
 use mirrord_protocol::{
     CopyInfo, ErrorReply, PortMode, PortOutcome, SessionId, SessionOpened, SessionRequest,
@@ -33,7 +33,6 @@ const HANDOFF_QUEUE: usize = 1024;
 pub struct Opened {
     pub entry: Arc<SessionEntry>,
     pub handoffs: mpsc::Receiver<Handoff>,
-    pub ctl: mpsc::UnboundedReceiver<Control>,
     /// The answer to send the client.
     pub reply: SessionOpened,
 }
@@ -170,7 +169,6 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
         })
         .collect();
     let (handoff_tx, handoffs) = mpsc::channel(HANDOFF_QUEUE);
-    let (ctl_tx, ctl) = mpsc::unbounded_channel();
     let trace = op.telemetry.session_trace(&meta);
     let (grant, taken) = ports.commit(|w| Subscriber {
         session_id: id.0,
@@ -195,7 +193,6 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
             session_id: id,
         }),
         copy,
-        ctl: ctl_tx,
         slot,
     });
     op.sessions.insert(Arc::clone(&entry));
@@ -240,7 +237,6 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
     Opened {
         entry,
         handoffs,
-        ctl,
         reply: SessionOpened {
             session_id: id,
             ports: outcomes,

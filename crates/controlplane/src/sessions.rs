@@ -8,10 +8,37 @@ use crate::locks::{Grant, Hold, PortLocks, Taken};
 use crate::refusal::Refusal;
 use mirrord_protocol::{CopyInfo, PortMode, PortOutcome, SessionId, SessionInfo};
 use mirrord_telemetry::{Event, SessionMeta, Telemetry};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+
+/// The registry's messages to one session's watchdog. They are rare (an end, a lost port),
+/// so this queue allocates nothing until used: a channel would preallocate a block of 32
+/// slots and its shared state (~1.5 KB) for every idle session.
+#[derive(Default)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<Control>>,
+    ready: Notify,
+}
+
+impl Mailbox {
+    fn send(&self, c: Control) {
+        self.queue.lock().expect("mailbox lock").push_back(c);
+        // Stores a permit when nobody waits, so a message sent before `recv` is not missed.
+        self.ready.notify_one();
+    }
+
+    /// The next message, waiting for one.
+    pub async fn recv(&self) -> Control {
+        loop {
+            if let Some(c) = self.queue.lock().expect("mailbox lock").pop_front() {
+                return c;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
 
 /// What the registry tells a session's actor.
 #[derive(Debug)]
@@ -34,7 +61,8 @@ pub struct SessionEntry {
     pub ping: Mutex<Option<Duration>>,
     grant: Mutex<Option<Grant>>,
     copy: Mutex<Option<Box<dyn TargetCopy>>>,
-    ctl: mpsc::UnboundedSender<Control>,
+    /// Read by the session's watchdog.
+    pub ctl: Mailbox,
     _slot: ClientSlot,
 }
 
@@ -46,7 +74,6 @@ pub struct NewEntry {
     pub grant: Grant,
     pub copy: Option<Box<dyn TargetCopy>>,
     pub copy_info: Option<CopyInfo>,
-    pub ctl: mpsc::UnboundedSender<Control>,
     pub slot: ClientSlot,
 }
 
@@ -62,7 +89,7 @@ impl SessionEntry {
             ping: Mutex::new(None),
             grant: Mutex::new(Some(e.grant)),
             copy: Mutex::new(e.copy),
-            ctl: e.ctl,
+            ctl: Mailbox::default(),
             _slot: e.slot,
         })
     }
@@ -220,7 +247,7 @@ impl Sessions {
             duration: entry.started.elapsed(),
             reason: reason.to_owned(),
         });
-        let _ = entry.ctl.send(Control::Ended(reason.to_owned()));
+        entry.ctl.send(Control::Ended(reason.to_owned()));
         true
     }
 
@@ -230,7 +257,7 @@ impl Sessions {
         let holder = self.get(taken.hold.holder.session)?;
         self.record_released(&holder.meta, &taken.hold);
         let port = taken.hold.port;
-        let _ = holder.ctl.send(Control::PortLost {
+        holder.ctl.send(Control::PortLost {
             port,
             reason: format!("port {port} was taken over by {by}"),
         });
