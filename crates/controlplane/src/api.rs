@@ -67,9 +67,7 @@ pub async fn serve(
         };
         let op = Arc::clone(&op);
         let acceptor = TlsAcceptor::from(tls.load_full());
-        let fut = handle(op, acceptor, tcp, peer, permit);
-
-        tokio::spawn(fut);
+        tokio::spawn(async move { handle(op, acceptor, tcp, peer, permit).await });
     }
 }
 
@@ -258,9 +256,7 @@ async fn run_session(
         }
     };
     framed.codec_mut().set_max(MAX_FRAME_LEN);
-    let fut = session_task(op, opened, framed, permit);
-    tracing::info!(target: "mirrord::size", "SIZE session_task {}", std::mem::size_of_val(&fut));
-    tokio::spawn(fut);
+    tokio::spawn(session_task(op, opened, framed, permit));
 }
 
 async fn session_task(

@@ -16,6 +16,7 @@ pub mod feed;
 pub mod logs;
 pub mod metrics;
 pub mod otel;
+pub mod ping_latency;
 
 pub use event::{ClientInfo, Event, SessionMeta};
 pub use feed::{Feed, FeedItem};

@@ -9,6 +9,7 @@
 //! sessions of the last few minutes rather than all sessions ever.
 
 use crate::event::{Event, SessionMeta};
+use crate::ping_latency::{PingLatency, Series};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -22,12 +23,9 @@ pub const SESSION_DURATION_BUCKETS: &[f64] = &[
     10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
 ];
 /// Ping round trips: 100 µs to 5 s.
-pub const PING_LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+pub const PING_LATENCY_BUCKETS: &[f64] = &crate::ping_latency::BUCKETS;
 
 const USER_LABELS: &[&str] = &["client_hostname", "client_name", "client_user", "user_id"];
-const PING_LABELS: &[&str] = &["session_id", "k8s_user", "target"];
 const STOLEN_LABELS: &[&str] = &["session_id", "port", "namespace", "target", "user_id"];
 
 /// Distinct (`client_name`, `client_hostname`) pairs one client's per-user series may use;
@@ -50,7 +48,8 @@ pub struct Metrics {
     pub license_enforced: IntGauge,
     sessions_create_total: IntCounterVec,
     sessions_duration: HistogramVec,
-    ping_latency: HistogramVec,
+    /// Outside the registry: see [`crate::ping_latency`].
+    ping_latency: PingLatency,
     stolen_connections: IntCounterVec,
     stolen_requests: IntCounterVec,
     sessions_active: IntGauge,
@@ -156,15 +155,7 @@ impl Metrics {
                     USER_LABELS,
                 ),
             ),
-            ping_latency: reg(
-                &r,
-                hist(
-                    "mirrord_operator_ping_latency",
-                    "Histogram for round trip latency between CLI and Operator",
-                    PING_LATENCY_BUCKETS,
-                    PING_LABELS,
-                ),
-            ),
+            ping_latency: PingLatency::default(),
             stolen_connections: reg(
                 &r,
                 counter(
@@ -296,11 +287,11 @@ impl Metrics {
                 let _ = self.sessions_duration.with_label_values(&user);
                 // The series exists from the start, so a session that never answers a
                 // ping still shows up (with an empty histogram) while it lives.
-                let _ = self.ping_latency.with_label_values(&[
+                let _ = self.ping_latency.series(
                     &session.session_id,
                     &session.client.client_user,
                     &session.target(),
-                ]);
+                );
             }
             Event::SessionEnded {
                 session, duration, ..
@@ -329,13 +320,12 @@ impl Metrics {
             }
             Event::TargetCopied { .. } => {}
             Event::PingLatency { session, rtt } => {
-                self.ping_latency
-                    .with_label_values(&[
-                        &session.session_id,
-                        &session.client.client_user,
-                        &session.target(),
-                    ])
-                    .observe(rtt.as_secs_f64());
+                self.ping_latency.observe(
+                    &session.session_id,
+                    &session.client.client_user,
+                    &session.target(),
+                    rtt.as_secs_f64(),
+                );
             }
             Event::SessionRefused { reason, .. } => {
                 self.refusals.with_label_values(&[reason]).inc();
@@ -410,11 +400,7 @@ impl Metrics {
 
     /// Removes every series labelled with this session's id.
     pub fn forget_session(&self, s: &SessionMeta) {
-        let _ = self.ping_latency.remove_label_values(&[
-            &s.session_id,
-            &s.client.client_user,
-            &s.target(),
-        ]);
+        self.ping_latency.remove(&s.session_id);
         let ports = self
             .session_ports
             .lock()
@@ -430,19 +416,92 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding of gathered metrics cannot fail");
+    /// The Prometheus text exposition (format 0.0.4), whole.
+    pub fn encode(self: &Arc<Self>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in self.exposition() {
+            out.extend_from_slice(&chunk);
+        }
         out
+    }
+
+    /// The exposition in chunks of about [`CHUNK`] bytes, each written when asked for: a
+    /// scrape holds one chunk at a time rather than the whole text (20 MB at 10,000
+    /// sessions), so it leaves no large freed heap behind.
+    pub fn exposition(self: &Arc<Self>) -> Exposition {
+        let (mut head, mut tail) = (Vec::new(), Vec::new());
+        let encoder = TextEncoder::new();
+        for family in self.registry.gather() {
+            let out = match family.name() < crate::ping_latency::NAME {
+                true => &mut head,
+                false => &mut tail,
+            };
+            encoder
+                .encode(std::slice::from_ref(&family), out)
+                .expect("text encoding of gathered metrics cannot fail");
+        }
+        let series = self.ping_latency.snapshot();
+        // Like the crate's encoder: a family with no series is not written at all.
+        if !series.is_empty() {
+            PingLatency::write_header(&mut head);
+        }
+        Exposition {
+            metrics: Arc::clone(self),
+            head: Some(head),
+            series: series.into_iter(),
+            tail: Some(tail),
+        }
+    }
+}
+
+/// Bytes per chunk of a streamed exposition.
+pub const CHUNK: usize = 64 * 1024;
+
+/// A `/metrics` response body: the exposition, made a chunk at a time (see
+/// [`Metrics::exposition`]).
+pub struct Exposition {
+    metrics: Arc<Metrics>,
+    head: Option<Vec<u8>>,
+    series: std::vec::IntoIter<Arc<Series>>,
+    tail: Option<Vec<u8>>,
+}
+
+impl Iterator for Exposition {
+    type Item = hyper::body::Bytes;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut buf = self.head.take().unwrap_or_default();
+        buf.reserve(CHUNK);
+        while buf.len() < CHUNK {
+            match self.series.next() {
+                Some(s) => self.metrics.ping_latency.write_series(&s, &mut buf),
+                None => {
+                    if let Some(tail) = self.tail.take() {
+                        buf.extend_from_slice(&tail);
+                    }
+                    break;
+                }
+            }
+        }
+        (!buf.is_empty()).then(|| buf.into())
+    }
+}
+
+impl hyper::body::Body for Exposition {
+    type Data = hyper::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(self.get_mut().next().map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }
 
 /// Serves `GET /metrics` on `listener` until the process ends.
 pub async fn serve_on(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
-    use http_body_util::Full;
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     use hyper::{Response, StatusCode};
 
@@ -465,11 +524,11 @@ pub async fn serve_on(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) 
                     let resp = if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(Bytes::from(metrics.encode())))
+                            .body(metrics.exposition().boxed())
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"try /metrics\n")))
+                            .body(Full::new(Bytes::from_static(b"try /metrics\n")).boxed())
                     };
                     Ok::<_, std::convert::Infallible>(resp.expect("static response parts"))
                 }
