@@ -28,7 +28,7 @@ use tokio_util::codec::Framed;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Initial read and write buffer of a connection's framing.
-const IDLE_BUFFER: usize = 512;
+const IDLE_BUFFER: usize = 128;
 /// Frames queued for one client before producers wait.
 const OUTBOUND_QUEUE: usize = 1024;
 /// The largest frame before a hello is accepted (a hello is a few hundred bytes).
@@ -256,27 +256,23 @@ async fn run_session(
         }
     };
     framed.codec_mut().set_max(MAX_FRAME_LEN);
-    tokio::spawn(session_task(op, opened, framed, permit));
-}
-
-async fn session_task(
-    op: Arc<Operator>,
-    opened: open::Opened,
-    framed: Transport,
-    _permit: OwnedSemaphorePermit,
-) {
+    // Split here: the transport moves to the heap (shared by the two halves) before the
+    // session's task is made, so that task is not sized to hold it too.
     let (sink, inbound) = framed.split::<Box<ServerMessage>>();
     let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
     let reply = Box::new(ServerMessage::SessionOpened(Box::new(opened.reply.clone())));
     // Queued first: nothing else is sent on `out` before the actor starts.
     let _ = out.try_send(reply);
-    session::run(op, opened, inbound, out).await;
-    // A frozen client cannot take the writer's last frames: give up on it after a while.
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
-        abort.abort();
-    }
+    tokio::spawn(async move {
+        let _permit = permit;
+        session::run(op, opened, inbound, out).await;
+        // A frozen client cannot take the writer's last frames: give up on it after a while.
+        let abort = writer.abort_handle();
+        if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
+            abort.abort();
+        }
+    });
 }
 
 /// A console login link for the caller (it carries their user and role).

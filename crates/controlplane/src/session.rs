@@ -72,12 +72,7 @@ impl<T> Inbound for T where
 {
 }
 
-pub async fn run(
-    op: Arc<Operator>,
-    opened: Opened,
-    inbound: impl Inbound,
-    out: Outbound,
-) {
+pub async fn run(op: Arc<Operator>, opened: Opened, inbound: impl Inbound, out: Outbound) {
     let Opened {
         entry, handoffs, ..
     } = opened;

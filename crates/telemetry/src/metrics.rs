@@ -495,7 +495,11 @@ impl hyper::body::Body for Exposition {
         self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::task::Poll::Ready(self.get_mut().next().map(|b| Ok(hyper::body::Frame::data(b))))
+        std::task::Poll::Ready(
+            self.get_mut()
+                .next()
+                .map(|b| Ok(hyper::body::Frame::data(b))),
+        )
     }
 }
 

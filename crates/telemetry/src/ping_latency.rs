@@ -186,7 +186,17 @@ mod tests {
             ("0000000000000001", "alice", "deployment/api"),
             ("00000000000000FF", "carol", "statefulset/db"),
         ];
-        let rtts = [0.00005, 0.0001, 0.0003, 0.0042, 0.7, 1.0, 3.0, 9.5, 0.000123456789];
+        let rtts = [
+            0.00005,
+            0.0001,
+            0.0003,
+            0.0042,
+            0.7,
+            1.0,
+            3.0,
+            9.5,
+            0.000123456789,
+        ];
         for (i, (id, user, target)) in sessions.iter().enumerate() {
             let _ = vec.with_label_values(&[id, user, target]);
             ours.series(id, user, target);
