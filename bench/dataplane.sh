@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Data plane: pass-through, stolen (unfiltered and filtered), the unmatched path of a
-# filtered steal, and mirroring, each beside its reference measured in the same run.
+# filtered steal, and mirroring, each beside its reference measured in the same run:
+# nginx and HAProxy (`mode tcp`, `mode http`) for pass-through, a minimal multiplexed TLS
+# relay of the same hops (`mirrord-bench relay-edge/relay-far`) for the stolen path, and
+# the CPU each process spends per request (from /proc).
 source "$(dirname "$0")/lib.sh"
+command -v haproxy > /dev/null || { echo "installing haproxy (a reference)"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy > /dev/null; }
+RELAY_BIN=${RELAY_BIN:-$BIN/mirrord-bench}
 
 UP=$(free_port); PROXY=$(free_port); LOCAL=$(free_port); LISTEN=$(free_port); API=$(free_port); HOLE=$(free_port)
+HATCP=$(free_port); HAHTTP=$(free_port); RELAY=$(free_port); TUNNEL=$(free_port)
 nginx_start upstream "$UP" 1           # the target's real service
 nginx_start proxy "$PROXY" 2 "$UP"     # the reference reverse proxy
+haproxy_start tcp "$HATCP" tcp "$UP"   # the reference L4 relay
+haproxy_start http "$HAHTTP" http "$UP"
 nginx_start local "$LOCAL" 1           # the developer's local process
 
 cat > "$WORK/op.toml" <<TOML
@@ -30,30 +38,44 @@ session() { # session NAME ARGS... : start mirrordctl, wait until active
   cat "$log"; return 1
 }
 
-echo "== pass-through (no session): direct vs nginx reverse proxy vs interceptor"
+echo "== pass-through (no session): direct vs nginx, HAProxy tcp and http vs interceptor"
 for c in 1 64; do
   for mode in keep-alive new-conn; do
     extra=(); [ "$mode" = new-conn ] && extra=(-H "Connection: close")
     wrk_run "direct      c=$c $mode" "http://127.0.0.1:$UP/" "$c" "${extra[@]}"
     wrk_run "nginx       c=$c $mode" "http://127.0.0.1:$PROXY/" "$c" "${extra[@]}"
+    wrk_run "haproxy tcp c=$c $mode" "http://127.0.0.1:$HATCP/" "$c" "${extra[@]}"
+    wrk_run "haproxy http c=$c $mode" "http://127.0.0.1:$HAHTTP/" "$c" "${extra[@]}"
     wrk_run "interceptor c=$c $mode" "http://127.0.0.1:$LISTEN/" "$c" "${extra[@]}"
-    echo "   ratio interceptor/nginx $(ratio "interceptor c=$c $mode" "nginx       c=$c $mode"), interceptor/direct $(ratio "interceptor c=$c $mode" "direct      c=$c $mode")"
+    best=$(awk -F'|' -v c="c=$c $mode" '($1=="nginx       " c || $1=="haproxy tcp " c || $1=="haproxy http " c) && $2>m {m=$2; b=$1} END {print b}' "$WORK/results.psv")
+    echo "   ratio interceptor/nginx $(ratio "interceptor c=$c $mode" "nginx       c=$c $mode"), interceptor/haproxy-tcp $(ratio "interceptor c=$c $mode" "haproxy tcp c=$c $mode"), interceptor/haproxy-http $(ratio "interceptor c=$c $mode" "haproxy http c=$c $mode"), interceptor/best ($best) $(ratio "interceptor c=$c $mode" "$best"), interceptor/direct $(ratio "interceptor c=$c $mode" "direct      c=$c $mode")"
   done
 done
 
-echo "== stolen traffic vs direct to the local process"
+echo "== stolen traffic vs direct to the local process and vs the minimal TLS relay of the same hops"
 for c in 1 64; do wrk_run "local direct c=$c keep-alive" "http://127.0.0.1:$LOCAL/" "$c"; done
+"$RELAY_BIN" relay-edge --listen "127.0.0.1:$RELAY" --tunnel "127.0.0.1:$TUNNEL" --cert-out "$WORK/relay.pem" &
+EDGE=$!; PIDS+=($EDGE)
+wait_port "$TUNNEL"
+"$RELAY_BIN" relay-far --tunnel "127.0.0.1:$TUNNEL" --cert "$WORK/relay.pem" --local "127.0.0.1:$LOCAL" &
+FAR=$!; PIDS+=($FAR)
+wait_port "$RELAY"
+for c in 1 64; do
+  wrk_cpu "relay reference c=$c keep-alive" "http://127.0.0.1:$RELAY/" "$c" "edge:$EDGE far:$FAR"
+  echo "   ratio relay/direct $(ratio "relay reference c=$c keep-alive" "local direct c=$c keep-alive")"
+done
+kill "$EDGE" "$FAR"; wait "$EDGE" "$FAR" 2>/dev/null || true
 session steal-unfiltered steal --target api --port "80=127.0.0.1:$LOCAL"
 for c in 1 64; do
-  wrk_run "steal unfiltered c=$c keep-alive" "http://127.0.0.1:$LISTEN/" "$c"
-  echo "   ratio stolen/direct $(ratio "steal unfiltered c=$c keep-alive" "local direct c=$c keep-alive")"
+  wrk_cpu "steal unfiltered c=$c keep-alive" "http://127.0.0.1:$LISTEN/" "$c" "operator:$OP_PID mirrordctl:$LAST"
+  echo "   ratio stolen/relay $(ratio "steal unfiltered c=$c keep-alive" "relay reference c=$c keep-alive"), stolen/direct $(ratio "steal unfiltered c=$c keep-alive" "local direct c=$c keep-alive")"
 done
 kill "$LAST"; wait "$LAST" 2>/dev/null || true; sleep 0.5
 
 session steal-filtered steal --target api --port "80=127.0.0.1:$LOCAL" --header '^x-steal: 1$'
 for c in 1 64; do
-  wrk_run "steal filtered (match) c=$c keep-alive" "http://127.0.0.1:$LISTEN/" "$c" -H "x-steal: 1"
-  echo "   ratio stolen/direct $(ratio "steal filtered (match) c=$c keep-alive" "local direct c=$c keep-alive")"
+  wrk_cpu "steal filtered (match) c=$c keep-alive" "http://127.0.0.1:$LISTEN/" "$c" "operator:$OP_PID mirrordctl:$LAST" -H "x-steal: 1"
+  echo "   ratio stolen/relay $(ratio "steal filtered (match) c=$c keep-alive" "relay reference c=$c keep-alive"), filtered/unfiltered $(ratio "steal filtered (match) c=$c keep-alive" "steal unfiltered c=$c keep-alive"), stolen/direct $(ratio "steal filtered (match) c=$c keep-alive" "local direct c=$c keep-alive")"
 done
 
 echo "== filtered steal, unmatched requests vs pass-through"

@@ -55,8 +55,57 @@ wrk_run() {
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   local errs; errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  local reqs; reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   printf '%-44s %10.0f req/s  p50 %8s  p99 %8s  %s\n' "$label" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs"
-  echo "$label|$rps|$(ms "$p50")|$(ms "$p99")" >> "$WORK/results.psv"
+  echo "$label|$rps|$(ms "$p50")|$(ms "$p99")|$reqs" >> "$WORK/results.psv"
+}
+
+# cpu_ticks PID: the process's user + system CPU so far, in clock ticks (/proc/PID/stat).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# wrk_cpu LABEL URL CONNS "NAME:PID ..." [extra wrk args...]: wrk_run, then each named
+# process's CPU over the run divided by the requests wrk completed, in microseconds.
+wrk_cpu() {
+  local label=$1 url=$2 conns=$3 procs=$4; shift 4
+  local -A before=()
+  local np
+  for np in $procs; do before[$np]=$(cpu_ticks "${np#*:}"); done
+  wrk_run "$label" "$url" "$conns" "$@"
+  local reqs; reqs=$(awk -F'|' -v l="$label" '$1==l {print $5}' "$WORK/results.psv" | tail -1)
+  local line="   CPU per request:" hz; hz=$(getconf CLK_TCK)
+  for np in $procs; do
+    local d=$(( $(cpu_ticks "${np#*:}") - ${before[$np]} ))
+    local us; us=$(awk -v d="$d" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+    line+=" ${np%%:*} $us us"
+    echo "$label|cpu ${np%%:*}|$us" >> "$WORK/cpu.psv"
+  done
+  echo "$line"
+}
+
+# haproxy_start NAME PORT MODE UPSTREAM_PORT: HAProxy 2 threads, `mode tcp` or `mode http`
+# (http: keep-alive both sides, idle server connections reused across clients, the
+# default `http-reuse safe`).
+haproxy_start() {
+  local name=$1 port=$2 mode=$3 up=$4
+  local dir="$WORK/haproxy-$name"; mkdir -p "$dir"
+  cat > "$dir/haproxy.cfg" <<CONF
+global
+  nbthread 2
+  maxconn 4096
+defaults
+  mode $mode
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend f
+  bind 127.0.0.1:$port
+  default_backend b
+backend b
+  server s1 127.0.0.1:$up
+CONF
+  haproxy -db -f "$dir/haproxy.cfg" > "$dir/out.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$port"
 }
 
 # wrk prints 1.23ms / 456.00us / 1.02s: normalise to ms.
@@ -90,5 +139,5 @@ rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 machine() {
   echo "machine: $(nproc) cores ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs)), $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -sr)"
-  echo "tools: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), nginx $(nginx -v 2>&1 | cut -d/ -f2), $(rustc --version)"
+  echo "tools: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), nginx $(nginx -v 2>&1 | cut -d/ -f2), $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3), $(rustc --version)"
 }

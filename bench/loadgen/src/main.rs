@@ -3,6 +3,10 @@
 //! - `open-close`: open and end sessions back to back; prints sessions per second.
 //! - `hold`: open N idle sessions (answering pings) and keep them until stdin closes.
 //! - `events`: emit functional events through the JSON logger; prints events per second.
+//! - `relay-edge` / `relay-far`: the minimal multiplexed TLS relay the stolen path is
+//!   measured against (see [`relay`]).
+
+mod relay;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -51,6 +55,28 @@ enum Cmd {
     Events {
         #[arg(long, default_value_t = 200_000)]
         count: usize,
+    },
+    /// The reference relay's operator side (a 2-worker runtime, like the operator's).
+    RelayEdge {
+        /// Where the clients connect.
+        #[arg(long)]
+        listen: String,
+        /// Where `relay-far` opens the TLS stream.
+        #[arg(long)]
+        tunnel: String,
+        /// The self-signed certificate is written here for `relay-far`.
+        #[arg(long)]
+        cert_out: PathBuf,
+    },
+    /// The reference relay's developer side (a current-thread runtime, like mirrordctl's).
+    RelayFar {
+        #[arg(long)]
+        tunnel: String,
+        #[arg(long)]
+        cert: PathBuf,
+        /// The local process every carried connection is dialled to.
+        #[arg(long)]
+        local: String,
     },
 }
 
@@ -116,9 +142,33 @@ fn ctx(credentials: PathBuf, target: String, port: u16) -> anyhow::Result<Arc<Ct
     }))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().cmd {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = match cli.cmd {
+        Cmd::RelayFar { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Cmd::RelayEdge { .. } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Runtime::new()?,
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::RelayEdge {
+            listen,
+            tunnel,
+            cert_out,
+        } => relay::edge(&listen, &tunnel, &cert_out).await?,
+        Cmd::RelayFar {
+            tunnel,
+            cert,
+            local,
+        } => relay::far(&tunnel, &cert, local).await?,
         Cmd::OpenClose {
             credentials,
             target,
