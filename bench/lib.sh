@@ -3,7 +3,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Where cargo put the release builds: CARGO_TARGET_DIR (relative to the repo) if set.
 TARGET=${CARGO_TARGET_DIR:-target}; [[ $TARGET = /* ]] || TARGET="$ROOT/$TARGET"
-BIN="$TARGET/release"
+BIN=${BIN:-$TARGET/release}   # BIN=DIR runs other builds (e.g. a baseline)
 WORK=${WORK:-$(mktemp -d /tmp/mirrord-bench.XXXXXX)}
 DURATION=${DURATION:-5}
 PIDS=()
