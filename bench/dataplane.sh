@@ -54,10 +54,10 @@ done
 
 echo "== stolen traffic vs direct to the local process and vs the minimal TLS relay of the same hops"
 for c in 1 64; do wrk_run "local direct c=$c keep-alive" "http://127.0.0.1:$LOCAL/" "$c"; done
-"$RELAY_BIN" relay-edge --listen "127.0.0.1:$RELAY" --tunnel "127.0.0.1:$TUNNEL" --cert-out "$WORK/relay.pem" &
+"$RELAY_BIN" relay-edge --listen "127.0.0.1:$RELAY" --tunnel "127.0.0.1:$TUNNEL" --cert-out "$WORK/relay.pem" > "$WORK/relay-edge.log" 2>&1 &
 EDGE=$!; PIDS+=($EDGE)
 wait_port "$TUNNEL"
-"$RELAY_BIN" relay-far --tunnel "127.0.0.1:$TUNNEL" --cert "$WORK/relay.pem" --local "127.0.0.1:$LOCAL" &
+"$RELAY_BIN" relay-far --tunnel "127.0.0.1:$TUNNEL" --cert "$WORK/relay.pem" --local "127.0.0.1:$LOCAL" > "$WORK/relay-far.log" 2>&1 &
 FAR=$!; PIDS+=($FAR)
 wait_port "$RELAY"
 for c in 1 64; do

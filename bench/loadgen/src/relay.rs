@@ -59,7 +59,11 @@ async fn write_batched(mut tls: impl AsyncWrite + Unpin, mut rx: mpsc::Unbounded
 
 /// Reads one carried connection's bytes into DATA frames (the payload read in place,
 /// after room for the header), then CLOSE.
-async fn pump_socket(conn: u32, mut rd: tokio::net::tcp::OwnedReadHalf, out: mpsc::UnboundedSender<Bytes>) {
+async fn pump_socket(
+    conn: u32,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    out: mpsc::UnboundedSender<Bytes>,
+) {
     loop {
         let mut b = BytesMut::with_capacity(HEADER + READ_CHUNK);
         b.put_bytes(0, HEADER);
