@@ -274,7 +274,7 @@ fn agent_pod(ctx: &Context, name: &str, pod_uid: &str, pod: &PodInfo) -> Pod {
                 "imagePullPolicy": ctx.agent_pull_policy,
                 "args": ["intercept", "--pod-uid", pod_uid, "--credentials", CREDENTIALS_DIR,
                          "--lease", lease],
-                "env": [{"name": "RUST_LOG", "value": "mirrord=info"}],
+                "env": [{"name": "RUST_LOG", "value": ctx.agent_log}],
                 "securityContext": {"privileged": true},
                 "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}],
                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
