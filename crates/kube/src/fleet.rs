@@ -157,6 +157,7 @@ async fn reconcile(t: &Arc<KubeTarget>) {
 /// Waits until every pod that needs an agent has one that applied the routes as they are
 /// now.
 pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
+    t.synced(t.ctx.ready_timeout).await?;
     let version = t.publish().version;
     t.changed.notify_one();
     let deadline = Instant::now() + t.ctx.ready_timeout;
