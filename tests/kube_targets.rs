@@ -163,15 +163,30 @@ impl Env {
             "operator.jsonLog=true",
             "--set",
             "operator.metrics=true",
+            "--set",
+            "operator.logLevel=mirrord=debug",
             "--wait",
         ]);
         k.kubectl(&[
-            "-n", ns, "rollout", "status", "deployment/web", "--timeout=120s",
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout=120s",
         ]);
         let ip = |svc: &str| -> IpAddr {
-            k.kubectl(&["-n", ns, "get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"])
-                .parse()
-                .unwrap()
+            k.kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "service",
+                svc,
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ])
+            .parse()
+            .unwrap()
         };
         let web = SocketAddr::new(ip("web"), 80);
         let operator = ip(&release);
@@ -197,7 +212,13 @@ impl Env {
     }
 
     fn session(&self, args: &[&str]) -> Session {
-        let mut all = vec![args[0], "--target", "deployment/web", "--namespace", &self.ns];
+        let mut all = vec![
+            args[0],
+            "--target",
+            "deployment/web",
+            "--namespace",
+            &self.ns,
+        ];
         all.extend_from_slice(&args[1..]);
         Session::start(&self.creds, &all).unwrap_or_else(|e| {
             panic!(
@@ -209,9 +230,11 @@ impl Env {
 
     /// The web pods: name -> (uid, address).
     fn pods(&self) -> Vec<(String, String, IpAddr)> {
-        let list: Value = serde_json::from_str(&self.k.kubectl(&[
-            "-n", &self.ns, "get", "pods", "-l", "app=web", "-o", "json",
-        ]))
+        let list: Value = serde_json::from_str(
+            &self
+                .k
+                .kubectl(&["-n", &self.ns, "get", "pods", "-l", "app=web", "-o", "json"]),
+        )
         .unwrap();
         list["items"]
             .as_array()
@@ -236,7 +259,14 @@ impl Env {
     /// The agent pods that are not on their way out.
     fn agents(&self) -> Vec<String> {
         let list: Value = serde_json::from_str(&self.k.kubectl(&[
-            "-n", &self.ns, "get", "pods", "-l", "mirrord.dev/role=agent", "-o", "json",
+            "-n",
+            &self.ns,
+            "get",
+            "pods",
+            "-l",
+            "mirrord.dev/role=agent",
+            "-o",
+            "json",
         ]))
         .unwrap();
         list["items"]
@@ -368,7 +398,10 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     let mut s = env.session(&["steal", "--port", &to]);
     eprintln!("session open, agents cold: {:?}", opened.elapsed());
     assert_eq!(env.agents().len(), 2, "one agent per target pod");
-    assert_eq!(answers(env.web, 10, &[]), BTreeSet::from(["local".to_owned()]));
+    assert_eq!(
+        answers(env.web, 10, &[]),
+        BTreeSet::from(["local".to_owned()])
+    );
     for (_, _, ip) in env.pods() {
         assert_eq!(get(SocketAddr::new(ip, 80), "/direct", &[]), "local");
     }
@@ -384,12 +417,19 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     let s = env.session(&["steal", "--port", &to, "--header", "^x-user: alice$"]);
     eprintln!("session open, agents warm: {:?}", opened.elapsed());
     let alice = [("x-user", "alice")];
-    assert_eq!(answers(env.web, 10, &alice), BTreeSet::from(["local".to_owned()]));
+    assert_eq!(
+        answers(env.web, 10, &alice),
+        BTreeSet::from(["local".to_owned()])
+    );
     assert_eq!(answers(env.web, 20, &[("x-user", "bob")]), pods);
     assert_eq!(answers(env.web, 20, &[]), pods);
     // Ended with `sessions kill`.
     let out = ctl(&env.creds, &["sessions", "kill", &s.id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     env.serves_itself(Duration::from_secs(5));
     assert_eq!(answers(env.web, 10, &alice), pods, "killed: nothing stolen");
     drop(s);
@@ -427,7 +467,9 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     assert!(env.events("Port Released").len() >= 4);
 
     // The agents leave after their linger once no session needs them.
-    let gone = wait_for(Duration::from_secs(30), || env.agents().is_empty().then_some(()));
+    let gone = wait_for(Duration::from_secs(30), || {
+        env.agents().is_empty().then_some(())
+    });
     assert!(gone.is_some(), "agents left behind: {:?}", env.agents());
 }
 
@@ -471,24 +513,43 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
     // replaces it first). New connections may fail until then, never after.
     let pid = agent_pid(&uid).expect("the agent runs on this node");
     let killed = Instant::now();
-    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let last_failure = probe_until_stolen(pod, &name, killed);
     eprintln!("SIGKILLed agent: last failed connection {last_failure:?} after the kill (lease {LEASE:?}); stolen again {:?} after it", killed.elapsed());
-    assert!(last_failure < LEASE + Duration::from_secs(2), "{last_failure:?}");
+    assert!(
+        last_failure < LEASE + Duration::from_secs(2),
+        "{last_failure:?}"
+    );
 
     // The agent's pod deleted: it leaves cleanly (SIGTERM) and is replaced.
     let agent = env.agents().remove(0);
     let deleted = Instant::now();
-    env.k.kubectl(&["-n", &env.ns, "delete", "pod", &agent, "--wait=false"]);
+    env.k
+        .kubectl(&["-n", &env.ns, "delete", "pod", &agent, "--wait=false"]);
     let last_failure = probe_until_stolen(pod, &name, deleted);
-    eprintln!("agent pod deleted: last failed connection {last_failure:?} after; stolen again {:?} after", deleted.elapsed());
+    eprintln!(
+        "agent pod deleted: last failed connection {last_failure:?} after; stolen again {:?} after",
+        deleted.elapsed()
+    );
     assert!(last_failure < Duration::from_secs(5), "{last_failure:?}");
     let logs = env.k.kubectl(&[
-        "-n", &env.ns, "logs", &format!("deployment/{}", env.release), "--tail=-1",
+        "-n",
+        &env.ns,
+        "logs",
+        &format!("deployment/{}", env.release),
+        "--tail=-1",
     ]);
     let lost = wait_for(Duration::from_secs(5), || {
         let logs = env.k.kubectl(&[
-            "-n", &env.ns, "logs", &format!("deployment/{}", env.release), "--tail=-1",
+            "-n",
+            &env.ns,
+            "logs",
+            &format!("deployment/{}", env.release),
+            "--tail=-1",
         ]);
         (logs.matches("agent lost").count() >= 2).then_some(())
     });
@@ -529,18 +590,28 @@ fn a_restarted_target_pod_keeps_being_stolen() {
     let mut s = env.session(&["steal", "--port", &format!("80={}", local.addr)]);
     let (old, _, _) = env.pods().remove(0);
     assert_eq!(get(env.web, "/", &[]), "local");
-    env.k.kubectl(&["-n", &env.ns, "delete", "pod", &old, "--wait=false"]);
+    env.k
+        .kubectl(&["-n", &env.ns, "delete", "pod", &old, "--wait=false"]);
     // The Deployment makes a new pod; the session follows it.
     let new = wait_for(Duration::from_secs(60), || {
         env.pods().into_iter().find(|(n, _, _)| *n != old)
     })
     .expect("a new pod");
     let pod = SocketAddr::new(new.2, 80);
-    let stolen = wait_for(Duration::from_secs(30), || (get(pod, "/", &[]) == "local").then_some(()));
-    assert!(stolen.is_some(), "the new pod {} is not stolen: {}", new.0, get(pod, "/", &[]));
+    let stolen = wait_for(Duration::from_secs(30), || {
+        (get(pod, "/", &[]) == "local").then_some(())
+    });
+    assert!(
+        stolen.is_some(),
+        "the new pod {} is not stolen: {}",
+        new.0,
+        get(pod, "/", &[])
+    );
     // Through the Service once the old pod has left its endpoints.
     let gone = wait_for(Duration::from_secs(60), || {
-        let all = env.k.kubectl(&["-n", &env.ns, "get", "pods", "-l", "app=web", "-o", "name"]);
+        let all = env
+            .k
+            .kubectl(&["-n", &env.ns, "get", "pods", "-l", "app=web", "-o", "name"]);
         (all.lines().count() == 1).then_some(())
     });
     assert!(gone.is_some());
@@ -548,20 +619,36 @@ fn a_restarted_target_pod_keeps_being_stolen() {
         (answers(env.web, 5, &[]) == BTreeSet::from(["local".to_owned()])).then_some(())
     });
     assert!(through.is_some(), "{:?}", answers(env.web, 5, &[]));
-    assert!(s.wait_exit(Duration::from_millis(100)).is_none(), "the session lives on");
+    assert!(
+        s.wait_exit(Duration::from_millis(100)).is_none(),
+        "the session lives on"
+    );
     s.stop();
     env.serves_itself(Duration::from_secs(5));
 }
 
 fn replicas(env: &Env) -> String {
     env.k.kubectl(&[
-        "-n", &env.ns, "get", "deployment", "web", "-o", "jsonpath={.spec.replicas}",
+        "-n",
+        &env.ns,
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.replicas}",
     ])
 }
 
 fn copies(env: &Env) -> Vec<(String, IpAddr)> {
     let list: Value = serde_json::from_str(&env.k.kubectl(&[
-        "-n", &env.ns, "get", "pods", "-l", "mirrord.dev/role=copy", "-o", "json",
+        "-n",
+        &env.ns,
+        "get",
+        "pods",
+        "-l",
+        "mirrord.dev/role=copy",
+        "-o",
+        "json",
     ]))
     .unwrap();
     list["items"]
@@ -595,11 +682,28 @@ fn copies_scale_down_and_a_killed_operator_restores_everything() {
     assert_eq!(copy.len(), 1, "{copy:?}");
     assert!(copy[0].0.starts_with("mirrord-copy-web-"), "{copy:?}");
     assert_eq!(get(SocketAddr::new(copy[0].1, 80), "/", &[]), "local");
-    assert_eq!(answers(env.web, 20, &[]), pods, "the originals are not stolen");
-    let endpoints = env.k.kubectl(&["-n", &env.ns, "get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"]);
-    assert!(!endpoints.contains(&copy[0].1.to_string()), "the Service selects the copy: {endpoints}");
+    assert_eq!(
+        answers(env.web, 20, &[]),
+        pods,
+        "the originals are not stolen"
+    );
+    let endpoints = env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "get",
+        "endpoints",
+        "web",
+        "-o",
+        "jsonpath={.subsets[*].addresses[*].ip}",
+    ]);
+    assert!(
+        !endpoints.contains(&copy[0].1.to_string()),
+        "the Service selects the copy: {endpoints}"
+    );
     s.stop();
-    let gone = wait_for(Duration::from_secs(30), || copies(&env).is_empty().then_some(()));
+    let gone = wait_for(Duration::from_secs(30), || {
+        copies(&env).is_empty().then_some(())
+    });
     assert!(gone.is_some(), "copy left behind");
 
     // With scale-down: the originals go to 0 and come back when the session ends.
@@ -608,7 +712,9 @@ fn copies_scale_down_and_a_killed_operator_restores_everything() {
     let copy = copies(&env);
     assert_eq!(get(SocketAddr::new(copy[0].1, 80), "/", &[]), "local");
     s.stop();
-    let restored = wait_for(Duration::from_secs(30), || (replicas(&env) == "2").then_some(()));
+    let restored = wait_for(Duration::from_secs(30), || {
+        (replicas(&env) == "2").then_some(())
+    });
     assert!(restored.is_some(), "replicas: {}", replicas(&env));
 
     // The operator killed with SIGKILL mid-session: its next process restores the
@@ -617,11 +723,21 @@ fn copies_scale_down_and_a_killed_operator_restores_everything() {
     assert_eq!(replicas(&env), "0");
     assert!(!env.agents().is_empty());
     let operator_uid = env.k.kubectl(&[
-        "-n", &env.ns, "get", "pods", "-l", "app.kubernetes.io/name=mirrord-operator", "-o",
+        "-n",
+        &env.ns,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=mirrord-operator",
+        "-o",
         "jsonpath={.items[0].metadata.uid}",
     ]);
     let pid = pod_process(&operator_uid, "serve").expect("the operator runs on this node");
-    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let clean = wait_for(Duration::from_secs(90), || {
         (replicas(&env) == "2" && copies(&env).is_empty() && env.agents().is_empty()).then_some(())
     });
@@ -632,6 +748,13 @@ fn copies_scale_down_and_a_killed_operator_restores_everything() {
         copies(&env),
         env.agents()
     );
-    env.k.kubectl(&["-n", &env.ns, "rollout", "status", "deployment/web", "--timeout=60s"]);
+    env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=60s",
+    ]);
     env.serves_itself(Duration::from_secs(30));
 }

@@ -167,6 +167,7 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
             .filter(|(uid, _)| t.agents.applied_version(uid).is_none_or(|v| v < version))
             .collect();
         if pending.is_empty() {
+            tracing::debug!(target: "mirrord_kube", target_ref = %t.reference_string(), version, pods = t.pods().len(), "routes in force on every pod");
             return Ok(());
         }
         if Instant::now() >= deadline {

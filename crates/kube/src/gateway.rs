@@ -300,9 +300,14 @@ fn connect(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Bod
                 .await;
         } else {
             let (tx, rx) = mpsc::channel(64);
-            match sub.tx.try_send(Handoff::MirroredConnection { port, peer, rx }) {
+            match sub
+                .tx
+                .try_send(Handoff::MirroredConnection { port, peer, rx })
+            {
                 Ok(()) => copy_into(io, tx).await,
-                Err(_) => tracing::debug!(target: "mirrord_kube", session, port, "session behind; mirrored connection dropped"),
+                Err(_) => {
+                    tracing::debug!(target: "mirrord_kube", session, port, "session behind; mirrored connection dropped")
+                }
             }
         }
     });
