@@ -317,6 +317,24 @@ impl Drop for Env {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.k.diagnose(&self.ns));
+            let (_, out, err) = self.k.try_kubectl(&[
+                "-n",
+                &self.ns,
+                "logs",
+                "-l",
+                "mirrord.dev/role=agent",
+                "--prefix",
+                "--tail=200",
+            ]);
+            eprintln!("--- agent logs\n{out}{err}");
+            let (_, out, _) = self.k.try_kubectl(&[
+                "-n",
+                &self.ns,
+                "logs",
+                &format!("deployment/{}", self.release),
+                "--tail=400",
+            ]);
+            eprintln!("--- operator log\n{out}");
         }
         // The release's cluster-wide objects go with it; the namespace takes the rest.
         let _ = Command::new(repo().join("scripts/helm"))

@@ -144,12 +144,23 @@ async fn serve(uid: &str, pid: u32, source: Source, lease: Duration) -> anyhow::
         lease_ms = lease.as_millis() as u64,
         "agent intercepting"
     );
+    let run = run(source, uid, &ports, &redirect, lease);
+    tokio::pin!(run);
     let result = tokio::select! {
-        r = run(source, uid, &ports, &redirect, lease) => r,
+        r = &mut run => r,
         _ = stopped() => Ok(()),
     };
     renewer.abort();
+    // New connections go to the target from now on; the ones in flight (stolen ones too:
+    // the link stays up meanwhile) get a moment to finish rather than being cut.
     redirect::nft(&redirect.delete_script())?;
+    tokio::select! {
+        _ = &mut run => {}
+        _ = drained(&ports, DRAIN) => {}
+    }
+    // Only then, and after the listeners are closed: forgetting the NAT entries of a live
+    // connection (or of one waiting in a backlog) black-holes it.
+    ports.stop_accepting().await;
     redirect::forget_connections(&ports.redirected());
     tracing::info!(pod_uid = uid, "agent stopped: redirect removed");
     result
@@ -158,6 +169,19 @@ async fn serve(uid: &str, pid: u32, source: Source, lease: Duration) -> anyhow::
 fn redirect_now(ports: &Ports, redirect: &redirect::Redirect, lease: Duration) {
     if let Err(e) = redirect::nft(&redirect.renew_script(&ports.redirected(), lease)) {
         tracing::warn!(error = %e, "could not set the redirect");
+    }
+}
+
+/// How long a stopping agent lets connections in flight finish (its pod gets 5 s).
+const DRAIN: Duration = Duration::from_secs(3);
+
+async fn drained(ports: &Ports, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    // Connections redirected just before the redirect went are still in the backlog:
+    // accepted (and counted) within a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while ports.active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -278,7 +278,7 @@ fn connect(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Bod
     let kind: String = header(&req, agent::KIND)?;
     let sub = subscriber(targets, session, port)?;
     let upgrade = hyper::upgrade::on(&mut req);
-    tracing::debug!(target: "mirrord_kube", session, port, %peer, %kind, "connection from an agent");
+    tracing::trace!(target: "mirrord_kube", session, port, %peer, %kind, "connection from an agent");
     tokio::spawn(async move {
         let up = match upgrade.await {
             Ok(up) => up,
