@@ -522,7 +522,7 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
         return;
     };
     let local = Local::start();
-    let _s = env.session(&["steal", "--port", &format!("80={}", local.addr)]);
+    let s = env.session(&["steal", "--port", &format!("80={}", local.addr)]);
     let (name, uid, ip) = env.pods().remove(0);
     let pod = SocketAddr::new(ip, 80);
     assert_eq!(get(pod, "/", &[]), "local");
@@ -554,6 +554,12 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
         deleted.elapsed()
     );
     assert!(last_failure < Duration::from_secs(5), "{last_failure:?}");
+    // The developer was told both times, and the session went on.
+    let told = wait_for(Duration::from_secs(10), || {
+        let t = s.stderr.text();
+        (t.matches("was lost").count() >= 2 && t.matches("took over").count() >= 2).then_some(())
+    });
+    assert!(told.is_some(), "mirrordctl said: {}", s.stderr.text());
     let logs = env.k.kubectl(&[
         "-n",
         &env.ns,
@@ -625,15 +631,8 @@ fn a_restarted_target_pod_keeps_being_stolen() {
         new.0,
         get(pod, "/", &[])
     );
-    // Through the Service once the old pod has left its endpoints.
-    let gone = wait_for(Duration::from_secs(60), || {
-        let all = env
-            .k
-            .kubectl(&["-n", &env.ns, "get", "pods", "-l", "app=web", "-o", "name"]);
-        (all.lines().count() == 1).then_some(())
-    });
-    assert!(gone.is_some());
-    let through = wait_for(Duration::from_secs(10), || {
+    // Through the Service once the old pod has left its endpoints (kube-proxy catches up).
+    let through = wait_for(Duration::from_secs(60), || {
         (answers(env.web, 5, &[]) == BTreeSet::from(["local".to_owned()])).then_some(())
     });
     assert!(through.is_some(), "{:?}", answers(env.web, 5, &[]));

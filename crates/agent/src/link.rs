@@ -157,6 +157,8 @@ impl Link {
                     .expect("valid request");
                 let _ = respond.send(stolen_response(sender, req).await);
             }
+            // Only the operator's backends say these.
+            Handoff::Notice { .. } => {}
             Handoff::MirroredRequest { port, head, body } => {
                 let req = Request::post(agent::MIRROR_PATH)
                     .header(agent::SESSION, session)

@@ -122,6 +122,7 @@ async fn handle(targets: &Targets, req: Request<Incoming>) -> Result<Response<Bo
                 .by_pod(&uid)
                 .ok_or(GatewayError::UnknownPod(uid.clone()))?;
             t.agents.applied(&uid, version);
+            t.changed.notify_one();
             Ok(Response::new(full(Bytes::new())))
         }
         (Method::POST, agent::REQUEST_PATH) => stolen_request(targets, req).await,
