@@ -97,5 +97,46 @@ sleep 0.1
 until curl -s -m 0.5 "http://$ip:8080/" >/dev/null; do sleep 0.05; done
 t1=$(now)
 echo "agent SIGKILLed: the pod's port answers again after $(secs "$t0" "$t1") s (lease 3 s)"
+
+# Sessions through the chart's operator and its agents (same pod, same run): how long a
+# session takes to open when the agent must start (cold) and when it is there (warm), and
+# what a stolen request costs through the agent, the operator and mirrordctl to a local
+# demo server, against the pod served directly.
+cargo build --quiet --release -p mirrord-cli
+scripts/helm install mirrord-operator deploy/helm/mirrord-operator -n $ns --wait >/dev/null
+kubectl -n $ns wait --for=delete pod -l mirrord.dev/role=agent --timeout=60s >/dev/null 2>&1 || true
+tmp=$(mktemp -d)
+for f in ca.crt ca.key; do
+  kubectl -n $ns get secret mirrord-operator-ca -o "jsonpath={.data.${f/./\\.}}" | base64 -d > "$tmp/$f"
+done
+svc=$(kubectl -n $ns get svc mirrord-operator -o jsonpath='{.spec.clusterIP}')
+until (exec 3<>"/dev/tcp/$svc/8443") 2>/dev/null; do sleep 0.1; done
+target/release/mirrord-operator certs issue --state-dir "$tmp" --user bench --out "$tmp/creds" \
+  --operator-addr "$svc:8443" >/dev/null
+target/release/mirrord-operator demo-server --bind 127.0.0.1 --port 18181 --name local >/dev/null 2>&1 &
+demo=$!
+sleep 0.5
+open_session() { # prints seconds until mirrordctl says the session is active; leaves it running
+  t0=$(now)
+  target/release/mirrordctl --credentials "$tmp/creds" steal -t deployment/web -n $ns \
+    --port 8080=127.0.0.1:18181 >"$tmp/ctl.out" 2>&1 &
+  ctl=$!
+  until grep -q '^session ' "$tmp/ctl.out" 2>/dev/null; do sleep 0.01; done
+  secs "$t0" "$(now)"
+}
+direct1=$(rate 1); direct16=$(rate 16)
+for round in 1 2; do
+  cold=$(open_session)
+  [ "$round" -eq 1 ] && { stolen1=$(rate 1); stolen16=$(rate 16); }
+  kill -INT $ctl; wait $ctl || true
+  warm=$(open_session)
+  kill -INT $ctl; wait $ctl || true
+  echo "round $round: session open, agent cold $cold s, warm $warm s"
+  sleep 8 # past the agents' linger (5 s): the next one is cold again
+done
+echo "stolen through the agent, operator and mirrordctl to a local server, keep-alive: c=1 $stolen1 req/s vs direct $direct1 ($(secs 0 "$stolen1/$direct1")x); c=16 $stolen16 vs $direct16 ($(secs 0 "$stolen16/$direct16")x)"
+kill $demo 2>/dev/null || true
+rm -rf "$tmp"
+scripts/helm uninstall mirrord-operator -n $ns --wait >/dev/null
 kubectl delete namespace $ns --wait=false >/dev/null
 [ $was_up -eq 1 ] || scripts/dev-cluster.sh down >/dev/null

@@ -15,7 +15,7 @@ use mirrord_dataplane::{Body, Handoff, StolenResponse, SubscriberTx};
 use mirrord_protocol::agent::{self, RouteSnapshot};
 use mirrord_protocol::HttpResponseHead;
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
@@ -157,6 +157,8 @@ impl Link {
                     .expect("valid request");
                 let _ = respond.send(stolen_response(sender, req).await);
             }
+            // Only the operator's backends say these.
+            Handoff::Notice { .. } => {}
             Handoff::MirroredRequest { port, head, body } => {
                 let req = Request::post(agent::MIRROR_PATH)
                     .header(agent::SESSION, session)
@@ -183,12 +185,22 @@ impl Link {
                 match tunnel(sender, session, port, &peer, "mirror").await {
                     Ok(up) => {
                         let mut up = TokioIo::new(up);
+                        let mut sent = 0;
                         while let Some(b) = rx.recv().await {
+                            sent += b.len();
                             if up.write_all(&b).await.is_err() {
                                 break;
                             }
                         }
                         let _ = up.shutdown().await;
+                        // Dropping the tunnel before the operator has closed its side resets
+                        // the stream, and a reset discards what the operator has not read yet.
+                        let mut sink = [0u8; 64];
+                        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                            while matches!(up.read(&mut sink).await, Ok(n) if n > 0) {}
+                        })
+                        .await;
+                        tracing::debug!(target: "mirrord_agent", session, port, %peer, sent, "mirrored connection sent");
                     }
                     Err(e) => {
                         tracing::debug!(target: "mirrord_agent", session, port, error = %e, "mirrored connection not delivered")

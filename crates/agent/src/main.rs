@@ -134,29 +134,54 @@ fn intercept(
 async fn serve(uid: &str, pid: u32, source: Source, lease: Duration) -> anyhow::Result<()> {
     let telemetry = Telemetry::new(Duration::from_secs(60));
     let ports = Arc::new(Ports::new(telemetry, uid.to_owned()));
-    redirect::nft(&redirect::create_script())?;
-    let renewer = tokio::spawn(renew(Arc::clone(&ports), lease));
+    let redirect = Arc::new(redirect::Redirect::new());
+    let leftovers = redirect::tables()?;
+    redirect::nft(&redirect.create_script(&leftovers))?;
+    let renewer = tokio::spawn(renew(Arc::clone(&ports), Arc::clone(&redirect), lease));
     tracing::info!(
         pod_uid = uid,
         pid,
         lease_ms = lease.as_millis() as u64,
         "agent intercepting"
     );
+    let run = run(source, uid, &ports, &redirect, lease);
+    tokio::pin!(run);
     let result = tokio::select! {
-        r = run(source, uid, &ports, lease) => r,
+        r = &mut run => r,
         _ = stopped() => Ok(()),
     };
     renewer.abort();
-    let taken: Vec<u16> = ports.redirected().iter().map(|(p, _)| *p).collect();
-    redirect::nft(&redirect::delete_script())?;
-    redirect::forget_connections(&taken);
+    // New connections go to the target from now on; the ones in flight (stolen ones too:
+    // the link stays up meanwhile) get a moment to finish rather than being cut.
+    redirect::nft(&redirect.delete_script())?;
+    tokio::select! {
+        _ = &mut run => {}
+        _ = drained(&ports, DRAIN) => {}
+    }
+    // Only then, and after the listeners are closed: forgetting the NAT entries of a live
+    // connection (or of one waiting in a backlog) black-holes it.
+    ports.stop_accepting().await;
+    redirect::forget_connections(&ports.redirected());
     tracing::info!(pod_uid = uid, "agent stopped: redirect removed");
     result
 }
 
-fn redirect_now(ports: &Ports, lease: Duration) {
-    if let Err(e) = redirect::nft(&redirect::renew_script(&ports.redirected(), lease)) {
+fn redirect_now(ports: &Ports, redirect: &redirect::Redirect, lease: Duration) {
+    if let Err(e) = redirect::nft(&redirect.renew_script(&ports.redirected(), lease)) {
         tracing::warn!(error = %e, "could not set the redirect");
+    }
+}
+
+/// How long a stopping agent lets connections in flight finish (its pod gets 5 s).
+const DRAIN: Duration = Duration::from_secs(3);
+
+async fn drained(ports: &Ports, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    // Connections redirected just before the redirect went are still in the backlog:
+    // accepted (and counted) within a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while ports.active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -171,10 +196,10 @@ async fn stopped() {
 
 /// Keeps the redirect of the held ports alive; a failed renewal is not fatal: the redirect
 /// lapses (fails open) and the next one restores it.
-async fn renew(ports: Arc<Ports>, lease: Duration) {
+async fn renew(ports: Arc<Ports>, redirect: Arc<redirect::Redirect>, lease: Duration) {
     let mut tick = tokio::time::interval(lease / 3);
     loop {
-        redirect_now(&ports, lease);
+        redirect_now(&ports, &redirect, lease);
         tokio::select! {
             _ = tick.tick() => {}
             _ = ports.renewed.notified() => {}
@@ -182,7 +207,13 @@ async fn renew(ports: Arc<Ports>, lease: Duration) {
     }
 }
 
-async fn run(source: Source, uid: &str, ports: &Arc<Ports>, lease: Duration) -> anyhow::Result<()> {
+async fn run(
+    source: Source,
+    uid: &str,
+    ports: &Arc<Ports>,
+    redirect: &redirect::Redirect,
+    lease: Duration,
+) -> anyhow::Result<()> {
     match source {
         Source::Fixed(list) => {
             ports.pass_through(&list).await?;
@@ -203,7 +234,7 @@ async fn run(source: Source, uid: &str, ports: &Arc<Ports>, lease: Duration) -> 
             let tls = mirrord_identity::client_config(&creds)?;
             let addr = addr.unwrap_or_else(|| creds.operator_addr.clone());
             let link = Link::new(addr, tls, uid.to_owned());
-            follow(&link, ports, timeout, lease).await
+            follow(&link, ports, redirect, timeout, lease).await
         }
     }
 }
@@ -213,6 +244,7 @@ async fn run(source: Source, uid: &str, ports: &Arc<Ports>, lease: Duration) -> 
 async fn follow(
     link: &Arc<Link>,
     ports: &Arc<Ports>,
+    redirect: &redirect::Redirect,
     timeout: Duration,
     lease: Duration,
 ) -> anyhow::Result<()> {
@@ -226,7 +258,7 @@ async fn follow(
                         Ok(Some(snapshot)) => {
                             if ports.apply(&snapshot, link).await {
                                 // In force before the operator hears it is.
-                                redirect_now(ports, lease);
+                                redirect_now(ports, redirect, lease);
                             }
                             link.applied(snapshot.version).await;
                         }
@@ -239,7 +271,7 @@ async fn follow(
                 }
                 link.disconnected();
                 if ports.apply(&RouteSnapshot::default(), link).await {
-                    redirect_now(ports, lease);
+                    redirect_now(ports, redirect, lease);
                 }
                 last_contact = tokio::time::Instant::now();
             }

@@ -30,6 +30,8 @@ pub struct Ports {
     telemetry: Telemetry,
     pod_uid: String,
     planes: Mutex<BTreeMap<u16, Arc<PortPlane>>>,
+    /// The planes' accept loops: stopping them closes the listeners.
+    accepting: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// `(target port, agent port)` of the ports sessions hold now.
     redirected: Mutex<Vec<(u16, u16)>>,
     sessions: Mutex<HashMap<u64, SubscriberTx>>,
@@ -43,6 +45,7 @@ impl Ports {
             telemetry,
             pod_uid,
             planes: Mutex::default(),
+            accepting: Mutex::default(),
             redirected: Mutex::default(),
             sessions: Mutex::default(),
             renewed: tokio::sync::Notify::new(),
@@ -72,7 +75,8 @@ impl Ports {
             name: "target".into(),
             upstream: ([127, 0, 0, 1], port).into(),
         })]);
-        plane.spawn(listener);
+        let accepting = plane.spawn(listener);
+        self.accepting.lock().expect("accepting").push(accepting);
         self.planes
             .lock()
             .expect("planes")
@@ -88,6 +92,26 @@ impl Ports {
         }
         *self.redirected.lock().expect("redirected") = held;
         Ok(())
+    }
+
+    /// Closes every listener: connections still in their backlogs are refused (while
+    /// their NAT entries exist, so the refusal reaches the client).
+    pub async fn stop_accepting(&self) {
+        let loops: Vec<_> = std::mem::take(&mut *self.accepting.lock().expect("accepting"));
+        for l in loops {
+            l.abort();
+            let _ = l.await;
+        }
+    }
+
+    /// Connections the agent serves now, on every port.
+    pub fn active(&self) -> usize {
+        self.planes
+            .lock()
+            .expect("planes")
+            .values()
+            .map(|p| p.active())
+            .sum()
     }
 
     pub fn redirected(&self) -> Vec<(u16, u16)> {

@@ -12,8 +12,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The agent's table; one agent serves a pod, so one table per network namespace.
-pub const TABLE: &str = "mirrord_agent";
+/// Every agent's table starts with this; the rest is the agent's process id, so an agent
+/// that replaces another in the same namespace never removes the newcomer's redirect when
+/// it finishes leaving.
+pub const TABLE_PREFIX: &str = "mirrord_agent_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
@@ -23,42 +25,95 @@ pub enum RedirectError {
     Nft(String),
 }
 
-/// The table, created afresh (a dead agent's leftover is replaced in the same transaction).
-pub fn create_script() -> String {
-    format!(
-        "table ip {TABLE}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
-         \x20 map redirects {{ type inet_service : inet_service; flags timeout; }}\n\
-         \x20 chain prerouting {{ type nat hook prerouting priority dstnat; meta l4proto tcp redirect to tcp dport map @redirects; }}\n\
-         }}\n"
-    )
+pub struct Redirect {
+    table: String,
 }
 
-/// One renewal: every `(target port, agent port)` for another `lease`, atomically.
-pub fn renew_script(ports: &[(u16, u16)], lease: Duration) -> String {
-    if ports.is_empty() {
-        return format!("flush map ip {TABLE} redirects\n");
+impl Redirect {
+    pub fn new() -> Self {
+        Self::named(format!("{TABLE_PREFIX}{}", std::process::id()))
     }
-    let elements = ports
-        .iter()
-        .map(|(from, to)| format!("{from} timeout {}ms : {to}", lease.as_millis()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("flush map ip {TABLE} redirects\nadd element ip {TABLE} redirects {{ {elements} }}\n")
+
+    fn named(table: String) -> Self {
+        Self { table }
+    }
+
+    /// The agent's table, created after removing `leftovers` (tables of agents that were
+    /// here before: dead, or leaving), in one transaction.
+    pub fn create_script(&self, leftovers: &[String]) -> String {
+        let t = &self.table;
+        let mut s = String::new();
+        for old in leftovers.iter().filter(|o| *o != t) {
+            s.push_str(&format!("delete table ip {old}\n"));
+        }
+        s.push_str(&format!(
+            "table ip {t} {{\n\
+             \x20 map redirects {{ type inet_service : inet_service; flags timeout; }}\n\
+             \x20 chain prerouting {{ type nat hook prerouting priority dstnat; meta l4proto tcp redirect to tcp dport map @redirects; }}\n\
+             }}\n"
+        ));
+        s
+    }
+
+    /// One renewal: every `(target port, agent port)` for another `lease`, atomically.
+    pub fn renew_script(&self, ports: &[(u16, u16)], lease: Duration) -> String {
+        let t = &self.table;
+        if ports.is_empty() {
+            return format!("flush map ip {t} redirects\n");
+        }
+        let elements = ports
+            .iter()
+            .map(|(from, to)| format!("{from} timeout {}ms : {to}", lease.as_millis()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("flush map ip {t} redirects\nadd element ip {t} redirects {{ {elements} }}\n")
+    }
+
+    pub fn delete_script(&self) -> String {
+        format!("delete table ip {}\n", self.table)
+    }
 }
 
-pub fn delete_script() -> String {
-    format!("delete table ip {TABLE}\n")
+/// The agent tables in this network namespace now.
+pub fn tables() -> Result<Vec<String>, RedirectError> {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .map_err(RedirectError::Spawn)?;
+    if !out.status.success() {
+        return Err(RedirectError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(parse_tables(&String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Forgets the NAT entries the redirect made for `ports`: without this, a client that
-/// reuses a connection's addresses soon after the agent leaves is still sent to the agent's
-/// closed port until conntrack's entry ends. Best effort: an entry that is gone is fine.
-pub fn forget_connections(ports: &[u16]) {
-    for port in ports {
+fn parse_tables(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table ip "))
+        .filter(|t| t.starts_with(TABLE_PREFIX))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Forgets the NAT entries the redirect made for `ports` (target port, agent port): without
+/// this, a client that reuses a connection's addresses soon after the agent leaves is
+/// still sent to the agent's closed port until conntrack's entry ends. Only entries
+/// redirected to this agent's ports: a replacement agent's connections are not touched.
+/// Best effort: an entry that is gone is fine.
+pub fn forget_connections(ports: &[(u16, u16)]) {
+    for (port, to) in ports {
         let out = Command::new("conntrack")
-            .args(["-D", "-p", "tcp", "--orig-port-dst", &port.to_string()])
+            .args([
+                "-D",
+                "-p",
+                "tcp",
+                "--orig-port-dst",
+                &port.to_string(),
+                "--reply-port-src",
+                &to.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output();
@@ -104,24 +159,37 @@ mod tests {
 
     #[test]
     fn renewal_is_one_atomic_batch_with_the_lease_on_each_port() {
-        let s = renew_script(&[(80, 41000), (8080, 41001)], Duration::from_secs(3));
+        let r = Redirect::named("mirrord_agent_7".into());
+        let s = r.renew_script(&[(80, 41000), (8080, 41001)], Duration::from_secs(3));
         assert_eq!(
             s,
-            "flush map ip mirrord_agent redirects\n\
-             add element ip mirrord_agent redirects { 80 timeout 3000ms : 41000, 8080 timeout 3000ms : 41001 }\n"
+            "flush map ip mirrord_agent_7 redirects\n\
+             add element ip mirrord_agent_7 redirects { 80 timeout 3000ms : 41000, 8080 timeout 3000ms : 41001 }\n"
+        );
+        assert_eq!(
+            r.renew_script(&[], Duration::from_secs(3)),
+            "flush map ip mirrord_agent_7 redirects\n"
         );
     }
 
     #[test]
-    fn creation_replaces_a_leftover_table() {
-        let s = create_script();
+    fn creation_removes_other_agents_tables_but_not_its_own() {
+        let r = Redirect::named("mirrord_agent_7".into());
+        let s = r.create_script(&["mirrord_agent_5".into(), "mirrord_agent_7".into()]);
         let lines: Vec<&str> = s.lines().collect();
-        assert_eq!(lines[0], "table ip mirrord_agent");
-        assert_eq!(lines[1], "delete table ip mirrord_agent");
+        assert_eq!(lines[0], "delete table ip mirrord_agent_5");
+        assert_eq!(lines[1], "table ip mirrord_agent_7 {");
         assert!(s.contains("hook prerouting"), "{s}");
         assert!(
             !s.contains("hook output"),
             "the agent's own connections are not redirected"
         );
+    }
+
+    #[test]
+    fn only_agent_tables_are_listed() {
+        let listing =
+            "table ip filter\ntable ip mirrord_agent_12\ntable ip6 mirrord_agent_3\ntable ip nat\n";
+        assert_eq!(parse_tables(listing), vec!["mirrord_agent_12".to_owned()]);
     }
 }

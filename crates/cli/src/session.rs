@@ -184,6 +184,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
                         }
                     }
                     ServerMessage::Upgraded { .. } => {}
+                    ServerMessage::Notice { message } => eprintln!("mirrordctl: {message}"),
                     ServerMessage::PortLost { port, reason } => {
                         eprintln!("mirrordctl: port {port} is no longer stolen: {reason}");
                     }

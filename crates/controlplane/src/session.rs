@@ -425,6 +425,9 @@ impl Actor {
                     .conns
                     .insert(conn, inbox);
             }
+            Handoff::Notice { message } => {
+                self.send_soon(ServerMessage::Notice { message });
+            }
             Handoff::MirroredConnection { port, peer, rx } => {
                 let msg = ServerMessage::NewConnection {
                     conn,

@@ -38,6 +38,8 @@ pub enum Handoff {
         body: Body,
         respond: oneshot::Sender<StolenResponse>,
     },
+    /// Not traffic: something the session's developer should be told (from a backend).
+    Notice { message: String },
     /// A copy of one HTTP request; no answer is expected.
     MirroredRequest {
         port: u16,

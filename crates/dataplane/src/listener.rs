@@ -69,6 +69,9 @@ pub struct PortPlane {
     bypass: BypassCounter,
     settings: InterceptorLimits,
     connections: Arc<Semaphore>,
+    /// Connections being served (the accept loop holds a permit of `connections` while it
+    /// waits, so those cannot say).
+    serving: Arc<AtomicUsize>,
 }
 
 impl PortPlane {
@@ -97,6 +100,7 @@ impl PortPlane {
             bypass,
             settings,
             connections: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            serving: Arc::default(),
         });
         Ok((plane, listener))
     }
@@ -124,8 +128,10 @@ impl PortPlane {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
                         let plane = Arc::clone(&plane);
+                        let serving = Serving::start(&plane.serving);
                         tokio::spawn(async move {
                             serve_connection(plane, stream, peer).await;
+                            drop(serving);
                             drop(permit);
                         });
                     }
@@ -143,6 +149,11 @@ impl PortPlane {
         self.endpoints.store(Arc::new(endpoints));
     }
 
+    /// Connections being served now.
+    pub fn active(&self) -> usize {
+        self.serving.load(Ordering::Acquire)
+    }
+
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.endpoints.load_full()
     }
@@ -155,6 +166,22 @@ impl PortPlane {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % eps.len();
         Some(Arc::clone(&eps[i]))
+    }
+}
+
+/// Counts a connection as served until dropped (a panicking task included).
+struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -28,6 +28,8 @@ struct Agent {
     /// The last route version it applied.
     applied: u64,
     idle_since: Option<Instant>,
+    /// Replaces a lost agent: its sessions hear when it has taken over.
+    replaces_lost: bool,
 }
 
 impl Agents {
@@ -80,8 +82,11 @@ async fn reconcile(t: &Arc<KubeTarget>) {
     let wanted = wanted(t);
     let pods = t.pods();
     let now = Instant::now();
+    let version = t.publish().version;
     let mut create = Vec::new();
     let mut delete = Vec::new();
+    let mut lost_on = Vec::new();
+    let mut back_on = Vec::new();
     {
         let mut agents = t.agents.0.lock().expect("agents");
         agents.retain(|uid, a| {
@@ -91,6 +96,7 @@ async fn reconcile(t: &Arc<KubeTarget>) {
             if lost || never || pod_gone {
                 if lost && !pod_gone {
                     tracing::warn!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %a.pod, "agent lost; the pod serves its own traffic until a new agent takes over");
+                    lost_on.push(uid.clone());
                 }
                 if never {
                     tracing::error!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %a.pod, "agent did not connect in time; replacing it");
@@ -100,6 +106,10 @@ async fn reconcile(t: &Arc<KubeTarget>) {
             }
             if wanted.contains_key(uid) {
                 a.idle_since = None;
+                if a.replaces_lost && a.applied >= version {
+                    a.replaces_lost = false;
+                    back_on.push(uid.clone());
+                }
                 return true;
             }
             let idle = *a.idle_since.get_or_insert(now);
@@ -121,11 +131,24 @@ async fn reconcile(t: &Arc<KubeTarget>) {
                         ever_connected: false,
                         applied: 0,
                         idle_since: None,
+                        replaces_lost: lost_on.contains(uid),
                     },
                 );
                 create.push((uid.clone(), pod.clone(), name));
             }
         }
+    }
+    for uid in lost_on {
+        tell(t, &uid, &pods, |pod, port| {
+            format!(
+            "the agent on pod {pod} was lost: that pod serves its own traffic on port {port} until a new agent takes over (the session goes on)"
+        )
+        });
+    }
+    for uid in back_on {
+        tell(t, &uid, &pods, |pod, port| {
+            format!("a new agent on pod {pod} took over: port {port} is yours again")
+        });
     }
     let api = Api::<Pod>::namespaced(t.ctx.client.clone(), &t.ctx.agent_namespace);
     for name in delete {
@@ -154,9 +177,31 @@ async fn reconcile(t: &Arc<KubeTarget>) {
     }
 }
 
+/// Tells every session with routes on pod `uid`, once per port.
+fn tell(
+    t: &KubeTarget,
+    uid: &str,
+    pods: &std::collections::BTreeMap<String, PodInfo>,
+    message: impl Fn(&str, u16) -> String,
+) {
+    let Some(pod) = pods.get(uid) else { return };
+    let snapshot = t.snapshot_for(uid, &t.publish());
+    for spec in &snapshot.ports {
+        for session in spec.sessions() {
+            if let Some((sub, _)) = t.subscriber(session, spec.port) {
+                // A session that is behind misses the notice, never blocks this loop.
+                let _ = sub.tx.try_send(mirrord_dataplane::Handoff::Notice {
+                    message: message(&pod.name, spec.port),
+                });
+            }
+        }
+    }
+}
+
 /// Waits until every pod that needs an agent has one that applied the routes as they are
 /// now.
 pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
+    t.synced(t.ctx.ready_timeout).await?;
     let version = t.publish().version;
     t.changed.notify_one();
     let deadline = Instant::now() + t.ctx.ready_timeout;
@@ -166,6 +211,7 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
             .filter(|(uid, _)| t.agents.applied_version(uid).is_none_or(|v| v < version))
             .collect();
         if pending.is_empty() {
+            tracing::debug!(target: "mirrord_kube", target_ref = %t.reference_string(), version, pods = t.pods().len(), "routes in force on every pod");
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -274,7 +320,7 @@ fn agent_pod(ctx: &Context, name: &str, pod_uid: &str, pod: &PodInfo) -> Pod {
                 "imagePullPolicy": ctx.agent_pull_policy,
                 "args": ["intercept", "--pod-uid", pod_uid, "--credentials", CREDENTIALS_DIR,
                          "--lease", lease],
-                "env": [{"name": "RUST_LOG", "value": "mirrord=info"}],
+                "env": [{"name": "RUST_LOG", "value": ctx.agent_log}],
                 "securityContext": {"privileged": true},
                 "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}],
                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
@@ -122,6 +122,7 @@ async fn handle(targets: &Targets, req: Request<Incoming>) -> Result<Response<Bo
                 .by_pod(&uid)
                 .ok_or(GatewayError::UnknownPod(uid.clone()))?;
             t.agents.applied(&uid, version);
+            t.changed.notify_one();
             Ok(Response::new(full(Bytes::new())))
         }
         (Method::POST, agent::REQUEST_PATH) => stolen_request(targets, req).await,
@@ -278,8 +279,15 @@ fn connect(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Bod
     let kind: String = header(&req, agent::KIND)?;
     let sub = subscriber(targets, session, port)?;
     let upgrade = hyper::upgrade::on(&mut req);
+    tracing::trace!(target: "mirrord_kube", session, port, %peer, %kind, "connection from an agent");
     tokio::spawn(async move {
-        let Ok(up) = upgrade.await else { return };
+        let up = match upgrade.await {
+            Ok(up) => up,
+            Err(e) => {
+                tracing::debug!(target: "mirrord_kube", session, port, error = %e, "agent tunnel failed");
+                return;
+            }
+        };
         let io = TokioIo::new(up);
         if kind == "steal" {
             sub.counters.connections.inc();
@@ -293,12 +301,14 @@ fn connect(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Bod
                 .await;
         } else {
             let (tx, rx) = mpsc::channel(64);
-            if sub
+            match sub
                 .tx
                 .try_send(Handoff::MirroredConnection { port, peer, rx })
-                .is_ok()
             {
-                copy_into(io, tx).await;
+                Ok(()) => copy_into(io, tx).await,
+                Err(_) => {
+                    tracing::debug!(target: "mirrord_kube", session, port, "session behind; mirrored connection dropped")
+                }
             }
         }
     });
@@ -311,7 +321,12 @@ async fn copy_into(mut io: TokioIo<hyper::upgrade::Upgraded>, tx: mpsc::Sender<B
     loop {
         buf.reserve(16 * 1024);
         match io.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => {
+                // The agent waits for this before it drops the tunnel (see its link).
+                let _ = io.shutdown().await;
+                return;
+            }
+            Err(_) => return,
             Ok(_) => {
                 if tx.send(buf.split().freeze()).await.is_err() {
                     return;

@@ -87,6 +87,8 @@ pub struct Context {
     pub linger: Duration,
     pub lease: Duration,
     pub ready_timeout: Duration,
+    /// The agents' RUST_LOG: the operator's own.
+    pub agent_log: String,
     /// The operator's pod, owner of its agents and copies (garbage-collected with it).
     pub owner: Option<OwnerReference>,
 }
@@ -132,6 +134,7 @@ impl KubeBackend {
             linger: cfg.agent_linger,
             lease: cfg.agent_lease,
             ready_timeout: cfg.agent_ready_timeout,
+            agent_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "mirrord=info".into()),
             owner,
         });
         reconcile::on_start(&ctx).await;

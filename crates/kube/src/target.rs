@@ -44,6 +44,8 @@ pub struct KubeTarget {
     pods: Mutex<BTreeMap<String, PodInfo>>,
     routes: watch::Sender<Arc<RouteSnapshot>>,
     pub(crate) agents: Agents,
+    /// Whether the pods have been listed once: before that, "no pods" means "not known".
+    synced: watch::Sender<bool>,
 }
 
 impl KubeTarget {
@@ -63,10 +65,27 @@ impl KubeTarget {
             pods: Mutex::default(),
             routes: watch::Sender::new(Arc::default()),
             agents: Agents::default(),
+            synced: watch::Sender::new(false),
         });
         tokio::spawn(watch_pods(Arc::downgrade(&target)));
         tokio::spawn(fleet::run(Arc::downgrade(&target)));
         target
+    }
+
+    /// Waits until the target's pods have been listed once.
+    pub async fn synced(&self, within: Duration) -> Result<(), String> {
+        let mut rx = self.synced.subscribe();
+        let listed = tokio::time::timeout(within, rx.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match listed {
+            true => Ok(()),
+            false => Err(format!(
+                "the pods of {} could not be listed within {}",
+                self.reference,
+                humantime::format_duration(within)
+            )),
+        }
     }
 
     pub fn reference_string(&self) -> String {
@@ -249,6 +268,7 @@ async fn watch_pods(target: Weak<KubeTarget>) {
                     pods.retain(|_, p| p.copy_for.is_some());
                     pods.extend(list);
                 }
+                t.synced.send_replace(true);
             }
             Err(e) => {
                 tracing::warn!(target: "mirrord_kube", target_ref = %reference, error = %e, "watching the target's pods failed; retrying");

@@ -83,7 +83,7 @@ pub fn encode_head<T: Serialize>(head: &T) -> String {
 }
 
 pub fn decode_head<T: DeserializeOwned>(value: &[u8]) -> Result<T, HeadError> {
-    if value.len() % 2 != 0 {
+    if !value.len().is_multiple_of(2) {
         return Err(HeadError);
     }
     let nibble = |c: u8| (c as char).to_digit(16).ok_or(HeadError);

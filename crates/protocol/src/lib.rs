@@ -21,5 +21,5 @@ pub use session_id::SessionId;
 
 /// Bumped on any incompatible change of [`messages`] (2: HTTP trailers; 3: structured
 /// filters in port outcomes; 4: the caller's role in `Welcome` and `StatusReport`; 5: console login
-/// links); the operator refuses other versions with a message that names both.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// links; 6: notices); the operator refuses other versions with a message that names both.
+pub const PROTOCOL_VERSION: u32 = 6;

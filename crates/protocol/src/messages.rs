@@ -207,6 +207,11 @@ pub enum ServerMessage {
         port: u16,
         reason: String,
     },
+    /// Something the developer should know that does not end the session (in a cluster:
+    /// an agent of the target was lost, or its replacement took over).
+    Notice {
+        message: String,
+    },
     /// The operator ended the session (killed, timed out, shut down).
     SessionEnded {
         reason: String,

@@ -1,0 +1,777 @@
+//! Kubernetes targets on the real cluster (issue 12): the chart's operator, a 2-replica
+//! Deployment of real HTTP servers behind a Service, and `mirrordctl` on this machine as
+//! the developer. Requests go through the Service's ClusterIP (kube-proxy) or straight to
+//! a pod's address, the way the target's clients reach it; the agents the operator starts
+//! in the pods' network namespaces decide what each request gets.
+//!
+//! The pods answer their own name; the developer's local process answers `local`, so every
+//! answer says who served it.
+
+use mirrord_e2e::kube::{repo, Cluster};
+use mirrord_e2e::prom::http_exchange;
+use mirrord_e2e::{bin, ctl, wait_for, Session};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Each test installs its own operator; one at a time keeps the 2-core machine honest.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// What the chart's agents are given: a killed agent's redirect lapses after this.
+const LEASE: Duration = Duration::from_secs(3);
+
+fn web_yaml(ns: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: httpd
+          image: mirrord.dev/busybox:1
+          imagePullPolicy: Never
+          command: ["/bin/sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"]
+          ports: [{{containerPort: 80, protocol: TCP}}]
+          readinessProbe: {{tcpSocket: {{port: 80}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 80, protocol: TCP}}]
+"#
+    )
+}
+
+/// The developer's local process: answers `local` and records each request line.
+struct Local {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<String>>>,
+}
+
+impl Local {
+    fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits: Arc<Mutex<Vec<String>>> = Arc::default();
+        let h = Arc::clone(&hits);
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                let h = Arc::clone(&h);
+                std::thread::spawn(move || {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    if let Some(line) = text.lines().next().filter(|l| !l.is_empty()) {
+                        h.lock().unwrap().push(line.to_owned());
+                    }
+                    let _ = c.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nlocal\n",
+                    );
+                });
+            }
+        });
+        Self { addr, hits }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+/// One GET; the body's first line (who answered), or the error.
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: web\r\n{extra}Connection: close\r\n\r\n");
+    match http_exchange(addr, &req) {
+        Ok(resp) => resp
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// Who answered `n` GETs.
+fn answers(addr: SocketAddr, n: usize, headers: &[(&str, &str)]) -> BTreeSet<String> {
+    (0..n)
+        .map(|i| get(addr, &format!("/?i={i}"), headers))
+        .collect()
+}
+
+/// A namespace with the web Deployment and its Service, and an operator from the chart.
+struct Env {
+    k: Cluster,
+    ns: String,
+    release: String,
+    /// The Service's ClusterIP, port 80.
+    web: SocketAddr,
+    creds: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn start(base: &str, replicas: u32) -> Option<Self> {
+        let k = Cluster::get()?;
+        // A fresh name: deleting a namespace can take a minute on this cluster.
+        let ns = &format!("{base}-{:04x}", rand_u16());
+        k.load_operator_image();
+        k.load_agent_image();
+        // One release name per run (the chart's cluster-wide RBAC is named after it).
+        let release = format!("mirrord-operator-{ns}");
+        k.kubectl(&["create", "namespace", ns]);
+        k.apply(&web_yaml(ns, replicas));
+        let chart = repo().join("deploy/helm/mirrord-operator");
+        k.helm(&[
+            "install",
+            &release,
+            &chart.display().to_string(),
+            "-n",
+            ns,
+            "--set",
+            "operator.jsonLog=true",
+            "--set",
+            "operator.metrics=true",
+            "--set",
+            "operator.logLevel=mirrord=debug",
+            "--wait",
+        ]);
+        k.kubectl(&[
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout=120s",
+        ]);
+        let ip = |svc: &str| -> IpAddr {
+            k.kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "service",
+                svc,
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ])
+            .parse()
+            .unwrap()
+        };
+        let web = SocketAddr::new(ip("web"), 80);
+        let operator = ip(&release);
+        // kube-proxy programs a new Service's address a moment after it exists.
+        for addr in [web, SocketAddr::new(operator, 8443)] {
+            let up = wait_for(Duration::from_secs(30), || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                    .ok()
+                    .map(|_| ())
+            });
+            assert!(up.is_some(), "Service {addr} does not accept connections");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let creds = credentials(&k, ns, &release, &tmp, operator);
+        Some(Self {
+            k,
+            ns: ns.into(),
+            release,
+            web,
+            creds,
+            _tmp: tmp,
+        })
+    }
+
+    fn session(&self, args: &[&str]) -> Session {
+        let mut all = vec![
+            args[0],
+            "--target",
+            "deployment/web",
+            "--namespace",
+            &self.ns,
+        ];
+        all.extend_from_slice(&args[1..]);
+        Session::start(&self.creds, &all).unwrap_or_else(|e| {
+            panic!(
+                "session {args:?} did not open: {e}\n{}",
+                self.k.diagnose(&self.ns)
+            )
+        })
+    }
+
+    /// The web pods: name -> (uid, address).
+    fn pods(&self) -> Vec<(String, String, IpAddr)> {
+        let list: Value = serde_json::from_str(
+            &self
+                .k
+                .kubectl(&["-n", &self.ns, "get", "pods", "-l", "app=web", "-o", "json"]),
+        )
+        .unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| p["status"]["podIP"].is_string())
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_owned(),
+                    p["metadata"]["uid"].as_str().unwrap().to_owned(),
+                    p["status"]["podIP"].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn pod_names(&self) -> BTreeSet<String> {
+        self.pods().into_iter().map(|(n, _, _)| n).collect()
+    }
+
+    /// The agent pods that are not on their way out.
+    fn agents(&self) -> Vec<String> {
+        let list: Value = serde_json::from_str(&self.k.kubectl(&[
+            "-n",
+            &self.ns,
+            "get",
+            "pods",
+            "-l",
+            "mirrord.dev/role=agent",
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Failed" | "Succeeded")))
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// The operator's JSON log lines with `message`.
+    fn events(&self, message: &str) -> Vec<Value> {
+        let (_, out, _) = self.k.try_kubectl(&[
+            "-n",
+            &self.ns,
+            "logs",
+            &format!("deployment/{}", self.release),
+            "--tail=-1",
+        ]);
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// Waits until the Service answers from the pods only, `n` times in a row.
+    fn serves_itself(&self, within: Duration) -> Duration {
+        let started = Instant::now();
+        let pods = self.pod_names();
+        let ok = wait_for(within, || {
+            answers(self.web, 3, &[])
+                .iter()
+                .all(|a| pods.contains(a))
+                .then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "the Service does not answer from its pods: {:?}",
+            answers(self.web, 3, &[])
+        );
+        started.elapsed()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.k.diagnose(&self.ns));
+            let (_, out, err) = self.k.try_kubectl(&[
+                "-n",
+                &self.ns,
+                "logs",
+                "-l",
+                "mirrord.dev/role=agent",
+                "--prefix",
+                "--tail=200",
+            ]);
+            eprintln!("--- agent logs\n{out}{err}");
+            let (_, out, _) = self.k.try_kubectl(&[
+                "-n",
+                &self.ns,
+                "logs",
+                &format!("deployment/{}", self.release),
+                "--tail=400",
+            ]);
+            eprintln!("--- operator log\n{out}");
+        }
+        // The release's cluster-wide objects go with it; the namespace takes the rest.
+        let _ = Command::new(repo().join("scripts/helm"))
+            .args(["uninstall", &self.release, "-n", &self.ns])
+            .output();
+        let _ = self
+            .k
+            .try_kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
+    }
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    (t.subsec_nanos() ^ std::process::id()) as u16
+}
+
+/// alice's credentials from the chart's CA, for the operator's Service.
+fn credentials(
+    k: &Cluster,
+    ns: &str,
+    release: &str,
+    tmp: &tempfile::TempDir,
+    operator: IpAddr,
+) -> PathBuf {
+    let ca = tmp.path().join("ca");
+    std::fs::create_dir_all(&ca).unwrap();
+    for f in ["ca.crt", "ca.key"] {
+        let b64 = k.kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "secret",
+            &format!("{release}-ca"),
+            "-o",
+            &format!("jsonpath={{.data.{}}}", f.replace('.', "\\.")),
+        ]);
+        let out = Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(b64.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        std::fs::write(ca.join(f), out.stdout).unwrap();
+    }
+    let out = tmp.path().join("alice");
+    let st = Command::new(bin("mirrord-operator"))
+        .args(["certs", "issue", "--state-dir"])
+        .arg(&ca)
+        .args(["--user", "alice", "--role", "admin", "--operator-addr"])
+        .arg(format!("{operator}:8443"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
+
+#[test]
+fn steal_filter_and_mirror_a_deployment_through_its_service() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(env) = Env::start("mirrord-k8s-steal", 2) else {
+        return;
+    };
+    let local = Local::start();
+    let to = format!("80={}", local.addr);
+    let pods = env.pod_names();
+    assert_eq!(pods.len(), 2);
+    assert_eq!(answers(env.web, 20, &[]), pods, "both replicas serve");
+
+    // Unfiltered steal: everything to the developer, from both replicas.
+    let opened = Instant::now();
+    let mut s = env.session(&["steal", "--port", &to]);
+    eprintln!("session open, agents cold: {:?}", opened.elapsed());
+    assert_eq!(env.agents().len(), 2, "one agent per target pod");
+    assert_eq!(
+        answers(env.web, 10, &[]),
+        BTreeSet::from(["local".to_owned()])
+    );
+    for (_, _, ip) in env.pods() {
+        assert_eq!(get(SocketAddr::new(ip, 80), "/direct", &[]), "local");
+    }
+    // Ctrl-C: the Service answers normally again.
+    s.stop().expect("mirrordctl leaves on Ctrl-C");
+    let back = env.serves_itself(Duration::from_secs(5));
+    eprintln!("pods serve again {back:?} after Ctrl-C");
+    assert_eq!(answers(env.web, 20, &[]), pods);
+
+    // Header-filtered steal (agents still lingering: warm): matched to the developer,
+    // the rest to the pods, on both replicas.
+    let opened = Instant::now();
+    let s = env.session(&["steal", "--port", &to, "--header", "^x-user: alice$"]);
+    eprintln!("session open, agents warm: {:?}", opened.elapsed());
+    let alice = [("x-user", "alice")];
+    assert_eq!(
+        answers(env.web, 10, &alice),
+        BTreeSet::from(["local".to_owned()])
+    );
+    assert_eq!(answers(env.web, 20, &[("x-user", "bob")]), pods);
+    assert_eq!(answers(env.web, 20, &[]), pods);
+    // Ended with `sessions kill`.
+    let out = ctl(&env.creds, &["sessions", "kill", &s.id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.serves_itself(Duration::from_secs(5));
+    assert_eq!(answers(env.web, 10, &alice), pods, "killed: nothing stolen");
+    drop(s);
+
+    // Mirror: the pods answer, the developer gets a copy of each request.
+    let s = env.session(&["mirror", "--port", &to]);
+    for i in 0..10 {
+        assert!(pods.contains(&get(env.web, &format!("/?mirror={i}"), &[])));
+    }
+    let copied = wait_for(Duration::from_secs(10), || {
+        (local.count("mirror=") == 10).then_some(())
+    });
+    assert!(copied.is_some(), "copies: {:?}", local.hits.lock().unwrap());
+    let mut s = s;
+    s.stop();
+
+    // A killed CLI: the operator ends the session when its pings go unanswered.
+    let mut s = env.session(&["steal", "--port", &to]);
+    assert_eq!(get(env.web, "/", &[]), "local");
+    s.sigkill();
+    let back = env.serves_itself(Duration::from_secs(30));
+    eprintln!("pods serve again {back:?} after the CLI was killed");
+
+    // The spec's events carry the real object.
+    let stolen = env.events("Port Stolen");
+    assert!(stolen.len() >= 3, "{stolen:?}");
+    for e in &stolen {
+        let f = &e["fields"];
+        assert_eq!(f["target_type"], "deployment");
+        assert_eq!(f["target_name"], "web");
+        assert_eq!(f["target_namespace"], env.ns.as_str());
+        assert_eq!(f["port"], 80);
+    }
+    assert!(env.events("Port Mirrored").len() == 1);
+    assert!(env.events("Port Released").len() >= 4);
+
+    // The agents leave after their linger once no session needs them.
+    let gone = wait_for(Duration::from_secs(30), || {
+        env.agents().is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "agents left behind: {:?}", env.agents());
+}
+
+/// The agent process on this node serving pod `uid` (the node is this machine).
+fn agent_pid(uid: &str) -> Option<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("mirrord-agent intercept --pod-uid {uid}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+}
+
+/// The process of pod `uid` whose command line contains `needle` (by its cgroup).
+fn pod_process(uid: &str, needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        (cgroup.contains(&format!("pod{uid}"))
+            && String::from_utf8_lossy(&cmdline).contains(needle))
+        .then_some(pid)
+    })
+}
+
+#[test]
+fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(env) = Env::start("mirrord-k8s-agent", 1) else {
+        return;
+    };
+    let local = Local::start();
+    let s = env.session(&["steal", "--port", &format!("80={}", local.addr)]);
+    let (name, uid, ip) = env.pods().remove(0);
+    let pod = SocketAddr::new(ip, 80);
+    assert_eq!(get(pod, "/", &[]), "local");
+
+    // SIGKILL: nothing cleans up; the redirect lapses on its own (or a replacement agent
+    // replaces it first). New connections may fail until then, never after.
+    let pid = agent_pid(&uid).expect("the agent runs on this node");
+    let killed = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let last_failure = probe_until_stolen(pod, &name, killed);
+    eprintln!("SIGKILLed agent: last failed connection {last_failure:?} after the kill (lease {LEASE:?}); stolen again {:?} after it", killed.elapsed());
+    assert!(
+        last_failure < LEASE + Duration::from_secs(2),
+        "{last_failure:?}"
+    );
+
+    // The agent's pod deleted: it leaves cleanly (SIGTERM) and is replaced.
+    let agent = env.agents().remove(0);
+    let deleted = Instant::now();
+    env.k
+        .kubectl(&["-n", &env.ns, "delete", "pod", &agent, "--wait=false"]);
+    let last_failure = probe_until_stolen(pod, &name, deleted);
+    eprintln!(
+        "agent pod deleted: last failed connection {last_failure:?} after; stolen again {:?} after",
+        deleted.elapsed()
+    );
+    assert!(last_failure < Duration::from_secs(5), "{last_failure:?}");
+    // The developer was told both times, and the session went on.
+    let told = wait_for(Duration::from_secs(10), || {
+        let t = s.stderr.text();
+        (t.matches("was lost").count() >= 2 && t.matches("took over").count() >= 2).then_some(())
+    });
+    assert!(told.is_some(), "mirrordctl said: {}", s.stderr.text());
+    let logs = env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "logs",
+        &format!("deployment/{}", env.release),
+        "--tail=-1",
+    ]);
+    let lost = wait_for(Duration::from_secs(5), || {
+        let logs = env.k.kubectl(&[
+            "-n",
+            &env.ns,
+            "logs",
+            &format!("deployment/{}", env.release),
+            "--tail=-1",
+        ]);
+        (logs.matches("agent lost").count() >= 2).then_some(())
+    });
+    assert!(lost.is_some(), "{logs}");
+}
+
+/// GETs `pod` every 50 ms until the old agent is seen gone (the pod answers, or a
+/// connection fails) and then a replacement agent steals again (at most 30 s). Returns how
+/// long after `since` the last failed connection was (zero if none).
+fn probe_until_stolen(pod: SocketAddr, name: &str, since: Instant) -> Duration {
+    let mut last_failure = Duration::ZERO;
+    let mut seen_agent_gone = false;
+    while since.elapsed() < Duration::from_secs(30) {
+        let a = get(pod, "/", &[]);
+        if a.starts_with("error") || a.is_empty() {
+            last_failure = since.elapsed();
+            seen_agent_gone = true;
+        } else if a == name {
+            seen_agent_gone = true;
+        } else {
+            assert_eq!(a, "local", "an answer from nowhere");
+            if seen_agent_gone {
+                return last_failure;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no replacement agent stole the pod again within 30 s");
+}
+
+#[test]
+fn a_restarted_target_pod_keeps_being_stolen() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(env) = Env::start("mirrord-k8s-rollout", 1) else {
+        return;
+    };
+    let local = Local::start();
+    let mut s = env.session(&["steal", "--port", &format!("80={}", local.addr)]);
+    let (old, _, _) = env.pods().remove(0);
+    assert_eq!(get(env.web, "/", &[]), "local");
+    env.k
+        .kubectl(&["-n", &env.ns, "delete", "pod", &old, "--wait=false"]);
+    // The Deployment makes a new pod; the session follows it.
+    let new = wait_for(Duration::from_secs(60), || {
+        env.pods().into_iter().find(|(n, _, _)| *n != old)
+    })
+    .expect("a new pod");
+    let pod = SocketAddr::new(new.2, 80);
+    let stolen = wait_for(Duration::from_secs(30), || {
+        (get(pod, "/", &[]) == "local").then_some(())
+    });
+    assert!(
+        stolen.is_some(),
+        "the new pod {} is not stolen: {}",
+        new.0,
+        get(pod, "/", &[])
+    );
+    // Through the Service once the old pod has left its endpoints (kube-proxy catches up).
+    let through = wait_for(Duration::from_secs(60), || {
+        (answers(env.web, 5, &[]) == BTreeSet::from(["local".to_owned()])).then_some(())
+    });
+    assert!(through.is_some(), "{:?}", answers(env.web, 5, &[]));
+    assert!(
+        s.wait_exit(Duration::from_millis(100)).is_none(),
+        "the session lives on"
+    );
+    s.stop();
+    env.serves_itself(Duration::from_secs(5));
+}
+
+fn replicas(env: &Env) -> String {
+    env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ])
+}
+
+fn copies(env: &Env) -> Vec<(String, IpAddr)> {
+    let list: Value = serde_json::from_str(&env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "get",
+        "pods",
+        "-l",
+        "mirrord.dev/role=copy",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| {
+            Some((
+                p["metadata"]["name"].as_str()?.to_owned(),
+                p["status"]["podIP"].as_str()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn copies_scale_down_and_a_killed_operator_restores_everything() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(env) = Env::start("mirrord-k8s-copy", 2) else {
+        return;
+    };
+    let local = Local::start();
+    let to = format!("80={}", local.addr);
+    let pods = env.pod_names();
+
+    // A copy without scale-down: a new pod the Service does not select, stolen; the
+    // originals keep serving the Service untouched.
+    let mut s = env.session(&["steal", "--port", &to, "--copy-target"]);
+    let copy = copies(&env);
+    assert_eq!(copy.len(), 1, "{copy:?}");
+    assert!(copy[0].0.starts_with("mirrord-copy-web-"), "{copy:?}");
+    assert_eq!(get(SocketAddr::new(copy[0].1, 80), "/", &[]), "local");
+    assert_eq!(
+        answers(env.web, 20, &[]),
+        pods,
+        "the originals are not stolen"
+    );
+    let endpoints = env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "get",
+        "endpoints",
+        "web",
+        "-o",
+        "jsonpath={.subsets[*].addresses[*].ip}",
+    ]);
+    assert!(
+        !endpoints.contains(&copy[0].1.to_string()),
+        "the Service selects the copy: {endpoints}"
+    );
+    s.stop();
+    let gone = wait_for(Duration::from_secs(30), || {
+        copies(&env).is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "copy left behind");
+
+    // With scale-down: the originals go to 0 and come back when the session ends.
+    let mut s = env.session(&["steal", "--port", &to, "--copy-target", "--scale-down"]);
+    assert_eq!(replicas(&env), "0");
+    let copy = copies(&env);
+    assert_eq!(get(SocketAddr::new(copy[0].1, 80), "/", &[]), "local");
+    s.stop();
+    let restored = wait_for(Duration::from_secs(30), || {
+        (replicas(&env) == "2").then_some(())
+    });
+    assert!(restored.is_some(), "replicas: {}", replicas(&env));
+
+    // The operator killed with SIGKILL mid-session: its next process restores the
+    // workload and removes the copy and the agents.
+    let _s = env.session(&["steal", "--port", &to, "--copy-target", "--scale-down"]);
+    assert_eq!(replicas(&env), "0");
+    assert!(!env.agents().is_empty());
+    let operator_uid = env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=mirrord-operator",
+        "-o",
+        "jsonpath={.items[0].metadata.uid}",
+    ]);
+    let pid = pod_process(&operator_uid, "serve").expect("the operator runs on this node");
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let clean = wait_for(Duration::from_secs(90), || {
+        (replicas(&env) == "2" && copies(&env).is_empty() && env.agents().is_empty()).then_some(())
+    });
+    assert!(
+        clean.is_some(),
+        "after the restart: replicas {}, copies {:?}, agents {:?}",
+        replicas(&env),
+        copies(&env),
+        env.agents()
+    );
+    env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=60s",
+    ]);
+    env.serves_itself(Duration::from_secs(30));
+}
