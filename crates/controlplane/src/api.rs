@@ -79,8 +79,9 @@ async fn handle(
     permit: OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
-    // Boxed, like every step before the session: the handshake's and the open's state
-    // would otherwise size this task for as long as its connection lives.
+    // Boxed, like the hello and the open below: each step's state is on the heap only
+    // while it runs instead of in this task's fixed size (a session's connection then
+    // moves to a task of its own, see `run_session`).
     let accept = Box::pin(acceptor.accept(tcp));
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(s)) => s,
