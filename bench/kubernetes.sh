@@ -102,7 +102,7 @@ echo "agent SIGKILLed: the pod's port answers again after $(secs "$t0" "$t1") s 
 # session takes to open when the agent must start (cold) and when it is there (warm), and
 # what a stolen request costs through the agent, the operator and mirrordctl to a local
 # demo server, against the pod served directly.
-cargo build --quiet --release -p mirrord-cli
+cargo build --quiet --release -p mirrordctl
 scripts/helm install mirrord-operator deploy/helm/mirrord-operator -n $ns --wait >/dev/null
 kubectl -n $ns wait --for=delete pod -l mirrord.dev/role=agent --timeout=60s >/dev/null 2>&1 || true
 tmp=$(mktemp -d)

@@ -228,12 +228,12 @@ impl Env {
         })
     }
 
-    /// The web pods: name -> (uid, address).
-    fn pods(&self) -> Vec<(String, String, IpAddr)> {
+    /// The pods labelled `label` that are not being deleted, as JSON.
+    fn live_pods(&self, label: &str) -> Vec<Value> {
         let list: Value = serde_json::from_str(
             &self
                 .k
-                .kubectl(&["-n", &self.ns, "get", "pods", "-l", "app=web", "-o", "json"]),
+                .kubectl(&["-n", &self.ns, "get", "pods", "-l", label, "-o", "json"]),
         )
         .unwrap();
         list["items"]
@@ -241,13 +241,20 @@ impl Env {
             .unwrap()
             .iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .filter(|p| p["status"]["podIP"].is_string())
-            .map(|p| {
-                (
-                    p["metadata"]["name"].as_str().unwrap().to_owned(),
-                    p["metadata"]["uid"].as_str().unwrap().to_owned(),
-                    p["status"]["podIP"].as_str().unwrap().parse().unwrap(),
-                )
+            .cloned()
+            .collect()
+    }
+
+    /// The web pods: name -> (uid, address).
+    fn pods(&self) -> Vec<(String, String, IpAddr)> {
+        self.live_pods("app=web")
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p["metadata"]["name"].as_str()?.to_owned(),
+                    p["metadata"]["uid"].as_str()?.to_owned(),
+                    p["status"]["podIP"].as_str()?.parse().ok()?,
+                ))
             })
             .collect()
     }
@@ -258,22 +265,8 @@ impl Env {
 
     /// The agent pods that are not on their way out.
     fn agents(&self) -> Vec<String> {
-        let list: Value = serde_json::from_str(&self.k.kubectl(&[
-            "-n",
-            &self.ns,
-            "get",
-            "pods",
-            "-l",
-            "mirrord.dev/role=agent",
-            "-o",
-            "json",
-        ]))
-        .unwrap();
-        list["items"]
-            .as_array()
-            .unwrap()
+        self.live_pods("mirrord.dev/role=agent")
             .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Failed" | "Succeeded")))
             .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
             .collect()
@@ -657,22 +650,8 @@ fn replicas(env: &Env) -> String {
 }
 
 fn copies(env: &Env) -> Vec<(String, IpAddr)> {
-    let list: Value = serde_json::from_str(&env.k.kubectl(&[
-        "-n",
-        &env.ns,
-        "get",
-        "pods",
-        "-l",
-        "mirrord.dev/role=copy",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
-    list["items"]
-        .as_array()
-        .unwrap()
+    env.live_pods("mirrord.dev/role=copy")
         .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter_map(|p| {
             Some((
                 p["metadata"]["name"].as_str()?.to_owned(),

@@ -208,18 +208,26 @@ impl hyper::body::Body for Lines {
     }
 }
 
-async fn stolen_request(
+/// Whose request it is (the session's subscription on its port) and its original head.
+fn handed_request(
     targets: &Targets,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, GatewayError> {
-    let session: u64 = header(&req, agent::SESSION)?;
-    let port: u16 = header(&req, agent::PORT)?;
-    let head: HttpRequestHead = req
+    req: &Request<Incoming>,
+) -> Result<(Subscriber, u16, HttpRequestHead), GatewayError> {
+    let session: u64 = header(req, agent::SESSION)?;
+    let port: u16 = header(req, agent::PORT)?;
+    let head = req
         .headers()
         .get(agent::HEAD)
         .and_then(|v| decode_head(v.as_bytes()).ok())
         .ok_or(GatewayError::BadHeader(agent::HEAD))?;
-    let sub = subscriber(targets, session, port)?;
+    Ok((subscriber(targets, session, port)?, port, head))
+}
+
+async fn stolen_request(
+    targets: &Targets,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let (sub, port, head) = handed_request(targets, &req)?;
     let (respond, answer) = oneshot::channel();
     let body: Body = req.into_body().map_err(|e| Box::new(e) as BoxError).boxed();
     sub.counters.requests.inc();
@@ -249,14 +257,7 @@ async fn mirrored_request(
     targets: &Targets,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    let session: u64 = header(&req, agent::SESSION)?;
-    let port: u16 = header(&req, agent::PORT)?;
-    let head: HttpRequestHead = req
-        .headers()
-        .get(agent::HEAD)
-        .and_then(|v| decode_head(v.as_bytes()).ok())
-        .ok_or(GatewayError::BadHeader(agent::HEAD))?;
-    let sub = subscriber(targets, session, port)?;
+    let (sub, port, head) = handed_request(targets, &req)?;
     let body = req
         .into_body()
         .collect()
