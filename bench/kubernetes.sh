@@ -49,6 +49,8 @@ kubectl -n $ns create deployment web --image=mirrord.dev/operator:0.1.0 -- \
   /usr/local/bin/mirrord-operator demo-server --bind 0.0.0.0 --port 8080 --name web >/dev/null
 kubectl -n $ns patch deployment web --type=json -p '[{"op":"add","path":"/spec/template/spec/containers/0/imagePullPolicy","value":"Never"}]' >/dev/null
 kubectl -n $ns rollout status deployment/web --timeout=90s >/dev/null
+# The patch rolled the Deployment: wait until the first pod is gone, not just replaced.
+until [ "$(kubectl -n $ns get pod -l app=web -o name | wc -l)" -eq 1 ]; do sleep 0.2; done
 pod=$(kubectl -n $ns get pod -l app=web -o jsonpath='{.items[0].metadata.name}')
 uid=$(kubectl -n $ns get pod "$pod" -o jsonpath='{.metadata.uid}')
 ip=$(kubectl -n $ns get pod "$pod" -o jsonpath='{.status.podIP}')

@@ -263,6 +263,26 @@ impl Env {
         self.pods().into_iter().map(|(n, _, _)| n).collect()
     }
 
+    /// The operator pod's /metrics (the chart's `operator.metrics`).
+    fn metrics(&self) -> String {
+        let ip = self.k.kubectl(&[
+            "-n",
+            &self.ns,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=mirrord-operator",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ]);
+        let addr = SocketAddr::new(ip.trim().parse().unwrap(), 9000);
+        http_exchange(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+    }
+
     /// The agent pods that are not on their way out.
     fn agents(&self) -> Vec<String> {
         self.live_pods("mirrord.dev/role=agent")
@@ -404,6 +424,26 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     assert_eq!(pods.len(), 2);
     assert_eq!(answers(env.web, 20, &[]), pods, "both replicas serve");
 
+    // A target that does not exist: the error names what does.
+    let out = ctl(
+        &env.creds,
+        &[
+            "steal",
+            "--target",
+            "deployment/nope",
+            "--namespace",
+            &env.ns,
+            "--port",
+            &to,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("deployment/nope") && err.contains("deployment/web"),
+        "{err}"
+    );
+
     // Unfiltered steal: everything to the developer, from both replicas.
     let opened = Instant::now();
     let mut s = env.session(&["steal", "--port", &to]);
@@ -416,6 +456,19 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     for (_, _, ip) in env.pods() {
         assert_eq!(get(SocketAddr::new(ip, 80), "/direct", &[]), "local");
     }
+    // The spec's metric, counted by the operator for connections its agents handed over.
+    let metrics = env.metrics();
+    let stolen: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mirrord_stolen_connections_count{"))
+        .filter(|l| l.contains(&format!("namespace=\"{}\"", env.ns)))
+        .filter(|l| l.contains("target=\"deployment/web\"") && l.contains("port=\"80\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        stolen >= 12.0,
+        "{stolen} stolen connections counted:\n{metrics}"
+    );
     // Ctrl-C: the Service answers normally again.
     s.stop().expect("mirrordctl leaves on Ctrl-C");
     let back = env.serves_itself(Duration::from_secs(5));

@@ -77,7 +77,7 @@ pub async fn validate(op: &Operator, req: &SessionRequest) -> Result<Validated, 
     let mut seen = HashSet::new();
     let mut ports = Vec::with_capacity(req.ports.len());
     for p in &req.ports {
-        if !known.contains(&p.port) {
+        if !target.accepts_port(p.port) {
             let list: Vec<String> = known.iter().map(u16::to_string).collect();
             return Err(Refusal::UnknownPort(format!(
                 "{} has no port {}; its ports are {}",

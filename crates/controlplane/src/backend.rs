@@ -34,6 +34,10 @@ pub trait Target: Send + Sync {
     fn reference(&self) -> &TargetRef;
     /// The port numbers the target is known by.
     fn ports(&self) -> Vec<u16>;
+    /// Whether a session may name `port` (default: one of [`Target::ports`]).
+    fn accepts_port(&self, port: u16) -> bool {
+        self.ports().contains(&port)
+    }
     /// What sessions do with the traffic of `port`, whichever replica (original or copy)
     /// would serve it. Only the port locks write it.
     fn routes(&self, port: u16) -> Option<Arc<RouteTable>>;

@@ -39,7 +39,8 @@ pub struct KubeTarget {
     pub(crate) ctx: Arc<Context>,
     /// Told on every route, pod or agent change; the fleet loop waits on it.
     pub(crate) changed: Arc<Notify>,
-    tables: BTreeMap<u16, Arc<RouteTable>>,
+    /// Per port: the declared ones from the start, any other when a session names it.
+    tables: Mutex<BTreeMap<u16, Arc<RouteTable>>>,
     /// Pods by UID: the workload's (from the watch) and copies.
     pods: Mutex<BTreeMap<String, PodInfo>>,
     routes: watch::Sender<Arc<RouteSnapshot>>,
@@ -61,7 +62,7 @@ impl KubeTarget {
             resolved,
             ctx,
             changed,
-            tables,
+            tables: Mutex::new(tables),
             pods: Mutex::default(),
             routes: watch::Sender::new(Arc::default()),
             agents: Agents::default(),
@@ -118,6 +119,8 @@ impl KubeTarget {
     pub fn publish(&self) -> Arc<RouteSnapshot> {
         let ports: Vec<PortRouteSpec> = self
             .tables
+            .lock()
+            .expect("tables")
             .iter()
             .map(|(port, t)| spec(*port, &t.load()))
             .filter(|p| !p.is_empty())
@@ -175,7 +178,7 @@ impl KubeTarget {
 
     /// The subscription of `session` on `port`: where the agents' handoffs for it go.
     pub fn subscriber(&self, session: u64, port: u16) -> Option<(Subscriber, bool)> {
-        let routes = self.tables.get(&port)?.load();
+        let routes = self.tables.lock().expect("tables").get(&port)?.load();
         let steal = routes
             .unfiltered_steal
             .iter()
@@ -283,12 +286,27 @@ impl Target for KubeTarget {
         &self.reference
     }
 
+    fn accepts_port(&self, port: u16) -> bool {
+        port != 0
+    }
+
     fn ports(&self) -> Vec<u16> {
-        self.tables.keys().copied().collect()
+        self.tables
+            .lock()
+            .expect("tables")
+            .keys()
+            .copied()
+            .collect()
     }
 
     fn routes(&self, port: u16) -> Option<Arc<RouteTable>> {
-        self.tables.get(&port).cloned()
+        // Containers need not declare the ports they listen on (and often do not): any
+        // port can be taken over.
+        let mut tables = self.tables.lock().expect("tables");
+        let table = tables
+            .entry(port)
+            .or_insert_with(|| Arc::new(RouteTable::notifying(Arc::clone(&self.changed))));
+        Some(Arc::clone(table))
     }
 
     fn copy(
