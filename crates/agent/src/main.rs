@@ -122,6 +122,12 @@ fn intercept(
 ) -> anyhow::Result<()> {
     let pid = netns::pod_process(proc_dir, uid)?;
     // Before the runtime exists: its threads are created inside the pod's namespace.
+    let comm =
+        std::fs::read_to_string(proc_dir.join(pid.to_string()).join("comm")).unwrap_or_default();
+    eprintln!(
+        "mirrord-agent: entering the network namespace of pid {pid} ({})",
+        comm.trim()
+    );
     netns::enter(proc_dir, pid)?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -259,6 +265,7 @@ async fn follow(
                             if ports.apply(&snapshot, link).await {
                                 // In force before the operator hears it is.
                                 redirect_now(ports, redirect, lease);
+                                tracing::info!(version = snapshot.version, redirected = ?ports.redirected(), "held ports changed");
                             }
                             link.applied(snapshot.version).await;
                         }
