@@ -118,20 +118,23 @@ target/release/mirrord-operator certs issue --state-dir "$tmp" --user bench --ou
 target/release/mirrord-operator demo-server --bind 127.0.0.1 --port 18181 --name local >/dev/null 2>&1 &
 demo=$!
 sleep 0.5
-open_session() { # prints seconds until mirrordctl says the session is active; leaves it running
-  t0=$(now)
+open_session() { # starts a steal in the background (pid in $ctl), sets $opened (s)
+  local t0; t0=$(now)
   target/release/mirrordctl --credentials "$tmp/creds" steal -t deployment/web -n $ns \
     --port 8080=127.0.0.1:18181 >"$tmp/ctl.out" 2>&1 &
   ctl=$!
-  until grep -q '^session ' "$tmp/ctl.out" 2>/dev/null; do sleep 0.01; done
-  secs "$t0" "$(now)"
+  until grep -q '^session ' "$tmp/ctl.out" 2>/dev/null; do
+    kill -0 $ctl 2>/dev/null || { cat "$tmp/ctl.out" >&2; exit 1; }
+    sleep 0.01
+  done
+  opened=$(secs "$t0" "$(now)")
 }
 direct1=$(rate 1); direct16=$(rate 16)
 for round in 1 2; do
-  cold=$(open_session)
-  [ "$round" -eq 1 ] && { stolen1=$(rate 1); stolen16=$(rate 16); }
+  open_session; cold=$opened
+  if [ "$round" -eq 1 ]; then stolen1=$(rate 1); stolen16=$(rate 16); fi
   kill -INT $ctl; wait $ctl || true
-  warm=$(open_session)
+  open_session; warm=$opened
   kill -INT $ctl; wait $ctl || true
   echo "round $round: session open, agent cold $cold s, warm $warm s"
   sleep 8 # past the agents' linger (5 s): the next one is cold again
