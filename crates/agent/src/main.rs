@@ -129,17 +129,32 @@ fn intercept(
         comm.trim()
     );
     netns::enter(proc_dir, pid)?;
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(serve(uid, pid, source, lease))
+        .context("starting the runtime")?;
+    let ports = Arc::new(Ports::new(
+        Telemetry::new(Duration::from_secs(60)),
+        uid.to_owned(),
+    ));
+    let result = runtime.block_on(serve(uid, pid, source, lease, Arc::clone(&ports)));
+    // Every connection still open is closed with the runtime, while its NAT entry exists
+    // (so the client hears it); only then are the entries forgotten: forgetting the entry
+    // of a live connection, or of one in a backlog, would black-hole it.
+    drop(runtime);
+    redirect::forget_connections(&ports.redirected());
+    tracing::info!(pod_uid = uid, "agent stopped: redirect removed");
+    result
 }
 
-async fn serve(uid: &str, pid: u32, source: Source, lease: Duration) -> anyhow::Result<()> {
-    let telemetry = Telemetry::new(Duration::from_secs(60));
-    let ports = Arc::new(Ports::new(telemetry, uid.to_owned()));
+async fn serve(
+    uid: &str,
+    pid: u32,
+    source: Source,
+    lease: Duration,
+    ports: Arc<Ports>,
+) -> anyhow::Result<()> {
     let redirect = Arc::new(redirect::Redirect::new());
     let leftovers = redirect::tables()?;
     redirect::nft(&redirect.create_script(&leftovers))?;
@@ -164,11 +179,7 @@ async fn serve(uid: &str, pid: u32, source: Source, lease: Duration) -> anyhow::
         _ = &mut run => {}
         _ = drained(&ports, DRAIN) => {}
     }
-    // Only then, and after the listeners are closed: forgetting the NAT entries of a live
-    // connection (or of one waiting in a backlog) black-holes it.
     ports.stop_accepting().await;
-    redirect::forget_connections(&ports.redirected());
-    tracing::info!(pod_uid = uid, "agent stopped: redirect removed");
     result
 }
 
