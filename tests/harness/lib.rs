@@ -114,9 +114,9 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// Lines a child printed, collected by a background thread.
+/// Lines a child printed, collected by a background thread (the flag: it reached EOF).
 #[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>);
+pub struct Lines(Arc<Mutex<Vec<String>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Lines {
     pub fn collect_from(self, r: impl std::io::Read + Send + 'static) -> Self {
@@ -128,8 +128,19 @@ impl Lines {
             for line in BufReader::new(r).lines().map_while(Result::ok) {
                 me.0.lock().unwrap().push(line);
             }
+            me.1.store(true, std::sync::atomic::Ordering::Release);
         });
         self
+    }
+
+    /// Waits until the child's end of the pipe closed and every line was read.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            self.1
+                .load(std::sync::atomic::Ordering::Acquire)
+                .then_some(())
+        })
+        .is_some()
     }
     pub fn all(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
@@ -465,7 +476,11 @@ impl Session {
 
     /// Waits for the CLI to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_for(timeout, || self.child.try_wait().unwrap())
+        let status = wait_for(timeout, || self.child.try_wait().unwrap())?;
+        // What it printed last is read by other threads: let them finish first.
+        self.stdout.wait_closed(Duration::from_secs(2));
+        self.stderr.wait_closed(Duration::from_secs(2));
+        Some(status)
     }
 
     pub fn sigkill(&mut self) {

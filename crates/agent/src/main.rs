@@ -184,7 +184,7 @@ async fn serve(
 }
 
 fn redirect_now(ports: &Ports, redirect: &redirect::Redirect, lease: Duration) {
-    if let Err(e) = redirect::nft(&redirect.renew_script(&ports.redirected(), lease)) {
+    if let Err(e) = redirect.renew(|| ports.redirected(), lease) {
         tracing::warn!(error = %e, "could not set the redirect");
     }
 }

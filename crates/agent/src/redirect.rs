@@ -27,6 +27,10 @@ pub enum RedirectError {
 
 pub struct Redirect {
     table: String,
+    /// Held while a renewal reads the ports and runs nft: two writers (the renewal tick
+    /// and a route change) could otherwise finish in the other order, and an older list
+    /// would replace a newer one until the next tick.
+    writing: std::sync::Mutex<()>,
 }
 
 impl Redirect {
@@ -35,7 +39,20 @@ impl Redirect {
     }
 
     fn named(table: String) -> Self {
-        Self { table }
+        Self {
+            table,
+            writing: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Sets the map to `ports()` as they are when this writer's turn comes.
+    pub fn renew(
+        &self,
+        ports: impl FnOnce() -> Vec<(u16, u16)>,
+        lease: Duration,
+    ) -> Result<(), RedirectError> {
+        let _turn = self.writing.lock().expect("redirect writer panicked");
+        nft(&self.renew_script(&ports(), lease))
     }
 
     /// The agent's table, created after removing `leftovers` (tables of agents that were
