@@ -186,7 +186,7 @@ async fn authorize_rbac(
     };
     Ok(TakeOvers {
         allowed,
-        lacking: check.describe(),
+        lacking: format!("{}, which RBAC does not grant you", check.describe()),
     })
 }
 

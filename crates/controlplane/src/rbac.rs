@@ -143,9 +143,10 @@ pub async fn require(op: &Operator, caller: &Caller, check: Check) -> Result<(),
     match allows(op, caller, &check).await {
         None | Some(Ok(true)) => Ok(()),
         Some(Ok(false)) => Err(Refusal::Forbidden(format!(
-            "{} may not {}: {}",
+            "{} may not {} {}: RBAC grants them no {}",
             caller.user(),
             check.verb,
+            check.name,
             check.describe()
         ))),
         Some(Err(e)) => Err(e),
@@ -174,11 +175,11 @@ mod tests {
         assert_eq!(c.namespace, "shop");
         assert_eq!(
             Check::take_over(&web()).describe(),
-            "RBAC grants you no `override` on `targets/port-locks` `deployment.web` (operator.mirrord.dev) in namespace shop"
+            "`override` on `targets/port-locks` `deployment.web` (operator.mirrord.dev) in namespace shop"
         );
         assert_eq!(
             Check::manage_sessions().describe(),
-            "RBAC grants you no `manage` on `sessions` (operator.mirrord.dev) in every namespace"
+            "`manage` on `sessions` (operator.mirrord.dev) in every namespace"
         );
     }
 }
