@@ -320,6 +320,22 @@ fn kubernetes_users_are_authenticated_by_the_api_server_and_authorized_by_rbac()
     let (ok, _, err) = env.kubectl_as(&bob, &["-n", &env.ns, "get", "sessions"]);
     assert!(!ok && err.contains("Forbidden"), "{err}");
 
+    // Allowed through the door (create sessions) but granted no verb on targets: the
+    // operator's own check (a SubjectAccessReview) refuses the steal.
+    env.k.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: door-only, namespace: {ns}}}\nrules:\n- apiGroups: [operator.mirrord.dev]\n  resources: [sessions]\n  verbs: [create]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: bob-door-only, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: door-only}}\nsubjects: [{{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}}]\n",
+        ns = env.ns
+    ));
+    let refused = env
+        .steal(&bob, local(), &[])
+        .err()
+        .expect("bob's steal was refused");
+    assert!(
+        refused.contains("bob may not steal deployment.web")
+            && refused.contains("`steal` on `targets`"),
+        "{refused}"
+    );
+
     // alice (a token user with the user role) steals through the API server, with no
     // credential directory: her Kubernetes user is the session's client_user.
     let mut session = env.steal(&alice, local(), &[]).unwrap_or_else(|e| {

@@ -89,10 +89,7 @@ impl Check {
             "" => "in every namespace".to_owned(),
             n => format!("in namespace {n}"),
         };
-        format!(
-            "RBAC grants you no `{}` on `{resource}`{name} ({GROUP}) {ns}",
-            self.verb
-        )
+        format!("`{}` on `{resource}`{name} ({GROUP}) {ns}", self.verb)
     }
 }
 
