@@ -30,7 +30,7 @@ function ports(s) {
 
 async function poll() {
   try {
-    const r = await fetch("/api/status", { credentials: "same-origin" });
+    const r = await fetch("api/status", { credentials: "same-origin" });
     if (r.status === 401) { $("whoami").textContent = "logged out: run `mirrordctl console login`"; return; }
     status = await r.json();
     csrf = status.csrf;
@@ -143,7 +143,7 @@ function chart(svg, values) {
 async function killSession(id) {
   const out = $("kill-result");
   out.className = "";
-  const r = await fetch("/api/sessions/" + encodeURIComponent(id) + "/kill", {
+  const r = await fetch("api/sessions/" + encodeURIComponent(id) + "/kill", {
     method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf },
   });
   const text = await r.text();
@@ -157,7 +157,7 @@ async function killSession(id) {
 }
 
 function follow() {
-  const src = new EventSource("/api/events");
+  const src = new EventSource("api/events");
   const list = $("event-list");
   src.onopen = () => { $("feed-state").textContent = "(live)"; };
   src.onerror = () => { $("feed-state").textContent = "(reconnecting…)"; };
@@ -180,7 +180,7 @@ function follow() {
 document.addEventListener("DOMContentLoaded", () => {
   $("filter").addEventListener("input", () => status && renderSessions());
   $("logout").addEventListener("click", async () => {
-    await fetch("/logout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
+    await fetch("logout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
     location.reload();
   });
   poll();
