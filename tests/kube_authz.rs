@@ -529,10 +529,20 @@ impl Drop for KubectlProxy {
 
 const CONSOLE: &str = "/apis/operator.mirrord.dev/v1/console";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_is_reached_through_the_api_server_with_rbac() {
-    use mirrord_e2e::browser::{browser, chromedriver, screenshot, until};
+#[test]
+fn the_console_is_reached_through_the_api_server_with_rbac() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The lock is held outside the runtime: one release at a time, across the awaits.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(console_through_the_api_server());
+}
+
+async fn console_through_the_api_server() {
+    use mirrord_e2e::browser::{browser, chromedriver, screenshot, until};
     let Some(driver) = chromedriver() else { return };
     let Some(env) = tokio::task::block_in_place(|| Env::start(&["console.enabled=true"])) else {
         return;
