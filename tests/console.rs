@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 struct Fixture {
     op: Operator,
     console: SocketAddr,
+    /// Where the target's clients connect (the interceptor).
+    listen: SocketAddr,
     dev: HttpServer,
     _target: HttpServer,
 }
@@ -29,14 +31,16 @@ impl Fixture {
         let target = HttpServer::start("target").await;
         let dev = HttpServer::start("dev").await;
         let console = free_addr();
+        let listen = free_addr();
         let op = Operator::start_with(OperatorOptions {
-            targets: upstream_target("api", 80, free_addr(), target.addr),
+            targets: upstream_target("api", 80, listen, target.addr),
             env: vec![("OPERATOR_CONSOLE_ADDR".into(), console.to_string())],
             ..Default::default()
         });
         Self {
             op,
             console,
+            listen,
             dev,
             _target: target,
         }
@@ -331,6 +335,58 @@ async fn kill_needs_the_csrf_token_and_a_same_origin_request() {
     let killed = f.op.wait_event("Session Killed", 1);
     assert_eq!(killed[0]["fields"]["by_user"], "root");
     assert_eq!(killed[0]["fields"]["session_id"], a.id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_targets_show_requests_stolen_and_bypassed() {
+    let f = Fixture::start().await;
+    let alice = f.op.issue("alice");
+    let port = format!("80={}", f.dev.addr);
+    let _s = Session::start(
+        &alice,
+        &[
+            "steal",
+            "--target",
+            "api",
+            "--port",
+            &port,
+            "--header",
+            "^x-user: alice$",
+        ],
+    )
+    .unwrap();
+    let listen = f.listen;
+    tokio::task::spawn_blocking(move || {
+        for user in ["alice", "bob", "carol"] {
+            let req = format!(
+                "GET / HTTP/1.1\r\nhost: api\r\nx-user: {user}\r\nconnection: close\r\n\r\n"
+            );
+            prom::http_exchange(listen, &req).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let cookie = f.cookie(&alice).await;
+    let r = f.get("/api/status", &[("cookie", &cookie)]).await;
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let s = &v["sessions"][0];
+    assert_eq!(
+        (
+            s["requests_stolen"].as_u64(),
+            s["requests_bypassed"].as_u64()
+        ),
+        (Some(1), Some(2)),
+        "{v}"
+    );
+    let holds: Vec<&Value> = v["targets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|h| h.as_array().unwrap())
+        .collect();
+    assert_eq!(holds.len(), 1, "{v}");
+    assert_eq!(holds[0]["lock"], "filtered steal");
+    assert_eq!(holds[0]["bypassed"], 2, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,7 +84,7 @@ function renderSessions() {
     actions.append(kill);
     tr.append(el("td", s.session_id), el("td", s.client_user + " (" + s.client_name + "@" + s.client_hostname + ")"),
       el("td", s.namespace + "/" + s.target), el("td", ports(s)), el("td", duration(s.duration_secs)),
-      el("td", s.requests_stolen), actions);
+      el("td", s.requests_stolen + " / " + s.requests_bypassed), actions);
     return tr;
   });
   // Re-rendering must not take keyboard focus away from a Kill button.
@@ -103,11 +103,12 @@ function renderTargets() {
     div.append(el("h3", target));
     const t = el("table");
     const head = el("tr");
-    for (const h of ["Port", "Lock", "Filter", "User", "Session"]) { const th = el("th", h); th.scope = "col"; head.append(th); }
+    for (const h of ["Port", "Lock", "Filter", "Bypassed", "User", "Session"]) { const th = el("th", h); th.scope = "col"; head.append(th); }
     t.append(head);
     for (const h of holds) {
       const tr = el("tr");
-      tr.append(el("td", h.port), el("td", h.lock), el("td", h.filter || "–"), el("td", h.client_user), el("td", h.session_id));
+      tr.append(el("td", h.port), el("td", h.lock), el("td", h.filter || "–"),
+        el("td", h.bypassed === null ? "–" : h.bypassed), el("td", h.client_user), el("td", h.session_id));
       t.append(tr);
     }
     div.append(t);
