@@ -217,7 +217,7 @@ async fn hand_off(
     if let Err(returned) = stealer.tx.send(handoff).await {
         // The session ended after the lookup and before the handoff: nobody saw the
         // request, so the target gets it as if no steal had been there.
-        let Handoff::StolenRequest { body, .. } = returned.0 else {
+        let Handoff::StolenRequest { body, .. } = returned else {
             unreachable!("we sent a StolenRequest")
         };
         return upstream.forward(Request::from_parts(parts, body)).await;

@@ -77,6 +77,11 @@ impl RouteTable {
         let _guard = self.write.lock().expect("route writer panicked");
         let mut next = PortRoutes::clone(&self.current.load());
         f(&mut next);
+        // The clone had exactly the room it needed, so a subscription just added doubled
+        // its list's capacity: with thousands of sessions on a port, half of the table
+        // would be spare room kept for as long as the table is current.
+        next.filtered_steals.shrink_to_fit();
+        next.mirrors.shrink_to_fit();
         self.current.store(Arc::new(next));
         self.version.fetch_add(1, Ordering::AcqRel);
         if let Some(n) = &self.changed {
