@@ -465,6 +465,19 @@ impl Actor {
                     .expect("demux lock")
                     .pending
                     .insert(conn, respond);
+                if hyper::body::Body::is_end_stream(&body) {
+                    // The common case (a GET): nothing to wait for, so the head's frame is
+                    // queued from here rather than by a task of its own per request.
+                    let msg = Box::new(ServerMessage::HttpRequest {
+                        req: conn,
+                        port,
+                        mode: PortMode::Steal,
+                        head,
+                        body: bytes::Bytes::new(),
+                        end: true,
+                    });
+                    return self.queue(msg).await;
+                }
                 // The body may trickle in: it is sent by its own task, head first.
                 let me = Arc::clone(self);
                 self.tracker.spawn(async move {
@@ -513,6 +526,20 @@ impl Actor {
             }
         }
         true
+    }
+
+    /// Queues `msg`, waiting for room (but not past the session's end); `false` when the
+    /// client connection is gone.
+    async fn queue(&self, msg: Box<ServerMessage>) -> bool {
+        let msg = match self.out.try_send(msg) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        };
+        tokio::select! {
+            r = self.out.send(msg) => r.is_ok(),
+            _ = self.cancel.cancelled() => true,
+        }
     }
 
     /// Carries one stolen connection (or upgraded request) between the data plane and
