@@ -1,8 +1,28 @@
 """A small helm-like command line over helm-python-sdk (Helm's Go SDK): see scripts/helm."""
 import argparse
+import json
 import sys
 
 import helm_python as helm
+import helm_python.config as helm_config
+
+
+def _client_side_apply(opts):
+    """Install and upgrade with client-side apply (Helm 3's way) rather than Helm 4's
+    server-side apply: Kubernetes 1.20's aggregator panics on a server-side apply of an
+    APIService ("FieldManager must be installed to run apply"), which the chart has."""
+    def wrapped(**pairs):
+        raw = opts(**pairs)
+        if "chart_version" not in pairs:  # not an install or upgrade
+            return raw
+        present = json.loads(raw) if raw else {}
+        # install takes a bool, upgrade Helm 4's "true"/"false"/"auto".
+        present["server_side_apply"] = "false" if "max_history" in pairs else False
+        return json.dumps(present)
+    return wrapped
+
+
+helm_config._opts = _client_side_apply(helm_config._opts)
 
 
 def parse_set(pairs):

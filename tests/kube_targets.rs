@@ -165,6 +165,9 @@ impl Env {
             "operator.metrics=true",
             "--set",
             "operator.logLevel=mirrord=debug",
+            // The cluster-wide APIService is tests/kube_authz.rs's.
+            "--set",
+            "apiService.enabled=false",
             "--wait",
         ]);
         k.kubectl(&[

@@ -39,6 +39,129 @@ impl Cluster {
         Some(c)
     }
 
+    /// The dev cluster's state directory (its PKI, its token users), next to the admin's
+    /// kubeconfig.
+    fn state_dir(&self) -> &Path {
+        self.kubeconfig
+            .parent()
+            .expect("kubeconfig in the cluster's state directory")
+    }
+
+    /// The static token of a token user of the dev cluster (`alice`, `bob`).
+    pub fn token(&self, user: &str) -> String {
+        let csv = std::fs::read_to_string(self.state_dir().join("tokens.csv"))
+            .expect("the dev cluster's tokens.csv");
+        csv.lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f.get(1) == Some(&user))
+            .map(|f| f[0].to_owned())
+            .unwrap_or_else(|| panic!("no token user {user} in tokens.csv"))
+    }
+
+    /// A kubeconfig in `dir` for `user`, authenticated with a static token (`Some`) or a
+    /// client certificate the cluster's CA signs here (`None`; groups `groups`).
+    pub fn user_kubeconfig(
+        &self,
+        dir: &Path,
+        user: &str,
+        token: Option<&str>,
+        groups: &[&str],
+    ) -> PathBuf {
+        let view = |path: &str| {
+            self.kubectl(&[
+                "config",
+                "view",
+                "--raw",
+                "-o",
+                &format!("jsonpath={{.clusters[0].cluster.{path}}}"),
+            ])
+        };
+        let server = view("server");
+        let ca = view("certificate-authority");
+        let auth = match token {
+            Some(t) => format!("token: {t}"),
+            None => {
+                let (crt, key) = self.client_certificate(dir, user, groups);
+                format!(
+                    "client-certificate: {}\n    client-key: {}",
+                    crt.display(),
+                    key.display()
+                )
+            }
+        };
+        let path = dir.join(format!("{user}.kubeconfig"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: dev\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    {auth}\ncontexts:\n- name: dev\n  context: {{cluster: dev, user: {user}}}\ncurrent-context: dev\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// A client certificate for `user` (CN) in `groups` (O), signed by the cluster's CA.
+    fn client_certificate(&self, dir: &Path, user: &str, groups: &[&str]) -> (PathBuf, PathBuf) {
+        let pki = self.state_dir().join("pki");
+        let (key, csr, crt) = (
+            dir.join(format!("{user}.key")),
+            dir.join(format!("{user}.csr")),
+            dir.join(format!("{user}.crt")),
+        );
+        let subj: String =
+            groups.iter().map(|g| format!("/O={g}")).collect::<String>() + &format!("/CN={user}");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let p = |p: &Path| p.display().to_string();
+        // A v3 certificate for client authentication (rustls refuses v1 ones).
+        let ext = dir.join(format!("{user}.ext"));
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        run(&["genrsa", "-out", &p(&key), "2048"]);
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            &p(&key),
+            "-subj",
+            &subj,
+            "-out",
+            &p(&csr),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&pki.join("ca.crt")),
+            "-CAkey",
+            &p(&pki.join("ca.key")),
+            "-CAcreateserial",
+            "-CAserial",
+            &p(&dir.join("ca.srl")),
+            "-days",
+            "1",
+            "-extfile",
+            &p(&ext),
+            "-out",
+            &p(&crt),
+        ]);
+        (crt, key)
+    }
+
     /// `kubectl --kubeconfig <this cluster's>`, to add arguments to.
     fn kubectl_command(&self) -> Command {
         let mut c = Command::new("kubectl");

@@ -380,6 +380,16 @@ pub fn signal(pid: u32, sig: &str) {
 }
 
 /// `mirrordctl` run to completion.
+/// `mirrordctl` as a Kubernetes user: `kubeconfig`'s, with a `HOME` holding no credential
+/// directory (so it goes through the API server).
+pub fn kube_ctl_command(kubeconfig: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(bin("mirrordctl"));
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env("HOME", home)
+        .env_remove("MIRRORD_CREDENTIALS");
+    cmd
+}
+
 pub fn ctl(creds: &Path, args: &[&str]) -> std::process::Output {
     Command::new(bin("mirrordctl"))
         .arg("--credentials")
@@ -418,9 +428,18 @@ impl Session {
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
+        cmd.arg("--credentials").arg(creds);
+        Self::spawn(cmd, args)
+    }
+
+    /// [`Session::start`] through the Kubernetes API server: no credential directory
+    /// (`home` has none), the user of `kubeconfig`.
+    pub fn start_kube(kubeconfig: &Path, home: &Path, args: &[&str]) -> Result<Self, String> {
+        Self::spawn(kube_ctl_command(kubeconfig, home), args)
+    }
+
+    fn spawn(mut cmd: Command, args: &[&str]) -> Result<Self, String> {
         let mut child = cmd
-            .arg("--credentials")
-            .arg(creds)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -14,7 +14,7 @@ mod session;
 mod status;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use connect::Endpoint;
+use connect::{Endpoint, Via};
 use exit::Usage;
 use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, SessionId};
 use plan::ModeChoice;
@@ -46,6 +46,16 @@ struct Cli {
     /// writes one) [default: ~/.mirrord/credentials]
     #[arg(long, global = true, env = "MIRRORD_CREDENTIALS", value_name = "DIR")]
     credentials: Option<PathBuf>,
+    /// Reach the operator through this kubeconfig context's API server (its aggregated
+    /// API; RBAC decides). Without a credential directory, the current context is used.
+    #[arg(
+        long,
+        global = true,
+        env = "MIRRORD_KUBE_CONTEXT",
+        value_name = "NAME",
+        conflicts_with = "credentials"
+    )]
+    context: Option<String>,
     /// How long to wait for the operator to connect, finish TLS and greet (`500ms`, `30s`).
     #[arg(long, global = true, env = "MIRRORD_CONNECT_TIMEOUT", default_value = "10s",
           value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -256,6 +266,35 @@ impl SessionArgs {
     }
 }
 
+/// How to reach the operator: the credential directory given, else the kubeconfig context
+/// given, else the default credential directory if it exists, else the kubeconfig if there
+/// is one (in a cluster nobody needs a credential directory).
+fn via(credentials: Option<PathBuf>, context: Option<String>) -> anyhow::Result<Via> {
+    if let Some(dir) = credentials {
+        return Ok(Via::Credentials(dir));
+    }
+    if context.is_some() {
+        return Ok(Via::Kubernetes { context });
+    }
+    let dir = credentials_dir(None);
+    if let Ok(d) = &dir {
+        if d.exists() {
+            return Ok(Via::Credentials(d.clone()));
+        }
+    }
+    let kubeconfig = std::env::var_os("KUBECONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube").join("config"))
+        });
+    if kubeconfig.is_some_and(|k| std::env::var_os("KUBECONFIG").is_some() || k.exists()) {
+        return Ok(Via::Kubernetes { context: None });
+    }
+    // Neither: the credential directory's error says what to do.
+    dir.map(Via::Credentials)
+}
+
 /// The default credential directory, documented in the README and in `--help`.
 fn credentials_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     arg.or_else(|| {
@@ -296,7 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     let ep = Endpoint {
-        creds: credentials_dir(cli.credentials)?,
+        via: via(cli.credentials, cli.context)?,
         connect_timeout: cli.connect_timeout,
     };
     match cli.command {

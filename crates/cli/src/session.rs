@@ -47,7 +47,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
     }
     let ports: HashMap<u16, SocketAddr> = port_map.iter().copied().collect();
     let target = plan.target.clone();
-    let (mut t, welcome) = connect(ep).await?;
+    let (mut t, welcome) = connect(ep, Some(&target.namespace)).await?;
     t.send(ClientMessage::OpenSession(SessionRequest {
         target: target.clone(),
         ports: plan

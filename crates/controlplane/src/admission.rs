@@ -10,11 +10,12 @@ use crate::caller::Caller;
 use crate::locks::{Reservation, Want};
 use crate::operator::Operator;
 use crate::policy::Subject;
+use crate::rbac::{self, Check};
 use crate::refusal::Refusal;
 use crate::sessions::{ClientLimits, ClientSlot};
 use mirrord_dataplane::{FilterError, HttpFilter};
 use mirrord_license::SeatReservation;
-use mirrord_protocol::{HttpFilterSpec, PortMode, SessionRequest};
+use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, SessionRequest};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -133,8 +134,14 @@ async fn compile(
 }
 
 /// Whether the caller may ask this at all: a credential revoked while it was connected
-/// gets nothing, and scaling a shared target down is an admin's decision.
-pub fn authorize(op: &Operator, caller: &Caller, req: &SessionRequest) -> Result<(), Refusal> {
+/// gets nothing; a certificate's role decides scale-down (an admin's decision), RBAC
+/// decides everything a Kubernetes user asks for. Says whether they may take over other
+/// users' ports, should the locks ask.
+pub async fn authorize(
+    op: &Operator,
+    caller: &Caller,
+    req: &SessionRequest,
+) -> Result<TakeOvers, Refusal> {
     if op.revoked.contains(&caller.client.client_id) {
         return Err(Refusal::Forbidden(format!(
             "the credential of {} (client id {}) is revoked; ask an admin for a new one",
@@ -142,19 +149,61 @@ pub fn authorize(op: &Operator, caller: &Caller, req: &SessionRequest) -> Result
             caller.client.client_id
         )));
     }
+    if caller.kubernetes_groups().is_some() {
+        return authorize_rbac(op, caller, req).await;
+    }
     if req.scale_down && !caller.role.is_admin() {
         return Err(Refusal::Forbidden(format!(
             "--scale-down stops {} (namespace {}) for everyone: only an admin may do it, and you are a {}",
             req.target, req.target.namespace, caller.role
         )));
     }
-    Ok(())
+    Ok(TakeOvers {
+        allowed: caller.role.is_admin(),
+        lacking: format!("an admin, and you are a {}", caller.role),
+    })
+}
+
+async fn authorize_rbac(
+    op: &Operator,
+    caller: &Caller,
+    req: &SessionRequest,
+) -> Result<TakeOvers, Refusal> {
+    for mode in [PortMode::Steal, PortMode::Mirror] {
+        if req.ports.iter().any(|p| p.mode == mode) {
+            rbac::require(op, caller, Check::open(mode, &req.target)).await?;
+        }
+    }
+    if req.scale_down {
+        rbac::require(op, caller, Check::scale_down(&req.target)).await?;
+    }
+    let check = Check::take_over(&req.target);
+    let allowed = match req.on_concurrent_steal {
+        ConcurrentSteal::Override => rbac::allows(op, caller, &check)
+            .await
+            .unwrap_or(Ok(false))?,
+        _ => false,
+    };
+    Ok(TakeOvers {
+        allowed,
+        lacking: format!("{}, which RBAC does not grant you", check.describe()),
+    })
+}
+
+/// Whether a session may take over ports other users hold, and if not, what it lacks.
+pub struct TakeOvers {
+    pub allowed: bool,
+    lacking: String,
 }
 
 /// `--on-concurrent-steal override` of ports held by another user needs an admin (a
 /// developer may take over their own sessions' ports).
-pub fn authorize_take_overs(caller: &Caller, reserved: &Reservation) -> Result<(), Refusal> {
-    if caller.role.is_admin() {
+pub fn authorize_take_overs(
+    caller: &Caller,
+    may: &TakeOvers,
+    reserved: &Reservation,
+) -> Result<(), Refusal> {
+    if may.allowed {
         return Ok(());
     }
     match reserved
@@ -164,8 +213,8 @@ pub fn authorize_take_overs(caller: &Caller, reserved: &Reservation) -> Result<(
     {
         None => Ok(()),
         Some((holder, port)) => Err(Refusal::Forbidden(format!(
-            "port {port} is held by {holder}: taking over another user's port needs an admin, and you are a {}; retry with --on-concurrent-steal abort or continue",
-            caller.role
+            "port {port} is held by {holder}: taking over another user's port needs {}; retry with --on-concurrent-steal abort or continue",
+            may.lacking
         ))),
     }
 }

@@ -5,13 +5,15 @@
 //! are closed at once), the TLS handshake and the hello have deadlines, and frames are
 //! small until the peer has said who it is.
 
-use crate::caller::Caller;
+use crate::caller::{Authority, Caller};
 use crate::operator::Operator;
 use crate::refusal::Refusal;
 use crate::{open, session};
 use arc_swap::ArcSwap;
 use futures::{SinkExt, StreamExt};
-use mirrord_identity::PeerIdentity;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use mirrord_identity::{PeerIdentity, Role};
 use mirrord_protocol::SessionId;
 use mirrord_protocol::{
     ClientHello, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest,
@@ -25,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
+use tokio_util::either::Either;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Initial read and write buffer of a connection's framing.
@@ -38,8 +41,31 @@ const REQUEST_FRAME_LEN: usize = 1024 * 1024;
 /// How long a client's writer may take to flush the last frames after its request ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub type Transport =
-    Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec<ClientMessage, ServerMessage>>;
+/// A client's byte stream: its own mutual TLS connection, or a connection the Kubernetes
+/// API server upgraded and proxied to the operator (the aggregated API).
+pub type Io = Either<tokio_rustls::server::TlsStream<TcpStream>, TokioIo<Upgraded>>;
+pub type Transport = Framed<Io, FrameCodec<ClientMessage, ServerMessage>>;
+
+/// Who the layer under the protocol authenticated: a client certificate, or the API
+/// server's front-proxy headers.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub client_id: String,
+    pub client_user: String,
+    pub role: Role,
+    pub authority: Authority,
+}
+
+impl From<PeerIdentity> for Authenticated {
+    fn from(id: PeerIdentity) -> Self {
+        Self {
+            client_id: id.client_id,
+            client_user: id.client_user,
+            role: id.role,
+            authority: Authority::Certificate,
+        }
+    }
+}
 
 /// Serves the API. `tls` is read at every accept, so a new configuration (a new
 /// revocation list) applies to every handshake from then on.
@@ -107,13 +133,39 @@ async fn handle(
             return;
         }
     };
-    let mut framed = Framed::new(tls, FrameCodec::with_max(HELLO_FRAME_LEN));
+    converse(op, Either::Left(tls), peer, identity.into(), permit).await;
+}
+
+/// Serves one connection the API server upgraded for an authenticated Kubernetes user
+/// (the protocol is the same as over the operator's own TLS from here on).
+pub async fn serve_upgraded(
+    op: Arc<Operator>,
+    io: TokioIo<Upgraded>,
+    peer: SocketAddr,
+    who: Authenticated,
+) {
+    let Ok(permit) = Arc::clone(&op.connections).try_acquire_owned() else {
+        tracing::warn!(%peer, max = op.limits.max_connections, "API connection limit reached; closing an upgraded connection (limits.max_connections)");
+        return;
+    };
+    converse(op, Either::Right(io), peer, who, permit).await;
+}
+
+/// The protocol on an authenticated stream: hello, then one request.
+async fn converse(
+    op: Arc<Operator>,
+    io: Io,
+    peer: SocketAddr,
+    who: Authenticated,
+    permit: OwnedSemaphorePermit,
+) {
+    let mut framed = Framed::new(io, FrameCodec::with_max(HELLO_FRAME_LEN));
     // Idle sessions are the common case: start with small buffers (they grow on demand)
     // rather than tokio-util's 8 KiB each way, which is most of an idle session's memory.
     *framed.read_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
     *framed.write_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
 
-    let caller = match Box::pin(hello(&op, &mut framed, &peer, identity)).await {
+    let caller = match Box::pin(hello(&op, &mut framed, &peer, who)).await {
         Ok(c) => c,
         Err(reply) => {
             if let Some(reply) = reply {
@@ -156,7 +208,7 @@ async fn hello(
     op: &Operator,
     framed: &mut Transport,
     peer: &SocketAddr,
-    identity: PeerIdentity,
+    identity: Authenticated,
 ) -> Result<Caller, Option<ErrorReply>> {
     let hello = match next(framed, HANDSHAKE_TIMEOUT).await {
         Ok(ClientMessage::Hello(h)) => h,
@@ -211,6 +263,7 @@ async fn hello(
             cli_version: hello.cli_version,
         },
         role: identity.role,
+        authority: identity.authority,
     })
 }
 

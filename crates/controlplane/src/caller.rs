@@ -1,6 +1,6 @@
-//! Who is asking: the authenticated client and the role its certificate carries, and what
-//! that lets them see and do to sessions. A developer sees and ends only sessions of their
-//! own user (any of their credentials); an admin, everyone's.
+//! Who is asking: the authenticated client, where that identity comes from, and the role
+//! it has, and what that lets them see and do to sessions. A developer sees and ends only
+//! sessions of their own user (any of their credentials); an admin, everyone's.
 
 use mirrord_identity::Role;
 use mirrord_telemetry::{ClientInfo, SessionMeta};
@@ -9,6 +9,18 @@ use mirrord_telemetry::{ClientInfo, SessionMeta};
 pub struct Caller {
     pub client: ClientInfo,
     pub role: Role,
+    pub authority: Authority,
+}
+
+/// Who vouches for the caller, which also decides who judges what they may do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Authority {
+    /// A client certificate of this operator's CA: the role it carries decides.
+    #[default]
+    Certificate,
+    /// A Kubernetes user, authenticated by the API server and proxied to the operator
+    /// (front-proxy): RBAC on the operator's resources decides ([`crate::rbac`]).
+    Kubernetes { groups: Vec<String> },
 }
 
 impl Caller {
@@ -24,5 +36,13 @@ impl Caller {
 
     pub fn user(&self) -> &str {
         &self.client.client_user
+    }
+
+    /// The groups the API server vouched for (none for a certificate).
+    pub fn kubernetes_groups(&self) -> Option<&[String]> {
+        match &self.authority {
+            Authority::Kubernetes { groups } => Some(groups),
+            Authority::Certificate => None,
+        }
     }
 }

@@ -57,6 +57,11 @@ pub struct KubernetesConfig {
     /// How long opening a session waits for the agents to apply its routes.
     #[serde(default = "default_agent_ready_timeout", with = "humantime_serde")]
     pub agent_ready_timeout: Duration,
+    /// The aggregated API (the chart's APIService): where the Kubernetes API server reaches
+    /// the operator. Off when unset.
+    pub aggregated_api_listen: Option<SocketAddr>,
+    /// Its serving certificate (`tls.crt`, `tls.key`; the APIService's caBundle signs it).
+    pub aggregated_api_tls: Option<std::path::PathBuf>,
 }
 
 fn default_pull_policy() -> String {

@@ -80,6 +80,7 @@ mod tests {
                 cli_version: "0".into(),
             },
             role: Role::Developer,
+            authority: Default::default(),
         }
     }
 

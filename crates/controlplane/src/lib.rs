@@ -6,7 +6,7 @@
 //! the one way a session ends). [`refusal`] is every way a request is turned down.
 //! [`operator`] holds the shared state; [`backend`] / [`local`] is where targets live
 //! (single machine here, Kubernetes beside it). [`caller`] is who asks and what their role
-//! lets them do; [`revocation`] follows the CA's revocation list while the operator runs.
+//! lets them do; [`rbac`] what a Kubernetes user may do, asked of the cluster; [`revocation`] follows the CA's revocation list while the operator runs.
 //! [`console`] holds the console's pending login links.
 #![forbid(unsafe_code)]
 
@@ -21,6 +21,7 @@ pub mod locks;
 pub mod open;
 pub mod operator;
 pub mod policy;
+pub mod rbac;
 pub mod refusal;
 pub mod revocation;
 pub mod session;

@@ -65,7 +65,7 @@ async fn pipeline(
     caller: &Caller,
 ) -> Result<Opened, Refusal> {
     let mut valid = admission::validate(op, req).await?;
-    admission::authorize(op, caller, req)?;
+    let take_overs = admission::authorize(op, caller, req).await?;
     let admitted = admission::admit(op, caller, req, &mut valid)?;
     let client = &caller.client;
     let id = op.sessions.new_id();
@@ -80,7 +80,7 @@ async fn pipeline(
         req.on_concurrent_steal,
         req.scale_down,
     )?;
-    admission::authorize_take_overs(caller, &ports)?;
+    admission::authorize_take_overs(caller, &take_overs, &ports)?;
     let Admitted { slot, seat } = admitted;
     // The last step that can refuse: a seat that cannot be recorded is not granted.
     seat.commit()?;

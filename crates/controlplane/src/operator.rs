@@ -8,6 +8,7 @@ use crate::config::{Limits, SessionConfig};
 use crate::console::ConsoleLogins;
 use crate::locks::PortLocks;
 use crate::policy::Policies;
+use crate::rbac::Rbac;
 use crate::revocation::Revoked;
 use crate::sessions::Sessions;
 use mirrord_dataplane::FilterLimits;
@@ -30,6 +31,8 @@ pub struct Operator {
     pub limits: Limits,
     pub licensing: Arc<Licensing>,
     pub policies: Policies,
+    /// In a cluster: asks the API server what a Kubernetes user may do.
+    pub rbac: Option<Arc<dyn Rbac>>,
     /// Client ids whose credential was revoked while the operator runs (their handshakes
     /// already fail; this catches a connection made just before).
     pub revoked: Revoked,
@@ -47,6 +50,7 @@ pub struct Parts {
     pub limits: Limits,
     pub licensing: Arc<Licensing>,
     pub policies: Policies,
+    pub rbac: Option<Arc<dyn Rbac>>,
 }
 
 impl Operator {
@@ -65,6 +69,7 @@ impl Operator {
             limits: p.limits,
             licensing: p.licensing,
             policies: p.policies,
+            rbac: p.rbac,
             revoked: Revoked::default(),
             console_logins: ConsoleLogins::default(),
             compile_slots: Semaphore::new(COMPILE_SLOTS),

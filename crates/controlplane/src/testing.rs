@@ -122,6 +122,7 @@ pub fn operator_with(
         limits,
         licensing: Arc::new(mirrord_license::Licensing::new(None, None, &state)),
         policies,
+        rbac: None,
     });
     (Arc::new(op), api)
 }
@@ -146,6 +147,7 @@ fn caller(id: &str, role: Role) -> Caller {
             cli_version: "0".into(),
         },
         role,
+        authority: Default::default(),
     }
 }
 

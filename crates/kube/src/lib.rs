@@ -10,11 +10,14 @@
 //! - [`gateway`] is where agents connect (mutual TLS, a CA of this process): routes go
 //!   out, stolen requests and connections come back into the sessions' channels;
 //! - [`copy`] makes copy pods from the pod template and scales workloads down;
+//! - [`apiserver`] serves the operator as an aggregated API: developers reach it through
+//!   the Kubernetes API server with their kubeconfig, and RBAC decides what they may do;
 //! - [`reconcile`] undoes what a previous operator process left (copies, agents, scaled
 //!   down workloads) at start.
 //!
 //! [`RouteTable`]: mirrord_dataplane::RouteTable
 
+pub mod apiserver;
 pub mod copy;
 pub mod fleet;
 pub mod gateway;
@@ -114,6 +117,11 @@ pub struct KubeBackend {
 }
 
 impl KubeBackend {
+    /// The API server connection (the aggregated API asks it RBAC questions).
+    pub fn client(&self) -> kube::Client {
+        self.ctx.client.clone()
+    }
+
     /// Connects to the API server, cleans up after a previous operator, issues the agents'
     /// credentials and starts the gateway.
     pub async fn start(cfg: &KubernetesConfig) -> Result<Self, KubeError> {

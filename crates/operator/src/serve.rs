@@ -169,13 +169,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
             tokio::spawn(metrics::serve_on(telemetry.metrics().clone(), listener));
         }
+        let mut kube_client = None;
         let backend: Arc<dyn TargetBackend> = match &config.kubernetes {
-            Some(k) => Arc::new(mirrord_kube::KubeBackend::start(k).await?),
+            Some(k) => {
+                let b = mirrord_kube::KubeBackend::start(k).await?;
+                kube_client = Some(b.client());
+                Arc::new(b)
+            }
             None => Arc::new(
                 LocalBackend::start(&config.targets, &telemetry, &args.state_dir, interception)
                     .await?,
             ),
         };
+        let rbac = kube_client.clone().map(|c| {
+            Arc::new(mirrord_kube::apiserver::access::AccessReviews::new(c))
+                as Arc<dyn mirrord_controlplane::rbac::Rbac>
+        });
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
             .with_context(|| format!("API cannot listen on {}", config.api.listen))?;
@@ -215,8 +224,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             limits: config.limits.clone(),
             licensing,
             policies,
+            rbac,
         }));
         tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
+        if let (Some(client), Some(k)) = (&kube_client, &config.kubernetes) {
+            aggregated_api(&op, client, k).await?;
+        }
         tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
         if let (Some(addr), Some(tls)) = (console_addr, console_tls) {
             crate::console::serve(addr, args.console_url.clone(), tls, Arc::clone(&op)).await?;
@@ -243,6 +256,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         otel.shutdown();
     }
     result
+}
+
+/// The aggregated API, when configured (both its address and its certificate).
+async fn aggregated_api(
+    op: &Arc<Operator>,
+    client: &kube::Client,
+    k: &mirrord_controlplane::config::KubernetesConfig,
+) -> anyhow::Result<()> {
+    match (k.aggregated_api_listen, &k.aggregated_api_tls) {
+        (Some(listen), Some(dir)) => {
+            mirrord_kube::apiserver::serve(Arc::clone(op), client, listen, dir).await?;
+            Ok(())
+        }
+        (None, None) => Ok(()),
+        _ => bail!("[kubernetes] aggregated_api_listen and aggregated_api_tls go together: set both or neither"),
+    }
 }
 
 /// SIGINT, SIGTERM, or SIGHUP (the terminal that started the operator closed): all end

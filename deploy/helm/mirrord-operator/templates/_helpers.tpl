@@ -30,6 +30,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default (printf "%s-ca" (include "mirrord-operator.fullname" .)) .Values.tls.existingSecret -}}
 {{- end -}}
 
+{{- define "mirrord-operator.apiServerSecret" -}}
+{{- printf "%s-apiserver-tls" (include "mirrord-operator.fullname" .) -}}
+{{- end -}}
+
 {{- define "mirrord-operator.licenseSecret" -}}
 {{- if .Values.license.existingSecret -}}
 {{- .Values.license.existingSecret -}}
@@ -55,6 +59,10 @@ agent_image_pull_policy = {{ .Values.agent.image.pullPolicy | quote }}
 gateway_listen = "0.0.0.0:{{ .Values.agent.gatewayPort }}"
 agent_linger = {{ .Values.agent.linger | quote }}
 agent_lease = {{ .Values.agent.lease | quote }}
+{{- if .Values.apiService.enabled }}
+aggregated_api_listen = "0.0.0.0:{{ .Values.apiService.port }}"
+aggregated_api_tls = "/etc/mirrord/apiserver-tls"
+{{- end }}
 {{- with .Values.operator.config }}
 
 {{ . }}
