@@ -10,8 +10,8 @@ use mirrord_e2e::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 struct Fixture {
     op: Operator,
     console: SocketAddr,
+    /// Where the target's clients connect (the interceptor).
+    listen: SocketAddr,
     dev: HttpServer,
     _target: HttpServer,
 }
@@ -29,14 +31,16 @@ impl Fixture {
         let target = HttpServer::start("target").await;
         let dev = HttpServer::start("dev").await;
         let console = free_addr();
+        let listen = free_addr();
         let op = Operator::start_with(OperatorOptions {
-            targets: upstream_target("api", 80, free_addr(), target.addr),
+            targets: upstream_target("api", 80, listen, target.addr),
             env: vec![("OPERATOR_CONSOLE_ADDR".into(), console.to_string())],
             ..Default::default()
         });
         Self {
             op,
             console,
+            listen,
             dev,
             _target: target,
         }
@@ -334,6 +338,58 @@ async fn kill_needs_the_csrf_token_and_a_same_origin_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_targets_show_requests_stolen_and_bypassed() {
+    let f = Fixture::start().await;
+    let alice = f.op.issue("alice");
+    let port = format!("80={}", f.dev.addr);
+    let _s = Session::start(
+        &alice,
+        &[
+            "steal",
+            "--target",
+            "api",
+            "--port",
+            &port,
+            "--header",
+            "^x-user: alice$",
+        ],
+    )
+    .unwrap();
+    let listen = f.listen;
+    tokio::task::spawn_blocking(move || {
+        for user in ["alice", "bob", "carol"] {
+            let req = format!(
+                "GET / HTTP/1.1\r\nhost: api\r\nx-user: {user}\r\nconnection: close\r\n\r\n"
+            );
+            prom::http_exchange(listen, &req).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let cookie = f.cookie(&alice).await;
+    let r = f.get("/api/status", &[("cookie", &cookie)]).await;
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let s = &v["sessions"][0];
+    assert_eq!(
+        (
+            s["requests_stolen"].as_u64(),
+            s["requests_bypassed"].as_u64()
+        ),
+        (Some(1), Some(2)),
+        "{v}"
+    );
+    let holds: Vec<&Value> = v["targets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|h| h.as_array().unwrap())
+        .collect();
+    assert_eq!(holds.len(), 1, "{v}");
+    assert_eq!(holds[0]["lock"], "filtered steal");
+    assert_eq!(holds[0]["bypassed"], 2, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stream_resumes_after_last_event_id_and_shows_developers_only_theirs() {
     let f = Fixture::start().await;
     let (root, alice, bob) = (
@@ -425,94 +481,7 @@ async fn event_stream_resumes_after_last_event_id_and_shows_developers_only_thei
 
 // ---------------------------------------------------------------- headless Chromium
 
-/// chromedriver on a free loopback port, stopped on drop.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `None` (skip) only outside CI: under CI a missing browser is a failure.
-fn chromedriver() -> Option<Driver> {
-    let found = ["/usr/bin/chromedriver", "/usr/bin/chromium"]
-        .iter()
-        .all(|p| Path::new(p).exists());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium and chromium-driver are required under CI (apt-get install chromium chromium-driver)"
-        );
-        eprintln!("skipping: chromium / chromium-driver not installed");
-        return None;
-    }
-    let addr = free_addr();
-    let child = Command::new("/usr/bin/chromedriver")
-        .arg(format!("--port={}", addr.port()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    let url = format!("http://{addr}");
-    wait_for(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(addr).ok()
-    })
-    .expect("chromedriver listens");
-    Some(Driver { child, url })
-}
-
-async fn browser(driver: &Driver) -> fantoccini::Client {
-    let caps = json!({
-        "browserName": "chrome",
-        // The console's certificate is the operator's own (its CA is not the system's).
-        "acceptInsecureCerts": true,
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1280,1000"],
-        },
-    });
-    let caps = caps.as_object().unwrap().clone().into_iter().collect();
-    fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("a chromium session")
-}
-
-fn screenshot_dir() -> PathBuf {
-    let dir = bin("mirrord-operator")
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("console-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn screenshot(c: &fantoccini::Client, name: &str) {
-    let png = c.screenshot().await.unwrap();
-    let path = screenshot_dir().join(name);
-    std::fs::write(&path, png).unwrap();
-    eprintln!("screenshot: {}", path.display());
-}
-
-/// Waits (up to 30 s) until the script returns true.
-async fn until(c: &fantoccini::Client, what: &str, script: &str) {
-    for _ in 0..150 {
-        if c.execute(script, vec![]).await.unwrap() == Value::Bool(true) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    screenshot(c, &format!("failed-{}.png", what.replace(' ', "-"))).await;
-    panic!("timed out waiting for {what}");
-}
+use mirrord_e2e::browser::{browser, chromedriver, screenshot, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_logs_in_sees_a_live_session_and_its_events_kills_it_as_admin_and_is_refused_as_another_developer(

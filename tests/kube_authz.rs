@@ -95,7 +95,8 @@ impl Drop for Env {
 }
 
 impl Env {
-    fn start() -> Option<Self> {
+    /// `sets`: more `--set` values for the chart.
+    fn start(sets: &[&str]) -> Option<Self> {
         let k = Cluster::get()?;
         // A fresh name each time: deleting a namespace can take a minute here.
         let nanos = std::time::SystemTime::now()
@@ -122,7 +123,7 @@ impl Env {
             .join("deploy/helm/mirrord-operator")
             .display()
             .to_string();
-        env.k.helm(&[
+        let mut args = vec![
             "install",
             &env.release,
             &chart,
@@ -133,7 +134,11 @@ impl Env {
             "--set",
             "operator.logLevel=mirrord=debug",
             "--wait",
-        ]);
+        ];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        env.k.helm(&args);
         let available = wait_for(Duration::from_secs(60), || {
             let (_, out, _) = env.k.try_kubectl(&[
                 "get",
@@ -284,7 +289,7 @@ fn text(o: &Output) -> String {
 #[test]
 fn kubernetes_users_are_authenticated_by_the_api_server_and_authorized_by_rbac() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(env) = Env::start() else { return };
+    let Some(env) = Env::start(&[]) else { return };
     let _ = bin("mirrordctl");
     let (alice, bob, carol, admin) = (
         env.user("alice"),
@@ -432,7 +437,7 @@ fn kubernetes_users_are_authenticated_by_the_api_server_and_authorized_by_rbac()
 #[test]
 fn forged_front_proxy_headers_are_refused() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(env) = Env::start() else { return };
+    let Some(env) = Env::start(&[]) else { return };
     let op = SocketAddr::new(env.pod_ip("app.kubernetes.io/name=mirrord-operator"), 8446);
     let curl = |extra: &[&str]| -> String {
         let out = Command::new("curl")
@@ -484,4 +489,202 @@ fn forged_front_proxy_headers_are_refused() {
             .then_some(())
     });
     assert!(refused.is_some(), "the forgery is in the operator's log");
+}
+
+/// `kubectl proxy` as the cluster admin on a free loopback port: how a person opens the
+/// console through the API server. Stopped on drop.
+struct KubectlProxy {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl KubectlProxy {
+    fn start(kubeconfig: &Path) -> Self {
+        let addr = mirrord_e2e::free_addr();
+        let child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args([
+                "proxy",
+                "--address=127.0.0.1",
+                &format!("--port={}", addr.port()),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl proxy");
+        wait_for(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(addr).ok()
+        })
+        .expect("kubectl proxy listens");
+        Self { child, addr }
+    }
+}
+
+impl Drop for KubectlProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const CONSOLE: &str = "/apis/operator.mirrord.dev/v1/console";
+
+#[test]
+fn the_console_is_reached_through_the_api_server_with_rbac() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The lock is held outside the runtime: one release at a time, across the awaits.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(console_through_the_api_server());
+}
+
+async fn console_through_the_api_server() {
+    use mirrord_e2e::browser::{browser, chromedriver, screenshot, until};
+    let Some(driver) = chromedriver() else { return };
+    let Some(env) = tokio::task::block_in_place(|| Env::start(&["console.enabled=true"])) else {
+        return;
+    };
+    let (alice, bob, carol, admin) = (
+        env.user("alice"),
+        env.user("bob"),
+        env.user("carol"),
+        env.user("admin"),
+    );
+    env.bind("alice", "user");
+    env.bind("carol", "user");
+    let mut session = tokio::task::block_in_place(|| env.steal(&alice, local(), &[]))
+        .unwrap_or_else(|e| panic!("alice's session did not open: {e}"));
+
+    // Through the API server with their own kubeconfig, in their namespace (a RoleBinding
+    // grants the console there): alice sees her session as a developer, carol (the user
+    // role too) sees none of alice's, bob (no RBAC) nothing.
+    let ns_console = format!(
+        "/apis/operator.mirrord.dev/v1/namespaces/{}/console",
+        env.ns
+    );
+    let status = |who: &Path| -> Result<Value, String> {
+        let (ok, out, err) =
+            env.kubectl_as(who, &["get", "--raw", &format!("{ns_console}/api/status")]);
+        match ok {
+            true => Ok(serde_json::from_str(&out).unwrap()),
+            false => Err(err),
+        }
+    };
+    let mine = status(&alice).unwrap();
+    assert_eq!(mine["caller"]["client_user"], "alice");
+    assert_eq!(mine["caller"]["role"], "developer");
+    assert!(
+        mine["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["session_id"] == session.id.as_str()),
+        "{mine}"
+    );
+    let theirs = status(&carol).unwrap();
+    assert!(
+        theirs["sessions"].as_array().unwrap().is_empty(),
+        "{theirs}"
+    );
+    let err = status(&bob).unwrap_err();
+    assert!(err.contains("Forbidden"), "{err}");
+
+    // carol may not kill alice's session from the console, even with her CSRF token.
+    let server = env.k.kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let ca = env.k.kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority}",
+    ]);
+    let kill_as_carol = |csrf: &str| -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "10", "-X", "POST", "--cacert", &ca])
+            .arg("--cert")
+            .arg(carol.with_file_name("carol.crt"))
+            .arg("--key")
+            .arg(carol.with_file_name("carol.key"))
+            .args([
+                "-H",
+                &format!("X-CSRF-Token: {csrf}"),
+                "-w",
+                "|%{http_code}",
+            ])
+            .arg(format!(
+                "{server}{ns_console}/api/sessions/{}/kill",
+                session.id
+            ))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let answer = kill_as_carol("forged");
+    assert!(
+        answer.ends_with("|403") && answer.contains("X-CSRF-Token"),
+        "{answer}"
+    );
+    let answer = kill_as_carol(theirs["csrf"].as_str().unwrap());
+    assert!(
+        answer.ends_with("|403") && answer.contains("not yours"),
+        "{answer}"
+    );
+
+    // The admin opens it in a real browser through `kubectl proxy`, sees alice's session
+    // and ends it with the Kill button.
+    let proxy = tokio::task::block_in_place(|| KubectlProxy::start(&admin));
+    let c = browser(&driver).await;
+    c.goto(&format!("http://{}{CONSOLE}/", proxy.addr))
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the admin's name",
+        "return document.getElementById('whoami').textContent.includes('kubernetes-admin (admin)')",
+    )
+    .await;
+    let row = format!(
+        "return !!document.querySelector('tr[data-session=\"{}\"]')",
+        session.id
+    );
+    until(&c, "alice's session row", &row).await;
+    screenshot(&c, "console-through-api-server.png").await;
+    let css = format!("tr[data-session=\"{}\"] button.kill", session.id);
+    let mut clicked = false;
+    for _ in 0..10 {
+        if let Ok(button) = c.find(fantoccini::Locator::Css(&css)).await {
+            if button.click().await.is_ok() {
+                clicked = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(clicked, "could not click alice's Kill button");
+    until(
+        &c,
+        "the row to go",
+        &format!(
+            "return !document.querySelector('tr[data-session=\"{}\"]')",
+            session.id
+        ),
+    )
+    .await;
+    let ended = tokio::task::block_in_place(|| session.wait_exit(Duration::from_secs(10)));
+    assert!(ended.is_some(), "alice's CLI ends");
+    assert!(
+        session.stderr.text().contains("killed by kubernetes-admin"),
+        "{}",
+        session.stderr.text()
+    );
+    c.close().await.unwrap();
 }

@@ -3,6 +3,7 @@
 //! replicas and for a developer's local process. Nothing here is a mock: traffic crosses
 //! real sockets, TLS is real, the binaries are the ones users run.
 
+pub mod browser;
 pub mod kube;
 pub mod prom;
 pub mod raw;

@@ -227,12 +227,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             rbac,
         }));
         tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
-        if let (Some(client), Some(k)) = (&kube_client, &config.kubernetes) {
-            aggregated_api(&op, client, k).await?;
-        }
         tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
+        let mut console = None;
         if let (Some(addr), Some(tls)) = (console_addr, console_tls) {
-            crate::console::serve(addr, args.console_url.clone(), tls, Arc::clone(&op)).await?;
+            let (_, mount) =
+                crate::console::serve(addr, args.console_url.clone(), tls, Arc::clone(&op)).await?;
+            console = Some(mount);
+        }
+        if let (Some(client), Some(k)) = (&kube_client, &config.kubernetes) {
+            aggregated_api(&op, client, k, console).await?;
         }
         if let Some(health) = &health {
             health.ready();
@@ -263,10 +266,11 @@ async fn aggregated_api(
     op: &Arc<Operator>,
     client: &kube::Client,
     k: &mirrord_controlplane::config::KubernetesConfig,
+    console: Option<Arc<dyn mirrord_kube::apiserver::Mount>>,
 ) -> anyhow::Result<()> {
     match (k.aggregated_api_listen, &k.aggregated_api_tls) {
         (Some(listen), Some(dir)) => {
-            mirrord_kube::apiserver::serve(Arc::clone(op), client, listen, dir).await?;
+            mirrord_kube::apiserver::serve(Arc::clone(op), client, listen, dir, console).await?;
             Ok(())
         }
         (None, None) => Ok(()),

@@ -275,6 +275,14 @@ impl Metrics {
         ]))
     }
 
+    /// What filtered steals on a target's port have let through so far (the console's
+    /// "bypassed"; the same series as `mirrord_bypassed_requests_total`).
+    pub fn bypassed_requests_of(&self, namespace: &str, target: &str, port: u16) -> u64 {
+        self.bypassed_requests
+            .with_label_values(&[namespace, target, &port.to_string()])
+            .get()
+    }
+
     pub(crate) fn observe(self: &Arc<Self>, event: &Event) {
         match event {
             Event::SessionStarted { session } => {

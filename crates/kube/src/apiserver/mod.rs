@@ -14,6 +14,7 @@ mod resources;
 
 use bytes::Bytes;
 use frontproxy::{AuthError, FrontProxy, KubeUser};
+use futures::future::BoxFuture;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -51,11 +52,28 @@ pub enum ApiServerError {
     },
 }
 
-type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+/// What every response here is (and what a [`Mount`] answers with).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// Something served to authenticated users under `/apis/operator.mirrord.dev/v1/NAME/`
+/// (the web console, reached with `kubectl proxy`): it gets the request, the path below
+/// its prefix (`/`, `/api/status`) and the caller as RBAC sees them.
+pub trait Mount: Send + Sync {
+    fn serve(
+        &self,
+        req: Request<Incoming>,
+        path: String,
+        caller: Caller,
+    ) -> BoxFuture<'static, Response<Body>>;
+}
+
+/// The console's prefix under the API.
+pub const CONSOLE: &str = "console";
 
 struct Server {
     op: Arc<Operator>,
     proxy: FrontProxy,
+    console: Option<Arc<dyn Mount>>,
 }
 
 /// Starts serving; returns once listening (the rest runs in the background).
@@ -64,6 +82,7 @@ pub async fn serve(
     client: &kube::Client,
     listen: SocketAddr,
     tls_dir: &Path,
+    console: Option<Arc<dyn Mount>>,
 ) -> Result<SocketAddr, ApiServerError> {
     let proxy = FrontProxy::load(client).await?;
     let tls = server_config(tls_dir, Arc::clone(&proxy.verifier))?;
@@ -79,7 +98,7 @@ pub async fn serve(
             addr: listen,
             source,
         })?;
-    let server = Arc::new(Server { op, proxy });
+    let server = Arc::new(Server { op, proxy, console });
     tokio::spawn(accept_loop(
         server,
         listener,
@@ -177,10 +196,17 @@ enum Route<'a> {
         namespace: &'a str,
         name: &'a str,
     },
+    /// The console's own path (`/`, `/api/status`).
+    Console(&'a str),
+    /// `.../console` without its slash: the page's relative links need it.
+    ConsoleRoot,
     Unknown,
 }
 
 fn route(path: &str) -> Route<'_> {
+    if let Some(r) = console_route(path) {
+        return r;
+    }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
         ["apis"] => Route::Groups,
@@ -227,6 +253,11 @@ impl Server {
                 json(StatusCode::OK, &resources::resource_list())
             }
             (Route::Unknown, _, _) => not_found(&path),
+            (Route::ConsoleRoot, _, _) => Response::builder()
+                .status(StatusCode::MOVED_PERMANENTLY)
+                .header(header::LOCATION, format!("{CONSOLE}/"))
+                .body(empty())
+                .expect("valid response"),
             (_, _, None) => json(
                 StatusCode::UNAUTHORIZED,
                 &resources::status(401, "Unauthorized", "the API server sent no user"),
@@ -251,6 +282,17 @@ impl Server {
             Err(resp) => return resp,
         };
         match (route, method) {
+            (Route::Console(path), _) => match &self.console {
+                Some(console) => console.serve(req, path.to_owned(), caller).await,
+                None => json(
+                    StatusCode::NOT_FOUND,
+                    &resources::status(
+                        404,
+                        "NotFound",
+                        "the console is off (Helm value console.enabled)",
+                    ),
+                ),
+            },
             (Route::Sessions { namespace: Some(_) }, Method::POST) => {
                 self.upgrade(req, caller, peer)
             }
@@ -428,6 +470,27 @@ impl Server {
     }
 }
 
+/// The console's paths: `.../v1/console/...` (cluster-wide: a ClusterRoleBinding grants it)
+/// or `.../v1/namespaces/NS/console/...` (a RoleBinding in NS does). Either shows what the
+/// caller may see everywhere, as `mirrordctl status` does.
+fn console_route(path: &str) -> Option<Route<'_>> {
+    let rest = path
+        .strip_prefix("/apis/")?
+        .strip_prefix(GROUP)?
+        .strip_prefix('/')?
+        .strip_prefix(VERSION)?
+        .strip_prefix('/')?;
+    let rest = match rest.strip_prefix("namespaces/") {
+        Some(ns) => ns.split_once('/')?.1,
+        None => rest,
+    };
+    match rest.strip_prefix(CONSOLE)? {
+        "" => Some(Route::ConsoleRoot),
+        below if below.starts_with('/') => Some(Route::Console(below)),
+        _ => None,
+    }
+}
+
 /// A Kubernetes user's `client_id`: stable per user (the API server authenticates users,
 /// not client certificates).
 pub fn client_id(user: &str) -> String {
@@ -456,20 +519,14 @@ fn wants_table(req: &Request<Incoming>) -> bool {
 }
 
 fn empty() -> Body {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(Bytes::new()).boxed_unsync()
 }
 
 fn json(status: StatusCode, v: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(
-            Full::new(Bytes::from(v.to_string()))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        .body(Full::new(Bytes::from(v.to_string())).boxed_unsync())
         .expect("valid response")
 }
 
@@ -520,6 +577,22 @@ mod tests {
             Route::Unknown
         );
         assert_eq!(route("/api/v1/pods"), Route::Unknown);
+        assert_eq!(
+            route("/apis/operator.mirrord.dev/v1/console"),
+            Route::ConsoleRoot
+        );
+        assert_eq!(
+            route("/apis/operator.mirrord.dev/v1/console/"),
+            Route::Console("/")
+        );
+        assert_eq!(
+            route("/apis/operator.mirrord.dev/v1/console/api/sessions/AB/kill"),
+            Route::Console("/api/sessions/AB/kill")
+        );
+        assert_eq!(
+            route("/apis/operator.mirrord.dev/v1/consoles"),
+            Route::Unknown
+        );
     }
 
     #[test]

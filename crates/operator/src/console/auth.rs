@@ -23,6 +23,22 @@ pub struct BrowserSession {
     created: Instant,
 }
 
+impl BrowserSession {
+    /// A request the Kubernetes API server proxied for an authenticated user (`kubectl
+    /// proxy`): no cookie, no login. Its CSRF token is derived from the caller with this
+    /// process's `secret`, so the page reads it from `/api/status` as with a cookie.
+    pub fn proxied(caller: Caller, secret: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest =
+            Sha256::digest(format!("{secret}\0{}\0{}", caller.user(), caller.role).as_bytes());
+        Self {
+            caller,
+            csrf: hex::encode(digest),
+            created: Instant::now(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct BrowserSessions {
     by_id: Mutex<HashMap<String, BrowserSession>>,

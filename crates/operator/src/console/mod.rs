@@ -43,17 +43,38 @@ pub struct Console {
     feed: Arc<Feed>,
     sessions: auth::BrowserSessions,
     streams: Arc<Semaphore>,
+    /// Derives the CSRF tokens of users the API server proxies (random at each start).
+    proxied_secret: String,
+}
+
+/// The console under the aggregated API (`/apis/operator.mirrord.dev/v1/console/`, with
+/// `kubectl proxy`): the API server authenticated the user and RBAC let them in.
+struct ThroughApiServer(Arc<Console>);
+
+impl mirrord_kube::apiserver::Mount for ThroughApiServer {
+    fn serve(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        path: String,
+        caller: mirrord_controlplane::Caller,
+    ) -> futures::future::BoxFuture<'static, hyper::Response<routes::Body>> {
+        let console = Arc::clone(&self.0);
+        Box::pin(async move {
+            let session = auth::BrowserSession::proxied(caller, &console.proxied_secret);
+            routes::handle_proxied(&console, req, &path, session).await
+        })
+    }
 }
 
 /// Binds `addr` now (a bad address fails the start), turns login links on (pointing at
 /// `public_url`, else the address bound), and serves in the background. Returns the
-/// address bound.
+/// address bound and the console to mount under the aggregated API (in a cluster).
 pub async fn serve(
     addr: SocketAddr,
     public_url: Option<String>,
     tls: Arc<rustls::ServerConfig>,
     op: Arc<Operator>,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<(SocketAddr, Arc<dyn mirrord_kube::apiserver::Mount>)> {
     let feed = op
         .telemetry
         .feed()
@@ -72,10 +93,15 @@ pub async fn serve(
         feed,
         sessions: auth::BrowserSessions::default(),
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        proxied_secret: auth::random_token(),
     });
     tracing::info!(addr = %bound, "console listening on {bound} (log in with `mirrordctl console login`)");
-    tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), console));
-    Ok(bound)
+    tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(tls),
+        Arc::clone(&console),
+    ));
+    Ok((bound, Arc::new(ThroughApiServer(console))))
 }
 
 async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, console: Arc<Console>) {

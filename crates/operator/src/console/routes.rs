@@ -88,7 +88,21 @@ const STYLE: &str = include_str!("assets/console.css");
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 pub async fn handle(console: &Console, req: Request<Incoming>) -> Response<Body> {
-    let mut resp = dispatch(console, req).await;
+    let path = req.uri().path().to_owned();
+    let mut resp = dispatch(console, req, &path, None).await;
+    secure_headers(resp.headers_mut());
+    resp
+}
+
+/// A request through the Kubernetes API server (the aggregated API's `console/`): `path`
+/// is below that prefix and `session` is the user the API server authenticated.
+pub async fn handle_proxied(
+    console: &Console,
+    req: Request<Incoming>,
+    path: &str,
+    session: BrowserSession,
+) -> Response<Body> {
+    let mut resp = dispatch(console, req, path, Some(session)).await;
     secure_headers(resp.headers_mut());
     resp
 }
@@ -128,19 +142,30 @@ fn find<'p>(method: &Method, path: &'p str) -> Option<(&'static Route, Option<&'
     })
 }
 
-async fn dispatch(console: &Console, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
-    let Some((route, id)) = find(req.method(), &path) else {
+async fn dispatch(
+    console: &Console,
+    req: Request<Incoming>,
+    path: &str,
+    proxied: Option<BrowserSession>,
+) -> Response<Body> {
+    let Some((route, id)) = find(req.method(), path) else {
         return text(StatusCode::NOT_FOUND, "no such page\n");
     };
+    let via_api_server = proxied.is_some();
     if route.access == Access::LoginToken {
-        return login(console, &req);
+        return match via_api_server {
+            false => login(console, &req),
+            true => text(
+                StatusCode::NOT_FOUND,
+                "no login here: the API server authenticates you\n",
+            ),
+        };
     }
     let cookie = req
         .headers()
         .get(header::COOKIE)
         .and_then(|v| v.to_str().ok());
-    let Some(session) = console.sessions.lookup(cookie) else {
+    let Some(session) = proxied.or_else(|| console.sessions.lookup(cookie)) else {
         return text(
             StatusCode::UNAUTHORIZED,
             "not logged in: run `mirrordctl console login` and open the link it prints\n",
@@ -155,7 +180,7 @@ async fn dispatch(console: &Console, req: Request<Incoming>) -> Response<Body> {
         return text(StatusCode::UNAUTHORIZED, "your credential was revoked\n");
     }
     if route.access == Access::SessionAndCsrf {
-        if let Err(why) = check_csrf(&req, &session) {
+        if let Err(why) = check_csrf(&req, &session, via_api_server) {
             return text(StatusCode::FORBIDDEN, why);
         }
     }
@@ -178,11 +203,20 @@ async fn dispatch(console: &Console, req: Request<Incoming>) -> Response<Body> {
 
 /// The kill action must come from our own page: the CSRF token it read from
 /// `/api/status`, and an `Origin` naming this console (browsers always send one on POST).
-fn check_csrf(req: &Request<Incoming>, session: &BrowserSession) -> Result<(), &'static str> {
+/// Through the API server the `Host` is rewritten on the way, so there the custom header
+/// alone stands (another origin cannot send it without a CORS preflight, never answered).
+fn check_csrf(
+    req: &Request<Incoming>,
+    session: &BrowserSession,
+    via_api_server: bool,
+) -> Result<(), &'static str> {
     let h = req.headers();
     let token = h.get("x-csrf-token").and_then(|v| v.to_str().ok());
     if !token.is_some_and(|t| auth::same_secret(t, &session.csrf)) {
         return Err("missing or wrong X-CSRF-Token: reload the console\n");
+    }
+    if via_api_server {
+        return Ok(());
     }
     let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
     let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());

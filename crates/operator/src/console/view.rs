@@ -4,7 +4,7 @@
 
 use super::auth::BrowserSession;
 use mirrord_controlplane::Operator;
-use mirrord_protocol::{PortMode, SessionInfo};
+use mirrord_protocol::{PortMode, PortOutcome, SessionInfo};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -38,7 +38,7 @@ pub fn status(op: &Operator, session: &BrowserSession) -> Value {
             "scale_down": c.scale_down,
             "session_id": c.session_id.to_string(),
         })).collect::<Vec<_>>(),
-        "targets": targets(&report.sessions),
+        "targets": targets(op, &report.sessions),
         "sessions": sessions,
     })
 }
@@ -59,6 +59,7 @@ fn session_json(op: &Operator, s: &SessionInfo) -> Value {
         "duration_secs": s.duration_secs,
         "ping_ms": s.ping_ms,
         "requests_stolen": stolen,
+        "requests_bypassed": s.ports.iter().filter_map(|p| bypassed(op, s, p)).sum::<u64>(),
         "ports": s.ports.iter().map(|p| json!({
             "port": p.port,
             "mode": p.mode.to_string(),
@@ -69,7 +70,18 @@ fn session_json(op: &Operator, s: &SessionInfo) -> Value {
 }
 
 /// Who holds what, per target and port (the status report's sessions, regrouped).
-fn targets(sessions: &[SessionInfo]) -> Value {
+/// Requests the filtered steals on `port` of the session's target let through (shared by
+/// every filtered session on that port: a request that matches none is bypassed once).
+fn bypassed(op: &Operator, s: &SessionInfo, port: &PortOutcome) -> Option<u64> {
+    let filtered_steal = port.mode == PortMode::Steal && !port.filter.is_empty();
+    filtered_steal.then(|| {
+        op.telemetry
+            .metrics()
+            .bypassed_requests_of(&s.namespace, &s.target, port.port)
+    })
+}
+
+fn targets(op: &Operator, sessions: &[SessionInfo]) -> Value {
     let mut by_target: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for s in sessions {
         for p in s.ports.iter().filter(|p| p.skipped.is_none()) {
@@ -84,6 +96,7 @@ fn targets(sessions: &[SessionInfo]) -> Value {
                         (PortMode::Mirror, _) => "mirror",
                     },
                     "filter": p.filter,
+                    "bypassed": bypassed(op, s, p),
                     "client_user": s.client_user,
                     "session_id": s.session_id.to_string(),
                 }));

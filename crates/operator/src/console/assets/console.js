@@ -30,7 +30,7 @@ function ports(s) {
 
 async function poll() {
   try {
-    const r = await fetch("/api/status", { credentials: "same-origin" });
+    const r = await fetch("api/status", { credentials: "same-origin" });
     if (r.status === 401) { $("whoami").textContent = "logged out: run `mirrordctl console login`"; return; }
     status = await r.json();
     csrf = status.csrf;
@@ -84,7 +84,7 @@ function renderSessions() {
     actions.append(kill);
     tr.append(el("td", s.session_id), el("td", s.client_user + " (" + s.client_name + "@" + s.client_hostname + ")"),
       el("td", s.namespace + "/" + s.target), el("td", ports(s)), el("td", duration(s.duration_secs)),
-      el("td", s.requests_stolen), actions);
+      el("td", s.requests_stolen + " / " + s.requests_bypassed), actions);
     return tr;
   });
   // Re-rendering must not take keyboard focus away from a Kill button.
@@ -103,11 +103,12 @@ function renderTargets() {
     div.append(el("h3", target));
     const t = el("table");
     const head = el("tr");
-    for (const h of ["Port", "Lock", "Filter", "User", "Session"]) { const th = el("th", h); th.scope = "col"; head.append(th); }
+    for (const h of ["Port", "Lock", "Filter", "Bypassed", "User", "Session"]) { const th = el("th", h); th.scope = "col"; head.append(th); }
     t.append(head);
     for (const h of holds) {
       const tr = el("tr");
-      tr.append(el("td", h.port), el("td", h.lock), el("td", h.filter || "–"), el("td", h.client_user), el("td", h.session_id));
+      tr.append(el("td", h.port), el("td", h.lock), el("td", h.filter || "–"),
+        el("td", h.bypassed === null ? "–" : h.bypassed), el("td", h.client_user), el("td", h.session_id));
       t.append(tr);
     }
     div.append(t);
@@ -143,7 +144,7 @@ function chart(svg, values) {
 async function killSession(id) {
   const out = $("kill-result");
   out.className = "";
-  const r = await fetch("/api/sessions/" + encodeURIComponent(id) + "/kill", {
+  const r = await fetch("api/sessions/" + encodeURIComponent(id) + "/kill", {
     method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf },
   });
   const text = await r.text();
@@ -157,7 +158,7 @@ async function killSession(id) {
 }
 
 function follow() {
-  const src = new EventSource("/api/events");
+  const src = new EventSource("api/events");
   const list = $("event-list");
   src.onopen = () => { $("feed-state").textContent = "(live)"; };
   src.onerror = () => { $("feed-state").textContent = "(reconnecting…)"; };
@@ -180,7 +181,7 @@ function follow() {
 document.addEventListener("DOMContentLoaded", () => {
   $("filter").addEventListener("input", () => status && renderSessions());
   $("logout").addEventListener("click", async () => {
-    await fetch("/logout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
+    await fetch("logout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
     location.reload();
   });
   poll();
