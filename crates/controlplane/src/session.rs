@@ -5,7 +5,7 @@
 //! into the data plane), the *forwarder* (handoffs from the data plane to the client; it
 //! may wait when the client is slow) and the *watchdog* (pings, the client timeout, the
 //! session's lifetime limits, and what the registry says). They run side by side in the
-//! session's task (a task each would cost every idle session two more task cells, ~0.6 KB);
+//! session's task (a task each would cost every idle session two more task cells, ~0.5 KB);
 //! none of them blocks the others, and the watchdog never waits on traffic, so a frozen
 //! client is timed out after `client_timeout` however much traffic is queued for it. Every
 //! task the session starts (one per carried connection) is in its [`TaskTracker`] and
