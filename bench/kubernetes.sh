@@ -118,9 +118,10 @@ target/release/mirrord-operator certs issue --state-dir "$tmp" --user bench --ou
 target/release/mirrord-operator demo-server --bind 127.0.0.1 --port 18181 --name local >/dev/null 2>&1 &
 demo=$!
 sleep 0.5
-open_session() { # starts a steal in the background (pid in $ctl), sets $opened (s)
+mkdir -p "$tmp/home" # no ~/.mirrord: without --credentials mirrordctl uses the kubeconfig
+open_session() { # open_session [ARGS]: a steal in the background (pid in $ctl), sets $opened (s)
   local t0; t0=$(now)
-  target/release/mirrordctl --credentials "$tmp/creds" steal -t deployment/web -n $ns \
+  HOME="$tmp/home" target/release/mirrordctl "$@" steal -t deployment/web -n $ns \
     --port 8080=127.0.0.1:18181 >"$tmp/ctl.out" 2>&1 &
   ctl=$!
   until grep -q '^session ' "$tmp/ctl.out" 2>/dev/null; do
@@ -131,15 +132,23 @@ open_session() { # starts a steal in the background (pid in $ctl), sets $opened 
 }
 direct1=$(rate 1); direct16=$(rate 16)
 for round in 1 2; do
-  open_session; cold=$opened
+  open_session --credentials "$tmp/creds"; cold=$opened
   if [ "$round" -eq 1 ]; then stolen1=$(rate 1); stolen16=$(rate 16); fi
   kill -INT $ctl; wait $ctl || true
-  open_session; warm=$opened
+  open_session --credentials "$tmp/creds"; warm=$opened
   kill -INT $ctl; wait $ctl || true
   echo "round $round: session open, agent cold $cold s, warm $warm s"
   sleep 8 # past the agents' linger (5 s): the next one is cold again
 done
 echo "stolen through the agent, operator and mirrordctl to a local server, keep-alive: c=1 $stolen1 req/s vs direct $direct1 ($(secs 0 "$stolen1/$direct1")x); c=16 $stolen16 vs $direct16 ($(secs 0 "$stolen16/$direct16")x)"
+# The same session through the Kubernetes API server (the aggregated API, this kubeconfig's
+# user): one more hop for every stolen byte, and RBAC questions when it opens.
+open_session; api_cold=$opened
+api1=$(rate 1); api16=$(rate 16)
+kill -INT $ctl; wait $ctl || true
+open_session; api_warm=$opened
+kill -INT $ctl; wait $ctl || true
+echo "through the API server: session open, agent cold $api_cold s, warm $api_warm s; stolen c=1 $api1 req/s ($(secs 0 "$api1/$direct1")x direct, $(secs 0 "$api1/$stolen1")x the operator's own port); c=16 $api16 ($(secs 0 "$api16/$direct16")x, $(secs 0 "$api16/$stolen16")x)"
 kill $demo 2>/dev/null || true
 rm -rf "$tmp"
 scripts/helm uninstall mirrord-operator -n $ns --wait >/dev/null

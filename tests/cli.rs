@@ -105,9 +105,12 @@ async fn a_silent_operator_times_out_instead_of_hanging() {
 #[test]
 fn missing_credentials_say_where_and_what_to_do_once() {
     let home = tempfile::tempdir().unwrap();
+    // Neither a credential directory nor a kubeconfig (with one, mirrordctl would go
+    // through the Kubernetes API server instead).
     let out = Command::new(bin("mirrordctl"))
         .env("HOME", home.path())
         .env_remove("MIRRORD_CREDENTIALS")
+        .env_remove("KUBECONFIG")
         .arg("status")
         .output()
         .unwrap();
@@ -120,6 +123,7 @@ fn missing_credentials_say_where_and_what_to_do_once() {
     );
     assert!(err.contains("mirrord-operator certs issue"), "{err}");
     assert!(err.contains("--credentials DIR"), "{err}");
+    assert!(err.contains("kubeconfig"), "{err}");
 
     // A directory with a broken part: the cause once, not repeated by its wrapper.
     let creds = tempfile::tempdir().unwrap();

@@ -481,7 +481,7 @@ async fn event_stream_resumes_after_last_event_id_and_shows_developers_only_thei
 
 // ---------------------------------------------------------------- headless Chromium
 
-use mirrord_e2e::browser::{browser, chromedriver, screenshot, until};
+use mirrord_e2e::browser::{browser, chromedriver, click, screenshot, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_logs_in_sees_a_live_session_and_its_events_kills_it_as_admin_and_is_refused_as_another_developer(
@@ -558,20 +558,8 @@ async fn chromium_logs_in_sees_a_live_session_and_its_events_kills_it_as_admin_a
     c.delete_all_cookies().await.unwrap();
     c.goto(&f.login_link(&root)).await.unwrap();
     until(&c, "alice's session row again", &row).await;
-    // The table is redrawn on every poll and event: a button found just before a redraw is
-    // stale by the time it is clicked, so find and click again.
     let css = format!("tr[data-session=\"{}\"] button.kill", a.id);
-    let mut clicked = false;
-    for _ in 0..10 {
-        if let Ok(button) = c.find(fantoccini::Locator::Css(&css)).await {
-            if button.click().await.is_ok() {
-                clicked = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(clicked, "could not click alice's Kill button");
+    click(&c, &css).await;
     until(
         &c,
         "the row to go",

@@ -191,6 +191,15 @@ impl Env {
         path
     }
 
+    /// alice and carol (a certificate user) with the user role in the test's namespace, bob
+    /// with no RBAC, the cluster's admin.
+    fn users(&self) -> [PathBuf; 4] {
+        let users = ["alice", "bob", "carol", "admin"].map(|u| self.user(u));
+        self.bind("alice", "user");
+        self.bind("carol", "user");
+        users
+    }
+
     fn bind(&self, user: &str, role: &str) {
         self.k.kubectl(&[
             "-n",
@@ -262,19 +271,9 @@ impl Env {
             .unwrap()
     }
 
-    /// The operator's JSON log lines whose message is `message`.
+    /// The operator's JSON log lines with `message`.
     fn events(&self, message: &str) -> Vec<Value> {
-        let (_, out, _) = self.k.try_kubectl(&[
-            "-n",
-            &self.ns,
-            "logs",
-            &format!("deployment/{}", self.release),
-            "--tail=-1",
-        ]);
-        out.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == message)
-            .collect()
+        self.k.operator_events(&self.ns, &self.release, message)
     }
 }
 
@@ -291,14 +290,7 @@ fn kubernetes_users_are_authenticated_by_the_api_server_and_authorized_by_rbac()
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(env) = Env::start(&[]) else { return };
     let _ = bin("mirrordctl");
-    let (alice, bob, carol, admin) = (
-        env.user("alice"),
-        env.user("bob"),
-        env.user("carol"),
-        env.user("admin"),
-    );
-    env.bind("alice", "user");
-    env.bind("carol", "user");
+    let [alice, bob, carol, admin] = env.users();
     let pod = SocketAddr::new(env.pod_ip("app=web"), 80);
 
     // No RBAC at all: the API server refuses bob at the door, naming what he lacks.
@@ -542,19 +534,12 @@ fn the_console_is_reached_through_the_api_server_with_rbac() {
 }
 
 async fn console_through_the_api_server() {
-    use mirrord_e2e::browser::{browser, chromedriver, screenshot, until};
+    use mirrord_e2e::browser::{browser, chromedriver, click, screenshot, until};
     let Some(driver) = chromedriver() else { return };
     let Some(env) = tokio::task::block_in_place(|| Env::start(&["console.enabled=true"])) else {
         return;
     };
-    let (alice, bob, carol, admin) = (
-        env.user("alice"),
-        env.user("bob"),
-        env.user("carol"),
-        env.user("admin"),
-    );
-    env.bind("alice", "user");
-    env.bind("carol", "user");
+    let [alice, bob, carol, admin] = env.users();
     let mut session = tokio::task::block_in_place(|| env.steal(&alice, local(), &[]))
         .unwrap_or_else(|e| panic!("alice's session did not open: {e}"));
 
@@ -659,17 +644,7 @@ async fn console_through_the_api_server() {
     until(&c, "alice's session row", &row).await;
     screenshot(&c, "console-through-api-server.png").await;
     let css = format!("tr[data-session=\"{}\"] button.kill", session.id);
-    let mut clicked = false;
-    for _ in 0..10 {
-        if let Ok(button) = c.find(fantoccini::Locator::Css(&css)).await {
-            if button.click().await.is_ok() {
-                clicked = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(clicked, "could not click alice's Kill button");
+    click(&c, &css).await;
     until(
         &c,
         "the row to go",

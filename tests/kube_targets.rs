@@ -297,17 +297,7 @@ impl Env {
 
     /// The operator's JSON log lines with `message`.
     fn events(&self, message: &str) -> Vec<Value> {
-        let (_, out, _) = self.k.try_kubectl(&[
-            "-n",
-            &self.ns,
-            "logs",
-            &format!("deployment/{}", self.release),
-            "--tail=-1",
-        ]);
-        out.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == message)
-            .collect()
+        self.k.operator_events(&self.ns, &self.release, message)
     }
 
     /// Waits until the Service answers from the pods only, `n` times in a row.

@@ -96,3 +96,18 @@ pub async fn until(c: &fantoccini::Client, what: &str, script: &str) {
     screenshot(c, &format!("failed-{}.png", what.replace(' ', "-"))).await;
     panic!("timed out waiting for {what}");
 }
+
+/// Clicks the element `css` finds. The console redraws its tables on every poll and event:
+/// an element found just before a redraw is stale by the time it is clicked, so find and
+/// click again (up to a second).
+pub async fn click(c: &fantoccini::Client, css: &str) {
+    for _ in 0..10 {
+        if let Ok(e) = c.find(fantoccini::Locator::Css(css)).await {
+            if e.click().await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not click {css}");
+}

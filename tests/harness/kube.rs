@@ -162,6 +162,27 @@ impl Cluster {
         (crt, key)
     }
 
+    /// The JSON log lines (the chart's `operator.jsonLog`) of release `release`'s operator in
+    /// `ns` whose message is `message`.
+    pub fn operator_events(
+        &self,
+        ns: &str,
+        release: &str,
+        message: &str,
+    ) -> Vec<serde_json::Value> {
+        let (_, out, _) = self.try_kubectl(&[
+            "-n",
+            ns,
+            "logs",
+            &format!("deployment/{release}"),
+            "--tail=-1",
+        ]);
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+
     /// `kubectl --kubeconfig <this cluster's>`, to add arguments to.
     fn kubectl_command(&self) -> Command {
         let mut c = Command::new("kubectl");

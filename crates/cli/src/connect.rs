@@ -166,7 +166,9 @@ fn load_credentials(dir: &Path) -> anyhow::Result<Credentials> {
             anyhow::bail!(
                 "no credentials in {} ({} is missing): ask your operator's admin for a \
                  credential directory (`mirrord-operator certs issue --user NAME --out DIR` \
-                 writes one), then pass --credentials DIR or set MIRRORD_CREDENTIALS",
+                 writes one), then pass --credentials DIR or set MIRRORD_CREDENTIALS; in a \
+                 cluster whose operator has its APIService, a kubeconfig (KUBECONFIG, \
+                 ~/.kube/config or --context) is enough",
                 dir.display(),
                 path.file_name().unwrap_or_default().to_string_lossy()
             )

@@ -63,56 +63,24 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
         return Err(unknown(client, r).await);
     };
     let ns = &r.namespace;
-    let get = |e: kube::Error| {
-        if not_found(&e) {
-            None
-        } else {
-            Some(api_error(format!("read {r} in namespace {ns}"), e))
-        }
-    };
-    let (uid, selector, template) = match kind {
-        Kind::Deployment => {
-            match Api::<Deployment>::namespaced(client.clone(), ns)
-                .get(&r.name)
-                .await
-            {
-                Ok(d) => {
-                    let spec = d.spec.unwrap_or_default();
-                    (d.metadata.uid, Some(spec.selector), spec.template)
-                }
-                Err(e) => return Err(get(e).unwrap_or(unknown(client, r).await)),
-            }
-        }
-        Kind::StatefulSet => {
-            match Api::<StatefulSet>::namespaced(client.clone(), ns)
-                .get(&r.name)
-                .await
-            {
-                Ok(s) => {
-                    let spec = s.spec.unwrap_or_default();
-                    (s.metadata.uid, Some(spec.selector), spec.template)
-                }
-                Err(e) => return Err(get(e).unwrap_or(unknown(client, r).await)),
-            }
-        }
-        Kind::Pod => match Api::<Pod>::namespaced(client.clone(), ns)
-            .get(&r.name)
+    let found = match kind {
+        Kind::Deployment => get::<Deployment>(client, ns, &r.name).await.map(|d| {
+            let spec = d.spec.unwrap_or_default();
+            (d.metadata.uid, Some(spec.selector), spec.template)
+        }),
+        Kind::StatefulSet => get::<StatefulSet>(client, ns, &r.name).await.map(|s| {
+            let spec = s.spec.unwrap_or_default();
+            (s.metadata.uid, Some(spec.selector), spec.template)
+        }),
+        Kind::Pod => get::<Pod>(client, ns, &r.name)
             .await
-        {
-            Ok(p) => (
-                p.metadata.uid.clone(),
-                None,
-                PodTemplateSpec {
-                    metadata: Some(kube::api::ObjectMeta {
-                        labels: p.metadata.labels.clone(),
-                        annotations: p.metadata.annotations.clone(),
-                        ..Default::default()
-                    }),
-                    spec: p.spec.clone(),
-                },
-            ),
-            Err(e) => return Err(get(e).unwrap_or(unknown(client, r).await)),
-        },
+            .map(|p| (p.metadata.uid.clone(), None, pod_template(p))),
+    };
+    // Only a target that is not there costs the listing of what is.
+    let (uid, selector, template) = match found {
+        Ok(f) => f,
+        Err(e) if not_found(&e) => return Err(unknown(client, r).await),
+        Err(e) => return Err(api_error(format!("read {r} in namespace {ns}"), e)),
     };
     let pods = match selector {
         Some(s) => PodSelector::Labels(label_selector(&s).map_err(|e| {
@@ -129,6 +97,29 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
         ports: declared_ports(template.spec.as_ref()),
         template,
     })
+}
+
+async fn get<K>(client: &Client, ns: &str, name: &str) -> Result<K, kube::Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), ns).get(name).await
+}
+
+/// A bare pod as the template a copy is made from.
+fn pod_template(p: Pod) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(kube::api::ObjectMeta {
+            labels: p.metadata.labels,
+            annotations: p.metadata.annotations,
+            ..Default::default()
+        }),
+        spec: p.spec,
+    }
 }
 
 fn label_selector(s: &LabelSelector) -> Result<String, String> {

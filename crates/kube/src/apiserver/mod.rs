@@ -239,10 +239,7 @@ impl Server {
             Err(e) => {
                 let forged = matches!(e, AuthError::Forged(_) | AuthError::NameNotAllowed(_));
                 tracing::warn!(target: "mirrord_kube", %peer, forged, path = req.uri().path(), error = %e, "aggregated API: request refused");
-                return json(
-                    StatusCode::UNAUTHORIZED,
-                    &resources::status(401, "Unauthorized", &e.to_string()),
-                );
+                return failure(StatusCode::UNAUTHORIZED, "Unauthorized", &e.to_string());
             }
         };
         let path = req.uri().path().to_owned();
@@ -258,9 +255,10 @@ impl Server {
                 .header(header::LOCATION, format!("{CONSOLE}/"))
                 .body(empty())
                 .expect("valid response"),
-            (_, _, None) => json(
+            (_, _, None) => failure(
                 StatusCode::UNAUTHORIZED,
-                &resources::status(401, "Unauthorized", "the API server sent no user"),
+                "Unauthorized",
+                "the API server sent no user",
             ),
             (route, method, Some(user)) => {
                 let method = method.clone();
@@ -284,41 +282,16 @@ impl Server {
         match (route, method) {
             (Route::Console(path), _) => match &self.console {
                 Some(console) => console.serve(req, path.to_owned(), caller).await,
-                None => json(
+                None => failure(
                     StatusCode::NOT_FOUND,
-                    &resources::status(
-                        404,
-                        "NotFound",
-                        "the console is off (Helm value console.enabled)",
-                    ),
+                    "NotFound",
+                    "the console is off (Helm value console.enabled)",
                 ),
             },
             (Route::Sessions { namespace: Some(_) }, Method::POST) => {
                 self.upgrade(req, caller, peer)
             }
-            (Route::Sessions { namespace }, Method::GET) => {
-                if req
-                    .uri()
-                    .query()
-                    .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
-                {
-                    return json(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        &resources::status(
-                            405,
-                            "MethodNotAllowed",
-                            "sessions cannot be watched; list them again",
-                        ),
-                    );
-                }
-                let wanted = field_name(req.uri().query());
-                let sessions = self.visible(&caller, namespace, wanted.as_deref());
-                let now = chrono::Utc::now();
-                match wants_table(&req) {
-                    true => json(StatusCode::OK, &resources::table(&sessions, now)),
-                    false => json(StatusCode::OK, &resources::list(&sessions, now)),
-                }
-            }
+            (Route::Sessions { namespace }, Method::GET) => self.list(&req, &caller, namespace),
             (Route::Session { namespace, name }, Method::GET) => {
                 match self.visible(&caller, Some(namespace), Some(name)).first() {
                     Some(s) => json(StatusCode::OK, &resources::object(s, chrono::Utc::now())),
@@ -328,10 +301,35 @@ impl Server {
             (Route::Session { namespace, name }, Method::DELETE) => {
                 self.delete(&caller, namespace, name)
             }
-            _ => json(
+            _ => failure(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &resources::status(405, "MethodNotAllowed", "not supported on this resource"),
+                "MethodNotAllowed",
+                "not supported on this resource",
             ),
+        }
+    }
+
+    /// `kubectl get sessions`: a Table for kubectl's columns, a `SessionList` otherwise.
+    fn list(
+        &self,
+        req: &Request<Incoming>,
+        caller: &Caller,
+        namespace: Option<&str>,
+    ) -> Response<Body> {
+        let query = req.uri().query();
+        if query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1")) {
+            return failure(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "sessions cannot be watched; list them again",
+            );
+        }
+        let wanted = field_name(query);
+        let sessions = self.visible(caller, namespace, wanted.as_deref());
+        let now = chrono::Utc::now();
+        match wants_table(req) {
+            true => json(StatusCode::OK, &resources::table(&sessions, now)),
+            false => json(StatusCode::OK, &resources::list(&sessions, now)),
         }
     }
 
@@ -367,9 +365,10 @@ impl Server {
             Some(Ok(false)) | None => {}
             Some(Err(e)) => {
                 tracing::warn!(target: "mirrord_kube", user = %user.name, error = %e, "aggregated API: access review failed");
-                return Err(json(
+                return Err(failure(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &resources::status(503, "ServiceUnavailable", &e.to_string()),
+                    "ServiceUnavailable",
+                    &e.to_string(),
                 ));
             }
         }
@@ -406,16 +405,16 @@ impl Server {
         }
         match api::kill(&self.op, KillRequest::Sessions(vec![id]), caller) {
             ServerMessage::Killed { .. } => json(StatusCode::OK, &resources::deleted(name)),
-            ServerMessage::Error(e) if e.code == ErrorCode::Forbidden => json(
-                StatusCode::FORBIDDEN,
-                &resources::status(403, "Forbidden", &e.message),
-            ),
+            ServerMessage::Error(e) if e.code == ErrorCode::Forbidden => {
+                failure(StatusCode::FORBIDDEN, "Forbidden", &e.message)
+            }
             ServerMessage::Error(e) if e.code == ErrorCode::SessionNotFound => {
                 session_not_found(name)
             }
-            other => json(
+            other => failure(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &resources::status(500, "InternalError", &format!("{other:?}")),
+                "InternalError",
+                &format!("{other:?}"),
             ),
         }
     }
@@ -434,15 +433,10 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE));
         if !asked {
-            return json(
+            return failure(
                 StatusCode::BAD_REQUEST,
-                &resources::status(
-                    400,
-                    "BadRequest",
-                    &format!(
-                        "sessions are opened by mirrordctl: an HTTP/1.1 upgrade to `{UPGRADE}`"
-                    ),
-                ),
+                "BadRequest",
+                &format!("sessions are opened by mirrordctl: an HTTP/1.1 upgrade to `{UPGRADE}`"),
             );
         }
         let who = Authenticated {
@@ -530,25 +524,24 @@ fn json(status: StatusCode, v: &Value) -> Response<Body> {
         .expect("valid response")
 }
 
+/// A Kubernetes `Status` answer: kubectl prints `Error from server (reason): message`.
+fn failure(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json(status, &resources::status(status.as_u16(), reason, message))
+}
+
 fn not_found(path: &str) -> Response<Body> {
-    json(
+    failure(
         StatusCode::NOT_FOUND,
-        &resources::status(
-            404,
-            "NotFound",
-            &format!("the server could not find {path}"),
-        ),
+        "NotFound",
+        &format!("the server could not find {path}"),
     )
 }
 
 fn session_not_found(name: &str) -> Response<Body> {
-    json(
+    failure(
         StatusCode::NOT_FOUND,
-        &resources::status(
-            404,
-            "NotFound",
-            &format!("sessions.{GROUP} \"{name}\" not found"),
-        ),
+        "NotFound",
+        &format!("sessions.{GROUP} \"{name}\" not found"),
     )
 }
 
