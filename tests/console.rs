@@ -279,7 +279,7 @@ async fn every_route_refuses_requests_without_a_valid_login() {
     // No static page carries inline script.
     let page = f.get("/", &[("cookie", &cookie)]).await.body;
     assert!(
-        page.contains("<script src=\"/assets/console.js\""),
+        page.contains("<script src=\"assets/console.js\""),
         "{page}"
     );
     assert!(!page.contains("<script>"), "{page}");
