@@ -16,7 +16,6 @@ use mirrord_protocol::agent::{self, RouteSnapshot};
 use mirrord_protocol::HttpResponseHead;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +122,7 @@ impl Link {
 
     /// A session's bridge: handoffs sent to the returned channel reach the operator.
     pub fn bridge(self: &Arc<Self>, session: u64) -> SubscriberTx {
-        let (tx, mut rx) = mpsc::channel(BRIDGE_QUEUE);
+        let (tx, mut rx) = mirrord_dataplane::handoff::channel(BRIDGE_QUEUE);
         let link = Arc::clone(self);
         tokio::spawn(async move {
             while let Some(h) = rx.recv().await {

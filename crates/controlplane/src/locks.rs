@@ -415,7 +415,7 @@ mod tests {
     }
 
     fn sub(n: u64) -> Subscriber {
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let (tx, _rx) = mirrord_dataplane::handoff::channel(1);
         Subscriber {
             session_id: n,
             tx,

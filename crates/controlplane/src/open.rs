@@ -17,14 +17,14 @@ use crate::locks::{Holder, Outcome, Reservation};
 use crate::operator::Operator;
 use crate::refusal::Refusal;
 use crate::sessions::{NewEntry, SessionEntry};
-use mirrord_dataplane::{Handoff, Subscriber};
+use mirrord_dataplane::handoff::{self, HandoffRx};
+use mirrord_dataplane::Subscriber;
 use mirrord_protocol::{
     CopyInfo, ErrorReply, PortMode, PortOutcome, SessionId, SessionOpened, SessionRequest,
 };
 use mirrord_telemetry::{Event, PortCounters, SessionMeta};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
 
 /// Handoffs queued for one session before the data plane waits (steal) or drops (mirror).
 const HANDOFF_QUEUE: usize = 1024;
@@ -32,7 +32,7 @@ const HANDOFF_QUEUE: usize = 1024;
 /// A session that is open: what its actor needs.
 pub struct Opened {
     pub entry: Arc<SessionEntry>,
-    pub handoffs: mpsc::Receiver<Handoff>,
+    pub handoffs: HandoffRx,
     /// The answer to send the client.
     pub reply: SessionOpened,
 }
@@ -168,7 +168,7 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
             },
         })
         .collect();
-    let (handoff_tx, handoffs) = mpsc::channel(HANDOFF_QUEUE);
+    let (handoff_tx, handoffs) = handoff::channel(HANDOFF_QUEUE);
     let trace = op.telemetry.session_trace(&meta);
     let (grant, taken) = ports.commit(|w| Subscriber {
         session_id: id.0,

@@ -1,18 +1,21 @@
 //! The session actor: owns a session's connection to its client, the traffic the data
 //! plane hands it, its pings and its shutdown.
 //!
-//! Three tasks share one [`CancellationToken`]: the *reader* (frames from the client back
+//! Three futures share one [`CancellationToken`]: the *reader* (frames from the client back
 //! into the data plane), the *forwarder* (handoffs from the data plane to the client; it
 //! may wait when the client is slow) and the *watchdog* (pings, the client timeout, the
-//! session's lifetime limits, and what the registry says). The watchdog never waits on
-//! traffic, so a frozen client is timed out after `client_timeout` however much traffic
-//! is queued for it. Every task the session starts (one per carried connection) is in
-//! its [`TaskTracker`] and stops with it.
+//! session's lifetime limits, and what the registry says). They run side by side in the
+//! session's task (a task each would cost every idle session two more task cells, ~0.5 KB);
+//! none of them blocks the others, and the watchdog never waits on traffic, so a frozen
+//! client is timed out after `client_timeout` however much traffic is queued for it. Every
+//! task the session starts (one per carried connection) is in its [`TaskTracker`] and
+//! stops with it.
 
 use crate::open::Opened;
 use crate::operator::Operator;
 use crate::sessions::{Control, SessionEntry};
 use futures::StreamExt;
+use mirrord_dataplane::handoff::HandoffRx;
 use mirrord_dataplane::{Handoff, StolenResponse};
 use mirrord_protocol::body::BodyInbox;
 use mirrord_protocol::pump::{conn_channel, relay, ConnFrames, ConnInbox};
@@ -74,8 +77,12 @@ impl<T> Inbound for T where
 
 pub async fn run(op: Arc<Operator>, opened: Opened, inbound: impl Inbound, out: Outbound) {
     let Opened {
-        entry, handoffs, ..
+        entry,
+        handoffs,
+        reply,
     } = opened;
+    // Already sent; otherwise kept (with its list of ports) for the session's life.
+    drop(reply);
     let actor = Arc::new(Actor {
         op,
         entry,
@@ -87,9 +94,11 @@ pub async fn run(op: Arc<Operator>, opened: Opened, inbound: impl Inbound, out: 
         epoch: Instant::now(),
         demux: Mutex::default(),
     });
-    actor.tracker.spawn(Arc::clone(&actor).read(inbound));
-    actor.tracker.spawn(Arc::clone(&actor).forward(handoffs));
-    Arc::clone(&actor).watch().await;
+    let read = Arc::clone(&actor).read(inbound);
+    let forward = Arc::clone(&actor).forward(handoffs);
+    // All three return once the session is cancelled (by whichever of them, or the
+    // registry, ends it first); the forwarder may return before, when its routes are gone.
+    tokio::join!(Arc::clone(&actor).watch(), read, forward);
     // Boxed (here and for the last words below): what ending takes is not carried in
     // the session's task for its whole life.
     Box::pin(actor.finish()).await;
@@ -153,7 +162,12 @@ impl Actor {
         let cfg = &self.op.cfg;
         let mut tick = tokio::time::interval(cfg.ping_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let deadline = self.entry.deadline.map(Instant::from_std);
+        // Made once and boxed: most sessions have no deadline, and this future is part of
+        // every idle session's task.
+        let mut deadline = self
+            .entry
+            .deadline
+            .map(|d| Box::pin(tokio::time::sleep_until(Instant::from_std(d))));
         let mut unused_since: Option<Instant> = None;
         let mut nonce = 0u64;
         loop {
@@ -163,7 +177,7 @@ impl Actor {
                     Control::Ended(reason) => return Box::pin(self.say_last(reason)).await,
                     Control::PortLost { port, reason } => self.send_soon(ServerMessage::PortLost { port, reason }),
                 },
-                _ = sleep_until(deadline) => {
+                _ = expiry(&mut deadline) => {
                     let max = cfg.max_session_time.unwrap_or_default();
                     let reason = format!("max session time reached ({})", humantime::format_duration(max));
                     return Box::pin(self.say_last(reason)).await;
@@ -388,7 +402,7 @@ impl Actor {
 
     // ------------------------------------------------------------------ forwarder
 
-    async fn forward(self: Arc<Self>, mut handoffs: mpsc::Receiver<Handoff>) {
+    async fn forward(self: Arc<Self>, mut handoffs: HandoffRx) {
         let mut next_id: u64 = 1;
         loop {
             let h = tokio::select! {
@@ -451,6 +465,19 @@ impl Actor {
                     .expect("demux lock")
                     .pending
                     .insert(conn, respond);
+                if hyper::body::Body::is_end_stream(&body) {
+                    // The common case (a GET): nothing to wait for, so the head's frame is
+                    // queued from here rather than by a task of its own per request.
+                    let msg = Box::new(ServerMessage::HttpRequest {
+                        req: conn,
+                        port,
+                        mode: PortMode::Steal,
+                        head,
+                        body: bytes::Bytes::new(),
+                        end: true,
+                    });
+                    return self.queue(msg).await;
+                }
                 // The body may trickle in: it is sent by its own task, head first.
                 let me = Arc::clone(self);
                 self.tracker.spawn(async move {
@@ -501,6 +528,20 @@ impl Actor {
         true
     }
 
+    /// Queues `msg`, waiting for room (but not past the session's end); `false` when the
+    /// client connection is gone.
+    async fn queue(&self, msg: Box<ServerMessage>) -> bool {
+        let msg = match self.out.try_send(msg) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        };
+        tokio::select! {
+            r = self.out.send(msg) => r.is_ok(),
+            _ = self.cancel.cancelled() => true,
+        }
+    }
+
     /// Carries one stolen connection (or upgraded request) between the data plane and
     /// the client's frames, until either side closes or the session ends.
     fn carry<IO>(self: &Arc<Self>, conn: u64, io: IO) -> ConnInbox
@@ -541,9 +582,9 @@ impl Actor {
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+async fn expiry(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => d.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -588,7 +629,8 @@ mod tests {
                     io: Box::new(io),
                 })
                 .await
-                .unwrap();
+                .ok()
+                .expect("the session is open");
         }
         let started = tokio::time::Instant::now();
         tokio::time::timeout(

@@ -57,7 +57,8 @@ pub struct SessionEntry {
     pub started: Instant,
     /// When the session will be ended for reaching the maximum session time.
     pub deadline: Option<Instant>,
-    pub copy_info: Option<CopyInfo>,
+    /// Boxed: most sessions make no copy, and each entry lives as long as its session.
+    pub copy_info: Option<Box<CopyInfo>>,
     pub ping: Mutex<Option<Duration>>,
     grant: Mutex<Option<Grant>>,
     copy: Mutex<Option<Box<dyn TargetCopy>>>,
@@ -85,7 +86,7 @@ impl SessionEntry {
             target_key: e.grant.target().to_owned(),
             started: Instant::now(),
             deadline: e.deadline,
-            copy_info: e.copy_info,
+            copy_info: e.copy_info.map(Box::new),
             ping: Mutex::new(None),
             grant: Mutex::new(Some(e.grant)),
             copy: Mutex::new(e.copy),
@@ -286,7 +287,10 @@ impl Sessions {
             .into_iter()
             .filter(|e| visible(&e.meta))
             .collect();
-        let copies = list.iter().filter_map(|e| e.copy_info.clone()).collect();
+        let copies = list
+            .iter()
+            .filter_map(|e| e.copy_info.as_deref().cloned())
+            .collect();
         let sessions = list.iter().map(|e| self.info_of(e)).collect();
         (sessions, copies)
     }

@@ -1,5 +1,6 @@
-//! What the data plane hands to a session. The control plane turns these into frames for
-//! the developer's CLI; the data plane only sees streams and channels.
+//! What the data plane hands to a session, and the queue it goes through. The control
+//! plane turns these into frames for the developer's CLI; the data plane only sees streams
+//! and channels.
 
 use bytes::Bytes;
 use mirrord_protocol::{HttpRequestHead, HttpResponseHead};
@@ -8,10 +9,11 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use mirrord_protocol::body::{Body, BoxError};
 
+mod queue;
+pub use queue::{channel, HandoffRx, SubscriberTx};
+
 /// Bytes of a stolen connection or upgraded request in flight in one direction.
 pub const HANDOFF_BUFFER: usize = 256 * 1024;
-
-pub type SubscriberTx = mpsc::Sender<Handoff>;
 
 /// A byte stream a session can own: the client's socket (with any sniffed bytes in front).
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}

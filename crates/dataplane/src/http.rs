@@ -217,7 +217,7 @@ async fn hand_off(
     if let Err(returned) = stealer.tx.send(handoff).await {
         // The session ended after the lookup and before the handoff: nobody saw the
         // request, so the target gets it as if no steal had been there.
-        let Handoff::StolenRequest { body, .. } = returned.0 else {
+        let Handoff::StolenRequest { body, .. } = returned else {
             unreachable!("we sent a StolenRequest")
         };
         return upstream.forward(Request::from_parts(parts, body)).await;
@@ -516,13 +516,14 @@ const HOP_BY_HOP: &[&str] = &[
 /// exactly the developer's. For a 101, `connection` and `upgrade` are what the client needs.
 fn copy_headers(dst: &mut HeaderMap, src: &[(String, Bytes)], switching: bool) {
     for (name, value) in src {
-        let lower = name.to_ascii_lowercase();
-        let hop = HOP_BY_HOP.contains(&lower.as_str());
-        if hop && !(switching && (lower == "connection" || lower == "upgrade")) {
+        let is = |h: &str| name.eq_ignore_ascii_case(h);
+        let hop = HOP_BY_HOP.iter().any(|h| is(h));
+        if hop && !(switching && (is("connection") || is("upgrade"))) {
             continue;
         }
+        // `from_bytes` lowercases the name itself (a well-known name allocates nothing).
         if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(lower.as_bytes()),
+            HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(value),
         ) {
             dst.append(n, v);

@@ -55,7 +55,7 @@ pub async fn steal(
             sub.counters.connections.inc();
             Ok(())
         }
-        Err(back) => match back.0 {
+        Err(back) => match back {
             Handoff::StolenConnection { io, .. } => Err(io),
             _ => unreachable!("we sent a StolenConnection"),
         },

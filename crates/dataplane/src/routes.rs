@@ -39,6 +39,35 @@ impl PortRoutes {
     }
 }
 
+impl PortRoutes {
+    /// A copy whose lists have room for one more subscription: a change usually adds or
+    /// removes one, and a plain clone (exactly as long as it needs) would double a list's
+    /// capacity at the first push: with thousands of sessions on a port, half of the table
+    /// spare room, and a reallocation of the whole list at every session opened.
+    fn copy_with_room(&self) -> Self {
+        fn copy<T: Clone>(v: &[T]) -> Vec<T> {
+            let mut c = Vec::with_capacity(v.len() + 1);
+            c.extend_from_slice(v);
+            c
+        }
+        Self {
+            unfiltered_steal: self.unfiltered_steal.clone(),
+            filtered_steals: copy(&self.filtered_steals),
+            mirrors: copy(&self.mirrors),
+        }
+    }
+
+    /// Gives back spare room after a change that added more than one subscription.
+    fn trim(&mut self) {
+        if self.filtered_steals.capacity() > self.filtered_steals.len() + 1 {
+            self.filtered_steals.shrink_to_fit();
+        }
+        if self.mirrors.capacity() > self.mirrors.len() + 1 {
+            self.mirrors.shrink_to_fit();
+        }
+    }
+}
+
 /// The routes of one port of one group of replicas (the originals, or one copy).
 #[derive(Default)]
 pub struct RouteTable {
@@ -75,8 +104,9 @@ impl RouteTable {
 
     pub fn update(&self, f: impl FnOnce(&mut PortRoutes)) {
         let _guard = self.write.lock().expect("route writer panicked");
-        let mut next = PortRoutes::clone(&self.current.load());
+        let mut next = self.current.load().copy_with_room();
         f(&mut next);
+        next.trim();
         self.current.store(Arc::new(next));
         self.version.fetch_add(1, Ordering::AcqRel);
         if let Some(n) = &self.changed {
@@ -97,5 +127,41 @@ impl RouteTable {
                 .retain(|(s, _)| s.session_id != session_id);
             r.mirrors.retain(|(s, _)| s.session_id != session_id);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(n: u64) -> Subscriber {
+        Subscriber {
+            session_id: n,
+            tx: crate::handoff::channel(1).0,
+            counters: PortCounters::detached(),
+            trace: Default::default(),
+        }
+    }
+
+    /// A table with many sessions is not half spare room (a clone plus a push doubled a
+    /// list's capacity at every change).
+    #[test]
+    fn lists_keep_at_most_one_spare_slot() {
+        let table = RouteTable::default();
+        for n in 0..1000 {
+            table.update(|r| r.mirrors.push((sub(n), None)));
+        }
+        let current = table.load();
+        assert_eq!(current.mirrors.len(), 1000);
+        assert!(
+            current.mirrors.capacity() <= 1001,
+            "{}",
+            current.mirrors.capacity()
+        );
+        table.update(|r| r.mirrors.extend((1000..1100).map(|n| (sub(n), None))));
+        assert!(table.load().mirrors.capacity() <= 1101);
+        table.remove_session(5);
+        assert_eq!(table.load().mirrors.len(), 1099);
+        assert!(table.load().mirrors.capacity() <= 1100);
     }
 }
