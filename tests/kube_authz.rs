@@ -637,6 +637,15 @@ async fn console_through_the_api_server() {
         "return document.getElementById('whoami').textContent.includes('kubernetes-admin (admin)')",
     )
     .await;
+    let logout_hidden = c
+        .execute("return document.getElementById('logout').hidden", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        logout_hidden,
+        Value::Bool(true),
+        "no console login to end here"
+    );
     let row = format!(
         "return !!document.querySelector('tr[data-session=\"{}\"]')",
         session.id

@@ -20,6 +20,8 @@ const MAX_SESSIONS: usize = 1024;
 pub struct BrowserSession {
     pub caller: Caller,
     pub csrf: String,
+    /// Logged in with a link (a cookie to clear on logout); false through the API server.
+    pub logged_in: bool,
     created: Instant,
 }
 
@@ -34,6 +36,7 @@ impl BrowserSession {
         Self {
             caller,
             csrf: hex::encode(digest),
+            logged_in: false,
             created: Instant::now(),
         }
     }
@@ -70,6 +73,7 @@ impl BrowserSessions {
             BrowserSession {
                 caller,
                 csrf: random_token(),
+                logged_in: true,
                 created: Instant::now(),
             },
         );

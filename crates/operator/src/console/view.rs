@@ -22,6 +22,8 @@ pub fn status(op: &Operator, session: &BrowserSession) -> Value {
             "role": report.caller.role,
         },
         "csrf": session.csrf,
+        // Through the API server there is no console login to end.
+        "can_log_out": session.logged_in,
         "license": report.license.as_ref().map(|l| json!({
             "name": l.name,
             "organization": l.organization,

@@ -41,6 +41,7 @@ async function poll() {
 }
 
 function render() {
+  $("logout").hidden = !status.can_log_out;
   $("whoami").textContent = status.caller.client_user + " (" + status.caller.role + ") · operator " + status.operator_version;
   $("n-sessions").textContent = status.sessions.length;
   const l = status.license;
