@@ -80,6 +80,20 @@ async fn the_five_minute_tour_works_as_written() {
         .wait(Duration::from_secs(20), |l| l.contains("operator ready"))
         .unwrap_or_else(|| panic!("the README's operator did not start: {}", op_out.text()));
 
+    // The target's replicas start with the operator and take a moment to listen; until one
+    // does, the interceptor closes connections ("no ready replica"). A person typing the
+    // next commands never sees it; a test this fast can (1 run in ~20 on an idle machine).
+    let listen: std::net::SocketAddr = "127.0.0.1:18080".parse().unwrap();
+    wait_for(Duration::from_secs(20), || {
+        prom::http_exchange(
+            listen,
+            "GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .ok()
+        .filter(|a| a.starts_with("HTTP/1.0 200") || a.starts_with("HTTP/1.1 200"))
+    })
+    .expect("the README's target serves through its interceptor");
+
     says(
         &text,
         "mirrord-operator certs issue --state-dir /var/lib/mirrord --user alice --out ./alice",
@@ -145,7 +159,6 @@ async fn the_five_minute_tour_works_as_written() {
         .unwrap_or_else(|| panic!("no session: {}", err.text()));
 
     // The README's interceptor address, from its operator.toml.
-    let listen: std::net::SocketAddr = "127.0.0.1:18080".parse().unwrap();
     assert!(text.contains("listen = \"127.0.0.1:18080\""));
     let answer = curl(listen, "x-user: alice\r\n");
     assert!(
