@@ -575,7 +575,7 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
         .status()
         .unwrap()
         .success());
-    let last_failure = probe_until_stolen(pod, &name, killed);
+    let last_failure = probe_until_stolen(pod, &name, killed, Duration::from_secs(30));
     eprintln!("SIGKILLed agent: last failed connection {last_failure:?} after the kill (lease {LEASE:?}); stolen again {:?} after it", killed.elapsed());
     assert!(
         last_failure < LEASE + Duration::from_secs(2),
@@ -587,7 +587,10 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
     let deleted = Instant::now();
     env.k
         .kubectl(&["-n", &env.ns, "delete", "pod", &agent, "--wait=false"]);
-    let last_failure = probe_until_stolen(pod, &name, deleted);
+    // The kubelet (1.20) sometimes sends the SIGTERM of a pod deleted right after it started
+    // only at its next periodic sync (CI: the pod Terminating for 30 s with no Killing
+    // event); until then the old agent keeps serving, so the wait is long, not the failures.
+    let last_failure = probe_until_stolen(pod, &name, deleted, Duration::from_secs(120));
     eprintln!(
         "agent pod deleted: last failed connection {last_failure:?} after; stolen again {:?} after",
         deleted.elapsed()
@@ -620,12 +623,12 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
 }
 
 /// GETs `pod` every 50 ms until the old agent is seen gone (the pod answers, or a
-/// connection fails) and then a replacement agent steals again (at most 30 s). Returns how
+/// connection fails) and then a replacement agent steals again (at most `within`). Returns how
 /// long after `since` the last failed connection was (zero if none).
-fn probe_until_stolen(pod: SocketAddr, name: &str, since: Instant) -> Duration {
+fn probe_until_stolen(pod: SocketAddr, name: &str, since: Instant, within: Duration) -> Duration {
     let mut last_failure = Duration::ZERO;
     let mut seen_agent_gone = false;
-    while since.elapsed() < Duration::from_secs(30) {
+    while since.elapsed() < within {
         let a = get(pod, "/", &[]);
         if a.starts_with("error") || a.is_empty() {
             last_failure = since.elapsed();
@@ -640,7 +643,7 @@ fn probe_until_stolen(pod: SocketAddr, name: &str, since: Instant) -> Duration {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("no replacement agent stole the pod again within 30 s");
+    panic!("no replacement agent stole the pod again within {within:?}");
 }
 
 #[test]
