@@ -316,14 +316,31 @@ impl Sessions {
                 })
                 .collect(),
             duration_secs: e.started.elapsed().as_secs(),
-            ping_ms: e
-                .ping
-                .lock()
-                .expect("ping lock")
-                .map(|d| d.as_secs_f64() * 1000.0),
+            ping_ms: e.ping.lock().expect("ping lock").map(ping_millis),
             ends_in_secs: e
                 .deadline
                 .map(|d| d.saturating_duration_since(Instant::now()).as_secs()),
         }
+    }
+}
+
+/// A round trip in milliseconds with microsecond precision: finer digits are noise, and a
+/// short decimal reads back as the same number in every format `status` prints
+/// (0.468016 written by one encoder came back as 0.46801600000000004 from another).
+fn ping_millis(rtt: Duration) -> f64 {
+    rtt.as_micros() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_is_whole_microseconds() {
+        assert_eq!(ping_millis(Duration::from_nanos(468_016)), 0.468);
+        assert_eq!(
+            ping_millis(Duration::from_micros(12_345)).to_string(),
+            "12.345"
+        );
     }
 }
