@@ -9,9 +9,10 @@ command -v haproxy > /dev/null || { echo "installing haproxy (a reference)"; DEB
 RELAY_BIN=${RELAY_BIN:-$BIN/mirrord-bench}
 
 UP=$(free_port); PROXY=$(free_port); LOCAL=$(free_port); LISTEN=$(free_port); API=$(free_port); HOLE=$(free_port)
-HATCP=$(free_port); HAHTTP=$(free_port); RELAY=$(free_port); TUNNEL=$(free_port)
+HATCP=$(free_port); HAHTTP=$(free_port); RELAY=$(free_port); TUNNEL=$(free_port); NOPOOL=$(free_port)
 nginx_start upstream "$UP" 1           # the target's real service
 nginx_start proxy "$PROXY" 2 "$UP"     # the reference reverse proxy
+nginx_start nopool "$NOPOOL" 2 "$UP" unpooled   # the same without its upstream pool
 haproxy_start tcp "$HATCP" tcp "$UP"   # the reference L4 relay
 haproxy_start http "$HAHTTP" http "$UP"
 nginx_start local "$LOCAL" 1           # the developer's local process
@@ -47,6 +48,10 @@ for c in 1 64; do
     wrk_run "haproxy tcp c=$c $mode" "http://127.0.0.1:$HATCP/" "$c" "${extra[@]}"
     wrk_run "haproxy http c=$c $mode" "http://127.0.0.1:$HAHTTP/" "$c" "${extra[@]}"
     wrk_run "interceptor c=$c $mode" "http://127.0.0.1:$LISTEN/" "$c" "${extra[@]}"
+    if [ "$mode" = new-conn ]; then
+      wrk_run "nginx unpooled c=$c $mode" "http://127.0.0.1:$NOPOOL/" "$c" "${extra[@]}"
+      echo "   ratio interceptor/nginx-unpooled $(ratio "interceptor c=$c $mode" "nginx unpooled c=$c $mode"), nginx/nginx-unpooled $(ratio "nginx       c=$c $mode" "nginx unpooled c=$c $mode")"
+    fi
     best=$(awk -F'|' -v c="c=$c $mode" '($1=="nginx       " c || $1=="haproxy tcp " c || $1=="haproxy http " c) && $2>m {m=$2; b=$1} END {print b}' "$WORK/results.psv")
     echo "   ratio interceptor/nginx $(ratio "interceptor c=$c $mode" "nginx       c=$c $mode"), interceptor/haproxy-tcp $(ratio "interceptor c=$c $mode" "haproxy tcp c=$c $mode"), interceptor/haproxy-http $(ratio "interceptor c=$c $mode" "haproxy http c=$c $mode"), interceptor/best ($best) $(ratio "interceptor c=$c $mode" "$best"), interceptor/direct $(ratio "interceptor c=$c $mode" "direct      c=$c $mode")"
   done

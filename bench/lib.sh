@@ -18,15 +18,21 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
-# nginx NAME PORT WORKERS [proxy_to_port]: a fixed 13-byte body, or a keep-alive reverse proxy.
+# nginx NAME PORT WORKERS [proxy_to_port [unpooled]]: a fixed 13-byte body, or a reverse
+# proxy keeping up to 128 idle upstream connections (`unpooled`: one per request, nginx's
+# default).
 nginx_start() {
-  local name=$1 port=$2 workers=$3 proxy=${4:-}
+  local name=$1 port=$2 workers=$3 proxy=${4:-} pool=${5:-}
   local dir="$WORK/nginx-$name"; mkdir -p "$dir/logs"
   local location='return 200 "hello, world\n";'
   local upstream=""
   if [ -n "$proxy" ]; then
     upstream="upstream up { server 127.0.0.1:$proxy; keepalive 128; }"
     location='proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";'
+    if [ "$pool" = unpooled ]; then
+      upstream="upstream up { server 127.0.0.1:$proxy; }"
+      location='proxy_pass http://up;'
+    fi
   fi
   cat > "$dir/nginx.conf" <<CONF
 worker_processes $workers;
