@@ -5,7 +5,7 @@
 # relay of the same hops (`mirrord-bench relay-edge/relay-far`) for the stolen path, and
 # the CPU each process spends per request (from /proc).
 source "$(dirname "$0")/lib.sh"
-command -v haproxy > /dev/null || { echo "installing haproxy (a reference)"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy > /dev/null; }
+need_tools haproxy
 RELAY_BIN=${RELAY_BIN:-$BIN/mirrord-bench}
 
 UP=$(free_port); PROXY=$(free_port); LOCAL=$(free_port); LISTEN=$(free_port); API=$(free_port); HOLE=$(free_port)
