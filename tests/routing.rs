@@ -6,8 +6,7 @@ use mirrord_e2e::raw::RawSession;
 use mirrord_e2e::servers::{get, Behaviour, HttpServer, H1, H2};
 use mirrord_e2e::*;
 use mirrord_protocol::{
-    ClientMessage, HeaderBlock, HttpFilterSpec, HttpResponseHead, PortMode, PortRequest,
-    ServerMessage,
+    ClientMessage, HttpFilterSpec, HttpResponseHead, PortMode, PortRequest, ServerMessage,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -382,7 +381,10 @@ async fn answer(s: &mut RawSession, headers: &[(&str, &str)], body: &'static [u8
         req,
         head: HttpResponseHead {
             status: 200,
-            headers: HeaderBlock::from_pairs(headers.iter().map(|(k, v)| (*k, v.as_bytes()))),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), bytes::Bytes::from(v.to_string())))
+                .collect(),
         },
         body: bytes::Bytes::from_static(body),
         end: true,

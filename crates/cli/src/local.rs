@@ -8,9 +8,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mirrord_protocol::body::{self, Body};
 use mirrord_protocol::pump::{self, conn_channel, ConnFrames, ConnInbox, ConnOutlet};
-use mirrord_protocol::{
-    ClientMessage, HeaderBlock, HttpRequestHead, HttpResponseHead, HttpVersion, PortMode,
-};
+use mirrord_protocol::{ClientMessage, HttpRequestHead, HttpResponseHead, HttpVersion, PortMode};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -123,7 +121,11 @@ impl LocalHttp {
             match result {
                 Ok(mut resp) => {
                     let status = resp.status();
-                    let headers = HeaderBlock::from_map(resp.headers());
+                    let headers = resp
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+                        .collect();
                     if status == http::StatusCode::SWITCHING_PROTOCOLS {
                         let upgraded = hyper::upgrade::on(&mut resp).await;
                         return answer_upgrade(req, headers, upgraded, out, upgrades).await;
@@ -164,7 +166,7 @@ impl LocalHttp {
 /// A 101 from the local process: the request becomes a connection carried both ways.
 async fn answer_upgrade(
     req: u64,
-    headers: HeaderBlock,
+    headers: Vec<(String, Bytes)>,
     upgraded: hyper::Result<hyper::upgrade::Upgraded>,
     out: mpsc::Sender<ClientMessage>,
     upgrades: mpsc::UnboundedSender<(u64, ConnInbox)>,
@@ -204,7 +206,7 @@ async fn send(
 ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     let uri: http::Uri = format!("http://{addr}{}", head.uri).parse()?;
     let h2 = head.version == HttpVersion::Http2;
-    let b = http::Request::builder()
+    let mut b = http::Request::builder()
         .method(head.method.as_str())
         .uri(uri)
         .version(if h2 {
@@ -212,19 +214,16 @@ async fn send(
         } else {
             http::Version::HTTP_11
         });
-    let mut req = b.body(body)?;
-    let dst = req.headers_mut();
-    head.headers.append_to(dst, |k| {
-        !(HOP_BY_HOP.contains(&k.as_str()) || h2 && NOT_IN_H2.contains(&k.as_str()))
-    });
-    // HTTP/2 allows `te: trailers` (gRPC sends it).
-    if h2
-        && head
-            .headers
-            .values("te")
-            .any(|v| v.eq_ignore_ascii_case(b"trailers"))
-    {
-        dst.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    for (k, v) in &head.headers {
+        let k = k.to_ascii_lowercase();
+        // HTTP/2 allows `te: trailers` (gRPC sends it).
+        let keep = match k.as_str() {
+            "te" => h2 && v.as_ref().eq_ignore_ascii_case(b"trailers"),
+            k => !(HOP_BY_HOP.contains(&k) || h2 && NOT_IN_H2.contains(&k)),
+        };
+        if keep {
+            b = b.header(k.as_str(), v.as_ref());
+        }
     }
-    Ok(client.request(req).await?)
+    Ok(client.request(b.body(body)?).await?)
 }

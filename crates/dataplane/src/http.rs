@@ -19,15 +19,13 @@ use crate::rewind::Rewind;
 use crate::routes::{PortRoutes, RouteTable, Subscriber};
 use crate::tee::TeeBody;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mirrord_protocol::{
-    HeaderBlock, HeaderBlockBuf, HttpRequestHead, HttpResponseHead, HttpVersion, MAX_FRAME_LEN,
-};
+use mirrord_protocol::{HttpRequestHead, HttpResponseHead, HttpVersion, MAX_FRAME_LEN};
 use mirrord_telemetry::metrics::BypassCounter;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -147,7 +145,7 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
 
     // Mirrors get a copy of the body once it has passed through to its real destination;
     // the real path streams on and never waits for the copy.
-    let head = Box::new(request_head(&parts, &[]));
+    let head = Box::new(request_head(&parts));
     let port = ctx.port;
     let mirror_txs: Vec<_> = mirrors.iter().map(|m| m.tx.clone()).collect();
     let body = TeeBody::new(
@@ -186,7 +184,11 @@ async fn steal(
         parts.uri.path(),
         &parts.headers,
     );
-    let head = request_head(&parts, &span.propagation_headers());
+    let mut head = request_head(&parts);
+    for (name, value) in span.propagation_headers() {
+        head.headers.retain(|(n, _)| *n != name);
+        head.headers.push((name, Bytes::from(value)));
+    }
     let resp = hand_off(ctx, stealer, parts, head, body, upstream).await;
     let problem = resp.extensions().get::<OperatorAnswer>().map(|a| a.0);
     span.finish(resp.status().as_u16(), problem);
@@ -289,7 +291,7 @@ fn answer(
     if switching && (!asked_upgrade || req.version == Version::HTTP_2) {
         return Err("101 answers only a request that asked for an upgrade".into());
     }
-    let length = declared_length(head.headers.values("content-length"))?;
+    let length = declared_length(&head.headers)?;
     let bodiless = req.method == http::Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -309,9 +311,12 @@ fn answer(
 }
 
 /// The `content-length` a response declares: one value (repeated values must agree).
-fn declared_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, String> {
+fn declared_length(headers: &[(String, Bytes)]) -> Result<Option<u64>, String> {
     let mut length = None;
-    for value in values {
+    for (name, value) in headers {
+        if !name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
         for v in String::from_utf8_lossy(value).split(',') {
             let v = v.trim();
             let n: u64 = v
@@ -509,39 +514,33 @@ const HOP_BY_HOP: &[&str] = &[
 /// Copies the developer's response headers. Transfer framing is hyper's to redo (the body is
 /// re-chunked or sized as it streams); `content-length` is kept, since the body relayed is
 /// exactly the developer's. For a 101, `connection` and `upgrade` are what the client needs.
-fn copy_headers(dst: &mut HeaderMap, src: &HeaderBlock, switching: bool) {
-    src.append_to(dst, |name| {
-        let is = |h: &str| name == h;
+fn copy_headers(dst: &mut HeaderMap, src: &[(String, Bytes)], switching: bool) {
+    for (name, value) in src {
+        let is = |h: &str| name.eq_ignore_ascii_case(h);
         let hop = HOP_BY_HOP.iter().any(|h| is(h));
-        !hop || switching && (is("connection") || is("upgrade"))
-    });
-}
-
-/// The head a session gets: the request's fields (and `host` from an HTTP/2 authority),
-/// with `extra` fields (trace propagation) in place of any of the same name.
-fn request_head(parts: &http::request::Parts, extra: &[(String, String)]) -> HttpRequestHead {
-    let map = &parts.headers;
-    let authority = parts
-        .uri
-        .authority()
-        .filter(|_| !map.contains_key(header::HOST));
-    let bytes = map
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum::<usize>()
-        + authority.map_or(0, |a| a.as_str().len() + 4)
-        + extra.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-    let mut headers = HeaderBlockBuf::with_capacity(map.len() + 1 + extra.len(), bytes);
-    for (k, v) in map {
-        if !extra.iter().any(|(name, _)| name == k.as_str()) {
-            headers.push(k.as_str().as_bytes(), v.as_bytes());
+        if hop && !(switching && (is("connection") || is("upgrade"))) {
+            continue;
+        }
+        // `from_bytes` lowercases the name itself (a well-known name allocates nothing).
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            dst.append(n, v);
         }
     }
-    if let Some(a) = authority {
-        headers.push(b"host", a.as_str().as_bytes());
-    }
-    for (k, v) in extra {
-        headers.push(k.as_bytes(), v.as_bytes());
+}
+
+fn request_head(parts: &http::request::Parts) -> HttpRequestHead {
+    let mut headers: Vec<(String, Bytes)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect();
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            headers.push(("host".into(), Bytes::copy_from_slice(a.as_str().as_bytes())));
+        }
     }
     HttpRequestHead {
         method: parts.method.as_str().to_owned(),
@@ -555,7 +554,7 @@ fn request_head(parts: &http::request::Parts, extra: &[(String, String)]) -> Htt
             Version::HTTP_2 => HttpVersion::Http2,
             _ => HttpVersion::Http11,
         },
-        headers: headers.finish(),
+        headers,
     }
 }
 
@@ -563,6 +562,10 @@ fn request_head(parts: &http::request::Parts, extra: &[(String, String)]) -> Htt
 pub fn response_head(resp: &http::response::Parts) -> HttpResponseHead {
     HttpResponseHead {
         status: resp.status.as_u16(),
-        headers: HeaderBlock::from_map(&resp.headers),
+        headers: resp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect(),
     }
 }

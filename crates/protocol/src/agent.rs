@@ -105,10 +105,10 @@ mod tests {
             method: "GET".into(),
             uri: "/a?b=c".into(),
             version: HttpVersion::Http11,
-            headers: crate::HeaderBlock::from_pairs([
-                ("connection", &b"keep-alive"[..]),
-                ("x-bin", &[0, 255, 10][..]),
-            ]),
+            headers: vec![
+                ("connection".into(), "keep-alive".into()),
+                ("x-bin".into(), bytes::Bytes::from_static(&[0, 255, 10])),
+            ],
         };
         let back: HttpRequestHead = decode_head(encode_head(&head).as_bytes()).unwrap();
         assert_eq!(back.headers, head.headers);

@@ -10,18 +10,16 @@ pub mod agent;
 pub mod body;
 pub mod codec;
 pub mod filter;
-pub mod headers;
 pub mod messages;
 pub mod pump;
 pub mod session_id;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME_LEN};
 pub use filter::HttpFilterSpec;
-pub use headers::{HeaderBlock, HeaderBlockBuf};
 pub use messages::*;
 pub use session_id::SessionId;
 
 /// Bumped on any incompatible change of [`messages`] (2: HTTP trailers; 3: structured
 /// filters in port outcomes; 4: the caller's role in `Welcome` and `StatusReport`; 5: console login
-/// links; 6: notices; 7: header fields as one block); the operator refuses other versions with a message that names both.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// links; 6: notices); the operator refuses other versions with a message that names both.
+pub const PROTOCOL_VERSION: u32 = 6;

@@ -1,6 +1,6 @@
 //! Every message either side can send.
 
-use crate::{HeaderBlock, HttpFilterSpec, SessionId};
+use crate::{HttpFilterSpec, SessionId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -288,13 +288,13 @@ pub struct HttpRequestHead {
     /// Path and query, as received.
     pub uri: String,
     pub version: HttpVersion,
-    pub headers: HeaderBlock,
+    pub headers: Vec<(String, Bytes)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpResponseHead {
     pub status: u16,
-    pub headers: HeaderBlock,
+    pub headers: Vec<(String, Bytes)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
