@@ -39,11 +39,12 @@ nginx_start() {
   local location='return 200 "hello, world\n";'
   local upstream=""
   if [ -n "$proxy" ]; then
-    upstream="upstream up { server 127.0.0.1:$proxy; keepalive 128; }"
-    location='proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";'
     if [ "$pool" = unpooled ]; then
       upstream="upstream up { server 127.0.0.1:$proxy; }"
       location='proxy_pass http://up;'
+    else
+      upstream="upstream up { server 127.0.0.1:$proxy; keepalive 128; }"
+      location='proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";'
     fi
   fi
   cat > "$dir/nginx.conf" <<CONF
