@@ -155,6 +155,9 @@ async fn serve(
     lease: Duration,
     ports: Arc<Ports>,
 ) -> anyhow::Result<()> {
+    // Listening for SIGTERM starts before the redirect exists: a pod deleted right after it
+    // started must still remove the redirect, not die by the signal's default action.
+    let stopped = stopped()?;
     let redirect = Arc::new(redirect::Redirect::new());
     let leftovers = redirect::tables()?;
     redirect::nft(&redirect.create_script(&leftovers))?;
@@ -169,7 +172,7 @@ async fn serve(
     tokio::pin!(run);
     let result = tokio::select! {
         r = &mut run => r,
-        _ = stopped() => Ok(()),
+        _ = stopped => Ok(()),
     };
     renewer.abort();
     // New connections go to the target from now on; the ones in flight (stolen ones too:
@@ -202,13 +205,17 @@ async fn drained(ports: &Ports, within: Duration) {
     }
 }
 
-async fn stopped() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+/// Resolves at SIGTERM or SIGINT; both handlers are installed when this returns.
+fn stopped() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Keeps the redirect of the held ports alive; a failed renewal is not fatal: the redirect

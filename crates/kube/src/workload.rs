@@ -146,45 +146,16 @@ fn declared_ports(spec: Option<&PodSpec>) -> Vec<u16> {
 /// The error for a target that does not exist: it lists what does, in that namespace.
 async fn unknown(client: &Client, r: &TargetRef) -> BackendError {
     let ns = &r.namespace;
-    let lp = ListParams::default();
-    let mut known = Vec::new();
-    if let Ok(l) = Api::<Deployment>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-    {
-        known.extend(
-            l.items
-                .into_iter()
-                .filter_map(|d| d.metadata.name)
-                .map(|n| format!("deployment/{n}")),
-        );
-    }
-    if let Ok(l) = Api::<StatefulSet>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-    {
-        known.extend(
-            l.items
-                .into_iter()
-                .filter_map(|d| d.metadata.name)
-                .map(|n| format!("statefulset/{n}")),
-        );
-    }
-    if let Ok(l) = Api::<Pod>::namespaced(client.clone(), ns).list(&lp).await {
-        known.extend(
-            l.items
-                .into_iter()
-                .filter(|p| {
-                    // Pods of this operator are not targets.
-                    !p.metadata
-                        .labels
-                        .as_ref()
-                        .is_some_and(|l| l.contains_key(crate::marks::ROLE))
-                })
-                .filter_map(|p| p.metadata.name)
-                .map(|n| format!("pod/{n}")),
-        );
-    }
+    let mut known = names::<Deployment>(client, ns, "deployment", |_| true).await;
+    known.extend(names::<StatefulSet>(client, ns, "statefulset", |_| true).await);
+    // Pods of this operator are not targets.
+    let not_ours = |p: &Pod| {
+        !p.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(crate::marks::ROLE))
+    };
+    known.extend(names::<Pod>(client, ns, "pod", not_ours).await);
     let known = if known.is_empty() {
         "none (target kinds: deployment, statefulset, pod)".to_owned()
     } else {
@@ -195,6 +166,29 @@ async fn unknown(client: &Client, r: &TargetRef) -> BackendError {
         namespace: ns.clone(),
         known,
     }
+}
+
+/// `kind/name` of each object of kind `K` in `ns` that `keep` accepts; none if the list
+/// fails (the listing only helps an error message).
+async fn names<K>(client: &Client, ns: &str, kind: &str, keep: impl Fn(&K) -> bool) -> Vec<String>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let Ok(list) = Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+    else {
+        return Vec::new();
+    };
+    list.items
+        .iter()
+        .filter(|o| keep(o))
+        .map(|o| format!("{kind}/{}", o.meta().name.as_deref().unwrap_or_default()))
+        .collect()
 }
 
 #[cfg(test)]
