@@ -8,6 +8,7 @@ use crate::{marks, Context};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
+use mirrord_protocol::agent::RouteSnapshot;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -69,20 +70,22 @@ pub async fn run(target: Weak<KubeTarget>) {
     }
 }
 
-/// Which pods need an agent now.
-fn wanted(t: &KubeTarget) -> HashMap<String, PodInfo> {
-    let all = t.publish();
+/// Which pods need an agent under the routes `all`.
+fn wanted(t: &KubeTarget, all: &RouteSnapshot) -> HashMap<String, PodInfo> {
     t.pods()
         .into_iter()
-        .filter(|(uid, p)| p.ready && !t.snapshot_for(uid, &all).ports.is_empty())
+        .filter(|(uid, p)| p.ready && !t.snapshot_for(uid, all).ports.is_empty())
         .collect()
 }
 
 async fn reconcile(t: &Arc<KubeTarget>) {
-    let wanted = wanted(t);
+    // One snapshot for the whole pass: which agents are wanted and the version they must
+    // have applied are judged against the same routes.
+    let all = t.publish();
+    let wanted = wanted(t, &all);
     let pods = t.pods();
     let now = Instant::now();
-    let version = t.publish().version;
+    let version = all.version;
     let mut create = Vec::new();
     let mut delete = Vec::new();
     let mut lost_on = Vec::new();
@@ -206,7 +209,7 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
     t.changed.notify_one();
     let deadline = Instant::now() + t.ctx.ready_timeout;
     loop {
-        let pending: Vec<(String, PodInfo)> = wanted(t)
+        let pending: Vec<(String, PodInfo)> = wanted(t, &t.publish())
             .into_iter()
             .filter(|(uid, _)| t.agents.applied_version(uid).is_none_or(|v| v < version))
             .collect();
