@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mirrord_dataplane::handoff::HANDOFF_BUFFER;
 use mirrord_dataplane::{Body, Handoff, StolenResponse, SubscriberTx};
 use mirrord_protocol::agent::{self, RouteSnapshot};
-use mirrord_protocol::HttpResponseHead;
+use mirrord_protocol::{HttpRequestHead, HttpResponseHead};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -148,23 +148,14 @@ impl Link {
                 body,
                 respond,
             } => {
-                let req = Request::post(agent::REQUEST_PATH)
-                    .header(agent::SESSION, session)
-                    .header(agent::PORT, port)
-                    .header(agent::HEAD, agent::encode_head(&*head))
-                    .body(body)
-                    .expect("valid request");
+                let req = request_to_operator(agent::REQUEST_PATH, session, port, &head, body);
                 let _ = respond.send(stolen_response(sender, req).await);
             }
             // Only the operator's backends say these.
             Handoff::Notice { .. } => {}
             Handoff::MirroredRequest { port, head, body } => {
-                let req = Request::post(agent::MIRROR_PATH)
-                    .header(agent::SESSION, session)
-                    .header(agent::PORT, port)
-                    .header(agent::HEAD, agent::encode_head(&*head))
-                    .body(Full::new(body).map_err(|never| match never {}).boxed())
-                    .expect("valid request");
+                let body = Full::new(body).map_err(|never| match never {}).boxed();
+                let req = request_to_operator(agent::MIRROR_PATH, session, port, &head, body);
                 if let Err(e) = send(sender, req).await {
                     tracing::debug!(target: "mirrord_agent", session, error = %e, "mirrored request not delivered");
                 }
@@ -208,6 +199,23 @@ impl Link {
             }
         }
     }
+}
+
+/// A stolen or mirrored request as the operator's agent endpoint at `path` takes it: the
+/// session, port and head in headers, the client's body as the body.
+fn request_to_operator(
+    path: &str,
+    session: u64,
+    port: u16,
+    head: &HttpRequestHead,
+    body: Body,
+) -> Request<Body> {
+    Request::post(path)
+        .header(agent::SESSION, session)
+        .header(agent::PORT, port)
+        .header(agent::HEAD, agent::encode_head(head))
+        .body(body)
+        .expect("valid request")
 }
 
 fn empty() -> Body {
