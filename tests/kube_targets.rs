@@ -9,7 +9,7 @@
 
 use mirrord_e2e::kube::{repo, Cluster};
 use mirrord_e2e::prom::http_exchange;
-use mirrord_e2e::{bin, ctl, wait_for, Session};
+use mirrord_e2e::{ctl, wait_for, Session};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -203,7 +203,13 @@ impl Env {
             assert!(up.is_some(), "Service {addr} does not accept connections");
         }
         let tmp = tempfile::tempdir().unwrap();
-        let creds = credentials(&k, ns, &release, &tmp, operator);
+        let creds = k.issue_credentials(
+            (ns, &format!("{release}-ca")),
+            tmp.path(),
+            "alice",
+            &["--role", "admin"],
+            &format!("{operator}:8443"),
+        );
         Some(Self {
             k,
             ns: ns.into(),
@@ -357,52 +363,6 @@ fn rand_u16() -> u16 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     (t.subsec_nanos() ^ std::process::id()) as u16
-}
-
-/// alice's credentials from the chart's CA, for the operator's Service.
-fn credentials(
-    k: &Cluster,
-    ns: &str,
-    release: &str,
-    tmp: &tempfile::TempDir,
-    operator: IpAddr,
-) -> PathBuf {
-    let ca = tmp.path().join("ca");
-    std::fs::create_dir_all(&ca).unwrap();
-    for f in ["ca.crt", "ca.key"] {
-        let b64 = k.kubectl(&[
-            "-n",
-            ns,
-            "get",
-            "secret",
-            &format!("{release}-ca"),
-            "-o",
-            &format!("jsonpath={{.data.{}}}", f.replace('.', "\\.")),
-        ]);
-        let out = Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                c.stdin.take().unwrap().write_all(b64.as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
-        std::fs::write(ca.join(f), out.stdout).unwrap();
-    }
-    let out = tmp.path().join("alice");
-    let st = Command::new(bin("mirrord-operator"))
-        .args(["certs", "issue", "--state-dir"])
-        .arg(&ca)
-        .args(["--user", "alice", "--role", "admin", "--operator-addr"])
-        .arg(format!("{operator}:8443"))
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    out
 }
 
 #[test]

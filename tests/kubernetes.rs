@@ -57,58 +57,6 @@ fn pod_ip(pod: &Value) -> IpAddr {
     pod["status"]["podIP"].as_str().unwrap().parse().unwrap()
 }
 
-/// A user's credentials signed by the CA in the chart's Secret, for the operator at `ip`.
-fn credentials(k: &Cluster, ns: &str, dir: &Path, user: &str, ip: IpAddr) -> std::path::PathBuf {
-    let secret: Value = serde_json::from_str(&k.kubectl(&[
-        "-n",
-        ns,
-        "get",
-        "secret",
-        "mirrord-operator-ca",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
-    let ca = dir.join("ca");
-    std::fs::create_dir_all(&ca).unwrap();
-    for f in ["ca.crt", "ca.key"] {
-        let b64 = secret["data"][f].as_str().unwrap();
-        std::fs::write(ca.join(f), decode_base64(b64)).unwrap();
-    }
-    let out = dir.join(user);
-    let st = Command::new(bin("mirrord-operator"))
-        .args(["certs", "issue", "--state-dir"])
-        .arg(&ca)
-        .args([
-            "--user",
-            user,
-            "--operator-addr",
-            &format!("{ip}:8443"),
-            "--out",
-        ])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    out
-}
-
-fn decode_base64(s: &str) -> Vec<u8> {
-    let out = Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(s.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success());
-    out.stdout
-}
-
 /// `mirrordctl status` with `creds` (they name the operator's address).
 fn status_with(creds: &Path) -> String {
     let out = Command::new(bin("mirrordctl"))
@@ -268,7 +216,13 @@ fn the_chart_installs_upgrades_and_uninstalls_a_hardened_operator() {
         ])
         .parse()
         .unwrap();
-    let creds = credentials(&k, ns, tmp.path(), "alice", service);
+    let creds = k.issue_credentials(
+        (ns, "mirrord-operator-ca"),
+        tmp.path(),
+        "alice",
+        &[],
+        &format!("{service}:8443"),
+    );
     assert!(status_with(&creds).contains("Sessions:"));
 
     // helm upgrade changing values rolls the pod; the CA (and so every credential) stays.

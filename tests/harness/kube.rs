@@ -208,6 +208,40 @@ impl Cluster {
         String::from_utf8(out.stdout).expect("utf-8 from kubectl")
     }
 
+    /// mTLS credentials for `user` (with `cert_args` such as `--role admin`) and the operator
+    /// at `operator_addr`, signed by the CA in the chart's Secret `ns/secret`; written under
+    /// `dir`, whose path is returned.
+    pub fn issue_credentials(
+        &self,
+        (ns, secret): (&str, &str),
+        dir: &Path,
+        user: &str,
+        cert_args: &[&str],
+        operator_addr: &str,
+    ) -> PathBuf {
+        let secret: serde_json::Value =
+            serde_json::from_str(&self.kubectl(&["-n", ns, "get", "secret", secret, "-o", "json"]))
+                .expect("a Secret as JSON");
+        let ca = dir.join("ca");
+        std::fs::create_dir_all(&ca).unwrap();
+        for f in ["ca.crt", "ca.key"] {
+            let b64 = secret["data"][f].as_str().expect("the CA Secret's {f}");
+            std::fs::write(ca.join(f), decode_base64(b64)).unwrap();
+        }
+        let out = dir.join(user);
+        let st = Command::new(crate::bin("mirrord-operator"))
+            .args(["certs", "issue", "--state-dir"])
+            .arg(&ca)
+            .args(["--user", user])
+            .args(cert_args)
+            .args(["--operator-addr", operator_addr, "--out"])
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mirrord-operator certs issue failed");
+        out
+    }
+
     /// `kubectl ARGS` that may fail: (success, stdout, stderr).
     pub fn try_kubectl(&self, args: &[&str]) -> (bool, String, String) {
         let out = self.kubectl_output(args);
@@ -354,4 +388,20 @@ fn load_image(image: &str, var: &str, bin: &str) {
 
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    use std::io::Write;
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("base64 on PATH");
+    assert!(out.status.success(), "base64 -d failed");
+    out.stdout
 }
