@@ -39,8 +39,11 @@ session() { # session NAME ARGS... : start mirrordctl, wait until active
   cat "$log"; return 1
 }
 
-echo "== pass-through (no session): direct vs nginx, HAProxy tcp and http vs interceptor"
-for c in 1 64; do
+# PARTS: which parts run (a quick look at one of them; ratios to a part not run print n/a).
+want() { [[ " ${PARTS:-passthrough stolen mirror} " == *" $1 "* ]]; }
+
+want passthrough && echo "== pass-through (no session): direct vs nginx, HAProxy tcp and http vs interceptor"
+want passthrough && for c in 1 64; do
   for mode in keep-alive new-conn; do
     extra=(); [ "$mode" = new-conn ] && extra=(-H "Connection: close")
     wrk_run "direct      c=$c $mode" "http://127.0.0.1:$UP/" "$c" "${extra[@]}"
@@ -57,6 +60,7 @@ for c in 1 64; do
   done
 done
 
+if want stolen; then
 echo "== stolen traffic vs direct to the local process and vs the minimal TLS relay of the same hops"
 for c in 1 64; do wrk_run "local direct c=$c keep-alive" "http://127.0.0.1:$LOCAL/" "$c"; done
 "$RELAY_BIN" relay-edge --listen "127.0.0.1:$RELAY" --tunnel "127.0.0.1:$TUNNEL" --cert-out "$WORK/relay.pem" > "$WORK/relay-edge.log" 2>&1 &
@@ -89,7 +93,9 @@ for c in 1 64; do
   echo "   ratio unmatched/pass-through $(ratio "steal filtered (no match) c=$c keep-alive" "interceptor c=$c keep-alive")"
 done
 kill "$LAST"; wait "$LAST" 2>/dev/null || true; sleep 0.5
+fi
 
+want mirror || exit 0
 echo "== mirror: the real path with 0, 1, 10 mirroring sessions, and a stuck mirror"
 wrk_run "mirror x0 c=64 keep-alive" "http://127.0.0.1:$LISTEN/" 64
 MIRRORS=()

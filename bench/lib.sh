@@ -84,21 +84,35 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # wrk_cpu LABEL URL CONNS "NAME:PID ..." [extra wrk args...]: wrk_run, then each named
 # process's CPU over the run divided by the requests wrk completed, in microseconds.
+# With BENCH_SYSCALLS=1 (needs perf), also each process's system calls and context switches
+# per request: the kernel's share of a hop, compared process by process.
 wrk_cpu() {
   local label=$1 url=$2 conns=$3 procs=$4; shift 4
-  local -A before=()
+  local -A before=() stat=()
   local np
-  for np in $procs; do before[$np]=$(cpu_ticks "${np#*:}"); done
+  for np in $procs; do
+    before[$np]=$(cpu_ticks "${np#*:}")
+    if [ "${BENCH_SYSCALLS:-0}" = 1 ]; then
+      perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "${np#*:}" \
+        -o "$WORK/perf-${np%%:*}.csv" 2>/dev/null &
+      stat[$np]=$!
+    fi
+  done
   wrk_run "$label" "$url" "$conns" "$@"
   local reqs; reqs=$(awk -F'|' -v l="$label" '$1==l {print $5}' "$WORK/results.psv" | tail -1)
-  local line="   CPU per request:" hz; hz=$(getconf CLK_TCK)
+  local line="   CPU per request:" hz; hz=$(getconf CLK_TCK) calls=""
   for np in $procs; do
     local d=$(( $(cpu_ticks "${np#*:}") - ${before[$np]} ))
     local us; us=$(awk -v d="$d" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
     line+=" ${np%%:*} $us us"
     echo "$label|cpu ${np%%:*}|$us" >> "$WORK/cpu.psv"
+    if [ -n "${stat[$np]:-}" ]; then
+      kill -INT "${stat[$np]}"; wait "${stat[$np]}" 2>/dev/null || true
+      calls+=" ${np%%:*} $(awk -F, -v n="$reqs" '$3 ~ /sys_enter/ {s=$1} $3 ~ /context-switches/ {c=$1} END {printf "%.2f syscalls %.2f switches", s/n, c/n}' "$WORK/perf-${np%%:*}.csv")"
+    fi
   done
   echo "$line"
+  [ -z "$calls" ] || echo "   per request:$calls"
 }
 
 # haproxy_start NAME PORT MODE UPSTREAM_PORT: HAProxy 2 threads, `mode tcp` or `mode http`
