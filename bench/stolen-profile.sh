@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Where a stolen request's CPU goes, against the minimal relay of the same hops: a flat
+# `perf record` (no call graph, 2 kHz) of the relay's edge and far side, then of the
+# operator and `mirrordctl`, each during DURATION s of wrk -c64 keep-alive; printed as CPU
+# per request, bucketed (kernel, tokio, channels, malloc, TLS, ...). perf slows every
+# process: compare the rows with each other, not with bench/dataplane.sh's figures.
+source "$(dirname "$0")/lib.sh"
+need_tools perf
+LOCAL=$(free_port); LISTEN=$(free_port); API=$(free_port); UP=$(free_port); RELAY=$(free_port); TUNNEL=$(free_port)
+nginx_start upstream "$UP" 1
+nginx_start local "$LOCAL" 1
+cat > "$WORK/op.toml" <<TOML
+[api]
+listen = "127.0.0.1:$API"
+[[targets]]
+name = "api"
+[[targets.ports]]
+port = 80
+listen = "127.0.0.1:$LISTEN"
+upstream = "127.0.0.1:$UP"
+TOML
+operator_start "$WORK/op.toml"
+"$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user bench --out "$WORK/creds" > /dev/null
+
+# profile URL NAME:PID NAME:PID: warm up, then record both processes during one wrk run.
+profile() {
+  local url=$1 np rec=()
+  wrk -t1 -c64 -d2s "$url" > /dev/null
+  shift
+  for np in "$@"; do
+    perf record -q -F 2000 -o "$WORK/${np%%:*}.data" -p "${np#*:}" -- sleep "$DURATION" 2> /dev/null &
+    rec+=($!)
+  done
+  local reqs; reqs=$(wrk -t1 -c64 -d"${DURATION}s" "$url" | awk '/requests in/ {print $1}')
+  wait "${rec[@]}"
+  for np in "$@"; do
+    echo "== ${np%%:*} ($reqs requests)"
+    perf report -i "$WORK/${np%%:*}.data" --no-children --sort dso,sym -n --stdio 2> /dev/null |
+      python3 "$ROOT/bench/perf_buckets.py" "$reqs" 2000
+  done
+}
+
+"$BIN/mirrord-bench" relay-edge --listen "127.0.0.1:$RELAY" --tunnel "127.0.0.1:$TUNNEL" --cert-out "$WORK/relay.pem" > "$WORK/relay-edge.log" 2>&1 &
+EDGE=$!; PIDS+=($EDGE); wait_port "$TUNNEL"
+"$BIN/mirrord-bench" relay-far --tunnel "127.0.0.1:$TUNNEL" --cert "$WORK/relay.pem" --local "127.0.0.1:$LOCAL" > "$WORK/relay-far.log" 2>&1 &
+FAR=$!; PIDS+=($FAR); wait_port "$RELAY"
+profile "http://127.0.0.1:$RELAY/" "relay-edge:$EDGE" "relay-far:$FAR"
+kill "$EDGE" "$FAR"
+
+"$BIN/mirrordctl" --credentials "$WORK/creds" steal --target api --port "80=127.0.0.1:$LOCAL" > "$WORK/steal.log" 2>&1 &
+CTL=$!; PIDS+=($CTL)
+for _ in $(seq 100); do grep -q '^port ' "$WORK/steal.log" 2> /dev/null && break; sleep 0.05; done
+profile "http://127.0.0.1:$LISTEN/" "operator:$OP_PID" "mirrordctl:$CTL"
