@@ -160,17 +160,17 @@ impl Link {
                     tracing::debug!(target: "mirrord_agent", session, error = %e, "mirrored request not delivered");
                 }
             }
-            Handoff::StolenConnection { port, peer, mut io } => {
-                match tunnel(sender, session, port, &peer, "steal").await {
-                    Ok(up) => {
-                        let mut up = TokioIo::new(up);
-                        let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(target: "mirrord_agent", session, port, error = %e, "stolen connection not delivered")
-                    }
+            Handoff::StolenConnection {
+                port, peer, mut io, ..
+            } => match tunnel(sender, session, port, &peer, "steal").await {
+                Ok(up) => {
+                    let mut up = TokioIo::new(up);
+                    let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(target: "mirrord_agent", session, port, error = %e, "stolen connection not delivered")
+                }
+            },
             Handoff::MirroredConnection { port, peer, mut rx } => {
                 match tunnel(sender, session, port, &peer, "mirror").await {
                     Ok(up) => {

@@ -8,6 +8,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mirrord_protocol::body::{self, Body};
 use mirrord_protocol::pump::{self, conn_channel, ConnFrames, ConnInbox, ConnOutlet};
+use mirrord_protocol::shared_tcp::SharedTcp;
 use mirrord_protocol::{ClientMessage, HttpRequestHead, HttpResponseHead, HttpVersion, PortMode};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,6 +26,10 @@ pub fn spawn_connection(
         match tokio::net::TcpStream::connect(addr).await {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
+                // The session's frame loop writes into the socket itself while nothing is
+                // queued for it: no wake of this task per chunk.
+                let s = SharedTcp::new(s);
+                rx.write_directly(s.direct_writer());
                 relay(conn, s, rx, out, mode == PortMode::Steal).await
             }
             Err(e) => {

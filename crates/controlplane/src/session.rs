@@ -19,6 +19,7 @@ use mirrord_dataplane::handoff::HandoffRx;
 use mirrord_dataplane::{Handoff, StolenResponse};
 use mirrord_protocol::body::BodyInbox;
 use mirrord_protocol::pump::{conn_channel, relay, ConnFrames, ConnInbox};
+use mirrord_protocol::shared_tcp::DirectWriter;
 use mirrord_protocol::{ClientMessage, ErrorCode, ErrorReply, FrameError, PortMode, ServerMessage};
 use mirrord_telemetry::Event;
 use std::collections::{HashMap, VecDeque};
@@ -385,7 +386,7 @@ impl Actor {
         };
         let upgraded = (head.status == 101).then(|| {
             let (near, far) = tokio::io::duplex(mirrord_dataplane::handoff::HANDOFF_BUFFER);
-            d.conns.insert(req, self.carry(req, far));
+            d.conns.insert(req, self.carry(req, far, None));
             near
         });
         let (body, more) = mirrord_protocol::body::receive(body, end);
@@ -421,7 +422,12 @@ impl Actor {
     /// Passes one handoff to the client; `false` when the client connection is gone.
     async fn hand_over(self: &Arc<Self>, conn: u64, h: Handoff) -> bool {
         match h {
-            Handoff::StolenConnection { port, peer, io } => {
+            Handoff::StolenConnection {
+                port,
+                peer,
+                io,
+                direct,
+            } => {
                 let msg = ServerMessage::NewConnection {
                     conn,
                     port,
@@ -432,7 +438,7 @@ impl Actor {
                     r = self.out.send(Box::new(msg)) => if r.is_err() { return false },
                     _ = self.cancel.cancelled() => return true,
                 }
-                let inbox = self.carry(conn, io);
+                let inbox = self.carry(conn, io, direct);
                 self.demux
                     .lock()
                     .expect("demux lock")
@@ -544,11 +550,14 @@ impl Actor {
 
     /// Carries one stolen connection (or upgraded request) between the data plane and
     /// the client's frames, until either side closes or the session ends.
-    fn carry<IO>(self: &Arc<Self>, conn: u64, io: IO) -> ConnInbox
+    fn carry<IO>(self: &Arc<Self>, conn: u64, io: IO, direct: Option<DirectWriter>) -> ConnInbox
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         let (tx, rx) = conn_channel();
+        if let Some(direct) = direct {
+            rx.write_directly(direct);
+        }
         let frames = ConnFrames {
             data: |conn, data| Box::new(ServerMessage::ConnData { conn, data }),
             close: |conn| Box::new(ServerMessage::ConnClose { conn }),
@@ -627,6 +636,7 @@ mod tests {
                     port: 80,
                     peer: format!("peer-{i}"),
                     io: Box::new(io),
+                    direct: None,
                 })
                 .await
                 .ok()

@@ -3,6 +3,7 @@
 //! and channels.
 
 use bytes::Bytes;
+use mirrord_protocol::shared_tcp::DirectWriter;
 use mirrord_protocol::{HttpRequestHead, HttpResponseHead};
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +27,9 @@ pub enum Handoff {
         peer: String,
         /// The client's own connection: the session reads and writes it directly.
         io: Box<dyn Io>,
+        /// When `io` is a [`mirrord_protocol::shared_tcp::SharedTcp`]: its socket, for
+        /// the session's frame reader to write into while nothing is queued.
+        direct: Option<DirectWriter>,
     },
     /// A copy of a connection's inbound bytes; dropping `rx`'s sender ends it.
     MirroredConnection {

@@ -17,6 +17,7 @@ use crate::routes::{PortRoutes, RouteTable};
 use crate::sniff::{self, Detected, Protocol};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use mirrord_protocol::shared_tcp::SharedTcp;
 use mirrord_telemetry::metrics::BypassCounter;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -198,7 +199,7 @@ pub async fn serve_connection(plane: Arc<PortPlane>, stream: TcpStream, peer: So
 
     if let Some(stealer) = &routes.unfiltered_steal {
         // Nothing was read yet: the bare socket is what the session gets.
-        match relay::steal(Box::new(stream), peer, plane.port, stealer).await {
+        match relay::steal(SharedTcp::new(stream), peer, plane.port, stealer).await {
             Ok(()) => return,
             Err(back) => {
                 let mut back = Rewind::new(Bytes::new(), back);

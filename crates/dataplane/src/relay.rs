@@ -15,6 +15,7 @@ use crate::handoff::{Handoff, Io};
 use crate::routes::{RouteTable, Subscriber};
 use crate::sniff::{self, Protocol};
 use bytes::{Buf, Bytes, BytesMut};
+use mirrord_protocol::shared_tcp::SharedTcp;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -40,7 +41,7 @@ pub async fn connect(upstream: SocketAddr) -> io::Result<TcpStream> {
 /// the session ends (no zombie connections). Gives the connection back if the session is
 /// gone (it ended between the route lookup and now), so the caller can pass it through.
 pub async fn steal(
-    down: Box<dyn Io>,
+    down: SharedTcp,
     peer: SocketAddr,
     port: u16,
     sub: &Subscriber,
@@ -48,7 +49,8 @@ pub async fn steal(
     let handoff = Handoff::StolenConnection {
         port,
         peer: peer.to_string(),
-        io: down,
+        direct: Some(down.direct_writer()),
+        io: Box::new(down),
     };
     match sub.tx.send(handoff).await {
         Ok(()) => {

@@ -298,6 +298,7 @@ fn connect(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Bod
                     port,
                     peer,
                     io: Box::new(io),
+                    direct: None,
                 })
                 .await;
         } else {

@@ -13,6 +13,7 @@ pub mod filter;
 pub mod messages;
 pub mod pump;
 pub mod session_id;
+pub mod shared_tcp;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME_LEN};
 pub use filter::HttpFilterSpec;

@@ -2,11 +2,12 @@
 //! batches queued frames into one flush, and the relay between a handed-over stream and
 //! its frames.
 
-use bytes::{Bytes, BytesMut};
+use crate::shared_tcp::{Direct, DirectWriter};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{Sink, SinkExt};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -40,24 +41,30 @@ pub const CONN_BACKLOG_LIMIT: usize = 8 * 1024 * 1024;
 /// Where a session's frame loop puts bytes for one connection. Never blocks.
 pub struct ConnInbox {
     tx: mpsc::UnboundedSender<Bytes>,
+    /// Bytes pushed that [`relay`] has not finished writing (taken and written).
     queued: Arc<AtomicUsize>,
+    /// Set once the connection's socket is known to be a [`SharedTcp`].
+    direct: Arc<OnceLock<DirectWriter>>,
 }
 
 /// The connection's end of its inbox, read by [`relay`].
 pub struct ConnOutlet {
     rx: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicUsize>,
+    direct: Arc<OnceLock<DirectWriter>>,
 }
 
 pub fn conn_channel() -> (ConnInbox, ConnOutlet) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
+    let direct = Arc::new(OnceLock::new());
     (
         ConnInbox {
             tx,
             queued: Arc::clone(&queued),
+            direct: Arc::clone(&direct),
         },
-        ConnOutlet { rx, queued },
+        ConnOutlet { rx, queued, direct },
     )
 }
 
@@ -68,12 +75,35 @@ impl ConnOutlet {
         self.queued.fetch_sub(b.len(), Ordering::AcqRel);
         Some(b)
     }
+
+    /// From now on the inbox may write into `socket` itself while nothing is queued. Only
+    /// for an outlet that [`relay`] drains into that same socket (a
+    /// [`crate::shared_tcp::SharedTcp`]): `relay` counts bytes as
+    /// queued until they are written, which is what keeps the two writers in order.
+    pub fn write_directly(&self, socket: DirectWriter) {
+        let _ = self.direct.set(socket);
+    }
 }
 
 impl ConnInbox {
     /// Queues bytes for the connection. `false`: the connection is gone, or is more than
     /// [`CONN_BACKLOG_LIMIT`] behind; the caller drops this inbox, which ends it.
-    pub fn push(&self, data: Bytes) -> bool {
+    ///
+    /// With a direct writer and nothing queued, the bytes go straight into the socket as
+    /// far as it takes them; only the rest is queued.
+    pub fn push(&self, mut data: Bytes) -> bool {
+        if let Some(direct) = self.direct.get() {
+            // The frame loop is the only pusher, and `relay` lowers `queued` only after
+            // writing: zero means no byte is waiting or being written.
+            if self.queued.load(Ordering::Acquire) == 0 {
+                if let Direct::Wrote(n) = direct.try_write(&data) {
+                    if n == data.len() {
+                        return true;
+                    }
+                    data.advance(n);
+                }
+            }
+        }
         let n = data.len();
         if self.queued.fetch_add(n, Ordering::AcqRel) + n > CONN_BACKLOG_LIMIT {
             return false;
@@ -167,5 +197,70 @@ pub async fn relay<IO, M>(
     }
     if answer {
         let _ = out.send((frames.close)(conn)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared_tcp::SharedTcp;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Byte `k` of the stream, so any reordering or loss shows.
+    fn pattern(from: usize, len: usize) -> Bytes {
+        (from..from + len).map(|k| (k % 251) as u8).collect()
+    }
+
+    /// The frame loop writes directly while nothing is queued and queues while the socket
+    /// is full or the relay is behind: whatever mix of the two, the peer gets every byte
+    /// once, in order, then the close.
+    #[tokio::test]
+    async fn direct_and_queued_bytes_reach_the_peer_in_order() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let socket = SharedTcp::new(l.accept().await.unwrap().0);
+        let (inbox, outlet) = conn_channel();
+        outlet.write_directly(socket.direct_writer());
+        let (out, _frames) = mpsc::channel::<u64>(16);
+        let frames = ConnFrames {
+            data: |c, _| c,
+            close: |c| c,
+        };
+        let stop = std::future::pending();
+        let relay = tokio::spawn(relay(1, socket, outlet, out, frames, true, stop));
+
+        let (mut sent, mut direct) = (0, 0);
+        // On this one-thread runtime the relay task cannot run during a push: bytes it was
+        // given and nothing left queued means the push wrote them itself.
+        let mut push = |len: usize| {
+            assert!(inbox.push(pattern(sent, len)), "backlog limit not reached");
+            sent += len;
+            if inbox.queued.load(Ordering::Acquire) == 0 {
+                direct += 1;
+            }
+        };
+        // Nobody reads yet: the socket's buffers fill, then bytes queue up.
+        for _ in 0..400 {
+            push(16 * 1024);
+        }
+        assert!(
+            inbox.queued.load(Ordering::Acquire) > 0,
+            "the socket filled"
+        );
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.map(|_| got)
+        });
+        // The reader drains the socket and the relay its queue; direct writes resume.
+        for _ in 0..400 {
+            tokio::task::yield_now().await;
+            push(4 * 1024);
+        }
+        assert!(direct > 0, "some pushes went straight into the socket");
+        drop(inbox);
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(got.len(), sent);
+        assert!(got == pattern(0, sent), "bytes out of order");
+        relay.abort();
     }
 }
