@@ -99,14 +99,23 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
     })
 }
 
-async fn get<K>(client: &Client, ns: &str, name: &str) -> Result<K, kube::Error>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+/// A kind of namespaced object the typed `Api` can read.
+trait Namespaced:
+    kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+impl<K> Namespaced for K where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
+        + std::fmt::Debug
 {
+}
+
+async fn get<K: Namespaced>(client: &Client, ns: &str, name: &str) -> Result<K, kube::Error> {
     Api::<K>::namespaced(client.clone(), ns).get(name).await
 }
 
@@ -170,14 +179,12 @@ async fn unknown(client: &Client, r: &TargetRef) -> BackendError {
 
 /// `kind/name` of each object of kind `K` in `ns` that `keep` accepts; none if the list
 /// fails (the listing only helps an error message).
-async fn names<K>(client: &Client, ns: &str, kind: &str, keep: impl Fn(&K) -> bool) -> Vec<String>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
+async fn names<K: Namespaced>(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    keep: impl Fn(&K) -> bool,
+) -> Vec<String> {
     let Ok(list) = Api::<K>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await
