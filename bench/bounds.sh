@@ -14,17 +14,7 @@ API=$(free_port); LISTEN=$(free_port); UP=$(free_port); DEV=$(free_port)
 python3 -m http.server --bind 127.0.0.1 "$UP" > /dev/null 2>&1 & PIDS+=($!)
 python3 -m http.server --bind 127.0.0.1 "$DEV" > /dev/null 2>&1 & PIDS+=($!)
 wait_port "$UP"; wait_port "$DEV"
-cat > "$WORK/op.toml" <<TOML
-[api]
-listen = "127.0.0.1:$API"
-[[targets]]
-name = "api"
-[[targets.ports]]
-port = 80
-listen = "127.0.0.1:$LISTEN"
-upstream = "127.0.0.1:$UP"
-TOML
-operator_start "$WORK/op.toml"
+operator_one_target "$API" "$LISTEN" "$UP"
 for u in heavy other frozen; do
   "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user "$u" --out "$WORK/$u" > /dev/null
 done

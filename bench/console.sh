@@ -8,24 +8,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 VIEWERS=${VIEWERS:-10}
 
 API=$(free_port); LISTEN=$(free_port); CONSOLE=$(free_port)
-cat > "$WORK/op.toml" <<TOML
-[api]
-listen = "127.0.0.1:$API"
-[console]
-listen = "127.0.0.1:$CONSOLE"
-[sessions]
-ping_interval = "1s"
-client_timeout = "30s"
-[limits]
-max_sessions_per_client = 20000
-[[targets]]
-name = "api"
-[[targets.ports]]
-port = 80
-listen = "127.0.0.1:$LISTEN"
-upstream = "127.0.0.1:9"
-TOML
-operator_start "$WORK/op.toml"
+operator_one_target "$API" "$LISTEN" 9 \
+  '[console]' "listen = \"127.0.0.1:$CONSOLE\"" \
+  '[sessions]' 'ping_interval = "1s"' 'client_timeout = "30s"' \
+  '[limits]' 'max_sessions_per_client = 20000'
 "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user bench --out "$WORK/creds" > /dev/null
 "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user root --role admin --out "$WORK/root" > /dev/null
 LOAD=("$BIN/mirrord-bench")

@@ -6,23 +6,11 @@ source "$(dirname "$0")/lib.sh"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true   # 10,000 sessions need ~10,000 descriptors on each side
 
 API=$(free_port); LISTEN=$(free_port)
-cat > "$WORK/op.toml" <<TOML
-[api]
-listen = "127.0.0.1:$API"
-[sessions]
-ping_interval = "1s"
-client_timeout = "30s"
-metrics_grace = "3s"       # so each phase measures its own sessions' series only
-[limits]
-max_sessions_per_client = 20000   # every idle session below belongs to one client
-[[targets]]
-name = "api"
-[[targets.ports]]
-port = 80
-listen = "127.0.0.1:$LISTEN"
-upstream = "127.0.0.1:9"
-TOML
-operator_start "$WORK/op.toml"
+# metrics_grace: each phase measures its own sessions' series only; every idle session
+# below belongs to one client.
+operator_one_target "$API" "$LISTEN" 9 \
+  '[sessions]' 'ping_interval = "1s"' 'client_timeout = "30s"' 'metrics_grace = "3s"' \
+  '[limits]' 'max_sessions_per_client = 20000'
 "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user bench --out "$WORK/creds" > /dev/null
 LOAD=("$BIN/mirrord-bench")
 ARGS=(--credentials "$WORK/creds" --target deployment/api --port 80)

@@ -17,17 +17,7 @@ haproxy_start tcp "$HATCP" tcp "$UP"   # the reference L4 relay
 haproxy_start http "$HAHTTP" http "$UP"
 nginx_start local "$LOCAL" 1           # the developer's local process
 
-cat > "$WORK/op.toml" <<TOML
-[api]
-listen = "127.0.0.1:$API"
-[[targets]]
-name = "api"
-[[targets.ports]]
-port = 80
-listen = "127.0.0.1:$LISTEN"
-upstream = "127.0.0.1:$UP"
-TOML
-operator_start "$WORK/op.toml"
+operator_one_target "$API" "$LISTEN" "$UP"
 "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user bench --out "$WORK/creds" > /dev/null
 CTL=("$BIN/mirrordctl" --credentials "$WORK/creds")
 

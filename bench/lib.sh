@@ -168,6 +168,20 @@ operator_start() {
   cat "$WORK/operator.log"; return 1
 }
 
+# operator_one_target API LISTEN UPSTREAM [TOML LINE...]: operator_start with a config of
+# one target, `api`, whose port 80 listens on LISTEN and goes to UPSTREAM (127.0.0.1 ports);
+# the extra lines (settings sections) come before the target.
+operator_one_target() {
+  local api=$1 listen=$2 up=$3; shift 3
+  {
+    printf '[api]\nlisten = "127.0.0.1:%s"\n' "$api"
+    [ $# -eq 0 ] || printf '%s\n' "$@"
+    printf '[[targets]]\nname = "api"\n[[targets.ports]]\nport = 80\n'
+    printf 'listen = "127.0.0.1:%s"\nupstream = "127.0.0.1:%s"\n' "$listen" "$up"
+  } > "$WORK/op.toml"
+  operator_start "$WORK/op.toml"
+}
+
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 machine() {

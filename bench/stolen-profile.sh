@@ -9,17 +9,7 @@ need_tools perf
 LOCAL=$(free_port); LISTEN=$(free_port); API=$(free_port); UP=$(free_port); RELAY=$(free_port); TUNNEL=$(free_port)
 nginx_start upstream "$UP" 1
 nginx_start local "$LOCAL" 1
-cat > "$WORK/op.toml" <<TOML
-[api]
-listen = "127.0.0.1:$API"
-[[targets]]
-name = "api"
-[[targets.ports]]
-port = 80
-listen = "127.0.0.1:$LISTEN"
-upstream = "127.0.0.1:$UP"
-TOML
-operator_start "$WORK/op.toml"
+operator_one_target "$API" "$LISTEN" "$UP"
 "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user bench --out "$WORK/creds" > /dev/null
 
 # profile URL NAME:PID NAME:PID: warm up, then record both processes during one wrk run.
