@@ -8,17 +8,18 @@ WORK=${WORK:-$(mktemp -d /tmp/mirrord-bench.XXXXXX)}
 DURATION=${DURATION:-5}
 PIDS=()
 
-# need_tools TOOL...: installs the Debian packages of the same names when missing (root), so
-# every script runs on its own on a fresh machine.
+# need_tools TOOL[:PACKAGE]...: installs the Debian package (by default the tool's name) of
+# each tool missing (root), so every script runs on its own on a fresh machine.
 need_tools() {
   local need=() t
-  for t in "$@"; do command -v "$t" > /dev/null || need+=("$t"); done
+  for t in "$@"; do command -v "${t%%:*}" > /dev/null || need+=("${t#*:}"); done
   [ ${#need[@]} -eq 0 ] && return 0
   echo "installing ${need[*]} (references and load generators)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /dev/null
   systemctl stop nginx haproxy 2> /dev/null || true   # the packages' own services are not ours
 }
 need_tools wrk nginx curl python3
+[ "${BENCH_SYSCALLS:-0}" != 1 ] || need_tools perf:linux-perf
 
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -12,7 +12,7 @@ RULES = [
     ("memcpy", r"memmove|memcpy|memset"),
     ("channels (tokio mpsc)", r"mpsc|chan::|list::"),
     ("cancellation, task tracker, notify", r"cancellation|task_tracker|notify|Notified"),
-    ("TLS (rustls, ring)", r"rustls|ring"),
+    ("TLS (rustls, ring)", r"rustls|\bring::|ring_core"),
     ("framing, codec, protocol", r"codec|Framed|postcard|mirrord_protocol|decode|encode"),
     ("tokio runtime and I/O", r"tokio"),
     ("libc syscall wrappers", r"libc\.so.*(send|recv|writev|readv|epoll|pthread|__GI)"),

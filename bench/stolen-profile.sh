@@ -5,7 +5,7 @@
 # per request, bucketed (kernel, tokio, channels, malloc, TLS, ...). perf slows every
 # process: compare the rows with each other, not with bench/dataplane.sh's figures.
 source "$(dirname "$0")/lib.sh"
-need_tools perf
+need_tools perf:linux-perf
 LOCAL=$(free_port); LISTEN=$(free_port); API=$(free_port); UP=$(free_port); RELAY=$(free_port); TUNNEL=$(free_port)
 nginx_start upstream "$UP" 1
 nginx_start local "$LOCAL" 1
