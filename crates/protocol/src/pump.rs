@@ -43,7 +43,7 @@ pub struct ConnInbox {
     tx: mpsc::UnboundedSender<Bytes>,
     /// Bytes pushed that [`relay`] has not finished writing (taken and written).
     queued: Arc<AtomicUsize>,
-    /// Set once the connection's socket is known to be a [`SharedTcp`].
+    /// Set once the connection's socket is known to be a [`crate::shared_tcp::SharedTcp`].
     direct: Arc<OnceLock<DirectWriter>>,
 }
 
