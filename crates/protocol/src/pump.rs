@@ -41,30 +41,33 @@ pub const CONN_BACKLOG_LIMIT: usize = 8 * 1024 * 1024;
 /// Where a session's frame loop puts bytes for one connection. Never blocks.
 pub struct ConnInbox {
     tx: mpsc::UnboundedSender<Bytes>,
-    /// Bytes pushed that [`relay`] has not finished writing (taken and written).
-    queued: Arc<AtomicUsize>,
-    /// Set once the connection's socket is known to be a [`crate::shared_tcp::SharedTcp`].
-    direct: Arc<OnceLock<DirectWriter>>,
+    shared: Arc<Backlog>,
 }
 
 /// The connection's end of its inbox, read by [`relay`].
 pub struct ConnOutlet {
     rx: mpsc::UnboundedReceiver<Bytes>,
-    queued: Arc<AtomicUsize>,
-    direct: Arc<OnceLock<DirectWriter>>,
+    shared: Arc<Backlog>,
+}
+
+/// What both ends of a connection's inbox share.
+#[derive(Default)]
+struct Backlog {
+    /// Bytes pushed that [`relay`] has not finished writing (taken and written).
+    queued: AtomicUsize,
+    /// Set once the connection's socket is known to be a [`crate::shared_tcp::SharedTcp`].
+    direct: OnceLock<DirectWriter>,
 }
 
 pub fn conn_channel() -> (ConnInbox, ConnOutlet) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let direct = Arc::new(OnceLock::new());
+    let shared = Arc::new(Backlog::default());
     (
         ConnInbox {
             tx,
-            queued: Arc::clone(&queued),
-            direct: Arc::clone(&direct),
+            shared: Arc::clone(&shared),
         },
-        ConnOutlet { rx, queued, direct },
+        ConnOutlet { rx, shared },
     )
 }
 
@@ -72,7 +75,7 @@ impl ConnOutlet {
     /// The next bytes queued, once they are taken off the backlog.
     pub async fn recv(&mut self) -> Option<Bytes> {
         let b = self.rx.recv().await?;
-        self.queued.fetch_sub(b.len(), Ordering::AcqRel);
+        self.shared.queued.fetch_sub(b.len(), Ordering::AcqRel);
         Some(b)
     }
 
@@ -81,7 +84,7 @@ impl ConnOutlet {
     /// [`crate::shared_tcp::SharedTcp`]): `relay` counts bytes as
     /// queued until they are written, which is what keeps the two writers in order.
     pub fn write_directly(&self, socket: DirectWriter) {
-        let _ = self.direct.set(socket);
+        let _ = self.shared.direct.set(socket);
     }
 }
 
@@ -92,10 +95,10 @@ impl ConnInbox {
     /// With a direct writer and nothing queued, the bytes go straight into the socket as
     /// far as it takes them; only the rest is queued.
     pub fn push(&self, mut data: Bytes) -> bool {
-        if let Some(direct) = self.direct.get() {
+        if let Some(direct) = self.shared.direct.get() {
             // The frame loop is the only pusher, and `relay` lowers `queued` only after
             // writing: zero means no byte is waiting or being written.
-            if self.queued.load(Ordering::Acquire) == 0 {
+            if self.shared.queued.load(Ordering::Acquire) == 0 {
                 if let Direct::Wrote(n) = direct.try_write(&data) {
                     if n == data.len() {
                         return true;
@@ -105,7 +108,7 @@ impl ConnInbox {
             }
         }
         let n = data.len();
-        if self.queued.fetch_add(n, Ordering::AcqRel) + n > CONN_BACKLOG_LIMIT {
+        if self.shared.queued.fetch_add(n, Ordering::AcqRel) + n > CONN_BACKLOG_LIMIT {
             return false;
         }
         self.tx.send(data).is_ok()
@@ -173,7 +176,7 @@ pub async fn relay<IO, M>(
             d = inbox.rx.recv(), if peer_open => match d {
                 Some(d) => {
                     if io.write_all(&d).await.is_err() { break }
-                    inbox.queued.fetch_sub(d.len(), Ordering::AcqRel);
+                    inbox.shared.queued.fetch_sub(d.len(), Ordering::AcqRel);
                 }
                 None => {
                     peer_open = false;
@@ -235,7 +238,7 @@ mod tests {
         let mut push = |len: usize| {
             assert!(inbox.push(pattern(sent, len)), "backlog limit not reached");
             sent += len;
-            if inbox.queued.load(Ordering::Acquire) == 0 {
+            if inbox.shared.queued.load(Ordering::Acquire) == 0 {
                 direct += 1;
             }
         };
@@ -244,7 +247,7 @@ mod tests {
             push(16 * 1024);
         }
         assert!(
-            inbox.queued.load(Ordering::Acquire) > 0,
+            inbox.shared.queued.load(Ordering::Acquire) > 0,
             "the socket filled"
         );
         let reader = tokio::spawn(async move {
