@@ -7,9 +7,10 @@
 //! [`crate::link`] bridge instead of to a local frame loop.
 
 use crate::link::Link;
+use mirrord_dataplane::budget::{self, Budget};
 use mirrord_dataplane::{
-    Endpoint, FilterLimits, HttpFilter, InterceptorLimits, PortPlane, PortRoutes, Subscriber,
-    SubscriberTx,
+    Endpoint, FilterLimits, HttpFilter, InterceptorLimits, PortPlane, PortRoutes, PortServices,
+    Subscriber, SubscriberTx,
 };
 use mirrord_protocol::agent::{PortRouteSpec, RouteSnapshot};
 use mirrord_protocol::HttpFilterSpec;
@@ -34,9 +35,12 @@ pub struct Ports {
     accepting: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// `(target port, agent port)` of the ports sessions hold now.
     redirected: Mutex<Vec<(u16, u16)>>,
-    sessions: Mutex<HashMap<u64, SubscriberTx>>,
+    /// Each session's bridge to the operator, and what its mirror copies may hold here.
+    sessions: Mutex<HashMap<u64, (SubscriberTx, Arc<Budget>)>>,
     /// Wakes the renewal loop when the held ports change.
     pub renewed: tokio::sync::Notify,
+    /// What mirror copies of every port may hold here at once.
+    copy_budget: Arc<Budget>,
 }
 
 impl Ports {
@@ -49,6 +53,7 @@ impl Ports {
             redirected: Mutex::default(),
             sessions: Mutex::default(),
             renewed: tokio::sync::Notify::new(),
+            copy_budget: Budget::new(budget::TOTAL_COPY_BYTES),
         }
     }
 
@@ -58,15 +63,19 @@ impl Ports {
         if let Some(p) = self.planes.lock().expect("planes").get(&port) {
             return Ok(Arc::clone(p));
         }
-        let bypass = self
-            .telemetry
-            .metrics()
-            .bypass_counter("", &self.pod_uid, port);
+        let services = PortServices {
+            bypass: self
+                .telemetry
+                .metrics()
+                .bypass_counter("", &self.pod_uid, port),
+            copy_drops: self.telemetry.metrics().copy_drops(),
+            copy_budget: Arc::clone(&self.copy_budget),
+        };
         let any: SocketAddr = ([0, 0, 0, 0], 0).into();
         let (plane, listener) = PortPlane::bind(
             port,
             any,
-            bypass,
+            services,
             Arc::default(),
             InterceptorLimits::default(),
         )
@@ -185,12 +194,17 @@ impl Ports {
     }
 
     fn subscriber(&self, session_id: u64, link: &Arc<Link>) -> Subscriber {
-        let tx = self
+        let (tx, copy_budget) = self
             .sessions
             .lock()
             .expect("sessions")
             .entry(session_id)
-            .or_insert_with(|| link.bridge(session_id))
+            .or_insert_with(|| {
+                (
+                    link.bridge(session_id),
+                    Budget::new(budget::SESSION_COPY_BYTES),
+                )
+            })
             .clone();
         Subscriber {
             session_id,
@@ -198,6 +212,7 @@ impl Ports {
             // The operator counts what it receives, under the session's labels.
             counters: PortCounters::detached(),
             trace: Default::default(),
+            copy_budget,
         }
     }
 }

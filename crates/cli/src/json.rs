@@ -20,6 +20,8 @@ pub struct Status<'a> {
     license: Option<&'a LicenseSummary>,
     copies: Vec<Copy<'a>>,
     sessions: Vec<Session<'a>>,
+    /// Sessions the operator left out because the report would not fit one frame.
+    omitted_sessions: u64,
 }
 
 #[derive(Serialize)]
@@ -82,6 +84,7 @@ impl<'a> Status<'a> {
             license: r.license.as_ref(),
             copies: r.copies.iter().map(Copy::of).collect(),
             sessions: r.sessions.iter().map(Session::of).collect(),
+            omitted_sessions: r.omitted_sessions,
         }
     }
 }
@@ -201,6 +204,7 @@ mod tests {
                 ping_ms: None,
                 ends_in_secs: None,
             }],
+            omitted_sessions: 0,
         };
         let v = serde_json::to_value(Status::of(&r)).unwrap();
         assert_eq!(v["schema_version"], 1);

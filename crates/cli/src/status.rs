@@ -155,7 +155,7 @@ pub fn render(r: &StatusReport, wide: bool) -> String {
 
 /// The sessions table (`sessions list`, and the end of `status`).
 pub fn sessions(r: &StatusReport, wide: bool) -> String {
-    if r.sessions.is_empty() {
+    if r.sessions.is_empty() && r.omitted_sessions == 0 {
         return "  none\n".into();
     }
     let rows: Vec<Vec<String>> = r
@@ -201,7 +201,15 @@ pub fn sessions(r: &StatusReport, wide: bool) -> String {
     if wide {
         headers.extend(["Client ID", "Ping", "Ends In"]);
     }
-    table(&headers, rows)
+    let mut out = table(&headers, rows);
+    if r.omitted_sessions > 0 {
+        out.push_str(&format!(
+            "... and {} more sessions, left out: the whole report would not fit the protocol's largest frame
+",
+            r.omitted_sessions
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -249,6 +257,7 @@ mod tests {
                 ping_ms: Some(0.4),
                 ends_in_secs: None,
             }],
+            omitted_sessions: 0,
         };
         let text = render(&r, false);
         assert!(

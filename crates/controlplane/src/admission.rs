@@ -53,6 +53,7 @@ pub fn target_key(r: &mirrord_protocol::TargetRef) -> String {
 }
 
 pub async fn validate(op: &Operator, req: &SessionRequest) -> Result<Validated, Refusal> {
+    crate::bounds::check_request(req)?;
     if req.ports.is_empty() {
         return Err(Refusal::BadRequest(
             "a session needs at least one --port".into(),

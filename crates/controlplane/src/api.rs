@@ -1,9 +1,10 @@
 //! The API server: mutual TLS, the hello exchange, and dispatch of each connection's one
 //! request (open a session, status, kill).
 //!
-//! What an unknown peer can cost is bounded: connections are capped (a semaphore; more
-//! are closed at once), the TLS handshake and the hello have deadlines, and frames are
-//! small until the peer has said who it is.
+//! What an unknown peer can cost is bounded: connections are capped, and at the cap the
+//! connection idle the longest (a handshake that goes nowhere) makes room for a newcomer
+//! ([`mirrord_serve::slots`]); the TLS handshake and the hello have deadlines, and frames
+//! are small until the peer has said who it is.
 
 use crate::caller::{Authority, Caller};
 use crate::operator::Operator;
@@ -16,15 +17,16 @@ use hyper_util::rt::TokioIo;
 use mirrord_identity::{PeerIdentity, Role};
 use mirrord_protocol::SessionId;
 use mirrord_protocol::{
-    ClientHello, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest,
-    ServerMessage, Welcome, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    encoded_len, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest,
+    ServerMessage, StatusReport, Welcome, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
+use mirrord_serve::{serve_tls, Accepted, Listener, Shutdown, Slot, Slots};
 use mirrord_telemetry::{ClientInfo, Event};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tokio_util::either::Either;
@@ -38,6 +40,9 @@ const OUTBOUND_QUEUE: usize = 1024;
 const HELLO_FRAME_LEN: usize = 16 * 1024;
 /// The largest request frame (a session request with its filters).
 const REQUEST_FRAME_LEN: usize = 1024 * 1024;
+/// The largest frame a client sends in a session: chunks of its answers (a few KiB to a
+/// few hundred), an answer's head with up to 64 KiB of body.
+const SESSION_FRAME_LEN: usize = 1024 * 1024;
 /// How long a client's writer may take to flush the last frames after its request ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -62,64 +67,48 @@ impl From<PeerIdentity> for Authenticated {
             client_id: id.client_id,
             client_user: id.client_user,
             role: id.role,
-            authority: Authority::Certificate,
+            authority: Authority::Certificate {
+                expires: Some(id.not_after),
+            },
         }
     }
 }
 
-/// Serves the API. `tls` is read at every accept, so a new configuration (a new
-/// revocation list) applies to every handshake from then on.
+/// How long an unauthenticated connection may sit idle before a newcomer may take its
+/// place when the API is at `limits.max_connections` (a real client's handshake and hello
+/// take milliseconds).
+const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// The API's connection places (`limits.max_connections`), shared by its own TLS port
+/// and the connections the aggregated API hands over.
+pub fn slots(max_connections: usize) -> Arc<Slots> {
+    Slots::new(max_connections, EVICT_IDLE_AFTER)
+}
+
+/// Serves the API until `shutdown`. `tls` is read at every accept, so a new configuration
+/// (a new revocation list) applies to every handshake from then on.
 pub async fn serve(
     op: Arc<Operator>,
     listener: TcpListener,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    shutdown: Shutdown,
 ) {
-    let mut last_full_warning: Option<Instant> = None;
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "API accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&op.connections).try_acquire_owned() else {
-            if last_full_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                last_full_warning = Some(Instant::now());
-                tracing::warn!(%peer, max = op.limits.max_connections, "API connection limit reached; closing new connections (limits.max_connections)");
-            }
-            continue;
-        };
-        let op = Arc::clone(&op);
-        let acceptor = TlsAcceptor::from(tls.load_full());
-        tokio::spawn(async move { handle(op, acceptor, tcp, peer, permit).await });
-    }
+    let cfg = Listener {
+        name: "API",
+        slots: Arc::clone(&op.connections),
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        handshake_hint:
+            "a client needs a valid, unrevoked certificate from `mirrord-operator certs issue`",
+    };
+    let acceptor = move || TlsAcceptor::from(tls.load_full());
+    serve_tls(listener, acceptor, cfg, shutdown, move |a| {
+        handle(Arc::clone(&op), a)
+    })
+    .await
 }
 
-async fn handle(
-    op: Arc<Operator>,
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
-    let _ = tcp.set_nodelay(true);
-    // Boxed, like the hello and the open below: each step's state is on the heap only
-    // while it runs instead of in this task's fixed size (a session's connection then
-    // moves to a task of its own, see `run_session`).
-    let accept = Box::pin(acceptor.accept(tcp));
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, error = %e, "TLS handshake failed (a client needs a valid, unrevoked certificate from `mirrord-operator certs issue`)");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
+async fn handle(op: Arc<Operator>, a: Accepted) {
+    let Accepted { tls, peer, slot } = a;
     let identity = match tls
         .get_ref()
         .1
@@ -133,7 +122,7 @@ async fn handle(
             return;
         }
     };
-    converse(op, Either::Left(tls), peer, identity.into(), permit).await;
+    converse(op, Either::Left(tls), peer, identity.into(), slot).await;
 }
 
 /// Serves one connection the API server upgraded for an authenticated Kubernetes user
@@ -144,21 +133,19 @@ pub async fn serve_upgraded(
     peer: SocketAddr,
     who: Authenticated,
 ) {
-    let Ok(permit) = Arc::clone(&op.connections).try_acquire_owned() else {
-        tracing::warn!(%peer, max = op.limits.max_connections, "API connection limit reached; closing an upgraded connection (limits.max_connections)");
+    let Ok(slot) = op.connections.acquire() else {
+        tracing::warn!(%peer, max = op.limits.max_connections, "API connection limit reached and every connection is busy; closing an upgraded connection (limits.max_connections)");
         return;
     };
-    converse(op, Either::Right(io), peer, who, permit).await;
+    let evicted = slot.evicted();
+    tokio::select! {
+        _ = evicted => tracing::debug!(%peer, "upgraded connection evicted to make room"),
+        _ = converse(op, Either::Right(io), peer, who, slot) => {}
+    }
 }
 
 /// The protocol on an authenticated stream: hello, then one request.
-async fn converse(
-    op: Arc<Operator>,
-    io: Io,
-    peer: SocketAddr,
-    who: Authenticated,
-    permit: OwnedSemaphorePermit,
-) {
+async fn converse(op: Arc<Operator>, io: Io, peer: SocketAddr, who: Authenticated, slot: Slot) {
     let mut framed = Framed::new(io, FrameCodec::with_max(HELLO_FRAME_LEN));
     // Idle sessions are the common case: start with small buffers (they grow on demand)
     // rather than tokio-util's 8 KiB each way, which is most of an idle session's memory.
@@ -175,6 +162,10 @@ async fn converse(
         }
     };
     framed.codec_mut().set_max(REQUEST_FRAME_LEN);
+    // From here on the client is known: what its connections buffer is one budget.
+    let charge = op.buffers.charge(&caller.client.client_id);
+    framed.codec_mut().set_charge(charge);
+    slot.touch();
     let request = match next(&mut framed, HANDSHAKE_TIMEOUT).await {
         Ok(m) => m,
         Err(e) => {
@@ -184,11 +175,17 @@ async fn converse(
             return;
         }
     };
+    // A request in hand: real work, never evicted for a newcomer.
+    let _working = slot.pin();
     let reply = match request {
         ClientMessage::OpenSession(req) => {
-            return run_session(op, framed, req, caller, permit).await;
+            return run_session(op, framed, req, caller, slot).await;
         }
-        ClientMessage::Status => ServerMessage::Status(Box::new(op.status(&caller))),
+        ClientMessage::Status => {
+            // The reply may be larger than any request: up to a whole frame.
+            framed.codec_mut().set_max(MAX_FRAME_LEN);
+            ServerMessage::Status(Box::new(fit_status(op.status(&caller), MAX_FRAME_LEN)))
+        }
         ClientMessage::Kill(k) => kill(&op, k, &caller),
         ClientMessage::ConsoleLogin => console_login(&op, &caller),
         other => error(
@@ -231,12 +228,9 @@ async fn hello(
             message: msg,
         }));
     }
-    if let Err(msg) = check_labels(&hello, op.limits.max_client_label_len) {
-        tracing::warn!(%peer, client_user = %identity.client_user, "{msg}");
-        return Err(Some(ErrorReply {
-            code: ErrorCode::BadRequest,
-            message: msg,
-        }));
+    if let Err(refusal) = crate::bounds::check_hello(&hello, op.limits.max_client_label_len) {
+        tracing::warn!(%peer, client_user = %identity.client_user, reason = refusal.reason(), "{refusal}");
+        return Err(Some(refusal.reply()));
     }
     tracing::debug!(
         %peer,
@@ -267,39 +261,16 @@ async fn hello(
     })
 }
 
-/// What a client says about itself lands in every log line and metric label of its
-/// sessions: it must be short and printable (a newline would forge a log line).
-fn check_labels(h: &ClientHello, max: usize) -> Result<(), String> {
-    for (field, value) in [
-        ("client_name", &h.client_name),
-        ("client_hostname", &h.client_hostname),
-        ("cli_version", &h.cli_version),
-    ] {
-        if value.len() > max {
-            return Err(format!(
-                "{field} is {} bytes long; this operator accepts at most {max}",
-                value.len()
-            ));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(format!(
-                "{field} {value:?} contains control characters; set a printable name"
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Opens the session and, once it is open, runs it in a task of its own: this task (and
 /// the handshake's state it was sized for) ends here, and the session's task is sized for
-/// what a session carries for hours. `permit` (the connection's place under
-/// `limits.max_connections`) goes with it.
+/// what a session carries for hours. `slot` (the connection's place under
+/// `limits.max_connections`, pinned: a session is never evicted) goes with it.
 async fn run_session(
     op: Arc<Operator>,
     mut framed: Transport,
     req: mirrord_protocol::SessionRequest,
     caller: Caller,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
 ) {
     let opened = match Box::pin(open::open(&op, req, caller)).await {
         Ok(o) => o,
@@ -309,7 +280,10 @@ async fn run_session(
             return;
         }
     };
+    // A client's frames in a session are small (its answers' chunks); the operator's may
+    // carry a whole mirrored request.
     framed.codec_mut().set_max(MAX_FRAME_LEN);
+    framed.codec_mut().set_max_in(SESSION_FRAME_LEN);
     // Split here: the transport moves to the heap (shared by the two halves) before the
     // session's task is made, so that task is not sized to hold it too.
     let (sink, inbound) = framed.split::<Box<ServerMessage>>();
@@ -319,7 +293,8 @@ async fn run_session(
     // Queued first: nothing else is sent on `out` before the actor starts.
     let _ = out.try_send(reply);
     tokio::spawn(async move {
-        let _permit = permit;
+        let _pinned = slot.pin();
+        let _slot = slot;
         session::run(op, opened, inbound, out).await;
         // A frozen client cannot take the writer's last frames: give up on it after a while.
         let abort = writer.abort_handle();
@@ -327,6 +302,35 @@ async fn run_session(
             abort.abort();
         }
     });
+}
+
+/// The report cut to fit one frame of `max` bytes: the sessions that do not fit are left
+/// out and counted (the admin still gets a status, never a closed connection).
+fn fit_status(mut report: StatusReport, max: usize) -> StatusReport {
+    // The enum's tag, the count's varint and room to spare.
+    const SLACK: usize = 64;
+    let sessions = std::mem::take(&mut report.sessions);
+    let mut room = max.saturating_sub(encoded_len(&report) + SLACK);
+    let mut kept = 0;
+    for s in &sessions {
+        let len = encoded_len(s);
+        if len > room {
+            break;
+        }
+        room -= len;
+        kept += 1;
+    }
+    report.omitted_sessions = (sessions.len() - kept) as u64;
+    if report.omitted_sessions > 0 {
+        tracing::warn!(
+            kept,
+            omitted = report.omitted_sessions,
+            "the status report does not fit one frame; sending the first {kept} sessions"
+        );
+    }
+    report.sessions = sessions;
+    report.sessions.truncate(kept);
+    report
 }
 
 /// A console login link for the caller (it carries their user and role).
@@ -356,6 +360,16 @@ pub fn kill(op: &Operator, k: KillRequest, caller: &Caller) -> ServerMessage {
             .filter(|e| caller.may_manage(&e.meta))
             .map(|e| e.id)
             .collect(),
+        KillRequest::Sessions(ids) if ids.len() > crate::bounds::MAX_KILL_IDS => {
+            return error(
+                ErrorCode::Limit,
+                format!(
+                    "{} session ids in one kill request; at most {} (use --all)",
+                    ids.len(),
+                    crate::bounds::MAX_KILL_IDS
+                ),
+            )
+        }
         KillRequest::Sessions(ids) => ids,
     };
     if let Some(id) = ids
@@ -450,25 +464,46 @@ pub(crate) fn error(code: ErrorCode, message: String) -> ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mirrord_protocol::{Caller, SessionInfo};
 
-    fn hello(name: &str, host: &str) -> ClientHello {
-        ClientHello {
-            protocol_version: PROTOCOL_VERSION,
-            cli_version: "0.1.0".into(),
-            client_name: name.into(),
-            client_hostname: host.into(),
+    fn report(sessions: usize, name_len: usize) -> StatusReport {
+        StatusReport {
+            operator_version: "0.1.0".into(),
+            caller: Caller::default(),
+            license: None,
+            copies: Vec::new(),
+            sessions: (0..sessions)
+                .map(|i| SessionInfo {
+                    session_id: SessionId(i as u64),
+                    target: "deployment/api".into(),
+                    namespace: "default".into(),
+                    client_id: "c".into(),
+                    client_user: "u".repeat(name_len),
+                    client_name: String::new(),
+                    client_hostname: String::new(),
+                    ports: Vec::new(),
+                    duration_secs: 1,
+                    ping_ms: None,
+                    ends_in_secs: None,
+                })
+                .collect(),
+            omitted_sessions: 0,
         }
     }
 
     #[test]
-    fn labels_are_short_and_printable() {
-        assert!(check_labels(&hello("Ada Lovelace", "laptop"), 64).is_ok());
-        let e = check_labels(&hello("Ada\nINFO forged line", "laptop"), 64).unwrap_err();
-        assert!(e.contains("client_name") && e.contains("control"), "{e}");
-        let e = check_labels(&hello("a", &"h".repeat(65)), 64).unwrap_err();
-        assert!(
-            e.contains("client_hostname") && e.contains("65 bytes"),
-            "{e}"
-        );
+    fn a_status_too_large_for_a_frame_leaves_sessions_out_and_says_so() {
+        let small = fit_status(report(10, 10), MAX_FRAME_LEN);
+        assert_eq!((small.sessions.len(), small.omitted_sessions), (10, 0));
+
+        let fitted = fit_status(report(100, 10_000), 256 * 1024);
+        assert!(fitted.omitted_sessions > 0);
+        assert_eq!(fitted.sessions.len() as u64 + fitted.omitted_sessions, 100);
+        // The oldest stay, in order.
+        assert_eq!(fitted.sessions[0].session_id, SessionId(0));
+        let msg = ServerMessage::Status(Box::new(fitted));
+        let mut codec: FrameCodec<ClientMessage, ServerMessage> = FrameCodec::with_max(256 * 1024);
+        let mut buf = bytes::BytesMut::new();
+        tokio_util::codec::Encoder::encode(&mut codec, msg, &mut buf).expect("fits one frame");
     }
 }

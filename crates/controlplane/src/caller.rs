@@ -4,6 +4,7 @@
 
 use mirrord_identity::Role;
 use mirrord_telemetry::{ClientInfo, SessionMeta};
+use std::time::SystemTime;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -13,17 +14,32 @@ pub struct Caller {
 }
 
 /// Who vouches for the caller, which also decides who judges what they may do.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authority {
-    /// A client certificate of this operator's CA: the role it carries decides.
-    #[default]
-    Certificate,
+    /// A client certificate of this operator's CA: the role it carries decides. It stops
+    /// vouching at `expires` (its `notAfter`): sessions on it end then.
+    Certificate { expires: Option<SystemTime> },
     /// A Kubernetes user, authenticated by the API server and proxied to the operator
     /// (front-proxy): RBAC on the operator's resources decides ([`crate::rbac`]).
     Kubernetes { groups: Vec<String> },
 }
 
+impl Default for Authority {
+    fn default() -> Self {
+        Authority::Certificate { expires: None }
+    }
+}
+
 impl Caller {
+    /// When the caller's credential stops being valid (a certificate's `notAfter`; the API
+    /// server vouches for a Kubernetes user on each request instead).
+    pub fn credential_expires(&self) -> Option<SystemTime> {
+        match &self.authority {
+            Authority::Certificate { expires } => *expires,
+            Authority::Kubernetes { .. } => None,
+        }
+    }
+
     /// Whether `session` belongs to the caller's user.
     pub fn owns(&self, session: &SessionMeta) -> bool {
         session.client.client_user == self.client.client_user
@@ -42,7 +58,7 @@ impl Caller {
     pub fn kubernetes_groups(&self) -> Option<&[String]> {
         match &self.authority {
             Authority::Kubernetes { groups } => Some(groups),
-            Authority::Certificate => None,
+            Authority::Certificate { .. } => None,
         }
     }
 }

@@ -166,6 +166,14 @@ pub struct Limits {
     /// `504 Gateway Timeout` after that.
     #[serde(with = "humantime_serde")]
     pub stolen_response_timeout: Duration,
+    /// Bytes mirror copies of HTTP requests may hold in the operator at once, all
+    /// sessions together; a copy past it is dropped (counted), the real request untouched.
+    pub max_mirror_copy_bytes: usize,
+    /// The same for one session.
+    pub max_mirror_copy_bytes_per_session: usize,
+    /// Bytes of unfinished frames one client's connections may make the operator hold
+    /// together (a frame is read whole before it is decoded).
+    pub max_buffered_bytes_per_client: usize,
 }
 
 impl Default for Limits {
@@ -182,6 +190,9 @@ impl Default for Limits {
             max_connections_per_port: None,
             header_read_timeout: Duration::from_secs(60),
             stolen_response_timeout: Duration::from_secs(60),
+            max_mirror_copy_bytes: mirrord_dataplane::budget::TOTAL_COPY_BYTES,
+            max_mirror_copy_bytes_per_session: mirrord_dataplane::budget::SESSION_COPY_BYTES,
+            max_buffered_bytes_per_client: 32 * 1024 * 1024,
         }
     }
 }

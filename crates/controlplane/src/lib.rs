@@ -7,12 +7,16 @@
 //! [`operator`] holds the shared state; [`backend`] / [`local`] is where targets live
 //! (single machine here, Kubernetes beside it). [`caller`] is who asks and what their role
 //! lets them do; [`rbac`] what a Kubernetes user may do, asked of the cluster; [`revocation`] follows the CA's revocation list while the operator runs.
-//! [`console`] holds the console's pending login links.
+//! [`console`] holds the console's pending login links. [`bounds`] is what a client may
+//! send at all: every string's size and grammar, checked first; [`buffers`] what its
+//! unfinished frames may hold.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod api;
 pub mod backend;
+pub mod bounds;
+pub mod buffers;
 pub mod caller;
 pub mod config;
 pub mod console;

@@ -421,6 +421,7 @@ mod tests {
             tx,
             counters: mirrord_telemetry::PortCounters::detached(),
             trace: Default::default(),
+            copy_budget: mirrord_dataplane::budget::Budget::new(1 << 20),
         }
     }
 

@@ -16,7 +16,8 @@ use crate::caller::Caller;
 use crate::locks::{Holder, Outcome, Reservation};
 use crate::operator::Operator;
 use crate::refusal::Refusal;
-use crate::sessions::{NewEntry, SessionEntry};
+use crate::sessions::{Deadline, NewEntry, SessionEntry};
+use mirrord_dataplane::budget::Budget;
 use mirrord_dataplane::handoff::{self, HandoffRx};
 use mirrord_dataplane::Subscriber;
 use mirrord_protocol::{
@@ -46,12 +47,14 @@ pub async fn open(
     match pipeline(op, &req, &caller).await {
         Ok(opened) => Ok(opened),
         Err(refusal) => {
+            // Clipped: a request refused for its size must not be logged at that size.
+            use crate::bounds::{clip, MAX_KIND_LEN, MAX_NAMESPACE_LEN, MAX_NAME_LEN};
             op.telemetry.record(Event::SessionRefused {
                 reason: refusal.reason(),
                 client: caller.client,
-                target_type: req.target.kind.clone(),
-                target_name: req.target.name.clone(),
-                target_namespace: req.target.namespace.clone(),
+                target_type: clip(&req.target.kind, MAX_KIND_LEN),
+                target_name: clip(&req.target.name, MAX_NAME_LEN),
+                target_namespace: clip(&req.target.namespace, MAX_NAMESPACE_LEN),
                 message: refusal.to_string(),
             });
             Err(refusal.reply())
@@ -170,8 +173,11 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
         .collect();
     let (handoff_tx, handoffs) = handoff::channel(HANDOFF_QUEUE);
     let trace = op.telemetry.session_trace(&meta);
+    // One budget for the mirror copies of all of the session's ports.
+    let copy_budget = Budget::new(op.limits.max_mirror_copy_bytes_per_session);
     let (grant, taken) = ports.commit(|w| Subscriber {
         session_id: id.0,
+        copy_budget: Arc::clone(&copy_budget),
         tx: handoff_tx.clone(),
         counters: match w.mode {
             PortMode::Steal => op.telemetry.metrics().port_counters(&meta, w.port),
@@ -183,7 +189,11 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
     let entry = SessionEntry::new(NewEntry {
         id,
         meta: Arc::clone(&meta),
-        deadline: op.cfg.max_session_time.map(|d| Instant::now() + d),
+        deadline: Deadline::first(
+            Instant::now(),
+            op.cfg.max_session_time,
+            caller.credential_expires(),
+        ),
         grant,
         copy_info: copy_name.as_ref().map(|name| CopyInfo {
             original_target: req.target.to_string(),

@@ -39,7 +39,9 @@ pub struct Operator {
     /// Login links for the console (minting refused while the console is off).
     pub console_logins: ConsoleLogins,
     pub(crate) compile_slots: Semaphore,
-    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) connections: Arc<mirrord_serve::Slots>,
+    /// What each client's unfinished frames may hold.
+    pub(crate) buffers: crate::buffers::ClientBuffers,
 }
 
 /// What an operator is made of.
@@ -65,7 +67,8 @@ impl Operator {
             locks,
             telemetry: p.telemetry,
             cfg: p.cfg,
-            connections: Arc::new(Semaphore::new(p.limits.max_connections)),
+            connections: crate::api::slots(p.limits.max_connections),
+            buffers: crate::buffers::ClientBuffers::new(p.limits.max_buffered_bytes_per_client),
             limits: p.limits,
             licensing: p.licensing,
             policies: p.policies,
@@ -97,6 +100,7 @@ impl Operator {
             license: self.license_summary(),
             copies,
             sessions,
+            omitted_sessions: 0,
         }
     }
 

@@ -13,7 +13,7 @@
 
 use crate::open::Opened;
 use crate::operator::Operator;
-use crate::sessions::{Control, SessionEntry};
+use crate::sessions::{Control, DeadlineCause, SessionEntry};
 use futures::StreamExt;
 use mirrord_dataplane::handoff::HandoffRx;
 use mirrord_dataplane::{Handoff, StolenResponse};
@@ -163,12 +163,14 @@ impl Actor {
         let cfg = &self.op.cfg;
         let mut tick = tokio::time::interval(cfg.ping_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Made once and boxed: most sessions have no deadline, and this future is part of
-        // every idle session's task.
+        // Made once and boxed: most sessions have no time limit, and this future is part of
+        // every idle session's task. A credential's expiry (months away, as a rule) is
+        // checked at each ping instead, which costs an idle session nothing.
         let mut deadline = self
             .entry
             .deadline
-            .map(|d| Box::pin(tokio::time::sleep_until(Instant::from_std(d))));
+            .filter(|d| matches!(d.cause, DeadlineCause::MaxSessionTime(_)))
+            .map(|d| Box::pin(tokio::time::sleep_until(Instant::from_std(d.at))));
         let mut unused_since: Option<Instant> = None;
         let mut nonce = 0u64;
         loop {
@@ -179,11 +181,13 @@ impl Actor {
                     Control::PortLost { port, reason } => self.send_soon(ServerMessage::PortLost { port, reason }),
                 },
                 _ = expiry(&mut deadline) => {
-                    let max = cfg.max_session_time.unwrap_or_default();
-                    let reason = format!("max session time reached ({})", humantime::format_duration(max));
+                    let reason = self.entry.deadline.map(|d| d.reason()).unwrap_or_default();
                     return Box::pin(self.say_last(reason)).await;
                 }
                 _ = tick.tick() => {
+                    if let Some(d) = self.entry.deadline.filter(|d| std::time::Instant::now() >= d.at) {
+                        return Box::pin(self.say_last(d.reason())).await;
+                    }
                     let silent = self.silent_for();
                     if silent > cfg.client_timeout {
                         let reason = format!("client stopped answering pings for {} s", silent.as_secs());

@@ -40,6 +40,61 @@ impl Mailbox {
     }
 }
 
+/// When a session ends by itself, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    pub at: Instant,
+    pub cause: DeadlineCause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineCause {
+    /// `sessions.max_session_time` (this long).
+    MaxSessionTime(Duration),
+    /// The client's certificate expires (its `notAfter`).
+    CredentialExpiry(std::time::SystemTime),
+}
+
+impl Deadline {
+    /// The earlier of the session's time limit and its credential's expiry.
+    pub fn first(
+        now: Instant,
+        max_session_time: Option<Duration>,
+        credential_expires: Option<std::time::SystemTime>,
+    ) -> Option<Self> {
+        let by_time = max_session_time.map(|d| Deadline {
+            at: now + d,
+            cause: DeadlineCause::MaxSessionTime(d),
+        });
+        let by_credential = credential_expires.map(|t| Deadline {
+            at: now
+                + t.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default(),
+            cause: DeadlineCause::CredentialExpiry(t),
+        });
+        match (by_time, by_credential) {
+            (Some(a), Some(b)) => Some(if b.at < a.at { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The reason the session ends with (the client's message and `Session Ended`'s).
+    pub fn reason(&self) -> String {
+        match self.cause {
+            DeadlineCause::MaxSessionTime(d) => {
+                format!(
+                    "max session time reached ({})",
+                    humantime::format_duration(d)
+                )
+            }
+            DeadlineCause::CredentialExpiry(t) => format!(
+                "credential expired at {}; ask an admin for a new one",
+                humantime::format_rfc3339_seconds(t)
+            ),
+        }
+    }
+}
+
 /// What the registry tells a session's actor.
 #[derive(Debug)]
 pub enum Control {
@@ -55,8 +110,8 @@ pub struct SessionEntry {
     /// The target's key in the port locks.
     pub target_key: String,
     pub started: Instant,
-    /// When the session will be ended for reaching the maximum session time.
-    pub deadline: Option<Instant>,
+    /// When the session will be ended, and why (its maximum time, its credential's expiry).
+    pub deadline: Option<Deadline>,
     /// Boxed: most sessions make no copy, and each entry lives as long as its session.
     pub copy_info: Option<Box<CopyInfo>>,
     pub ping: Mutex<Option<Duration>>,
@@ -71,7 +126,7 @@ pub struct SessionEntry {
 pub struct NewEntry {
     pub id: SessionId,
     pub meta: Arc<SessionMeta>,
-    pub deadline: Option<Instant>,
+    pub deadline: Option<Deadline>,
     pub grant: Grant,
     pub copy: Option<Box<dyn TargetCopy>>,
     pub copy_info: Option<CopyInfo>,
@@ -319,7 +374,7 @@ impl Sessions {
             ping_ms: e.ping.lock().expect("ping lock").map(ping_millis),
             ends_in_secs: e
                 .deadline
-                .map(|d| d.saturating_duration_since(Instant::now()).as_secs()),
+                .map(|d| d.at.saturating_duration_since(Instant::now()).as_secs()),
         }
     }
 }

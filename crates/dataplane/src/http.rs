@@ -11,13 +11,14 @@
 //! body is cut to the `content-length` it declared (a shorter one closes the connection),
 //! and it has `stolen_response_timeout` to start answering (504 after that).
 
+use crate::budget::{held_bytes, Budget};
 use crate::gate::HeadGate;
-use crate::handoff::{Handoff, StolenResponse};
-use crate::listener::InterceptorLimits;
+use crate::handoff::{Handoff, StolenResponse, SubscriberTx};
+use crate::listener::{InterceptorLimits, PortServices};
 use crate::relay;
 use crate::rewind::Rewind;
 use crate::routes::{PortRoutes, RouteTable, Subscriber};
-use crate::tee::TeeBody;
+use crate::tee::{NoCopy, TeeBody};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -26,7 +27,8 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mirrord_protocol::{HttpRequestHead, HttpResponseHead, HttpVersion, MAX_FRAME_LEN};
-use mirrord_telemetry::metrics::BypassCounter;
+use mirrord_serve::{Activity, Touching};
+use mirrord_telemetry::CopyDrops;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,13 +52,19 @@ pub struct HttpCtx {
     pub port: u16,
     pub routes: Arc<RouteTable>,
     pub upstream: SocketAddr,
-    pub bypass: BypassCounter,
+    pub services: PortServices,
     pub settings: InterceptorLimits,
+    /// The connection's place under the port's cap: a request in flight pins it.
+    pub activity: Option<Activity>,
 }
 
 /// Serves one HTTP/1 connection, request by request. `up`: a connection to the replica
 /// already open (used for the first request that goes there).
-pub async fn serve_h1(io: HeadGate<TcpStream>, ctx: Arc<HttpCtx>, up: Option<Rewind<TcpStream>>) {
+pub async fn serve_h1(
+    io: HeadGate<Touching<TcpStream>>,
+    ctx: Arc<HttpCtx>,
+    up: Option<Rewind<TcpStream>>,
+) {
     let timeout = ctx.settings.header_read_timeout;
     let svc = service(ctx, up);
     let res = hyper::server::conn::http1::Builder::new()
@@ -104,8 +112,38 @@ fn service(
     hyper::service::service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
         let upstream = Arc::clone(&upstream);
-        async move { Ok::<_, std::convert::Infallible>(route(req, &ctx, &upstream).await) }
+        async move {
+            // A request in flight (a stolen one may wait a minute for its answer) is work:
+            // its connection is not evicted meanwhile.
+            let _working = ctx.activity.as_ref().map(Activity::pin);
+            Ok::<_, std::convert::Infallible>(route(req, &ctx, &upstream).await)
+        }
     })
+}
+
+/// Hands a copy to each mirror whose own budget has room for it; a mirror that is behind
+/// or out of budget loses this copy (counted).
+fn deliver_copies(
+    port: u16,
+    head: &HttpRequestHead,
+    copy: &Bytes,
+    mirrors: Vec<(SubscriberTx, Arc<Budget>)>,
+    drops: &CopyDrops,
+) {
+    for (tx, budget) in mirrors {
+        let Some(hold) = budget.try_hold(copy.len()) else {
+            drops.budget.inc();
+            continue;
+        };
+        let sent = tx.try_send(Handoff::MirroredRequest {
+            port,
+            head: Box::new(head.clone()),
+            body: held_bytes(copy.clone(), hold),
+        });
+        if sent.is_err() {
+            drops.behind.inc();
+        }
+    }
 }
 
 async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -> Response<Body> {
@@ -133,7 +171,7 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
         .collect();
 
     if stealer.is_none() && !routes.filtered_steals.is_empty() {
-        ctx.bypass.0.inc();
+        ctx.services.bypass.0.inc();
     }
     if mirrors.is_empty() {
         let body = body.map_err(Into::into).boxed();
@@ -147,19 +185,20 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
     // the real path streams on and never waits for the copy.
     let head = Box::new(request_head(&parts));
     let port = ctx.port;
-    let mirror_txs: Vec<_> = mirrors.iter().map(|m| m.tx.clone()).collect();
+    let mirrors: Vec<_> = mirrors
+        .iter()
+        .map(|m| (m.tx.clone(), Arc::clone(&m.copy_budget)))
+        .collect();
+    let drops = ctx.services.copy_drops.clone();
     let body = TeeBody::new(
         body.map_err(Into::into).boxed(),
         MAX_HANDOFF_BODY,
-        move |copy| {
-            for tx in mirror_txs {
-                // A mirror that is behind loses this copy.
-                let _ = tx.try_send(Handoff::MirroredRequest {
-                    port,
-                    head: head.clone(),
-                    body: copy.clone(),
-                });
-            }
+        &ctx.services.copy_budget,
+        move |copy| match copy {
+            Ok(copy) => deliver_copies(port, &head, &copy, mirrors, &drops),
+            Err(NoCopy::TooLarge) => drops.too_large.inc_by(mirrors.len() as u64),
+            Err(NoCopy::Budget) => drops.budget.inc_by(mirrors.len() as u64),
+            Err(NoCopy::Failed) => {}
         },
     )
     .boxed();

@@ -14,6 +14,7 @@
 //! front end would hand the same accepted sockets to [`listener::serve_connection`].
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod filter;
 pub mod gate;
 pub mod h1;
@@ -28,5 +29,5 @@ pub mod tee;
 
 pub use filter::{FilterError, FilterLimits, HttpFilter};
 pub use handoff::{Body, BoxError, Handoff, Io, StolenResponse, SubscriberTx};
-pub use listener::{Endpoint, InterceptorLimits, PortPlane};
+pub use listener::{Endpoint, InterceptorLimits, PortPlane, PortServices};
 pub use routes::{PortRoutes, RouteTable, Subscriber};

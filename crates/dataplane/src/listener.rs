@@ -7,29 +7,37 @@
 //! first ([`sniff`]): HTTP goes to per-request routing ([`http`]), anything else is
 //! relayed. An unfiltered steal takes new connections whole. HTTP/2 is always routed per
 //! request. Connections per port are capped, so that however many clients connect, the
-//! operator keeps descriptors for its API and metrics.
+//! operator keeps descriptors for its API and metrics; at the cap, the connection idle
+//! the longest makes room for a newcomer ([`mirrord_serve::slots`]), so idle connections
+//! cannot lock out a target's clients (a plain cap let 1,700 idle connections do it). A
+//! connection counts as alive while bytes move either way.
 
+use crate::budget::Budget;
 use crate::gate::HeadGate;
 use crate::http::{self, HttpCtx};
-use crate::relay::{self, Ended, Track, Watch};
+use crate::relay::{self, Ended, Relaying, Track, Watch};
 use crate::rewind::Rewind;
 use crate::routes::{PortRoutes, RouteTable};
 use crate::sniff::{self, Detected, Protocol};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use mirrord_protocol::shared_tcp::SharedTcp;
+use mirrord_serve::{Activity, Slots, Touching};
 use mirrord_telemetry::metrics::BypassCounter;
+use mirrord_telemetry::CopyDrops;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// Connections the kernel queues for a port while it is at its connection cap.
 const BACKLOG: u32 = 1024;
+/// How long a connection must have moved no bytes before a newcomer may take its place at
+/// the cap.
+const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How an interceptor treats its clients; from the operator's `[limits]`.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +51,18 @@ pub struct InterceptorLimits {
     pub max_connections: usize,
 }
 
+impl PortServices {
+    /// Services whose counters nobody reads (tests, and agents, which report to the operator).
+    pub fn detached(copy_budget: Arc<Budget>) -> Self {
+        let metrics = mirrord_telemetry::Metrics::new(std::time::Duration::ZERO);
+        Self {
+            bypass: metrics.bypass_counter("", "", 0),
+            copy_drops: metrics.copy_drops(),
+            copy_budget,
+        }
+    }
+}
+
 impl Default for InterceptorLimits {
     fn default() -> Self {
         Self {
@@ -51,6 +71,17 @@ impl Default for InterceptorLimits {
             max_connections: 10_000,
         }
     }
+}
+
+/// What a port's data path shares with the rest of the process.
+#[derive(Clone)]
+pub struct PortServices {
+    /// Requests a filtered steal let through.
+    pub bypass: BypassCounter,
+    /// Mirror copies not delivered.
+    pub copy_drops: CopyDrops,
+    /// What mirror copies of the whole process may hold at once.
+    pub copy_budget: Arc<Budget>,
 }
 
 /// A replica traffic can go to (an original or a copy).
@@ -67,10 +98,10 @@ pub struct PortPlane {
     pub routes: Arc<RouteTable>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
-    bypass: BypassCounter,
+    services: PortServices,
     settings: InterceptorLimits,
-    connections: Arc<Semaphore>,
-    /// Connections being served (the accept loop holds a permit of `connections` while it
+    connections: Arc<Slots>,
+    /// Connections being served (the accept loop holds a place in `connections` while it
     /// waits, so those cannot say).
     serving: Arc<AtomicUsize>,
 }
@@ -80,7 +111,7 @@ impl PortPlane {
     pub async fn bind(
         port: u16,
         listen: SocketAddr,
-        bypass: BypassCounter,
+        services: PortServices,
         routes: Arc<RouteTable>,
         settings: InterceptorLimits,
     ) -> std::io::Result<(Arc<Self>, TcpListener)> {
@@ -98,9 +129,9 @@ impl PortPlane {
             routes,
             endpoints: ArcSwap::default(),
             next: AtomicUsize::new(0),
-            bypass,
+            services,
             settings,
-            connections: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            connections: Slots::new(settings.max_connections, EVICT_IDLE_AFTER),
             serving: Arc::default(),
         });
         Ok((plane, listener))
@@ -111,19 +142,17 @@ impl PortPlane {
         tokio::spawn(async move {
             let mut last_warning: Option<std::time::Instant> = None;
             loop {
-                // A permit first: at the cap, clients wait in the backlog rather than take
-                // descriptors the API needs.
-                let permit = match Arc::clone(&plane.connections).try_acquire_owned() {
-                    Ok(p) => p,
+                // A place first: at the cap, the idlest connection makes room; if every one
+                // is busy, clients wait in the backlog rather than take descriptors the API
+                // needs.
+                let slot = match plane.connections.acquire() {
+                    Ok(s) => s,
                     Err(_) => {
                         if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                             last_warning = Some(std::time::Instant::now());
-                            tracing::warn!(port = plane.port, max = plane.settings.max_connections, "interceptor connection limit reached; new connections wait (limits.max_connections_per_port)");
+                            tracing::warn!(port = plane.port, max = plane.settings.max_connections, "interceptor connection limit reached and every connection is busy; new connections wait (limits.max_connections_per_port)");
                         }
-                        match Arc::clone(&plane.connections).acquire_owned().await {
-                            Ok(p) => p,
-                            Err(_) => return,
-                        }
+                        plane.connections.acquire_wait().await
                     }
                 };
                 match listener.accept().await {
@@ -131,9 +160,15 @@ impl PortPlane {
                         let plane = Arc::clone(&plane);
                         let serving = Serving::start(&plane.serving);
                         tokio::spawn(async move {
-                            serve_connection(plane, stream, peer).await;
+                            // The accept loop waited with this place: it starts idle now.
+                            slot.touch();
+                            let evicted = slot.evicted();
+                            tokio::select! {
+                                _ = serve_connection(plane.clone(), stream, peer, Some(slot.activity())) => {}
+                                _ = evicted => tracing::debug!(port = plane.port, %peer, "idle connection closed to make room for a new one (limits.max_connections_per_port)"),
+                            }
                             drop(serving);
-                            drop(permit);
+                            drop(slot);
                         });
                     }
                     Err(e) => {
@@ -144,6 +179,11 @@ impl PortPlane {
                 }
             }
         })
+    }
+
+    /// Connections closed so far to make room for newcomers at the cap.
+    pub fn evicted(&self) -> u64 {
+        self.connections.evicted()
     }
 
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
@@ -186,8 +226,14 @@ impl Drop for Serving {
     }
 }
 
-/// Routes one accepted connection to its end.
-pub async fn serve_connection(plane: Arc<PortPlane>, stream: TcpStream, peer: SocketAddr) {
+/// Routes one accepted connection to its end. `activity`: its place under the port's cap,
+/// told whenever bytes move.
+pub async fn serve_connection(
+    plane: Arc<PortPlane>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    activity: Option<Activity>,
+) {
     let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
     let Some(ep) = plane.pick() else {
@@ -218,6 +264,7 @@ pub async fn serve_connection(plane: Arc<PortPlane>, stream: TcpStream, peer: So
         version,
         routed: routes.needs_http(),
         deadline: accepted + plane.settings.header_read_timeout,
+        activity,
     };
     conn.serve(stream).await
 }
@@ -233,6 +280,7 @@ struct Conn<'a> {
     /// has `header_read_timeout` for its first request head.
     routed: bool,
     deadline: Instant,
+    activity: Option<Activity>,
 }
 
 impl Conn<'_> {
@@ -252,7 +300,15 @@ impl Conn<'_> {
             Ok(d) => d,
             Err(e) => return self.log_end(&e),
         };
+        self.touch();
         match detected {
+            // A broken request line under a filter: hyper answers it (400), so it never
+            // reaches the target unrouted. With no filter it is the target's business.
+            Detected::Client {
+                protocol: Protocol::Http1Invalid,
+                client,
+                ..
+            } if self.routed => self.serve_h1(client, stream, None, self.deadline).await,
             Detected::Client {
                 protocol: Protocol::Http1,
                 client,
@@ -272,7 +328,8 @@ impl Conn<'_> {
                 server,
             } => {
                 let up = up.map(|u| Rewind::new(server, u));
-                http::serve_h2(Rewind::new(client, stream), self.http(), up).await
+                let io = Touching::new(Rewind::new(client, stream), self.activity.clone());
+                http::serve_h2(io, self.http(), up).await
             }
             Detected::Client { client, server, .. } => self.raw(stream, client, up, server).await,
             Detected::ServerFirst { server } => self.raw(stream, Bytes::new(), up, server).await,
@@ -291,8 +348,9 @@ impl Conn<'_> {
             port: self.plane.port,
             routes: Arc::clone(&self.plane.routes),
             upstream: self.upstream,
-            bypass: self.plane.bypass.clone(),
+            services: self.plane.services.clone(),
             settings: self.plane.settings,
+            activity: self.activity.clone(),
         })
     }
 
@@ -304,6 +362,7 @@ impl Conn<'_> {
         first_head: Instant,
     ) {
         let timeout = self.plane.settings.header_read_timeout;
+        let stream = Touching::new(stream, self.activity.clone());
         let gate = HeadGate::new(prefix, stream, timeout, first_head);
         let up = up.map(|u| Rewind::new(Bytes::new(), u));
         http::serve_h1(gate, self.http(), up).await
@@ -318,16 +377,13 @@ impl Conn<'_> {
         };
         let copies =
             relay::mirror_copies(&unfiltered_mirrors(self.routes), self.peer, self.plane.port);
-        let ended = relay::run(
-            &mut stream,
-            client,
-            &mut up,
-            server,
-            Track::Http1,
-            Some(watch),
+        let how = Relaying {
+            track: Track::Http1,
+            watch: Some(watch),
             copies,
-        )
-        .await;
+            activity: self.activity.as_ref(),
+        };
+        let ended = relay::run(&mut stream, client, &mut up, server, how).await;
         match ended {
             Ok(Ended::Closed) => {}
             Ok(Ended::Http1 { held, upstream }) => {
@@ -352,18 +408,20 @@ impl Conn<'_> {
         };
         let copies =
             relay::mirror_copies(&unfiltered_mirrors(self.routes), self.peer, self.plane.port);
-        if let Err(e) = relay::run(
-            &mut stream,
-            client,
-            &mut up,
-            server,
-            Track::Opaque,
-            None,
+        let how = Relaying {
+            track: Track::Opaque,
+            watch: None,
             copies,
-        )
-        .await
-        {
+            activity: self.activity.as_ref(),
+        };
+        if let Err(e) = relay::run(&mut stream, client, &mut up, server, how).await {
             self.log_end(&e)
+        }
+    }
+
+    fn touch(&self) {
+        if let Some(a) = &self.activity {
+            a.touch();
         }
     }
 

@@ -16,6 +16,7 @@ use crate::routes::{RouteTable, Subscriber};
 use crate::sniff::{self, Protocol};
 use bytes::{Buf, Bytes, BytesMut};
 use mirrord_protocol::shared_tcp::SharedTcp;
+use mirrord_serve::Activity;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -143,19 +144,34 @@ enum RequestsEnd {
     Http1(Bytes),
 }
 
+/// How a relay follows and shares what it carries.
+pub struct Relaying<'a> {
+    pub track: Track,
+    /// The routes the connection was accepted under (HTTP/1 leaves at the next request
+    /// boundary once they change).
+    pub watch: Option<Watch<'a>>,
+    /// Mirrors that get everything the client sends.
+    pub copies: Vec<mpsc::Sender<Bytes>>,
+    /// The connection's place under the port's cap, told whenever bytes move.
+    pub activity: Option<&'a Activity>,
+}
+
 /// Relays `client` to `up` both ways until both sides close, or until the connection
 /// should continue with per-request routing. `client_prefix` goes to `up` first and
-/// `up_prefix` to `client` first (bytes read while detecting); `copies` get everything
-/// the client sends.
+/// `up_prefix` to `client` first (bytes read while detecting).
 pub async fn run(
     client: &mut TcpStream,
     client_prefix: Bytes,
     up: &mut TcpStream,
     up_prefix: Bytes,
-    track: Track,
-    watch: Option<Watch<'_>>,
-    copies: Vec<mpsc::Sender<Bytes>>,
+    how: Relaying<'_>,
 ) -> io::Result<Ended> {
+    let Relaying {
+        track,
+        watch,
+        copies,
+        activity,
+    } = how;
     let (cr, cw) = client.split();
     let (ur, uw) = up.split();
     let shared = Mutex::new(Shared::default());
@@ -168,10 +184,11 @@ pub async fn run(
         copies,
         shared: &shared,
         stop: &stop,
+        activity,
     };
     let (end, upstream) = tokio::try_join!(
         requests.run(track),
-        responses(ur, cw, BytesMut::from(up_prefix), &shared, &stop)
+        responses(ur, cw, BytesMut::from(up_prefix), &shared, &stop, activity)
     )?;
     Ok(match end {
         RequestsEnd::Eof => Ended::Closed,
@@ -188,6 +205,7 @@ struct Requests<'a, 'b> {
     copies: Vec<mpsc::Sender<Bytes>>,
     shared: &'b Mutex<Shared>,
     stop: &'b Notify,
+    activity: Option<&'b Activity>,
 }
 
 impl Requests<'_, '_> {
@@ -219,7 +237,11 @@ impl Requests<'_, '_> {
             self.forward(ready).await?;
             if boundary {
                 match self.head_protocol().await? {
-                    Some(Protocol::Http1) => return Ok(self.leave(RequestsEnd::Http1)),
+                    // A broken request line goes to per-request routing too, which
+                    // refuses it (400) rather than relaying it past a new filter.
+                    Some(Protocol::Http1 | Protocol::Http1Invalid) => {
+                        return Ok(self.leave(RequestsEnd::Http1))
+                    }
                     Some(_) => {}
                     None => return self.eof().await,
                 }
@@ -257,7 +279,11 @@ impl Requests<'_, '_> {
     /// Reads more; `false` at the client's end of stream.
     async fn fill(&mut self) -> io::Result<bool> {
         self.buf.reserve(CHUNK);
-        Ok(self.from.read_buf(&mut self.buf).await? > 0)
+        let got = self.from.read_buf(&mut self.buf).await? > 0;
+        if let (true, Some(a)) = (got, self.activity) {
+            a.touch();
+        }
+        Ok(got)
     }
 
     async fn forward(&mut self, n: usize) -> io::Result<()> {
@@ -307,6 +333,7 @@ async fn responses(
     mut buf: BytesMut,
     shared: &Mutex<Shared>,
     stop: &Notify,
+    activity: Option<&Activity>,
 ) -> io::Result<bool> {
     let lock = || shared.lock().expect("relay state");
     let mut framer = Framer::responses();
@@ -327,6 +354,9 @@ async fn responses(
                 lock().upstream_closed = true;
                 to.shutdown().await?;
                 return Ok(false);
+            }
+            if let Some(a) = activity {
+                a.touch();
             }
         }
         let mut ready = 0;

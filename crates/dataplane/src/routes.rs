@@ -2,6 +2,7 @@
 //! every connection and request, so a change never stalls traffic and traffic never sees
 //! half a change.
 
+use crate::budget::Budget;
 use crate::filter::HttpFilter;
 use crate::handoff::SubscriberTx;
 use arc_swap::ArcSwap;
@@ -16,6 +17,9 @@ pub struct Subscriber {
     pub counters: PortCounters,
     /// Spans for stolen requests (inert unless traces are exported).
     pub trace: SessionTrace,
+    /// What mirror copies for this session may hold at once (one budget for all of the
+    /// session's ports).
+    pub copy_budget: Arc<Budget>,
 }
 
 #[derive(Clone, Default)]
@@ -140,6 +144,7 @@ mod tests {
             tx: crate::handoff::channel(1).0,
             counters: PortCounters::detached(),
             trace: Default::default(),
+            copy_budget: Budget::new(1 << 20),
         }
     }
 

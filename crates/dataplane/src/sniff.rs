@@ -1,6 +1,9 @@
 //! Protocol detection from the first bytes, by the grammar: the HTTP/2 connection preface,
 //! or an HTTP/1 request line (RFC 9112 §3: any token method, leading empty lines allowed),
-//! else something else.
+//! else something else. A request line that breaks the grammar but is plainly meant as
+//! HTTP (`GET /x HTTP/1.2`, a tab or two spaces between its parts) is told apart from
+//! other protocols: under a filter it must be refused as HTTP (400), never relayed to the
+//! target unrouted.
 //!
 //! *How* to detect is decided here; *what to do* with a slow client or a silent one is
 //! the caller's choice ([`detect`] reports it). A connection is never taken as "not HTTP"
@@ -20,6 +23,8 @@ const MAX_SNIFF: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
+    /// Meant as an HTTP/1 request, but its request line breaks the grammar.
+    Http1Invalid,
     Http2,
     Other,
 }
@@ -42,8 +47,42 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
         Err(httparse::Error::TooManyHeaders) => Some(Protocol::Http1),
         Ok(_) if buf.len() >= MAX_SNIFF => Some(Protocol::Http1),
         Ok(_) => None,
+        Err(_) if meant_as_http(buf) => Some(Protocol::Http1Invalid),
         Err(_) => Some(Protocol::Other),
     }
+}
+
+/// Methods common enough that a line starting with one of them and a space is HTTP even
+/// with no version in sight (`GET /x` alone, HTTP/0.9's form).
+const COMMON_METHODS: &[&[u8]] = &[
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"CONNECT",
+];
+
+/// Whether bytes that break the request-line grammar were still meant as an HTTP request:
+/// a token, blanks, and then either an `HTTP/` version on the same line or a common
+/// method's target. Other line protocols (`SET k v`, SMTP's `EHLO x`) are not.
+fn meant_as_http(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    let line = &line[..line.iter().position(|b| *b == b'\n').unwrap_or(line.len())];
+    let method_len = line
+        .iter()
+        .position(|b| !is_token(*b))
+        .unwrap_or(line.len());
+    if method_len == 0 || !matches!(line.get(method_len), Some(b' ' | b'\t')) {
+        return false;
+    }
+    let method = &line[..method_len];
+    let has_version = line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"));
+    has_version || COMMON_METHODS.contains(&method)
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// How [`detect`] ended.
@@ -172,8 +211,15 @@ mod tests {
             (b"PRI * HT", None),
             (b"\x16\x03\x01\x02\x00", Some(Other)),
             (b"SSH-2.0-OpenSSH_9.6\r\n", Some(Other)),
-            (b"GET / FTP/1.1\r\n", Some(Other)),
+            (b"GET / FTP/1.1\r\n", Some(Http1Invalid)),
             (b"SET k v\r\n", Some(Other)),
+            (b"EHLO mail.example\r\n", Some(Other)),
+            // Meant as HTTP, broken: refused as HTTP under a filter, never relayed.
+            (b"GET /x HTTP/1.2\r\n", Some(Http1Invalid)),
+            (b"GET\t/x HTTP/1.1\r\n", Some(Http1Invalid)),
+            (b"GET  /x HTTP/1.1\r\n", Some(Http1Invalid)),
+            (b"GET /x HTTP/2.0\r\n", Some(Http1Invalid)),
+            (b"FOO /x HTTP/1.7\r\n", Some(Http1Invalid)),
             (b"*1\r\n$4\r\nPING\r\n", Some(Other)),
         ] {
             assert_eq!(

@@ -1,32 +1,52 @@
 //! A request body that streams on to its real destination while keeping a copy for
 //! mirrors, handed over when the body ends. The real path never waits for the copy: a body
-//! that outgrows one frame simply yields no copy.
+//! that outgrows one frame, or that the process's copy budget has no room for, yields no
+//! copy (and the caller learns why, to count it).
 
+use crate::budget::{held_bytes, Budget, Hold};
 use crate::handoff::{Body, BoxError};
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-type Done = Box<dyn FnOnce(Bytes) + Send + Sync>;
+/// Why a body yielded no copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoCopy {
+    /// Longer than one frame can carry.
+    TooLarge,
+    /// The process's copy budget had no room for it.
+    Budget,
+    /// The body failed on its way.
+    Failed,
+}
+
+type Done = Box<dyn FnOnce(Result<Bytes, NoCopy>) + Send + Sync>;
 
 pub struct TeeBody {
     inner: Body,
-    copy: Option<BytesMut>,
+    /// The copy so far, and its hold on the budget.
+    copy: Result<(BytesMut, Hold), NoCopy>,
     limit: usize,
     done: Option<Done>,
 }
 
 impl TeeBody {
-    /// `done` receives the whole body, if it ended within `limit` bytes.
+    /// `done` receives the whole body (holding `budget` for as long as it lives) if it
+    /// ended within `limit` bytes and the budget had room, else why not.
     pub fn new(
         inner: Body,
         limit: usize,
-        done: impl FnOnce(Bytes) + Send + Sync + 'static,
+        budget: &Arc<Budget>,
+        done: impl FnOnce(Result<Bytes, NoCopy>) + Send + Sync + 'static,
     ) -> Self {
         let mut me = Self {
             inner,
-            copy: Some(BytesMut::new()),
+            copy: budget
+                .try_hold(0)
+                .map(|h| (BytesMut::new(), h))
+                .ok_or(NoCopy::Budget),
             limit,
             done: Some(Box::new(done)),
         };
@@ -37,9 +57,33 @@ impl TeeBody {
         me
     }
 
+    fn keep(&mut self, data: &Bytes) {
+        let limit = self.limit;
+        let Ok((copy, hold)) = &mut self.copy else {
+            return;
+        };
+        if copy.len() + data.len() > limit {
+            self.copy = Err(NoCopy::TooLarge);
+        } else if !hold.grow(data.len()) {
+            self.copy = Err(NoCopy::Budget);
+        } else {
+            copy.extend_from_slice(data);
+        }
+    }
+
     fn finish(&mut self) {
-        if let (Some(copy), Some(done)) = (self.copy.take(), self.done.take()) {
-            done(copy.freeze());
+        if let Some(done) = self.done.take() {
+            let copy = std::mem::replace(&mut self.copy, Err(NoCopy::Failed));
+            done(copy.map(|(bytes, hold)| held_bytes(bytes.freeze(), hold)));
+        }
+    }
+}
+
+impl Drop for TeeBody {
+    /// A body dropped before its end (the client went away) yields no copy, and says so.
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(Err(NoCopy::Failed));
         }
     }
 }
@@ -56,23 +100,15 @@ impl HttpBody for TeeBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let limit = self.limit;
-                    let too_big = self
-                        .copy
-                        .as_ref()
-                        .is_some_and(|c| c.len() + data.len() > limit);
-                    if too_big {
-                        self.copy = None;
-                    } else if let Some(c) = self.copy.as_mut() {
-                        c.extend_from_slice(data);
-                    }
+                    let data = data.clone();
+                    self.keep(&data);
                 }
                 if self.inner.is_end_stream() {
                     self.finish();
                 }
             }
             Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => self.copy = None,
+            Poll::Ready(Some(Err(_))) => self.copy = Err(NoCopy::Failed),
             Poll::Pending => {}
         }
         polled
@@ -91,7 +127,7 @@ impl HttpBody for TeeBody {
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full, StreamBody};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     fn chunks(parts: &[&'static str]) -> Body {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
@@ -101,42 +137,59 @@ mod tests {
         StreamBody::new(futures::stream::iter(frames)).boxed()
     }
 
+    type Got = Arc<Mutex<Option<Result<Bytes, NoCopy>>>>;
+
+    fn tee(body: Body, limit: usize, budget: &Arc<Budget>) -> (TeeBody, Got) {
+        let got: Got = Arc::default();
+        let g = got.clone();
+        let tee = TeeBody::new(body, limit, budget, move |b| *g.lock().unwrap() = Some(b));
+        (tee, got)
+    }
+
+    fn copied(got: &Got) -> Option<Result<Vec<u8>, NoCopy>> {
+        got.lock().unwrap().clone().map(|r| r.map(|b| b.to_vec()))
+    }
+
     #[tokio::test]
     async fn copies_what_passes_through_within_the_limit() {
-        let got: Arc<Mutex<Option<Bytes>>> = Arc::default();
-        let g = got.clone();
-        let tee = TeeBody::new(chunks(&["ab", "cd", "e"]), 10, move |b| {
-            *g.lock().unwrap() = Some(b)
-        });
-        let through = tee.collect().await.unwrap().to_bytes();
-        assert_eq!(through, "abcde");
-        assert_eq!(got.lock().unwrap().as_deref(), Some(&b"abcde"[..]));
+        let budget = Budget::new(1 << 20);
+        let (t, got) = tee(chunks(&["ab", "cd", "e"]), 10, &budget);
+        assert_eq!(t.collect().await.unwrap().to_bytes(), "abcde");
+        assert_eq!(copied(&got), Some(Ok(b"abcde".to_vec())));
 
-        let got: Arc<Mutex<Option<Bytes>>> = Arc::default();
-        let g = got.clone();
-        let tee = TeeBody::new(chunks(&["abcd", "efgh"]), 6, move |b| {
-            *g.lock().unwrap() = Some(b)
-        });
-        assert_eq!(tee.collect().await.unwrap().to_bytes(), "abcdefgh");
-        assert!(
-            got.lock().unwrap().is_none(),
-            "an oversized body must yield no copy"
-        );
+        let (t, got) = tee(chunks(&["abcd", "efgh"]), 6, &budget);
+        assert_eq!(t.collect().await.unwrap().to_bytes(), "abcdefgh");
+        assert_eq!(copied(&got), Some(Err(NoCopy::TooLarge)));
 
-        let got: Arc<Mutex<Option<Bytes>>> = Arc::default();
-        let g = got.clone();
         let full = Full::new(Bytes::from_static(b"xyz"))
             .map_err(|n| match n {})
             .boxed();
-        let tee = TeeBody::new(full, 10, move |b| *g.lock().unwrap() = Some(b));
-        assert_eq!(tee.collect().await.unwrap().to_bytes(), "xyz");
-        assert_eq!(got.lock().unwrap().as_deref(), Some(&b"xyz"[..]));
+        let (t, got) = tee(full, 10, &budget);
+        assert_eq!(t.collect().await.unwrap().to_bytes(), "xyz");
+        assert_eq!(copied(&got), Some(Ok(b"xyz".to_vec())));
 
         // Empty: the copy is handed over without the body ever being polled.
-        let got: Arc<Mutex<Option<Bytes>>> = Arc::default();
-        let g = got.clone();
         let empty = Full::new(Bytes::new()).map_err(|n| match n {}).boxed();
-        let _tee = TeeBody::new(empty, 10, move |b| *g.lock().unwrap() = Some(b));
-        assert_eq!(got.lock().unwrap().as_deref(), Some(&b""[..]));
+        let (_t, got) = tee(empty, 10, &budget);
+        assert_eq!(copied(&got), Some(Ok(Vec::new())));
+    }
+
+    #[tokio::test]
+    async fn the_budget_bounds_what_copies_hold_and_the_real_body_never_notices() {
+        let budget = Budget::new(6);
+        let (t1, got1) = tee(chunks(&["abcd"]), 100, &budget);
+        assert_eq!(t1.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(budget.held(), 4, "the first copy holds its bytes");
+        // The second does not fit beside it: passed through whole, no copy.
+        let (t2, got2) = tee(chunks(&["ef", "gh"]), 100, &budget);
+        assert_eq!(t2.collect().await.unwrap().to_bytes(), "efgh");
+        assert_eq!(copied(&got2), Some(Err(NoCopy::Budget)));
+        assert_eq!(budget.held(), 4);
+        // Once the first copy is gone, its bytes are free again.
+        got1.lock().unwrap().take();
+        assert_eq!(budget.held(), 0);
+        let (t3, got3) = tee(chunks(&["ijklmn"]), 100, &budget);
+        assert_eq!(t3.collect().await.unwrap().to_bytes(), "ijklmn");
+        assert_eq!(copied(&got3), Some(Ok(b"ijklmn".to_vec())));
     }
 }

@@ -10,9 +10,11 @@ use mirrord_controlplane::operator::Parts;
 use mirrord_controlplane::policy::Policies;
 use mirrord_controlplane::revocation::ApiTls;
 use mirrord_controlplane::{api, Operator};
+use mirrord_dataplane::budget::Budget;
 use mirrord_dataplane::InterceptorLimits;
 use mirrord_identity::{registry, CertificateAuthority, ServerTls};
 use mirrord_license::{Licensing, PublicKey};
+use mirrord_serve::Shutdown;
 use mirrord_telemetry::{logs, metrics, Otel, Telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -131,6 +133,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let exported = otel.clone();
+    let shutdown = Shutdown::new();
     let result = runtime.block_on(async move {
         let health = match args.health_addr {
             Some(addr) => Some(crate::health::serve(addr).await?),
@@ -177,8 +180,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Arc::new(b)
             }
             None => Arc::new(
-                LocalBackend::start(&config.targets, &telemetry, &args.state_dir, interception)
-                    .await?,
+                LocalBackend::start(
+                    &config.targets,
+                    &telemetry,
+                    &args.state_dir,
+                    interception,
+                    Budget::new(config.limits.max_mirror_copy_bytes),
+                )
+                .await?,
             ),
         };
         let rbac = kube_client.clone().map(|c| {
@@ -226,12 +235,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             policies,
             rbac,
         }));
-        tokio::spawn(api::serve(Arc::clone(&op), listener, tls.config()));
+        tokio::spawn(api::serve(
+            Arc::clone(&op),
+            listener,
+            tls.config(),
+            shutdown.clone(),
+        ));
         tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
         let mut console = None;
         if let (Some(addr), Some(tls)) = (console_addr, console_tls) {
-            let (_, mount) =
-                crate::console::serve(addr, args.console_url.clone(), tls, Arc::clone(&op)).await?;
+            let (_, mount) = crate::console::serve(
+                addr,
+                args.console_url.clone(),
+                tls,
+                Arc::clone(&op),
+                shutdown.clone(),
+            )
+            .await?;
             console = Some(mount);
         }
         if let (Some(client), Some(k)) = (&kube_client, &config.kubernetes) {
@@ -248,6 +268,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         shutdown_signal().await;
         tracing::info!("shutting down: ending all sessions");
+        shutdown.cancel();
         op.end_all("operator shutting down");
         // Let session tasks tell their clients.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -12,19 +12,36 @@ use tokio_util::codec::{Decoder, Encoder};
 /// frame, so this also bounds a stolen request's body.
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
+/// The bytes `item` takes in a frame (without the length prefix), to decide what fits in
+/// one before encoding it.
+pub fn encoded_len<T: Serialize>(item: &T) -> usize {
+    postcard::experimental::serialized_size(item).unwrap_or(usize::MAX)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
+    /// The peer's unfinished frames, on this connection and its others, hold more than it
+    /// is allowed to make the other side buffer.
+    #[error("{0} bytes of unfinished frames are more than this peer may have buffered at once")]
+    OverBudget(usize),
     #[error("malformed frame: {0}")]
     Malformed(#[from] postcard::Error),
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
 }
 
+/// Told how many bytes the read buffer holds after each decode (unfinished frames, as a
+/// rule); `false` refuses them ([`FrameError::OverBudget`]).
+pub type Charge = Box<dyn FnMut(usize) -> bool + Send>;
+
 /// Encodes `Out` messages and decodes `In` messages.
 pub struct FrameCodec<In, Out> {
-    max: usize,
+    /// The largest frame decoded, and encoded.
+    max_in: usize,
+    max_out: usize,
+    charge: Option<Charge>,
     _p: PhantomData<fn(Out) -> In>,
 }
 
@@ -37,15 +54,36 @@ impl<In, Out> Default for FrameCodec<In, Out> {
 impl<In, Out> FrameCodec<In, Out> {
     pub fn with_max(max: usize) -> Self {
         Self {
-            max,
+            max_in: max,
+            max_out: max,
+            charge: None,
             _p: PhantomData,
         }
     }
 
-    /// Changes the largest frame accepted from now on (e.g. small until a peer has said
-    /// who it is, so an unknown peer cannot make the server hold a large buffer).
+    /// Changes the largest frame accepted and sent from now on (e.g. small until a peer
+    /// has said who it is, so an unknown peer cannot make the server hold a large buffer).
     pub fn set_max(&mut self, max: usize) {
-        self.max = max;
+        self.max_in = max;
+        self.max_out = max;
+    }
+
+    /// Changes the largest frame accepted from now on, leaving what may be sent.
+    pub fn set_max_in(&mut self, max: usize) {
+        self.max_in = max;
+    }
+
+    /// Reports what the read buffer holds after each decode to `charge` (a budget shared
+    /// by the peer's connections, so that many of them cannot together hold more than it).
+    pub fn set_charge(&mut self, charge: Charge) {
+        self.charge = Some(charge);
+    }
+
+    fn charged(&mut self, buffered: usize) -> Result<(), FrameError> {
+        match self.charge.as_mut().map(|charge| charge(buffered)) {
+            Some(false) => Err(FrameError::OverBudget(buffered)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -54,20 +92,42 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        let frame = self.split_frame(src);
+        // Whatever the outcome, what stays buffered is charged.
+        self.charged(src.len())?;
+        match frame? {
+            Some(frame) => Ok(Some(postcard::from_bytes(&frame)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<In, Out> FrameCodec<In, Out> {
+    /// The next whole frame's bytes, if they are all there.
+    fn split_frame(&self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
         if src.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-        if len > self.max {
-            return Err(FrameError::TooLarge { len, max: self.max });
+        if len > self.max_in {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_in,
+            });
         }
         if src.len() < 4 + len {
             src.reserve(4 + len - src.len());
             return Ok(None);
         }
         src.advance(4);
-        let frame = src.split_to(len);
-        Ok(Some(postcard::from_bytes(&frame)?))
+        Ok(Some(src.split_to(len)))
+    }
+}
+
+impl<In, Out> Drop for FrameCodec<In, Out> {
+    fn drop(&mut self) {
+        // Nothing is buffered any more.
+        let _ = self.charged(0);
     }
 }
 
@@ -76,8 +136,11 @@ impl<In, Out: Serialize> FrameCodec<In, Out> {
     /// (and no copy of a data frame's bytes) per frame.
     fn encode_ref(&self, item: &Out, dst: &mut BytesMut) -> Result<(), FrameError> {
         let len = postcard::experimental::serialized_size(item)?;
-        if len > self.max {
-            return Err(FrameError::TooLarge { len, max: self.max });
+        if len > self.max_out {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_out,
+            });
         }
         dst.reserve(4 + len);
         dst.put_u32(len as u32);
@@ -137,6 +200,29 @@ mod tests {
             dec.decode(&mut junk),
             Err(FrameError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_charge_sees_what_stays_buffered_and_can_refuse_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let seen = Arc::new(AtomicUsize::new(usize::MAX));
+        let s = Arc::clone(&seen);
+        let mut dec: FrameCodec<ClientMessage, ServerMessage> = FrameCodec::default();
+        dec.set_charge(Box::new(move |n| {
+            s.store(n, Ordering::SeqCst);
+            n <= 8
+        }));
+        let mut part = BytesMut::from(&[0, 0, 0, 200, 1, 2, 3][..]);
+        assert!(dec.decode(&mut part).unwrap().is_none());
+        assert_eq!(seen.load(Ordering::SeqCst), 7);
+        part.extend_from_slice(&[4, 5]);
+        assert!(matches!(
+            dec.decode(&mut part),
+            Err(FrameError::OverBudget(9))
+        ));
+        drop(dec);
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "given back when dropped");
     }
 
     #[test]

@@ -315,6 +315,9 @@ pub struct StatusReport {
     pub license: Option<LicenseSummary>,
     pub copies: Vec<CopyInfo>,
     pub sessions: Vec<SessionInfo>,
+    /// Sessions left out because the whole report would not fit one frame
+    /// ([`crate::MAX_FRAME_LEN`]); `sessions` holds the first ones, oldest first.
+    pub omitted_sessions: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

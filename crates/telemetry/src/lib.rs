@@ -2,7 +2,9 @@
 //! metric updates, so the two can never disagree.
 //!
 //! - [`event`]: the typed [`Event`] every state change is reported as.
-//! - [`logs`]: tracing set-up (human or JSON, level from the environment).
+//! - [`logs`]: tracing set-up (human or JSON, level from the environment);
+//!   [`text_fields`] keeps the human format's values from passing for other fields;
+//!   [`throttle`] bounds warnings a stranger can cause.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
 //! - [`otel`]: OpenTelemetry export (OTLP log records and spans), when configured.
 //! - [`feed`]: a bounded ring of the latest events for live viewers (the console), off
@@ -17,11 +19,14 @@ pub mod logs;
 pub mod metrics;
 pub mod otel;
 pub mod ping_latency;
+pub mod text_fields;
+pub mod throttle;
 
 pub use event::{ClientInfo, Event, SessionMeta};
 pub use feed::{Feed, FeedItem};
-pub use metrics::{Metrics, PortCounters};
+pub use metrics::{CopyDrops, Metrics, PortCounters};
 pub use otel::{Otel, RequestSpan, SessionTrace};
+pub use throttle::Throttle;
 
 use std::sync::Arc;
 use std::time::Duration;

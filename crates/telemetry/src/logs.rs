@@ -198,6 +198,7 @@ pub fn init(json: bool, otel: Option<&SdkLoggerProvider>) -> LogGuard {
     } else {
         fmt::layer()
             .with_ansi(false)
+            .fmt_fields(crate::text_fields::SafeFields)
             .with_writer(writer)
             .with_filter(filter())
             .boxed()

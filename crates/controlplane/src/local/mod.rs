@@ -8,7 +8,8 @@ mod replica;
 use crate::backend::{BackendError, Target, TargetBackend, TargetCopy};
 use crate::config::TargetSpec;
 use futures::future::BoxFuture;
-use mirrord_dataplane::{Endpoint, InterceptorLimits, PortPlane, RouteTable};
+use mirrord_dataplane::budget::Budget;
+use mirrord_dataplane::{Endpoint, InterceptorLimits, PortPlane, PortServices, RouteTable};
 use mirrord_protocol::TargetRef;
 use mirrord_telemetry::Telemetry;
 use replica::{Replica, ReplicaDir};
@@ -23,11 +24,13 @@ pub struct LocalBackend {
 impl LocalBackend {
     /// Binds every port's interceptor and starts the replicas, after removing any that an
     /// operator which died before this one left running.
+    /// `copy_budget`: what mirror copies of every port may hold at once.
     pub async fn start(
         specs: &[TargetSpec],
         telemetry: &Telemetry,
         state_dir: &Path,
         interception: InterceptorLimits,
+        copy_budget: Arc<Budget>,
     ) -> std::io::Result<Self> {
         let replicas = ReplicaDir::open(state_dir)?;
         let reaped = replicas.reap_orphans();
@@ -40,7 +43,14 @@ impl LocalBackend {
         let mut targets = Vec::new();
         for spec in specs {
             targets.push(
-                LocalTarget::start(spec.clone(), telemetry, replicas.clone(), interception).await?,
+                LocalTarget::start(
+                    spec.clone(),
+                    telemetry,
+                    replicas.clone(),
+                    interception,
+                    &copy_budget,
+                )
+                .await?,
             );
         }
         Ok(Self { targets })
@@ -104,6 +114,7 @@ impl LocalTarget {
         telemetry: &Telemetry,
         replicas: ReplicaDir,
         interception: InterceptorLimits,
+        copy_budget: &Arc<Budget>,
     ) -> std::io::Result<Arc<Self>> {
         let reference = TargetRef {
             kind: spec.kind.clone(),
@@ -113,13 +124,18 @@ impl LocalTarget {
         let mut planes = Vec::new();
         let mut listeners = Vec::new();
         for p in &spec.ports {
-            let bypass =
-                telemetry
-                    .metrics()
-                    .bypass_counter(&spec.namespace, &reference.to_string(), p.port);
+            let services = PortServices {
+                bypass: telemetry.metrics().bypass_counter(
+                    &spec.namespace,
+                    &reference.to_string(),
+                    p.port,
+                ),
+                copy_drops: telemetry.metrics().copy_drops(),
+                copy_budget: Arc::clone(copy_budget),
+            };
             let routes = Arc::default();
             let (plane, l) =
-                PortPlane::bind(p.port, *p.listen.get_ref(), bypass, routes, interception)
+                PortPlane::bind(p.port, *p.listen.get_ref(), services, routes, interception)
                     .await
                     .map_err(|e| {
                         std::io::Error::new(

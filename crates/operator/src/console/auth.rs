@@ -22,7 +22,16 @@ pub struct BrowserSession {
     pub csrf: String,
     /// Logged in with a link (a cookie to clear on logout); false through the API server.
     pub logged_in: bool,
+    /// The cookie's session id (`None` through the API server).
+    pub id: Option<String>,
     created: Instant,
+}
+
+impl BrowserSession {
+    /// Whether a link-made session has outlived its cookie ([`SESSION_TTL`]).
+    pub fn expired(&self) -> bool {
+        self.logged_in && self.created.elapsed() >= SESSION_TTL
+    }
 }
 
 impl BrowserSession {
@@ -37,6 +46,7 @@ impl BrowserSession {
             caller,
             csrf: hex::encode(digest),
             logged_in: false,
+            id: None,
             created: Instant::now(),
         }
     }
@@ -74,6 +84,7 @@ impl BrowserSessions {
                 caller,
                 csrf: random_token(),
                 logged_in: true,
+                id: Some(id.clone()),
                 created: Instant::now(),
             },
         );
@@ -87,6 +98,13 @@ impl BrowserSessions {
         map.get(id)
             .filter(|s| s.created.elapsed() < SESSION_TTL)
             .cloned()
+    }
+
+    /// Whether the session `id` is still logged in (not logged out, not expired, not
+    /// pushed out by newer ones).
+    pub fn is_live(&self, id: &str) -> bool {
+        let map = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id).is_some_and(|s| !s.expired())
     }
 
     pub fn remove(&self, cookie_header: Option<&str>) {

@@ -21,19 +21,22 @@ pub use routes::ROUTES;
 
 use anyhow::Context;
 use mirrord_controlplane::Operator;
+use mirrord_serve::{serve_tls, Accepted, Listener, Shutdown, Slots};
 use mirrord_telemetry::Feed;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// Browser connections served at once; more are closed at accept.
+/// Browser connections served at once; at the cap, the connection idle the longest
+/// (a handshake going nowhere, a kept-alive connection with nothing to do) makes room.
 const MAX_CONNECTIONS: usize = 256;
-/// Event streams open at once (each holds a connection for as long as its tab is open).
-const MAX_STREAMS: usize = 64;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection must have been idle before a newcomer may take its place.
+const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a browser has for a request head once connected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Functional events kept for viewers that reconnect (`Last-Event-ID`) or just opened.
 pub const FEED_CAPACITY: usize = 4096;
 
@@ -41,8 +44,8 @@ pub const FEED_CAPACITY: usize = 4096;
 pub struct Console {
     op: Arc<Operator>,
     feed: Arc<Feed>,
-    sessions: auth::BrowserSessions,
-    streams: Arc<Semaphore>,
+    sessions: Arc<auth::BrowserSessions>,
+    streams: Arc<sse::StreamCaps>,
     /// Derives the CSRF tokens of users the API server proxies (random at each start).
     proxied_secret: String,
 }
@@ -74,6 +77,7 @@ pub async fn serve(
     public_url: Option<String>,
     tls: Arc<rustls::ServerConfig>,
     op: Arc<Operator>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<(SocketAddr, Arc<dyn mirrord_kube::apiserver::Mount>)> {
     let feed = op
         .telemetry
@@ -91,59 +95,45 @@ pub async fn serve(
     let console = Arc::new(Console {
         op,
         feed,
-        sessions: auth::BrowserSessions::default(),
-        streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        sessions: Arc::default(),
+        streams: Arc::default(),
         proxied_secret: auth::random_token(),
     });
     tracing::info!(addr = %bound, "console listening on {bound} (log in with `mirrordctl console login`)");
-    tokio::spawn(accept_loop(
+    let cfg = Listener {
+        name: "console",
+        slots: Slots::new(MAX_CONNECTIONS, EVICT_IDLE_AFTER),
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        handshake_hint: "browsers need TLS with the operator's serving certificate",
+    };
+    let acceptor = TlsAcceptor::from(tls);
+    let serving = Arc::clone(&console);
+    tokio::spawn(serve_tls(
         listener,
-        TlsAcceptor::from(tls),
-        Arc::clone(&console),
+        move || acceptor.clone(),
+        cfg,
+        shutdown,
+        move |a| connection(a, Arc::clone(&serving)),
     ));
     Ok((bound, Arc::new(ThroughApiServer(console))))
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, console: Arc<Console>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "console accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!(%peer, "console connection limit reached; closing");
-            continue;
-        };
-        tokio::spawn(connection(
-            tcp,
-            acceptor.clone(),
-            Arc::clone(&console),
-            permit,
-        ));
-    }
-}
-
-async fn connection(
-    tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    console: Arc<Console>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
-        return;
-    };
+/// One browser connection: HTTP/1.1, each request a sign of life for its slot.
+async fn connection(a: Accepted, console: Arc<Console>) {
+    let activity = a.slot.activity();
     let svc = hyper::service::service_fn(move |req| {
         let console = Arc::clone(&console);
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(&console, req).await) }
+        let activity = activity.clone();
+        async move {
+            activity.touch();
+            let resp = routes::handle(&console, req, Some(&activity)).await;
+            activity.touch();
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(a.tls), svc)
         .await;
 }

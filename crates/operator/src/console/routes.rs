@@ -10,6 +10,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use mirrord_protocol::{ErrorCode, KillRequest, ServerMessage, SessionId};
+use mirrord_serve::Activity;
 use std::convert::Infallible;
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -87,9 +88,15 @@ const STYLE: &str = include_str!("assets/console.css");
 /// No inline script or style, nothing from elsewhere, never framed.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-pub async fn handle(console: &Console, req: Request<Incoming>) -> Response<Body> {
+/// A request on the console's own port; `activity` is its connection's slot (an open
+/// event stream pins it).
+pub async fn handle(
+    console: &Console,
+    req: Request<Incoming>,
+    activity: Option<&Activity>,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    let mut resp = dispatch(console, req, &path, None).await;
+    let mut resp = dispatch(console, req, &path, None, activity).await;
     secure_headers(resp.headers_mut());
     resp
 }
@@ -102,7 +109,7 @@ pub async fn handle_proxied(
     path: &str,
     session: BrowserSession,
 ) -> Response<Body> {
-    let mut resp = dispatch(console, req, path, Some(session)).await;
+    let mut resp = dispatch(console, req, path, Some(session), None).await;
     secure_headers(resp.headers_mut());
     resp
 }
@@ -147,6 +154,7 @@ async fn dispatch(
     req: Request<Incoming>,
     path: &str,
     proxied: Option<BrowserSession>,
+    activity: Option<&Activity>,
 ) -> Response<Body> {
     let Some((route, id)) = find(req.method(), path) else {
         return text(StatusCode::NOT_FOUND, "no such page\n");
@@ -196,7 +204,7 @@ async fn dispatch(
         Handler::Script => asset(SCRIPT, "text/javascript; charset=utf-8"),
         Handler::Style => asset(STYLE, "text/css; charset=utf-8"),
         Handler::Status => json(&view::status(&console.op, &session)),
-        Handler::Events => sse::stream(console, &req, &session),
+        Handler::Events => sse::stream(console, &req, &session, activity),
         Handler::Kill => kill(console, &session, id.unwrap_or_default()),
     }
 }

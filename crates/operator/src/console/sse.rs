@@ -13,15 +13,88 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use mirrord_controlplane::Caller;
+use mirrord_serve::{Activity, PinGuard};
 use mirrord_telemetry::{Feed, FeedItem};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 
 /// A comment this often keeps proxies and the browser from timing the stream out.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often an idle stream checks that its viewer may still see it (revoked, logged out,
+/// cookie expired): the stream ends within this of any of those.
+const RECHECK: Duration = Duration::from_secs(1);
+/// Event streams one user may hold open at once (tabs, reconnects).
+pub const STREAMS_PER_USER: usize = 4;
+/// Event streams of non-admins together; admins have [`ADMIN_STREAMS`] of their own, so a
+/// crowd of developers never keeps an admin from watching.
+pub const DEVELOPER_STREAMS: usize = 48;
+pub const ADMIN_STREAMS: usize = 16;
+
+/// Who holds how many event streams.
+#[derive(Default)]
+pub struct StreamCaps {
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    by_user: HashMap<String, usize>,
+    developers: usize,
+    admins: usize,
+}
+
+/// One open stream's place; given back when dropped.
+pub struct StreamPlace {
+    caps: Arc<StreamCaps>,
+    user: String,
+    admin: bool,
+}
+
+impl StreamCaps {
+    /// A place for `caller`'s new stream, or why there is none.
+    fn take(self: &Arc<Self>, caller: &Caller) -> Result<StreamPlace, &'static str> {
+        let admin = caller.role.is_admin();
+        let user = caller.user().to_owned();
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if h.by_user.get(&user).copied().unwrap_or(0) >= STREAMS_PER_USER {
+            return Err("you have too many event streams open; close another console tab\n");
+        }
+        let (pool, cap) = match admin {
+            true => (&mut h.admins, ADMIN_STREAMS),
+            false => (&mut h.developers, DEVELOPER_STREAMS),
+        };
+        if *pool >= cap {
+            return Err("too many event streams open on this console; try again later\n");
+        }
+        *pool += 1;
+        *h.by_user.entry(user.clone()).or_default() += 1;
+        Ok(StreamPlace {
+            caps: Arc::clone(self),
+            user,
+            admin,
+        })
+    }
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let mut h = self.caps.held.lock().unwrap_or_else(|p| p.into_inner());
+        match self.admin {
+            true => h.admins -= 1,
+            false => h.developers -= 1,
+        }
+        if let Some(n) = h.by_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                h.by_user.remove(&self.user);
+            }
+        }
+    }
+}
 
 struct Cursor {
     feed: Arc<Feed>,
@@ -29,19 +102,23 @@ struct Cursor {
     last: u64,
     caller: Caller,
     started: bool,
-    _permit: OwnedSemaphorePermit,
+    /// Whether the viewer may still see the stream.
+    allowed: Box<dyn Fn() -> bool + Send>,
+    idle_since: tokio::time::Instant,
+    _place: StreamPlace,
+    /// An open stream is work: its connection is never evicted for a newcomer.
+    _pinned: Option<PinGuard>,
 }
 
 pub fn stream(
     console: &Console,
     req: &Request<Incoming>,
     session: &BrowserSession,
+    activity: Option<&Activity>,
 ) -> Response<Body> {
-    let Ok(permit) = Arc::clone(&console.streams).try_acquire_owned() else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many event streams open; close another console tab\n",
-        );
+    let place = match console.streams.take(&session.caller) {
+        Ok(p) => p,
+        Err(why) => return text(StatusCode::SERVICE_UNAVAILABLE, why),
     };
     let latest = console.feed.subscribe();
     // An id from beyond the latest event was issued by an earlier run of the operator (ids
@@ -53,7 +130,10 @@ pub fn stream(
         last: last.unwrap_or(0),
         caller: session.caller.clone(),
         started: false,
-        _permit: permit,
+        allowed: still_allowed(console, session),
+        idle_since: tokio::time::Instant::now(),
+        _place: place,
+        _pinned: activity.map(Activity::pin),
     };
     let frames = futures::stream::unfold(cursor, |mut c| async move {
         let chunk = c.next_chunk().await?;
@@ -65,6 +145,19 @@ pub fn stream(
         HeaderValue::from_static("text/event-stream"),
     );
     r
+}
+
+/// What must still hold for the stream to go on: the credential not revoked, and for a
+/// browser logged in with a link, its session not logged out or expired (a stream never
+/// outlives the cookie that opened it).
+fn still_allowed(console: &Console, session: &BrowserSession) -> Box<dyn Fn() -> bool + Send> {
+    let op = Arc::clone(&console.op);
+    let sessions = Arc::clone(&console.sessions);
+    let client_id = session.caller.client.client_id.clone();
+    let cookie = session.id.clone();
+    Box::new(move || {
+        !op.revoked.contains(&client_id) && cookie.as_deref().is_none_or(|id| sessions.is_live(id))
+    })
 }
 
 /// `Last-Event-ID` (a reconnecting EventSource), else `?after=`, else the ring's start.
@@ -90,19 +183,36 @@ impl Cursor {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if !self.started {
             self.started = true;
+            if !(self.allowed)() {
+                return None;
+            }
             let mut out = String::from("retry: 2000\n\n");
             self.catch_up(&mut out);
             return Some(out.into());
         }
         loop {
-            match tokio::time::timeout(KEEPALIVE, self.latest.changed()).await {
-                Err(_) => return Some(Bytes::from_static(b": keepalive\n\n")),
+            match tokio::time::timeout(RECHECK, self.latest.changed()).await {
+                Err(_) => {
+                    if !(self.allowed)() {
+                        return None;
+                    }
+                    if self.idle_since.elapsed() >= KEEPALIVE {
+                        self.idle_since = tokio::time::Instant::now();
+                        return Some(Bytes::from_static(b": keepalive\n\n"));
+                    }
+                    continue;
+                }
                 Ok(Err(_)) => return None,
                 Ok(Ok(())) => {}
+            }
+            // Checked before every delivery: nothing reaches a viewer who lost the right.
+            if !(self.allowed)() {
+                return None;
             }
             let mut out = String::new();
             self.catch_up(&mut out);
             if !out.is_empty() {
+                self.idle_since = tokio::time::Instant::now();
                 return Some(out.into());
             }
         }
