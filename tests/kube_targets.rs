@@ -204,7 +204,7 @@ impl Env {
         }
         let tmp = tempfile::tempdir().unwrap();
         let creds = k.issue_credentials(
-            (ns, &format!("{release}-ca")),
+            (ns, &release),
             tmp.path(),
             "alice",
             &["--role", "admin"],

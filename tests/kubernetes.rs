@@ -217,7 +217,7 @@ fn the_chart_installs_upgrades_and_uninstalls_a_hardened_operator() {
         .parse()
         .unwrap();
     let creds = k.issue_credentials(
-        (ns, "mirrord-operator-ca"),
+        (ns, RELEASE),
         tmp.path(),
         "alice",
         &[],

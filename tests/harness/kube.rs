@@ -209,36 +209,35 @@ impl Cluster {
     }
 
     /// mTLS credentials for `user` (with `cert_args` such as `--role admin`) and the operator
-    /// at `operator_addr`, signed by the CA in the chart's Secret `ns/secret`; written under
-    /// `dir`, whose path is returned.
+    /// at `operator_addr`, issued by the operator itself (the Deployment `ns/deployment`,
+    /// through `kubectl exec`, as the README's recipe does), so its registry records them;
+    /// written as one file under `dir`, whose path is returned.
     pub fn issue_credentials(
         &self,
-        (ns, secret): (&str, &str),
+        (ns, deployment): (&str, &str),
         dir: &Path,
         user: &str,
         cert_args: &[&str],
         operator_addr: &str,
     ) -> PathBuf {
-        let secret: serde_json::Value =
-            serde_json::from_str(&self.kubectl(&["-n", ns, "get", "secret", secret, "-o", "json"]))
-                .expect("a Secret as JSON");
-        let ca = dir.join("ca");
-        std::fs::create_dir_all(&ca).unwrap();
-        for f in ["ca.crt", "ca.key"] {
-            let b64 = secret["data"][f].as_str().expect("the CA Secret's {f}");
-            std::fs::write(ca.join(f), decode_base64(b64)).unwrap();
-        }
-        let out = dir.join(user);
-        let st = Command::new(crate::bin("mirrord-operator"))
-            .args(["certs", "issue", "--state-dir"])
-            .arg(&ca)
-            .args(["--user", user])
-            .args(cert_args)
-            .args(["--operator-addr", operator_addr, "--out"])
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mirrord-operator certs issue failed");
+        let target = format!("deploy/{deployment}");
+        let mut args = vec![
+            "-n",
+            ns,
+            "exec",
+            &target,
+            "--",
+            "mirrord-operator",
+            "certs",
+            "issue",
+            "--user",
+            user,
+        ];
+        args.extend_from_slice(cert_args);
+        args.extend_from_slice(&["--operator-addr", operator_addr, "--out", "-"]);
+        let bundle = self.kubectl(&args);
+        let out = dir.join(format!("{user}.json"));
+        std::fs::write(&out, bundle).unwrap();
         out
     }
 
@@ -388,20 +387,4 @@ fn load_image(image: &str, var: &str, bin: &str) {
 
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn decode_base64(s: &str) -> Vec<u8> {
-    use std::io::Write;
-    let out = Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(s.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("base64 on PATH");
-    assert!(out.status.success(), "base64 -d failed");
-    out.stdout
 }

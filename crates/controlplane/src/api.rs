@@ -59,6 +59,8 @@ pub struct Authenticated {
     pub client_user: String,
     pub role: Role,
     pub authority: Authority,
+    /// A certificate's serial number (hex), to check against the registry.
+    pub serial: Option<String>,
 }
 
 impl From<PeerIdentity> for Authenticated {
@@ -70,6 +72,7 @@ impl From<PeerIdentity> for Authenticated {
             authority: Authority::Certificate {
                 expires: Some(id.not_after),
             },
+            serial: Some(id.serial),
         }
     }
 }
@@ -232,6 +235,10 @@ async fn hello(
         tracing::warn!(%peer, client_user = %identity.client_user, reason = refusal.reason(), "{refusal}");
         return Err(Some(refusal.reply()));
     }
+    if let Some(refusal) = unregistered(op, &identity) {
+        tracing::warn!(%peer, client_user = %identity.client_user, client_id = %identity.client_id, "{refusal}");
+        return Err(Some(refusal.reply()));
+    }
     tracing::debug!(
         %peer,
         client_user = %identity.client_user,
@@ -259,6 +266,19 @@ async fn hello(
         role: identity.role,
         authority: identity.authority,
     })
+}
+
+/// A certificate the CA signed but the registry does not list cannot be listed or
+/// revoked: it is refused, saying where credentials come from.
+fn unregistered(op: &Operator, who: &Authenticated) -> Option<Refusal> {
+    let (registered, serial) = (op.registered.as_ref()?, who.serial.as_ref()?);
+    if registered.contains(serial) {
+        return None;
+    }
+    Some(Refusal::Forbidden(format!(
+        "the credential of {} (serial {serial}, client id {}) is not in this operator's registry of issued credentials, so it could be neither listed nor revoked; ask an admin for one from `mirrord-operator certs issue` run against this operator's state directory",
+        who.client_user, who.client_id
+    )))
 }
 
 /// Opens the session and, once it is open, runs it in a task of its own: this task (and

@@ -62,6 +62,9 @@ pub struct KubernetesConfig {
     pub aggregated_api_listen: Option<SocketAddr>,
     /// Its serving certificate (`tls.crt`, `tls.key`; the APIService's caBundle signs it).
     pub aggregated_api_tls: Option<std::path::PathBuf>,
+    /// A Secret in the operator's namespace that keeps the registry of issued credentials
+    /// across restarts (the state directory of a pod does not last). Unset: not kept.
+    pub registry_secret: Option<String>,
 }
 
 fn default_pull_policy() -> String {

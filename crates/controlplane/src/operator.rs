@@ -33,6 +33,9 @@ pub struct Operator {
     pub policies: Policies,
     /// In a cluster: asks the API server what a Kubernetes user may do.
     pub rbac: Option<Arc<dyn Rbac>>,
+    /// The certificates the registry lists; `None`: not checked (tests that make their
+    /// own certificates).
+    pub registered: Option<Arc<crate::revocation::Registered>>,
     /// Client ids whose credential was revoked while the operator runs (their handshakes
     /// already fail; this catches a connection made just before).
     pub revoked: Revoked,
@@ -53,6 +56,7 @@ pub struct Parts {
     pub licensing: Arc<Licensing>,
     pub policies: Policies,
     pub rbac: Option<Arc<dyn Rbac>>,
+    pub registered: Option<Arc<crate::revocation::Registered>>,
 }
 
 impl Operator {
@@ -73,6 +77,7 @@ impl Operator {
             licensing: p.licensing,
             policies: p.policies,
             rbac: p.rbac,
+            registered: p.registered,
             revoked: Revoked::default(),
             console_logins: ConsoleLogins::default(),
             compile_slots: Semaphore::new(COMPILE_SLOTS),

@@ -10,6 +10,10 @@
 //! A list that cannot be read at start stops the operator (starting without it would let
 //! revoked credentials back in); one that breaks or disappears later is reported and the
 //! revocations already loaded stay in force.
+//!
+//! The registry (`issued.json`) is followed the same way: a certificate the CA signed but
+//! the registry does not list (made from a copy of the CA, or before a registry was lost)
+//! could be neither listed nor revoked, so it is refused ([`Registered`]).
 
 use crate::operator::Operator;
 use arc_swap::ArcSwap;
@@ -37,6 +41,21 @@ impl Revoked {
     }
 }
 
+/// Serial numbers of every certificate the registry lists: the credentials this operator
+/// accepts (revoked ones are refused by the list besides).
+#[derive(Default)]
+pub struct Registered(RwLock<HashSet<String>>);
+
+impl Registered {
+    pub fn contains(&self, serial: &str) -> bool {
+        self.0.read().expect("registered lock").contains(serial)
+    }
+
+    fn replace(&self, serials: HashSet<String>) {
+        *self.0.write().expect("registered lock") = serials;
+    }
+}
+
 /// What identifies a version of the list file: a rename gives a new inode, a rewrite a
 /// new modification time or length.
 type Stamp = Option<(u64, i64, i64, u64)>;
@@ -55,6 +74,8 @@ pub struct ApiTls {
     stamp: Stamp,
     /// Serial numbers in the list loaded.
     serials: HashSet<String>,
+    registered: Arc<Registered>,
+    registry_stamp: Stamp,
 }
 
 impl ApiTls {
@@ -70,13 +91,41 @@ impl ApiTls {
         if !serials.is_empty() {
             tracing::info!(revoked = serials.len(), path = %path.display(), "revocation list loaded");
         }
+        let registered = Arc::new(Registered::default());
+        let registry_stamp = self::stamp(&state_dir.join(registry::REGISTRY_FILE));
+        registered.replace(registered_serials(state_dir)?);
         Ok(Self {
             server,
             current: Arc::new(ArcSwap::new(config)),
             state_dir: state_dir.to_owned(),
             stamp,
             serials,
+            registered,
+            registry_stamp,
         })
+    }
+
+    /// The serial numbers of the credentials the registry lists, kept up to date by
+    /// [`ApiTls::watch`].
+    pub fn registered(&self) -> Arc<Registered> {
+        Arc::clone(&self.registered)
+    }
+
+    /// Re-reads the registry if its file changed.
+    fn check_registry(&mut self) {
+        let now = stamp(&self.state_dir.join(registry::REGISTRY_FILE));
+        if now == self.registry_stamp {
+            return;
+        }
+        self.registry_stamp = now;
+        match registered_serials(&self.state_dir) {
+            Ok(serials) => self.registered.replace(serials),
+            // Kept as it was: a registry being rewritten is replaced whole (renamed), so
+            // an error here is a broken file, and forgetting credentials is not the answer.
+            Err(e) => {
+                tracing::error!(error = %e, "the registry of issued certificates changed but cannot be read; the credentials it listed before stay accepted")
+            }
+        }
     }
 
     /// What the API server accepts with: always the latest configuration.
@@ -99,8 +148,9 @@ impl ApiTls {
         }
     }
 
-    /// Reloads the list if its file changed.
+    /// Reloads the registry and the list if their files changed.
     pub fn check(&mut self, op: &Operator) {
+        self.check_registry();
         let path = registry::crl_path(&self.state_dir);
         let now = stamp(&path);
         if now == self.stamp {
@@ -166,6 +216,13 @@ impl ApiTls {
             }
         }
     }
+}
+
+fn registered_serials(state_dir: &Path) -> Result<HashSet<String>, IdentityError> {
+    Ok(registry::list(state_dir)?
+        .into_iter()
+        .map(|r| r.serial)
+        .collect())
 }
 
 /// Marks the credential revoked, ends its sessions and records who revoked whom.

@@ -123,6 +123,7 @@ pub fn operator_with(
         licensing: Arc::new(mirrord_license::Licensing::new(None, None, &state)),
         policies,
         rbac: None,
+        registered: None,
     });
     (Arc::new(op), api)
 }

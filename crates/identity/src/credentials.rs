@@ -1,4 +1,6 @@
-//! A user's credential directory: what `certs issue` writes and `mirrordctl` reads.
+//! A user's credentials: what `certs issue` writes and `mirrordctl` reads. A directory of
+//! four files, or the same four in one JSON file (`certs issue --out -`, for credentials
+//! issued inside the operator's pod with `kubectl exec` and saved by the shell).
 
 use crate::ca::{read, write, CertificateAuthority, ClientSpec};
 use crate::registry::{self, IssuedRecord};
@@ -10,6 +12,19 @@ const CA: &str = "ca.crt";
 const CERT: &str = "client.crt";
 const KEY: &str = "client.key";
 const ADDR: &str = "operator-address";
+
+/// The four files of a credential directory in one document.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Bundle {
+    #[serde(rename = "ca.crt")]
+    ca: String,
+    #[serde(rename = "client.crt")]
+    cert: String,
+    #[serde(rename = "client.key")]
+    key: String,
+    #[serde(rename = "operator-address")]
+    addr: String,
+}
 
 pub struct Credentials {
     pub dir: PathBuf,
@@ -40,7 +55,70 @@ impl Credentials {
         Ok(record)
     }
 
-    pub fn load(dir: &Path) -> Result<Self, IdentityError> {
+    /// Issues and records a certificate like [`Credentials::issue`], returned as one JSON
+    /// document with the four files (nothing is written but the registry).
+    pub fn issue_bundle(
+        ca: &CertificateAuthority,
+        state_dir: &Path,
+        spec: &ClientSpec,
+        operator_addr: &str,
+    ) -> Result<(String, IssuedRecord), IdentityError> {
+        let (issued, record) = registry::issue(ca, state_dir, spec)?;
+        let bundle = Bundle {
+            ca: ca.cert_pem().to_owned(),
+            cert: issued.cert.cert_pem,
+            key: issued.cert.key_pem,
+            addr: format!("{operator_addr}\n"),
+        };
+        let json = serde_json::to_string_pretty(&bundle).expect("a bundle serializes");
+        Ok((json, record))
+    }
+
+    /// Reads a credential directory, or a bundle file ([`Credentials::issue_bundle`]).
+    pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        if path.is_file() {
+            return Self::load_bundle(path);
+        }
+        Self::load_dir(path)
+    }
+
+    fn load_bundle(path: &Path) -> Result<Self, IdentityError> {
+        let text = read(path)?;
+        let b: Bundle = serde_json::from_str(&text).map_err(|e| IdentityError::BadBundle {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let pem = |what: &'static str,
+                   text: &str|
+         -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+            let certs: Vec<_> = rustls_pemfile::certs(&mut text.as_bytes())
+                .filter_map(Result::ok)
+                .collect();
+            match certs.is_empty() {
+                true => Err(IdentityError::Pem {
+                    path: path.to_owned(),
+                    what,
+                }),
+                false => Ok(certs),
+            }
+        };
+        let key = rustls_pemfile::private_key(&mut b.key.as_bytes())
+            .ok()
+            .flatten()
+            .ok_or(IdentityError::Pem {
+                path: path.to_owned(),
+                what: "private key",
+            })?;
+        Ok(Self {
+            dir: path.to_owned(),
+            ca: pem("CA certificate", &b.ca)?,
+            chain: pem("client certificate", &b.cert)?,
+            key,
+            operator_addr: b.addr.trim().to_owned(),
+        })
+    }
+
+    fn load_dir(dir: &Path) -> Result<Self, IdentityError> {
         let ca = certs(&dir.join(CA))?;
         let chain = certs(&dir.join(CERT))?;
         let key_path = dir.join(KEY);

@@ -74,4 +74,11 @@ pub enum IdentityError {
     NothingToRevoke(String),
     #[error("every credential matching `{0}` is already revoked")]
     AlreadyRevoked(String),
+    #[error("`{0}` is both a user and another credential's client id; say which with --user or --client-id")]
+    Ambiguous(String),
+    #[error("{path} is not a credentials file from `certs issue --out -`: {reason}")]
+    BadBundle {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }

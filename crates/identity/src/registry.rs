@@ -79,24 +79,60 @@ pub fn issue(
     Ok((issued, record))
 }
 
-/// Revokes every unrevoked certificate of user `who`, or the one with client id `who`,
-/// and writes the new revocation list. Returns what it revoked.
+/// Which credentials `certs revoke` means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revokee {
+    /// Every credential of this user.
+    User(String),
+    /// The one credential with this client id.
+    ClientId(String),
+    /// The one credential with this serial number (hex).
+    Serial(String),
+    /// A user or a client id, whichever it names; naming both is an error (say which).
+    Either(String),
+}
+
+impl Revokee {
+    fn matches(&self, r: &IssuedRecord) -> bool {
+        match self {
+            Revokee::User(u) => r.user == *u,
+            Revokee::ClientId(c) => r.client_id == *c,
+            Revokee::Serial(s) => r.serial.eq_ignore_ascii_case(s),
+            Revokee::Either(x) => r.user == *x || r.client_id == *x,
+        }
+    }
+
+    fn text(&self) -> &str {
+        match self {
+            Revokee::User(x) | Revokee::ClientId(x) | Revokee::Serial(x) | Revokee::Either(x) => x,
+        }
+    }
+}
+
+/// Revokes every unrevoked certificate `who` names and writes the new revocation list.
+/// Returns what it revoked.
 pub fn revoke(
     ca: &CertificateAuthority,
     state_dir: &Path,
-    who: &str,
+    who: &Revokee,
     by: &str,
 ) -> Result<Vec<IssuedRecord>, IdentityError> {
     update(state_dir, |book| {
-        let matching = |r: &IssuedRecord| r.user == who || r.client_id == who;
-        if !book.certificates.iter().any(matching) {
-            return Err(IdentityError::NothingToRevoke(who.to_owned()));
+        if let Revokee::Either(x) = who {
+            let user = book.certificates.iter().any(|r| r.user == *x);
+            let client = book.certificates.iter().any(|r| r.client_id == *x);
+            if user && client {
+                return Err(IdentityError::Ambiguous(x.clone()));
+            }
+        }
+        if !book.certificates.iter().any(|r| who.matches(r)) {
+            return Err(IdentityError::NothingToRevoke(who.text().to_owned()));
         }
         let now = Utc::now();
         let revoked: Vec<IssuedRecord> = book
             .certificates
             .iter_mut()
-            .filter(|r| matching(r) && r.revoked_at.is_none())
+            .filter(|r| who.matches(r) && r.revoked_at.is_none())
             .map(|r| {
                 r.revoked_at = Some(now);
                 r.revoked_by = Some(by.to_owned());
@@ -104,7 +140,7 @@ pub fn revoke(
             })
             .collect();
         if revoked.is_empty() {
-            return Err(IdentityError::AlreadyRevoked(who.to_owned()));
+            return Err(IdentityError::AlreadyRevoked(who.text().to_owned()));
         }
         write_crl(ca, state_dir, &book.certificates)?;
         Ok(revoked)
@@ -271,7 +307,7 @@ mod tests {
         assert!(load_crl(dir).unwrap().is_none());
 
         // By user: both of alice's; by client id: just bob's one.
-        let revoked = revoke(&ca, dir, "alice", "carol").unwrap();
+        let revoked = revoke(&ca, dir, &Revokee::Either("alice".into()), "carol").unwrap();
         assert_eq!(revoked.len(), 2);
         assert!(revoked
             .iter()
@@ -279,18 +315,51 @@ mod tests {
         let (_, serials) = load_crl(dir).unwrap().unwrap();
         assert_eq!(serials, vec![r1.serial.clone(), r2.serial.clone()]);
         assert!(matches!(
-            revoke(&ca, dir, "alice", "carol"),
+            revoke(&ca, dir, &Revokee::Either("alice".into()), "carol"),
             Err(IdentityError::AlreadyRevoked(_))
         ));
         assert!(matches!(
-            revoke(&ca, dir, "nobody", "carol"),
+            revoke(&ca, dir, &Revokee::Either("nobody".into()), "carol"),
             Err(IdentityError::NothingToRevoke(_))
         ));
-        revoke(&ca, dir, &r3.client_id, "carol").unwrap();
+        revoke(&ca, dir, &Revokee::ClientId(r3.client_id.clone()), "carol").unwrap();
         let (_, serials) = load_crl(dir).unwrap().unwrap();
         assert_eq!(serials.len(), 3);
         assert_eq!(mode(&crl_path(dir)), 0o600);
         assert!(list(dir).unwrap().iter().all(|r| r.revoked_at.is_some()));
+    }
+
+    /// A name that is both a user and a client id is not guessed at.
+    #[test]
+    fn an_ambiguous_name_is_refused_and_flags_say_which() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let ca = CertificateAuthority::init(dir).unwrap();
+        let (_, victim) = issue(&ca, dir, &spec("bob", Role::Developer)).unwrap();
+        // A user named like bob's client id.
+        let (_, twin) = issue(&ca, dir, &spec(&victim.client_id, Role::Developer)).unwrap();
+        let e = revoke(
+            &ca,
+            dir,
+            &Revokee::Either(victim.client_id.clone()),
+            "carol",
+        )
+        .unwrap_err();
+        assert!(matches!(e, IdentityError::Ambiguous(_)), "{e}");
+        assert!(list(dir).unwrap().iter().all(|r| r.revoked_at.is_none()));
+        let r = revoke(&ca, dir, &Revokee::User(victim.client_id.clone()), "carol").unwrap();
+        assert_eq!(
+            r.iter().map(|r| &r.serial).collect::<Vec<_>>(),
+            [&twin.serial]
+        );
+        let r = revoke(
+            &ca,
+            dir,
+            &Revokee::Serial(victim.serial.to_uppercase()),
+            "carol",
+        )
+        .unwrap();
+        assert_eq!(r[0].user, "bob");
     }
 
     #[test]
@@ -322,7 +391,7 @@ mod tests {
         assert_eq!(sync_crl(&ca, dir).unwrap(), 0);
         assert!(load_crl(dir).unwrap().is_none());
         let (_, r) = issue(&ca, dir, &spec("alice", Role::Developer)).unwrap();
-        revoke(&ca, dir, "alice", "carol").unwrap();
+        revoke(&ca, dir, &Revokee::Either("alice".into()), "carol").unwrap();
         std::fs::remove_file(crl_path(dir)).unwrap();
         assert_eq!(sync_crl(&ca, dir).unwrap(), 1);
         assert_eq!(load_crl(dir).unwrap().unwrap().1, vec![r.serial]);

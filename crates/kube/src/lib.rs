@@ -13,7 +13,9 @@
 //! - [`apiserver`] serves the operator as an aggregated API: developers reach it through
 //!   the Kubernetes API server with their kubeconfig, and RBAC decides what they may do;
 //! - [`reconcile`] undoes what a previous operator process left (copies, agents, scaled
-//!   down workloads) at start.
+//!   down workloads) at start;
+//! - [`registry`] keeps the registry of issued credentials in a Secret, so that a pod
+//!   that restarts still knows (and accepts, and can revoke) what it issued.
 //!
 //! [`RouteTable`]: mirrord_dataplane::RouteTable
 
@@ -22,6 +24,7 @@ pub mod copy;
 pub mod fleet;
 pub mod gateway;
 pub mod reconcile;
+pub mod registry;
 pub mod target;
 pub mod trust;
 pub mod workload;

@@ -19,18 +19,21 @@ pub fn init(state_dir: &Path) -> anyhow::Result<()> {
 
 /// What `certs issue` is asked for.
 pub struct IssueArgs {
+    pub ca_dir: Option<std::path::PathBuf>,
     pub user: String,
     pub role: Role,
     pub valid_for: Duration,
+    /// A directory, or `-` for one JSON document on standard output.
     pub out: std::path::PathBuf,
     pub addr: Option<String>,
     pub init_ca: bool,
 }
 
 pub fn issue(state_dir: &Path, a: IssueArgs) -> anyhow::Result<()> {
-    let ca = match a.init_ca {
-        true => CertificateAuthority::load_or_init(state_dir)?,
-        false => CertificateAuthority::load(state_dir)?,
+    let ca = match (&a.ca_dir, a.init_ca) {
+        (Some(dir), _) => CertificateAuthority::load(dir)?,
+        (None, true) => CertificateAuthority::load_or_init(state_dir)?,
+        (None, false) => CertificateAuthority::load(state_dir)?,
     };
     let addr = a
         .addr
@@ -45,16 +48,27 @@ pub fn issue(state_dir: &Path, a: IssueArgs) -> anyhow::Result<()> {
         role: a.role,
         valid_for: a.valid_for,
     };
-    let record = Credentials::issue(&ca, state_dir, &spec, &addr, &a.out)
-        .with_context(|| format!("writing credentials to {}", a.out.display()))?;
-    println!(
-        "credentials for user {} ({}, client id {}, expires {}) written to {} (operator at {addr})",
+    let (record, written) = if a.out.as_os_str() == "-" {
+        let (json, record) = Credentials::issue_bundle(&ca, state_dir, &spec, &addr)?;
+        println!("{json}");
+        (record, "standard output".to_owned())
+    } else {
+        let record = Credentials::issue(&ca, state_dir, &spec, &addr, &a.out)
+            .with_context(|| format!("writing credentials to {}", a.out.display()))?;
+        (record, a.out.display().to_string())
+    };
+    // On standard error when the credentials themselves went to standard output.
+    let say = format!(
+        "credentials for user {} ({}, client id {}, expires {}) written to {written} (operator at {addr})",
         a.user,
         a.role,
         record.client_id,
         time(&record.expires),
-        a.out.display()
     );
+    match a.out.as_os_str() == "-" {
+        true => eprintln!("{say}"),
+        false => println!("{say}"),
+    }
     Ok(())
 }
 
@@ -65,9 +79,14 @@ pub fn list(state_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `certs revoke USER|CLIENT_ID`.
-pub fn revoke(state_dir: &Path, who: &str, by: Option<String>) -> anyhow::Result<()> {
-    let ca = CertificateAuthority::load(state_dir)?;
+/// `certs revoke USER|CLIENT_ID` (or `--user`, `--client-id`, `--serial`).
+pub fn revoke(
+    state_dir: &Path,
+    ca_dir: Option<&Path>,
+    who: &registry::Revokee,
+    by: Option<String>,
+) -> anyhow::Result<()> {
+    let ca = CertificateAuthority::load(ca_dir.unwrap_or(state_dir))?;
     let by = by.unwrap_or_else(whoami::username);
     let revoked = registry::revoke(&ca, state_dir, who, &by)?;
     for r in &revoked {

@@ -61,19 +61,35 @@ enum ConsoleCommand {
     Routes,
 }
 
+/// Where the state directory is: `--state-dir`, else `OPERATOR_STATE_DIR`, else
+/// `~/.mirrord-operator` (in the chart's pod, the variable names the operator's own, so
+/// `kubectl exec ... mirrord-operator certs ...` works on it as it is).
+#[derive(clap::Args)]
+struct StateDir {
+    #[arg(long = "state-dir", env = "OPERATOR_STATE_DIR", default_value_os_t = default_state_dir())]
+    path: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum CertsCommand {
     /// Create the operator's CA in the state directory (never replaces one).
     Init {
-        #[arg(long, default_value_os_t = default_state_dir())]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state_dir: StateDir,
     },
-    /// Write a credential directory for a user, signed by the state directory's CA.
+    /// Write a credential directory for a user, signed by the operator's CA, and record it
+    /// in the state directory's registry (only recorded credentials are accepted).
     Issue {
-        #[arg(long, default_value_os_t = default_state_dir())]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state_dir: StateDir,
+        /// The CA's directory when it is not the state directory (in the chart's pod: the
+        /// mounted CA Secret, also OPERATOR_CA_DIR).
+        #[arg(long, env = "OPERATOR_CA_DIR")]
+        ca_dir: Option<PathBuf>,
         #[arg(long)]
         user: String,
+        /// A directory to write, or `-`: the credentials as one JSON document on standard
+        /// output, which `mirrordctl --credentials FILE` reads (for `kubectl exec`).
         #[arg(long)]
         out: PathBuf,
         /// `developer` (open sessions, see and end their own) or `admin` (see and end
@@ -93,17 +109,32 @@ enum CertsCommand {
     },
     /// Every credential issued: user, role, client id, issued, expires, revoked.
     List {
-        #[arg(long, default_value_os_t = default_state_dir())]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state_dir: StateDir,
     },
-    /// Revoke a user's credentials (all of them) or one credential by client id. A running
-    /// operator refuses them within a second and ends their sessions; so does every
-    /// operator started later on this state directory.
+    /// Revoke a user's credentials (all of them) or one credential by client id or serial
+    /// number. A running operator refuses them within a second and ends their sessions; so
+    /// does every operator started later on this state directory.
+    #[command(group(clap::ArgGroup::new("whom").required(true)))]
     Revoke {
-        #[arg(long, default_value_os_t = default_state_dir())]
-        state_dir: PathBuf,
-        /// A user name or a client id (see `certs list`).
-        who: String,
+        #[command(flatten)]
+        state_dir: StateDir,
+        /// The CA's directory when it is not the state directory (also OPERATOR_CA_DIR).
+        #[arg(long, env = "OPERATOR_CA_DIR")]
+        ca_dir: Option<PathBuf>,
+        /// A user name or a client id (see `certs list`); one that is both is refused:
+        /// say which with --user or --client-id.
+        #[arg(group = "whom")]
+        who: Option<String>,
+        /// Every credential of this user.
+        #[arg(long, group = "whom")]
+        user: Option<String>,
+        /// The credential with this client id.
+        #[arg(long, group = "whom")]
+        client_id: Option<String>,
+        /// The credential with this serial number (hex, as the operator logs it).
+        #[arg(long, group = "whom")]
+        serial: Option<String>,
         /// Who is revoking, for the record and the operator's log (default: your login).
         #[arg(long)]
         by: Option<String>,
@@ -177,11 +208,12 @@ fn main() -> std::process::ExitCode {
         }
         Command::Certs {
             command: CertsCommand::Init { state_dir },
-        } => certs::init(&state_dir),
+        } => certs::init(&state_dir.path),
         Command::Certs {
             command:
                 CertsCommand::Issue {
                     state_dir,
+                    ca_dir,
                     user,
                     out,
                     role,
@@ -190,8 +222,9 @@ fn main() -> std::process::ExitCode {
                     init_ca,
                 },
         } => certs::issue(
-            &state_dir,
+            &state_dir.path,
             certs::IssueArgs {
+                ca_dir,
                 user,
                 role,
                 valid_for,
@@ -202,10 +235,29 @@ fn main() -> std::process::ExitCode {
         ),
         Command::Certs {
             command: CertsCommand::List { state_dir },
-        } => certs::list(&state_dir),
+        } => certs::list(&state_dir.path),
         Command::Certs {
-            command: CertsCommand::Revoke { state_dir, who, by },
-        } => certs::revoke(&state_dir, &who, by),
+            command:
+                CertsCommand::Revoke {
+                    state_dir,
+                    ca_dir,
+                    who,
+                    user,
+                    client_id,
+                    serial,
+                    by,
+                },
+        } => {
+            use mirrord_identity::registry::Revokee;
+            let whom = match (who, user, client_id, serial) {
+                (_, Some(u), _, _) => Revokee::User(u),
+                (_, _, Some(c), _) => Revokee::ClientId(c),
+                (_, _, _, Some(s)) => Revokee::Serial(s),
+                (Some(w), ..) => Revokee::Either(w),
+                (None, None, None, None) => unreachable!("clap requires one"),
+            };
+            certs::revoke(&state_dir.path, ca_dir.as_deref(), &whom, by)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

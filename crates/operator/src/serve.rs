@@ -25,7 +25,7 @@ use std::time::Duration;
 pub struct ServeArgs {
     #[arg(long)]
     config: PathBuf,
-    #[arg(long, default_value_os_t = crate::default_state_dir())]
+    #[arg(long, env = "OPERATOR_STATE_DIR", default_value_os_t = crate::default_state_dir())]
     state_dir: PathBuf,
     /// JSON logs (tracing-subscriber's layout); also OPERATOR_JSON_LOG=true.
     #[arg(long)]
@@ -145,7 +145,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             None => CertificateAuthority::load_or_init(&args.state_dir)?,
         };
         // The registry and the revocation list live in the state directory (writable)
-        // even when the CA comes from elsewhere.
+        // even when the CA comes from elsewhere; in a cluster, a Secret keeps them.
+        let registry_secret = match config
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.registry_secret.clone())
+        {
+            Some(name) => Some(restore_registry(&name, &args.state_dir).await?),
+            None => None,
+        };
         let missing = registry::sync_crl(&ca, &args.state_dir)?;
         if missing > 0 {
             tracing::warn!(
@@ -162,6 +170,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         let tls = ApiTls::load(server_tls, &args.state_dir)?;
+        if let Some(secret) = registry_secret {
+            tokio::spawn(secret.keep(Duration::from_secs(1)));
+        }
         let mut telemetry = Telemetry::new(config.sessions.metrics_grace).with_otel(otel);
         if console_addr.is_some() {
             telemetry = telemetry.with_feed(crate::console::FEED_CAPACITY);
@@ -234,6 +245,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             licensing,
             policies,
             rbac,
+            registered: Some(tls.registered()),
         }));
         tokio::spawn(api::serve(
             Arc::clone(&op),
@@ -280,6 +292,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         otel.shutdown();
     }
     result
+}
+
+/// Puts the registry kept in the Secret `name` (of the operator's namespace) back into the
+/// state directory, before anything reads it.
+async fn restore_registry(
+    name: &str,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<mirrord_kube::registry::RegistrySecret> {
+    let client = kube::Client::try_default()
+        .await
+        .context("reaching the Kubernetes API server to restore the registry")?;
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let secret = mirrord_kube::registry::RegistrySecret::new(client, &namespace, name, state_dir);
+    let restored = secret.restore().await?;
+    tracing::info!(
+        secret = name,
+        namespace,
+        restored,
+        "registry of issued credentials restored from its Secret"
+    );
+    Ok(secret)
 }
 
 /// The aggregated API, when configured (both its address and its certificate).

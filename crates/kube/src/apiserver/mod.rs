@@ -444,6 +444,7 @@ impl Server {
             client_user: caller.client.client_user,
             role: caller.role,
             authority: caller.authority,
+            serial: None,
         };
         let op = Arc::clone(&self.op);
         let on_upgrade = hyper::upgrade::on(&mut req);

@@ -43,6 +43,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/* The operator's configuration file: the chart's fixed parts, then the user's. */}}
+{{/* The Secret that keeps the registry of issued credentials across restarts. */}}
+{{- define "mirrord-operator.registrySecret" -}}
+{{ include "mirrord-operator.fullname" . }}-registry
+{{- end }}
+
 {{- define "mirrord-operator.config" -}}
 [api]
 listen = "0.0.0.0:{{ .Values.service.apiPort }}"
@@ -59,6 +64,7 @@ agent_image_pull_policy = {{ .Values.agent.image.pullPolicy | quote }}
 gateway_listen = "0.0.0.0:{{ .Values.agent.gatewayPort }}"
 agent_linger = {{ .Values.agent.linger | quote }}
 agent_lease = {{ .Values.agent.lease | quote }}
+registry_secret = {{ include "mirrord-operator.registrySecret" . | quote }}
 {{- if .Values.apiService.enabled }}
 aggregated_api_listen = "0.0.0.0:{{ .Values.apiService.port }}"
 aggregated_api_tls = "/etc/mirrord/apiserver-tls"
