@@ -6,8 +6,18 @@
 #     operator's RSS, and another user's `mirrordctl status` latency, before and during.
 #  2. The time from freezing (SIGSTOP) a client that holds an unfiltered steal, under upload
 #     traffic, until the port answers from the target again (client_timeout = 10 s).
+#  3. Hardening round 3 (issue 24), each an attack that worked before, and what it costs
+#     now: the operator's RSS and another user's `status` latency before and during:
+#     a. oversized strings (200 session requests with a 900 KB target name), and the log
+#        bytes they write;
+#     b. 40 concurrent 12 MB uploads matching a filtered mirror whose client never reads;
+#     c. 1,700 idle TCP connections to an intercepted port with no session (no credential
+#        needed): the latency of real requests meanwhile;
+#     d. 50 sessions of one client each holding an unfinished 1 MB frame.
 source "$(dirname "$0")/lib.sh"
 CTL="$BIN/mirrordctl"
+LOAD="$BIN/mirrord-bench"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 API=$(free_port); LISTEN=$(free_port); UP=$(free_port); DEV=$(free_port)
 # DEV: the local process of every session (mirrordctl refuses to start when nothing listens).
@@ -15,7 +25,7 @@ python3 -m http.server --bind 127.0.0.1 "$UP" > /dev/null 2>&1 & PIDS+=($!)
 python3 -m http.server --bind 127.0.0.1 "$DEV" > /dev/null 2>&1 & PIDS+=($!)
 wait_port "$UP"; wait_port "$DEV"
 operator_one_target "$API" "$LISTEN" "$UP"
-for u in heavy other frozen; do
+for u in heavy other frozen hostile; do
   "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user "$u" --out "$WORK/$u" > /dev/null
 done
 MAX_SESSIONS=64   # limits.max_sessions_per_client; limits.max_filter_regexes_per_client (64) admits 4 of them
@@ -109,3 +119,80 @@ t1=$(date +%s.%N)
 printf '%-58s %s\n' "port back to the target after the client froze" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f s (client_timeout 10 s)", b-a}')"
 kill -CONT $FROZEN 2>/dev/null || true
 kill $LOADER 2>/dev/null || true
+
+echo "== hardening round 3: what one client can still cost everyone"
+ATTACK=(--credentials "$WORK/hostile" --target deployment/api --port 80)
+# hold KIND COUNT: runs an attack that holds what it made until its stdin closes.
+hold_attack() {
+  rm -f "$WORK/attack.fifo"; mkfifo "$WORK/attack.fifo"
+  "$LOAD" attack "${ATTACK[@]}" --kind "$1" --count "$2" < "$WORK/attack.fifo" > "$WORK/attack.out" 2>&1 &
+  ATTACKER=$!; PIDS+=($ATTACKER)
+  exec 7> "$WORK/attack.fifo"
+}
+release_attack() { exec 7>&-; wait "$ATTACKER" 2>/dev/null || true; }
+row() { printf '%-58s %s\n' "$1" "$2"; }
+
+# a. Oversized strings.
+rss0=$(rss_mb "$OP_PID"); st0=$(status_ms 9); log0=$(stat -c %s "$WORK/operator.log")
+"$LOAD" attack "${ATTACK[@]}" --kind oversized --count 200 > "$WORK/attack.out" 2>&1 &
+A=$!; sleep 0.5; st1=$(status_ms 9); wait $A
+rss1=$(rss_mb "$OP_PID"); log1=$(stat -c %s "$WORK/operator.log")
+row "a. 200 requests with a 900 KB target name" "$(cat "$WORK/attack.out")"
+row "   operator RSS" "$rss0 MB -> $rss1 MB"
+row "   log written for them" "$(( (log1 - log0) / 1024 )) KiB ($(( (log1 - log0) / 200 )) bytes per refused request)"
+row "   another user's status (median of 9)" "$st0 ms -> $st1 ms"
+
+# b. A filtered mirror that never reads, 40 concurrent 12 MB uploads.
+hold_attack mirror-hog 1
+for _ in $(seq 100); do grep -q mirror_hog=open "$WORK/attack.out" && break; sleep 0.1; done
+rss0=$(rss_mb "$OP_PID"); st0=$(status_ms 9)
+head -c $((12 * 1024 * 1024)) /dev/zero > "$WORK/upload.bin"
+peak=$rss0
+for i in $(seq 40); do
+  curl -s -o /dev/null -w '%{http_code}\n' --data-binary @"$WORK/upload.bin" "http://127.0.0.1:$LISTEN/up/$i" >> "$WORK/uploads.out" &
+done
+st1=$(status_ms 5)
+for _ in $(seq 20); do r=$(rss_mb "$OP_PID"); peak=$(awk -v a="$peak" -v b="$r" 'BEGIN{print (b>a)?b:a}'); sleep 0.2; done
+wait_uploads() { while [ "$(wc -l < "$WORK/uploads.out")" -lt 40 ]; do sleep 0.2; done; }
+wait_uploads
+dropped=$(curl -s "http://$METRICS/metrics" | awk '/^mirrord_mirror_copies_dropped_total\{reason="budget"\}/ {print $2}')
+row "b. 40 x 12 MB uploads, a mirror that never reads" "$(sort "$WORK/uploads.out" | uniq -c | xargs) (status codes)"
+row "   operator RSS (limits.max_mirror_copy_bytes 128 MiB)" "$rss0 MB -> $peak MB peak"
+row "   copies dropped for the budget" "${dropped:-0}"
+row "   another user's status" "$st0 ms -> $st1 ms"
+release_attack
+
+# c. 1,700 idle connections to the intercepted port, no session.
+probe_ms() {
+  for _ in $(seq "$1"); do curl -s -o /dev/null -m 10 -w '%{time_total}\n' "http://127.0.0.1:$LISTEN/" || echo 10; done \
+    | sort -n | awk '{a[NR]=$1} END {printf "%.1f ms median, %.1f ms max", a[int((NR+1)/2)]*1000, a[NR]*1000}'
+}
+p0=$(probe_ms 9)
+python3 - "$LISTEN" <<'PY' > "$WORK/idle.out" 2>&1 &
+import socket, sys, time
+held = []
+for _ in range(1700):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2))
+    except OSError:
+        pass
+print(len(held), flush=True)
+time.sleep(30)
+PY
+IDLE=$!; PIDS+=($IDLE)
+for _ in $(seq 100); do [ -s "$WORK/idle.out" ] && break; sleep 0.1; done
+sleep 1.5
+p1=$(probe_ms 9)
+row "c. $(head -1 "$WORK/idle.out") idle connections to the port (no session)" "cap $(grep -o '"connections_per_port":[0-9]*' "$WORK/operator.log" | head -1 | cut -d: -f2) per port"
+row "   a real request's time" "$p0 -> $p1"
+kill $IDLE 2>/dev/null || true
+
+# d. Unfinished frames.
+rss0=$(rss_mb "$OP_PID"); st0=$(status_ms 9)
+hold_attack partial-frames 50
+for _ in $(seq 300); do grep -q partial_frames= "$WORK/attack.out" && break; sleep 0.1; done
+rss1=$(rss_mb "$OP_PID"); st1=$(status_ms 9)
+row "d. 50 sessions, each an unfinished 1 MB frame" "$(grep partial_frames= "$WORK/attack.out")"
+row "   operator RSS (limits.max_buffered_bytes_per_client 32 MiB)" "$rss0 MB -> $rss1 MB"
+row "   another user's status" "$st0 ms -> $st1 ms"
+release_attack

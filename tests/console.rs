@@ -583,3 +583,97 @@ async fn chromium_logs_in_sees_a_live_session_and_its_events_kills_it_as_admin_a
     screenshot(&c, "console-after-kill.png").await;
     c.close().await.unwrap();
 }
+
+/// Issue 24 item 5: idle TCP connections (no TLS, no credential) cannot lock people out of
+/// the console, and one developer's event streams cannot keep an admin from watching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_one_users_streams_lock_nobody_out() {
+    let f = Fixture::start().await;
+    let root = f.op.issue_admin("root");
+    let bob = f.op.issue("bob");
+
+    // 300 connections that never say anything: more than the console serves at once.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(f.console).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..5 {
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(5), f.get("/api/status", &[]))
+            .await
+            .unwrap_or_else(|_| panic!("request {i} got no answer behind 300 idle connections"));
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    drop(idle);
+
+    // A developer's streams: a few are fine, past that refused, and the admin's still open.
+    let bob_cookie = f.cookie(&bob).await;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut s = send(
+            &f.op.state,
+            f.console,
+            "GET",
+            "/api/events",
+            &[("cookie", &bob_cookie)],
+        )
+        .await;
+        let head = read_stream_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        streams.push(s);
+    }
+    let r = f.get("/api/events", &[("cookie", &bob_cookie)]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("too many event streams"), "{}", r.body);
+    let root_cookie = f.cookie(&root).await;
+    let mut admin = send(
+        &f.op.state,
+        f.console,
+        "GET",
+        "/api/events",
+        &[("cookie", &root_cookie)],
+    )
+    .await;
+    let head = read_stream_until(&mut admin, |t| t.contains("retry:")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// Issue 24 item 3b: a revoked admin's open event stream stops at once (it used to keep
+/// delivering everyone's events, beyond its cookie's life too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_viewers_event_stream_ends() {
+    let f = Fixture::start().await;
+    let root = f.op.issue_admin("root");
+    let alice = f.op.issue("alice");
+    let cookie = f.cookie(&root).await;
+    let mut stream = send(
+        &f.op.state,
+        f.console,
+        "GET",
+        "/api/events",
+        &[("cookie", &cookie)],
+    )
+    .await;
+    let _ = read_stream_until(&mut stream, |t| t.contains("retry:")).await;
+    let _a = f.mirror(&alice);
+    let seen = read_stream_until(&mut stream, |t| t.contains("Session Started")).await;
+    assert!(seen.contains("Session Started"), "{seen}");
+
+    let out = f.op.certs(&["revoke", "--user", "root", "--by", "carol"]);
+    assert!(out.status.success(), "{out:?}");
+    // Ended within a couple of seconds: read to the end.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the revoked admin's stream is still open");
+    // Nothing after the revocation reaches it.
+    let _b = f.mirror(&f.op.issue("bob"));
+    f.op.wait_event("Session Started", 2);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(!text.contains("\"bob\""), "{text}");
+}

@@ -79,13 +79,26 @@ fn service_name(attrs: Option<&[KeyValue]>) -> String {
 
 impl Received {
     async fn start() -> (Self, SocketAddr) {
+        Self::start_with(tonic::transport::Server::builder()).await
+    }
+
+    /// A receiver speaking TLS with `cert`/`key` (PEM), as collectors in clusters do.
+    async fn start_tls(cert: &str, key: &str) -> (Self, SocketAddr) {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        let builder = tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap();
+        Self::start_with(builder).await
+    }
+
+    async fn start_with(mut builder: tonic::transport::Server) -> (Self, SocketAddr) {
         let me = Self::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = futures::stream::unfold(listener, |l| async move {
             Some((l.accept().await.map(|(s, _)| s), l))
         });
-        let server = tonic::transport::Server::builder()
+        let server = builder
             .add_service(LogsServiceServer::new(me.clone()))
             .add_service(TraceServiceServer::new(me.clone()))
             .serve_with_incoming(incoming);
@@ -482,5 +495,83 @@ fn a_protocol_it_cannot_speak_is_refused_at_start_with_the_variable_named() {
     assert!(
         err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"),
         "{err}"
+    );
+}
+
+/// Issue 24 item 12: an `https://` collector (what collectors in clusters use) is
+/// reached with TLS, trusted through `OTEL_EXPORTER_OTLP_CERTIFICATE`; such an endpoint
+/// stopped the operator at start before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_is_reached_over_tls() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = mirrord_identity::CertificateAuthority::init(pki.path()).unwrap();
+    let server = ca.issue_server().unwrap();
+    let (rx, collector) = Received::start_tls(&server.cert_pem, &server.key_pem).await;
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let mut env = otel_env(collector);
+    env[0].1 = format!("https://localhost:{}", collector.port());
+    env.push((
+        "OTEL_EXPORTER_OTLP_CERTIFICATE".into(),
+        pki.path().join("ca.crt").display().to_string(),
+    ));
+    let op = Operator::start_with(OperatorOptions {
+        targets: upstream_target("api", 80, listen, target.addr),
+        env,
+        ..Default::default()
+    });
+    let s = Setup { dev, listen, op };
+    let mut session = steal(&s, "alice");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rx
+        .logs()
+        .iter()
+        .any(|(_, r)| r.body.as_ref().map(text).as_deref() == Some("Session Started"))
+    {
+        assert!(Instant::now() < deadline, "nothing arrived over TLS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    session.stop();
+}
+
+/// Issue 24 item 12: export failures are logged (they were silent), a few per minute
+/// however many batches fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_failures_are_logged_and_throttled() {
+    // An https endpoint nothing listens on: every export fails at once.
+    let nothing = free_addr();
+    let target = HttpServer::start("target").await;
+    let dev = HttpServer::start("dev").await;
+    let listen = free_addr();
+    let mut env = otel_env(nothing);
+    env[0].1 = format!("https://localhost:{}", nothing.port());
+    let op = Operator::start_with(OperatorOptions {
+        targets: upstream_target("api", 80, listen, target.addr),
+        env,
+        ..Default::default()
+    });
+    let s = Setup { dev, listen, op };
+    for i in 0..10 {
+        let mut session = steal(&s, &format!("user{i}"));
+        let (status, _) = servers::get(s.listen, "/x", &[("x-user", "alice")]).await;
+        assert_eq!(status, 200);
+        session.stop();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failures: Vec<Value> =
+        s.op.logs()
+            .into_iter()
+            .filter(|l| {
+                l["target"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("opentelemetry"))
+            })
+            .collect();
+    assert!(!failures.is_empty(), "no export failure was logged");
+    assert!(
+        failures.len() <= 5,
+        "{} lines for failed exports in a few seconds: {failures:#?}",
+        failures.len()
     );
 }

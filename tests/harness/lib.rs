@@ -565,9 +565,14 @@ impl ApiFixture {
     /// `mirrordctl MODE --target api --port 80=<dev> EXTRA...` with new credentials of `user`.
     pub fn session(&self, user: &str, mode: &str, extra: &[&str]) -> Session {
         let creds = self.op.issue(user);
+        self.session_with(&creds, mode, extra)
+    }
+
+    /// The same with credentials the test issued itself.
+    pub fn session_with(&self, creds: &Path, mode: &str, extra: &[&str]) -> Session {
         let port = format!("80={}", self.dev.addr);
         let mut args = vec![mode, "--target", "api", "--port", &port];
         args.extend_from_slice(extra);
-        Session::start(&creds, &args).unwrap()
+        Session::start(creds, &args).unwrap()
     }
 }

@@ -4,8 +4,10 @@
 //! - `hold`: open N idle sessions (answering pings) and keep them until stdin closes.
 //! - `events`: emit functional events through the JSON logger; prints events per second.
 //! - `relay-edge` / `relay-far`: the minimal multiplexed TLS relay the stolen path is
-//!   measured against (see [`relay`]).
+//!   measured against (see [`relay`]);
+//! - `attack`: what a hostile client does, for `bench/bounds.sh` (see [`attack`]).
 
+mod attack;
 mod relay;
 
 use anyhow::{bail, Context};
@@ -56,6 +58,19 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         count: usize,
     },
+    /// What a hostile client does (bench/bounds.sh).
+    Attack {
+        #[arg(long)]
+        credentials: PathBuf,
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, value_enum)]
+        kind: attack::Kind,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
     /// The reference relay's operator side (a 2-worker runtime, like the operator's).
     RelayEdge {
         /// Where the clients connect.
@@ -92,7 +107,8 @@ struct Ctx {
     port: u16,
 }
 
-async fn open(ctx: &Ctx) -> anyhow::Result<(Transport, SessionId)> {
+/// A connection past its hello.
+async fn hello(ctx: &Ctx) -> anyhow::Result<Transport> {
     let tcp = tokio::net::TcpStream::connect(&ctx.creds.operator_addr).await?;
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from(OPERATOR_SERVER_NAME)?.to_owned();
@@ -105,9 +121,13 @@ async fn open(ctx: &Ctx) -> anyhow::Result<(Transport, SessionId)> {
     }))
     .await?;
     match t.next().await {
-        Some(Ok(ServerMessage::Welcome(_))) => {}
+        Some(Ok(ServerMessage::Welcome(_))) => Ok(t),
         other => bail!("no welcome: {other:?}"),
     }
+}
+
+async fn open(ctx: &Ctx) -> anyhow::Result<(Transport, SessionId)> {
+    let mut t = hello(ctx).await?;
     t.send(ClientMessage::OpenSession(SessionRequest {
         target: ctx.target.clone(),
         ports: vec![PortRequest {
@@ -253,6 +273,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut sink = Vec::new();
             let _ = tokio::io::stdin().read_to_end(&mut sink).await;
         }
+        Cmd::Attack {
+            credentials,
+            target,
+            port,
+            kind,
+            count,
+        } => attack::run(ctx(credentials, target, port)?, kind, count).await?,
         Cmd::Events { count } => {
             let _guard = mirrord_telemetry::logs::init(true, None);
             let t = mirrord_telemetry::Telemetry::new(Duration::from_secs(600));

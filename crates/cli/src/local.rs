@@ -2,6 +2,7 @@
 //! requests replayed against it in the protocol the original client spoke (HTTP/2 stays
 //! HTTP/2, so gRPC works; trailers go both ways).
 
+use crate::quickack::LocalConnector;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -27,8 +28,9 @@ pub fn spawn_connection(
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 // The session's frame loop writes into the socket itself while nothing is
-                // queued for it: no wake of this task per chunk.
-                let s = SharedTcp::new(s);
+                // queued for it: no wake of this task per chunk. Reads acknowledge at once
+                // (see `quickack`).
+                let s = SharedTcp::new(s).acknowledging_at_once();
                 rx.write_directly(s.direct_writer());
                 relay(conn, s, rx, out, mode == PortMode::Steal).await
             }
@@ -69,7 +71,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// What HTTP/2 has no place for besides (RFC 9113 §8.2.2); its authority is the URI's.
 const NOT_IN_H2: &[&str] = &["connection", "upgrade", "host"];
 
-type LocalClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+type LocalClient = Client<LocalConnector, Body>;
 
 /// A request handed over by the operator, and where it goes locally.
 pub struct LocalRequest {
@@ -90,10 +92,10 @@ pub struct LocalHttp {
 impl LocalHttp {
     pub fn new() -> Self {
         Self {
-            h1: Client::builder(TokioExecutor::new()).build_http(),
+            h1: Client::builder(TokioExecutor::new()).build(LocalConnector::new()),
             h2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
-                .build_http(),
+                .build(LocalConnector::new()),
         }
     }
 

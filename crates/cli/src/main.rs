@@ -10,6 +10,7 @@ mod expiry;
 mod json;
 mod local;
 mod plan;
+mod quickack;
 mod session;
 mod status;
 
@@ -42,9 +43,15 @@ const VERSION: &str = concat!(
                   operator, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."
 )]
 struct Cli {
-    /// Credential directory from your operator's admin (`mirrord-operator certs issue`
-    /// writes one) [default: ~/.mirrord/credentials]
-    #[arg(long, global = true, env = "MIRRORD_CREDENTIALS", value_name = "DIR")]
+    /// Credentials from your operator's admin: the directory `mirrord-operator certs
+    /// issue` writes, or the one file `certs issue --out -` prints
+    /// [default: ~/.mirrord/credentials]
+    #[arg(
+        long,
+        global = true,
+        env = "MIRRORD_CREDENTIALS",
+        value_name = "DIR|FILE"
+    )]
     credentials: Option<PathBuf>,
     /// Reach the operator through this kubeconfig context's API server (its aggregated
     /// API; RBAC decides). Without a credential directory, the current context is used.

@@ -52,7 +52,12 @@ pub fn target_key(r: &mirrord_protocol::TargetRef) -> String {
     format!("{r} in namespace {}", r.namespace)
 }
 
-pub async fn validate(op: &Operator, req: &SessionRequest) -> Result<Validated, Refusal> {
+/// `client_id`: whose turn compiling its filters takes.
+pub async fn validate(
+    op: &Operator,
+    req: &SessionRequest,
+    client_id: &str,
+) -> Result<Validated, Refusal> {
     crate::bounds::check_request(req)?;
     if req.ports.is_empty() {
         return Err(Refusal::BadRequest(
@@ -95,7 +100,7 @@ pub async fn validate(op: &Operator, req: &SessionRequest) -> Result<Validated, 
             )));
         }
         let filter = match &p.filter {
-            Some(spec) => Some(compile(op, p.port, spec).await?),
+            Some(spec) => Some(compile(op, client_id, p.port, spec).await?),
             None => None,
         };
         ports.push(ValidPort {
@@ -111,15 +116,16 @@ pub async fn validate(op: &Operator, req: &SessionRequest) -> Result<Validated, 
     })
 }
 
-/// Compiles a filter on a blocking thread, a few at a time.
+/// Compiles a filter on a blocking thread, a few at a time, each client in its turn.
 async fn compile(
     op: &Operator,
+    client_id: &str,
     port: u16,
     spec: &HttpFilterSpec,
 ) -> Result<Arc<HttpFilter>, Refusal> {
     let _slot = op
         .compile_slots
-        .acquire()
+        .acquire(client_id)
         .await
         .map_err(|_| Refusal::Internal("the operator is shutting down".into()))?;
     let limits = op.filter_limits();

@@ -20,6 +20,7 @@ pub mod buffers;
 pub mod caller;
 pub mod config;
 pub mod console;
+pub mod fair;
 pub mod local;
 pub mod locks;
 pub mod open;

@@ -67,7 +67,7 @@ async fn pipeline(
     req: &SessionRequest,
     caller: &Caller,
 ) -> Result<Opened, Refusal> {
-    let mut valid = admission::validate(op, req).await?;
+    let mut valid = admission::validate(op, req, &caller.client.client_id).await?;
     let take_overs = admission::authorize(op, caller, req).await?;
     let admitted = admission::admit(op, caller, req, &mut valid)?;
     let client = &caller.client;

@@ -16,7 +16,6 @@ use mirrord_license::Licensing;
 use mirrord_protocol::{LicenseSummary, StatusReport};
 use mirrord_telemetry::Telemetry;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// Filters compiled at once: compiling runs on blocking threads, and one user's large
 /// filters must not take all of them.
@@ -41,7 +40,7 @@ pub struct Operator {
     pub revoked: Revoked,
     /// Login links for the console (minting refused while the console is off).
     pub console_logins: ConsoleLogins,
-    pub(crate) compile_slots: Semaphore,
+    pub(crate) compile_slots: crate::fair::FairSlots,
     pub(crate) connections: Arc<mirrord_serve::Slots>,
     /// What each client's unfinished frames may hold.
     pub(crate) buffers: crate::buffers::ClientBuffers,
@@ -80,7 +79,7 @@ impl Operator {
             registered: p.registered,
             revoked: Revoked::default(),
             console_logins: ConsoleLogins::default(),
-            compile_slots: Semaphore::new(COMPILE_SLOTS),
+            compile_slots: crate::fair::FairSlots::new(COMPILE_SLOTS),
         }
     }
 

@@ -24,7 +24,7 @@ use rustls::ServerConfig;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Client ids whose credential is revoked.
@@ -43,16 +43,57 @@ impl Revoked {
 
 /// Serial numbers of every certificate the registry lists: the credentials this operator
 /// accepts (revoked ones are refused by the list besides).
-#[derive(Default)]
-pub struct Registered(RwLock<HashSet<String>>);
+pub struct Registered {
+    serials: RwLock<HashSet<String>>,
+    /// The registry file and the version of it read last.
+    source: Mutex<(PathBuf, Stamp)>,
+}
 
 impl Registered {
-    pub fn contains(&self, serial: &str) -> bool {
-        self.0.read().expect("registered lock").contains(serial)
+    fn load(state_dir: &Path) -> Result<Self, IdentityError> {
+        let path = state_dir.join(registry::REGISTRY_FILE);
+        let stamp = stamp(&path);
+        Ok(Self {
+            serials: RwLock::new(registered_serials(state_dir)?),
+            source: Mutex::new((path, stamp)),
+        })
     }
 
-    fn replace(&self, serials: HashSet<String>) {
-        *self.0.write().expect("registered lock") = serials;
+    /// Whether the registry lists `serial`, read again first if it changed since (a
+    /// credential issued a moment ago is known without waiting for the next check).
+    pub fn contains(&self, serial: &str) -> bool {
+        self.serials
+            .read()
+            .expect("registered lock")
+            .contains(serial)
+            || {
+                self.refresh();
+                self.serials
+                    .read()
+                    .expect("registered lock")
+                    .contains(serial)
+            }
+    }
+
+    /// Re-reads the registry if its file changed.
+    fn refresh(&self) {
+        let mut source = self.source.lock().expect("registered source lock");
+        let now = stamp(&source.0);
+        if now == source.1 {
+            return;
+        }
+        let dir = source.0.parent().map(Path::to_owned).unwrap_or_default();
+        match registered_serials(&dir) {
+            Ok(serials) => {
+                source.1 = now;
+                *self.serials.write().expect("registered lock") = serials;
+            }
+            // Kept as it was: a registry being rewritten is replaced whole (renamed), so an
+            // error here is a broken file, and forgetting credentials is not the answer.
+            Err(e) => {
+                tracing::error!(error = %e, "the registry of issued certificates changed but cannot be read; the credentials it listed before stay accepted")
+            }
+        }
     }
 }
 
@@ -75,7 +116,6 @@ pub struct ApiTls {
     /// Serial numbers in the list loaded.
     serials: HashSet<String>,
     registered: Arc<Registered>,
-    registry_stamp: Stamp,
 }
 
 impl ApiTls {
@@ -91,9 +131,7 @@ impl ApiTls {
         if !serials.is_empty() {
             tracing::info!(revoked = serials.len(), path = %path.display(), "revocation list loaded");
         }
-        let registered = Arc::new(Registered::default());
-        let registry_stamp = self::stamp(&state_dir.join(registry::REGISTRY_FILE));
-        registered.replace(registered_serials(state_dir)?);
+        let registered = Arc::new(Registered::load(state_dir)?);
         Ok(Self {
             server,
             current: Arc::new(ArcSwap::new(config)),
@@ -101,36 +139,18 @@ impl ApiTls {
             stamp,
             serials,
             registered,
-            registry_stamp,
         })
+    }
+
+    /// What the API server accepts with: always the latest configuration.
+    pub fn config(&self) -> Arc<ArcSwap<ServerConfig>> {
+        Arc::clone(&self.current)
     }
 
     /// The serial numbers of the credentials the registry lists, kept up to date by
     /// [`ApiTls::watch`].
     pub fn registered(&self) -> Arc<Registered> {
         Arc::clone(&self.registered)
-    }
-
-    /// Re-reads the registry if its file changed.
-    fn check_registry(&mut self) {
-        let now = stamp(&self.state_dir.join(registry::REGISTRY_FILE));
-        if now == self.registry_stamp {
-            return;
-        }
-        self.registry_stamp = now;
-        match registered_serials(&self.state_dir) {
-            Ok(serials) => self.registered.replace(serials),
-            // Kept as it was: a registry being rewritten is replaced whole (renamed), so
-            // an error here is a broken file, and forgetting credentials is not the answer.
-            Err(e) => {
-                tracing::error!(error = %e, "the registry of issued certificates changed but cannot be read; the credentials it listed before stay accepted")
-            }
-        }
-    }
-
-    /// What the API server accepts with: always the latest configuration.
-    pub fn config(&self) -> Arc<ArcSwap<ServerConfig>> {
-        Arc::clone(&self.current)
     }
 
     /// Follows the list every `every`, for as long as the operator runs.
@@ -150,7 +170,7 @@ impl ApiTls {
 
     /// Reloads the registry and the list if their files changed.
     pub fn check(&mut self, op: &Operator) {
-        self.check_registry();
+        self.registered.refresh();
         let path = registry::crl_path(&self.state_dir);
         let now = stamp(&path);
         if now == self.stamp {

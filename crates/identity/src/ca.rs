@@ -88,6 +88,7 @@ impl CertificateAuthority {
             (false, true) => return Err(broken(format!("{CA_CERT} is missing"))),
             (true, true) => {}
         }
+        exposed(&key_path)?;
         let key_pem = read(&key_path)?;
         let cert_pem = read(&cert_path)?;
         let key = KeyPair::from_pem(&key_pem)
@@ -269,6 +270,27 @@ fn validate_user(user: &str) -> Result<(), IdentityError> {
     }
 }
 
+/// Refuses a key file others may read or write (group access is allowed: a Kubernetes
+/// Secret is mounted group-readable for the pod's fsGroup).
+fn exposed(path: &Path) -> Result<(), IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| IdentityError::Read {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o777;
+    match mode & 0o007 {
+        0 => Ok(()),
+        _ => Err(IdentityError::ExposedKey {
+            path: path.to_owned(),
+            mode,
+        }),
+    }
+}
+
 pub(crate) fn read(path: &Path) -> Result<String, IdentityError> {
     std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
         path: path.to_owned(),
@@ -376,6 +398,26 @@ mod tests {
         assert!(e.to_string().contains("do not belong together"), "{e}");
     }
 
+    /// A CA key restored readable by everyone is refused, naming the fix; one readable by
+    /// the group (a Secret mounted for the pod's fsGroup) is accepted.
+    #[test]
+    fn a_ca_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        CertificateAuthority::init(&dir).unwrap();
+        let key = dir.join(CA_KEY);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = CertificateAuthority::load(&dir).err().unwrap();
+        assert!(
+            matches!(e, IdentityError::ExposedKey { mode: 0o644, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o440)).unwrap();
+        CertificateAuthority::load(&dir).unwrap();
+    }
+
     #[test]
     fn secrets_are_owner_only_even_over_an_existing_file() {
         use std::os::unix::fs::PermissionsExt;
@@ -411,7 +453,7 @@ mod foreign_ca {
         );
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(tmp.path().join(CA_CERT), cert.pem()).unwrap();
-        std::fs::write(tmp.path().join(CA_KEY), key.serialize_pem()).unwrap();
+        write(&tmp.path().join(CA_KEY), &key.serialize_pem(), true).unwrap();
 
         let ca = CertificateAuthority::load(tmp.path()).unwrap();
         let issued = ca.issue_server().unwrap();

@@ -54,6 +54,10 @@ pub enum IdentityError {
         dir: std::path::PathBuf,
         problem: String,
     },
+    /// A CA key others may read: refused (as ssh and PostgreSQL refuse such keys), not
+    /// silently fixed, because it may no longer be secret.
+    #[error("{} can be read or written by any user of this machine (mode {mode:04o}), so the CA key may no longer be secret. If you know it was not read (a backup restored with the wrong mode), `chmod 600 {}`; otherwise make a new CA (`mirrord-operator certs init` in an empty state directory) and issue new credentials", path.display(), path.display())]
+    ExposedKey { path: std::path::PathBuf, mode: u32 },
     #[error("{} already holds an operator CA; `certs init` never replaces one", dir.display())]
     CaExists { dir: std::path::PathBuf },
     #[error("a certificate cannot be valid for {} s; give a duration such as 90d or 12h", .0.as_secs())]

@@ -16,7 +16,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The relay task's end: reads and writes the socket like a `TcpStream` does.
-pub struct SharedTcp(Arc<TcpStream>);
+pub struct SharedTcp(Arc<TcpStream>, QuickAck);
+
+/// Whether reads ask the kernel to acknowledge at once (`TCP_QUICKACK`): for a socket to
+/// a peer that writes its answers in pieces with Nagle's algorithm on, which would
+/// otherwise wait out this side's delayed ACK (40 ms) at every answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QuickAck {
+    Off,
+    On,
+}
 
 /// The frame reader's end: writes what the socket takes now, never waits.
 #[derive(Clone)]
@@ -34,7 +43,13 @@ pub enum Direct {
 
 impl SharedTcp {
     pub fn new(stream: TcpStream) -> Self {
-        Self(Arc::new(stream))
+        Self(Arc::new(stream), QuickAck::Off)
+    }
+
+    /// Reads acknowledge what arrived at once (see [`QuickAck`]).
+    pub fn acknowledging_at_once(mut self) -> Self {
+        self.1 = QuickAck::On;
+        self
     }
 
     pub fn direct_writer(&self) -> DirectWriter {
@@ -60,6 +75,9 @@ impl AsyncRead for SharedTcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.1 == QuickAck::On {
+            let _ = socket2::SockRef::from(&*self.0).set_tcp_quickack(true);
+        }
         loop {
             ready!(self.0.poll_read_ready(cx))?;
             // Into the buffer's uninitialized part, as `TcpStream::poll_read` does (no

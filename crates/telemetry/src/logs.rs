@@ -8,15 +8,18 @@
 //! dropped when it is full; functional events and warnings are never dropped. The writer
 //! says how many lines it dropped, as a warning, once the pressure is over.
 
+use crate::throttle::Throttle;
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
+use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
@@ -182,6 +185,40 @@ fn filter() -> EnvFilter {
     })
 }
 
+/// Where the OpenTelemetry SDK reports its own problems (export failures among them).
+fn from_otel_sdk(meta: &Metadata<'_>) -> bool {
+    meta.target().starts_with("opentelemetry")
+}
+
+/// The OpenTelemetry SDK's warnings and errors (a collector that cannot be reached, an
+/// export refused), whatever the level filter says, at most a burst per minute: a broken
+/// export must show, and must not flood the log while the collector is down.
+struct ExportFailures(Throttle);
+
+impl<S> Filter<S> for ExportFailures {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        from_otel_sdk(meta) && *meta.level() <= Level::WARN && self.0.admit().is_some()
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        match from_otel_sdk(meta) && *meta.level() <= Level::WARN {
+            true => Interest::sometimes(),
+            false => Interest::never(),
+        }
+    }
+}
+
+/// The log lines' filter: the level filter for our own events, [`ExportFailures`] for the
+/// SDK's.
+fn lines_filter<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>>(
+) -> impl Filter<S> {
+    let ours = filter().and(filter_fn(|m| !from_otel_sdk(m)));
+    ours.or(ExportFailures(Throttle::new(
+        std::time::Duration::from_secs(60),
+        5,
+    )))
+}
+
 /// Installs the global subscriber writing to stdout; with `otel`, functional events are
 /// also bridged to OpenTelemetry log records (same fields, same filter). Keep the guard
 /// until exit.
@@ -193,14 +230,14 @@ pub fn init(json: bool, otel: Option<&SdkLoggerProvider>) -> LogGuard {
             .with_current_span(false)
             .with_span_list(false)
             .with_writer(writer)
-            .with_filter(filter())
+            .with_filter(lines_filter())
             .boxed()
     } else {
         fmt::layer()
             .with_ansi(false)
             .fmt_fields(crate::text_fields::SafeFields)
             .with_writer(writer)
-            .with_filter(filter())
+            .with_filter(lines_filter())
             .boxed()
     };
     let records = otel.map(|provider| {

@@ -16,6 +16,8 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+use opentelemetry_otlp::WithTonicConfig;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
@@ -36,6 +38,15 @@ pub enum OtelError {
          (the endpoint is then a gRPC one, by convention port 4317)"
     )]
     Protocol { var: String, value: String },
+    #[error("{var}={path}: cannot read it")]
+    TlsFile {
+        var: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together: set both or neither")]
+    ClientIdentity,
     #[error("cannot set up the OTLP {signal} exporter")]
     Exporter {
         signal: &'static str,
@@ -87,6 +98,34 @@ impl Signals {
     }
 }
 
+/// TLS for `https://` collectors, from the standard variables: the system's roots and
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` (a PEM CA, e.g. a cluster's), and a client identity
+/// from `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `_CLIENT_KEY` for collectors that want
+/// mutual TLS. Only used by `https://` endpoints.
+fn tls_from_env(env: impl Fn(&str) -> Option<String>) -> Result<ClientTlsConfig, OtelError> {
+    let read = |var: &'static str| -> Result<Option<Vec<u8>>, OtelError> {
+        let Some(path) = env(var).filter(|v| !v.trim().is_empty()) else {
+            return Ok(None);
+        };
+        std::fs::read(&path)
+            .map(Some)
+            .map_err(|source| OtelError::TlsFile { var, path, source })
+    };
+    let mut tls = ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = read("OTEL_EXPORTER_OTLP_CERTIFICATE")? {
+        tls = tls.ca_certificate(Certificate::from_pem(ca));
+    }
+    match (
+        read("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")?,
+        read("OTEL_EXPORTER_OTLP_CLIENT_KEY")?,
+    ) {
+        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(cert, key)),
+        (None, None) => {}
+        _ => return Err(OtelError::ClientIdentity),
+    }
+    Ok(tls)
+}
+
 /// The export side: providers, the tracer, and the span of every open session.
 pub struct Otel {
     traces: Option<(SdkTracerProvider, SdkTracer)>,
@@ -103,9 +142,11 @@ impl Otel {
             return Ok(None);
         }
         let resource = resource();
+        let tls = tls_from_env(|k| std::env::var(k).ok())?;
         let traces = if signals.traces {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
+                .with_tls_config(tls.clone())
                 .build()
                 .map_err(|source| OtelError::Exporter {
                     signal: "traces",
@@ -123,6 +164,7 @@ impl Otel {
         let logs = if signals.logs {
             let exporter = opentelemetry_otlp::LogExporter::builder()
                 .with_tonic()
+                .with_tls_config(tls)
                 .build()
                 .map_err(|source| OtelError::Exporter {
                     signal: "logs",
