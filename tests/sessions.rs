@@ -533,19 +533,31 @@ async fn api_connections_and_pre_hello_frames_are_bounded() {
         started.elapsed()
     );
 
-    // Four idle connections fill the table: a fifth is closed, status fails.
+    // Four idle connections fill the table: a client still gets in, a silent one making
+    // room (issue 24: idle connections lock nobody out).
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(tokio::net::TcpStream::connect(op.api).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!ctl(&alice, &["status"]).status.success());
-    assert!(op.stdout.text().contains("API connection limit reached"));
+    let out = ctl(&alice, &["status"]);
+    assert!(out.status.success(), "{out:?}");
     drop(idle);
+    // Four sessions (real work, never evicted) fill it: a fifth connection is closed.
+    let port = format!("80={}", idle_local());
+    let sessions: Vec<Session> = (0..4)
+        .map(|_| Session::start(&alice, &["mirror", "--target", "api", "--port", &port]).unwrap())
+        .collect();
+    assert!(!ctl(&alice, &["status"]).status.success());
+    assert!(op
+        .stdout
+        .text()
+        .contains("connection limit reached and every connection is busy"));
+    drop(sessions);
     wait_for(Duration::from_secs(10), || {
         ctl(&alice, &["status"]).status.success().then_some(())
     })
-    .expect("status works again once the idle connections are gone");
+    .expect("status works again once the sessions are gone");
 }
 
 /// Issue 9, lifetimes: a maximum session time and an unused-session TTL, each ending the

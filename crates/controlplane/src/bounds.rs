@@ -79,7 +79,8 @@ fn check_method(port: u16, m: &str) -> Result<(), Refusal> {
     }
     if m.is_empty() || !m.bytes().all(is_tchar) {
         return Err(Refusal::InvalidFilter(format!(
-            "port {port}: invalid method filter {m:?}: expected an HTTP method such as GET (RFC 9110 token characters)"
+            "port {port}: invalid method filter `{}`: expected an HTTP method such as GET (RFC 9110 token characters)",
+            m.escape_debug()
         )));
     }
     Ok(())
@@ -104,7 +105,7 @@ fn printable(field: &str, value: &str) -> Result<(), Refusal> {
             "the {field} {:?} contains {} (U+{:04X}); use printable characters",
             clip(value, 64),
             if c.is_control() {
-                "a control character"
+                "control characters"
             } else {
                 "a line separator or bidi control"
             },

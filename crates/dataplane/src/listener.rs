@@ -160,8 +160,8 @@ impl PortPlane {
                         let plane = Arc::clone(&plane);
                         let serving = Serving::start(&plane.serving);
                         tokio::spawn(async move {
-                            // The accept loop waited with this place: it starts idle now.
-                            slot.touch();
+                            // The accept loop waited with this place: its clock starts now.
+                            slot.restart();
                             let evicted = slot.evicted();
                             tokio::select! {
                                 _ = serve_connection(plane.clone(), stream, peer, Some(slot.activity())) => {}

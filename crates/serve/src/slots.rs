@@ -5,15 +5,17 @@
 //! A plain semaphore lets anyone who can open TCP connections hold every place with
 //! connections that never send a byte, locking everyone else out for as long as they
 //! care to (1,700 idle connections made an intercepted port time out for every client;
-//! 300 did it to the console). Here, at the cap, the connection with the oldest activity
-//! that is not pinned and has been idle for at least `min_idle` is told to go
-//! ([`Slot::evicted`]), and its place is given to the newcomer. A connection in the middle
-//! of real work marks itself: [`Slot::touch`] on traffic, [`Slot::pin`] while it must not
-//! be cut (an open event stream, a session). Only when every place is busy does a
-//! newcomer wait (or get turned away), which is what the cap is for.
+//! 300 did it to the console). Here, at the cap, a connection that has not said anything
+//! since it was accepted goes first (oldest first: real clients speak at once, their
+//! request is in the socket when it is accepted), then the one idle the longest for at
+//! least `min_idle`; it is told to go ([`Slot::evicted`]) and its place is given to the
+//! newcomer. A connection in the middle of real work marks itself: [`Slot::touch`] on
+//! traffic, [`Slot::pin`] while it must not be cut (an open event stream, a session). Only
+//! when every place is busy does a newcomer wait (or get turned away), which is what the
+//! cap is for.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -24,6 +26,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 struct State {
     /// Milliseconds after the registry's epoch of the last sign of life.
     last_active: AtomicU64,
+    /// The connection said something since it was accepted.
+    spoke: AtomicBool,
     pins: AtomicU32,
     evict: CancellationToken,
 }
@@ -81,6 +85,7 @@ impl Slots {
         live.next_id += 1;
         let state = Arc::new(State {
             last_active: AtomicU64::new(now),
+            spoke: AtomicBool::new(false),
             pins: AtomicU32::new(0),
             evict: CancellationToken::new(),
         });
@@ -105,15 +110,21 @@ impl Slots {
         }
     }
 
+    /// The connection to evict: the oldest of those that never spoke, else the one idle
+    /// the longest for at least `min_idle`; never a pinned one.
     fn idlest(&self, live: &Live, now: u64) -> Option<u64> {
         let min_idle = self.min_idle.as_millis() as u64;
         live.slots
             .iter()
             .filter(|(_, s)| s.pins.load(Ordering::Acquire) == 0)
-            .map(|(id, s)| (*id, s.last_active.load(Ordering::Relaxed)))
-            .filter(|(_, last)| now.saturating_sub(*last) >= min_idle)
-            .min_by_key(|(_, last)| *last)
-            .map(|(id, _)| id)
+            .map(|(id, s)| {
+                let silent = !s.spoke.load(Ordering::Acquire);
+                (*id, silent, s.last_active.load(Ordering::Relaxed))
+            })
+            .filter(|(_, silent, last)| *silent || now.saturating_sub(*last) >= min_idle)
+            // Silent ones first (`false` sorts before `true`), then the idlest.
+            .min_by_key(|(_, silent, last)| (!silent, *last))
+            .map(|(id, _, _)| id)
     }
 
     /// Connections holding a place now.
@@ -146,6 +157,14 @@ impl Slot {
     /// A sign of life: the connection moved bytes.
     pub fn touch(&self) {
         self.activity().touch();
+    }
+
+    /// Starts the connection's clock again without counting as speech (for a place taken
+    /// before the connection was accepted).
+    pub fn restart(&self) {
+        self.state
+            .last_active
+            .store(self.slots.now_ms(), Ordering::Relaxed);
     }
 
     /// A handle to [`Slot::touch`] from deeper in the connection's code.
@@ -187,10 +206,12 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// A sign of life: the connection moved bytes (it is no longer silent).
     pub fn touch(&self) {
         self.state
             .last_active
             .store(self.slots.now_ms(), Ordering::Relaxed);
+        self.state.spoke.store(true, Ordering::Release);
     }
 
     /// See [`Slot::pin`].
@@ -230,7 +251,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(10)).await;
         let b = slots.acquire().unwrap();
         let c = slots.acquire().unwrap();
-        // Everyone is fresh: no room.
+        for s in [&a, &b, &c] {
+            s.touch();
+        }
+        // Everyone spoke just now: no room.
         assert_eq!(slots.acquire().err(), Some(Full));
         tokio::time::advance(Duration::from_secs(2)).await;
         a.touch();
@@ -252,6 +276,7 @@ mod tests {
     async fn pinned_connections_are_never_evicted() {
         let slots = Slots::new(1, Duration::from_millis(100));
         let a = slots.acquire().unwrap();
+        a.touch();
         let pin = a.pin();
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(slots.acquire().err(), Some(Full));
@@ -266,10 +291,26 @@ mod tests {
         assert_eq!(slots.len(), 1);
     }
 
+    /// A connection that never said anything goes first, at once: idle TCP connections
+    /// cannot hold places that clients who speak need.
+    #[tokio::test(start_paused = true)]
+    async fn silent_connections_go_first() {
+        let slots = Slots::new(2, Duration::from_secs(60));
+        let talker = slots.acquire().unwrap();
+        talker.touch();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        let silent = slots.acquire().unwrap();
+        // The talker is idler, but the silent one goes.
+        let _new = slots.acquire().unwrap();
+        assert!(silent.state.evict.is_cancelled());
+        assert!(!talker.state.evict.is_cancelled());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn waiting_for_a_place_ends_when_one_is_freed() {
         let slots = Slots::new(1, Duration::from_secs(3600));
         let a = slots.acquire().unwrap();
+        a.touch();
         let waiter = tokio::spawn({
             let slots = Arc::clone(&slots);
             async move { slots.acquire_wait().await.id }
