@@ -665,7 +665,7 @@ async fn a_revoked_viewers_event_stream_ends() {
     let seen = read_stream_until(&mut stream, |t| t.contains("Session Started")).await;
     assert!(seen.contains("Session Started"), "{seen}");
 
-    let out = f.op.certs(&["revoke", "--user", "root", "--by", "carol"]);
+    let out = f.op.certs(&["revoke", "root", "--by", "carol"]);
     assert!(out.status.success(), "{out:?}");
     // Ended within a couple of seconds: read to the end.
     let mut rest = Vec::new();

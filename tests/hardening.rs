@@ -561,13 +561,21 @@ fn a_ca_key_others_can_read_stops_the_operator() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("operator.toml");
     std::fs::write(&config, format!("[api]\nlisten = \"{}\"\n", free_addr())).unwrap();
-    let out = std::process::Command::new(bin("mirrord-operator"))
+    let mut child = std::process::Command::new(bin("mirrord-operator"))
         .args(["serve", "--config"])
         .arg(&config)
         .arg("--state-dir")
         .arg(state.path())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let exited = wait_for(Duration::from_secs(10), || child.try_wait().unwrap());
+    if exited.is_none() {
+        let _ = child.kill();
+        panic!("the operator started with a CA key everyone can read");
+    }
+    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -620,8 +628,10 @@ fn a_full_disk_leaves_no_half_written_revocation_list() {
     assert!(issued.status.success(), "{issued:?}");
     // Fill the disk.
     let _ = std::fs::write(mnt.join("filler"), vec![0u8; 1024 * 1024]);
-    let revoked = certs(&["revoke", "--user", "alice"]);
+    let revoked = certs(&["revoke", "alice"]);
     assert!(!revoked.status.success(), "{revoked:?}");
+    let err = String::from_utf8_lossy(&revoked.stderr);
+    assert!(err.contains("No space left"), "{err}");
     let left: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

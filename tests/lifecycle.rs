@@ -135,3 +135,92 @@ async fn a_killed_session_closes_the_connections_it_had_stolen() {
     );
     assert_eq!(dev.paths(), vec!["/one"]);
 }
+
+/// Issue 26: an operator with 200 active sessions stops on SIGTERM with every session's
+/// `Session Ended` written and every client told, within a bound; a stolen request whose
+/// answer is still on its way is carried to its end first (the operator used to sleep
+/// 200 ms and exit, cutting each session's drain short).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_every_session_and_tells_every_client_within_a_bound() {
+    use mirrord_protocol::{
+        ClientMessage, HttpFilterSpec, HttpResponseHead, PortMode, PortRequest, ServerMessage,
+    };
+    const SESSIONS: usize = 200;
+    let f = ApiFixture::start("").await;
+    let listen = f.listen;
+    let mut op = f.op;
+    let mut clients = Vec::new();
+    // Several users: one client may hold 64 sessions.
+    let users: Vec<_> = (0..8).map(|u| op.issue(&format!("user{u}"))).collect();
+    for i in 0..SESSIONS {
+        let creds = &users[i % users.len()];
+        let filter = HttpFilterSpec {
+            header: vec![format!("^x-user: {i}$")],
+            ..Default::default()
+        };
+        let ports = vec![PortRequest {
+            port: 80,
+            mode: PortMode::Steal,
+            filter: Some(filter),
+        }];
+        clients.push(raw::RawSession::open(op.api, creds, "api", ports).await);
+    }
+    assert_eq!(op.events("Session Started").len(), SESSIONS);
+
+    // A stolen request in flight: session 0 has it, and answers it only after SIGTERM.
+    let pending = tokio::spawn(get(listen, "/slow", &[("x-user", "0")]));
+    let req = loop {
+        if let ServerMessage::HttpRequest { req, .. } = clients[0].next().await {
+            break req;
+        }
+    };
+    let started = Instant::now();
+    signal(op.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clients[0]
+        .send(ClientMessage::HttpResponse {
+            req,
+            head: HttpResponseHead {
+                status: 200,
+                headers: vec![("content-length".into(), "4".into())],
+            },
+            body: "late".into(),
+            end: true,
+        })
+        .await;
+    let answered = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the request in flight got no answer")
+        .unwrap();
+    assert_eq!(
+        answered,
+        (200, "late".to_owned()),
+        "the answer in flight was cut"
+    );
+
+    // Every client is told why its session ended.
+    let told = futures::future::join_all(clients.iter_mut().map(|c| async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), c.next()).await {
+                Ok(ServerMessage::SessionEnded { reason }) => return Some(reason),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }))
+    .await;
+    let stopped = wait_for(Duration::from_secs(20), || (!op.is_running()).then_some(()));
+    let took = started.elapsed();
+    println!(
+        "{SESSIONS} sessions, one answer in flight: the operator stopped {took:?} after SIGTERM"
+    );
+    assert!(stopped.is_some(), "the operator did not stop");
+    assert!(
+        told.iter()
+            .all(|r| r.as_deref() == Some("operator shutting down")),
+        "not every client was told: {:?}",
+        told.iter().filter(|r| r.is_none()).count()
+    );
+    assert_eq!(op.events("Session Ended").len(), SESSIONS);
+    assert!(took < Duration::from_secs(12), "stopping took {took:?}");
+}

@@ -20,7 +20,7 @@ use mirrord_protocol::{
     encoded_len, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest,
     ServerMessage, StatusReport, Welcome, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use mirrord_serve::{serve_tls, Accepted, Listener, Shutdown, Slot, Slots};
+use mirrord_serve::{serve_tls, Accepted, Listener, Slot, Slots};
 use mirrord_telemetry::{ClientInfo, Event};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,14 +88,14 @@ pub fn slots(max_connections: usize) -> Arc<Slots> {
     Slots::new(max_connections, EVICT_IDLE_AFTER)
 }
 
-/// Serves the API until `shutdown`. `tls` is read at every accept, so a new configuration
-/// (a new revocation list) applies to every handshake from then on.
+/// Serves the API until the operator's shutdown begins. `tls` is read at every accept, so
+/// a new configuration (a new revocation list) applies to every handshake from then on.
 pub async fn serve(
     op: Arc<Operator>,
     listener: TcpListener,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
-    shutdown: Shutdown,
 ) {
+    let shutdown = op.shutdown.clone();
     let cfg = Listener {
         name: "API",
         slots: Arc::clone(&op.connections),
@@ -308,11 +308,13 @@ async fn run_session(
     // session's task is made, so that task is not sized to hold it too.
     let (sink, inbound) = framed.split::<Box<ServerMessage>>();
     let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    // Joined (or aborted) by the session's task below, which shutdown waits for.
     let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
     let reply = Box::new(ServerMessage::SessionOpened(Box::new(opened.reply.clone())));
     // Queued first: nothing else is sent on `out` before the actor starts.
     let _ = out.try_send(reply);
-    tokio::spawn(async move {
+    let lifecycle = op.shutdown.clone();
+    lifecycle.spawn(async move {
         let _pinned = slot.pin();
         let _slot = slot;
         session::run(op, opened, inbound, out).await;

@@ -35,6 +35,9 @@ pub struct Operator {
     /// The certificates the registry lists; `None`: not checked (tests that make their
     /// own certificates).
     pub registered: Option<Arc<crate::revocation::Registered>>,
+    /// The process's lifecycle (see [`mirrord_serve::Shutdown`]): every session is one of
+    /// its tasks, so the operator stops once they have said goodbye.
+    pub shutdown: mirrord_serve::Shutdown,
     /// Client ids whose credential was revoked while the operator runs (their handshakes
     /// already fail; this catches a connection made just before).
     pub revoked: Revoked,
@@ -56,6 +59,8 @@ pub struct Parts {
     pub policies: Policies,
     pub rbac: Option<Arc<dyn Rbac>>,
     pub registered: Option<Arc<crate::revocation::Registered>>,
+    /// The process's lifecycle: sessions run as its tasks, so stopping waits for them.
+    pub shutdown: mirrord_serve::Shutdown,
 }
 
 impl Operator {
@@ -77,6 +82,7 @@ impl Operator {
             policies: p.policies,
             rbac: p.rbac,
             registered: p.registered,
+            shutdown: p.shutdown,
             revoked: Revoked::default(),
             console_logins: ConsoleLogins::default(),
             compile_slots: crate::fair::FairSlots::new(COMPILE_SLOTS),

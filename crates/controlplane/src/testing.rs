@@ -124,6 +124,7 @@ pub fn operator_with(
         policies,
         rbac: None,
         registered: None,
+        shutdown: Default::default(),
     });
     (Arc::new(op), api)
 }

@@ -171,7 +171,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let tls = ApiTls::load(server_tls, &args.state_dir)?;
         if let Some(secret) = registry_secret {
-            tokio::spawn(secret.keep(Duration::from_secs(1)));
+            shutdown.spawn_until_cancelled(secret.keep(Duration::from_secs(1)));
         }
         let mut telemetry = Telemetry::new(config.sessions.metrics_grace).with_otel(otel);
         if console_addr.is_some() {
@@ -181,7 +181,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(metrics_addr)
                 .await
                 .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
-            tokio::spawn(metrics::serve_on(telemetry.metrics().clone(), listener));
+            shutdown
+                .spawn_until_cancelled(metrics::serve_on(telemetry.metrics().clone(), listener));
         }
         let mut kube_client = None;
         let backend: Arc<dyn TargetBackend> = match &config.kubernetes {
@@ -232,7 +233,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         if licensing.enforced() {
             telemetry.metrics().license_enforced.set(1);
             let gauge = telemetry.metrics().license_valid_seconds.clone();
-            tokio::spawn(
+            shutdown.spawn_until_cancelled(
                 Arc::clone(&licensing).watch(Duration::from_secs(1), move |s| gauge.set(s)),
             );
         }
@@ -246,14 +247,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             policies,
             rbac,
             registered: Some(tls.registered()),
+            shutdown: shutdown.clone(),
         }));
-        tokio::spawn(api::serve(
-            Arc::clone(&op),
-            listener,
-            tls.config(),
-            shutdown.clone(),
-        ));
-        tokio::spawn(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
+        shutdown.spawn(api::serve(Arc::clone(&op), listener, tls.config()));
+        shutdown.spawn_until_cancelled(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
         let mut console = None;
         if let (Some(addr), Some(tls)) = (console_addr, console_tls) {
             let (_, mount) = crate::console::serve(
@@ -279,11 +276,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "operator ready"
         );
         shutdown_signal().await;
-        tracing::info!("shutting down: ending all sessions");
-        shutdown.cancel();
-        op.end_all("operator shutting down");
-        // Let session tasks tell their clients.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        stop(&op, &shutdown).await;
         Ok(())
     });
     if let Some(otel) = exported {
@@ -292,6 +285,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         otel.shutdown();
     }
     result
+}
+
+/// How long stopping waits for sessions to say goodbye: each carries the answers its
+/// developer still owes for up to 5 s, then tells its client.
+const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// Stops taking connections, ends every session (each tells its client, and its `Session
+/// Ended` is written), and waits for all of it, within [`STOP_BOUND`].
+async fn stop(op: &Operator, shutdown: &Shutdown) {
+    let started = std::time::Instant::now();
+    let sessions = op.sessions.list().len();
+    tracing::info!(sessions, "shutting down: ending all sessions");
+    shutdown.cancel();
+    op.end_all("operator shutting down");
+    let done = shutdown.finish(STOP_BOUND).await;
+    match done {
+        true => {
+            tracing::info!(sessions, took = ?started.elapsed(), "every session ended; stopping")
+        }
+        false => {
+            tracing::warn!(still_running = shutdown.running(), bound = ?STOP_BOUND, "stopping with work still running after the bound")
+        }
+    }
 }
 
 /// Puts the registry kept in the Secret `name` (of the operator's namespace) back into the

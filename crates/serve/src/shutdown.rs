@@ -29,6 +29,21 @@ impl Shutdown {
         self.tracker.spawn(task)
     }
 
+    /// Runs a service that loops for the process's whole life (a watcher, a listener)
+    /// until shutdown begins; tracked like any task.
+    pub fn spawn_until_cancelled<F>(&self, service: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.token.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = service => {}
+            }
+        });
+    }
+
     /// Resolves once shutdown has begun.
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
         self.token.cancelled()
