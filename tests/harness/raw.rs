@@ -141,8 +141,10 @@ impl RawSession {
     pub async fn next(&mut self) -> ServerMessage {
         loop {
             match self.t.next().await.unwrap().unwrap() {
+                // The operator may already be gone (shutting down): its next message, or
+                // the end of the connection, is what the caller waits for.
                 ServerMessage::Ping { nonce } => {
-                    self.t.send(ClientMessage::Pong { nonce }).await.unwrap()
+                    let _ = self.t.send(ClientMessage::Pong { nonce }).await;
                 }
                 m => return m,
             }

@@ -157,11 +157,12 @@ impl PortPlane {
                 };
                 match listener.accept().await {
                     Ok((stream, peer)) => {
+                        // The accept loop waited with this place: its clock starts now, before
+                        // the next newcomer looks for the longest silent one.
+                        slot.restart();
                         let plane = Arc::clone(&plane);
                         let serving = Serving::start(&plane.serving);
                         tokio::spawn(async move {
-                            // The accept loop waited with this place: its clock starts now.
-                            slot.restart();
                             let evicted = slot.evicted();
                             tokio::select! {
                                 _ = serve_connection(plane.clone(), stream, peer, Some(slot.activity())) => {}
