@@ -7,7 +7,7 @@
 //! the last id it saw); the recording side only takes a short mutex and bumps a counter,
 //! so a slow browser can never slow the operator or its log path.
 
-use crate::event::{Event, SessionMeta};
+use crate::event::Event;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -122,171 +122,22 @@ impl Feed {
     }
 }
 
-type Described = (&'static str, String, BTreeMap<&'static str, String>);
-
-fn session_fields(s: &SessionMeta) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
-        ("session_id", s.session_id.clone()),
-        ("target", s.target()),
-        ("target_namespace", s.target_namespace.clone()),
-        ("client_user", s.client.client_user.clone()),
-        ("client_name", s.client.client_name.clone()),
-        ("client_hostname", s.client.client_hostname.clone()),
-    ])
-}
-
-fn with(
-    message: &'static str,
-    s: &SessionMeta,
-    extra: impl IntoIterator<Item = (&'static str, String)>,
-) -> Option<Described> {
-    let mut fields = session_fields(s);
-    fields.extend(extra);
-    Some((message, s.client.client_user.clone(), fields))
-}
-
-/// The event's log message, owner and fields (the same names as its log line's).
-fn describe(event: &Event) -> Option<Described> {
-    match event {
-        Event::SessionStarted { session } => with("Session Started", session, []),
-        Event::SessionEnded {
-            session,
-            duration,
-            reason,
-        } => with(
-            "Session Ended",
-            session,
-            [
-                ("session_duration", duration.as_secs().to_string()),
-                ("reason", reason.clone()),
-            ],
-        ),
-        Event::PortStolen {
-            session,
-            port,
-            http_filter,
-        } => with(
-            "Port Stolen",
-            session,
-            [
-                ("port", port.to_string()),
-                ("http_filter", http_filter.clone()),
-            ],
-        ),
-        Event::PortMirrored {
-            session,
-            port,
-            http_filter,
-        } => with(
-            "Port Mirrored",
-            session,
-            [
-                ("port", port.to_string()),
-                ("http_filter", http_filter.clone()),
-            ],
-        ),
-        Event::PortReleased { session, port, .. } => {
-            with("Port Released", session, [("port", port.to_string())])
-        }
-        Event::TargetCopied {
-            session,
-            copy_name,
-            scale_down,
-        } => with(
-            "Target Copied",
-            session,
-            [
-                ("copy_name", copy_name.clone()),
-                ("scale_down", scale_down.to_string()),
-            ],
-        ),
-        Event::PingLatency { .. } => None,
-        Event::SessionRefused {
-            reason,
-            client,
-            target_type,
-            target_name,
-            target_namespace,
-            message,
-        } => Some((
-            "Session Refused",
-            client.client_user.clone(),
-            BTreeMap::from([
-                ("reason", (*reason).to_owned()),
-                ("target", format!("{target_type}/{target_name}")),
-                ("target_namespace", target_namespace.clone()),
-                ("client_user", client.client_user.clone()),
-                ("error", message.clone()),
-            ]),
-        )),
-        Event::SessionKilled {
-            session,
-            by,
-            by_role,
-        } => with(
-            "Session Killed",
-            session,
-            [
-                ("by_user", by.client_user.clone()),
-                ("by_role", (*by_role).to_owned()),
-            ],
-        ),
-        Event::PortTakenOver {
-            session,
-            port,
-            by,
-            by_role,
-            by_session,
-        } => with(
-            "Port Taken Over",
-            session,
-            [
-                ("port", port.to_string()),
-                ("by_user", by.client_user.clone()),
-                ("by_role", (*by_role).to_owned()),
-                ("by_session", by_session.clone()),
-            ],
-        ),
-        Event::RequestForbidden {
-            client,
-            role,
-            action,
-            message,
-        } => Some((
-            "Request Forbidden",
-            client.client_user.clone(),
-            BTreeMap::from([
-                ("client_user", client.client_user.clone()),
-                ("client_role", (*role).to_owned()),
-                ("action", action.clone()),
-                ("error", message.clone()),
-            ]),
-        )),
-        Event::CredentialRevoked {
-            client_user,
-            client_id,
-            role,
-            revoked_by,
-            sessions_ended,
-            ..
-        } => Some((
-            "Credential Revoked",
-            client_user.clone(),
-            BTreeMap::from([
-                ("client_user", client_user.clone()),
-                ("client_id", client_id.clone()),
-                ("client_role", (*role).to_owned()),
-                ("revoked_by", revoked_by.clone()),
-                ("sessions_ended", sessions_ended.to_string()),
-            ]),
-        )),
-    }
+/// The event's log message, owner and fields (the same names as its log line's, read from
+/// the one description of the event).
+fn describe(event: &Event) -> Option<(&'static str, String, BTreeMap<&'static str, String>)> {
+    let d = event.describe()?;
+    let fields = d
+        .all_fields()
+        .into_iter()
+        .map(|(name, value)| (name, value.to_string()))
+        .collect();
+    Some((d.name, d.owner.to_owned(), fields))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ClientInfo;
+    use crate::event::{ClientInfo, SessionMeta};
 
     fn started(user: &str) -> Event {
         Event::SessionStarted {

@@ -9,7 +9,7 @@
 //! absent collector costs exported records (the SDK drops them when its queue is full),
 //! never a log line and never a request's latency.
 
-use crate::event::{Event, SessionMeta};
+use crate::event::{Event, SessionMeta, Value};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
@@ -215,15 +215,19 @@ impl Otel {
 
     /// The context an event's log record belongs to: its session's span.
     pub fn context_of(&self, event: &Event) -> Option<Context> {
-        let id = &session_of(event)?.session_id;
+        let id = &event.session()?.session_id;
         let sessions = self.sessions();
         let span = sessions.get(id)?;
         Some(Context::new().with_remote_span_context(span.span_context().clone()))
     }
 
-    /// Session events become events of the session's span; the end ends it.
+    /// Session events become events of the session's span (named and with fields as the
+    /// event's one description says); the end ends it.
     pub fn observe(&self, event: &Event) {
-        let Some(session) = session_of(event) else {
+        let Some(d) = event.describe() else {
+            return;
+        };
+        let Some(session) = d.session else {
             return;
         };
         let mut sessions = self.sessions();
@@ -241,10 +245,11 @@ impl Otel {
             }
             return;
         }
-        if let (Some(span), Some((name, attributes))) =
-            (sessions.get_mut(&session.session_id), span_event(event))
-        {
-            span.add_event(name, attributes);
+        if matches!(event, Event::SessionStarted { .. }) {
+            return;
+        }
+        if let Some(span) = sessions.get_mut(&session.session_id) {
+            span.add_event(d.name, attributes(&d.fields));
         }
     }
 
@@ -294,100 +299,23 @@ fn resource() -> Resource {
     }
 }
 
-fn session_of(event: &Event) -> Option<&SessionMeta> {
-    match event {
-        Event::SessionStarted { session }
-        | Event::SessionEnded { session, .. }
-        | Event::PortStolen { session, .. }
-        | Event::PortMirrored { session, .. }
-        | Event::PortReleased { session, .. }
-        | Event::TargetCopied { session, .. }
-        | Event::SessionKilled { session, .. }
-        | Event::PortTakenOver { session, .. } => Some(session),
-        Event::PingLatency { .. }
-        | Event::SessionRefused { .. }
-        | Event::RequestForbidden { .. }
-        | Event::CredentialRevoked { .. } => None,
-    }
-}
-
-/// The span event a session event adds to its session's span (name as in the log line).
-fn span_event(event: &Event) -> Option<(&'static str, Vec<KeyValue>)> {
-    let port = |p: &u16| KeyValue::new("mirrord.port", i64::from(*p));
-    Some(match event {
-        Event::PortStolen {
-            port: p,
-            http_filter,
-            ..
-        } => (
-            "Port Stolen",
-            vec![
-                port(p),
-                KeyValue::new("mirrord.http_filter", http_filter.clone()),
-            ],
-        ),
-        Event::PortMirrored {
-            port: p,
-            http_filter,
-            ..
-        } => (
-            "Port Mirrored",
-            vec![
-                port(p),
-                KeyValue::new("mirrord.http_filter", http_filter.clone()),
-            ],
-        ),
-        Event::PortReleased { port: p, .. } => ("Port Released", vec![port(p)]),
-        Event::TargetCopied {
-            copy_name,
-            scale_down,
-            ..
-        } => (
-            "Target Copied",
-            vec![
-                KeyValue::new("mirrord.copy_name", copy_name.clone()),
-                KeyValue::new("mirrord.scale_down", *scale_down),
-            ],
-        ),
-        Event::SessionKilled { by, by_role, .. } => (
-            "Session Killed",
-            vec![
-                KeyValue::new("mirrord.by_user", by.client_user.clone()),
-                KeyValue::new("mirrord.by_role", *by_role),
-            ],
-        ),
-        Event::PortTakenOver {
-            port: p,
-            by,
-            by_session,
-            ..
-        } => (
-            "Port Taken Over",
-            vec![
-                port(p),
-                KeyValue::new("mirrord.by_user", by.client_user.clone()),
-                KeyValue::new("mirrord.by_session", by_session.clone()),
-            ],
-        ),
-        _ => return None,
-    })
+/// `mirrord.<field>` attributes, numbers and flags as such.
+fn attributes(fields: &[(&'static str, Value<'_>)]) -> Vec<KeyValue> {
+    fields
+        .iter()
+        .map(|(name, value)| {
+            let key = format!("mirrord.{name}");
+            match value {
+                Value::Text(t) => KeyValue::new(key, t.to_string()),
+                Value::Number(n) => KeyValue::new(key, *n as i64),
+                Value::Flag(b) => KeyValue::new(key, *b),
+            }
+        })
+        .collect()
 }
 
 fn session_attributes(meta: &SessionMeta) -> Vec<KeyValue> {
-    vec![
-        KeyValue::new("mirrord.session_id", meta.session_id.clone()),
-        KeyValue::new("mirrord.target", meta.target()),
-        KeyValue::new("mirrord.target_type", meta.target_type.clone()),
-        KeyValue::new("mirrord.target_name", meta.target_name.clone()),
-        KeyValue::new("mirrord.target_namespace", meta.target_namespace.clone()),
-        KeyValue::new("mirrord.client_user", meta.client.client_user.clone()),
-        KeyValue::new("mirrord.client_id", meta.client.client_id.clone()),
-        KeyValue::new("mirrord.client_name", meta.client.client_name.clone()),
-        KeyValue::new(
-            "mirrord.client_hostname",
-            meta.client.client_hostname.clone(),
-        ),
-    ]
+    attributes(&meta.fields())
 }
 
 /// A session's handle for tracing its stolen requests: cheap to clone, inert (and free)
