@@ -56,6 +56,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  client_max_body_size 0;  # bench/bounds.sh uploads large bodies
   $upstream
   server { listen 127.0.0.1:$port reuseport; location / { $location } }
 }
