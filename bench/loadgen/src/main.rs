@@ -137,6 +137,7 @@ fn ctx(credentials: PathBuf, target: String, port: u16) -> anyhow::Result<Arc<Ct
             kind: kind.into(),
             name: name.into(),
             namespace: "default".into(),
+            container: None,
         },
         port,
     }))

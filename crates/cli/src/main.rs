@@ -9,6 +9,7 @@ mod exit;
 mod expiry;
 mod json;
 mod local;
+mod overlaps;
 mod plan;
 mod session;
 mod status;
@@ -225,6 +226,7 @@ impl SessionArgs {
             header: self.header.clone(),
             path: self.path.clone(),
             method: self.method.clone(),
+            body: Vec::new(),
             any: self.any,
             required_header: Vec::new(),
         };

@@ -10,7 +10,7 @@
 
 use crate::refusal::Refusal;
 use mirrord_dataplane::{HttpFilter, RouteTable, Subscriber};
-use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, SessionId};
+use mirrord_protocol::{ConcurrentSteal, FilterOverlap, HttpFilterSpec, PortMode, SessionId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +37,10 @@ pub struct Hold {
     pub filter: String,
     /// The same, part by part.
     pub spec: Option<HttpFilterSpec>,
+    /// The filter as the data plane runs it (for overlaps between filtered steals).
+    pub compiled: Option<Arc<HttpFilter>>,
+    /// Other sessions' filtered steals on this port that share requests with this one.
+    pub overlaps: Vec<FilterOverlap>,
     /// `false` while the session holding it is still opening.
     committed: bool,
 }
@@ -129,6 +133,8 @@ impl PortLocks {
                     mode: w.mode,
                     filter: w.display(),
                     spec: w.spec(),
+                    compiled: w.filter.clone(),
+                    overlaps: Vec::new(),
                     committed: false,
                 });
             }
@@ -184,6 +190,44 @@ impl PortLocks {
         all
     }
 
+    /// The committed filtered steals of sessions other than `session` on `port` of
+    /// `target`, in the order they subscribed (the first match wins), at most `max`.
+    pub fn filtered_steals(
+        &self,
+        target: &str,
+        port: u16,
+        session: SessionId,
+        max: usize,
+    ) -> Vec<(Holder, Arc<HttpFilter>)> {
+        let targets = self.targets.lock().expect("locks lock");
+        targets
+            .get(target)
+            .and_then(|t| t.ports.get(&port))
+            .into_iter()
+            .flatten()
+            .filter(|h| h.committed && h.steals() && h.holder.session != session)
+            .filter_map(|h| Some((h.holder.clone(), Arc::clone(h.compiled.as_ref()?))))
+            .take(max)
+            .collect()
+    }
+
+    /// Records on `session`'s hold of `port` that another filter overlaps it (if the hold
+    /// is still there).
+    pub fn record_overlap(&self, target: &str, port: u16, session: SessionId, o: FilterOverlap) {
+        let mut targets = self.targets.lock().expect("locks lock");
+        let hold = targets
+            .get_mut(target)
+            .and_then(|t| t.ports.get_mut(&port))
+            .and_then(|hs| {
+                hs.iter_mut()
+                    .find(|h| h.holder.session == session && h.steals())
+            });
+        if let Some(h) = hold {
+            h.overlaps.retain(|x| x.session_id != o.session_id);
+            h.overlaps.push(o);
+        }
+    }
+
     /// Removes `session`'s holds on `target` (only those in `state`), its routes, and its
     /// scale-down mark; returns what it held.
     fn remove(&self, target: &str, session: SessionId, committed: bool) -> Vec<Hold> {
@@ -197,6 +241,12 @@ impl PortLocks {
                 .into_iter()
                 .partition(|h| h.holder.session == session && h.committed == committed);
             *holds = kept;
+            if committed && !gone.is_empty() {
+                // What overlapped the leaving session no longer does.
+                for h in holds.iter_mut() {
+                    h.overlaps.retain(|o| o.session_id != session);
+                }
+            }
             removed.extend::<Vec<Hold>>(gone);
         }
         t.ports.retain(|_, h| !h.is_empty());

@@ -16,11 +16,12 @@ pub mod session_id;
 pub mod shared_tcp;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME_LEN};
-pub use filter::HttpFilterSpec;
+pub use filter::{BodyFilterSpec, HttpFilterSpec};
 pub use messages::*;
 pub use session_id::SessionId;
 
 /// Bumped on any incompatible change of [`messages`] (2: HTTP trailers; 3: structured
 /// filters in port outcomes; 4: the caller's role in `Welcome` and `StatusReport`; 5: console login
-/// links; 6: notices); the operator refuses other versions with a message that names both.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// links; 6: notices; 7: JSON body filters, a target's container, overlapping filters in port
+/// outcomes); the operator refuses other versions with a message that names both.
+pub const PROTOCOL_VERSION: u32 = 7;
