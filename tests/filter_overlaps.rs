@@ -84,10 +84,10 @@ block = ["unfiltered_steal"]
     assert_eq!(get(listen, "/", &[]).await.1, "dev GET /");
 }
 
-/// Alice steals with a filter that matches every request; Bob's later filter is told at
-/// open time that he may receive nothing, Alice is told Bob's filter overlaps hers, and
-/// `status` (table and JSON) shows it on both sessions. Carol's filter, which shares no
-/// request with Alice's narrower one, gets no warning.
+/// Bob and Carol steal with filters that share no request: neither is warned. Alice then
+/// steals every request with an `x-user` header: she is told at open time that Bob's and
+/// Carol's earlier filters take some of hers, they are told hers overlaps theirs, and
+/// `status` (table and JSON) shows it on each session until one leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_filters_are_told_to_both_users_and_shown_in_status() {
     let f = ApiFixture::start("").await;
@@ -98,57 +98,47 @@ async fn overlapping_filters_are_told_to_both_users_and_shown_in_status() {
         args.extend_from_slice(filter);
         (Session::start(&creds, &args).unwrap(), creds)
     };
-    let (alice, alice_creds) = open("alice", &["--header", "^x-user: "]);
-    assert!(
-        !alice.stderr.text().contains("warning"),
-        "{}",
-        alice.stderr.text()
-    );
     let (bob, _) = open("bob", &["--header", "^x-user: bob$"]);
-    let warning = bob
-        .stderr
-        .wait(Duration::from_secs(5), |l| l.contains("subscribed first"))
-        .unwrap_or_else(|| panic!("bob is warned: {}", bob.stderr.text()));
+    let (carol, carol_creds) = open("carol", &["--header", "^x-user: carol$"]);
+    let (alice, _) = open("alice", &["--header", "^x-user: "]);
+    let warnings: Vec<String> = wait_for(Duration::from_secs(5), || {
+        let w: Vec<String> = alice
+            .stderr
+            .all()
+            .into_iter()
+            .filter(|l| l.contains("subscribed first"))
+            .collect();
+        (w.len() == 2).then_some(w)
+    })
+    .unwrap_or_else(|| panic!("alice is warned twice: {}", alice.stderr.text()));
     assert!(
-        warning.contains(&format!("session {} (alice)", alice.id))
-            && warning.contains("`header=^x-user: `")
-            && warning.contains("GET / (x-user: bob)")
-            && warning.contains("those go to alice"),
-        "{warning}"
+        warnings[0].contains(&format!("session {} (bob)", bob.id))
+            && warnings[0].contains("`header=^x-user: bob$`")
+            && warnings[0].contains("GET / (x-user: bob)")
+            && warnings[0].contains("those go to bob"),
+        "{warnings:?}"
     );
-    let notice = alice
-        .stderr
-        .wait(Duration::from_secs(5), |l| {
-            l.contains("also matches requests yours does")
-        })
-        .unwrap_or_else(|| panic!("alice is told: {}", alice.stderr.text()));
     assert!(
-        notice.contains(&format!("session {} (bob)", bob.id))
-            && notice.contains("since yours was first"),
-        "{notice}"
+        warnings[1].contains(&format!("session {} (carol)", carol.id)),
+        "{warnings:?}"
     );
-    // It is true: Bob's requests go to Alice, who subscribed first.
-    assert_eq!(
-        get(f.listen, "/", &[("x-user", "bob")]).await.1,
-        "dev GET /"
-    );
-
-    // A path prefix first: a longer path under it is shadowed.
-    let (_dave, _) = open("dave", &["--path", "^/dave"]);
-    let (erin, _) = open("erin", &["--path", "^/dave/x"]);
-    let w = erin
-        .stderr
-        .wait(Duration::from_secs(5), |l| l.contains("subscribed first"))
-        .unwrap_or_else(|| panic!("erin is warned: {}", erin.stderr.text()));
-    assert!(w.contains("GET /dave/x"), "{w}");
-
-    let (carol, _) = open("carol", &["--header", "^x-team: blue$"]);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !carol.stderr.text().contains("warning"),
-        "{}",
-        carol.stderr.text()
-    );
+    for (s, name) in [(&bob, "bob"), (&carol, "carol")] {
+        let notice = s
+            .stderr
+            .wait(Duration::from_secs(5), |l| {
+                l.contains("also matches requests yours does")
+            })
+            .unwrap_or_else(|| panic!("{name} is told: {}", s.stderr.text()));
+        assert!(
+            notice.contains(&format!("session {} (alice)", alice.id))
+                && notice.contains("since yours was first"),
+            "{notice}"
+        );
+    }
+    // Neither Bob nor Carol was warned when they opened: their filters share no request.
+    for s in [&bob, &carol] {
+        assert!(!s.stderr.text().contains("warning"), "{}", s.stderr.text());
+    }
 
     let root = f.op.issue_admin("root");
     let st = status(&root);
@@ -162,26 +152,37 @@ async fn overlapping_filters_are_told_to_both_users_and_shown_in_status() {
             .clone()
     };
     let a = port_of(&alice.id);
+    assert_eq!(a["overlaps"].as_array().unwrap().len(), 2, "{st}");
     assert_eq!(a["overlaps"][0]["session_id"], bob.id.as_str(), "{st}");
-    assert_eq!(a["overlaps"][0]["first"], false);
+    assert_eq!(a["overlaps"][0]["client_user"], "bob");
+    assert_eq!(a["overlaps"][0]["first"], true);
+    assert_eq!(a["overlaps"][0]["catch_all"], false);
+    assert_eq!(a["overlaps"][0]["example"], "GET / (x-user: bob)");
     let b = port_of(&bob.id);
     assert_eq!(b["overlaps"][0]["session_id"], alice.id.as_str(), "{st}");
-    assert_eq!(b["overlaps"][0]["client_user"], "alice");
-    assert_eq!(b["overlaps"][0]["first"], true);
-    assert_eq!(b["overlaps"][0]["example"], "GET / (x-user: bob)");
-    assert_eq!(port_of(&carol.id)["overlaps"], serde_json::json!([]));
+    assert_eq!(b["overlaps"][0]["first"], false);
     let table = String::from_utf8(ctl(&root, &["status"]).stdout).unwrap();
     assert!(
-        table.contains(&format!("overlaps {} (alice), subscribed before", alice.id)),
+        table.contains(&format!("overlaps {} (bob), subscribed before", bob.id))
+            && table.contains(&format!("overlaps {} (alice), subscribed after", alice.id)),
         "{table}"
     );
-    // Alice's own status shows it too; once Bob leaves, it is gone.
-    drop(bob);
+    // What the warnings say is what happens: Bob's requests go to Bob, others' to Alice.
+    assert_eq!(
+        get(f.listen, "/b", &[("x-user", "bob")]).await.1,
+        "dev GET /b"
+    );
+    assert_eq!(
+        get(f.listen, "/d", &[("x-user", "dave")]).await.1,
+        "dev GET /d"
+    );
+    // Once Alice leaves, the overlap is gone from Carol's status.
+    drop(alice);
     let gone = wait_for(Duration::from_secs(10), || {
-        let st = status(&alice_creds);
+        let st = status(&carol_creds);
         (st["sessions"][0]["ports"][0]["overlaps"] == serde_json::json!([])).then_some(())
     });
-    assert!(gone.is_some(), "{}", status(&alice_creds));
+    assert!(gone.is_some(), "{}", status(&carol_creds));
 }
 
 /// A filter of Alice's that matches every request: Bob is told he may receive nothing.
