@@ -164,12 +164,12 @@ enum SessionsCommand {
 
 #[derive(Args, Clone)]
 pub struct SessionArgs {
-    /// A mirrord config file (JSON or TOML) whose incoming-traffic part describes the
-    /// session; flags override it [default: .mirrord/mirrord.json if present]
+    /// A mirrord config file (JSON with comments, TOML or YAML) whose incoming-traffic part
+    /// describes the session; flags override it [default: .mirrord/mirrord.json if present]
     #[arg(short = 'f', long, env = "MIRRORD_CONFIG_FILE", value_name = "FILE")]
     config_file: Option<PathBuf>,
-    /// `deployment/api` (a bare name means a deployment) [default: the config file's
-    /// `target`]
+    /// `deployment/api` or `deployment/api/container/app` (a bare name means a deployment)
+    /// [default: the config file's `target`]
     #[arg(short = 't', long)]
     target: Option<String>,
     /// The target's namespace [default: the config file's, else `default`]

@@ -485,4 +485,49 @@ mod tests {
             assert_ne!(v, Verdict::Match, "{pattern}");
         }
     }
+
+    /// What fancy-regex costs against `regex` for the patterns filters are made of (no
+    /// look-around: fancy-regex hands them to `regex`). Measured, not asserted: run with
+    /// `cargo test --release -p mirrord-dataplane plain_patterns -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run it in release"]
+    fn plain_patterns_cost_what_regex_costs() {
+        let lines = [
+            "host: api.default.svc.cluster.local:80",
+            "user-agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+            "accept: text/html,application/xhtml+xml,application/xml;q=0.9",
+            "x-user: alice",
+            "baggage: k=v,mirrord-session=local-dev-123,other=1",
+        ];
+        for pattern in [
+            "^x-user: alice$",
+            "^baggage: .*mirrord-session=local-dev-123.*",
+            "x-user: (alice|bob|carol)",
+            "^/api/v[0-9]+/items",
+        ] {
+            let plain = regex::RegexBuilder::new(pattern)
+                .case_insensitive(true)
+                .build()
+                .unwrap();
+            let fancy = compile_regex("header", pattern, &FilterLimits::default()).unwrap();
+            let rounds = 200_000;
+            let time = |f: &dyn Fn(&str) -> bool| {
+                let start = std::time::Instant::now();
+                let mut hits = 0;
+                for _ in 0..rounds {
+                    for l in &lines {
+                        hits += f(std::hint::black_box(l)) as usize;
+                    }
+                }
+                std::hint::black_box(hits);
+                start.elapsed().as_nanos() as f64 / (rounds * lines.len()) as f64
+            };
+            let a = time(&|l| plain.is_match(l));
+            let b = time(&|l| fancy.is_match(l).unwrap());
+            println!(
+                "{pattern:48} regex {a:6.1} ns/line, fancy-regex {b:6.1} ns/line, ratio {:.2}",
+                b / a
+            );
+        }
+    }
 }
