@@ -43,6 +43,8 @@ pub struct Hold {
     pub overlaps: Vec<FilterOverlap>,
     /// `false` while the session holding it is still opening.
     committed: bool,
+    /// Order of commits on this target (the data plane's subscription order).
+    seq: u64,
 }
 
 impl Hold {
@@ -85,6 +87,8 @@ pub enum Outcome {
 struct TargetLocks {
     ports: BTreeMap<u16, Vec<Hold>>,
     scaled_down_by: Option<Holder>,
+    /// Commits so far, for [`Hold::seq`].
+    commits: u64,
 }
 
 #[derive(Default)]
@@ -136,6 +140,7 @@ impl PortLocks {
                     compiled: w.filter.clone(),
                     overlaps: Vec::new(),
                     committed: false,
+                    seq: 0,
                 });
             }
         }
@@ -190,9 +195,9 @@ impl PortLocks {
         all
     }
 
-    /// The committed filtered steals of sessions other than `session` on `port` of
-    /// `target`, in the order they subscribed (the first match wins), at most `max`.
-    pub fn filtered_steals(
+    /// The filtered steals on `port` of `target` committed before `session`'s (the first
+    /// match wins), in that order, at most `max`.
+    pub fn filtered_steals_before(
         &self,
         target: &str,
         port: u16,
@@ -200,12 +205,21 @@ impl PortLocks {
         max: usize,
     ) -> Vec<(Holder, Arc<HttpFilter>)> {
         let targets = self.targets.lock().expect("locks lock");
-        targets
-            .get(target)
-            .and_then(|t| t.ports.get(&port))
+        let holds = targets.get(target).and_then(|t| t.ports.get(&port));
+        let holds = holds.map(Vec::as_slice).unwrap_or_default();
+        let Some(mine) = holds
+            .iter()
+            .find(|h| h.committed && h.holder.session == session)
+        else {
+            return Vec::new();
+        };
+        let mut earlier: Vec<&Hold> = holds
+            .iter()
+            .filter(|h| h.committed && h.steals() && h.seq < mine.seq)
+            .collect();
+        earlier.sort_by_key(|h| h.seq);
+        earlier
             .into_iter()
-            .flatten()
-            .filter(|h| h.committed && h.steals() && h.holder.session != session)
             .filter_map(|h| Some((h.holder.clone(), Arc::clone(h.compiled.as_ref()?))))
             .take(max)
             .collect()
@@ -361,6 +375,8 @@ impl Reservation {
             }
         }
         let mut routes = Vec::new();
+        t.commits += 1;
+        let seq = t.commits;
         for (w, o) in &self.wants {
             if *o != Outcome::Granted {
                 continue;
@@ -378,6 +394,7 @@ impl Reservation {
                     .find(|h| h.holder.session == self.holder.session)
             }) {
                 h.committed = true;
+                h.seq = seq;
             }
         }
         drop(targets);
@@ -686,5 +703,40 @@ mod tests {
         locks
             .reserve("t", holder(2, "b"), vec![], ConcurrentSteal::Abort, true)
             .unwrap();
+    }
+
+    /// Overlaps compare a session with the filters subscribed before it, in commit order
+    /// (not reservation order): a session that committed later is never "first".
+    #[test]
+    fn earlier_filtered_steals_are_those_committed_before() {
+        let locks = Arc::new(PortLocks::default());
+        let routes = Arc::new(RouteTable::default());
+        let reserve = |n: u64| {
+            locks
+                .reserve(
+                    "t",
+                    holder(n, "u"),
+                    vec![want(&routes, PortMode::Steal, filter())],
+                    ConcurrentSteal::Abort,
+                    false,
+                )
+                .unwrap()
+        };
+        let (a, b, c) = (reserve(1), reserve(2), reserve(3));
+        let (_c, _) = c.commit(|_| sub(3));
+        let (_a, _) = a.commit(|_| sub(1));
+        let before = |n: u64| {
+            locks
+                .filtered_steals_before("t", 80, SessionId(n), 10)
+                .iter()
+                .map(|(h, _)| h.session.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(before(3), Vec::<u64>::new());
+        assert_eq!(before(1), vec![3]);
+        // Not committed yet: nothing to compare.
+        assert_eq!(before(2), Vec::<u64>::new());
+        let (_b, _) = b.commit(|_| sub(2));
+        assert_eq!(before(2), vec![3, 1]);
     }
 }

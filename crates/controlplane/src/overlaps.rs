@@ -30,7 +30,7 @@ pub async fn detect(
     for (port, mine) in ports {
         let earlier = op
             .locks
-            .filtered_steals(target_key, port, me.session, MAX_COMPARED);
+            .filtered_steals_before(target_key, port, me.session, MAX_COMPARED);
         if earlier.is_empty() {
             continue;
         }
