@@ -10,9 +10,9 @@
 //! The JSONPath extension mirrord documents, `typeof(@)` (`"null"`, `"bool"`, `"number"`,
 //! `"string"`, `"array"`, `"object"`, or nothing when the nodes differ), is provided.
 
+use super::pattern::Pattern;
 use super::{compile_regex, is_match, Check, FilterError, FilterLimits};
 use bytes::Bytes;
-use fancy_regex::Regex;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 use mirrord_protocol::body::{Body, BoxError};
@@ -36,7 +36,7 @@ pub type JsonBody = Value;
 #[derive(Debug, Clone)]
 pub struct BodyFilter {
     query: JsonPath,
-    matches: Regex,
+    matches: Pattern,
 }
 
 impl BodyFilter {
