@@ -406,7 +406,6 @@ async fn a_container_is_not_dropped() {
     )
     .unwrap();
     let port = format!("80={}", f.dev.addr);
-    let _local = std::net::TcpListener::bind(f.dev.addr);
     for args in [
         vec!["steal", "-f", file.to_str().unwrap(), "--port", &port],
         vec![
@@ -417,14 +416,30 @@ async fn a_container_is_not_dropped() {
             &port,
         ],
     ] {
-        let out = ctl(&alice, &args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        // Refused (exit 3), never opened with the container dropped.
+        let err = match Session::start(&alice, &args) {
+            Ok(s) => panic!(
+                "{args:?} opened session {}: the container was dropped",
+                s.id
+            ),
+            Err(err) => err,
+        };
         assert!(
             err.contains("container/app") && err.contains("without containers"),
             "{err}"
         );
     }
+    let out = ctl(
+        &alice,
+        &[
+            "steal",
+            "-t",
+            "deployment/api/container/app",
+            "--port",
+            &port,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     wait_for(Duration::from_secs(5), || {
         (!f.op.events("Session Refused").is_empty()).then_some(())
     })
