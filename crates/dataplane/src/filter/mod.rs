@@ -56,8 +56,9 @@ pub struct FilterLimits {
     pub backtrack_limit: usize,
 }
 
-/// Backtracking steps one match may take: about 2 ms of one core in the worst case
-/// measured (bench/bounds.sh), against fancy-regex's own default of 1,000,000.
+/// Backtracking steps one match may take: 0.3-0.6 ms of one core in the worst shapes
+/// measured (release; BENCHMARKS.md), against fancy-regex's own default of 1,000,000.
+/// Look-around patterns written for filters (`^User-Agent: (?!kube-probe)`) take a few.
 pub const DEFAULT_BACKTRACK_LIMIT: usize = 10_000;
 
 impl Default for FilterLimits {
