@@ -6,7 +6,10 @@
 #     operator's RSS, and another user's `mirrordctl status` latency, before and during.
 #  2. The time from freezing (SIGSTOP) a client that holds an unfiltered steal, under upload
 #     traffic, until the port answers from the target again (client_timeout = 10 s).
-#  3. Hardening round 3 (issue 24), each an attack that worked before, and what it costs
+#  3. The worst backtracking filter the operator accepts: one user's look-around filter that
+#     reaches its backtracking limit on every attacking request, under load, and another
+#     user's stolen requests meanwhile, against the same load with a harmless header.
+#  4. Hardening round 3 (issue 24), each an attack that worked before, and what it costs
 #     now: the operator's RSS and another user's `status` latency before and during:
 #     a. oversized strings (200 session requests with a 900 KB target name), and the log
 #        bytes they write;
@@ -28,7 +31,7 @@ wait_port "$DEV"
 # The connection cap a 1,024-descriptor operator with one port derives (README "Limits"),
 # as the hardening report measured it.
 operator_one_target "$API" "$LISTEN" "$UP" '[limits]' 'max_connections_per_port = 149'
-for u in heavy other frozen hostile; do
+for u in heavy other frozen mallory alice hostile; do
   "$BIN/mirrord-operator" certs issue --state-dir "$WORK/state" --user "$u" --out "$WORK/$u" > /dev/null
 done
 MAX_SESSIONS=64   # limits.max_sessions_per_client; limits.max_filter_regexes_per_client (64) admits 4 of them
@@ -122,6 +125,51 @@ t1=$(date +%s.%N)
 printf '%-58s %s\n' "port back to the target after the client froze" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f s (client_timeout 10 s)", b-a}')"
 kill -CONT $FROZEN 2>/dev/null || true
 kill $LOADER 2>/dev/null || true
+
+echo "== what a filter's regex costs per header line (regex alone; fancy-regex; the operator's filters)"
+"$LOAD" filter-cost
+
+echo "== the worst backtracking filter allowed, under load (another user's stolen requests meanwhile)"
+# Mallory subscribes first, so every request is tried against her filters before Alice's:
+# `(a+)+$` (no look-around: fancy-regex hands it to the linear-time engine) and a shape that
+# backtracks until the limit on a header of a's (the look-behind keeps it in the
+# backtracking engine).
+"$CTL" --credentials "$WORK/mallory" steal --target api --port "80=127.0.0.1:$DEV" --any \
+  --header '(a+)+$' --header '^x-h: (?:(a|a)+)+c(?<!z)' > "$WORK/mallory.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^port ' "$WORK/mallory.out" && break; sleep 0.1; done
+"$CTL" --credentials "$WORK/alice" steal --target api --port "80=127.0.0.1:$DEV" --header '^x-user: alice$' > "$WORK/alice.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^port ' "$WORK/alice.out" && break; sleep 0.1; done
+HOSTILE="x-h: $(head -c 4096 /dev/zero | tr '\0' 'a')b"
+BENIGN="x-h: $(head -c 4097 /dev/zero | tr '\0' 'c')"
+limited() { curl -s "http://$METRICS/metrics" | awk '/^mirrord_filter_limited_requests_total\{/ {s += $2} END {print s + 0}'; }
+wrk_run "alice stolen, alone (c=4)" "http://127.0.0.1:$LISTEN/" 4 -H "x-user: alice"
+wrk -t1 -c2 -d"$((DURATION + 2))s" --latency -H "$BENIGN" "http://127.0.0.1:$LISTEN/" > "$WORK/benign.out" 2>&1 &
+BG=$!; sleep 1
+wrk_run "alice stolen, 2 benign connections (c=4)" "http://127.0.0.1:$LISTEN/" 4 -H "x-user: alice"
+wait $BG
+before=$(limited)
+wrk -t1 -c2 -d"$((DURATION + 2))s" --latency -H "$HOSTILE" "http://127.0.0.1:$LISTEN/" > "$WORK/hostile.out" 2>&1 &
+BG=$!; sleep 1
+wrk_run "alice stolen, 2 hostile connections (c=4)" "http://127.0.0.1:$LISTEN/" 4 -H "x-user: alice"
+wait $BG
+after=$(limited)
+hostile_reqs=$(awk '/requests in/ {print $1}' "$WORK/hostile.out")
+printf '%-58s %s req/s, p50 %s, p99 %s\n' "benign requests (2 connections, 4 KiB header)" \
+  "$(awk '/Requests\/sec/ {print $2}' "$WORK/benign.out")" "$(ms "$(awk '$1=="50%" {print $2}' "$WORK/benign.out")")" "$(ms "$(awk '$1=="99%" {print $2}' "$WORK/benign.out")")"
+printf '%-58s %s req/s, p50 %s, p99 %s\n' "hostile requests (each: the filter at its limit)" \
+  "$(awk '/Requests\/sec/ {print $2}' "$WORK/hostile.out")" "$(ms "$(awk '$1=="50%" {print $2}' "$WORK/hostile.out")")" "$(ms "$(awk '$1=="99%" {print $2}' "$WORK/hostile.out")")"
+printf '%-58s %s of %s hostile requests\n' "counted in mirrord_filter_limited_requests_total" "$((after - before))" "$hostile_reqs"
+printf '%-58s %s (benign: %s)\n' "alice's req/s under hostile load / alone" \
+  "$(ratio "alice stolen, 2 hostile connections (c=4)" "alice stolen, alone (c=4)")" \
+  "$(ratio "alice stolen, 2 benign connections (c=4)" "alice stolen, alone (c=4)")"
+p99() { awk -F'|' -v l="$1" '$1==l {gsub("ms","",$4); print $4}' "$WORK/results.psv"; }
+printf '%-58s %s\n' "alice's p99 under hostile / under benign load" \
+  "$(awk -v a="$(p99 "alice stolen, 2 hostile connections (c=4)")" -v b="$(p99 "alice stolen, 2 benign connections (c=4)")" 'BEGIN{printf "%.2f", a/b}')"
+pkill -INT -f "credentials $WORK/mallory" || true
+pkill -INT -f "credentials $WORK/alice" || true
+sleep 1
 
 echo "== hardening round 3: what one client can still cost everyone"
 ATTACK=(--credentials "$WORK/hostile" --target deployment/api --port 80)

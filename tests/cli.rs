@@ -28,10 +28,13 @@ async fn status_json_has_hex_ids_lowercase_modes_structured_filters_and_a_versio
                 "header": ["^x-user: alice$"],
                 "path": [],
                 "method": ["GET"],
+                "body": [],
                 "combine": "all",
                 "required_header": [],
                 "text": "header=^x-user: alice$ and method=GET",
             },
+            // Added with JSON body filters and overlap notices (schema 1: fields are added).
+            "overlaps": [],
         }),
         "{st}"
     );

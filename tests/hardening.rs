@@ -33,6 +33,7 @@ fn request(name: &str, port: u16, filter: Option<HttpFilterSpec>) -> ClientMessa
             kind: "deployment".into(),
             name: name.into(),
             namespace: "default".into(),
+            container: None,
         },
         ports: vec![PortRequest {
             port,

@@ -123,6 +123,7 @@ impl RawSession {
                 kind: "deployment".into(),
                 name: target.into(),
                 namespace: "default".into(),
+                container: None,
             },
             ports,
             on_concurrent_steal: ConcurrentSteal::Abort,

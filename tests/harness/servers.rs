@@ -196,6 +196,33 @@ impl H1 {
     }
 }
 
+/// Any request on a fresh connection: (status, body).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (u16, String) {
+    let mut h1 = H1::connect(addr).await;
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "test");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    h1.sender.ready().await.unwrap();
+    let resp = h1
+        .sender
+        .send_request(b.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// GET on a fresh connection: (status, body).
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     H1::connect(addr).await.get(path, headers).await

@@ -5,9 +5,11 @@
 //! - `events`: emit functional events through the JSON logger; prints events per second.
 //! - `relay-edge` / `relay-far`: the minimal multiplexed TLS relay the stolen path is
 //!   measured against (see [`relay`]);
-//! - `attack`: what a hostile client does, for `bench/bounds.sh` (see [`attack`]).
+//! - `attack`: what a hostile client does, for `bench/bounds.sh` (see [`attack`]);
+//! - `filter-cost`: a filter regex's cost per header line against `regex` alone.
 
 mod attack;
+mod filter_cost;
 mod relay;
 
 use anyhow::{bail, Context};
@@ -57,6 +59,11 @@ enum Cmd {
     Events {
         #[arg(long, default_value_t = 200_000)]
         count: usize,
+    },
+    /// What a filter's regex costs per header line, against `regex` alone.
+    FilterCost {
+        #[arg(long, default_value_t = 200_000)]
+        rounds: usize,
     },
     /// What a hostile client does (bench/bounds.sh).
     Attack {
@@ -157,6 +164,7 @@ fn ctx(credentials: PathBuf, target: String, port: u16) -> anyhow::Result<Arc<Ct
             kind: kind.into(),
             name: name.into(),
             namespace: "default".into(),
+            container: None,
         },
         port,
     }))
@@ -273,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut sink = Vec::new();
             let _ = tokio::io::stdin().read_to_end(&mut sink).await;
         }
+        Cmd::FilterCost { rounds } => filter_cost::run(rounds)?,
         Cmd::Attack {
             credentials,
             target,

@@ -25,6 +25,8 @@ const LIMITS: FilterLimits = FilterLimits {
     max_expressions: 1024,
     max_pattern_len: 64 * 1024,
     regex_size: 1024 * 1024,
+    // As the operator's: a filter matches the same requests wherever it runs.
+    backtrack_limit: mirrord_dataplane::filter::DEFAULT_BACKTRACK_LIMIT,
 };
 
 pub struct Ports {

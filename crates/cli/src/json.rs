@@ -4,7 +4,8 @@
 //! `sessions kill` use (a u64 above 2^53 loses digits in jq and JavaScript).
 
 use mirrord_protocol::{
-    Caller, CopyInfo, HttpFilterSpec, LicenseSummary, PortOutcome, SessionInfo, StatusReport,
+    BodyFilterSpec, Caller, CopyInfo, FilterOverlap, HttpFilterSpec, LicenseSummary, PortOutcome,
+    SessionInfo, StatusReport,
 };
 use serde::Serialize;
 
@@ -55,6 +56,27 @@ struct Port<'a> {
     mode: String,
     /// `null` when the port takes all traffic.
     filter: Option<Filter<'a>>,
+    /// Other sessions' filtered steals on this port that match some of the same requests.
+    overlaps: Vec<Overlap<'a>>,
+}
+
+#[derive(Serialize)]
+struct Overlap<'a> {
+    session_id: String,
+    client_user: &'a str,
+    filter: &'a str,
+    /// `true`: that session subscribed first and gets the requests both filters match.
+    first: bool,
+    /// That filter matches every request.
+    catch_all: bool,
+    /// A request both filters match.
+    example: &'a str,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    query: &'a str,
+    matches: &'a str,
 }
 
 #[derive(Serialize)]
@@ -62,6 +84,8 @@ struct Filter<'a> {
     header: &'a [String],
     path: &'a [String],
     method: &'a [String],
+    /// JSON body filters: a JSONPath `query` and the regex a selected value `matches`.
+    body: Vec<Body<'a>>,
     /// `"all"`: every part must match; `"any"`: one is enough.
     combine: &'static str,
     /// Header regexes the operator's policies added: a stolen request matches each too.
@@ -129,6 +153,7 @@ impl<'a> Port<'a> {
                 .as_ref()
                 .filter(|f| !f.is_empty())
                 .map(|f| Filter::of(f, &p.filter)),
+            overlaps: p.overlaps.iter().map(Overlap::of).collect(),
         }
     }
 }
@@ -139,9 +164,32 @@ impl<'a> Filter<'a> {
             header: &f.header,
             path: &f.path,
             method: &f.method,
+            body: f.body.iter().map(Body::of).collect(),
             combine: if f.any { "any" } else { "all" },
             required_header: &f.required_header,
             text,
+        }
+    }
+}
+
+impl<'a> Overlap<'a> {
+    fn of(o: &'a FilterOverlap) -> Self {
+        Self {
+            session_id: o.session_id.to_string(),
+            client_user: &o.client_user,
+            filter: &o.filter,
+            first: o.first,
+            catch_all: o.catch_all,
+            example: &o.example,
+        }
+    }
+}
+
+impl<'a> Body<'a> {
+    fn of(b: &'a BodyFilterSpec) -> Self {
+        Self {
+            query: &b.query,
+            matches: &b.matches,
         }
     }
 }
@@ -158,6 +206,7 @@ mod tests {
             header: vec!["^x-user: alice$".into()],
             path: vec![],
             method: vec!["GET".into()],
+            body: vec![],
             any: true,
             required_header: Vec::new(),
         };
@@ -191,6 +240,14 @@ mod tests {
                         filter: spec.to_string(),
                         http_filter: Some(spec.clone()),
                         skipped: None,
+                        overlaps: vec![FilterOverlap {
+                            session_id: SessionId(1),
+                            client_user: "bob".into(),
+                            filter: ".".into(),
+                            first: true,
+                            catch_all: true,
+                            example: "GET /".into(),
+                        }],
                     },
                     PortOutcome {
                         port: 8080,
@@ -198,6 +255,7 @@ mod tests {
                         filter: String::new(),
                         http_filter: None,
                         skipped: None,
+                        overlaps: vec![],
                     },
                 ],
                 duration_secs: 5,
@@ -214,13 +272,15 @@ mod tests {
         assert_eq!(
             s["ports"][0],
             json!({"port": 80, "mode": "steal", "filter": {
-                "header": ["^x-user: alice$"], "path": [], "method": ["GET"],
+                "header": ["^x-user: alice$"], "path": [], "method": ["GET"], "body": [],
                 "combine": "any", "required_header": [],
-                "text": "header=^x-user: alice$ or method=GET"}})
+                "text": "header=^x-user: alice$ or method=GET"},
+                "overlaps": [{"session_id": "0000000000000001", "client_user": "bob",
+                    "filter": ".", "first": true, "catch_all": true, "example": "GET /"}]})
         );
         assert_eq!(
             s["ports"][1],
-            json!({"port": 8080, "mode": "mirror", "filter": null})
+            json!({"port": 8080, "mode": "mirror", "filter": null, "overlaps": []})
         );
     }
 }

@@ -9,6 +9,7 @@ mod exit;
 mod expiry;
 mod json;
 mod local;
+mod overlaps;
 mod plan;
 mod quickack;
 mod session;
@@ -170,12 +171,12 @@ enum SessionsCommand {
 
 #[derive(Args, Clone)]
 pub struct SessionArgs {
-    /// A mirrord config file (JSON or TOML) whose incoming-traffic part describes the
-    /// session; flags override it [default: .mirrord/mirrord.json if present]
+    /// A mirrord config file (JSON with comments, TOML or YAML) whose incoming-traffic part
+    /// describes the session; flags override it [default: .mirrord/mirrord.json if present]
     #[arg(short = 'f', long, env = "MIRRORD_CONFIG_FILE", value_name = "FILE")]
     config_file: Option<PathBuf>,
-    /// `deployment/api` (a bare name means a deployment) [default: the config file's
-    /// `target`]
+    /// `deployment/api` or `deployment/api/container/app` (a bare name means a deployment)
+    /// [default: the config file's `target`]
     #[arg(short = 't', long)]
     target: Option<String>,
     /// The target's namespace [default: the config file's, else `default`]
@@ -232,6 +233,7 @@ impl SessionArgs {
             header: self.header.clone(),
             path: self.path.clone(),
             method: self.method.clone(),
+            body: Vec::new(),
             any: self.any,
             required_header: Vec::new(),
         };

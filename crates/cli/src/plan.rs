@@ -78,15 +78,14 @@ impl Flags {
 pub fn merge(flags: Flags, file: Option<FileConfig>, mode: ModeChoice) -> Result<Plan, Usage> {
     let has_file = file.is_some();
     let file = file.unwrap_or_default();
-    let target = flags
-        .target
-        .clone()
-        .or(file.target.clone())
-        .ok_or_else(|| {
-            Usage(
-                "no target: pass -t deployment/NAME, or set `target` in the mirrord config".into(),
-            )
-        })?;
+    // A container named in the file belongs to the file's target.
+    let (target, container) = match &flags.target {
+        Some(t) => (Some(t.clone()), None),
+        None => (file.target.clone(), file.container.clone()),
+    };
+    let target = target.ok_or_else(|| {
+        Usage("no target: pass -t deployment/NAME, or set `target` in the mirrord config".into())
+    })?;
     let namespace = flags
         .namespace
         .clone()
@@ -114,7 +113,7 @@ pub fn merge(flags: Flags, file: Option<FileConfig>, mode: ModeChoice) -> Result
         return Err(Usage("--scale-down needs --copy-target".into()));
     }
     Ok(Plan {
-        target: target_ref(&target, namespace),
+        target: target_ref(&target, container, namespace)?,
         ports,
         mode,
         on_concurrent_steal: flags
@@ -130,11 +129,24 @@ pub fn merge(flags: Flags, file: Option<FileConfig>, mode: ModeChoice) -> Result
 /// else the file's `ports` and `port_mapping`, the local process on the same port unless
 /// mapped, the file's filter on its `http_filter.ports`.
 fn ports(flags: &Flags, file: &FileConfig) -> Result<Vec<PortPlan>, Usage> {
+    // `http_filter.ports` absent: every port is filtered (mirrord since 3.181.0).
     let file_filter = |remote: u16| {
-        file.filter
-            .clone()
-            .filter(|_| file.filter_ports.contains(&remote))
+        file.filter.clone().filter(|_| {
+            file.filter_ports
+                .as_ref()
+                .is_none_or(|only| only.contains(&remote))
+        })
     };
+    if let Some((p, _)) = flags
+        .ports
+        .iter()
+        .find(|(p, _)| file.ignore_ports.contains(p))
+    {
+        return Err(Usage(format!(
+            "--port {p}: the mirrord config {} lists port {p} in feature.network.incoming.ignore_ports; remove it there or pass another port",
+            file.path.display()
+        )));
+    }
     if !flags.ports.is_empty() {
         return Ok(flags
             .ports
@@ -155,6 +167,7 @@ fn ports(flags: &Flags, file: &FileConfig) -> Result<Vec<PortPlan>, Usage> {
             remotes.push(*remote);
         }
     }
+    remotes.retain(|p| !file.ignore_ports.contains(p));
     if remotes.is_empty() {
         return Err(Usage(
             "which ports? pass --port PORT=LOCAL, or set feature.network.incoming.ports \
@@ -179,17 +192,29 @@ fn ports(flags: &Flags, file: &FileConfig) -> Result<Vec<PortPlan>, Usage> {
         .collect())
 }
 
-/// `deployment/api`; a bare name means a deployment.
-fn target_ref(target: &str, namespace: String) -> TargetRef {
-    let (kind, name) = match target.split_once('/') {
-        Some((k, n)) => (k.to_owned(), n.to_owned()),
-        None => ("deployment".to_owned(), target.to_owned()),
+/// `deployment/api` or `deployment/api/container/app`; a bare name means a deployment.
+fn target_ref(
+    target: &str,
+    container: Option<String>,
+    namespace: String,
+) -> Result<TargetRef, Usage> {
+    let parts: Vec<&str> = target.split('/').collect();
+    let (kind, name, container) = match parts[..] {
+        [name] => ("deployment", name, container),
+        [kind, name] => (kind, name, container),
+        [kind, name, "container", c] if !c.is_empty() => (kind, name, Some(c.to_owned())),
+        _ => {
+            return Err(Usage(format!(
+                "`{target}` is not a target like deployment/api or deployment/api/container/app"
+            )))
+        }
     };
-    TargetRef {
-        kind,
-        name,
+    Ok(TargetRef {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
         namespace,
-    }
+        container,
+    })
 }
 
 #[cfg(test)]
@@ -213,7 +238,7 @@ mod tests {
             namespace: Some("shop".into()),
             mode: Some(PortMode::Steal),
             filter: Some(header("^x-user: alice$")),
-            filter_ports: vec![80],
+            filter_ports: Some(vec![80]),
             ports: vec![80, 81],
             port_mapping: vec![(9090, 80)],
             on_concurrent_steal: Some(ConcurrentSteal::Continue),
@@ -302,6 +327,59 @@ mod tests {
                 .unwrap()
                 .mode,
             PortMode::Mirror
+        );
+    }
+
+    /// Issue 25 item 3: with `http_filter` and no `http_filter.ports`, every port is
+    /// filtered (mirrord since 3.181.0); the old default (80, 8080) stole 9000 whole.
+    #[test]
+    fn without_http_filter_ports_every_port_is_filtered() {
+        let file = FileConfig {
+            target: Some("deployment/api".into()),
+            filter: Some(header("^x-user: alice$")),
+            filter_ports: None,
+            ports: vec![9000],
+            ..Default::default()
+        };
+        let p = merge(Flags::default(), Some(file.clone()), ModeChoice::Flag(None)).unwrap();
+        assert_eq!(p.ports[0].remote, 9000);
+        assert_eq!(p.ports[0].filter, Some(header("^x-user: alice$")));
+        // --port given: the file's filter still applies to it.
+        let flags = Flags {
+            ports: vec![(9000, local(9090))],
+            ..Default::default()
+        };
+        let p = merge(flags, Some(file), ModeChoice::Flag(None)).unwrap();
+        assert_eq!(p.ports[0].filter, Some(header("^x-user: alice$")));
+    }
+
+    #[test]
+    fn ignore_ports_and_containers() {
+        let file = FileConfig {
+            target: Some("deployment/api".into()),
+            container: Some("app".into()),
+            ports: vec![80, 81],
+            ignore_ports: vec![81],
+            ..Default::default()
+        };
+        let p = merge(Flags::default(), Some(file.clone()), ModeChoice::Flag(None)).unwrap();
+        assert_eq!(p.ports.len(), 1);
+        assert_eq!(p.target.container.as_deref(), Some("app"));
+        let flags = Flags {
+            ports: vec![(81, local(9090))],
+            ..Default::default()
+        };
+        let e = merge(flags, Some(file), ModeChoice::Flag(None)).unwrap_err();
+        assert!(e.0.contains("ignore_ports"), "{e}");
+        let flags = Flags {
+            target: Some("pod/web-1/container/sidecar".into()),
+            ports: vec![(80, local(9090))],
+            ..Default::default()
+        };
+        let p = merge(flags, None, ModeChoice::Flag(None)).unwrap();
+        assert_eq!(
+            (p.target.to_string(), p.target.container.as_deref()),
+            ("pod/web-1".into(), Some("sidecar"))
         );
     }
 

@@ -93,6 +93,12 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
             None => println!("port {}: {} ({}) -> {local}", p.port, p.mode, p.filter),
             Some(why) => println!("port {}: {why}", p.port),
         }
+        for o in &p.overlaps {
+            eprintln!(
+                "mirrordctl: warning: {}",
+                crate::overlaps::warning(p.port, o)
+            );
+        }
     }
 
     let (sink, mut inbound) = t.split();

@@ -166,11 +166,16 @@ pub fn sessions(r: &StatusReport, wide: bool) -> String {
                 .ports
                 .iter()
                 .map(|p| {
-                    if p.filter.is_empty() {
+                    let mut line = if p.filter.is_empty() {
                         format!("{}, {}", p.port, p.mode)
                     } else {
                         format!("{}, {}, {}", p.port, p.mode, p.filter)
+                    };
+                    for o in &p.overlaps {
+                        line.push('\n');
+                        line.push_str(&crate::overlaps::status_line(o));
                     }
+                    line
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
@@ -225,6 +230,7 @@ mod tests {
             filter: filter.into(),
             http_filter: None,
             skipped: None,
+            overlaps: Vec::new(),
         };
         let r = StatusReport {
             operator_version: "0.1.0".into(),

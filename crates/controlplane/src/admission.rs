@@ -31,6 +31,8 @@ pub struct ValidPort {
     pub port: u16,
     pub mode: PortMode,
     pub filter: Option<Arc<HttpFilter>>,
+    /// The filter matches every request: for policies, an unfiltered steal.
+    pub catch_all: bool,
 }
 
 impl Validated {
@@ -77,7 +79,9 @@ pub async fn validate(
         ));
     }
     let target = op.backend.target(&req.target).await.map_err(|e| match e {
-        BackendError::UnknownTarget { .. } => Refusal::UnknownTarget(e.to_string()),
+        BackendError::UnknownTarget { .. } | BackendError::UnknownContainer(_) => {
+            Refusal::UnknownTarget(e.to_string())
+        }
         other => Refusal::Internal(other.to_string()),
     })?;
     let known = target.ports();
@@ -99,14 +103,18 @@ pub async fn validate(
                 p.port
             )));
         }
-        let filter = match &p.filter {
-            Some(spec) => Some(compile(op, client_id, p.port, spec).await?),
-            None => None,
+        let (filter, catch_all) = match &p.filter {
+            Some(spec) => {
+                let (f, catch_all) = compile(op, client_id, p.port, spec).await?;
+                (Some(f), catch_all)
+            }
+            None => (None, false),
         };
         ports.push(ValidPort {
             port: p.port,
             mode: p.mode,
             filter,
+            catch_all,
         });
     }
     Ok(Validated {
@@ -116,13 +124,14 @@ pub async fn validate(
     })
 }
 
-/// Compiles a filter on a blocking thread, a few at a time, each client in its turn.
+/// Compiles a filter on a blocking thread, a few at a time, each client in its turn; says
+/// whether it matches every request.
 async fn compile(
     op: &Operator,
     client_id: &str,
     port: u16,
     spec: &HttpFilterSpec,
-) -> Result<Arc<HttpFilter>, Refusal> {
+) -> Result<(Arc<HttpFilter>, bool), Refusal> {
     let _slot = op
         .compile_slots
         .acquire(client_id)
@@ -130,11 +139,16 @@ async fn compile(
         .map_err(|_| Refusal::Internal("the operator is shutting down".into()))?;
     let limits = op.filter_limits();
     let spec = spec.clone();
-    let compiled = tokio::task::spawn_blocking(move || HttpFilter::compile_limited(&spec, &limits))
-        .await
-        .map_err(|e| Refusal::Internal(format!("compiling the filter failed: {e}")))?;
+    let compiled = tokio::task::spawn_blocking(move || {
+        HttpFilter::compile_limited(&spec, &limits).map(|f| {
+            let catch_all = f.matches_every_request();
+            (f, catch_all)
+        })
+    })
+    .await
+    .map_err(|e| Refusal::Internal(format!("compiling the filter failed: {e}")))?;
     match compiled {
-        Ok(f) => Ok(Arc::new(f)),
+        Ok((f, catch_all)) => Ok((Arc::new(f), catch_all)),
         Err(e @ FilterError::TooLarge(_)) => Err(Refusal::Limit(format!("port {port}: {e}"))),
         Err(e) => Err(Refusal::InvalidFilter(format!("port {port}: {e}"))),
     }
@@ -243,11 +257,18 @@ pub fn admit(
     let client = &caller.client;
     let now = chrono::Utc::now();
     op.licensing.check(now)?;
+    let catch_all: Vec<u16> = valid
+        .ports
+        .iter()
+        .filter(|p| p.catch_all)
+        .map(|p| p.port)
+        .collect();
     let required = op
         .policies
         .check(&Subject {
             target: &req.target,
             ports: &req.ports,
+            catch_all: &catch_all,
             scale_down: req.scale_down,
             user: caller.user(),
             role: caller.role,
@@ -273,7 +294,7 @@ pub fn admit(
         .ports
         .iter()
         .filter_map(|p| p.filter.as_ref())
-        .map(|f| f.header.len() + f.path.len())
+        .map(|f| f.header.len() + f.path.len() + 2 * f.body.len())
         .sum();
     let limits = ClientLimits {
         sessions: op.limits.max_sessions_per_client,

@@ -18,6 +18,9 @@ pub enum BackendError {
         namespace: String,
         known: String,
     },
+    /// A `/container/NAME` the target's pods do not have (or a target that has none).
+    #[error("{0}")]
+    UnknownContainer(String),
     #[error("{0}")]
     CopyUnavailable(String),
     #[error("{0}")]

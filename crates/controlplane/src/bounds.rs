@@ -14,7 +14,7 @@ use mirrord_protocol::{ClientHello, SessionRequest, TargetRef};
 pub const MAX_KIND_LEN: usize = 63;
 /// A Kubernetes object name: a DNS subdomain's length (RFC 1123), the longest any kind allows.
 pub const MAX_NAME_LEN: usize = 253;
-/// A namespace: a DNS label's length.
+/// A namespace, or a container's name: a DNS label's length.
 pub const MAX_NAMESPACE_LEN: usize = 63;
 /// An HTTP method in a filter. The registered ones are at most 17 bytes
 /// (`VERSION-CONTROL`); this leaves room for extension methods.
@@ -54,10 +54,12 @@ pub fn check_request(req: &SessionRequest) -> Result<(), Refusal> {
 }
 
 fn check_target(t: &TargetRef) -> Result<(), Refusal> {
+    let container = t.container.as_deref().unwrap_or_default();
     for (field, value, max) in [
-        ("target kind", &t.kind, MAX_KIND_LEN),
-        ("target name", &t.name, MAX_NAME_LEN),
-        ("namespace", &t.namespace, MAX_NAMESPACE_LEN),
+        ("target kind", t.kind.as_str(), MAX_KIND_LEN),
+        ("target name", t.name.as_str(), MAX_NAME_LEN),
+        ("namespace", t.namespace.as_str(), MAX_NAMESPACE_LEN),
+        ("container", container, MAX_NAMESPACE_LEN),
     ] {
         if value.len() > max {
             return Err(Refusal::Limit(format!(
@@ -147,6 +149,7 @@ mod tests {
                 kind: "deployment".into(),
                 name: name.into(),
                 namespace: "default".into(),
+                container: None,
             },
             ports: vec![PortRequest {
                 port: 80,

@@ -1,7 +1,8 @@
 //! The control plane: the mutual-TLS API, sessions, port locks, targets and copies.
 //!
 //! A session request travels: [`api`] (TLS, hello, dispatch) -> [`open`] (the pipeline:
-//! [`admission`], then [`locks`], then the copy, then commit) -> [`session`] (the actor
+//! [`admission`], then [`locks`], then the copy, then commit; [`overlaps`] tells users whose filters
+//! share requests) -> [`session`] (the actor
 //! that carries the session's traffic until it ends) -> [`sessions`] (the registry, and
 //! the one way a session ends). [`refusal`] is every way a request is turned down.
 //! [`operator`] holds the shared state; [`backend`] / [`local`] is where targets live
@@ -25,6 +26,7 @@ pub mod local;
 pub mod locks;
 pub mod open;
 pub mod operator;
+pub mod overlaps;
 pub mod policy;
 pub mod rbac;
 pub mod refusal;

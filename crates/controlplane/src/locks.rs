@@ -10,7 +10,7 @@
 
 use crate::refusal::Refusal;
 use mirrord_dataplane::{HttpFilter, RouteTable, Subscriber};
-use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, SessionId};
+use mirrord_protocol::{ConcurrentSteal, FilterOverlap, HttpFilterSpec, PortMode, SessionId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -37,8 +37,14 @@ pub struct Hold {
     pub filter: String,
     /// The same, part by part.
     pub spec: Option<HttpFilterSpec>,
+    /// The filter as the data plane runs it (for overlaps between filtered steals).
+    pub compiled: Option<Arc<HttpFilter>>,
+    /// Other sessions' filtered steals on this port that share requests with this one.
+    pub overlaps: Vec<FilterOverlap>,
     /// `false` while the session holding it is still opening.
     committed: bool,
+    /// Order of commits on this target (the data plane's subscription order).
+    seq: u64,
 }
 
 impl Hold {
@@ -81,6 +87,8 @@ pub enum Outcome {
 struct TargetLocks {
     ports: BTreeMap<u16, Vec<Hold>>,
     scaled_down_by: Option<Holder>,
+    /// Commits so far, for [`Hold::seq`].
+    commits: u64,
 }
 
 #[derive(Default)]
@@ -129,7 +137,10 @@ impl PortLocks {
                     mode: w.mode,
                     filter: w.display(),
                     spec: w.spec(),
+                    compiled: w.filter.clone(),
+                    overlaps: Vec::new(),
                     committed: false,
+                    seq: 0,
                 });
             }
         }
@@ -184,6 +195,53 @@ impl PortLocks {
         all
     }
 
+    /// The filtered steals on `port` of `target` committed before `session`'s (the first
+    /// match wins), in that order, at most `max`.
+    pub fn filtered_steals_before(
+        &self,
+        target: &str,
+        port: u16,
+        session: SessionId,
+        max: usize,
+    ) -> Vec<(Holder, Arc<HttpFilter>)> {
+        let targets = self.targets.lock().expect("locks lock");
+        let holds = targets.get(target).and_then(|t| t.ports.get(&port));
+        let holds = holds.map(Vec::as_slice).unwrap_or_default();
+        let Some(mine) = holds
+            .iter()
+            .find(|h| h.committed && h.holder.session == session)
+        else {
+            return Vec::new();
+        };
+        let mut earlier: Vec<&Hold> = holds
+            .iter()
+            .filter(|h| h.committed && h.steals() && h.seq < mine.seq)
+            .collect();
+        earlier.sort_by_key(|h| h.seq);
+        earlier
+            .into_iter()
+            .filter_map(|h| Some((h.holder.clone(), Arc::clone(h.compiled.as_ref()?))))
+            .take(max)
+            .collect()
+    }
+
+    /// Records on `session`'s hold of `port` that another filter overlaps it (if the hold
+    /// is still there).
+    pub fn record_overlap(&self, target: &str, port: u16, session: SessionId, o: FilterOverlap) {
+        let mut targets = self.targets.lock().expect("locks lock");
+        let hold = targets
+            .get_mut(target)
+            .and_then(|t| t.ports.get_mut(&port))
+            .and_then(|hs| {
+                hs.iter_mut()
+                    .find(|h| h.holder.session == session && h.steals())
+            });
+        if let Some(h) = hold {
+            h.overlaps.retain(|x| x.session_id != o.session_id);
+            h.overlaps.push(o);
+        }
+    }
+
     /// Removes `session`'s holds on `target` (only those in `state`), its routes, and its
     /// scale-down mark; returns what it held.
     fn remove(&self, target: &str, session: SessionId, committed: bool) -> Vec<Hold> {
@@ -197,6 +255,12 @@ impl PortLocks {
                 .into_iter()
                 .partition(|h| h.holder.session == session && h.committed == committed);
             *holds = kept;
+            if committed && !gone.is_empty() {
+                // What overlapped the leaving session no longer does.
+                for h in holds.iter_mut() {
+                    h.overlaps.retain(|o| o.session_id != session);
+                }
+            }
             removed.extend::<Vec<Hold>>(gone);
         }
         t.ports.retain(|_, h| !h.is_empty());
@@ -311,6 +375,8 @@ impl Reservation {
             }
         }
         let mut routes = Vec::new();
+        t.commits += 1;
+        let seq = t.commits;
         for (w, o) in &self.wants {
             if *o != Outcome::Granted {
                 continue;
@@ -328,6 +394,7 @@ impl Reservation {
                     .find(|h| h.holder.session == self.holder.session)
             }) {
                 h.committed = true;
+                h.seq = seq;
             }
         }
         drop(targets);
@@ -637,5 +704,40 @@ mod tests {
         locks
             .reserve("t", holder(2, "b"), vec![], ConcurrentSteal::Abort, true)
             .unwrap();
+    }
+
+    /// Overlaps compare a session with the filters subscribed before it, in commit order
+    /// (not reservation order): a session that committed later is never "first".
+    #[test]
+    fn earlier_filtered_steals_are_those_committed_before() {
+        let locks = Arc::new(PortLocks::default());
+        let routes = Arc::new(RouteTable::default());
+        let reserve = |n: u64| {
+            locks
+                .reserve(
+                    "t",
+                    holder(n, "u"),
+                    vec![want(&routes, PortMode::Steal, filter())],
+                    ConcurrentSteal::Abort,
+                    false,
+                )
+                .unwrap()
+        };
+        let (a, b, c) = (reserve(1), reserve(2), reserve(3));
+        let (_c, _) = c.commit(|_| sub(3));
+        let (_a, _) = a.commit(|_| sub(1));
+        let before = |n: u64| {
+            locks
+                .filtered_steals_before("t", 80, SessionId(n), 10)
+                .iter()
+                .map(|(h, _)| h.session.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(before(3), Vec::<u64>::new());
+        assert_eq!(before(1), vec![3]);
+        // Not committed yet: nothing to compare.
+        assert_eq!(before(2), Vec::<u64>::new());
+        let (_b, _) = b.commit(|_| sub(2));
+        assert_eq!(before(2), vec![3, 1]);
     }
 }

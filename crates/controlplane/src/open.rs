@@ -15,6 +15,7 @@ use crate::backend::{BackendError, TargetCopy};
 use crate::caller::Caller;
 use crate::locks::{Holder, Outcome, Reservation};
 use crate::operator::Operator;
+use crate::overlaps;
 use crate::refusal::Refusal;
 use crate::sessions::{Deadline, NewEntry, SessionEntry};
 use mirrord_dataplane::budget::Budget;
@@ -78,7 +79,7 @@ async fn pipeline(
     };
     let ports = op.locks.reserve(
         &valid.key,
-        holder,
+        holder.clone(),
         valid.wants(),
         req.on_concurrent_steal,
         req.scale_down,
@@ -91,7 +92,7 @@ async fn pipeline(
         true => Some(make_copy(&valid, id, req.scale_down).await?),
         false => None,
     };
-    let opened = commit(
+    let mut opened = commit(
         op,
         Commit {
             id,
@@ -102,6 +103,25 @@ async fn pipeline(
             slot,
         },
     );
+    // Both users learn of filters that share requests on a port (the earlier one wins them).
+    let filtered: Vec<_> = valid
+        .ports
+        .iter()
+        .filter(|p| p.mode == PortMode::Steal)
+        .filter(|p| {
+            opened
+                .reply
+                .ports
+                .iter()
+                .any(|o| o.port == p.port && o.skipped.is_none())
+        })
+        .filter_map(|p| Some((p.port, Arc::clone(p.filter.as_ref()?))))
+        .collect();
+    for (port, found) in overlaps::detect(op, &valid.key, &holder, filtered).await {
+        if let Some(o) = opened.reply.ports.iter_mut().find(|o| o.port == port) {
+            o.overlaps = found;
+        }
+    }
     // Revoked while it opened (the copy takes a while): the revocation's sweep of
     // sessions may have run before this one was registered, so end it here.
     if op.revoked.contains(&client.client_id) {
@@ -169,6 +189,7 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
                 Outcome::Granted => None,
                 Outcome::Skipped(why) => Some(why.clone()),
             },
+            overlaps: Vec::new(),
         })
         .collect();
     let (handoff_tx, handoffs) = handoff::channel(HANDOFF_QUEUE);

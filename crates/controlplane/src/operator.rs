@@ -94,6 +94,8 @@ impl Operator {
             max_expressions: self.limits.max_filter_expressions,
             max_pattern_len: self.limits.max_filter_pattern_len,
             regex_size: self.limits.max_filter_regex_size,
+            // The same everywhere a filter runs (the agents compile with the default).
+            backtrack_limit: mirrord_dataplane::filter::DEFAULT_BACKTRACK_LIMIT,
         }
     }
 

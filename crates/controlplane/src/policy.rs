@@ -6,10 +6,16 @@
 //! policy's header regex is ANDed into every steal's filter, so whatever the user wrote
 //! (`x-user: |.`, `--method GET --any`...), a request is stolen only if it also carries a
 //! matching header. Only an unfiltered steal, which takes whole connections, is refused.
+//!
+//! `block = ["unfiltered_steal"]` is decided by what a filter can match, not by whether one
+//! was given: a filter that matches every request (`--header=`, `--header .`, `--path ^/`;
+//! the rule is `mirrord_dataplane::filter::probe`'s) steals like no filter and is refused
+//! like one. A method filter is never such a filter by itself: every method is a request.
 
+use mirrord_dataplane::filter::{compile_regex, FilterLimits};
 use mirrord_identity::Role;
 use mirrord_protocol::{PortMode, PortRequest, TargetRef};
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -66,6 +72,8 @@ pub struct Policies(Vec<Policy>);
 pub struct Subject<'a> {
     pub target: &'a TargetRef,
     pub ports: &'a [PortRequest],
+    /// Ports whose filter matches every request (an unfiltered steal for policies).
+    pub catch_all: &'a [u16],
     pub scale_down: bool,
     pub user: &'a str,
     pub role: Role,
@@ -104,10 +112,22 @@ impl Policy {
         }
         for port in s.ports {
             let steal = port.mode == PortMode::Steal;
-            let filtered = port.filter.is_some();
+            let catch_all = s.catch_all.contains(&port.port);
+            let filtered = port.filter.is_some() && !catch_all;
             if steal && blocks(Blocked::Steal) {
                 return Some(format!(
                     "stealing from {t} (namespace {ns}) is not allowed; mirror instead"
+                ));
+            }
+            if steal && catch_all && blocks(Blocked::UnfilteredSteal) {
+                let f = port
+                    .filter
+                    .as_ref()
+                    .map(|f| f.to_string())
+                    .unwrap_or_default();
+                return Some(format!(
+                    "the filter `{f}` of port {} matches every request, so it is an unfiltered steal of {t}, which is not allowed; filter on what only your requests carry (e.g. --header '^x-user: yourname$')",
+                    port.port
                 ));
             }
             if steal && !filtered && blocks(Blocked::UnfilteredSteal) {
@@ -119,7 +139,11 @@ impl Policy {
             if !steal && blocks(Blocked::Mirror) {
                 return Some(format!("mirroring {t} (namespace {ns}) is not allowed"));
             }
-            if let (true, false, Some(re)) = (steal, filtered, &self.spec.require_header_filter) {
+            if let (true, false, Some(re)) = (
+                steal,
+                port.filter.is_some(),
+                &self.spec.require_header_filter,
+            ) {
                 return Some(format!(
                     "an unfiltered steal of port {} of {t} would take requests without a header matching `{re}`; add an HTTP filter (--header, --path or --method) and only requests that also carry such a header are stolen",
                     port.port
@@ -135,16 +159,14 @@ impl Policies {
         specs
             .iter()
             .map(|s| {
+                // Compiled as every filter is (it is ANDed into steals' filters).
                 if let Some(p) = &s.require_header_filter {
-                    RegexBuilder::new(p)
-                        .case_insensitive(true)
-                        .build()
-                        .map_err(|e| {
-                            format!(
-                                "policy `{}`: require_header_filter `{p}` is not a valid regex: {e}",
-                                s.name
-                            )
-                        })?;
+                    compile_regex("header", p, &FilterLimits::default()).map_err(|e| {
+                        format!(
+                            "policy `{}`: require_header_filter `{p}` is not a valid regex: {e}",
+                            s.name
+                        )
+                    })?;
                 }
                 Ok(Policy {
                     target: glob(&s.target),
@@ -193,6 +215,7 @@ mod tests {
             kind: "deployment".into(),
             name: name.into(),
             namespace: ns.into(),
+            container: None,
         }
     }
     fn port(mode: PortMode, header: Option<&str>) -> PortRequest {
@@ -219,15 +242,81 @@ mod tests {
         ports: &[PortRequest],
         who: (&str, Role),
     ) -> Result<Vec<RequiredHeader>, String> {
+        let catch_all = catch_all_ports(ports);
         p.check(&Subject {
             target,
             ports,
+            catch_all: &catch_all,
             scale_down: false,
             user: who.0,
             role: who.1,
         })
     }
     const ALICE: (&str, Role) = ("alice", Role::Developer);
+
+    /// As admission computes it.
+    fn catch_all_ports(ports: &[PortRequest]) -> Vec<u16> {
+        ports
+            .iter()
+            .filter(|p| {
+                p.filter.as_ref().is_some_and(|f| {
+                    mirrord_dataplane::HttpFilter::compile(f)
+                        .unwrap()
+                        .matches_every_request()
+                })
+            })
+            .map(|p| p.port)
+            .collect()
+    }
+
+    /// Issue 24 item 6: `block = ["unfiltered_steal"]` is not bypassed by a filter that
+    /// matches every request; a method filter alone is a filter.
+    #[test]
+    fn a_filter_that_matches_every_request_is_an_unfiltered_steal() {
+        let p = policies(
+            r#"
+[[policies]]
+name = "prod-filtered-only"
+namespace = "prod"
+block = ["unfiltered_steal"]
+"#,
+        );
+        let web = t("web", "prod");
+        for h in ["", ".", ".*", "^", "|x"] {
+            let e = check(&p, &web, &[port(PortMode::Steal, Some(h))], ALICE).unwrap_err();
+            assert!(
+                e.contains("`prod-filtered-only`") && e.contains("matches every request"),
+                "{h:?}: {e}"
+            );
+        }
+        let path = PortRequest {
+            port: 80,
+            mode: PortMode::Steal,
+            filter: Some(HttpFilterSpec {
+                path: vec!["^/".into()],
+                ..Default::default()
+            }),
+        };
+        assert!(check(&p, &web, &[path], ALICE).is_err());
+        let get = PortRequest {
+            port: 80,
+            mode: PortMode::Steal,
+            filter: Some(HttpFilterSpec {
+                method: vec!["GET".into()],
+                ..Default::default()
+            }),
+        };
+        assert!(check(&p, &web, &[get], ALICE).is_ok());
+        assert!(check(
+            &p,
+            &web,
+            &[port(PortMode::Steal, Some("^x-user: alice$"))],
+            ALICE
+        )
+        .is_ok());
+        // Mirrors are not steals.
+        assert!(check(&p, &web, &[port(PortMode::Mirror, Some("."))], ALICE).is_ok());
+    }
 
     #[test]
     fn each_kind_of_policy() {
@@ -352,6 +441,7 @@ block = ["steal"]
             p.check(&Subject {
                 target: &web,
                 ports: &[port(PortMode::Mirror, None)],
+                catch_all: &[],
                 scale_down: true,
                 user: who.0,
                 role: who.1,

@@ -159,6 +159,7 @@ mod tests {
             kind: "deployment".into(),
             name: "web".into(),
             namespace: "shop".into(),
+            container: None,
         }
     }
 

@@ -179,6 +179,7 @@ impl Actor {
                 c = self.entry.ctl.recv() => match c {
                     Control::Ended(reason) => return Box::pin(self.say_last(reason)).await,
                     Control::PortLost { port, reason } => self.send_soon(ServerMessage::PortLost { port, reason }),
+                    Control::Notice(message) => self.send_soon(ServerMessage::Notice { message }),
                 },
                 _ = expiry(&mut deadline) => {
                     let reason = self.entry.deadline.map(|d| d.reason()).unwrap_or_default();

@@ -102,6 +102,8 @@ pub enum Control {
     Ended(String),
     /// Another session took this port over.
     PortLost { port: u16, reason: String },
+    /// Something the client should be told (another user's filter now overlaps theirs).
+    Notice(String),
 }
 
 pub struct SessionEntry {
@@ -320,6 +322,13 @@ impl Sessions {
         Some(Arc::clone(&holder.meta))
     }
 
+    /// Tells session `id`'s client `message` (if the session is still there).
+    pub fn notify(&self, id: SessionId, message: String) {
+        if let Some(s) = self.get(id) {
+            s.ctl.send(Control::Notice(message));
+        }
+    }
+
     fn record_released(&self, meta: &Arc<SessionMeta>, h: &Hold) {
         self.telemetry.record(Event::PortReleased {
             session: Arc::clone(meta),
@@ -368,6 +377,7 @@ impl Sessions {
                     filter: h.filter,
                     http_filter: h.spec,
                     skipped: None,
+                    overlaps: h.overlaps,
                 })
                 .collect(),
             duration_secs: e.started.elapsed().as_secs(),

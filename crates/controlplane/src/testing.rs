@@ -93,6 +93,7 @@ pub fn api() -> TargetRef {
         kind: "deployment".into(),
         name: "api".into(),
         namespace: "default".into(),
+        container: None,
     }
 }
 

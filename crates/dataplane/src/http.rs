@@ -12,6 +12,8 @@
 //! and it has `stolen_response_timeout` to start answering (504 after that).
 
 use crate::budget::{held_bytes, Budget};
+use crate::filter::body::read_json;
+use crate::filter::{HttpFilter, Verdict};
 use crate::gate::HeadGate;
 use crate::handoff::{Handoff, StolenResponse, SubscriberTx};
 use crate::listener::{InterceptorLimits, PortServices};
@@ -156,25 +158,45 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
         }
         (parts, body)
     };
+    let mut body: Body = body.map_err(Into::into).boxed();
+    // A body filter decides on the request's JSON body: read it (bounded) first.
+    let json = match routes.unfiltered_steal.is_none() && routes.needs_body() {
+        true => {
+            let (json, replay) = read_json(body).await;
+            body = replay;
+            json
+        }
+        false => None,
+    };
+    let mut limited = false;
+    let mut decide = |f: &HttpFilter| match f.evaluate(&parts, json.as_ref()) {
+        Verdict::Match => true,
+        Verdict::NoMatch => false,
+        Verdict::Limit => {
+            limited = true;
+            false
+        }
+    };
     let stealer: Option<&Subscriber> = routes.unfiltered_steal.as_ref().or_else(|| {
         routes
             .filtered_steals
             .iter()
-            .find(|(_, f)| f.matches(&parts))
+            .find(|(_, f)| decide(f))
             .map(|(s, _)| s)
     });
     let mirrors: Vec<&Subscriber> = routes
         .mirrors
         .iter()
-        .filter(|(_, f)| f.as_ref().is_none_or(|f| f.matches(&parts)))
+        .filter(|(_, f)| f.as_deref().is_none_or(&mut decide))
         .map(|(s, _)| s)
         .collect();
-
+    if limited {
+        ctx.services.bypass.limited.inc();
+    }
     if stealer.is_none() && !routes.filtered_steals.is_empty() {
-        ctx.services.bypass.0.inc();
+        ctx.services.bypass.bypassed.inc();
     }
     if mirrors.is_empty() {
-        let body = body.map_err(Into::into).boxed();
         return match stealer {
             None => upstream.forward(Request::from_parts(parts, body)).await,
             Some(s) => steal(ctx, s, parts, body, upstream).await,
@@ -191,7 +213,7 @@ async fn route(mut req: Request<Incoming>, ctx: &HttpCtx, upstream: &Upstream) -
         .collect();
     let drops = ctx.services.copy_drops.clone();
     let body = TeeBody::new(
-        body.map_err(Into::into).boxed(),
+        body,
         MAX_HANDOFF_BODY,
         &ctx.services.copy_budget,
         move |copy| match copy {

@@ -27,7 +27,7 @@ pub mod routes;
 pub mod sniff;
 pub mod tee;
 
-pub use filter::{FilterError, FilterLimits, HttpFilter};
+pub use filter::{FilterError, FilterLimits, HttpFilter, Verdict};
 pub use handoff::{Body, BoxError, Handoff, Io, StolenResponse, SubscriberTx};
 pub use listener::{Endpoint, InterceptorLimits, PortPlane, PortServices};
 pub use routes::{PortRoutes, RouteTable, Subscriber};

@@ -37,6 +37,15 @@ impl PortRoutes {
             && self.mirrors.is_empty()
     }
 
+    /// Whether a filter of the port decides on request bodies.
+    pub fn needs_body(&self) -> bool {
+        self.filtered_steals.iter().any(|(_, f)| f.needs_body())
+            || self
+                .mirrors
+                .iter()
+                .any(|(_, f)| f.as_ref().is_some_and(|f| f.needs_body()))
+    }
+
     /// Whether connections must be parsed as HTTP to route them.
     pub fn needs_http(&self) -> bool {
         !self.filtered_steals.is_empty() || self.mirrors.iter().any(|(_, f)| f.is_some())

@@ -207,6 +207,10 @@ impl TargetBackend for KubeBackend {
             // Resolved on every session: a deleted workload is unknown at once, and one
             // recreated under the same name is a new target.
             let resolved = workload::resolve(&self.ctx.client, &r).await?;
+            // The container chosen was checked against the pods; the pods, their agents and
+            // routes are the same whichever container a session names.
+            let mut r = r;
+            r.container = None;
             let mut map = self.targets.0.lock().expect("targets");
             if let Some(t) = map.get(&r).filter(|t| t.workload_uid() == resolved.uid) {
                 return Ok(Arc::clone(t) as Arc<dyn Target>);

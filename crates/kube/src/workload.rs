@@ -82,6 +82,20 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
         Err(e) if not_found(&e) => return Err(unknown(client, r).await),
         Err(e) => return Err(api_error(format!("read {r} in namespace {ns}"), e)),
     };
+    if let Some(c) = &r.container {
+        let names: Vec<&str> = template
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .map(|c| c.name.as_str())
+            .collect();
+        if !names.contains(&c.as_str()) {
+            return Err(BackendError::UnknownContainer(format!(
+                "{r} in namespace {ns} has no container `{c}`; its pods' containers are {}",
+                names.join(", ")
+            )));
+        }
+    }
     let pods = match selector {
         Some(s) => PodSelector::Labels(label_selector(&s).map_err(|e| {
             BackendError::Unavailable(format!("{r} has a selector this operator cannot use: {e}"))

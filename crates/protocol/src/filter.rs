@@ -12,6 +12,10 @@ pub struct HttpFilterSpec {
     pub path: Vec<String>,
     /// HTTP methods, compared case-insensitively.
     pub method: Vec<String>,
+    /// JSON body filters (mirrord's `body_filter`): a JSONPath query into the request's
+    /// JSON body and a regex one of the values it selects must match.
+    #[serde(default)]
+    pub body: Vec<BodyFilterSpec>,
     /// `true`: any one part matching is enough; `false`: all parts must match.
     pub any: bool,
     /// Header regexes every stolen request must also match, whatever `any` says: added by
@@ -21,9 +25,27 @@ pub struct HttpFilterSpec {
     pub required_header: Vec<String>,
 }
 
+/// mirrord's `{"body": "json", "query": "$.user", "matches": "^alice$"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyFilterSpec {
+    /// An RFC 9535 JSONPath query.
+    pub query: String,
+    /// A regex (case-insensitive, like every filter) matched against each selected value,
+    /// strings as they are, other values as JSON text.
+    pub matches: String,
+}
+
 impl HttpFilterSpec {
     pub fn is_empty(&self) -> bool {
-        self.header.is_empty() && self.path.is_empty() && self.method.is_empty()
+        self.header.is_empty()
+            && self.path.is_empty()
+            && self.method.is_empty()
+            && self.body.is_empty()
+    }
+
+    /// Regexes and methods in the user's filter, as the operator's limits count them.
+    pub fn parts(&self) -> usize {
+        self.header.len() + self.path.len() + self.method.len() + self.body.len()
     }
 }
 
@@ -36,7 +58,12 @@ impl fmt::Display for HttpFilterSpec {
             .iter()
             .map(|h| format!("header={h}"))
             .chain(self.path.iter().map(|p| format!("path={p}")))
-            .chain(self.method.iter().map(|m| format!("method={m}")));
+            .chain(self.method.iter().map(|m| format!("method={m}")))
+            .chain(
+                self.body
+                    .iter()
+                    .map(|b| format!("body({})={}", b.query, b.matches)),
+            );
         let mut first = true;
         for p in parts {
             if !first {
@@ -59,10 +86,17 @@ mod tests {
             header: vec!["x-user: alice".into()],
             path: vec!["^/api".into()],
             method: vec![],
+            body: vec![BodyFilterSpec {
+                query: "$.user".into(),
+                matches: "^alice$".into(),
+            }],
             any: false,
             required_header: Vec::new(),
         };
-        assert_eq!(f.to_string(), "header=x-user: alice and path=^/api");
+        assert_eq!(
+            f.to_string(),
+            "header=x-user: alice and path=^/api and body($.user)=^alice$"
+        );
         assert_eq!(HttpFilterSpec::default().to_string(), "");
     }
 }

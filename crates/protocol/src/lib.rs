@@ -16,12 +16,13 @@ pub mod session_id;
 pub mod shared_tcp;
 
 pub use codec::{encoded_len, Charge, FrameCodec, FrameError, MAX_FRAME_LEN};
-pub use filter::HttpFilterSpec;
+pub use filter::{BodyFilterSpec, HttpFilterSpec};
 pub use messages::*;
 pub use session_id::SessionId;
 
 /// Bumped on any incompatible change of [`messages`] (2: HTTP trailers; 3: structured
 /// filters in port outcomes; 4: the caller's role in `Welcome` and `StatusReport`; 5: console login
-/// links; 6: notices; 7: sessions a status report leaves out); the operator refuses other
-/// versions with a message that names both.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// links; 6: notices; 7: JSON body filters, a target's container, overlapping filters in port
+/// outcomes; 8: sessions a status report leaves out); the operator refuses other versions
+/// with a message that names both.
+pub const PROTOCOL_VERSION: u32 = 8;

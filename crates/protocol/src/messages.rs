@@ -82,6 +82,11 @@ pub struct TargetRef {
     pub kind: String,
     pub name: String,
     pub namespace: String,
+    /// One container of the target's pods (mirrord's `deployment/web/container/app`):
+    /// validated against the pods' containers; ports are the pod's, so locks and routes do
+    /// not depend on it. Not part of [`TargetRef`]'s display.
+    #[serde(default)]
+    pub container: Option<String>,
 }
 
 impl fmt::Display for TargetRef {
@@ -245,6 +250,27 @@ pub struct PortOutcome {
     pub http_filter: Option<HttpFilterSpec>,
     /// `None`: active. `Some(why)`: the port is not stolen (concurrent steal `continue`).
     pub skipped: Option<String>,
+    /// Other sessions' filtered steals on the same port that match some of the requests
+    /// this one's filter matches (first subscriber wins).
+    #[serde(default)]
+    pub overlaps: Vec<FilterOverlap>,
+}
+
+/// Another session's filter on the same port that takes (or loses) requests this one's also
+/// matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterOverlap {
+    pub session_id: SessionId,
+    pub client_user: String,
+    /// That session's filter, as text.
+    pub filter: String,
+    /// `true`: that session subscribed first, so requests both match go to it; `false`: it
+    /// came later, and gets only what this session's filter does not match.
+    pub first: bool,
+    /// That session's filter matches every request (see the README's rule).
+    pub catch_all: bool,
+    /// A request both filters match, e.g. `GET / (x-user: alice)`.
+    pub example: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,6 +65,7 @@ pub struct Metrics {
     /// drops a lock taken in between.
     lock_series: Mutex<()>,
     bypassed_requests: IntCounterVec,
+    filter_limited_requests: IntCounterVec,
     refusals: IntCounterVec,
     mirror_copies_dropped: IntCounterVec,
 }
@@ -105,9 +106,14 @@ pub struct CopyDrops {
     pub behind: IntCounter,
 }
 
-/// Per-(target, port) counter of requests a filtered steal let through.
+/// Per-(target, port) counters of what the port's filters decided: requests a filtered
+/// steal let through, and requests a filter could not decide within its backtracking limit
+/// (not matched, so they went where unmatched requests go).
 #[derive(Clone)]
-pub struct BypassCounter(pub IntCounter);
+pub struct BypassCounter {
+    pub bypassed: IntCounter,
+    pub limited: IntCounter,
+}
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
     r.register(Box::new(m.clone()))
@@ -215,6 +221,14 @@ impl Metrics {
                     &["namespace", "target", "port"],
                 ),
             ),
+            filter_limited_requests: reg(
+                &r,
+                counter(
+                    "mirrord_filter_limited_requests_total",
+                    "HTTP requests a filter could not decide within its backtracking limit (treated as not matching)",
+                    &["namespace", "target", "port"],
+                ),
+            ),
             refusals: reg(
                 &r,
                 counter(
@@ -306,11 +320,11 @@ impl Metrics {
     }
 
     pub fn bypass_counter(&self, namespace: &str, target: &str, port: u16) -> BypassCounter {
-        BypassCounter(self.bypassed_requests.with_label_values(&[
-            namespace,
-            target,
-            &port.to_string(),
-        ]))
+        let labels = [namespace, target, &port.to_string()];
+        BypassCounter {
+            bypassed: self.bypassed_requests.with_label_values(&labels),
+            limited: self.filter_limited_requests.with_label_values(&labels),
+        }
     }
 
     /// What filtered steals on a target's port have let through so far (the console's

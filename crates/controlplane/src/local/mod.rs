@@ -69,6 +69,11 @@ impl TargetBackend for LocalBackend {
 
 impl LocalBackend {
     fn find(&self, r: &TargetRef) -> Result<Arc<dyn Target>, BackendError> {
+        if let Some(c) = &r.container {
+            return Err(BackendError::UnknownContainer(format!(
+                "{r}/container/{c}: targets on one machine are services without containers; name the target without `/container/{c}` (and without mirrord.json's `target.container`)"
+            )));
+        }
         self.targets
             .iter()
             .find(|t| &t.reference == r)
@@ -120,6 +125,7 @@ impl LocalTarget {
             kind: spec.kind.clone(),
             name: spec.name.clone(),
             namespace: spec.namespace.clone(),
+            container: None,
         };
         let mut planes = Vec::new();
         let mut listeners = Vec::new();

@@ -167,6 +167,7 @@ mod tests {
                 filter: "header=x-user: alice".into(),
                 http_filter: None,
                 skipped: None,
+                overlaps: vec![],
             }],
             duration_secs: 150,
             ping_ms: None,

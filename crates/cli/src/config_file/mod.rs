@@ -1,22 +1,26 @@
 //! The incoming-traffic part of a mirrord configuration file (`.mirrord/mirrord.json`), so
-//! a team's existing file works unchanged: the target and namespace,
-//! `feature.network.incoming` (mode, `http_filter`, `ports`, `port_mapping`,
-//! `on_concurrent_steal`) and `feature.copy_target`.
+//! a team's existing file works unchanged: the target (with its container) and namespace,
+//! `feature.network.incoming` ([`incoming`]: mode, `http_filter`, `ports`, `ignore_ports`,
+//! `port_mapping`, `on_concurrent_steal`) and `feature.copy_target`, with the semantics of
+//! mirrord 3.250.0.
 //!
 //! Found like mirrord finds it: `-f FILE`, else `MIRRORD_CONFIG_FILE`, else
-//! `.mirrord/mirrord.json` in the current directory. JSON or TOML by extension.
+//! `.mirrord/mirrord.json` in the current directory. Read by extension as mirrord reads it:
+//! `.json` (or none) as JSON, `.toml`, `.yaml`/`.yml`. mirrord's own JSON parser is strict,
+//! but its documentation prints examples with `//` comments and a trailing comma; both
+//! are accepted here (nothing else beyond JSON), so an example pasted from the docs works
+//! and a file mirrord reads means the same here. Syntax errors name the line and column.
 //!
 //! Keys mirrord has and this project does not implement (`feature.fs`, `agent`, ...) are
 //! named in one warning. A key that would change which requests are stolen and that is not
 //! understood (inside `incoming` or `http_filter`) is an error: ignoring it would steal more
 //! than the team meant. Every error names the key.
 
+mod incoming;
+
 use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
-
-/// mirrord's default for `http_filter.ports`: the filter applies to these ports only.
-const DEFAULT_FILTER_PORTS: [u16; 2] = [80, 8080];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -33,7 +37,7 @@ pub enum FileError {
         message: String,
     },
     #[error(
-        "the mirrord config {path}: only .json and .toml files are read (convert YAML to JSON)"
+        "the mirrord config {path}: only .json, .toml, .yaml and .yml files are read, as mirrord reads them"
     )]
     Format { path: PathBuf },
     #[error("the mirrord config {path}: `{key}`: {problem}")]
@@ -49,14 +53,20 @@ pub enum FileError {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct FileConfig {
     pub path: PathBuf,
+    /// `kind/name`.
     pub target: Option<String>,
+    /// The container part of the target (`kind/name/container/NAME`, `"container"`).
+    pub container: Option<String>,
     pub namespace: Option<String>,
     pub mode: Option<PortMode>,
     pub filter: Option<HttpFilterSpec>,
-    /// The ports the filter applies to (mirrord's `http_filter.ports`, default 80, 8080).
-    pub filter_ports: Vec<u16>,
+    /// The ports the filter applies to (mirrord's `http_filter.ports`); `None`: every port
+    /// (mirrord since 3.181.0).
+    pub filter_ports: Option<Vec<u16>>,
     /// Remote ports to intercept (`incoming.ports`).
     pub ports: Vec<u16>,
+    /// Remote ports never to intercept (`incoming.ignore_ports`).
+    pub ignore_ports: Vec<u16>,
     /// `(local, remote)` pairs (`incoming.port_mapping`).
     pub port_mapping: Vec<(u16, u16)>,
     pub on_concurrent_steal: Option<ConcurrentSteal>,
@@ -80,18 +90,7 @@ pub fn load(path: &Path) -> Result<FileConfig, FileError> {
         path: path.into(),
         source,
     })?;
-    let syntax = |format, message: String| FileError::Syntax {
-        path: path.into(),
-        format,
-        message,
-    };
-    let value: Value = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") | None => {
-            serde_json::from_str(&text).map_err(|e| syntax("JSON", e.to_string()))?
-        }
-        Some("toml") => toml::from_str(&text).map_err(|e| syntax("TOML", e.to_string()))?,
-        Some(_) => return Err(FileError::Format { path: path.into() }),
-    };
+    let value = read(path, &text)?;
     parse(&value)
         .map_err(|(key, problem)| FileError::Key {
             path: path.into(),
@@ -104,6 +103,40 @@ pub fn load(path: &Path) -> Result<FileConfig, FileError> {
         })
 }
 
+/// The file's text as a value, by its extension.
+fn read(path: &Path, text: &str) -> Result<Value, FileError> {
+    let syntax = |format, message: String| FileError::Syntax {
+        path: path.into(),
+        format,
+        message,
+    };
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") | None => json(text).map_err(|e| syntax("JSON", e)),
+        Some("toml") => toml::from_str(text).map_err(|e| syntax("TOML", e.to_string())),
+        Some("yaml" | "yml") => {
+            serde_yaml_ng::from_str(text).map_err(|e| syntax("YAML", e.to_string()))
+        }
+        Some(_) => Err(FileError::Format { path: path.into() }),
+    }
+}
+
+/// JSON, plus the `//` and `/* */` comments and trailing commas mirrord's docs print.
+fn json(text: &str) -> Result<Value, String> {
+    let options = jsonc_parser::ParseOptions {
+        allow_comments: true,
+        allow_trailing_commas: true,
+        allow_loose_object_property_names: false,
+        allow_missing_commas: false,
+        allow_single_quoted_strings: false,
+        allow_hexadecimal_numbers: false,
+        allow_unary_plus_numbers: false,
+        allow_bare_decimal_point_numbers: false,
+        allow_non_finite_numbers: false,
+        allow_extended_string_escapes: false,
+    };
+    jsonc_parser::parse_to_serde_value::<Value>(text, &options).map_err(|e| e.to_string())
+}
+
 type Problem = (String, String);
 
 fn problem(key: &str, what: impl Into<String>) -> Problem {
@@ -113,6 +146,9 @@ fn problem(key: &str, what: impl Into<String>) -> Problem {
 /// The file's value as a [`FileConfig`] (`path` left empty).
 pub fn parse(root: &Value) -> Result<FileConfig, Problem> {
     let mut c = FileConfig::default();
+    if root.is_null() {
+        return Ok(c);
+    }
     let root = object(root, "(top level)")?;
     for (k, v) in root {
         match k.as_str() {
@@ -160,33 +196,34 @@ fn ports(v: &Value, key: &str) -> Result<Vec<u16>, Problem> {
     }
 }
 
-/// `"deployment/api"`, or `{"path": "deployment/api", "namespace": "ns"}`.
+/// The kinds mirrord names in a target object (`{"deployment": "api"}`), as paths name them.
+const TARGET_KINDS: [(&str, &str); 9] = [
+    ("pod", "pod"),
+    ("deployment", "deployment"),
+    ("rollout", "rollout"),
+    ("job", "job"),
+    ("cron_job", "cronjob"),
+    ("stateful_set", "statefulset"),
+    ("service", "service"),
+    ("replica_set", "replicaset"),
+    ("labels", "labels"),
+];
+
+/// `"deployment/api"`, `{"deployment": "api", "container": "app"}`, or
+/// `{"path": <either>, "namespace": "ns"}`.
 fn target(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
     if v.is_string() {
-        c.target = Some(target_path(&string(v, "target")?, "target", c)?);
-        return Ok(());
+        return target_path(&string(v, "target")?, "target", c);
     }
-    for (k, v) in object(v, "target")? {
+    let obj = object(v, "target")?;
+    if obj.keys().any(|k| TARGET_KINDS.iter().any(|(t, _)| t == k)) {
+        return target_object(obj, "target", c);
+    }
+    for (k, v) in obj {
         let key = format!("target.{k}");
         match k.as_str() {
-            "path" if v.is_string() => {
-                c.target = Some(target_path(&string(v, &key)?, &key, c)?);
-            }
-            // mirrord also has `{"path": {"deployment": "api"}}`.
-            "path" => {
-                let obj = object(v, &key)?;
-                let (kind, name) = obj
-                    .iter()
-                    .find(|(k, _)| *k != "container")
-                    .ok_or_else(|| problem(&key, "names no target"))?;
-                c.target = Some(format!(
-                    "{kind}/{}",
-                    string(name, &format!("{key}.{kind}"))?
-                ));
-                if obj.contains_key("container") {
-                    c.ignored.push(format!("{key}.container"));
-                }
-            }
+            "path" if v.is_string() => target_path(&string(v, &key)?, &key, c)?,
+            "path" => target_object(object(v, &key)?, &key, c)?,
             "namespace" => c.namespace = Some(string(v, &key)?),
             _ => c.ignored.push(key),
         }
@@ -194,20 +231,61 @@ fn target(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
     Ok(())
 }
 
-/// `kind/name`, or `kind/name/container/c` (containers are not chosen here).
-fn target_path(p: &str, key: &str, c: &mut FileConfig) -> Result<String, Problem> {
+/// `{"deployment": "api", "container": "app"}`.
+fn target_object(obj: &Map<String, Value>, key: &str, c: &mut FileConfig) -> Result<(), Problem> {
+    for (k, v) in obj {
+        let k2 = format!("{key}.{k}");
+        match TARGET_KINDS.iter().find(|(t, _)| t == k) {
+            Some((_, "labels")) => {
+                return Err(problem(
+                    &k2,
+                    "a target chosen by labels is not supported by this operator; name the workload (e.g. `deployment/api`)",
+                ))
+            }
+            Some((_, kind)) => c.target = Some(format!("{kind}/{}", string(v, &k2)?)),
+            None if k == "container" => c.container = Some(container(v, &k2)?),
+            None => return Err(problem(&k2, "not a key of mirrord's target")),
+        }
+    }
+    if c.target.is_none() {
+        return Err(problem(key, "names no target"));
+    }
+    Ok(())
+}
+
+fn container(v: &Value, key: &str) -> Result<String, Problem> {
+    let name = string(v, key)?;
+    if name.is_empty() || name.contains('/') {
+        return Err(problem(key, format!("`{name}` is not a container name")));
+    }
+    Ok(name)
+}
+
+/// `kind/name`, or `kind/name/container/c`.
+fn target_path(p: &str, key: &str, c: &mut FileConfig) -> Result<(), Problem> {
     let parts: Vec<&str> = p.split('/').collect();
     match parts[..] {
-        [kind, name] if !kind.is_empty() && !name.is_empty() => Ok(p.to_owned()),
-        [kind, name, "container", _] if !kind.is_empty() && !name.is_empty() => {
-            c.ignored.push(format!("{key} (container part)"));
-            Ok(format!("{kind}/{name}"))
+        [kind, name] if !kind.is_empty() && !name.is_empty() => {
+            c.target = Some(p.to_owned());
         }
-        _ => Err(problem(
-            key,
-            format!("`{p}` is not a target path like `deployment/api`"),
-        )),
+        [kind, name, "container", cont] if !kind.is_empty() && !name.is_empty() => {
+            c.target = Some(format!("{kind}/{name}"));
+            c.container = Some(container(&Value::from(cont), key)?);
+        }
+        ["targetless"] => {
+            return Err(problem(
+                key,
+                "`targetless` has no incoming traffic to steal or mirror; name a target like `deployment/api`",
+            ))
+        }
+        _ => {
+            return Err(problem(
+                key,
+                format!("`{p}` is not a target path like `deployment/api` or `deployment/api/container/app`"),
+            ))
+        }
     }
+    Ok(())
 }
 
 fn feature(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
@@ -227,148 +305,8 @@ fn network(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
     }
     for (k, v) in object(v, "feature.network")? {
         match k.as_str() {
-            "incoming" => incoming(v, c)?,
+            "incoming" => incoming::incoming(v, c)?,
             _ => c.ignored.push(format!("feature.network.{k}")),
-        }
-    }
-    Ok(())
-}
-
-fn mode(v: &Value, key: &str) -> Result<Option<PortMode>, Problem> {
-    match v.as_str() {
-        Some("steal") => Ok(Some(PortMode::Steal)),
-        Some("mirror") => Ok(Some(PortMode::Mirror)),
-        Some("off") => Err(problem(
-            key,
-            "`off`: this file turns incoming traffic off, so there is no session to open",
-        )),
-        _ => Err(problem(
-            key,
-            format!("expected steal, mirror or off, found {v}"),
-        )),
-    }
-}
-
-fn incoming(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
-    const KEY: &str = "feature.network.incoming";
-    match v {
-        Value::String(_) => {
-            c.mode = mode(v, KEY)?;
-            return Ok(());
-        }
-        Value::Bool(true) => return Ok(()),
-        Value::Bool(false) => return Err(problem(KEY, "false: incoming traffic is off")),
-        _ => {}
-    }
-    for (k, v) in object(v, KEY)? {
-        let key = format!("{KEY}.{k}");
-        match k.as_str() {
-            "mode" => c.mode = mode(v, &key)?,
-            "http_filter" => http_filter(v, &key, c)?,
-            "ports" => c.ports = ports(v, &key)?,
-            "port_mapping" => c.port_mapping = port_mapping(v, &key)?,
-            "on_concurrent_steal" => {
-                c.on_concurrent_steal = Some(match v.as_str() {
-                    Some("abort") => ConcurrentSteal::Abort,
-                    Some("continue") => ConcurrentSteal::Continue,
-                    Some("override") => ConcurrentSteal::Override,
-                    _ => {
-                        return Err(problem(
-                            &key,
-                            format!("expected abort, continue or override, found {v}"),
-                        ))
-                    }
-                })
-            }
-            // mirrord keys about the local side that do not change what is stolen.
-            "ignore_localhost" | "listen_ports" | "ignore_ports" | "tls_delivery"
-            | "https_delivery" => c.ignored.push(key),
-            _ => {
-                return Err(problem(
-                    &key,
-                    "not a key of mirrord's incoming configuration",
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `[[local, remote], ...]`.
-fn port_mapping(v: &Value, key: &str) -> Result<Vec<(u16, u16)>, Problem> {
-    let list = v
-        .as_array()
-        .ok_or_else(|| problem(key, format!("expected [[local, remote], ...], found {v}")))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, pair)| {
-            let k = format!("{key}[{i}]");
-            match pair.as_array().map(Vec::as_slice) {
-                Some([l, r]) => Ok((port(l, &k)?, port(r, &k)?)),
-                _ => Err(problem(
-                    &k,
-                    format!("expected [local, remote], found {pair}"),
-                )),
-            }
-        })
-        .collect()
-}
-
-fn http_filter(v: &Value, key: &str, c: &mut FileConfig) -> Result<(), Problem> {
-    let mut f = HttpFilterSpec::default();
-    let mut composite = None;
-    c.filter_ports = DEFAULT_FILTER_PORTS.to_vec();
-    for (k, v) in object(v, key)? {
-        let k2 = format!("{key}.{k}");
-        match k.as_str() {
-            "header_filter" => f.header.push(string(v, &k2)?),
-            "path_filter" => f.path.push(string(v, &k2)?),
-            "all_of" | "any_of" => {
-                if composite.replace(k.as_str()).is_some() {
-                    return Err(problem(&k2, "all_of and any_of cannot both be set"));
-                }
-                inner_filters(v, &k2, &mut f)?;
-                f.any = k == "any_of";
-            }
-            "ports" => c.filter_ports = ports(v, &k2)?,
-            _ => return Err(problem(
-                &k2,
-                "not a filter this operator knows; refusing rather than stealing more than meant",
-            )),
-        }
-    }
-    if composite.is_some() && f.header.is_empty() && f.path.is_empty() {
-        return Err(problem(key, "all_of/any_of cannot be an empty list"));
-    }
-    if composite.is_some() && v.get("header_filter").or(v.get("path_filter")).is_some() {
-        return Err(problem(
-            key,
-            "header_filter/path_filter and all_of/any_of cannot be combined: say it in one of them",
-        ));
-    }
-    if !f.is_empty() {
-        c.filter = Some(f);
-    }
-    Ok(())
-}
-
-/// `[{"header": "..."}, {"path": "..."}]`.
-fn inner_filters(v: &Value, key: &str, f: &mut HttpFilterSpec) -> Result<(), Problem> {
-    let list = v
-        .as_array()
-        .ok_or_else(|| problem(key, format!("expected a list of filters, found {v}")))?;
-    for (i, item) in list.iter().enumerate() {
-        let k = format!("{key}[{i}]");
-        let obj = object(item, &k)?;
-        match (obj.len(), obj.get("header"), obj.get("path")) {
-            (1, Some(h), None) => f.header.push(string(h, &format!("{k}.header"))?),
-            (1, None, Some(p)) => f.path.push(string(p, &format!("{k}.path"))?),
-            _ => {
-                return Err(problem(
-                    &k,
-                    format!("expected {{\"header\": REGEX}} or {{\"path\": REGEX}}, found {item}"),
-                ))
-            }
         }
     }
     Ok(())
@@ -396,6 +334,7 @@ fn copy_target(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mirrord_protocol::BodyFilterSpec;
     use serde_json::json;
 
     #[test]
@@ -425,7 +364,8 @@ mod tests {
         assert_eq!(c.namespace.as_deref(), Some("shop"));
         assert_eq!(c.mode, Some(PortMode::Steal));
         assert_eq!(c.filter.as_ref().unwrap().header, ["^x-user: alice$"]);
-        assert_eq!(c.filter_ports, [80, 8080]);
+        // No `http_filter.ports`: every port (mirrord since 3.181.0).
+        assert_eq!(c.filter_ports, None);
         assert_eq!(c.ports, [80]);
         assert_eq!(c.port_mapping, [(9090, 80)]);
         assert_eq!(c.on_concurrent_steal, Some(ConcurrentSteal::Continue));
@@ -452,11 +392,28 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(c.target.as_deref(), Some("pod/api-7d9"));
+        assert_eq!(c.container.as_deref(), Some("main"));
         assert_eq!(c.mode, Some(PortMode::Mirror));
         assert_eq!(c.copy_target, Some(true));
-        assert_eq!(c.ignored, ["target (container part)"]);
+        assert!(c.ignored.is_empty());
         let c = parse(&json!({"target": {"path": {"deployment": "api"}}})).unwrap();
         assert_eq!(c.target.as_deref(), Some("deployment/api"));
+        let c = parse(&json!({"target": {"stateful_set": "db", "container": "pg"}})).unwrap();
+        assert_eq!(
+            (c.target.as_deref(), c.container.as_deref()),
+            (Some("statefulset/db"), Some("pg"))
+        );
+        let c =
+            parse(&json!({"target": {"path": {"pod": "p", "container": "c"}, "namespace": "n"}}))
+                .unwrap();
+        assert_eq!(
+            (
+                c.target.as_deref(),
+                c.container.as_deref(),
+                c.namespace.as_deref()
+            ),
+            (Some("pod/p"), Some("c"), Some("n"))
+        );
     }
 
     #[test]
@@ -471,7 +428,7 @@ mod tests {
             (f.header, f.path),
             (vec!["^x-debug: 1$".to_owned()], vec!["^/api/".to_owned()])
         );
-        assert_eq!(c.filter_ports, [9000]);
+        assert_eq!(c.filter_ports, Some(vec![9000]));
         let all = json!({"feature": {"network": {"incoming": {"http_filter": {
             "all_of": [{"path": "^/api/"}, {"header": "^x-debug: 1$"}]
         }}}}});
@@ -486,9 +443,30 @@ mod tests {
                 "feature.network.incoming.mode",
             ),
             (
-                json!({"feature": {"network": {"incoming": {"http_filter": {"method_filter": "GET"}}}}}),
-                "feature.network.incoming.http_filter.method_filter",
+                json!({"feature": {"network": {"incoming": {"http_filter": {"header_filter_jq": "."}}}}}),
+                "feature.network.incoming.http_filter.header_filter_jq",
             ),
+            (
+                json!({"feature": {"network": {"incoming": {"http_filter": {"header_filter": {"query": "."}}}}}}),
+                "feature.network.incoming.http_filter.header_filter",
+            ),
+            (
+                json!({"feature": {"network": {"incoming": {"http_filter": {"header_filter": ""}}}}}),
+                "feature.network.incoming.http_filter.header_filter",
+            ),
+            (
+                json!({"feature": {"network": {"incoming": {"http_filter": {"body_filter": {"body": "xml", "query": "$", "matches": "x"}}}}}}),
+                "feature.network.incoming.http_filter.body_filter.body",
+            ),
+            (
+                json!({"feature": {"network": {"incoming": {"http_filter": {"header_filter": "a", "any_of": [{"path": "b"}]}}}}}),
+                "feature.network.incoming.http_filter.header_filter",
+            ),
+            (
+                json!({"feature": {"network": {"incoming": {"ports": [80], "ignore_ports": [80]}}}}),
+                "feature.network.incoming.ignore_ports",
+            ),
+            (json!({"target": {"labels": {"app": "x"}}}), "target.labels"),
             (
                 json!({"feature": {"network": {"incoming": {"port_mapping": [[9090]]}}}}),
                 "feature.network.incoming.port_mapping[0]",
@@ -511,6 +489,86 @@ mod tests {
             let (k, why) = parse(&value).unwrap_err();
             assert_eq!(k, key, "{value}: {why}");
         }
+    }
+
+    #[test]
+    fn method_and_body_filters() {
+        let c = parse(
+            &json!({"feature": {"network": {"incoming": {"http_filter": {
+                "method_filter": ["POST", "PUT"]
+            }}}}}),
+        )
+        .unwrap();
+        let f = c.filter.unwrap();
+        assert_eq!(
+            (f.method.clone(), f.any),
+            (vec!["POST".into(), "PUT".into()], true)
+        );
+        let c = parse(
+            &json!({"feature": {"network": {"incoming": {"http_filter": {
+                "method_filter": "post"
+            }}}}}),
+        )
+        .unwrap();
+        assert_eq!(c.filter.unwrap().method, ["post"]);
+        let c = parse(
+            &json!({"feature": {"network": {"incoming": {"http_filter": {
+                "body_filter": {"body": "json", "query": "$.user", "matches": "^alice$"}
+            }}}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            c.filter.unwrap().body,
+            [BodyFilterSpec {
+                query: "$.user".into(),
+                matches: "^alice$".into()
+            }]
+        );
+        let c = parse(&json!({"feature": {"network": {"incoming": {"http_filter": {
+            "all_of": [{"path": "/buildings"}, {"body": "json", "query": "$.a", "matches": "1"}, {"method": "POST"}]
+        }}}}}))
+        .unwrap();
+        let f = c.filter.unwrap();
+        assert_eq!(
+            (f.path.len(), f.body.len(), f.method.len(), f.any),
+            (1, 1, 1, false)
+        );
+    }
+
+    /// mirrord's docs print JSON with comments and trailing commas; YAML is read as
+    /// mirrord reads it; errors keep their line and column.
+    #[test]
+    fn jsonc_and_yaml_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mirrord.json");
+        std::fs::write(
+            &p,
+            "{\n  // a comment\n  \"target\": \"deployment/api\", /* more */\n  \"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", // can also be \"mirror\"\n  \"ports\": [80,],},},},\n}\n",
+        )
+        .unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(
+            (c.target.as_deref(), c.ports),
+            (Some("deployment/api"), vec![80])
+        );
+        std::fs::write(
+            &p,
+            "{\n  \"target\": \"deployment/api\"\n  \"feature\": {}\n}",
+        )
+        .unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("Expected comma on line 2 column 29"), "{e}");
+        let y = dir.path().join("mirrord.yaml");
+        std::fs::write(
+            &y,
+            "target: deployment/api\nfeature:\n  network:\n    incoming:\n      mode: steal\n      ports: [80]\n",
+        )
+        .unwrap();
+        let c = load(&y).unwrap();
+        assert_eq!((c.mode, c.ports), (Some(PortMode::Steal), vec![80]));
+        std::fs::write(&y, "target: [\n").unwrap();
+        let e = load(&y).unwrap_err().to_string();
+        assert!(e.contains("YAML") && e.contains("line"), "{e}");
     }
 
     #[test]

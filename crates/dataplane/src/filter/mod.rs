@@ -1,10 +1,28 @@
 //! Compiled HTTP filters, with the semantics users of mirrord expect: regexes are
-//! case-insensitive; a header regex is matched against `name: value` of each header; a
-//! path regex is tried on the path, then on path and query; parts combine all-of or any-of.
+//! case-insensitive "fancy" regexes (look-around and backreferences, as mirrord's filters
+//! are, with the same crate: fancy-regex, which hands every part that needs no backtracking
+//! to `regex`'s linear-time engine); a header regex is matched against `name: value` of
+//! each header; a path regex is tried on the path, then on path and query; a body filter
+//! selects values of a JSON body with a JSONPath query ([`body`]); parts combine all-of or
+//! any-of.
+//!
+//! Bounded: a pattern's length, its compiled size and the number of parts are capped when
+//! it is compiled, and each match may backtrack at most [`FilterLimits::backtrack_limit`]
+//! times. A request whose filter hits that limit is not matched (it goes where unmatched
+//! requests go) and is reported as [`Verdict::Limit`] so the caller counts it: a hostile
+//! pattern costs a bounded amount of CPU per request.
+//!
+//! [`probe`] decides what a filter can match: whether it matches every request, and a
+//! request two filters both match.
 
+pub mod body;
+pub mod pattern;
+pub mod probe;
+
+use body::{BodyFilter, JsonBody};
 use http::request::Parts;
 use mirrord_protocol::HttpFilterSpec;
-use regex::{Regex, RegexBuilder};
+use pattern::Pattern;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
@@ -16,7 +34,9 @@ pub enum FilterError {
     },
     #[error("invalid method filter `{0}`: expected an HTTP method such as GET")]
     Method(String),
-    #[error("an HTTP filter needs at least one --header, --path or --method")]
+    #[error("invalid body filter query `{query}`: {reason} (an RFC 9535 JSONPath such as `$.user.name`)")]
+    JsonPath { query: String, reason: String },
+    #[error("an HTTP filter needs at least one --header, --path, --method or body filter")]
     Empty,
     /// Beyond the operator's limits: one user's filter must not exhaust memory or CPU
     /// shared by everyone.
@@ -24,15 +44,22 @@ pub enum FilterError {
     TooLarge(String),
 }
 
-/// How large a filter may be. Every regex may take `regex_size` bytes compiled and as
-/// much again for its lazy DFA cache, so a filter costs at most about
-/// `2 * max_expressions * regex_size`.
+/// How large a filter may be and how much one match may cost. Every regex may take
+/// `regex_size` bytes compiled and as much again for its lazy DFA cache, so a filter costs
+/// at most about `2 * max_expressions * regex_size` of memory; a match backtracks at most
+/// `backtrack_limit` times (only patterns with look-around or backreferences backtrack).
 #[derive(Debug, Clone, Copy)]
 pub struct FilterLimits {
     pub max_expressions: usize,
     pub max_pattern_len: usize,
     pub regex_size: usize,
+    pub backtrack_limit: usize,
 }
+
+/// Backtracking steps one match may take: 0.3-0.6 ms of one core in the worst shapes
+/// measured (release; BENCHMARKS.md), against fancy-regex's own default of 1,000,000.
+/// Look-around patterns written for filters (`^User-Agent: (?!kube-probe)`) take a few.
+pub const DEFAULT_BACKTRACK_LIMIT: usize = 10_000;
 
 impl Default for FilterLimits {
     fn default() -> Self {
@@ -40,26 +67,55 @@ impl Default for FilterLimits {
             max_expressions: 16,
             max_pattern_len: 1024,
             regex_size: 256 * 1024,
+            backtrack_limit: DEFAULT_BACKTRACK_LIMIT,
         }
     }
 }
 
+/// What a filter says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Match,
+    NoMatch,
+    /// A regex of the filter reached its backtracking limit: not matched, and counted.
+    Limit,
+}
+
+impl Verdict {
+    pub fn matched(self) -> bool {
+        self == Verdict::Match
+    }
+}
+
+/// A part's answer; `Err` is the backtracking limit.
+type Check = Result<bool, Limited>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited;
+
 #[derive(Debug, Clone)]
 pub struct HttpFilter {
-    header: Vec<Regex>,
-    path: Vec<Regex>,
+    header: Vec<Pattern>,
+    path: Vec<Pattern>,
     method: Vec<String>,
+    body: Vec<BodyFilter>,
     any: bool,
     /// Header regexes every matching request must also match, whatever `any` says: added
     /// by the operator's policies (`require_header_filter`), not by the user.
-    required: Vec<Regex>,
+    required: Vec<Pattern>,
     /// The filter as the user wrote it, followed by any clause a policy added.
     pub display: String,
     /// The same, part by part.
     pub spec: HttpFilterSpec,
 }
 
-fn compile(kind: &'static str, pattern: &str, limits: &FilterLimits) -> Result<Regex, FilterError> {
+/// Compiles one filter regex the way every filter is compiled (operator, agent, policies'
+/// `require_header_filter`): case-insensitive, fancy, within `limits`.
+pub fn compile_regex(
+    kind: &'static str,
+    pattern: &str,
+    limits: &FilterLimits,
+) -> Result<Pattern, FilterError> {
     if pattern.len() > limits.max_pattern_len {
         return Err(FilterError::TooLarge(format!(
             "{kind} filter of {} bytes is longer than this operator allows ({} bytes)",
@@ -67,27 +123,11 @@ fn compile(kind: &'static str, pattern: &str, limits: &FilterLimits) -> Result<R
             limits.max_pattern_len
         )));
     }
-    RegexBuilder::new(pattern)
-        .case_insensitive(true)
-        .size_limit(limits.regex_size)
-        .dfa_size_limit(limits.regex_size)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(limit) => FilterError::TooLarge(format!(
-                "{kind} filter `{pattern}` compiles to more than {limit} bytes, this operator's limit; simplify it"
-            )),
-            e => FilterError::Regex {
-            kind,
-            pattern: pattern.to_owned(),
-            reason: e
-                .to_string()
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-            },
-        })
+    Pattern::compile(kind, pattern, limits)
+}
+
+pub(crate) fn is_match(re: &Pattern, text: &str) -> Check {
+    re.is_match(text)
 }
 
 impl HttpFilter {
@@ -104,7 +144,7 @@ impl HttpFilter {
         if spec.is_empty() {
             return Err(FilterError::Empty);
         }
-        let n = spec.header.len() + spec.path.len() + spec.method.len();
+        let n = spec.parts();
         if n > limits.max_expressions {
             return Err(FilterError::TooLarge(format!(
                 "the filter has {n} parts; this operator allows {} per port",
@@ -114,12 +154,12 @@ impl HttpFilter {
         let header = spec
             .header
             .iter()
-            .map(|p| compile("header", p, limits))
+            .map(|p| compile_regex("header", p, limits))
             .collect::<Result<_, _>>()?;
         let path = spec
             .path
             .iter()
-            .map(|p| compile("path", p, limits))
+            .map(|p| compile_regex("path", p, limits))
             .collect::<Result<_, _>>()?;
         let method = spec
             .method
@@ -130,10 +170,16 @@ impl HttpFilter {
                     .map_err(|_| FilterError::Method(m.clone()))
             })
             .collect::<Result<_, _>>()?;
+        let body = spec
+            .body
+            .iter()
+            .map(|b| BodyFilter::compile(b, limits))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             header,
             path,
             method,
+            body,
             any: spec.any,
             required: Vec::new(),
             display: spec.to_string(),
@@ -152,8 +198,9 @@ impl HttpFilter {
         pattern: &str,
         limits: &FilterLimits,
     ) -> Result<(), FilterError> {
-        self.required.push(compile("header", pattern, limits)?);
-        let parts = self.header.len() + self.path.len() + self.method.len();
+        self.required
+            .push(compile_regex("header", pattern, limits)?);
+        let parts = self.header.len() + self.path.len() + self.method.len() + self.body.len();
         if self.required.len() == 1 && self.any && parts > 1 {
             self.display = format!("({})", self.display);
         }
@@ -162,51 +209,96 @@ impl HttpFilter {
         Ok(())
     }
 
+    /// Whether deciding needs the request's body (a body filter).
+    pub fn needs_body(&self) -> bool {
+        !self.body.is_empty()
+    }
+
+    /// Whether the request matches, its body unknown (body filters do not match).
     pub fn matches(&self, req: &Parts) -> bool {
-        if !self.required.iter().all(|re| header_matches(re, req)) {
-            return false;
+        self.evaluate(req, None).matched()
+    }
+
+    /// The filter's verdict on a request; `body`: its JSON body when a body filter needs
+    /// it and the body could be read and parsed within the limits.
+    pub fn evaluate(&self, req: &Parts, body: Option<&JsonBody>) -> Verdict {
+        match self.check(req, body, true) {
+            Ok(true) => Verdict::Match,
+            Ok(false) => Verdict::NoMatch,
+            Err(Limited) => Verdict::Limit,
         }
-        let mut checks = self
-            .header
+    }
+
+    /// The user's own parts only when `required` is false (what the user asked for, before
+    /// a policy narrowed it).
+    fn check(&self, req: &Parts, body: Option<&JsonBody>, required: bool) -> Check {
+        if required {
+            for re in &self.required {
+                if !header_matches(re, req)? {
+                    return Ok(false);
+                }
+            }
+        }
+        // Cheap parts first: a method settles many requests without running a regex.
+        let methods = self
+            .method
             .iter()
-            .map(|re| header_matches(re, req))
+            .map(|m| Ok(req.method.as_str().eq_ignore_ascii_case(m)));
+        let mut checks = methods
+            .chain(self.header.iter().map(|re| header_matches(re, req)))
             .chain(self.path.iter().map(|re| path_matches(re, req)))
-            .chain(
-                self.method
-                    .iter()
-                    .map(|m| req.method.as_str().eq_ignore_ascii_case(m)),
-            );
+            .chain(self.body.iter().map(|b| match body {
+                Some(body) => b.matches(body),
+                None => Ok(false),
+            }));
+        // Stops at the first part that decides, and at the first limit hit: a hostile
+        // pattern costs one limit per request, not one per part.
         if self.any {
-            checks.any(|c| c)
+            for c in checks.by_ref() {
+                if c? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         } else {
-            checks.all(|c| c)
+            for c in checks.by_ref() {
+                if !c? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
         }
     }
 }
 
-fn header_matches(re: &Regex, req: &Parts) -> bool {
+fn header_matches(re: &Pattern, req: &Parts) -> Check {
     let mut line = String::with_capacity(64);
-    req.headers.iter().any(|(name, value)| {
+    for (name, value) in &req.headers {
         let Ok(value) = value.to_str() else {
-            return false;
+            continue;
         };
         line.clear();
         line.push_str(name.as_str());
         line.push_str(": ");
         line.push_str(value);
-        re.is_match(&line)
-    }) || req
-        .uri
-        .authority()
-        .is_some_and(|a| re.is_match(&format!("host: {a}")))
+        if is_match(re, &line)? {
+            return Ok(true);
+        }
+    }
+    match req.uri.authority() {
+        Some(a) => is_match(re, &format!("host: {a}")),
+        None => Ok(false),
+    }
 }
 
-fn path_matches(re: &Regex, req: &Parts) -> bool {
-    re.is_match(req.uri.path())
-        || req
-            .uri
-            .path_and_query()
-            .is_some_and(|pq| pq.query().is_some() && re.is_match(pq.as_str()))
+fn path_matches(re: &Pattern, req: &Parts) -> Check {
+    if is_match(re, req.uri.path())? {
+        return Ok(true);
+    }
+    match req.uri.path_and_query() {
+        Some(pq) if pq.query().is_some() => is_match(re, pq.as_str()),
+        _ => Ok(false),
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +318,7 @@ mod tests {
             header: header.iter().map(|s| s.to_string()).collect(),
             path: path.iter().map(|s| s.to_string()).collect(),
             method: method.iter().map(|s| s.to_string()).collect(),
+            body: Vec::new(),
             any,
             required_header: Vec::new(),
         }
@@ -323,6 +416,7 @@ mod tests {
             max_expressions: 2,
             max_pattern_len: 64,
             regex_size: 64 * 1024,
+            ..FilterLimits::default()
         };
         let three = spec(&["a", "b"], &["c"], &[], false);
         let e = HttpFilter::compile_limited(&three, &limits).unwrap_err();
@@ -337,5 +431,28 @@ mod tests {
         assert!(
             HttpFilter::compile_limited(&spec(&["^x-user: a$"], &[], &[], false), &limits).is_ok()
         );
+    }
+
+    /// Patterns that backtrack catastrophically stop at the limit: the request is not
+    /// matched and reported as [`Verdict::Limit`]; the time one match costs is printed.
+    #[test]
+    fn a_catastrophic_pattern_costs_at_most_its_backtracking_limit() {
+        let long = format!("{}b", "a".repeat(4096));
+        let req = parts("GET", "/", &[("x-h", long.as_str())]);
+        for pattern in [
+            "(a+)+$",
+            "^x-h: (a+)+$",
+            "(?=(a+)+$)",
+            "(a+)+(?=c)",
+            "^x-h: (?:(a|a)+)+c(?<!z)",
+            "(a*)*\\1c",
+        ] {
+            let f = HttpFilter::compile(&spec(&[pattern], &[], &[], false)).unwrap();
+            let start = std::time::Instant::now();
+            let v = f.evaluate(&req, None);
+            let took = start.elapsed();
+            println!("{pattern:30} {v:?} in {took:?}");
+            assert_ne!(v, Verdict::Match, "{pattern}");
+        }
     }
 }
