@@ -192,15 +192,15 @@ async fn authorize_rbac(
 ) -> Result<TakeOvers, Refusal> {
     for mode in [PortMode::Steal, PortMode::Mirror] {
         if req.ports.iter().any(|p| p.mode == mode) {
-            rbac::require(op, caller, Check::open(mode, &req.target)).await?;
+            rbac::require(op.rbac.as_deref(), caller, Check::open(mode, &req.target)).await?;
         }
     }
     if req.scale_down {
-        rbac::require(op, caller, Check::scale_down(&req.target)).await?;
+        rbac::require(op.rbac.as_deref(), caller, Check::scale_down(&req.target)).await?;
     }
     let check = Check::take_over(&req.target);
     let allowed = match req.on_concurrent_steal {
-        ConcurrentSteal::Override => rbac::allows(op, caller, &check)
+        ConcurrentSteal::Override => rbac::allows(op.rbac.as_deref(), caller, &check)
             .await
             .unwrap_or(Ok(false))?,
         _ => false,

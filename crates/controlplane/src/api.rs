@@ -20,7 +20,7 @@ use mirrord_protocol::{
     encoded_len, ClientMessage, ErrorCode, ErrorReply, FrameCodec, FrameError, KillRequest,
     ServerMessage, StatusReport, Welcome, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use mirrord_serve::{serve_tls, Accepted, Listener, Slot, Slots};
+use mirrord_serve::{serve_tls, Accepted, Listener, Slot};
 use mirrord_telemetry::{ClientInfo, Event};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,17 +75,6 @@ impl From<PeerIdentity> for Authenticated {
             serial: Some(id.serial),
         }
     }
-}
-
-/// How long an unauthenticated connection may sit idle before a newcomer may take its
-/// place when the API is at `limits.max_connections` (a real client's handshake and hello
-/// take milliseconds).
-const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
-
-/// The API's connection places (`limits.max_connections`), shared by its own TLS port
-/// and the connections the aggregated API hands over.
-pub fn slots(max_connections: usize) -> Arc<Slots> {
-    Slots::new(max_connections, EVICT_IDLE_AFTER)
 }
 
 /// Serves the API until the operator's shutdown begins. `tls` is read at every accept, so

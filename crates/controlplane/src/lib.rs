@@ -7,7 +7,8 @@
 //! the one way a session ends). [`refusal`] is every way a request is turned down.
 //! [`operator`] holds the shared state; [`backend`] / [`local`] is where targets live
 //! (single machine here, Kubernetes beside it). [`caller`] is who asks and what their role
-//! lets them do; [`rbac`] what a Kubernetes user may do, asked of the cluster; [`revocation`] follows the CA's revocation list while the operator runs.
+//! lets them do; [`rbac`] what a Kubernetes user may do, asked of the cluster; [`revocation`] follows the CA's revocation list (and the registry) while the operator
+//! runs; [`trust`] is what they decide: which credentials are accepted now.
 //! [`console`] holds the console's pending login links. [`bounds`] is what a client may
 //! send at all: every string's size and grammar, checked first; [`buffers`] what its
 //! unfinished frames may hold.
@@ -35,6 +36,7 @@ pub mod session;
 pub mod sessions;
 #[cfg(test)]
 mod testing;
+pub mod trust;
 
 pub use caller::Caller;
 pub use operator::Operator;

@@ -9,17 +9,22 @@ use crate::console::ConsoleLogins;
 use crate::locks::PortLocks;
 use crate::policy::Policies;
 use crate::rbac::Rbac;
-use crate::revocation::Revoked;
 use crate::sessions::Sessions;
+use crate::trust::Revoked;
 use mirrord_dataplane::FilterLimits;
 use mirrord_license::Licensing;
 use mirrord_protocol::{LicenseSummary, StatusReport};
+use mirrord_serve::Slots;
 use mirrord_telemetry::Telemetry;
 use std::sync::Arc;
 
 /// Filters compiled at once: compiling runs on blocking threads, and one user's large
 /// filters must not take all of them.
 const COMPILE_SLOTS: usize = 2;
+/// How long an API connection that has spoken may sit idle before a newcomer may take its
+/// place at `limits.max_connections` (one that has not spoken goes first; a real client's
+/// handshake and hello take milliseconds).
+const EVICT_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct Operator {
     pub backend: Arc<dyn TargetBackend>,
@@ -34,7 +39,7 @@ pub struct Operator {
     pub rbac: Option<Arc<dyn Rbac>>,
     /// The certificates the registry lists; `None`: not checked (tests that make their
     /// own certificates).
-    pub registered: Option<Arc<crate::revocation::Registered>>,
+    pub registered: Option<Arc<crate::trust::Registered>>,
     /// The process's lifecycle (see [`mirrord_serve::Shutdown`]): every session is one of
     /// its tasks, so the operator stops once they have said goodbye.
     pub shutdown: mirrord_serve::Shutdown,
@@ -44,7 +49,7 @@ pub struct Operator {
     /// Login links for the console (minting refused while the console is off).
     pub console_logins: ConsoleLogins,
     pub(crate) compile_slots: crate::fair::FairSlots,
-    pub(crate) connections: Arc<mirrord_serve::Slots>,
+    pub(crate) connections: Arc<Slots>,
     /// What each client's unfinished frames may hold.
     pub(crate) buffers: crate::buffers::ClientBuffers,
 }
@@ -58,7 +63,7 @@ pub struct Parts {
     pub licensing: Arc<Licensing>,
     pub policies: Policies,
     pub rbac: Option<Arc<dyn Rbac>>,
-    pub registered: Option<Arc<crate::revocation::Registered>>,
+    pub registered: Option<Arc<crate::trust::Registered>>,
     /// The process's lifecycle: sessions run as its tasks, so stopping waits for them.
     pub shutdown: mirrord_serve::Shutdown,
 }
@@ -75,7 +80,7 @@ impl Operator {
             locks,
             telemetry: p.telemetry,
             cfg: p.cfg,
-            connections: crate::api::slots(p.limits.max_connections),
+            connections: Slots::new(p.limits.max_connections, EVICT_IDLE_AFTER),
             buffers: crate::buffers::ClientBuffers::new(p.limits.max_buffered_bytes_per_client),
             limits: p.limits,
             licensing: p.licensing,

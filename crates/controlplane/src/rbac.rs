@@ -16,7 +16,6 @@
 //! The chart ships ClusterRoles granting these (`...-user`, `...-admin`).
 
 use crate::caller::Caller;
-use crate::operator::Operator;
 use crate::refusal::Refusal;
 use futures::future::BoxFuture;
 use mirrord_protocol::{PortMode, TargetRef};
@@ -108,15 +107,15 @@ pub trait Rbac: Send + Sync {
     ) -> BoxFuture<'a, Result<bool, String>>;
 }
 
-/// Whether a Kubernetes caller is granted `check`; `None` for a certificate's caller
-/// (their role decides instead).
+/// Whether a Kubernetes caller is granted `check` (asked of `rbac`, the operator's); `None`
+/// for a certificate's caller (their role decides instead).
 pub async fn allows(
-    op: &Operator,
+    rbac: Option<&dyn Rbac>,
     caller: &Caller,
     check: &Check,
 ) -> Option<Result<bool, Refusal>> {
     let groups = caller.kubernetes_groups()?;
-    let Some(rbac) = &op.rbac else {
+    let Some(rbac) = rbac else {
         return Some(Err(Refusal::Internal(
             "a Kubernetes user reached an operator without RBAC checks".into(),
         )));
@@ -136,8 +135,12 @@ pub async fn allows(
 
 /// `check` must be granted to a Kubernetes caller; a certificate's caller passes (their
 /// role is judged where it matters).
-pub async fn require(op: &Operator, caller: &Caller, check: Check) -> Result<(), Refusal> {
-    match allows(op, caller, &check).await {
+pub async fn require(
+    rbac: Option<&dyn Rbac>,
+    caller: &Caller,
+    check: Check,
+) -> Result<(), Refusal> {
+    match allows(rbac, caller, &check).await {
         None | Some(Ok(true)) => Ok(()),
         Some(Ok(false)) => Err(Refusal::Forbidden(format!(
             "{} may not {} {}: RBAC grants them no {}",

@@ -16,7 +16,7 @@ use crate::filter::body::read_json;
 use crate::filter::{HttpFilter, Verdict};
 use crate::gate::HeadGate;
 use crate::handoff::{Handoff, StolenResponse, SubscriberTx};
-use crate::listener::{InterceptorLimits, PortServices};
+use crate::port::{InterceptorLimits, PortServices};
 use crate::relay;
 use crate::rewind::Rewind;
 use crate::routes::{PortRoutes, RouteTable, Subscriber};

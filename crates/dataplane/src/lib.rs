@@ -21,6 +21,7 @@ pub mod h1;
 pub mod handoff;
 pub mod http;
 pub mod listener;
+pub mod port;
 pub mod relay;
 pub mod rewind;
 pub mod routes;
@@ -29,5 +30,6 @@ pub mod tee;
 
 pub use filter::{FilterError, FilterLimits, HttpFilter, Verdict};
 pub use handoff::{Body, BoxError, Handoff, Io, StolenResponse, SubscriberTx};
-pub use listener::{Endpoint, InterceptorLimits, PortPlane, PortServices};
+pub use listener::{Endpoint, PortPlane};
+pub use port::{InterceptorLimits, PortServices};
 pub use routes::{PortRoutes, RouteTable, Subscriber};

@@ -12,9 +12,9 @@
 //! cannot lock out a target's clients (a plain cap let 1,700 idle connections do it). A
 //! connection counts as alive while bytes move either way.
 
-use crate::budget::Budget;
 use crate::gate::HeadGate;
 use crate::http::{self, HttpCtx};
+use crate::port::{InterceptorLimits, PortServices};
 use crate::relay::{self, Ended, Relaying, Track, Watch};
 use crate::rewind::Rewind;
 use crate::routes::{PortRoutes, RouteTable};
@@ -23,8 +23,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use mirrord_protocol::shared_tcp::SharedTcp;
 use mirrord_serve::{Activity, Slots, Touching};
-use mirrord_telemetry::metrics::BypassCounter;
-use mirrord_telemetry::CopyDrops;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,51 +36,6 @@ const BACKLOG: u32 = 1024;
 /// How long a connection must have moved no bytes before a newcomer may take its place at
 /// the cap.
 const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
-
-/// How an interceptor treats its clients; from the operator's `[limits]`.
-#[derive(Debug, Clone, Copy)]
-pub struct InterceptorLimits {
-    /// How long a client has for a request head (from the moment the interceptor waits
-    /// for one) when requests are routed one by one; 408 after that.
-    pub header_read_timeout: Duration,
-    /// How long a stolen request waits for the developer's answer to begin; 504 after.
-    pub response_timeout: Duration,
-    /// Connections one port serves at once; more wait in the listen backlog.
-    pub max_connections: usize,
-}
-
-impl PortServices {
-    /// Services whose counters nobody reads (tests, and agents, which report to the operator).
-    pub fn detached(copy_budget: Arc<Budget>) -> Self {
-        let metrics = mirrord_telemetry::Metrics::new(std::time::Duration::ZERO);
-        Self {
-            bypass: metrics.bypass_counter("", "", 0),
-            copy_drops: metrics.copy_drops(),
-            copy_budget,
-        }
-    }
-}
-
-impl Default for InterceptorLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(60),
-            response_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-        }
-    }
-}
-
-/// What a port's data path shares with the rest of the process.
-#[derive(Clone)]
-pub struct PortServices {
-    /// Requests a filtered steal let through.
-    pub bypass: BypassCounter,
-    /// Mirror copies not delivered.
-    pub copy_drops: CopyDrops,
-    /// What mirror copies of the whole process may hold at once.
-    pub copy_budget: Arc<Budget>,
-}
 
 /// A replica traffic can go to (an original or a copy).
 pub struct Endpoint {

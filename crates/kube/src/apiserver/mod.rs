@@ -360,7 +360,7 @@ impl Server {
                 groups: user.groups.clone(),
             },
         };
-        match rbac::allows(&self.op, &caller, &Check::manage_sessions()).await {
+        match rbac::allows(self.op.rbac.as_deref(), &caller, &Check::manage_sessions()).await {
             Some(Ok(true)) => caller.role = Role::Admin,
             Some(Ok(false)) | None => {}
             Some(Err(e)) => {

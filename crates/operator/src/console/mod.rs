@@ -13,6 +13,7 @@
 //! also needs the CSRF token and a same-origin `Origin`.
 
 mod auth;
+mod reply;
 mod routes;
 mod sse;
 mod view;
@@ -60,7 +61,7 @@ impl mirrord_kube::apiserver::Mount for ThroughApiServer {
         req: hyper::Request<hyper::body::Incoming>,
         path: String,
         caller: mirrord_controlplane::Caller,
-    ) -> futures::future::BoxFuture<'static, hyper::Response<routes::Body>> {
+    ) -> futures::future::BoxFuture<'static, hyper::Response<reply::Body>> {
         let console = Arc::clone(&self.0);
         Box::pin(async move {
             let session = auth::BrowserSession::proxied(caller, &console.proxied_secret);

@@ -3,17 +3,13 @@
 //! prints the same table for the test that checks every route refuses strangers).
 
 use super::auth::{self, BrowserSession};
+use super::reply::{asset, json, set_header, text, Body};
 use super::{sse, view, Console};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use mirrord_protocol::{ErrorCode, KillRequest, ServerMessage, SessionId};
 use mirrord_serve::Activity;
-use std::convert::Infallible;
-
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,40 +271,6 @@ fn kill(console: &Console, session: &BrowserSession, id: &str) -> Response<Body>
             &format!("unexpected answer {other:?}\n"),
         ),
     }
-}
-
-fn set_header(r: &mut Response<Body>, name: header::HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        r.headers_mut().insert(name, v);
-    }
-}
-
-pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).boxed_unsync()
-}
-
-fn response(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
-    let mut r = Response::new(body);
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    response(status, "text/plain; charset=utf-8", full(msg.to_owned()))
-}
-
-fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
-    response(StatusCode::OK, content_type, full(body))
-}
-
-fn json(v: &serde_json::Value) -> Response<Body> {
-    response(
-        StatusCode::OK,
-        "application/json",
-        full(serde_json::to_vec(v).unwrap_or_default()),
-    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! ring no longer holds are reported as a `gap` event with their number.
 
 use super::auth::BrowserSession;
-use super::routes::{text, Body};
+use super::reply::{text, Body};
 use super::Console;
 use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
