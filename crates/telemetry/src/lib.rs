@@ -5,7 +5,8 @@
 //! - [`logs`]: tracing set-up (human or JSON, level from the environment);
 //!   [`text_fields`] keeps the human format's values from passing for other fields;
 //!   [`throttle`] bounds warnings a stranger can cause.
-//! - [`metrics`]: the Prometheus registry and the `/metrics` server.
+//! - [`metrics`]: the Prometheus registry and the `/metrics` server; `labels` has their
+//!   label sets, one struct each.
 //! - [`otel`]: OpenTelemetry export (OTLP log records and spans), when configured.
 //! - [`feed`]: a bounded ring of the latest events for live viewers (the console), off
 //!   unless [`Telemetry::with_feed`] turned it on.
@@ -15,6 +16,7 @@
 
 pub mod event;
 pub mod feed;
+mod labels;
 pub mod logs;
 pub mod metrics;
 pub mod otel;

@@ -9,6 +9,7 @@
 //! sessions of the last few minutes rather than all sessions ever.
 
 use crate::event::{Event, SessionMeta};
+use crate::labels::{forget, series, Labels, Lock, Port, Reason, Stolen, User, Version};
 use crate::ping_latency::{PingLatency, Series};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -24,9 +25,6 @@ pub const SESSION_DURATION_BUCKETS: &[f64] = &[
 ];
 /// Ping round trips: 100 µs to 5 s.
 pub const PING_LATENCY_BUCKETS: &[f64] = &crate::ping_latency::BUCKETS;
-
-const USER_LABELS: &[&str] = &["client_hostname", "client_name", "client_user", "user_id"];
-const STOLEN_LABELS: &[&str] = &["session_id", "port", "namespace", "target", "user_id"];
 
 /// Distinct (`client_name`, `client_hostname`) pairs one client's per-user series may use;
 /// more are counted under `other`. Both are what a client says about itself, so without a
@@ -139,12 +137,10 @@ impl Metrics {
                 "mirrord_build_info",
                 "Operator build information (always 1)",
             ),
-            &["version"],
+            &Version::NAMES,
         )
         .expect("valid gauge");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        series(&build_info, &Version(env!("CARGO_PKG_VERSION"))).set(1);
         reg(&r, build_info);
         Self {
             license_valid_seconds: reg(
@@ -168,7 +164,7 @@ impl Metrics {
                 counter(
                     "mirrord_sessions_create_total",
                     "Count of created sessions",
-                    USER_LABELS,
+                    &User::NAMES,
                 ),
             ),
             sessions_duration: reg(
@@ -177,7 +173,7 @@ impl Metrics {
                     "mirrord_sessions_duration",
                     "Histogram for session durations after they are ended",
                     SESSION_DURATION_BUCKETS,
-                    USER_LABELS,
+                    &User::NAMES,
                 ),
             ),
             ping_latency: PingLatency::default(),
@@ -186,7 +182,7 @@ impl Metrics {
                 counter(
                     "mirrord_stolen_connections_count",
                     "Count of stolen incoming connections",
-                    STOLEN_LABELS,
+                    &Stolen::NAMES,
                 ),
             ),
             stolen_requests: reg(
@@ -194,7 +190,7 @@ impl Metrics {
                 counter(
                     "mirrord_stolen_requests_count",
                     "Count of stolen HTTP requests",
-                    STOLEN_LABELS,
+                    &Stolen::NAMES,
                 ),
             ),
             sessions_active: reg(
@@ -209,7 +205,7 @@ impl Metrics {
                         "mirrord_port_locks",
                         "Ports currently held by sessions, by target, port and mode",
                     ),
-                    &["target", "port", "mode"],
+                    &Lock::NAMES,
                 )
                 .expect("valid gauge"),
             ),
@@ -218,7 +214,7 @@ impl Metrics {
                 counter(
                     "mirrord_bypassed_requests_total",
                     "HTTP requests a filtered steal let through to the target",
-                    &["namespace", "target", "port"],
+                    &Port::NAMES,
                 ),
             ),
             filter_limited_requests: reg(
@@ -226,7 +222,7 @@ impl Metrics {
                 counter(
                     "mirrord_filter_limited_requests_total",
                     "HTTP requests a filter could not decide within its backtracking limit (treated as not matching)",
-                    &["namespace", "target", "port"],
+                    &Port::NAMES,
                 ),
             ),
             refusals: reg(
@@ -234,7 +230,7 @@ impl Metrics {
                 counter(
                     "mirrord_session_refusals_total",
                     "Session requests the operator refused, by reason",
-                    &["reason"],
+                    &Reason::NAMES,
                 ),
             ),
             mirror_copies_dropped: reg(
@@ -242,7 +238,7 @@ impl Metrics {
                 counter(
                     "mirrord_mirror_copies_dropped_total",
                     "Mirror copies of HTTP requests not delivered to a developer, by reason (too_large, budget, behind); the real requests are never affected",
-                    &["reason"],
+                    &Reason::NAMES,
                 ),
             ),
             lock_series: Mutex::default(),
@@ -258,13 +254,13 @@ impl Metrics {
     /// an increase Prometheus sees (a series born at 1 reads 0 in `increase()`).
     pub fn known_refusal_reasons(&self, reasons: &[&str]) {
         for r in reasons {
-            self.refusals.with_label_values(&[r]);
+            series(&self.refusals, &Reason(r));
         }
     }
 
-    /// `client_hostname`, `client_name`, `client_user`, `user_id`, with the self-reported
-    /// two bounded per client (see [`LABEL_SETS_PER_CLIENT`]).
-    fn user_labels(&self, s: &SessionMeta) -> [String; 4] {
+    /// Who opened the session, with the self-reported name and hostname bounded per client
+    /// (see [`LABEL_SETS_PER_CLIENT`]).
+    fn user_labels(&self, s: &SessionMeta) -> User {
         let c = &s.client;
         let pair = (c.client_name.clone(), c.client_hostname.clone());
         let mut sets = self.label_sets.lock().expect("not poisoned");
@@ -276,21 +272,26 @@ impl Metrics {
             }
             room
         };
-        let (name, host) = match admitted {
+        let (client_name, client_hostname) = match admitted {
             true => pair,
             false => (OTHER.to_owned(), OTHER.to_owned()),
         };
-        [host, name, c.client_user.clone(), c.client_id.clone()]
+        User {
+            client_hostname,
+            client_name,
+            client_user: c.client_user.clone(),
+            user_id: c.client_id.clone(),
+        }
     }
 
-    fn stolen_labels(s: &SessionMeta, port: &str) -> Vec<String> {
-        vec![
-            s.session_id.clone(),
-            port.to_owned(),
-            s.target_namespace.clone(),
-            s.target(),
-            s.client.client_id.clone(),
-        ]
+    fn stolen_labels(s: &SessionMeta, port: u16) -> Stolen {
+        Stolen {
+            session_id: s.session_id.clone(),
+            port: port.to_string(),
+            namespace: s.target_namespace.clone(),
+            target: s.target(),
+            user_id: s.client.client_id.clone(),
+        }
     }
 
     /// Handles for the data plane: created with the port's subscription.
@@ -301,17 +302,16 @@ impl Metrics {
             .entry(s.session_id.clone())
             .or_default()
             .insert(port);
-        let l = Self::stolen_labels(s, &port.to_string());
-        let l: Vec<&str> = l.iter().map(String::as_str).collect();
+        let l = Self::stolen_labels(s, port);
         PortCounters {
-            connections: self.stolen_connections.with_label_values(&l),
-            requests: self.stolen_requests.with_label_values(&l),
+            connections: series(&self.stolen_connections, &l),
+            requests: series(&self.stolen_requests, &l),
         }
     }
 
     /// The dropped-copy counters, every reason created at 0.
     pub fn copy_drops(&self) -> CopyDrops {
-        let c = |r: &str| self.mirror_copies_dropped.with_label_values(&[r]);
+        let c = |r: &str| series(&self.mirror_copies_dropped, &Reason(r));
         CopyDrops {
             too_large: c("too_large"),
             budget: c("budget"),
@@ -320,31 +320,37 @@ impl Metrics {
     }
 
     pub fn bypass_counter(&self, namespace: &str, target: &str, port: u16) -> BypassCounter {
-        let labels = [namespace, target, &port.to_string()];
+        let labels = Port {
+            namespace,
+            target,
+            port: port.to_string(),
+        };
         BypassCounter {
-            bypassed: self.bypassed_requests.with_label_values(&labels),
-            limited: self.filter_limited_requests.with_label_values(&labels),
+            bypassed: series(&self.bypassed_requests, &labels),
+            limited: series(&self.filter_limited_requests, &labels),
         }
     }
 
     /// What filtered steals on a target's port have let through so far (the console's
     /// "bypassed"; the same series as `mirrord_bypassed_requests_total`).
     pub fn bypassed_requests_of(&self, namespace: &str, target: &str, port: u16) -> u64 {
-        self.bypassed_requests
-            .with_label_values(&[namespace, target, &port.to_string()])
-            .get()
+        let labels = Port {
+            namespace,
+            target,
+            port: port.to_string(),
+        };
+        series(&self.bypassed_requests, &labels).get()
     }
 
     pub(crate) fn observe(self: &Arc<Self>, event: &Event) {
         match event {
             Event::SessionStarted { session } => {
                 let user = self.user_labels(session);
-                let user: Vec<&str> = user.iter().map(String::as_str).collect();
-                self.sessions_create_total.with_label_values(&user).inc();
+                series(&self.sessions_create_total, &user).inc();
                 self.sessions_active.inc();
                 // Exists (at zero) before the first observation, so `rate()` sees the
                 // user's first session end as an increase.
-                let _ = self.sessions_duration.with_label_values(&user);
+                let _ = series(&self.sessions_duration, &user);
                 // The series exists from the start, so a session that never answers a
                 // ping still shows up (with an empty histogram) while it lives.
                 let _ = self.ping_latency.series(
@@ -357,10 +363,7 @@ impl Metrics {
                 session, duration, ..
             } => {
                 let user = self.user_labels(session);
-                let user: Vec<&str> = user.iter().map(String::as_str).collect();
-                self.sessions_duration
-                    .with_label_values(&user)
-                    .observe(duration.as_secs_f64());
+                series(&self.sessions_duration, &user).observe(duration.as_secs_f64());
                 self.sessions_active.dec();
                 self.forget_later(session.clone());
             }
@@ -388,7 +391,7 @@ impl Metrics {
                 );
             }
             Event::SessionRefused { reason, .. } => {
-                self.refusals.with_label_values(&[reason]).inc();
+                series(&self.refusals, &Reason(reason)).inc();
             }
             Event::SessionKilled { .. }
             | Event::PortTakenOver { .. }
@@ -399,9 +402,12 @@ impl Metrics {
 
     fn lock_change(&self, s: &SessionMeta, port: u16, mode: &str, delta: i64) {
         let _guard = self.lock_series.lock().expect("not poisoned");
-        self.port_locks
-            .with_label_values(&[&s.target(), &port.to_string(), mode])
-            .add(delta);
+        let lock = Lock {
+            target: &s.target(),
+            port: &port.to_string(),
+            mode,
+        };
+        series(&self.port_locks, &lock).add(delta);
     }
 
     /// Removes the lock series of the session's target that nobody holds any more, so
@@ -420,8 +426,12 @@ impl Metrics {
                 if labels.get("target") == Some(&target.as_str())
                     && m.get_gauge().get_value() == 0.0
                 {
-                    let l = [target.as_str(), labels["port"], labels["mode"]];
-                    let _ = self.port_locks.remove_label_values(&l);
+                    let lock = Lock {
+                        target: &target,
+                        port: labels["port"],
+                        mode: labels["mode"],
+                    };
+                    forget(&self.port_locks, &lock);
                 }
             }
         }
@@ -472,11 +482,7 @@ impl Metrics {
         };
         ports
             .iter()
-            .map(|p| {
-                let l = Self::stolen_labels(s, &p.to_string());
-                let l: Vec<&str> = l.iter().map(String::as_str).collect();
-                self.stolen_requests.with_label_values(&l).get()
-            })
+            .map(|p| series(&self.stolen_requests, &Self::stolen_labels(s, *p)).get())
             .sum()
     }
 
@@ -491,10 +497,9 @@ impl Metrics {
             .unwrap_or_default();
         self.forget_idle_locks(s);
         for port in ports {
-            let l = Self::stolen_labels(s, &port.to_string());
-            let l: Vec<&str> = l.iter().map(String::as_str).collect();
-            let _ = self.stolen_connections.remove_label_values(&l);
-            let _ = self.stolen_requests.remove_label_values(&l);
+            let l = Self::stolen_labels(s, port);
+            forget(&self.stolen_connections, &l);
+            forget(&self.stolen_requests, &l);
         }
     }
 
