@@ -7,6 +7,7 @@ use crate::local::{self, LocalHttp, LocalRequest};
 use crate::plan::Plan;
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
+use mirrord_protocol::demux::Demux;
 use mirrord_protocol::pump::ConnInbox;
 use mirrord_protocol::{ClientMessage, PortRequest, ServerMessage, SessionRequest};
 use std::collections::HashMap;
@@ -105,15 +106,13 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
     let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
     let http = LocalHttp::new();
-    // Per handed-over connection, and per stolen request the local process upgraded
-    // (101): where its bytes go (never waited on). A plain request has no entry: this map
-    // holds only what the operator can still send bytes for, so it stays as small as the
-    // open connections however many requests a session serves.
-    let mut conns: HashMap<u64, ConnInbox> = HashMap::new();
+    // Per handed-over connection, per stolen request the local process upgraded (101),
+    // and per request body still streaming in: where the operator's bytes go (never waited
+    // on; the same bookkeeping as the operator's side). A plain request has no entry, so
+    // this stays as small as what is open however many requests a session serves.
+    let mut carried = Demux::default();
     // Upgraded requests' inboxes, registered by their tasks before they send the 101.
     let (upgrades, mut upgraded) = mpsc::unbounded_channel::<(u64, ConnInbox)>();
-    // Request bodies still streaming in from the operator, by request.
-    let mut bodies: HashMap<u64, mirrord_protocol::body::BodyInbox> = HashMap::new();
     // Registered once, before the loop: a listener created per iteration would miss a
     // signal delivered between iterations.
     use tokio::signal::unix::{signal, SignalKind};
@@ -132,7 +131,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
             // before any frame that arrived after that 101 is handled.
             biased;
             Some((req, inbox)) = upgraded.recv() => {
-                conns.insert(req, inbox);
+                carried.add_conn(req, inbox);
                 None
             }
             _ = int.recv() => Some(("interrupted", exit::INTERRUPTED)),
@@ -160,35 +159,26 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
                     ServerMessage::Ping { nonce } => { let _ = out.send(ClientMessage::Pong { nonce }).await; }
                     ServerMessage::NewConnection { conn, port, mode, .. } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
-                        conns.insert(conn, local::spawn_connection(conn, addr, mode, out.clone()));
+                        carried.add_conn(conn, local::spawn_connection(conn, addr, mode, out.clone()));
                     }
                     ServerMessage::ConnData { conn, data } => {
                         // A local process that stops reading costs its connection (closed
                         // once too far behind), never this loop's pongs or other traffic.
-                        if conns.get(&conn).is_some_and(|c| !c.push(data)) {
-                            conns.remove(&conn);
+                        if carried.conn_data(conn, data).is_err() {
                             let _ = out.send(ClientMessage::ConnClose { conn }).await;
                         }
                     }
-                    ServerMessage::ConnClose { conn } => { conns.remove(&conn); }
+                    ServerMessage::ConnClose { conn } => carried.conn_close(conn),
                     ServerMessage::HttpRequest { req, port, mode, head, body, end } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
                         let (body, more) = mirrord_protocol::body::receive(body, end);
                         if let Some(inbox) = more {
-                            bodies.insert(req, inbox);
+                            carried.add_body(req, inbox);
                         }
                         http.spawn(LocalRequest { req, addr, mode, head: *head, body }, out.clone(), upgrades.clone());
                     }
-                    ServerMessage::HttpBody { req, data, end } => {
-                        if bodies.get(&req).is_some_and(|b| !b.push(data)) || end {
-                            bodies.remove(&req);
-                        }
-                    }
-                    ServerMessage::HttpTrailers { req, trailers } => {
-                        if let Some(body) = bodies.remove(&req) {
-                            body.finish(&trailers);
-                        }
-                    }
+                    ServerMessage::HttpBody { req, data, end } => carried.body_data(req, data, end),
+                    ServerMessage::HttpTrailers { req, trailers } => carried.body_trailers(req, &trailers),
                     ServerMessage::Upgraded { .. } => {}
                     ServerMessage::Notice { message } => eprintln!("mirrordctl: {message}"),
                     ServerMessage::PortLost { port, reason } => {
@@ -224,7 +214,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
     if let Some((why, _)) = leaving {
         eprintln!("mirrordctl: {why}; session ended");
     }
-    drop(conns);
+    drop(carried);
     drop(out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     Ok(code)

@@ -17,7 +17,7 @@ use crate::sessions::{Control, DeadlineCause, SessionEntry};
 use futures::StreamExt;
 use mirrord_dataplane::handoff::HandoffRx;
 use mirrord_dataplane::{Handoff, StolenResponse};
-use mirrord_protocol::body::BodyInbox;
+use mirrord_protocol::demux::Demux;
 use mirrord_protocol::pump::{conn_channel, relay, ConnFrames, ConnInbox};
 use mirrord_protocol::shared_tcp::DirectWriter;
 use mirrord_protocol::{ClientMessage, ErrorCode, ErrorReply, FrameError, PortMode, ServerMessage};
@@ -40,11 +40,11 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 /// What the reader and the forwarder both touch: connections and requests in flight.
 #[derive(Default)]
-struct Demux {
-    conns: HashMap<u64, ConnInbox>,
+struct InFlight {
+    /// Where the client's bytes for carried connections and answers' bodies go (the same
+    /// bookkeeping as `mirrordctl`'s).
+    carried: Demux,
     pending: HashMap<u64, oneshot::Sender<StolenResponse>>,
-    /// Response bodies still streaming in from the developer, by request.
-    bodies: HashMap<u64, BodyInbox>,
     pings: VecDeque<(u64, Instant)>,
 }
 
@@ -58,7 +58,7 @@ struct Actor {
     /// Milliseconds after `epoch` when the client was last heard from.
     last_seen: AtomicU64,
     epoch: Instant,
-    demux: Mutex<Demux>,
+    demux: Mutex<InFlight>,
 }
 
 /// Frames to the client, each boxed: the queue preallocates a block of 32 slots per
@@ -145,8 +145,7 @@ impl Actor {
         self.tracker.close();
         let pending: Vec<_> = {
             let mut d = self.demux.lock().expect("demux lock");
-            d.conns.clear();
-            d.bodies.clear();
+            d.carried.clear();
             d.pending.drain().map(|(_, r)| r).collect()
         };
         for respond in pending {
@@ -252,7 +251,7 @@ impl Actor {
                 let mut d = self.demux.lock().expect("demux lock");
                 // Requests whose client gave up (504, closed) are owed nothing.
                 d.pending.retain(|_, respond| !respond.is_closed());
-                !d.pending.is_empty() || !d.bodies.is_empty()
+                !d.pending.is_empty() || d.carried.has_bodies()
             };
             if !busy || tokio::time::Instant::now() >= until {
                 return;
@@ -306,18 +305,23 @@ impl Actor {
         match msg {
             ClientMessage::Pong { nonce } => self.pong(nonce),
             ClientMessage::ConnData { conn, data } => {
-                let behind = {
-                    let mut d = self.demux.lock().expect("demux lock");
-                    let full = d.conns.get(&conn).is_some_and(|c| !c.push(data));
-                    full && d.conns.remove(&conn).is_some()
-                };
-                if behind {
+                let behind = self
+                    .demux
+                    .lock()
+                    .expect("demux lock")
+                    .carried
+                    .conn_data(conn, data);
+                if behind.is_err() {
                     tracing::debug!(session_id = %self.entry.id, conn, "connection fell too far behind; closed");
                     self.send_soon(ServerMessage::ConnClose { conn });
                 }
             }
             ClientMessage::ConnClose { conn } => {
-                self.demux.lock().expect("demux lock").conns.remove(&conn);
+                self.demux
+                    .lock()
+                    .expect("demux lock")
+                    .carried
+                    .conn_close(conn);
             }
             ClientMessage::HttpResponse {
                 req,
@@ -326,17 +330,13 @@ impl Actor {
                 end,
             } => self.respond(req, head, body, end),
             ClientMessage::HttpBody { req, data, end } => {
-                let mut d = self.demux.lock().expect("demux lock");
                 // Like connection bytes: never waited on; too far behind ends it.
-                if d.bodies.get(&req).is_some_and(|b| !b.push(data)) || end {
-                    d.bodies.remove(&req);
-                }
+                let mut d = self.demux.lock().expect("demux lock");
+                d.carried.body_data(req, data, end);
             }
             ClientMessage::HttpTrailers { req, trailers } => {
-                let body = self.demux.lock().expect("demux lock").bodies.remove(&req);
-                if let Some(body) = body {
-                    body.finish(&trailers);
-                }
+                let mut d = self.demux.lock().expect("demux lock");
+                d.carried.body_trailers(req, &trailers);
             }
             ClientMessage::HttpFailed { req, reason } => {
                 let respond = self.demux.lock().expect("demux lock").pending.remove(&req);
@@ -391,12 +391,12 @@ impl Actor {
         };
         let upgraded = (head.status == 101).then(|| {
             let (near, far) = tokio::io::duplex(mirrord_dataplane::handoff::HANDOFF_BUFFER);
-            d.conns.insert(req, self.carry(req, far, None));
+            d.carried.add_conn(req, self.carry(req, far, None));
             near
         });
         let (body, more) = mirrord_protocol::body::receive(body, end);
         if let Some(inbox) = more {
-            d.bodies.insert(req, inbox);
+            d.carried.add_body(req, inbox);
         }
         drop(d);
         let _ = respond.send(StolenResponse::Response {
@@ -447,8 +447,8 @@ impl Actor {
                 self.demux
                     .lock()
                     .expect("demux lock")
-                    .conns
-                    .insert(conn, inbox);
+                    .carried
+                    .add_conn(conn, inbox);
             }
             Handoff::Notice { message } => {
                 self.send_soon(ServerMessage::Notice { message });

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod body;
 pub mod codec;
+pub mod demux;
 pub mod filter;
 pub mod messages;
 pub mod pump;
