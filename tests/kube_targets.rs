@@ -561,20 +561,20 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
         "{last_failure:?}"
     );
 
-    // The agent's pod deleted: it leaves cleanly (SIGTERM) and is replaced.
+    // The agent's pod deleted: the operator sees it, tells the agent to leave (it removes
+    // its redirect at once) and starts a replacement, whenever the kubelet sends its SIGTERM
+    // (1.20 sometimes sends it only at the pod's next sync, seconds later, and may then kill
+    // the agent before it cleaned up: issue 24 saw failures for 12 s).
     let agent = env.agents().remove(0);
     let deleted = Instant::now();
     env.k
         .kubectl(&["-n", &env.op_ns, "delete", "pod", &agent, "--wait=false"]);
-    // The kubelet (1.20) sometimes sends the SIGTERM of a pod deleted right after it started
-    // only at its next periodic sync (CI: the pod Terminating for 30 s with no Killing
-    // event); until then the old agent keeps serving, so the wait is long, not the failures.
-    let last_failure = probe_until_stolen(pod, &name, deleted, Duration::from_secs(120));
+    let last_failure = probe_until_stolen(pod, &name, deleted, Duration::from_secs(15));
     eprintln!(
         "agent pod deleted: last failed connection {last_failure:?} after; stolen again {:?} after",
         deleted.elapsed()
     );
-    assert!(last_failure < Duration::from_secs(5), "{last_failure:?}");
+    assert_eq!(last_failure, Duration::ZERO, "no connection fails");
     // The developer was told both times, and the session went on.
     let told = wait_for(Duration::from_secs(10), || {
         let t = s.stderr.text();

@@ -62,6 +62,11 @@ pub struct KubernetesConfig {
     pub aggregated_api_listen: Option<SocketAddr>,
     /// Its serving certificate (`tls.crt`, `tls.key`; the APIService's caBundle signs it).
     pub aggregated_api_tls: Option<std::path::PathBuf>,
+    /// A ClusterRole that lives as long as the installation (the chart's own): owner of
+    /// what the operator makes outside its namespace (copies), so uninstalling removes it
+    /// even when the operator cannot. Unset: such objects have no owner (a restarted
+    /// operator still removes them by their labels).
+    pub owner_cluster_role: Option<String>,
 }
 
 fn default_pull_policy() -> String {
