@@ -188,7 +188,16 @@ pki() {
 start() { # start NAME CMD...: run in the background, pid in $RUN/pids, log in $RUN/logs
   local name=$1; shift
   if [ -f "$RUN/pids/$name" ] && kill -0 "$(cat "$RUN/pids/$name")" 2>/dev/null; then return 0; fi
-  setsid "$@" > "$RUN/logs/$name.log" 2>&1 < /dev/null &
+  # The daemons outlive this script: they keep no descriptor of its caller's but the three
+  # standard ones (e.g. `flock LOCK scripts/dev-cluster.sh up` would otherwise leave LOCK
+  # held by the cluster for as long as it runs).
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+    done
+    exec setsid "$@" > "$RUN/logs/$name.log" 2>&1 < /dev/null
+  ) &
   echo $! > "$RUN/pids/$name"
 }
 

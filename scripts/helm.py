@@ -53,6 +53,11 @@ def main():
         p.add_argument("--wait", action="store_true")
         p.add_argument("--timeout", type=int, default=300)  # Helm CLI's default, 5m
         p.add_argument("--create-namespace", action="store_true")
+        if name == "upgrade":
+            # Helm's own: without --reuse-values an upgrade starts from the chart's defaults
+            # (plus this command's --set), so values set at install are silently reset.
+            p.add_argument("--reuse-values", action="store_true")
+            p.add_argument("--reset-values", action="store_true")
     p = sub.add_parser("uninstall")
     p.add_argument("release")
     p.add_argument("-n", "--namespace", default="default")
@@ -89,8 +94,13 @@ def main():
                           wait=wait, timeout=args.timeout,
                           create_namespace=args.create_namespace)
     else:
+        if args.reuse_values and args.reset_values:
+            print("scripts/helm: --reuse-values and --reset-values contradict each other; "
+                  "pass one", file=sys.stderr)
+            return 2
         rel = cfg.upgrade(args.chart, args.release, values, namespace=args.namespace,
-                          wait=wait, timeout=args.timeout)
+                          wait=wait, timeout=args.timeout, reuse_values=args.reuse_values,
+                          reset_values=args.reset_values)
     print(f'release "{rel.get("name")}" revision {rel.get("revision")}: {rel.get("status")}'
           f' (namespace {rel.get("namespace")})')
     if rel.get("notes"):

@@ -8,6 +8,7 @@
 #                                 (OPERATOR_BIN=path: another build, e.g. the tests' debug one)
 #   scripts/images.sh agent       the agent (AGENT_BIN likewise) with Debian's nft
 #   scripts/images.sh all         all of the above
+#   scripts/images.sh operator agent   several at once
 #
 # The operator image holds the release binary and exactly the shared libraries `ldd`
 # lists; it runs as a non-root user with a read-only root filesystem.
@@ -128,11 +129,14 @@ agent() {
   rm -rf "$root"
 }
 
-case "${1:-}" in
-  pause) pause ;;
-  busybox) busybox_image ;;
-  operator) operator ;;
-  agent) agent ;;
-  all) pause; busybox_image; operator; agent ;;
-  *) echo "usage: $0 pause|busybox|operator|agent|all" >&2; exit 2 ;;
-esac
+[ $# -gt 0 ] || { echo "usage: $0 pause|busybox|operator|agent|all..." >&2; exit 2; }
+for name in "$@"; do
+  case "$name" in
+    pause) pause ;;
+    busybox) busybox_image ;;
+    operator) operator ;;
+    agent) agent ;;
+    all) pause; busybox_image; operator; agent ;;
+    *) echo "usage: $0 pause|busybox|operator|agent|all... (not $name)" >&2; exit 2 ;;
+  esac
+done

@@ -372,6 +372,19 @@ fn kubernetes_users_are_authenticated_by_the_api_server_and_authorized_by_rbac()
         ok && out.contains(&name) && out.contains("alice") && out.contains("deployment/web"),
         "{out}{err}"
     );
+    // One session by name: the list's columns, not just NAME and AGE (issue 33).
+    let (ok, one, err) = env.kubectl_as(&alice, &["-n", &env.ns, "get", "session", &name]);
+    let header: Vec<&str> = one
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert!(
+        ok && header == ["NAME", "USER", "TARGET", "PORTS", "CLIENT", "AGE"]
+            && one.contains("deployment/web"),
+        "{one}{err}"
+    );
     let (ok, out, err) = env.kubectl_as(&carol, &["-n", &env.ns, "get", "sessions"]);
     assert!(ok && !out.contains(&name), "{out}{err}");
     let (ok, out, err) = env.kubectl_as(&admin, &["get", "sessions", "-A"]);

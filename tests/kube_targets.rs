@@ -6,6 +6,10 @@
 //!
 //! The pods answer their own name; the developer's local process answers `local`, so every
 //! answer says who served it.
+//!
+//! Every test uses the README's layout: the operator in a namespace of its own, the
+//! workload in another (issue 33: objects the operator makes next to the workload must not
+//! be owned by anything in the operator's namespace, or the garbage collector deletes them).
 
 use mirrord_e2e::kube::{repo, Cluster};
 use mirrord_e2e::prom::http_exchange;
@@ -130,10 +134,14 @@ fn answers(addr: SocketAddr, n: usize, headers: &[(&str, &str)]) -> BTreeSet<Str
         .collect()
 }
 
-/// A namespace with the web Deployment and its Service, and an operator from the chart.
+/// A namespace with the web Deployment and its Service, and an operator from the chart in
+/// a namespace of its own.
 struct Env {
     k: Cluster,
+    /// The workload's namespace.
     ns: String,
+    /// The operator's (its agents live there too).
+    op_ns: String,
     release: String,
     /// The Service's ClusterIP, port 80.
     web: SocketAddr,
@@ -146,11 +154,13 @@ impl Env {
         let k = Cluster::get()?;
         // A fresh name: deleting a namespace can take a minute on this cluster.
         let ns = &format!("{base}-{:04x}", rand_u16());
+        let op_ns = &format!("{ns}-op");
         k.load_operator_image();
         k.load_agent_image();
         // One release name per run (the chart's cluster-wide RBAC is named after it).
         let release = format!("mirrord-operator-{ns}");
         k.kubectl(&["create", "namespace", ns]);
+        k.kubectl(&["create", "namespace", op_ns]);
         k.apply(&web_yaml(ns, replicas));
         let chart = repo().join("deploy/helm/mirrord-operator");
         k.helm(&[
@@ -158,7 +168,7 @@ impl Env {
             &release,
             &chart.display().to_string(),
             "-n",
-            ns,
+            op_ns,
             "--set",
             "operator.jsonLog=true",
             "--set",
@@ -178,7 +188,7 @@ impl Env {
             "deployment/web",
             "--timeout=120s",
         ]);
-        let ip = |svc: &str| -> IpAddr {
+        let ip = |ns: &str, svc: &str| -> IpAddr {
             k.kubectl(&[
                 "-n",
                 ns,
@@ -191,8 +201,8 @@ impl Env {
             .parse()
             .unwrap()
         };
-        let web = SocketAddr::new(ip("web"), 80);
-        let operator = ip(&release);
+        let web = SocketAddr::new(ip(ns, "web"), 80);
+        let operator = ip(op_ns, &release);
         // kube-proxy programs a new Service's address a moment after it exists.
         for addr in [web, SocketAddr::new(operator, 8443)] {
             let up = wait_for(Duration::from_secs(30), || {
@@ -202,9 +212,32 @@ impl Env {
             });
             assert!(up.is_some(), "Service {addr} does not accept connections");
         }
+        // And every replica behind it, once the endpoints caught up with the rollout.
+        let names = || -> BTreeSet<String> {
+            let list: Value = serde_json::from_str(
+                &k.kubectl(&["-n", ns, "get", "pods", "-l", "app=web", "-o", "json"]),
+            )
+            .unwrap();
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let all = wait_for(Duration::from_secs(30), || {
+            (answers(web, 20, &[]) == names()).then_some(())
+        });
+        assert!(
+            all.is_some(),
+            "the Service does not reach every replica: {:?} of {:?}",
+            answers(web, 20, &[]),
+            names()
+        );
         let tmp = tempfile::tempdir().unwrap();
         let creds = k.issue_credentials(
-            (ns, &release),
+            (op_ns, &release),
             tmp.path(),
             "alice",
             &["--role", "admin"],
@@ -213,6 +246,7 @@ impl Env {
         Some(Self {
             k,
             ns: ns.into(),
+            op_ns: op_ns.into(),
             release,
             web,
             creds,
@@ -237,12 +271,12 @@ impl Env {
         })
     }
 
-    /// The pods labelled `label` that are not being deleted, as JSON.
-    fn live_pods(&self, label: &str) -> Vec<Value> {
+    /// The pods labelled `label` in namespace `ns` that are not being deleted, as JSON.
+    fn live_pods_in(&self, ns: &str, label: &str) -> Vec<Value> {
         let list: Value = serde_json::from_str(
             &self
                 .k
-                .kubectl(&["-n", &self.ns, "get", "pods", "-l", label, "-o", "json"]),
+                .kubectl(&["-n", ns, "get", "pods", "-l", label, "-o", "json"]),
         )
         .unwrap();
         list["items"]
@@ -252,6 +286,11 @@ impl Env {
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .cloned()
             .collect()
+    }
+
+    /// The workload's namespace's pods labelled `label` that are not being deleted.
+    fn live_pods(&self, label: &str) -> Vec<Value> {
+        self.live_pods_in(&self.ns, label)
     }
 
     /// The web pods: name -> (uid, address).
@@ -276,7 +315,7 @@ impl Env {
     fn metrics(&self) -> String {
         let ip = self.k.kubectl(&[
             "-n",
-            &self.ns,
+            &self.op_ns,
             "get",
             "pods",
             "-l",
@@ -292,9 +331,9 @@ impl Env {
         .unwrap()
     }
 
-    /// The agent pods that are not on their way out.
+    /// The agent pods (in the operator's namespace) that are not on their way out.
     fn agents(&self) -> Vec<String> {
-        self.live_pods("mirrord.dev/role=agent")
+        self.live_pods_in(&self.op_ns, "mirrord.dev/role=agent")
             .iter()
             .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Failed" | "Succeeded")))
             .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
@@ -303,7 +342,7 @@ impl Env {
 
     /// The operator's JSON log lines with `message`.
     fn events(&self, message: &str) -> Vec<Value> {
-        self.k.operator_events(&self.ns, &self.release, message)
+        self.k.operator_events(&self.op_ns, &self.release, message)
     }
 
     /// Waits until the Service answers from the pods only, `n` times in a row.
@@ -329,9 +368,10 @@ impl Drop for Env {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.k.diagnose(&self.ns));
+            eprintln!("{}", self.k.diagnose(&self.op_ns));
             let (_, out, err) = self.k.try_kubectl(&[
                 "-n",
-                &self.ns,
+                &self.op_ns,
                 "logs",
                 "-l",
                 "mirrord.dev/role=agent",
@@ -341,7 +381,7 @@ impl Drop for Env {
             eprintln!("--- agent logs\n{out}{err}");
             let (_, out, _) = self.k.try_kubectl(&[
                 "-n",
-                &self.ns,
+                &self.op_ns,
                 "logs",
                 &format!("deployment/{}", self.release),
                 "--tail=400",
@@ -350,11 +390,13 @@ impl Drop for Env {
         }
         // The release's cluster-wide objects go with it; the namespace takes the rest.
         let _ = Command::new(repo().join("scripts/helm"))
-            .args(["uninstall", &self.release, "-n", &self.ns])
+            .args(["uninstall", &self.release, "-n", &self.op_ns])
             .output();
-        let _ = self
-            .k
-            .try_kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
+        for ns in [&self.ns, &self.op_ns] {
+            let _ = self
+                .k
+                .try_kubectl(&["delete", "namespace", ns, "--wait=false"]);
+        }
     }
 }
 
@@ -542,20 +584,20 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
         "{last_failure:?}"
     );
 
-    // The agent's pod deleted: it leaves cleanly (SIGTERM) and is replaced.
+    // The agent's pod deleted: the operator sees it, tells the agent to leave (it removes
+    // its redirect at once) and starts a replacement, whenever the kubelet sends its SIGTERM
+    // (1.20 sometimes sends it only at the pod's next sync, seconds later, and may then kill
+    // the agent before it cleaned up: issue 24 saw failures for 12 s).
     let agent = env.agents().remove(0);
     let deleted = Instant::now();
     env.k
-        .kubectl(&["-n", &env.ns, "delete", "pod", &agent, "--wait=false"]);
-    // The kubelet (1.20) sometimes sends the SIGTERM of a pod deleted right after it started
-    // only at its next periodic sync (CI: the pod Terminating for 30 s with no Killing
-    // event); until then the old agent keeps serving, so the wait is long, not the failures.
-    let last_failure = probe_until_stolen(pod, &name, deleted, Duration::from_secs(120));
+        .kubectl(&["-n", &env.op_ns, "delete", "pod", &agent, "--wait=false"]);
+    let last_failure = probe_until_stolen(pod, &name, deleted, Duration::from_secs(15));
     eprintln!(
         "agent pod deleted: last failed connection {last_failure:?} after; stolen again {:?} after",
         deleted.elapsed()
     );
-    assert!(last_failure < Duration::from_secs(5), "{last_failure:?}");
+    assert_eq!(last_failure, Duration::ZERO, "no connection fails");
     // The developer was told both times, and the session went on.
     let told = wait_for(Duration::from_secs(10), || {
         let t = s.stderr.text();
@@ -564,7 +606,7 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
     assert!(told.is_some(), "mirrordctl said: {}", s.stderr.text());
     let logs = env.k.kubectl(&[
         "-n",
-        &env.ns,
+        &env.op_ns,
         "logs",
         &format!("deployment/{}", env.release),
         "--tail=-1",
@@ -572,7 +614,7 @@ fn a_dead_agent_fails_open_within_its_lease_and_is_replaced() {
     let lost = wait_for(Duration::from_secs(5), || {
         let logs = env.k.kubectl(&[
             "-n",
-            &env.ns,
+            &env.op_ns,
             "logs",
             &format!("deployment/{}", env.release),
             "--tail=-1",
@@ -658,6 +700,164 @@ fn replicas(env: &Env) -> String {
     ])
 }
 
+fn annotations(env: &Env) -> String {
+    env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.metadata.annotations}",
+    ])
+}
+
+/// Two workloads no copy of which can start: an image the node does not have (the kubelet
+/// refuses it; pull policy Never), and a node selector no node matches (the copy stays
+/// Pending). Neither has replicas of its own.
+fn unstartable_yaml(ns: &str) -> String {
+    let deployment = |name: &str, image: &str, extra: &str| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: 0
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      automountServiceAccountToken: false
+      {extra}
+      containers:
+        - name: app
+          image: {image}
+          imagePullPolicy: Never
+          command: ["/bin/sh", "-c", "exec httpd -f -p 80"]
+          ports: [{{containerPort: 80, protocol: TCP}}]
+"#
+        )
+    };
+    [
+        deployment("no-image", "mirrord.dev/never-loaded:1", ""),
+        deployment(
+            "unschedulable",
+            "mirrord.dev/busybox:1",
+            "nodeSelector: {mirrord.dev/no-such-node: \"true\"}",
+        ),
+    ]
+    .join("---\n")
+}
+
+/// A copy the cluster refuses, and one deleted while it waits to be scheduled: each session
+/// is refused within 5 s with what Kubernetes said (not after the one-minute start timeout),
+/// and no copy stays behind.
+fn copy_failures_are_reported_at_once(env: &Env, to: &str) {
+    env.k.apply(&unstartable_yaml(&env.ns));
+    let steal_copy = |target: &str| {
+        ctl(
+            &env.creds,
+            &[
+                "steal",
+                "--target",
+                target,
+                "--namespace",
+                &env.ns,
+                "--port",
+                to,
+                "--copy-target",
+            ],
+        )
+    };
+    let started = Instant::now();
+    let out = steal_copy("deployment/no-image");
+    let (took, refused_at) = (started.elapsed(), chrono::Utc::now());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("ErrImageNeverPull") && err.contains("mirrord.dev/never-loaded:1"),
+        "{err}"
+    );
+    // How long after the kubelet refused it (its event's time, in whole seconds: so the
+    // lag measured is an upper bound) the developer was told. The kubelet's own time to
+    // get there depends on the machine's load; the whole wait is far from the minute a
+    // copy gets to start.
+    let copy = err
+        .split_whitespace()
+        .find(|w| w.starts_with("mirrord-copy-no-image-"))
+        .expect("the error names the copy");
+    let refused: chrono::DateTime<chrono::Utc> = env
+        .k
+        .kubectl(&[
+            "-n",
+            &env.ns,
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={copy},reason=ErrImageNeverPull"),
+            "-o",
+            "jsonpath={.items[0].firstTimestamp}",
+        ])
+        .trim()
+        .parse()
+        .expect("the kubelet's ErrImageNeverPull event");
+    let lag = (refused_at - refused).to_std().unwrap_or_default();
+    eprintln!("a copy the kubelet refuses: session refused {took:?} after the request, at most {lag:?} after the kubelet's refusal: {err}");
+    assert!(lag <= Duration::from_secs(5), "{lag:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+
+    let copy_pods = |prefix: &str| -> Vec<Value> {
+        env.live_pods("mirrord.dev/role=copy")
+            .into_iter()
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .collect()
+    };
+    std::thread::scope(|scope| {
+        let session = scope.spawn(|| steal_copy("deployment/unschedulable"));
+        // Deleted once the scheduler has said why it cannot place it.
+        let name = wait_for(Duration::from_secs(30), || {
+            copy_pods("mirrord-copy-unschedulable-")
+                .into_iter()
+                .find(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["reason"] == "Unschedulable"))
+                })
+                .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        })
+        .expect("a pending copy of deployment/unschedulable");
+        let deleted = Instant::now();
+        env.k
+            .kubectl(&["-n", &env.ns, "delete", "pod", &name, "--wait=false"]);
+        let out = session.join().unwrap();
+        let took = deleted.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "a copy deleted while pending: session refused {took:?} after the deletion: {err}"
+        );
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&name) && err.contains("deleted") && err.contains("FailedScheduling"),
+            "{err}"
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    });
+    let gone = wait_for(Duration::from_secs(30), || {
+        env.live_pods("mirrord.dev/role=copy")
+            .is_empty()
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "copies left behind: {:?}",
+        env.live_pods("mirrord.dev/role=copy")
+    );
+}
+
 fn copies(env: &Env) -> Vec<(String, IpAddr)> {
     env.live_pods("mirrord.dev/role=copy")
         .iter()
@@ -708,6 +908,21 @@ fn copies_scale_down_and_a_killed_operator_restores_everything() {
     let copy = copies(&env);
     assert_eq!(copy.len(), 1, "{copy:?}");
     assert!(copy[0].0.starts_with("mirrord-copy-web-"), "{copy:?}");
+    // Owned by nothing in another namespace (the garbage collector would delete it): the
+    // release's ClusterRole at most.
+    let owners = env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "get",
+        "pod",
+        &copy[0].0,
+        "-o",
+        "jsonpath={.metadata.ownerReferences[*].kind}",
+    ]);
+    assert!(
+        owners.split_whitespace().all(|k| k == "ClusterRole"),
+        "the copy's owners: {owners}"
+    );
     stolen_soon(SocketAddr::new(copy[0].1, 80));
     assert_eq!(
         answers(env.web, 20, &[]),
@@ -736,13 +951,30 @@ fn copies_scale_down_and_a_killed_operator_restores_everything() {
     // With scale-down: the originals go to 0 and come back when the session ends.
     let mut s = env.session(&["steal", "--port", &to, "--copy-target", "--scale-down"]);
     assert_eq!(replicas(&env), "0");
+    assert!(
+        annotations(&env).contains("mirrord.dev/original-replicas"),
+        "{}",
+        annotations(&env)
+    );
     let copy = copies(&env);
     stolen_soon(SocketAddr::new(copy[0].1, 80));
     s.stop();
     let restored = wait_for(Duration::from_secs(30), || {
-        (replicas(&env) == "2").then_some(())
+        (replicas(&env) == "2" && copies(&env).is_empty()).then_some(())
     });
-    assert!(restored.is_some(), "replicas: {}", replicas(&env));
+    assert!(
+        restored.is_some(),
+        "replicas: {}, copies {:?}",
+        replicas(&env),
+        copies(&env)
+    );
+    let marks = annotations(&env);
+    assert!(
+        !marks.contains("mirrord.dev/original-replicas") && !marks.contains("scaled-down-by"),
+        "the workload keeps the operator's marks: {marks}"
+    );
+
+    copy_failures_are_reported_at_once(&env, &to);
 
     // The operator killed with SIGKILL mid-session: its next process restores the
     // workload and removes the copy and the agents.
@@ -751,7 +983,7 @@ fn copies_scale_down_and_a_killed_operator_restores_everything() {
     assert!(!env.agents().is_empty());
     let operator_uid = env.k.kubectl(&[
         "-n",
-        &env.ns,
+        &env.op_ns,
         "get",
         "pods",
         "-l",

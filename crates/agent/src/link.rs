@@ -14,6 +14,7 @@ use mirrord_dataplane::handoff::HANDOFF_BUFFER;
 use mirrord_dataplane::{Body, Handoff, StolenResponse, SubscriberTx};
 use mirrord_protocol::agent::{self, RouteSnapshot};
 use mirrord_protocol::{HttpRequestHead, HttpResponseHead};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -38,6 +39,8 @@ pub struct Link {
     addr: String,
     tls: TlsConnector,
     pod_uid: String,
+    /// This agent's own pod (the operator tells a leaving agent from its replacement by it).
+    agent: String,
     sender: Mutex<Option<SendRequest<Body>>>,
 }
 
@@ -45,13 +48,19 @@ pub struct Link {
 const BRIDGE_QUEUE: usize = 1024;
 
 impl Link {
-    pub fn new(addr: String, tls: Arc<rustls::ClientConfig>, pod_uid: String) -> Arc<Self> {
+    pub fn new(
+        addr: String,
+        tls: Arc<rustls::ClientConfig>,
+        pod_uid: String,
+        agent: String,
+    ) -> Arc<Self> {
         let mut tls = (*tls).clone();
         tls.alpn_protocols = vec![b"h2".to_vec()];
         Arc::new(Self {
             addr,
             tls: TlsConnector::from(Arc::new(tls)),
             pod_uid,
+            agent,
             sender: Mutex::default(),
         })
     }
@@ -81,6 +90,7 @@ impl Link {
         });
         let req = Request::get(agent::ROUTES_PATH)
             .header(agent::POD_UID, &self.pod_uid)
+            .header(agent::AGENT, &self.agent)
             .body(empty())
             .expect("valid request");
         let resp = sender.send_request(req).await.map_err(LinkError::Broken)?;
@@ -104,6 +114,7 @@ impl Link {
         let Some(sender) = self.sender() else { return };
         let req = Request::post(agent::APPLIED_PATH)
             .header(agent::POD_UID, &self.pod_uid)
+            .header(agent::AGENT, &self.agent)
             .header(agent::VERSION, version)
             .body(empty())
             .expect("valid request");
@@ -120,14 +131,21 @@ impl Link {
         self.sender.lock().expect("sender").clone()
     }
 
-    /// A session's bridge: handoffs sent to the returned channel reach the operator.
-    pub fn bridge(self: &Arc<Self>, session: u64) -> SubscriberTx {
+    /// A session's bridge: handoffs sent to the returned channel reach the operator. Each
+    /// counts in `in_flight` until it is done (answered, or its tunnel closed), so a
+    /// leaving agent can let them finish.
+    pub fn bridge(self: &Arc<Self>, session: u64, in_flight: &Arc<AtomicUsize>) -> SubscriberTx {
         let (tx, mut rx) = mirrord_dataplane::handoff::channel(BRIDGE_QUEUE);
         let link = Arc::clone(self);
+        let in_flight = Arc::clone(in_flight);
         tokio::spawn(async move {
             while let Some(h) = rx.recv().await {
                 let link = Arc::clone(&link);
-                tokio::spawn(async move { link.forward(session, h).await });
+                let counted = InFlight::start(&in_flight);
+                tokio::spawn(async move {
+                    link.forward(session, h).await;
+                    drop(counted);
+                });
             }
         });
         tx
@@ -198,6 +216,22 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+/// Counts a handoff as in flight until dropped (a cancelled task included).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

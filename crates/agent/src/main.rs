@@ -40,9 +40,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enter the pod's network namespace and serve its ports until SIGTERM, which removes
-    /// the redirect at once. With `--operator`, the operator's sessions decide what each
-    /// port does (and which ports are taken over); without, the `--port`s pass through.
+    /// Enter the pod's network namespace and serve its ports until SIGTERM (or, with an
+    /// operator, until it says to leave), which stops the redirect at once. With
+    /// `--credentials`, the operator's sessions decide what each port does (and which ports
+    /// are taken over); without, the `--port`s pass through.
     Intercept {
         /// The target pod's UID (`kubectl get pod NAME -o jsonpath={.metadata.uid}`).
         #[arg(long)]
@@ -58,6 +59,10 @@ enum Command {
         /// operator-address): the routes come from the operator.
         #[arg(long)]
         credentials: Option<PathBuf>,
+        /// This agent's pod name, as the operator knows it [default: the host name, which in
+        /// a pod is the pod's name].
+        #[arg(long, requires = "credentials")]
+        agent_name: Option<String>,
         /// How long the agent waits for an unreachable operator before it leaves.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         operator_timeout: Duration,
@@ -76,6 +81,7 @@ enum Source {
     Operator {
         addr: Option<String>,
         credentials: PathBuf,
+        agent_name: String,
         timeout: Duration,
     },
 }
@@ -89,6 +95,7 @@ fn main() -> std::process::ExitCode {
             ports,
             operator,
             credentials,
+            agent_name,
             operator_timeout,
             lease,
             proc_dir,
@@ -97,6 +104,11 @@ fn main() -> std::process::ExitCode {
                 Some(credentials) => Source::Operator {
                     addr: operator,
                     credentials,
+                    agent_name: agent_name.unwrap_or_else(|| {
+                        std::fs::read_to_string("/proc/sys/kernel/hostname")
+                            .map(|h| h.trim().to_owned())
+                            .unwrap_or_default()
+                    }),
                     timeout: operator_timeout,
                 },
                 None => Source::Fixed(ports),
@@ -138,12 +150,26 @@ fn intercept(
         Telemetry::new(Duration::from_secs(60)),
         uid.to_owned(),
     ));
-    let result = runtime.block_on(serve(uid, pid, source, lease, Arc::clone(&ports)));
-    // Every connection still open is closed with the runtime, while its NAT entry exists
-    // (so the client hears it); only then are the entries forgotten: forgetting the entry
-    // of a live connection, or of one in a backlog, would black-hole it.
+    let redirect = Arc::new(redirect::Redirect::new());
+    let result = runtime.block_on(serve(
+        uid,
+        pid,
+        source,
+        lease,
+        Arc::clone(&ports),
+        Arc::clone(&redirect),
+    ));
+    // Every connection still open is closed with the runtime and the ports, while its NAT
+    // entry exists and is still applied (so the client hears it); only then are the
+    // entries forgotten and the table deleted: forgetting the entry of a live connection,
+    // or deleting the last NAT chain of the namespace under it, would black-hole it.
     drop(runtime);
-    redirect::forget_connections(&ports.redirected());
+    let redirected = ports.redirected();
+    drop(ports);
+    redirect::forget_connections(&redirected);
+    if let Err(e) = redirect::nft(&redirect.delete_script()) {
+        tracing::warn!(error = %e, "could not delete the redirect's table (it routes nothing)");
+    }
     tracing::info!(pod_uid = uid, "agent stopped: redirect removed");
     result
 }
@@ -154,11 +180,11 @@ async fn serve(
     source: Source,
     lease: Duration,
     ports: Arc<Ports>,
+    redirect: Arc<redirect::Redirect>,
 ) -> anyhow::Result<()> {
     // Listening for SIGTERM starts before the redirect exists: a pod deleted right after it
     // started must still remove the redirect, not die by the signal's default action.
     let stopped = stopped()?;
-    let redirect = Arc::new(redirect::Redirect::new());
     let leftovers = redirect::tables()?;
     redirect::nft(&redirect.create_script(&leftovers))?;
     let renewer = tokio::spawn(renew(Arc::clone(&ports), Arc::clone(&redirect), lease));
@@ -168,19 +194,32 @@ async fn serve(
         lease_ms = lease.as_millis() as u64,
         "agent intercepting"
     );
-    let run = run(source, uid, &ports, &redirect, lease);
+    // The operator's "leave" (it saw this agent's pod being deleted, or replaced it) ends
+    // the agent as SIGTERM does, whenever the kubelet gets round to the signal.
+    let leave = Arc::new(tokio::sync::Notify::new());
+    let run = run(source, uid, &ports, &redirect, lease, &leave);
     tokio::pin!(run);
-    let result = tokio::select! {
-        r = &mut run => r,
-        _ = stopped => Ok(()),
+    let (result, run_done) = tokio::select! {
+        r = &mut run => (r, true),
+        _ = stopped => (Ok(()), false),
+        _ = leave.notified() => {
+            tracing::info!(pod_uid = uid, "the operator asked this agent to leave");
+            (Ok(()), false)
+        }
     };
     renewer.abort();
     // New connections go to the target from now on; the ones in flight (stolen ones too:
-    // the link stays up meanwhile) get a moment to finish rather than being cut.
-    redirect::nft(&redirect.delete_script())?;
-    tokio::select! {
-        _ = &mut run => {}
-        _ = drained(&ports, DRAIN) => {}
+    // the link stays up meanwhile) get a moment to finish rather than being cut. The map is
+    // emptied, not the table deleted: the table's NAT chain keeps the connections already
+    // redirected translated (in a pod it is often the namespace's only one).
+    redirect.stop()?;
+    if run_done {
+        drained(&ports, DRAIN).await;
+    } else {
+        tokio::select! {
+            _ = &mut run => {}
+            _ = drained(&ports, DRAIN) => {}
+        }
     }
     ports.stop_accepting().await;
     result
@@ -237,6 +276,7 @@ async fn run(
     ports: &Arc<Ports>,
     redirect: &redirect::Redirect,
     lease: Duration,
+    leave: &tokio::sync::Notify,
 ) -> anyhow::Result<()> {
     match source {
         Source::Fixed(list) => {
@@ -247,6 +287,7 @@ async fn run(
         Source::Operator {
             addr,
             credentials,
+            agent_name,
             timeout,
         } => {
             let creds = mirrord_identity::Credentials::load(&credentials).with_context(|| {
@@ -257,20 +298,22 @@ async fn run(
             })?;
             let tls = mirrord_identity::client_config(&creds)?;
             let addr = addr.unwrap_or_else(|| creds.operator_addr.clone());
-            let link = Link::new(addr, tls, uid.to_owned());
-            follow(&link, ports, redirect, timeout, lease).await
+            let link = Link::new(addr, tls, uid.to_owned(), agent_name);
+            follow(&link, ports, redirect, timeout, lease, leave).await
         }
     }
 }
 
 /// Applies the operator's routes while it is connected; without it routes nothing, and
-/// leaves once it has been away for `timeout`.
+/// leaves once it has been away for `timeout`. Told to leave, it says so on `leave` and
+/// applies nothing more (the link stays up for the connections in flight).
 async fn follow(
     link: &Arc<Link>,
     ports: &Arc<Ports>,
     redirect: &redirect::Redirect,
     timeout: Duration,
     lease: Duration,
+    leave: &tokio::sync::Notify,
 ) -> anyhow::Result<()> {
     let mut last_contact = tokio::time::Instant::now();
     loop {
@@ -279,6 +322,10 @@ async fn follow(
                 tracing::info!("connected to the operator");
                 loop {
                     match stream.next().await {
+                        Ok(Some(snapshot)) if snapshot.leave => {
+                            leave.notify_one();
+                            return std::future::pending().await;
+                        }
                         Ok(Some(snapshot)) => {
                             if ports.apply(&snapshot, link).await {
                                 // In force before the operator hears it is.

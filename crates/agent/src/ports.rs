@@ -17,6 +17,7 @@ use mirrord_protocol::HttpFilterSpec;
 use mirrord_telemetry::{PortCounters, Telemetry};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The operator validated every filter against its own limits; these only bound what a
@@ -39,6 +40,9 @@ pub struct Ports {
     redirected: Mutex<Vec<(u16, u16)>>,
     /// Each session's bridge to the operator, and what its mirror copies may hold here.
     sessions: Mutex<HashMap<u64, (SubscriberTx, Arc<Budget>)>>,
+    /// Handoffs on their way to or served by a session (stolen connections and requests,
+    /// mirror copies): the interceptors no longer count them once handed over.
+    handed: Arc<AtomicUsize>,
     /// Wakes the renewal loop when the held ports change.
     pub renewed: tokio::sync::Notify,
     /// What mirror copies of every port may hold here at once.
@@ -54,6 +58,7 @@ impl Ports {
             accepting: Mutex::default(),
             redirected: Mutex::default(),
             sessions: Mutex::default(),
+            handed: Arc::default(),
             renewed: tokio::sync::Notify::new(),
             copy_budget: Budget::new(budget::TOTAL_COPY_BYTES),
         }
@@ -115,14 +120,17 @@ impl Ports {
         }
     }
 
-    /// Connections the agent serves now, on every port.
+    /// Connections the agent serves now, on every port, and what it handed to sessions and
+    /// is still carrying (a stolen connection's tunnel, a stolen request's answer).
     pub fn active(&self) -> usize {
-        self.planes
+        let served: usize = self
+            .planes
             .lock()
             .expect("planes")
             .values()
             .map(|p| p.active())
-            .sum()
+            .sum();
+        served + self.handed.load(Ordering::Acquire)
     }
 
     pub fn redirected(&self) -> Vec<(u16, u16)> {
@@ -203,7 +211,7 @@ impl Ports {
             .entry(session_id)
             .or_insert_with(|| {
                 (
-                    link.bridge(session_id),
+                    link.bridge(session_id, &self.handed),
                     Budget::new(budget::SESSION_COPY_BYTES),
                 )
             })

@@ -2,7 +2,11 @@
 //! fails open: an nftables map from target port to agent port whose elements expire after
 //! a lease the agent keeps renewing. If the agent dies (SIGKILL, OOM, its pod deleted),
 //! nobody renews them and within one lease the target's port is served by the target
-//! again; nothing needs to clean up first. A clean exit removes the table at once.
+//! again; nothing needs to clean up first. A clean exit empties the map at once (new
+//! connections go to the target), and deletes the table only once its connections are
+//! closed: the table's NAT chain is what keeps the connections it redirected translated
+//! (deleting the last NAT chain of a namespace stops NAT for every connection in it, and
+//! those still open hear nothing again).
 //!
 //! Only traffic arriving from outside the pod (`prerouting`) is redirected: the agent's
 //! own connections to the target (and the pod's local ones) go straight to it, so nothing
@@ -29,8 +33,8 @@ pub struct Redirect {
     table: String,
     /// Held while a renewal reads the ports and runs nft: two writers (the renewal tick
     /// and a route change) could otherwise finish in the other order, and an older list
-    /// would replace a newer one until the next tick.
-    writing: std::sync::Mutex<()>,
+    /// would replace a newer one until the next tick. True once stopped: no renewal after.
+    writing: std::sync::Mutex<bool>,
 }
 
 impl Redirect {
@@ -41,18 +45,31 @@ impl Redirect {
     fn named(table: String) -> Self {
         Self {
             table,
-            writing: std::sync::Mutex::new(()),
+            writing: std::sync::Mutex::new(false),
         }
     }
 
-    /// Sets the map to `ports()` as they are when this writer's turn comes.
+    /// Sets the map to `ports()` as they are when this writer's turn comes (nothing, once
+    /// stopped).
     pub fn renew(
         &self,
         ports: impl FnOnce() -> Vec<(u16, u16)>,
         lease: Duration,
     ) -> Result<(), RedirectError> {
-        let _turn = self.writing.lock().expect("redirect writer panicked");
+        let stopped = self.writing.lock().expect("redirect writer panicked");
+        if *stopped {
+            return Ok(());
+        }
         nft(&self.renew_script(&ports(), lease))
+    }
+
+    /// Redirects nothing from now on, for good: the map is emptied, the table (and with
+    /// it the translation of the connections already redirected) stays until
+    /// [`Redirect::delete_script`].
+    pub fn stop(&self) -> Result<(), RedirectError> {
+        let mut stopped = self.writing.lock().expect("redirect writer panicked");
+        *stopped = true;
+        nft(&self.renew_script(&[], Duration::ZERO))
     }
 
     /// The agent's table, created after removing `leftovers` (tables of agents that were

@@ -57,6 +57,27 @@ impl Via {
     }
 }
 
+impl Endpoint {
+    /// The namespace of a target named without one: through a kubeconfig, its context's
+    /// (as kubectl and `status`); with a credential directory, `default`.
+    pub async fn default_namespace(&self) -> anyhow::Result<String> {
+        match &self.via {
+            Via::Credentials(_) => Ok("default".into()),
+            Via::Kubernetes { context } => Ok(kube_config(context).await?.default_namespace),
+        }
+    }
+}
+
+async fn kube_config(context: &Option<String>) -> anyhow::Result<kube::Config> {
+    let opts = kube::config::KubeConfigOptions {
+        context: context.clone(),
+        ..Default::default()
+    };
+    kube::Config::from_kubeconfig(&opts)
+        .await
+        .context("reading your kubeconfig (KUBECONFIG or ~/.kube/config)")
+}
+
 /// Connects and greets. `namespace`: where the session's target lives (in a cluster, the
 /// API server authorizes `create sessions` there); `None` for the kubeconfig's namespace.
 pub async fn connect(
@@ -95,13 +116,7 @@ async fn through_api_server(
     context: &Option<String>,
     namespace: Option<&str>,
 ) -> anyhow::Result<TokioIo<Upgraded>> {
-    let opts = kube::config::KubeConfigOptions {
-        context: context.clone(),
-        ..Default::default()
-    };
-    let config = kube::Config::from_kubeconfig(&opts)
-        .await
-        .context("reading your kubeconfig (KUBECONFIG or ~/.kube/config)")?;
+    let config = kube_config(context).await?;
     let server = config.cluster_url.to_string();
     let ns = namespace.unwrap_or(&config.default_namespace).to_owned();
     let client = kube::Client::try_from(config).context("using your kubeconfig")?;

@@ -179,7 +179,8 @@ pub struct SessionArgs {
     /// [default: the config file's `target`]
     #[arg(short = 't', long)]
     target: Option<String>,
-    /// The target's namespace [default: the config file's, else `default`]
+    /// The target's namespace [default: the config file's, else through a kubeconfig its
+    /// context's namespace (as kubectl), else `default`]
     #[arg(short = 'n', long)]
     namespace: Option<String>,
     /// `PORT=LOCAL`: the target's port and where your process listens (`80=127.0.0.1:9090`
@@ -352,15 +353,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             common,
             on_concurrent_steal,
         } => {
-            let plan = common
-                .flags(on_concurrent_steal)?
-                .plan(ModeChoice::Command(PortMode::Steal))?;
+            let plan = common.flags(on_concurrent_steal)?.plan(
+                ModeChoice::Command(PortMode::Steal),
+                &ep.default_namespace().await?,
+            )?;
             session::run(&ep, plan, None).await
         }
         Command::Mirror { common } => {
-            let plan = common
-                .flags(None)?
-                .plan(ModeChoice::Command(PortMode::Mirror))?;
+            let plan = common.flags(None)?.plan(
+                ModeChoice::Command(PortMode::Mirror),
+                &ep.default_namespace().await?,
+            )?;
             session::run(&ep, plan, None).await
         }
         Command::Exec {
@@ -377,7 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let plan = common
                 .flags(on_concurrent_steal)?
-                .plan(ModeChoice::Flag(mode))?;
+                .plan(ModeChoice::Flag(mode), &ep.default_namespace().await?)?;
             let child = exec::spawn(&command)?;
             session::run(&ep, plan, Some(child)).await
         }

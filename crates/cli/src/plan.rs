@@ -51,8 +51,9 @@ pub struct Flags {
 
 impl Flags {
     /// Reads the config file if there is one (warning about what it says that is not
-    /// implemented here) and merges.
-    pub fn plan(self, mode: ModeChoice) -> anyhow::Result<Plan> {
+    /// implemented here) and merges. `default_namespace`: the target's namespace when
+    /// neither the flags nor the file name one (the kubeconfig context's, as kubectl's).
+    pub fn plan(self, mode: ModeChoice, default_namespace: &str) -> anyhow::Result<Plan> {
         let cwd = std::env::current_dir().unwrap_or_default();
         let file = match config_file::locate(self.config_file.clone(), &cwd) {
             None => None,
@@ -70,12 +71,17 @@ impl Flags {
                 Some(file)
             }
         };
-        Ok(merge(self, file, mode)?)
+        Ok(merge(self, file, mode, default_namespace)?)
     }
 }
 
 /// Flags over file over defaults. Pure, for the tests.
-pub fn merge(flags: Flags, file: Option<FileConfig>, mode: ModeChoice) -> Result<Plan, Usage> {
+pub fn merge(
+    flags: Flags,
+    file: Option<FileConfig>,
+    mode: ModeChoice,
+    default_namespace: &str,
+) -> Result<Plan, Usage> {
     let has_file = file.is_some();
     let file = file.unwrap_or_default();
     // A container named in the file belongs to the file's target.
@@ -90,7 +96,7 @@ pub fn merge(flags: Flags, file: Option<FileConfig>, mode: ModeChoice) -> Result
         .namespace
         .clone()
         .or(file.namespace.clone())
-        .unwrap_or_else(|| "default".into());
+        .unwrap_or_else(|| default_namespace.to_owned());
     let mode = match mode {
         ModeChoice::Command(m) => {
             if file.mode.is_some_and(|f| f != m) {
@@ -250,7 +256,13 @@ mod tests {
 
     #[test]
     fn the_file_alone_describes_the_session() {
-        let p = merge(Flags::default(), Some(file()), ModeChoice::Flag(None)).unwrap();
+        let p = merge(
+            Flags::default(),
+            Some(file()),
+            ModeChoice::Flag(None),
+            "default",
+        )
+        .unwrap();
         assert_eq!(p.target.to_string(), "deployment/api");
         assert_eq!(p.target.namespace, "shop");
         assert_eq!(p.mode, PortMode::Steal);
@@ -284,7 +296,13 @@ mod tests {
             on_concurrent_steal: Some(ConcurrentSteal::Abort),
             ..Default::default()
         };
-        let p = merge(flags, Some(file()), ModeChoice::Command(PortMode::Mirror)).unwrap();
+        let p = merge(
+            flags,
+            Some(file()),
+            ModeChoice::Command(PortMode::Mirror),
+            "default",
+        )
+        .unwrap();
         assert_eq!(p.target.to_string(), "deployment/web");
         assert_eq!(p.target.namespace, "dev");
         assert_eq!(p.mode, PortMode::Mirror);
@@ -306,11 +324,15 @@ mod tests {
             ports: vec![(80, local(9090))],
             ..Default::default()
         };
-        let p = merge(flags, None, ModeChoice::Flag(None)).unwrap();
+        let p = merge(flags.clone(), None, ModeChoice::Flag(None), "default").unwrap();
         assert_eq!(
             (p.target.to_string(), p.target.namespace.as_str()),
             ("deployment/api".into(), "default")
         );
+        // Neither flags nor file name a namespace: the caller's default (the kubeconfig
+        // context's), like kubectl.
+        let p = merge(flags, None, ModeChoice::Flag(None), "shop").unwrap();
+        assert_eq!(p.target.namespace, "shop");
         assert_eq!(p.mode, PortMode::Steal);
         assert_eq!(p.on_concurrent_steal, ConcurrentSteal::Abort);
         // A file without a mode means mirrord's default.
@@ -323,7 +345,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            merge(flags, Some(bare), ModeChoice::Flag(None))
+            merge(flags, Some(bare), ModeChoice::Flag(None), "default")
                 .unwrap()
                 .mode,
             PortMode::Mirror
@@ -341,7 +363,13 @@ mod tests {
             ports: vec![9000],
             ..Default::default()
         };
-        let p = merge(Flags::default(), Some(file.clone()), ModeChoice::Flag(None)).unwrap();
+        let p = merge(
+            Flags::default(),
+            Some(file.clone()),
+            ModeChoice::Flag(None),
+            "default",
+        )
+        .unwrap();
         assert_eq!(p.ports[0].remote, 9000);
         assert_eq!(p.ports[0].filter, Some(header("^x-user: alice$")));
         // --port given: the file's filter still applies to it.
@@ -349,7 +377,7 @@ mod tests {
             ports: vec![(9000, local(9090))],
             ..Default::default()
         };
-        let p = merge(flags, Some(file), ModeChoice::Flag(None)).unwrap();
+        let p = merge(flags, Some(file), ModeChoice::Flag(None), "default").unwrap();
         assert_eq!(p.ports[0].filter, Some(header("^x-user: alice$")));
     }
 
@@ -362,21 +390,27 @@ mod tests {
             ignore_ports: vec![81],
             ..Default::default()
         };
-        let p = merge(Flags::default(), Some(file.clone()), ModeChoice::Flag(None)).unwrap();
+        let p = merge(
+            Flags::default(),
+            Some(file.clone()),
+            ModeChoice::Flag(None),
+            "default",
+        )
+        .unwrap();
         assert_eq!(p.ports.len(), 1);
         assert_eq!(p.target.container.as_deref(), Some("app"));
         let flags = Flags {
             ports: vec![(81, local(9090))],
             ..Default::default()
         };
-        let e = merge(flags, Some(file), ModeChoice::Flag(None)).unwrap_err();
+        let e = merge(flags, Some(file), ModeChoice::Flag(None), "default").unwrap_err();
         assert!(e.0.contains("ignore_ports"), "{e}");
         let flags = Flags {
             target: Some("pod/web-1/container/sidecar".into()),
             ports: vec![(80, local(9090))],
             ..Default::default()
         };
-        let p = merge(flags, None, ModeChoice::Flag(None)).unwrap();
+        let p = merge(flags, None, ModeChoice::Flag(None), "default").unwrap();
         assert_eq!(
             (p.target.to_string(), p.target.container.as_deref()),
             ("pod/web-1".into(), Some("sidecar"))
@@ -385,7 +419,7 @@ mod tests {
 
     #[test]
     fn missing_target_or_ports_are_usage_errors_that_say_where_to_put_them() {
-        let e = merge(Flags::default(), None, ModeChoice::Flag(None)).unwrap_err();
+        let e = merge(Flags::default(), None, ModeChoice::Flag(None), "default").unwrap_err();
         assert!(
             e.0.contains("-t deployment/NAME") && e.0.contains("`target`"),
             "{e}"
@@ -394,7 +428,13 @@ mod tests {
             target: Some("api".into()),
             ..Default::default()
         };
-        let e = merge(flags, Some(FileConfig::default()), ModeChoice::Flag(None)).unwrap_err();
+        let e = merge(
+            flags,
+            Some(FileConfig::default()),
+            ModeChoice::Flag(None),
+            "default",
+        )
+        .unwrap_err();
         assert!(
             e.0.contains("--port") && e.0.contains("feature.network.incoming.ports"),
             "{e}"

@@ -65,6 +65,11 @@ pub struct KubernetesConfig {
     /// A Secret in the operator's namespace that keeps the registry of issued credentials
     /// across restarts (the state directory of a pod does not last). Unset: not kept.
     pub registry_secret: Option<String>,
+    /// A ClusterRole that lives as long as the installation (the chart's own): owner of
+    /// what the operator makes outside its namespace (copies), so uninstalling removes it
+    /// even when the operator cannot. Unset: such objects have no owner (a restarted
+    /// operator still removes them by their labels).
+    pub owner_cluster_role: Option<String>,
 }
 
 fn default_pull_policy() -> String {

@@ -1,10 +1,13 @@
 //! Copy targets and scale-down. A copy is a pod made from the workload's pod template
 //! (`mirrord-copy-...`): probes removed (the developer's process answers, or nothing
 //! does), none of the template's labels (so no Service of the workload sends it traffic),
-//! marked as the operator's. Scale down patches the workload's `replicas` to 0 and keeps
-//! the count it had in an annotation, so the operator (or a restarted one) restores it.
+//! marked as the operator's, in the workload's namespace and so owned by nothing in the
+//! operator's ([`crate::owners`]). A copy that cannot start is reported with Kubernetes'
+//! reason as soon as it is known ([`crate::startup`]). Scale down patches the workload's
+//! `replicas` to 0 and keeps the count it had in an annotation, so the operator (or a
+//! restarted one) restores it.
 
-use crate::target::{KubeTarget, PodInfo, POLL};
+use crate::target::{KubeTarget, PodInfo};
 use crate::workload::{Kind, Resolved};
 use crate::{marks, Context};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -15,7 +18,6 @@ use mirrord_controlplane::backend::{BackendError, TargetCopy};
 use mirrord_protocol::SessionId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 pub async fn make(
     target: Arc<KubeTarget>,
@@ -47,7 +49,24 @@ pub async fn make(
         uid: created.metadata.uid.unwrap_or_default(),
         scaled_down: false,
     };
-    let info = wait_running(&pods, &name, &ctx, &r).await?;
+    let what = format!("copy {name} of {}/{}", kind_name(r.kind), r.name);
+    let running = crate::startup::running(
+        &ctx.client,
+        &r.namespace,
+        &name,
+        &copy.uid,
+        &what,
+        ctx.ready_timeout,
+    )
+    .await
+    .map_err(|e| BackendError::CopyUnavailable(e.to_string()))?;
+    let info = PodInfo {
+        name: name.clone(),
+        namespace: r.namespace.clone(),
+        node: running.spec.and_then(|s| s.node_name).unwrap_or_default(),
+        ready: true,
+        copy_for: None,
+    };
     if scale_down {
         scale_to_zero(&ctx, &r, &session).await?;
         copy.scaled_down = true;
@@ -72,11 +91,7 @@ fn copy_pod(ctx: &Context, r: &Resolved, session: &str) -> Pod {
         c.readiness_probe = None;
         c.startup_probe = None;
     }
-    let kind = match r.kind {
-        Kind::Deployment => "deployment",
-        Kind::StatefulSet => "statefulset",
-        Kind::Pod => "pod",
-    };
+    let kind = kind_name(r.kind);
     let mut annotations = r
         .template
         .metadata
@@ -95,7 +110,7 @@ fn copy_pod(ctx: &Context, r: &Resolved, session: &str) -> Pod {
                 (marks::SESSION.to_owned(), session.to_owned()),
             ])),
             annotations: Some(annotations),
-            owner_references: ctx.owner.clone().map(|o| vec![o]),
+            owner_references: Some(ctx.owners.for_namespace(&r.namespace)),
             ..Default::default()
         },
         spec: Some(spec),
@@ -103,54 +118,12 @@ fn copy_pod(ctx: &Context, r: &Resolved, session: &str) -> Pod {
     }
 }
 
-async fn wait_running(
-    pods: &Api<Pod>,
-    name: &str,
-    ctx: &Context,
-    r: &Resolved,
-) -> Result<PodInfo, BackendError> {
-    let deadline = Instant::now() + ctx.ready_timeout;
-    let mut last = String::from("not created");
-    while Instant::now() < deadline {
-        if let Ok(p) = pods.get(name).await {
-            let status = p.status.clone().unwrap_or_default();
-            let phase = status.phase.clone().unwrap_or_default();
-            if phase == "Running" && status.pod_ip.is_some() {
-                return Ok(PodInfo {
-                    name: name.to_owned(),
-                    namespace: r.namespace.clone(),
-                    node: p.spec.and_then(|s| s.node_name).unwrap_or_default(),
-                    ready: true,
-                    copy_for: None,
-                });
-            }
-            let waiting = status
-                .container_statuses
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|c| c.state.and_then(|s| s.waiting))
-                .map(|w| {
-                    format!(
-                        "{} {}",
-                        w.reason.unwrap_or_default(),
-                        w.message.unwrap_or_default()
-                    )
-                })
-                .next();
-            last = format!("{phase} {}", waiting.unwrap_or_default())
-                .trim()
-                .to_owned();
-            if phase == "Failed" || phase == "Succeeded" {
-                break;
-            }
-        }
-        tokio::time::sleep(POLL * 5).await;
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Deployment => "deployment",
+        Kind::StatefulSet => "statefulset",
+        Kind::Pod => "pod",
     }
-    Err(BackendError::CopyUnavailable(format!(
-        "copy {name} of {} did not start within {}: {last}",
-        r.name,
-        humantime::format_duration(ctx.ready_timeout)
-    )))
 }
 
 fn workload_api(ctx: &Context, kind: Kind, namespace: &str) -> Option<Api<DynamicObject>> {

@@ -1,7 +1,12 @@
 //! The agents of one target: an agent pod for every ready target pod (original or copy)
-//! that a session needs, replaced when it is lost, deleted a linger after the last session
-//! on its pod ends. The gateway reports what each agent does ([`Agents::connected`],
-//! [`Agents::applied`]); this loop is the only one that creates or deletes agent pods.
+//! that a session needs, replaced when it is lost or its pod is being deleted, deleted a
+//! linger after the last session on its pod ends. The gateway reports what each agent does
+//! ([`Agents::connect`], [`Agents::applied`]), the agent pods' watch ([`crate::agent_pods`])
+//! which ones are going; this loop is the only one that creates or deletes agent pods.
+//!
+//! An agent this loop forgets (replaced, idle, its pod going) is told to leave over its
+//! link at once ([`Retired`]): it then gives its ports back within milliseconds, whenever
+//! the kubelet delivers its SIGTERM.
 
 use crate::target::{KubeTarget, PodInfo, POLL};
 use crate::{marks, Context};
@@ -31,23 +36,74 @@ struct Agent {
     idle_since: Option<Instant>,
     /// Replaces a lost agent: its sessions hear when it has taken over.
     replaces_lost: bool,
+    /// Its pod is being deleted (or has ended): it goes, whatever its link says.
+    pod_going: bool,
+    /// Cancelled when this record is dropped: the agent's route stream then tells it to leave.
+    retired: Retired,
+}
+
+/// Cancelled when the operator forgets an agent; its route stream waits on it.
+#[derive(Clone, Default)]
+pub struct Retired(tokio_util::sync::CancellationToken);
+
+impl Retired {
+    pub async fn wait(&self) {
+        self.0.cancelled().await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.retired.0.cancel();
+    }
 }
 
 impl Agents {
-    /// The gateway saw the agent of `uid` connect or go. Returns whether one is expected.
-    pub fn connected(&self, uid: &str, yes: bool) -> bool {
+    /// The agent `pod` of target pod `uid` connected: what tells it to leave, or `None` if
+    /// no such agent is expected (an old one, replaced already).
+    pub fn connect(&self, uid: &str, pod: &str) -> Option<Retired> {
         let mut map = self.0.lock().expect("agents");
-        let Some(a) = map.get_mut(uid) else {
-            return false;
-        };
-        a.connected = yes;
-        a.ever_connected |= yes;
-        true
+        let a = map.get_mut(uid).filter(|a| a.pod == pod)?;
+        a.connected = true;
+        a.ever_connected = true;
+        Some(a.retired.clone())
     }
 
-    pub fn applied(&self, uid: &str, version: u64) {
-        if let Some(a) = self.0.lock().expect("agents").get_mut(uid) {
+    /// The route stream of agent `pod` ended. Another agent of the same target pod (its
+    /// replacement) is not touched.
+    pub fn disconnected(&self, uid: &str, pod: &str) {
+        if let Some(a) = self
+            .0
+            .lock()
+            .expect("agents")
+            .get_mut(uid)
+            .filter(|a| a.pod == pod)
+        {
+            a.connected = false;
+        }
+    }
+
+    pub fn applied(&self, uid: &str, pod: &str, version: u64) {
+        if let Some(a) = self
+            .0
+            .lock()
+            .expect("agents")
+            .get_mut(uid)
+            .filter(|a| a.pod == pod)
+        {
             a.applied = a.applied.max(version);
+        }
+    }
+
+    /// Agent pod `pod` is being deleted or has ended. Returns whether it is one of these.
+    pub fn pod_going(&self, pod: &str) -> bool {
+        let mut map = self.0.lock().expect("agents");
+        match map.values_mut().find(|a| a.pod == pod) {
+            Some(a) if !a.pod_going => {
+                a.pod_going = true;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -93,12 +149,16 @@ async fn reconcile(t: &Arc<KubeTarget>) {
     {
         let mut agents = t.agents.0.lock().expect("agents");
         agents.retain(|uid, a| {
-            let lost = a.ever_connected && !a.connected;
+            let lost = (a.ever_connected && !a.connected) || a.pod_going;
             let never = !a.ever_connected && a.created.elapsed() > t.ctx.ready_timeout;
             let pod_gone = !pods.get(uid).is_some_and(|p| p.ready);
             if lost || never || pod_gone {
                 if lost && !pod_gone {
-                    tracing::warn!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %a.pod, "agent lost; the pod serves its own traffic until a new agent takes over");
+                    let why = match a.pod_going {
+                        true => "its pod is being deleted",
+                        false => "its link to the operator ended",
+                    };
+                    tracing::warn!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %a.pod, why, "agent lost; the pod serves its own traffic until a new agent takes over");
                     lost_on.push(uid.clone());
                 }
                 if never {
@@ -135,6 +195,8 @@ async fn reconcile(t: &Arc<KubeTarget>) {
                         applied: 0,
                         idle_since: None,
                         replaces_lost: lost_on.contains(uid),
+                        pod_going: false,
+                        retired: Retired::default(),
                     },
                 );
                 create.push((uid.clone(), pod.clone(), name));
@@ -291,7 +353,7 @@ fn agent_name(pod_uid: &str) -> String {
 /// The agent's pod: on the target pod's node, privileged with the host's PID namespace (to
 /// find the pod's processes and enter its network namespace), owned by the operator's pod.
 fn agent_pod(ctx: &Context, name: &str, pod_uid: &str, pod: &PodInfo) -> Pod {
-    let owners: Vec<_> = ctx.owner.iter().cloned().collect();
+    let owners = ctx.owners.for_namespace(&ctx.agent_namespace);
     let lease = format!("{}ms", ctx.lease.as_millis());
     let json = serde_json::json!({
         "apiVersion": "v1",
@@ -321,8 +383,8 @@ fn agent_pod(ctx: &Context, name: &str, pod_uid: &str, pod: &PodInfo) -> Pod {
                 "name": "agent",
                 "image": ctx.agent_image,
                 "imagePullPolicy": ctx.agent_pull_policy,
-                "args": ["intercept", "--pod-uid", pod_uid, "--credentials", CREDENTIALS_DIR,
-                         "--lease", lease],
+                "args": ["intercept", "--pod-uid", pod_uid, "--agent-name", name,
+                         "--credentials", CREDENTIALS_DIR, "--lease", lease],
                 "env": [{"name": "RUST_LOG", "value": ctx.agent_log}],
                 "securityContext": {"privileged": true},
                 "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}],

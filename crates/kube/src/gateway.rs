@@ -3,6 +3,7 @@
 //! handoffs it sends back go into the session's channel, exactly where the single-machine
 //! interceptor puts them, so sessions do not know where their traffic came from.
 
+use crate::fleet::Retired;
 use crate::Targets;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
@@ -12,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mirrord_dataplane::handoff::HANDOFF_BUFFER;
 use mirrord_dataplane::{Body, BoxError, Handoff, StolenResponse, Subscriber};
-use mirrord_protocol::agent::{self, decode_head, encode_head};
+use mirrord_protocol::agent::{self, decode_head, encode_head, RouteSnapshot};
 use mirrord_protocol::HttpRequestHead;
 use std::convert::Infallible;
 use std::str::FromStr;
@@ -31,8 +32,6 @@ enum GatewayError {
     BadHeader(&'static str),
     #[error("no target pod has uid {0}")]
     UnknownPod(String),
-    #[error("no agent is expected for pod {0}")]
-    Unexpected(String),
     #[error("session {session:016x} holds nothing on port {port}")]
     NoSession { session: u64, port: u16 },
     #[error("the session ended")]
@@ -46,7 +45,6 @@ impl GatewayError {
         let status = match self {
             GatewayError::NotFound | GatewayError::UnknownPod(_) => StatusCode::NOT_FOUND,
             GatewayError::BadHeader(_) => StatusCode::BAD_REQUEST,
-            GatewayError::Unexpected(_) => StatusCode::CONFLICT,
             GatewayError::NoSession { .. } | GatewayError::SessionGone => StatusCode::GONE,
             GatewayError::Failed(_) => StatusCode::BAD_GATEWAY,
         };
@@ -117,11 +115,12 @@ async fn handle(targets: &Targets, req: Request<Incoming>) -> Result<Response<Bo
         (Method::GET, agent::ROUTES_PATH) => routes(targets, &req),
         (Method::POST, agent::APPLIED_PATH) => {
             let uid: String = header(&req, agent::POD_UID)?;
+            let pod: String = header(&req, agent::AGENT)?;
             let version: u64 = header(&req, agent::VERSION)?;
             let t = targets
                 .by_pod(&uid)
                 .ok_or(GatewayError::UnknownPod(uid.clone()))?;
-            t.agents.applied(&uid, version);
+            t.agents.applied(&uid, &pod, version);
             t.changed.notify_one();
             Ok(Response::new(full(Bytes::new())))
         }
@@ -152,45 +151,74 @@ fn subscriber(targets: &Targets, session: u64, port: u16) -> Result<Subscriber, 
 struct Connected {
     target: Arc<crate::target::KubeTarget>,
     uid: String,
+    pod: String,
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        self.target.agents.connected(&self.uid, false);
+        self.target.agents.disconnected(&self.uid, &self.pod);
         self.target.changed.notify_one();
     }
 }
 
 fn routes(targets: &Targets, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let uid: String = header(req, agent::POD_UID)?;
-    let target = targets
-        .by_pod(&uid)
-        .ok_or(GatewayError::UnknownPod(uid.clone()))?;
-    if !target.agents.connected(&uid, true) {
-        return Err(GatewayError::Unexpected(uid));
-    }
-    tracing::info!(target: "mirrord_kube", target_ref = %target.reference_string(), pod_uid = %uid, "agent connected");
+    let pod: String = header(req, agent::AGENT)?;
     let (tx, lines) = mpsc::channel(4);
-    tokio::spawn(stream_routes(Connected { target, uid }, tx));
-    Ok(Response::new(BodyExt::boxed(Lines(lines))))
+    let body = Response::new(BodyExt::boxed(Lines(lines)));
+    let expected = targets
+        .by_pod(&uid)
+        .and_then(|t| Some((t.agents.connect(&uid, &pod)?, t)));
+    let Some((retired, target)) = expected else {
+        // An agent this operator does not want (replaced, its pod going, or one a previous
+        // operator process started): told to leave rather than refused, so it gives its
+        // ports back now instead of retrying until its operator timeout.
+        tracing::info!(target: "mirrord_kube", pod_uid = %uid, agent = %pod, "an agent nobody expects connected; told to leave");
+        tokio::spawn(async move { leave(&tx).await });
+        return Ok(body);
+    };
+    tracing::info!(target: "mirrord_kube", target_ref = %target.reference_string(), pod_uid = %uid, agent = %pod, "agent connected");
+    tokio::spawn(stream_routes(Connected { target, uid, pod }, retired, tx));
+    Ok(body)
 }
 
-/// Sends the agent its snapshot now and after every change, until its stream goes.
-async fn stream_routes(agent: Connected, tx: mpsc::Sender<Bytes>) {
+/// Sends the agent its snapshot now and after every change, until its stream goes or the
+/// operator forgets the agent (then: leave).
+async fn stream_routes(agent: Connected, retired: Retired, tx: mpsc::Sender<Bytes>) {
     let mut rx = agent.target.subscribe();
     loop {
         let all = Arc::clone(&rx.borrow_and_update());
         let snapshot = agent.target.snapshot_for(&agent.uid, &all);
-        let mut line = serde_json::to_vec(&snapshot).expect("snapshots serialise");
-        line.push(b'\n');
-        if tx.send(Bytes::from(line)).await.is_err() {
+        if send(&tx, &snapshot).await.is_err() {
             return;
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
+            _ = retired.wait() => {
+                tracing::info!(target: "mirrord_kube", target_ref = %agent.target.reference_string(), agent = %agent.pod, "agent told to leave");
+                drop(agent);
+                return leave(&tx).await;
+            }
             _ = tx.closed() => return,
         }
     }
+}
+
+/// Tells an agent to leave, and keeps its stream open until it goes (its connections in
+/// flight still use the link).
+async fn leave(tx: &mpsc::Sender<Bytes>) {
+    if send(tx, &RouteSnapshot::leave()).await.is_ok() {
+        tx.closed().await;
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<Bytes>,
+    snapshot: &RouteSnapshot,
+) -> Result<(), mpsc::error::SendError<Bytes>> {
+    let mut line = serde_json::to_vec(snapshot).expect("snapshots serialise");
+    line.push(b'\n');
+    tx.send(Bytes::from(line)).await
 }
 
 /// The route stream's body: one line per snapshot.

@@ -12,27 +12,32 @@
 //! - [`copy`] makes copy pods from the pod template and scales workloads down;
 //! - [`apiserver`] serves the operator as an aggregated API: developers reach it through
 //!   the Kubernetes API server with their kubeconfig, and RBAC decides what they may do;
-//! - [`reconcile`] undoes what a previous operator process left (copies, agents, scaled
-//!   down workloads) at start;
+//! - [`agent_pods`] watches the agent pods: one being deleted is replaced and told to leave
+//!   at once, not when the kubelet gets round to its SIGTERM;
+//! - [`startup`] follows a pod the operator made until it runs, or says at once why it
+//!   cannot;
+//! - [`owners`] decides who owns what the operator makes (never anything in another
+//!   namespace), and [`reconcile`] undoes what a previous operator process left (copies,
+//!   agents, scaled down workloads) at start;
 //! - [`registry`] keeps the registry of issued credentials in a Secret, so that a pod
 //!   that restarts still knows (and accepts, and can revoke) what it issued.
 //!
 //! [`RouteTable`]: mirrord_dataplane::RouteTable
 
+pub mod agent_pods;
 pub mod apiserver;
 pub mod copy;
 pub mod fleet;
 pub mod gateway;
+pub mod owners;
 pub mod reconcile;
 pub mod registry;
+pub mod startup;
 pub mod target;
 pub mod trust;
 pub mod workload;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::Api;
 use mirrord_controlplane::backend::{BackendError, Target, TargetBackend};
 use mirrord_controlplane::config::KubernetesConfig;
 use mirrord_protocol::TargetRef;
@@ -95,8 +100,8 @@ pub struct Context {
     pub ready_timeout: Duration,
     /// The agents' RUST_LOG: the operator's own.
     pub agent_log: String,
-    /// The operator's pod, owner of its agents and copies (garbage-collected with it).
-    pub owner: Option<OwnerReference>,
+    /// Who owns what the operator creates, per namespace.
+    pub owners: owners::Owners,
 }
 
 /// The targets resolved so far, shared with the gateway.
@@ -136,7 +141,12 @@ impl KubeBackend {
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
-        let owner = operator_pod(&client, &agent_namespace).await;
+        let own_pod = match (std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
+            (Ok(ns), Ok(name)) => Some((ns, name)),
+            _ => None,
+        };
+        let owners =
+            owners::Owners::discover(&client, own_pod, cfg.owner_cluster_role.as_deref()).await;
         let ctx = Arc::new(Context {
             client,
             agent_namespace,
@@ -146,7 +156,7 @@ impl KubeBackend {
             lease: cfg.agent_lease,
             ready_timeout: cfg.agent_ready_timeout,
             agent_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "mirrord=info".into()),
-            owner,
+            owners,
         });
         reconcile::on_start(&ctx).await;
         let gateway_address = match &cfg.gateway_address {
@@ -171,32 +181,15 @@ impl KubeBackend {
             trust.server_config()?,
             Arc::clone(&targets),
         ));
+        tokio::spawn(agent_pods::watch(
+            Arc::clone(&ctx),
+            Arc::downgrade(&targets),
+        ));
         Ok(Self { ctx, targets })
     }
 
     pub fn targets(&self) -> Vec<Arc<KubeTarget>> {
         self.targets.all()
-    }
-}
-
-/// The operator's own pod (POD_NAME in the agents' namespace), to own what it creates.
-async fn operator_pod(client: &kube::Client, namespace: &str) -> Option<OwnerReference> {
-    let name = std::env::var("POD_NAME").ok()?;
-    match Api::<Pod>::namespaced(client.clone(), namespace)
-        .get(&name)
-        .await
-    {
-        Ok(pod) => Some(OwnerReference {
-            api_version: "v1".into(),
-            kind: "Pod".into(),
-            name,
-            uid: pod.metadata.uid?,
-            ..Default::default()
-        }),
-        Err(e) => {
-            tracing::warn!(target: "mirrord_kube", error = %e, "cannot read the operator's own pod; agents and copies get no owner reference");
-            None
-        }
     }
 }
 

@@ -130,6 +130,7 @@ impl KubeTarget {
             current = Arc::new(RouteSnapshot {
                 version: current.version + 1,
                 ports,
+                leave: false,
             });
             self.routes.send_replace(Arc::clone(&current));
         }
@@ -173,6 +174,7 @@ impl KubeTarget {
         RouteSnapshot {
             version: all.version,
             ports,
+            leave: false,
         }
     }
 

@@ -59,7 +59,7 @@ impl AgentTrust {
                     (marks::MANAGED_BY.to_owned(), marks::MANAGER.to_owned()),
                     (marks::OPERATOR_NS.to_owned(), ctx.agent_namespace.clone()),
                 ])),
-                owner_references: ctx.owner.clone().map(|o| vec![o]),
+                owner_references: Some(ctx.owners.for_namespace(&ctx.agent_namespace)),
                 ..Default::default()
             },
             type_: Some("Opaque".into()),

@@ -2,13 +2,15 @@
 //!
 //! One mutual-TLS HTTP/2 connection per agent, opened by the agent (it runs in the target
 //! pod's network namespace and dials out, so the target's pod exposes nothing new):
-//! - `GET /v1/routes` (header [`POD_UID`]): the operator streams a [`RouteSnapshot`] per
-//!   line (JSON) whenever the routes of the agent's target change;
+//! - `GET /v1/routes` (headers [`POD_UID`], [`AGENT`]): the operator streams a
+//!   [`RouteSnapshot`] per line (JSON) whenever the routes of the agent's target change, and
+//!   one with [`RouteSnapshot::leave`] when it no longer wants this agent;
 //! - `POST /v1/request`: one stolen HTTP request, the original head in [`HEAD`] (hex of
 //!   postcard: HTTP/2 forbids the connection headers an HTTP/1 head carries), the body
 //!   streamed; the developer's answer comes back the same way;
 //! - `POST /v1/mirror`: a copy of one request, answered at once;
-//! - `POST /v1/applied`: the agent applied a snapshot (its version in [`VERSION`]);
+//! - `POST /v1/applied`: the agent applied a snapshot (its version in [`VERSION`], the agent
+//!   in [`AGENT`]);
 //! - `CONNECT` with [`KIND`] `steal` or `mirror`: a whole connection, its bytes tunnelled.
 //!
 //! Every handoff names the session ([`SESSION`]) and the target port ([`PORT`]).
@@ -25,6 +27,9 @@ pub const APPLIED_PATH: &str = "/v1/applied";
 pub const VERSION: &str = "mirrord-version";
 
 pub const POD_UID: &str = "mirrord-pod-uid";
+/// The agent's own pod name: two agents of one target pod (one leaving, its replacement)
+/// are told apart by it.
+pub const AGENT: &str = "mirrord-agent";
 pub const SESSION: &str = "mirrord-session";
 pub const PORT: &str = "mirrord-port";
 pub const PEER: &str = "mirrord-peer";
@@ -41,6 +46,22 @@ pub struct RouteSnapshot {
     #[serde(default)]
     pub version: u64,
     pub ports: Vec<PortRouteSpec>,
+    /// The operator no longer wants this agent (its pod is being deleted, or another agent
+    /// replaced it): remove the redirect now and leave, as on SIGTERM. The kubelet's signal
+    /// is not enough: Kubernetes 1.20 sometimes delivers it only at its next sync, seconds
+    /// later, and then kills the agent before its grace period is over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leave: bool,
+}
+
+impl RouteSnapshot {
+    /// What an agent the operator no longer wants is told.
+    pub fn leave() -> Self {
+        Self {
+            leave: true,
+            ..Self::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,9 +154,14 @@ mod tests {
                 )],
                 mirrors: vec![(9, None)],
             }],
+            leave: false,
         };
         let line = serde_json::to_string(&s).unwrap();
         assert!(!line.contains('\n'));
+        assert!(!line.contains("leave"), "only said when true: {line}");
+        let leave: RouteSnapshot =
+            serde_json::from_str(&serde_json::to_string(&RouteSnapshot::leave()).unwrap()).unwrap();
+        assert!(leave.leave && leave.ports.is_empty());
         assert_eq!(serde_json::from_str::<RouteSnapshot>(&line).unwrap(), s);
         assert_eq!(s.ports[0].sessions().collect::<Vec<_>>(), vec![7, 9]);
     }

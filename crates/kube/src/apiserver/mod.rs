@@ -293,8 +293,14 @@ impl Server {
             }
             (Route::Sessions { namespace }, Method::GET) => self.list(&req, &caller, namespace),
             (Route::Session { namespace, name }, Method::GET) => {
+                let now = chrono::Utc::now();
                 match self.visible(&caller, Some(namespace), Some(name)).first() {
-                    Some(s) => json(StatusCode::OK, &resources::object(s, chrono::Utc::now())),
+                    // `kubectl get session ID`: the list's columns, for the one row.
+                    Some(s) if wants_table(&req) => json(
+                        StatusCode::OK,
+                        &resources::table(std::slice::from_ref(s), now),
+                    ),
+                    Some(s) => json(StatusCode::OK, &resources::object(s, now)),
                     None => session_not_found(name),
                 }
             }

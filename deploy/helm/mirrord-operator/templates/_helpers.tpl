@@ -65,6 +65,7 @@ gateway_listen = "0.0.0.0:{{ .Values.agent.gatewayPort }}"
 agent_linger = {{ .Values.agent.linger | quote }}
 agent_lease = {{ .Values.agent.lease | quote }}
 registry_secret = {{ include "mirrord-operator.registrySecret" . | quote }}
+owner_cluster_role = {{ include "mirrord-operator.fullname" . | quote }}
 {{- if .Values.apiService.enabled }}
 aggregated_api_listen = "0.0.0.0:{{ .Values.apiService.port }}"
 aggregated_api_tls = "/etc/mirrord/apiserver-tls"
