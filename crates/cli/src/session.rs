@@ -7,9 +7,9 @@ use crate::local::{self, LocalHttp, LocalRequest};
 use crate::plan::Plan;
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
-use mirrord_protocol::demux::Demux;
-use mirrord_protocol::pump::ConnInbox;
 use mirrord_protocol::{ClientMessage, PortRequest, ServerMessage, SessionRequest};
+use mirrord_tunnel::demux::Demux;
+use mirrord_tunnel::pump::ConnInbox;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
@@ -104,7 +104,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
 
     let (sink, mut inbound) = t.split();
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
-    let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
+    let writer = tokio::spawn(mirrord_tunnel::pump::write_frames(sink, out_rx));
     let http = LocalHttp::new();
     // Per handed-over connection, per stolen request the local process upgraded (101),
     // and per request body still streaming in: where the operator's bytes go (never waited
@@ -171,7 +171,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
                     ServerMessage::ConnClose { conn } => carried.conn_close(conn),
                     ServerMessage::HttpRequest { req, port, mode, head, body, end } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
-                        let (body, more) = mirrord_protocol::body::receive(body, end);
+                        let (body, more) = mirrord_tunnel::body::receive(body, end);
                         if let Some(inbox) = more {
                             carried.add_body(req, inbox);
                         }

@@ -298,7 +298,7 @@ async fn run_session(
     let (sink, inbound) = framed.split::<Box<ServerMessage>>();
     let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     // Joined (or aborted) by the session's task below, which shutdown waits for.
-    let writer = tokio::spawn(mirrord_protocol::pump::write_frames(sink, out_rx));
+    let writer = tokio::spawn(mirrord_tunnel::pump::write_frames(sink, out_rx));
     let reply = Box::new(ServerMessage::SessionOpened(Box::new(opened.reply.clone())));
     // Queued first: nothing else is sent on `out` before the actor starts.
     let _ = out.try_send(reply);

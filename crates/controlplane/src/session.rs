@@ -17,11 +17,11 @@ use crate::sessions::{Control, DeadlineCause, SessionEntry};
 use futures::StreamExt;
 use mirrord_dataplane::handoff::HandoffRx;
 use mirrord_dataplane::{Handoff, StolenResponse};
-use mirrord_protocol::demux::Demux;
-use mirrord_protocol::pump::{conn_channel, relay, ConnFrames, ConnInbox};
-use mirrord_protocol::shared_tcp::DirectWriter;
 use mirrord_protocol::{ClientMessage, ErrorCode, ErrorReply, FrameError, PortMode, ServerMessage};
 use mirrord_telemetry::Event;
+use mirrord_tunnel::demux::Demux;
+use mirrord_tunnel::pump::{conn_channel, relay, ConnFrames, ConnInbox};
+use mirrord_tunnel::shared_tcp::DirectWriter;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -394,7 +394,7 @@ impl Actor {
             d.carried.add_conn(req, self.carry(req, far, None));
             near
         });
-        let (body, more) = mirrord_protocol::body::receive(body, end);
+        let (body, more) = mirrord_tunnel::body::receive(body, end);
         if let Some(inbox) = more {
             d.carried.add_body(req, inbox);
         }
@@ -492,7 +492,7 @@ impl Actor {
                 // The body may trickle in: it is sent by its own task, head first.
                 let me = Arc::clone(self);
                 self.tracker.spawn(async move {
-                    let send = mirrord_protocol::body::send(
+                    let send = mirrord_tunnel::body::send(
                         body,
                         &me.out,
                         |body, end| {

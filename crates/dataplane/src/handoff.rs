@@ -3,12 +3,12 @@
 //! and channels.
 
 use bytes::Bytes;
-use mirrord_protocol::shared_tcp::DirectWriter;
 use mirrord_protocol::{HttpRequestHead, HttpResponseHead};
+use mirrord_tunnel::shared_tcp::DirectWriter;
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot};
 
-pub use mirrord_protocol::body::{Body, BoxError};
+pub use mirrord_tunnel::body::{Body, BoxError};
 
 mod queue;
 pub use queue::{channel, HandoffRx, SubscriberTx};
@@ -27,7 +27,7 @@ pub enum Handoff {
         peer: String,
         /// The client's own connection: the session reads and writes it directly.
         io: Box<dyn Io>,
-        /// When `io` is a [`mirrord_protocol::shared_tcp::SharedTcp`]: its socket, for
+        /// When `io` is a [`mirrord_tunnel::shared_tcp::SharedTcp`]: its socket, for
         /// the session's frame reader to write into while nothing is queued.
         direct: Option<DirectWriter>,
     },

@@ -7,14 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
-pub mod body;
 pub mod codec;
-pub mod demux;
 pub mod filter;
 pub mod messages;
-pub mod pump;
 pub mod session_id;
-pub mod shared_tcp;
 
 pub use codec::{encoded_len, Charge, FrameCodec, FrameError, MAX_FRAME_LEN};
 pub use filter::{BodyFilterSpec, HttpFilterSpec};
