@@ -83,6 +83,7 @@ impl Link {
             .handshake(TokioIo::new(tls))
             .await
             .map_err(LinkError::Handshake)?;
+        // Detached: the HTTP/2 connection's driver ends with the connection.
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::warn!(target: "mirrord_agent", error = %e, "link to the operator closed");
@@ -138,10 +139,13 @@ impl Link {
         let (tx, mut rx) = mirrord_dataplane::handoff::channel(BRIDGE_QUEUE);
         let link = Arc::clone(self);
         let in_flight = Arc::clone(in_flight);
+        // Detached: the bridge ends when the session's queue closes; what it carries is
+        // counted in `in_flight`, which the agent waits for before it leaves.
         tokio::spawn(async move {
             while let Some(h) = rx.recv().await {
                 let link = Arc::clone(&link);
                 let counted = InFlight::start(&in_flight);
+                // Counted in `in_flight` (see above).
                 tokio::spawn(async move {
                     link.forward(session, h).await;
                     drop(counted);

@@ -187,6 +187,7 @@ async fn serve(
     let stopped = stopped()?;
     let leftovers = redirect::tables()?;
     redirect::nft(&redirect.create_script(&leftovers))?;
+    // Aborted below when the agent leaves (its lease then runs out by itself).
     let renewer = tokio::spawn(renew(Arc::clone(&ports), Arc::clone(&redirect), lease));
     tracing::info!(
         pod_uid = uid,

@@ -23,6 +23,7 @@ pub fn spawn_connection(
     out: mpsc::Sender<ClientMessage>,
 ) -> ConnInbox {
     let (tx, rx) = conn_channel();
+    // Detached: the relay ends with its connection, and mirrordctl exits with its session.
     tokio::spawn(async move {
         match tokio::net::TcpStream::connect(addr).await {
             Ok(s) => {
@@ -120,6 +121,7 @@ impl LocalHttp {
             HttpVersion::Http2 => self.h2.clone(),
             _ => self.h1.clone(),
         };
+        // Detached: one replayed request; mirrordctl exits with its session.
         tokio::spawn(async move {
             let result = send(&client, addr, head, body).await;
             if mode == PortMode::Mirror {

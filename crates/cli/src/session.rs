@@ -104,6 +104,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
 
     let (sink, mut inbound) = t.split();
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
+    // Joined (with a bound) when the session ends.
     let writer = tokio::spawn(mirrord_tunnel::pump::write_frames(sink, out_rx));
     let http = LocalHttp::new();
     // Per handed-over connection, per stolen request the local process upgraded (101),

@@ -296,6 +296,7 @@ async fn hand_off(
                     upgraded.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS),
                     parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned(),
                 ) {
+                    // Detached: an upgraded connection's relay ends with it.
                     tokio::spawn(async move {
                         if let Ok(client) = on_up.await {
                             let mut client = TokioIo::new(client);
@@ -472,6 +473,7 @@ impl Upstream {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(down) = down_upgrade {
                         let up = hyper::upgrade::on(&mut resp);
+                        // Detached: an upgraded connection's relay ends with it.
                         tokio::spawn(async move {
                             if let (Ok(d), Ok(u)) = tokio::join!(down, up) {
                                 let _ = tokio::io::copy_bidirectional(
@@ -500,6 +502,7 @@ impl Upstream {
         if guard.as_ref().is_none_or(|s| s.is_closed()) {
             let io = TokioIo::new(self.socket().await?);
             let (sender, conn) = client1::handshake(io).await?;
+            // Detached: the replica connection's driver ends with the connection.
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });
@@ -516,6 +519,7 @@ impl Upstream {
             if guard.as_ref().is_none_or(|s| s.is_closed()) {
                 let io = TokioIo::new(self.socket().await?);
                 let (sender, conn) = client2::handshake(TokioExecutor::new(), io).await?;
+                // Detached: the replica connection's driver ends with the connection.
                 tokio::spawn(conn);
                 *guard = Some(sender);
             }

@@ -92,6 +92,7 @@ impl PortPlane {
 
     pub fn spawn(self: &Arc<Self>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
         let plane = Arc::clone(self);
+        // The caller owns the handle: aborting it closes the listener.
         tokio::spawn(async move {
             let mut last_warning: Option<std::time::Instant> = None;
             loop {
@@ -115,6 +116,8 @@ impl PortPlane {
                         slot.restart();
                         let plane = Arc::clone(&plane);
                         let serving = Serving::start(&plane.serving);
+                        // Detached: one client's connection, counted in `serving` and
+                        // holding its place under the cap until it ends.
                         tokio::spawn(async move {
                             let evicted = slot.evicted();
                             tokio::select! {

@@ -230,10 +230,10 @@ impl Drop for KubeCopy {
             self.name.clone(),
             self.scaled_down,
         );
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
+        // A task of the operator's lifecycle: stopping waits for the copy to go and the
+        // workload to come back.
+        let shutdown = target.ctx.shutdown.clone();
+        shutdown.spawn(async move {
             let r = &target.resolved;
             if scaled_down {
                 restore_workload(&target.ctx, r.kind, &r.namespace, &r.name).await;

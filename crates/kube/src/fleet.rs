@@ -218,6 +218,7 @@ async fn reconcile(t: &Arc<KubeTarget>) {
     let api = Api::<Pod>::namespaced(t.ctx.client.clone(), &t.ctx.agent_namespace);
     for name in delete {
         let api = api.clone();
+        // Detached: an agent left behind is removed at the operator's next start anyway.
         tokio::spawn(async move {
             match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => tracing::info!(target: "mirrord_kube", agent = %name, "agent removed"),

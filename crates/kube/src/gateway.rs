@@ -15,6 +15,7 @@ use mirrord_dataplane::handoff::HANDOFF_BUFFER;
 use mirrord_dataplane::{Body, BoxError, Handoff, StolenResponse, Subscriber};
 use mirrord_protocol::agent::{self, decode_head, encode_head, RouteSnapshot};
 use mirrord_protocol::HttpRequestHead;
+use mirrord_serve::{serve_tls, Accepted, Listener, Shutdown, Slots};
 use std::convert::Infallible;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -59,51 +60,58 @@ fn full(b: Bytes) -> Body {
     Full::new(b).map_err(|never| match never {}).boxed()
 }
 
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, targets: Arc<Targets>) {
+/// Agents' connections served at once (one per target pod); at the cap a handshake that
+/// goes nowhere makes room.
+const MAX_CONNECTIONS: usize = 4096;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves agents until the operator's shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    targets: Arc<Targets>,
+    shutdown: Shutdown,
+) {
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(target: "mirrord_kube", error = %e, "agent gateway cannot accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, targets) = (acceptor.clone(), Arc::clone(&targets));
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                .await
-            {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::warn!(target: "mirrord_kube", %peer, error = %e, "agent refused: TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let svc = service_fn(move |req| {
-                let targets = Arc::clone(&targets);
-                async move {
-                    let r = handle(&targets, req).await;
-                    Ok::<_, Infallible>(r.unwrap_or_else(|e| {
-                        tracing::debug!(target: "mirrord_kube", error = %e, "agent request refused");
-                        e.response()
-                    }))
-                }
-            });
-            let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            http2
-                .timer(TokioTimer::new())
-                // A dead agent's connection is noticed even if no FIN ever comes.
-                .keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .initial_stream_window_size(HANDOFF_BUFFER as u32);
-            if let Err(e) = http2.serve_connection(TokioIo::new(tls), svc).await {
-                tracing::debug!(target: "mirrord_kube", %peer, error = %e, "agent connection ended");
-            }
-        });
+    let cfg = Listener {
+        name: "agent gateway",
+        slots: Slots::new(MAX_CONNECTIONS, HANDSHAKE_TIMEOUT),
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        handshake_hint: "only this operator's agents, with the credential it published, are served",
+    };
+    serve_tls(
+        listener,
+        move || acceptor.clone(),
+        cfg,
+        shutdown,
+        move |a| agent_connection(a, Arc::clone(&targets)),
+    )
+    .await
+}
+
+/// One agent's connection: HTTP/2 for as long as the agent lives (never evicted).
+async fn agent_connection(a: Accepted, targets: Arc<Targets>) {
+    let _agent = a.slot.pin();
+    let peer = a.peer;
+    let svc = service_fn(move |req| {
+        let targets = Arc::clone(&targets);
+        async move {
+            let r = handle(&targets, req).await;
+            Ok::<_, Infallible>(r.unwrap_or_else(|e| {
+                tracing::debug!(target: "mirrord_kube", error = %e, "agent request refused");
+                e.response()
+            }))
+        }
+    });
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        // A dead agent's connection is noticed even if no FIN ever comes.
+        .keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(HANDOFF_BUFFER as u32);
+    if let Err(e) = http2.serve_connection(TokioIo::new(a.tls), svc).await {
+        tracing::debug!(target: "mirrord_kube", %peer, error = %e, "agent connection ended");
     }
 }
 
@@ -174,10 +182,12 @@ fn routes(targets: &Targets, req: &Request<Incoming>) -> Result<Response<Body>, 
         // operator process started): told to leave rather than refused, so it gives its
         // ports back now instead of retrying until its operator timeout.
         tracing::info!(target: "mirrord_kube", pod_uid = %uid, agent = %pod, "an agent nobody expects connected; told to leave");
+        // Detached: one message on a stream that ends with the agent's connection.
         tokio::spawn(async move { leave(&tx).await });
         return Ok(body);
     };
     tracing::info!(target: "mirrord_kube", target_ref = %target.reference_string(), pod_uid = %uid, agent = %pod, "agent connected");
+    // Detached: the route stream ends with the agent's connection.
     tokio::spawn(stream_routes(Connected { target, uid, pod }, retired, tx));
     Ok(body)
 }
@@ -309,6 +319,7 @@ fn connect(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Bod
     let sub = subscriber(targets, session, port)?;
     let upgrade = hyper::upgrade::on(&mut req);
     tracing::trace!(target: "mirrord_kube", session, port, %peer, %kind, "connection from an agent");
+    // Detached: a carried connection's relay ends with it or with its session.
     tokio::spawn(async move {
         let up = match upgrade.await {
             Ok(up) => up,

@@ -41,6 +41,7 @@ use futures::future::BoxFuture;
 use mirrord_controlplane::backend::{BackendError, Target, TargetBackend};
 use mirrord_controlplane::config::KubernetesConfig;
 use mirrord_protocol::TargetRef;
+use mirrord_serve::Shutdown;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,6 +103,9 @@ pub struct Context {
     pub agent_log: String,
     /// Who owns what the operator creates, per namespace.
     pub owners: owners::Owners,
+    /// The operator's lifecycle: clean-ups (a copy's deletion, a workload's restore) run as
+    /// its tasks, so stopping waits for them.
+    pub shutdown: Shutdown,
 }
 
 /// The targets resolved so far, shared with the gateway.
@@ -132,7 +136,8 @@ impl KubeBackend {
 
     /// Connects to the API server, cleans up after a previous operator, issues the agents'
     /// credentials and starts the gateway.
-    pub async fn start(cfg: &KubernetesConfig) -> Result<Self, KubeError> {
+    /// `shutdown`: the operator's lifecycle (the gateway stops with it).
+    pub async fn start(cfg: &KubernetesConfig, shutdown: Shutdown) -> Result<Self, KubeError> {
         let client = kube::Client::try_default()
             .await
             .map_err(KubeError::Client)?;
@@ -157,6 +162,7 @@ impl KubeBackend {
             ready_timeout: cfg.agent_ready_timeout,
             agent_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "mirrord=info".into()),
             owners,
+            shutdown: shutdown.clone(),
         });
         reconcile::on_start(&ctx).await;
         let gateway_address = match &cfg.gateway_address {
@@ -176,11 +182,13 @@ impl KubeBackend {
                 source,
             })?;
         tracing::info!(target: "mirrord_kube", listen = %cfg.gateway_listen, agents_dial = %gateway_address, namespace = %ctx.agent_namespace, "agent gateway listening");
-        tokio::spawn(gateway::serve(
+        shutdown.spawn(gateway::serve(
             listener,
             trust.server_config()?,
             Arc::clone(&targets),
+            shutdown.clone(),
         ));
+        // Detached: it follows the targets through a weak reference and ends with them.
         tokio::spawn(agent_pods::watch(
             Arc::clone(&ctx),
             Arc::downgrade(&targets),

@@ -68,6 +68,7 @@ impl KubeTarget {
             agents: Agents::default(),
             synced: watch::Sender::new(false),
         });
+        // Detached: both follow the target through a weak reference and end with it.
         tokio::spawn(watch_pods(Arc::downgrade(&target)));
         tokio::spawn(fleet::run(Arc::downgrade(&target)));
         target

@@ -15,6 +15,7 @@ pub fn run(bind: std::net::IpAddr, port: u16, name: String) -> anyhow::Result<()
             loop {
                 let (stream, _) = listener.accept().await?;
                 let name = name.clone();
+                // Detached: the demo server's connections end with its process.
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                         let body = format!(

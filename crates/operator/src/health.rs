@@ -33,12 +33,14 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<Health> {
         ready: Arc::new(AtomicBool::new(false)),
     };
     let ready = Arc::clone(&health.ready);
+    // Detached: the kubelet probes until the process ends, shutdown included.
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let ready = Arc::clone(&ready);
+            // Detached: one probe's connection.
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                     let resp = answer(req.uri().path(), ready.load(Ordering::Acquire));

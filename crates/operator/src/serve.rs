@@ -187,7 +187,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let mut kube_client = None;
         let backend: Arc<dyn TargetBackend> = match &config.kubernetes {
             Some(k) => {
-                let b = mirrord_kube::KubeBackend::start(k).await?;
+                let b = mirrord_kube::KubeBackend::start(k, shutdown.clone()).await?;
                 kube_client = Some(b.client());
                 Arc::new(b)
             }

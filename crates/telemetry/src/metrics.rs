@@ -454,6 +454,8 @@ impl Metrics {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // Detached: a timer that only removes series; nothing is lost if the process ends
+        // first.
         rt.spawn(async move {
             tokio::time::sleep(me.grace).await;
             me.ungrace(&session);
@@ -608,6 +610,7 @@ pub async fn serve_on(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) 
             }
         };
         let metrics = metrics.clone();
+        // Detached: one scrape's connection; a scrape cut by the process ending is retried.
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                 let metrics = metrics.clone();

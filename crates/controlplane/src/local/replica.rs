@@ -131,6 +131,8 @@ pub fn supervise(
         stop: stop_rx,
         changed: Box::new(changed),
     };
+    // Detached: the supervisor stops on `stop` (dropping the replica), and the replicas die
+    // with the process whatever happens (a parent-death signal).
     tokio::spawn(sup.run());
     Replica {
         name,

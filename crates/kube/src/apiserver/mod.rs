@@ -26,6 +26,7 @@ use mirrord_controlplane::rbac::{self, Check, GROUP, VERSION};
 use mirrord_controlplane::Operator;
 use mirrord_identity::Role;
 use mirrord_protocol::{ErrorCode, KillRequest, ServerMessage, SessionId};
+use mirrord_serve::{serve_tls, Accepted, Listener, Slots};
 use mirrord_telemetry::ClientInfo;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -98,11 +99,21 @@ pub async fn serve(
             addr: listen,
             source,
         })?;
+    let shutdown = op.shutdown.clone();
     let server = Arc::new(Server { op, proxy, console });
-    tokio::spawn(accept_loop(
-        server,
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let cfg = Listener {
+        name: "aggregated API",
+        slots: Slots::new(MAX_CONNECTIONS, EVICT_IDLE_AFTER),
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        handshake_hint: "only the API server's front proxy is served",
+    };
+    shutdown.clone().spawn(serve_tls(
         listener,
-        TlsAcceptor::from(Arc::new(tls)),
+        move || acceptor.clone(),
+        cfg,
+        shutdown,
+        move |a| connection(Arc::clone(&server), a),
     ));
     tracing::info!(target: "mirrord_kube", %addr, "serving the aggregated API ({GROUP}/{VERSION}) to the API server");
     Ok(addr)
@@ -135,50 +146,36 @@ fn server_config(
     Ok(cfg)
 }
 
-async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: TlsAcceptor) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(target: "mirrord_kube", error = %e, "aggregated API cannot accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (server, acceptor) = (Arc::clone(&server), acceptor.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                .await
-            {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::warn!(target: "mirrord_kube", %peer, error = %e, "aggregated API: TLS handshake failed (only the API server's front proxy is served)");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let cn = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(frontproxy::common_name);
-            let svc = service_fn(move |req| {
-                let (server, cn) = (Arc::clone(&server), cn.clone());
-                async move {
-                    Ok::<_, std::convert::Infallible>(server.handle(req, cn.as_deref(), peer).await)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(tls), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(target: "mirrord_kube", %peer, error = %e, "aggregated API connection ended");
-            }
-        });
+/// The API server's connections served at once; at the cap the one idle longest makes room.
+const MAX_CONNECTIONS: usize = 1024;
+const EVICT_IDLE_AFTER: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection from the API server's front proxy: HTTP/1.1, each request a sign of life
+/// (and never cut while it runs); a session's upgrade goes on as the operator's own.
+async fn connection(server: Arc<Server>, a: Accepted) {
+    let Accepted { tls, peer, slot } = a;
+    let cn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(frontproxy::common_name);
+    let activity = slot.activity();
+    let svc = service_fn(move |req| {
+        let (server, cn, activity) = (Arc::clone(&server), cn.clone(), activity.clone());
+        async move {
+            let _working = activity.pin();
+            Ok::<_, std::convert::Infallible>(server.handle(req, cn.as_deref(), peer).await)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(tls), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(target: "mirrord_kube", %peer, error = %e, "aggregated API connection ended");
     }
 }
 
@@ -454,7 +451,9 @@ impl Server {
         };
         let op = Arc::clone(&self.op);
         let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
+        // A task of the operator's lifecycle (the session it becomes is one).
+        let lifecycle = op.shutdown.clone();
+        lifecycle.spawn(async move {
             match on_upgrade.await {
                 Ok(io) => api::serve_upgraded(op, TokioIo::new(io), peer, who).await,
                 Err(e) => {

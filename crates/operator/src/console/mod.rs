@@ -109,7 +109,7 @@ pub async fn serve(
     };
     let acceptor = TlsAcceptor::from(tls);
     let serving = Arc::clone(&console);
-    tokio::spawn(serve_tls(
+    shutdown.clone().spawn(serve_tls(
         listener,
         move || acceptor.clone(),
         cfg,
