@@ -47,7 +47,13 @@ impl Caller {
 
     /// Whether the caller may see and end `session`.
     pub fn may_manage(&self, session: &SessionMeta) -> bool {
-        self.role.is_admin() || self.owns(session)
+        self.may_see(&session.client.client_user)
+    }
+
+    /// Whether the caller may see what is about `user` (their sessions, their events): an
+    /// admin sees everyone's, a developer their own.
+    pub fn may_see(&self, user: &str) -> bool {
+        self.role.is_admin() || user == self.client.client_user
     }
 
     pub fn user(&self) -> &str {

@@ -234,6 +234,6 @@ impl Cursor {
 
     /// Admins see every event; a developer, those about their own user.
     fn visible(&self, item: &FeedItem) -> bool {
-        self.caller.role.is_admin() || item.owner == self.caller.client.client_user
+        self.caller.may_see(&item.owner)
     }
 }
