@@ -8,6 +8,7 @@
 //! link at once ([`Retired`]): it then gives its ports back within milliseconds, whenever
 //! the kubelet delivers its SIGTERM.
 
+use crate::agents::{Agent, Retired};
 use crate::target::{KubeTarget, PodInfo, POLL};
 use crate::{marks, Context};
 use k8s_openapi::api::core::v1::Pod;
@@ -15,102 +16,11 @@ use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use mirrord_protocol::agent::RouteSnapshot;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// Where the agent's credentials are mounted (the Secret from [`crate::trust`]).
 const CREDENTIALS_DIR: &str = "/etc/mirrord-agent";
-
-#[derive(Default)]
-pub struct Agents(Mutex<HashMap<String, Agent>>);
-
-/// The agent of one target pod.
-struct Agent {
-    /// The agent's own pod.
-    pod: String,
-    created: Instant,
-    connected: bool,
-    ever_connected: bool,
-    /// The last route version it applied.
-    applied: u64,
-    idle_since: Option<Instant>,
-    /// Replaces a lost agent: its sessions hear when it has taken over.
-    replaces_lost: bool,
-    /// Its pod is being deleted (or has ended): it goes, whatever its link says.
-    pod_going: bool,
-    /// Cancelled when this record is dropped: the agent's route stream then tells it to leave.
-    retired: Retired,
-}
-
-/// Cancelled when the operator forgets an agent; its route stream waits on it.
-#[derive(Clone, Default)]
-pub struct Retired(tokio_util::sync::CancellationToken);
-
-impl Retired {
-    pub async fn wait(&self) {
-        self.0.cancelled().await
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.retired.0.cancel();
-    }
-}
-
-impl Agents {
-    /// The agent `pod` of target pod `uid` connected: what tells it to leave, or `None` if
-    /// no such agent is expected (an old one, replaced already).
-    pub fn connect(&self, uid: &str, pod: &str) -> Option<Retired> {
-        let mut map = self.0.lock().expect("agents");
-        let a = map.get_mut(uid).filter(|a| a.pod == pod)?;
-        a.connected = true;
-        a.ever_connected = true;
-        Some(a.retired.clone())
-    }
-
-    /// The route stream of agent `pod` ended. Another agent of the same target pod (its
-    /// replacement) is not touched.
-    pub fn disconnected(&self, uid: &str, pod: &str) {
-        if let Some(a) = self
-            .0
-            .lock()
-            .expect("agents")
-            .get_mut(uid)
-            .filter(|a| a.pod == pod)
-        {
-            a.connected = false;
-        }
-    }
-
-    pub fn applied(&self, uid: &str, pod: &str, version: u64) {
-        if let Some(a) = self
-            .0
-            .lock()
-            .expect("agents")
-            .get_mut(uid)
-            .filter(|a| a.pod == pod)
-        {
-            a.applied = a.applied.max(version);
-        }
-    }
-
-    /// Agent pod `pod` is being deleted or has ended. Returns whether it is one of these.
-    pub fn pod_going(&self, pod: &str) -> bool {
-        let mut map = self.0.lock().expect("agents");
-        match map.values_mut().find(|a| a.pod == pod) {
-            Some(a) if !a.pod_going => {
-                a.pod_going = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn applied_version(&self, uid: &str) -> Option<u64> {
-        self.0.lock().expect("agents").get(uid).map(|a| a.applied)
-    }
-}
 
 pub async fn run(target: Weak<KubeTarget>) {
     let Some(changed) = target.upgrade().map(|t| Arc::clone(&t.changed)) else {

@@ -3,7 +3,7 @@
 //! handoffs it sends back go into the session's channel, exactly where the single-machine
 //! interceptor puts them, so sessions do not know where their traffic came from.
 
-use crate::fleet::Retired;
+use crate::agents::Retired;
 use crate::Targets;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};

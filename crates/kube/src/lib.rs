@@ -5,6 +5,8 @@
 //! port locks as on one machine); this crate carries them to where the traffic is:
 //! - [`workload`] resolves a target to its pods' selector, ports and pod template;
 //! - [`target`] follows the target's pods and owns what each pod's agent must apply;
+//! - [`serving`] starts a target's pod watch and fleet and answers the control plane for it;
+//! - [`agents`] holds what the operator knows of each target pod's agent;
 //! - [`fleet`] starts an agent pod per target pod while sessions need one, replaces a
 //!   lost one, and removes it after the last session (after a linger);
 //! - [`gateway`] is where agents connect (mutual TLS, a CA of this process): routes go
@@ -25,6 +27,7 @@
 //! [`RouteTable`]: mirrord_dataplane::RouteTable
 
 pub mod agent_pods;
+pub mod agents;
 pub mod apiserver;
 pub mod copy;
 pub mod fleet;
@@ -32,6 +35,7 @@ pub mod gateway;
 pub mod owners;
 pub mod reconcile;
 pub mod registry;
+pub mod serving;
 pub mod startup;
 pub mod target;
 pub mod trust;
@@ -216,7 +220,7 @@ impl TargetBackend for KubeBackend {
             if let Some(t) = map.get(&r).filter(|t| t.workload_uid() == resolved.uid) {
                 return Ok(Arc::clone(t) as Arc<dyn Target>);
             }
-            let t = KubeTarget::start(r.clone(), resolved, Arc::clone(&self.ctx));
+            let t = serving::start(r.clone(), resolved, Arc::clone(&self.ctx));
             map.insert(r, Arc::clone(&t));
             Ok(t as Arc<dyn Target>)
         })

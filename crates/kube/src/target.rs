@@ -5,15 +5,13 @@
 //! published as a numbered [`RouteSnapshot`]. An original pod's agent applies every
 //! session but those that made a copy; a copy pod's agent applies only its own session.
 
-use crate::fleet::{self, Agents};
+use crate::agents::Agents;
 use crate::workload::{PodSelector, Resolved};
 use crate::Context;
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
-use mirrord_controlplane::backend::{BackendError, Target, TargetCopy};
 use mirrord_dataplane::{PortRoutes, RouteTable, Subscriber};
 use mirrord_protocol::agent::{PortRouteSpec, RouteSnapshot};
 use mirrord_protocol::TargetRef;
@@ -50,14 +48,15 @@ pub struct KubeTarget {
 }
 
 impl KubeTarget {
-    pub fn start(reference: TargetRef, resolved: Resolved, ctx: Arc<Context>) -> Arc<Self> {
+    /// A target nobody follows yet: [`crate::serving::start`] starts its pod watch and fleet.
+    pub(crate) fn new(reference: TargetRef, resolved: Resolved, ctx: Arc<Context>) -> Arc<Self> {
         let changed = Arc::new(Notify::new());
         let tables = resolved
             .ports
             .iter()
             .map(|&p| (p, Arc::new(RouteTable::notifying(Arc::clone(&changed)))))
             .collect();
-        let target = Arc::new(Self {
+        Arc::new(Self {
             reference,
             resolved,
             ctx,
@@ -67,11 +66,7 @@ impl KubeTarget {
             routes: watch::Sender::new(Arc::default()),
             agents: Agents::default(),
             synced: watch::Sender::new(false),
-        });
-        // Detached: both follow the target through a weak reference and end with it.
-        tokio::spawn(watch_pods(Arc::downgrade(&target)));
-        tokio::spawn(fleet::run(Arc::downgrade(&target)));
-        target
+        })
     }
 
     /// Waits until the target's pods have been listed once.
@@ -114,6 +109,30 @@ impl KubeTarget {
     pub(crate) fn remove_pod(&self, uid: &str) {
         self.pods.lock().expect("pods").remove(uid);
         self.changed.notify_one();
+    }
+
+    pub fn reference(&self) -> &TargetRef {
+        &self.reference
+    }
+
+    /// The ports that have a route table.
+    pub fn ports(&self) -> Vec<u16> {
+        self.tables
+            .lock()
+            .expect("tables")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// The route table of `port`, made when a session first names it: containers need not
+    /// declare the ports they listen on (and often do not), so any port can be taken over.
+    pub fn routes(&self, port: u16) -> Arc<RouteTable> {
+        let mut tables = self.tables.lock().expect("tables");
+        let table = tables
+            .entry(port)
+            .or_insert_with(|| Arc::new(RouteTable::notifying(Arc::clone(&self.changed))));
+        Arc::clone(table)
     }
 
     /// The routes now, as the agents get them; publishes a new version if they changed.
@@ -235,7 +254,7 @@ fn spec(port: u16, r: &PortRoutes) -> PortRouteSpec {
 }
 
 /// Follows the workload's pods until the target is dropped.
-async fn watch_pods(target: Weak<KubeTarget>) {
+pub(crate) async fn watch_pods(target: Weak<KubeTarget>) {
     let Some(t) = target.upgrade() else { return };
     let api = Api::<Pod>::namespaced(t.ctx.client.clone(), &t.resolved.namespace);
     let cfg = match &t.resolved.pods {
@@ -281,47 +300,6 @@ async fn watch_pods(target: Weak<KubeTarget>) {
             }
         }
         t.changed.notify_one();
-    }
-}
-
-impl Target for KubeTarget {
-    fn reference(&self) -> &TargetRef {
-        &self.reference
-    }
-
-    fn accepts_port(&self, port: u16) -> bool {
-        port != 0
-    }
-
-    fn ports(&self) -> Vec<u16> {
-        self.tables
-            .lock()
-            .expect("tables")
-            .keys()
-            .copied()
-            .collect()
-    }
-
-    fn routes(&self, port: u16) -> Option<Arc<RouteTable>> {
-        // Containers need not declare the ports they listen on (and often do not): any
-        // port can be taken over.
-        let mut tables = self.tables.lock().expect("tables");
-        let table = tables
-            .entry(port)
-            .or_insert_with(|| Arc::new(RouteTable::notifying(Arc::clone(&self.changed))));
-        Some(Arc::clone(table))
-    }
-
-    fn copy(
-        self: Arc<Self>,
-        session: String,
-        scale_down: bool,
-    ) -> BoxFuture<'static, Result<Box<dyn TargetCopy>, BackendError>> {
-        Box::pin(crate::copy::make(self, session, scale_down))
-    }
-
-    fn settle(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
-        Box::pin(async move { fleet::settled(&self).await })
     }
 }
 

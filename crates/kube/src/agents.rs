@@ -1,0 +1,99 @@
+//! What the operator knows of the agents of one target, as the gateway reports it
+//! ([`Agents::connect`], [`Agents::applied`]) and the agent pods' watch
+//! ([`crate::agent_pods`]) sees them going; [`crate::fleet`] reads it to decide which agent
+//! pods to create or delete. A record dropped here tells its agent to leave ([`Retired`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Default)]
+pub struct Agents(pub(crate) Mutex<HashMap<String, Agent>>);
+
+/// The agent of one target pod.
+pub(crate) struct Agent {
+    /// The agent's own pod.
+    pub(crate) pod: String,
+    pub(crate) created: Instant,
+    pub(crate) connected: bool,
+    pub(crate) ever_connected: bool,
+    /// The last route version it applied.
+    pub(crate) applied: u64,
+    pub(crate) idle_since: Option<Instant>,
+    /// Replaces a lost agent: its sessions hear when it has taken over.
+    pub(crate) replaces_lost: bool,
+    /// Its pod is being deleted (or has ended): it goes, whatever its link says.
+    pub(crate) pod_going: bool,
+    /// Cancelled when this record is dropped: the agent's route stream then tells it to leave.
+    pub(crate) retired: Retired,
+}
+
+/// Cancelled when the operator forgets an agent; its route stream waits on it.
+#[derive(Clone, Default)]
+pub struct Retired(tokio_util::sync::CancellationToken);
+
+impl Retired {
+    pub async fn wait(&self) {
+        self.0.cancelled().await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.retired.0.cancel();
+    }
+}
+
+impl Agents {
+    /// The agent `pod` of target pod `uid` connected: what tells it to leave, or `None` if
+    /// no such agent is expected (an old one, replaced already).
+    pub fn connect(&self, uid: &str, pod: &str) -> Option<Retired> {
+        let mut map = self.0.lock().expect("agents");
+        let a = map.get_mut(uid).filter(|a| a.pod == pod)?;
+        a.connected = true;
+        a.ever_connected = true;
+        Some(a.retired.clone())
+    }
+
+    /// The route stream of agent `pod` ended. Another agent of the same target pod (its
+    /// replacement) is not touched.
+    pub fn disconnected(&self, uid: &str, pod: &str) {
+        if let Some(a) = self
+            .0
+            .lock()
+            .expect("agents")
+            .get_mut(uid)
+            .filter(|a| a.pod == pod)
+        {
+            a.connected = false;
+        }
+    }
+
+    pub fn applied(&self, uid: &str, pod: &str, version: u64) {
+        if let Some(a) = self
+            .0
+            .lock()
+            .expect("agents")
+            .get_mut(uid)
+            .filter(|a| a.pod == pod)
+        {
+            a.applied = a.applied.max(version);
+        }
+    }
+
+    /// Agent pod `pod` is being deleted or has ended. Returns whether it is one of these.
+    pub fn pod_going(&self, pod: &str) -> bool {
+        let mut map = self.0.lock().expect("agents");
+        match map.values_mut().find(|a| a.pod == pod) {
+            Some(a) if !a.pod_going => {
+                a.pod_going = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn applied_version(&self, uid: &str) -> Option<u64> {
+        self.0.lock().expect("agents").get(uid).map(|a| a.applied)
+    }
+}

@@ -1,0 +1,53 @@
+//! A target in service: [`start`] begins following its pods and runs its agent fleet, and
+//! the [`Target`] the control plane uses is answered here (copies through [`crate::copy`],
+//! settling through [`crate::fleet`]). Kept apart from [`crate::target`], which owns the
+//! target's state, so that neither the fleet nor the copies depend on it circularly.
+
+use crate::fleet;
+use crate::target::{watch_pods, KubeTarget};
+use crate::workload::Resolved;
+use crate::Context;
+use futures::future::BoxFuture;
+use mirrord_controlplane::backend::{BackendError, Target, TargetCopy};
+use mirrord_dataplane::RouteTable;
+use mirrord_protocol::TargetRef;
+use std::sync::Arc;
+
+/// The target `reference`, its pods followed and its agents run until it is dropped.
+pub fn start(reference: TargetRef, resolved: Resolved, ctx: Arc<Context>) -> Arc<KubeTarget> {
+    let target = KubeTarget::new(reference, resolved, ctx);
+    // Detached: both follow the target through a weak reference and end with it.
+    tokio::spawn(watch_pods(Arc::downgrade(&target)));
+    tokio::spawn(fleet::run(Arc::downgrade(&target)));
+    target
+}
+
+impl Target for KubeTarget {
+    fn reference(&self) -> &TargetRef {
+        KubeTarget::reference(self)
+    }
+
+    fn accepts_port(&self, port: u16) -> bool {
+        port != 0
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        KubeTarget::ports(self)
+    }
+
+    fn routes(&self, port: u16) -> Option<Arc<RouteTable>> {
+        Some(KubeTarget::routes(self, port))
+    }
+
+    fn copy(
+        self: Arc<Self>,
+        session: String,
+        scale_down: bool,
+    ) -> BoxFuture<'static, Result<Box<dyn TargetCopy>, BackendError>> {
+        Box::pin(crate::copy::make(self, session, scale_down))
+    }
+
+    fn settle(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async move { fleet::settled(&self).await })
+    }
+}
