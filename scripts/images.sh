@@ -8,6 +8,8 @@
 #                                 (OPERATOR_BIN=path: another build, e.g. the tests' debug one)
 #   scripts/images.sh agent       the agent (AGENT_BIN likewise) with Debian's nft
 #   scripts/images.sh all         all of the above
+#   scripts/images.sh base        pause and busybox, each only if missing (the kubelet
+#                                 removes images under disk pressure, whatever its GC says)
 #   scripts/images.sh operator agent   several at once
 #
 # The operator image holds the release binary and exactly the shared libraries `ldd`
@@ -66,6 +68,8 @@ busybox_root() { # a root filesystem with busybox and its applets as links
   echo 'root:x:0:0:root:/:/bin/sh' > "$root/etc/passwd"
   echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >> "$root/etc/passwd"
 }
+
+present() { ctr --address "$SOCK" -n k8s.io images ls -q | grep -qx "$1"; }
 
 pause() {
   local root; root=$(mktemp -d)
@@ -129,7 +133,7 @@ agent() {
   rm -rf "$root"
 }
 
-[ $# -gt 0 ] || { echo "usage: $0 pause|busybox|operator|agent|all..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 pause|busybox|operator|agent|all|base..." >&2; exit 2; }
 for name in "$@"; do
   case "$name" in
     pause) pause ;;
@@ -137,6 +141,10 @@ for name in "$@"; do
     operator) operator ;;
     agent) agent ;;
     all) pause; busybox_image; operator; agent ;;
-    *) echo "usage: $0 pause|busybox|operator|agent|all... (not $name)" >&2; exit 2 ;;
+    base)
+      present mirrord.dev/pause:1 || pause
+      present mirrord.dev/busybox:1 || busybox_image
+      ;;
+    *) echo "usage: $0 pause|busybox|operator|agent|all|base... (not $name)" >&2; exit 2 ;;
   esac
 done

@@ -36,6 +36,16 @@ impl Cluster {
             c.kubeconfig.display(),
             String::from_utf8_lossy(&ready.stderr)
         );
+        // Every pod needs the sandbox image and test pods busybox; the kubelet removes
+        // images under disk pressure, and a cluster without them leaves pods creating.
+        static BASE: std::sync::Once = std::sync::Once::new();
+        BASE.call_once(|| {
+            let st = Command::new(repo().join("scripts/images.sh"))
+                .arg("base")
+                .status()
+                .expect("run scripts/images.sh");
+            assert!(st.success(), "importing the base images failed");
+        });
         Some(c)
     }
 
