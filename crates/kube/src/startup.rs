@@ -43,6 +43,11 @@ const REFUSED: &[&str] = &[
     "PostStartHookError",
 ];
 
+/// Reasons of warning events that are a verdict by themselves: the kubelet writes them at
+/// once, while the pod's status says so only at its next sync (seconds later, after a
+/// back-off), and nothing but a change to the pod makes them go away.
+const REFUSED_EVENTS: &[&str] = &["ErrImageNeverPull", "InspectFailed"];
+
 /// How long a deletion waits for the event that says why (events are written a moment
 /// after what they report).
 const DELETION_REASON_WAIT: Duration = Duration::from_secs(1);
@@ -110,6 +115,9 @@ pub async fn running(
             }
             ev = events.next() => match ev {
                 Some(Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e))) => {
+                    if let Some(reason) = refusal(&e) {
+                        return Err(StartError::Refused { what: what.to_owned(), reason });
+                    }
                     warning = describe_warning(&e).or(warning);
                 }
                 Some(Err(e)) => {
@@ -158,6 +166,26 @@ fn describe_warning(e: &Event) -> Option<String> {
     Some(match e.message.as_deref().map(str::trim) {
         Some(m) if !m.is_empty() => format!("{reason}: {m}"),
         _ => reason.to_owned(),
+    })
+}
+
+/// What a warning event whose reason is final says, with the container it names.
+fn refusal(e: &Event) -> Option<String> {
+    e.reason.as_deref().filter(|r| REFUSED_EVENTS.contains(r))?;
+    let warning = describe_warning(e)?;
+    // `spec.containers{app}`: the same "container NAME: " prefix the status verdict gives.
+    let container = e
+        .involved_object
+        .field_path
+        .as_deref()
+        .and_then(|f| {
+            f.strip_prefix("spec.containers{")
+                .or(f.strip_prefix("spec.initContainers{"))
+        })
+        .and_then(|f| f.strip_suffix('}'));
+    Some(match container {
+        Some(c) => format!("container {c}: {warning}"),
+        None => warning,
     })
 }
 
@@ -265,6 +293,27 @@ mod tests {
             verdict(&pod(serde_json::json!({"phase": "Pending"}))),
             Verdict::Waiting("Pending".into())
         );
+    }
+
+    #[test]
+    fn an_image_that_will_never_be_pulled_is_a_verdict_from_its_event() {
+        let event = |reason: &str, kind: &str| -> Event {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "e1"},
+                "involvedObject": {"kind": "Pod", "name": "mirrord-copy-web-1", "fieldPath": "spec.containers{app}"},
+                "type": kind,
+                "reason": reason,
+                "message": "Container image \"x:1\" is not present with pull policy of Never",
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            refusal(&event("ErrImageNeverPull", "Warning")).as_deref(),
+            Some("container app: ErrImageNeverPull: Container image \"x:1\" is not present with pull policy of Never")
+        );
+        // A pull that failed may succeed on retry; only the status says when it gave up.
+        assert_eq!(refusal(&event("Failed", "Warning")), None);
+        assert_eq!(refusal(&event("ErrImageNeverPull", "Normal")), None);
     }
 
     #[test]
