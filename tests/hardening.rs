@@ -43,6 +43,7 @@ fn request(name: &str, port: u16, filter: Option<HttpFilterSpec>) -> ClientMessa
         on_concurrent_steal: ConcurrentSteal::Abort,
         copy_target: false,
         scale_down: false,
+        context: Default::default(),
     })
 }
 

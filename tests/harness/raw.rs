@@ -129,6 +129,7 @@ impl RawSession {
             on_concurrent_steal: ConcurrentSteal::Abort,
             copy_target: false,
             scale_down: false,
+            context: Default::default(),
         }))
         .await
         .unwrap();

@@ -54,6 +54,7 @@ async fn request(
         on_concurrent_steal: ConcurrentSteal::Abort,
         copy_target: false,
         scale_down: false,
+        context: Default::default(),
     }))
     .await?;
     match t.next().await {

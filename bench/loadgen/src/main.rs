@@ -145,6 +145,7 @@ async fn open(ctx: &Ctx) -> anyhow::Result<(Transport, SessionId)> {
         on_concurrent_steal: ConcurrentSteal::Abort,
         copy_target: false,
         scale_down: false,
+        context: Default::default(),
     }))
     .await?;
     match t.next().await {

@@ -9,13 +9,15 @@ use crate::backend::{BackendError, Target};
 use crate::caller::Caller;
 use crate::locks::{Reservation, Want};
 use crate::operator::Operator;
-use crate::policy::Subject;
+use crate::policy::{RequiredHeader, Subject};
 use crate::rbac::{self, Check};
 use crate::refusal::Refusal;
 use crate::sessions::{ClientLimits, ClientSlot};
 use mirrord_dataplane::{FilterError, HttpFilter};
 use mirrord_license::SeatReservation;
-use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, SessionRequest};
+use mirrord_protocol::{
+    ConcurrentSteal, HttpFilterSpec, PortMode, PortRequest, SessionRequest, TargetRef,
+};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -50,7 +52,7 @@ impl Validated {
     }
 }
 
-pub fn target_key(r: &mirrord_protocol::TargetRef) -> String {
+pub fn target_key(r: &TargetRef) -> String {
     format!("{r} in namespace {}", r.namespace)
 }
 
@@ -61,9 +63,9 @@ pub async fn validate(
     client_id: &str,
 ) -> Result<Validated, Refusal> {
     crate::bounds::check_request(req)?;
-    if req.ports.is_empty() {
+    if req.ports.is_empty() && req.context.is_empty() {
         return Err(Refusal::BadRequest(
-            "a session needs at least one --port".into(),
+            "a session needs at least one --port (or, for a process, some of the target's context)".into(),
         ));
     }
     if req.ports.len() > op.limits.max_ports_per_session {
@@ -84,15 +86,32 @@ pub async fn validate(
         }
         other => Refusal::Internal(other.to_string()),
     })?;
+    let ports = validate_ports(op, &target, &req.target, &req.ports, &[], client_id).await?;
+    Ok(Validated {
+        target,
+        key: target_key(&req.target),
+        ports,
+    })
+}
+
+/// The ports of a request (or of ports added to an open session, which holds `held`):
+/// ports the target has, each once, filters compiled.
+pub async fn validate_ports(
+    op: &Operator,
+    target: &Arc<dyn Target>,
+    target_ref: &TargetRef,
+    requested: &[PortRequest],
+    held: &[u16],
+    client_id: &str,
+) -> Result<Vec<ValidPort>, Refusal> {
     let known = target.ports();
-    let mut seen = HashSet::new();
-    let mut ports = Vec::with_capacity(req.ports.len());
-    for p in &req.ports {
+    let mut seen: HashSet<u16> = held.iter().copied().collect();
+    let mut ports = Vec::with_capacity(requested.len());
+    for p in requested {
         if !target.accepts_port(p.port) {
             let list: Vec<String> = known.iter().map(u16::to_string).collect();
             return Err(Refusal::UnknownPort(format!(
-                "{} has no port {}; its ports are {}",
-                req.target,
+                "{target_ref} has no port {}; its ports are {}",
                 p.port,
                 list.join(", ")
             )));
@@ -117,11 +136,7 @@ pub async fn validate(
             catch_all,
         });
     }
-    Ok(Validated {
-        target,
-        key: target_key(&req.target),
-        ports,
-    })
+    Ok(ports)
 }
 
 /// Compiles a filter on a blocking thread, a few at a time, each client in its turn; says
@@ -198,6 +213,9 @@ async fn authorize_rbac(
     if req.scale_down {
         rbac::require(op.rbac.as_deref(), caller, Check::scale_down(&req.target)).await?;
     }
+    for check in Check::context(&req.context, &req.target) {
+        rbac::require(op.rbac.as_deref(), caller, check).await?;
+    }
     let check = Check::take_over(&req.target);
     let allowed = match req.on_concurrent_steal {
         ConcurrentSteal::Override => rbac::allows(op.rbac.as_deref(), caller, &check)
@@ -270,13 +288,28 @@ pub fn admit(
             ports: &req.ports,
             catch_all: &catch_all,
             scale_down: req.scale_down,
+            context: &req.context,
             user: caller.user(),
             role: caller.role,
         })
         .map_err(Refusal::Policy)?;
+    narrow(op, required, &mut valid.ports)?;
+    let regexes = regexes(&req.ports);
+    let limits = ClientLimits {
+        sessions: op.limits.max_sessions_per_client,
+        regexes: op.limits.max_filter_regexes_per_client,
+    };
+    let slot = op
+        .sessions
+        .reserve_slot(&client.client_id, regexes, limits)?;
+    let seat = op.licensing.reserve_seat(&client.client_id, now)?;
+    Ok(Admitted { slot, seat })
+}
+
+/// Narrows steals' filters to the headers policies require.
+fn narrow(op: &Operator, required: Vec<RequiredHeader>, ports: &mut [ValidPort]) -> Result<(), Refusal> {
     for r in required {
-        let filter = valid
-            .ports
+        let filter = ports
             .iter_mut()
             .find(|p| p.port == r.port)
             .and_then(|p| p.filter.as_mut())
@@ -290,19 +323,53 @@ pub fn admit(
             .require_header(&r.pattern, &op.filter_limits())
             .map_err(|e| Refusal::Internal(format!("policy `{}`: {e}", r.policy)))?;
     }
-    let regexes = req
-        .ports
+    Ok(())
+}
+
+/// The filter regexes `ports` hold (a client's budget counts them).
+fn regexes(ports: &[PortRequest]) -> usize {
+    ports
         .iter()
         .filter_map(|p| p.filter.as_ref())
         .map(|f| f.header.len() + f.path.len() + 2 * f.body.len())
-        .sum();
-    let limits = ClientLimits {
-        sessions: op.limits.max_sessions_per_client,
-        regexes: op.limits.max_filter_regexes_per_client,
-    };
-    let slot = op
-        .sessions
-        .reserve_slot(&client.client_id, regexes, limits)?;
-    let seat = op.licensing.reserve_seat(&client.client_id, now)?;
-    Ok(Admitted { slot, seat })
+        .sum()
+}
+
+/// Ports added to an open session: what [`authorize`] and [`admit`] decide about ports
+/// (the license, the seat and the session count were decided when it opened). Returns the
+/// regexes the new filters hold.
+pub async fn admit_ports(
+    op: &Operator,
+    caller: &Caller,
+    target: &TargetRef,
+    requested: &[PortRequest],
+    valid: &mut [ValidPort],
+) -> Result<usize, Refusal> {
+    if op.revoked.contains(&caller.client.client_id) {
+        return Err(Refusal::Forbidden(format!(
+            "the credential of {} (client id {}) is revoked",
+            caller.user(),
+            caller.client.client_id
+        )));
+    }
+    for mode in [PortMode::Steal, PortMode::Mirror] {
+        if requested.iter().any(|p| p.mode == mode) {
+            rbac::require(op.rbac.as_deref(), caller, Check::open(mode, target)).await?;
+        }
+    }
+    let catch_all: Vec<u16> = valid.iter().filter(|p| p.catch_all).map(|p| p.port).collect();
+    let required = op
+        .policies
+        .check(&Subject {
+            target,
+            ports: requested,
+            catch_all: &catch_all,
+            scale_down: false,
+            context: &Default::default(),
+            user: caller.user(),
+            role: caller.role,
+        })
+        .map_err(Refusal::Policy)?;
+    narrow(op, required, valid)?;
+    Ok(regexes(requested))
 }

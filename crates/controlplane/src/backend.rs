@@ -6,8 +6,12 @@
 //! Resolving a target and making a copy may be slow network calls: both are futures.
 
 use futures::future::BoxFuture;
+use mirrord_dataplane::handoff::Io;
 use mirrord_dataplane::RouteTable;
-use mirrord_protocol::TargetRef;
+use mirrord_protocol::{
+    ConnectFailure, DnsFailure, EnvSelect, Family, Resolution, SessionId, TargetRef,
+};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +61,56 @@ pub trait Target: Send + Sync {
     fn settle(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
         Box::pin(std::future::ready(Ok(())))
     }
+    /// What `session`'s process gets of the target (its environment, its network, its
+    /// resolver), from one of the target's processes. The error says why there is none.
+    fn context(
+        self: Arc<Self>,
+        session: SessionId,
+    ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
+        let _ = session;
+        Box::pin(std::future::ready(Err(no_process(self.reference()))))
+    }
 }
 
 pub trait TargetCopy: Send + Sync {
     fn name(&self) -> &str;
+    /// The same as [`Target::context`], from the copy: a session working on a copy gets the
+    /// copy's environment and network.
+    fn context(
+        &self,
+        session: SessionId,
+    ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
+        let _ = session;
+        let why = format!("copy {} has no process the operator can reach", self.name());
+        Box::pin(std::future::ready(Err(BackendError::Unavailable(why))))
+    }
+}
+
+fn no_process(target: &TargetRef) -> BackendError {
+    BackendError::Unavailable(format!(
+        "{target} runs no process the operator can take an environment or a network from"
+    ))
+}
+
+/// One process of a target, as a session's process sees it. Every answer is the target's
+/// own: its environment, its resolver, connections leaving from its network namespace.
+pub trait TargetContext: Send + Sync {
+    /// Where the context comes from (`replica pid 4242`, `pod web-7d9c`).
+    fn source(&self) -> String;
+    /// The process's environment, selected (what is excluded never leaves the target).
+    fn env(&self, select: EnvSelect) -> BoxFuture<'static, Result<Vec<(String, String)>, String>>;
+    fn resolve(
+        &self,
+        node: String,
+        family: Family,
+    ) -> BoxFuture<'static, Result<Resolution, DnsFailure>>;
+    fn connect(&self, remote: SocketAddr)
+        -> BoxFuture<'static, Result<Outgoing, ConnectFailure>>;
+}
+
+/// A connection made from the target for a session.
+pub struct Outgoing {
+    pub io: Box<dyn Io>,
+    /// Its address in the target.
+    pub local: SocketAddr,
 }

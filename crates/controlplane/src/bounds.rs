@@ -8,7 +8,7 @@
 //! Regexes are bounded where they are compiled (`limits.max_filter_*`).
 
 use crate::refusal::Refusal;
-use mirrord_protocol::{ClientHello, SessionRequest, TargetRef};
+use mirrord_protocol::{ClientHello, PortRequest, SessionRequest, TargetRef};
 
 /// A resource kind (`deployment`, `statefulset`...): a DNS label's length.
 pub const MAX_KIND_LEN: usize = 63;
@@ -21,6 +21,11 @@ pub const MAX_NAMESPACE_LEN: usize = 63;
 pub const MAX_METHOD_LEN: usize = 32;
 /// Session ids in one `sessions kill` request.
 pub const MAX_KILL_IDS: usize = 1024;
+/// Environment include/exclude globs: a name pattern each (names are short).
+pub const MAX_ENV_GLOB_LEN: usize = 256;
+pub const MAX_ENV_GLOBS: usize = 256;
+/// A name to resolve (RFC 1035's 253, and room for a trailing dot).
+pub const MAX_DNS_NAME_LEN: usize = 255;
 
 /// What the client says about itself (`client_name`, `client_hostname`, `cli_version`):
 /// short, and printable on one line (a line break would forge a log line; U+2028/U+2029
@@ -45,7 +50,28 @@ pub fn check_hello(h: &ClientHello, max: usize) -> Result<(), Refusal> {
 /// The target and every filter method of a session request.
 pub fn check_request(req: &SessionRequest) -> Result<(), Refusal> {
     check_target(&req.target)?;
-    for p in &req.ports {
+    check_ports(&req.ports)?;
+    for glob in req.context.env.iter().flat_map(|e| e.include.iter().chain(&e.exclude)) {
+        if glob.len() > MAX_ENV_GLOB_LEN {
+            return Err(Refusal::Limit(format!(
+                "an environment include/exclude pattern is {} bytes long; at most {MAX_ENV_GLOB_LEN} are allowed",
+                glob.len()
+            )));
+        }
+        printable("environment pattern", glob)?;
+    }
+    let globs = req.context.env.as_ref().map_or(0, |e| e.include.len() + e.exclude.len());
+    if globs > MAX_ENV_GLOBS {
+        return Err(Refusal::Limit(format!(
+            "{globs} environment include/exclude patterns; at most {MAX_ENV_GLOBS} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Ports asked for when a session opens or later.
+pub fn check_ports(ports: &[PortRequest]) -> Result<(), Refusal> {
+    for p in ports {
         for m in p.filter.iter().flat_map(|f| &f.method) {
             check_method(p.port, m)?;
         }
@@ -162,6 +188,7 @@ mod tests {
             on_concurrent_steal: ConcurrentSteal::Abort,
             copy_target: false,
             scale_down: false,
+            context: Default::default(),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod buffers;
 pub mod caller;
 pub mod config;
 pub mod console;
+pub mod context;
 pub mod fair;
 pub mod local;
 pub mod locks;

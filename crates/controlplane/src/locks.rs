@@ -343,6 +343,11 @@ pub struct Taken {
 }
 
 impl Reservation {
+    /// The target's key in the locks.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
     pub fn outcomes(&self) -> impl Iterator<Item = (&Want, &Outcome)> {
         self.wants.iter().map(|(w, o)| (w, o))
     }
@@ -432,6 +437,13 @@ pub struct Grant {
 impl Grant {
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Takes over `more` (ports added to the same session later): released with this one.
+    pub fn absorb(&mut self, mut more: Grant) {
+        debug_assert_eq!((more.session, &more.target), (self.session, &self.target));
+        self.routes.append(&mut more.routes);
+        more.released = true;
     }
 
     /// Frees everything; returns the ports the session still held.

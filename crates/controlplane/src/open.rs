@@ -11,20 +11,22 @@
 //! slow step, and it runs holding no lock: other openings never wait for it.
 
 use crate::admission::{self, Admitted, Validated};
-use crate::backend::{BackendError, TargetCopy};
+use crate::backend::{BackendError, Target, TargetCopy};
 use crate::caller::Caller;
-use crate::locks::{Holder, Outcome, Reservation};
+use crate::context::{self, SessionContext};
+use crate::locks::{Grant, Holder, Outcome, Reservation, Taken, Want};
 use crate::operator::Operator;
 use crate::overlaps;
 use crate::refusal::Refusal;
 use crate::sessions::{Deadline, NewEntry, SessionEntry};
 use mirrord_dataplane::budget::Budget;
-use mirrord_dataplane::handoff::{self, HandoffRx};
+use mirrord_dataplane::handoff::{self, HandoffRx, SubscriberTx};
 use mirrord_dataplane::Subscriber;
 use mirrord_protocol::{
-    CopyInfo, ErrorReply, PortMode, PortOutcome, SessionId, SessionOpened, SessionRequest,
+    ConcurrentSteal, ContextReply, CopyInfo, ErrorReply, PortMode, PortOutcome, PortRequest,
+    SessionId, SessionOpened, SessionRequest, TargetRef,
 };
-use mirrord_telemetry::{Event, PortCounters, SessionMeta};
+use mirrord_telemetry::{Event, PortCounters, SessionMeta, SessionTrace};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +39,8 @@ pub struct Opened {
     pub handoffs: HandoffRx,
     /// The answer to send the client.
     pub reply: SessionOpened,
+    /// For ports the session adds later.
+    pub more: MorePorts,
 }
 
 /// Opens a session, or refuses it (recorded as `Session Refused`).
@@ -92,36 +96,25 @@ async fn pipeline(
         true => Some(make_copy(&valid, id, req.scale_down).await?),
         false => None,
     };
+    // From the process that serves the session: its copy, if it has one.
+    let context = match req.context.is_empty() {
+        true => None,
+        false => Some(context::grant(&valid.target, id, copy.as_deref(), &req.context).await),
+    };
     let mut opened = commit(
         op,
         Commit {
             id,
             req,
             caller,
+            target: Arc::clone(&valid.target),
             ports,
             copy,
+            context,
             slot,
         },
     );
-    // Both users learn of filters that share requests on a port (the earlier one wins them).
-    let filtered: Vec<_> = valid
-        .ports
-        .iter()
-        .filter(|p| p.mode == PortMode::Steal)
-        .filter(|p| {
-            opened
-                .reply
-                .ports
-                .iter()
-                .any(|o| o.port == p.port && o.skipped.is_none())
-        })
-        .filter_map(|p| Some((p.port, Arc::clone(p.filter.as_ref()?))))
-        .collect();
-    for (port, found) in overlaps::detect(op, &valid.key, &holder, filtered).await {
-        if let Some(o) = opened.reply.ports.iter_mut().find(|o| o.port == port) {
-            o.overlaps = found;
-        }
-    }
+    tell_overlaps(op, &valid, &holder, &mut opened.reply.ports).await;
     // Revoked while it opened (the copy takes a while): the revocation's sweep of
     // sessions may have run before this one was registered, so end it here.
     if op.revoked.contains(&client.client_id) {
@@ -134,6 +127,31 @@ async fn pipeline(
         return Err(Refusal::Internal(why));
     }
     Ok(opened)
+}
+
+/// Both users learn of filters that share requests on a port (the earlier one wins them).
+async fn tell_overlaps(
+    op: &Arc<Operator>,
+    valid: &Validated,
+    holder: &Holder,
+    outcomes: &mut [PortOutcome],
+) {
+    let filtered: Vec<_> = valid
+        .ports
+        .iter()
+        .filter(|p| p.mode == PortMode::Steal)
+        .filter(|p| {
+            outcomes
+                .iter()
+                .any(|o| o.port == p.port && o.skipped.is_none())
+        })
+        .filter_map(|p| Some((p.port, Arc::clone(p.filter.as_ref()?))))
+        .collect();
+    for (port, found) in overlaps::detect(op, &valid.key, holder, filtered).await {
+        if let Some(o) = outcomes.iter_mut().find(|o| o.port == port) {
+            o.overlaps = found;
+        }
+    }
 }
 
 async fn make_copy(
@@ -154,30 +172,52 @@ struct Commit<'a> {
     id: SessionId,
     req: &'a SessionRequest,
     caller: &'a Caller,
+    target: Arc<dyn Target>,
     ports: Reservation,
     copy: Option<Box<dyn TargetCopy>>,
+    context: Option<(ContextReply, Option<SessionContext>)>,
     slot: crate::sessions::ClientSlot,
 }
 
-/// Nothing can fail from here on: the routes go in, the session is registered, and what
-/// happened is recorded.
-fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
-    let Commit {
-        id,
-        req,
-        caller,
-        ports,
-        copy,
-        slot,
-    } = c;
-    let client = &caller.client;
-    let meta = Arc::new(SessionMeta {
-        session_id: id.to_string(),
-        target_type: req.target.kind.clone(),
-        target_name: req.target.name.clone(),
-        target_namespace: req.target.namespace.clone(),
-        client: client.clone(),
-    });
+/// What a session keeps to take more ports later ([`add_ports`]): the same admission as
+/// when it opened, for the new ports only, and the same subscription as its first ports.
+pub struct MorePorts {
+    caller: Caller,
+    target: Arc<dyn Target>,
+    target_ref: TargetRef,
+    key: String,
+    on_concurrent_steal: ConcurrentSteal,
+    subscription: Subscription,
+}
+
+/// How a session's ports hand it traffic.
+#[derive(Clone)]
+struct Subscription {
+    id: SessionId,
+    meta: Arc<SessionMeta>,
+    tx: SubscriberTx,
+    copy_budget: Arc<Budget>,
+    trace: SessionTrace,
+}
+
+impl Subscription {
+    fn subscriber(&self, op: &Operator, w: &Want) -> Subscriber {
+        Subscriber {
+            session_id: self.id.0,
+            copy_budget: Arc::clone(&self.copy_budget),
+            tx: self.tx.clone(),
+            counters: match w.mode {
+                PortMode::Steal => op.telemetry.metrics().port_counters(&self.meta, w.port),
+                PortMode::Mirror => PortCounters::detached(),
+            },
+            trace: self.trace.clone(),
+        }
+    }
+}
+
+/// The routes go in for what was reserved and take-overs happen: what opening and adding
+/// ports share. [`Granted::record`] then tells it.
+fn grant_ports(op: &Operator, sub: &Subscription, ports: Reservation) -> (Grant, Granted) {
     let outcomes: Vec<PortOutcome> = ports
         .outcomes()
         .map(|(w, o)| PortOutcome {
@@ -192,20 +232,87 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
             overlaps: Vec::new(),
         })
         .collect();
-    let (handoff_tx, handoffs) = handoff::channel(HANDOFF_QUEUE);
-    let trace = op.telemetry.session_trace(&meta);
-    // One budget for the mirror copies of all of the session's ports.
-    let copy_budget = Budget::new(op.limits.max_mirror_copy_bytes_per_session);
-    let (grant, taken) = ports.commit(|w| Subscriber {
-        session_id: id.0,
-        copy_budget: Arc::clone(&copy_budget),
-        tx: handoff_tx.clone(),
-        counters: match w.mode {
-            PortMode::Steal => op.telemetry.metrics().port_counters(&meta, w.port),
-            PortMode::Mirror => PortCounters::detached(),
-        },
-        trace: trace.clone(),
+    let (grant, taken) = ports.commit(|w| sub.subscriber(op, w));
+    (grant, Granted { outcomes, taken })
+}
+
+/// What granting ports did, to be told once the session is registered.
+struct Granted {
+    outcomes: Vec<PortOutcome>,
+    taken: Vec<Taken>,
+}
+
+impl Granted {
+    /// Tells the sessions whose ports were taken, and records every port granted.
+    fn record(self, op: &Operator, caller: &Caller, sub: &Subscription) -> Vec<PortOutcome> {
+        let by = format!("session {} ({})", sub.id, caller.client.client_user);
+        for t in &self.taken {
+            if let Some(victim) = op.sessions.port_taken(t, &by) {
+                op.telemetry.record(Event::PortTakenOver {
+                    session: victim,
+                    port: t.hold.port,
+                    by: caller.client.clone(),
+                    by_role: caller.role.as_str(),
+                    by_session: sub.id.to_string(),
+                });
+            }
+        }
+        for o in self.outcomes.iter().filter(|o| o.skipped.is_none()) {
+            let session = Arc::clone(&sub.meta);
+            let (port, http_filter) = (o.port, o.filter.clone());
+            op.telemetry.record(match o.mode {
+                PortMode::Steal => Event::PortStolen {
+                    session,
+                    port,
+                    http_filter,
+                },
+                PortMode::Mirror => Event::PortMirrored {
+                    session,
+                    port,
+                    http_filter,
+                },
+            });
+        }
+        self.outcomes
+    }
+}
+
+/// Nothing can fail from here on: the routes go in, the session is registered, and what
+/// happened is recorded.
+fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
+    let Commit {
+        id,
+        req,
+        caller,
+        target,
+        ports,
+        copy,
+        context,
+        slot,
+    } = c;
+    let client = &caller.client;
+    let meta = Arc::new(SessionMeta {
+        session_id: id.to_string(),
+        target_type: req.target.kind.clone(),
+        target_name: req.target.name.clone(),
+        target_namespace: req.target.namespace.clone(),
+        client: client.clone(),
     });
+    let (handoff_tx, handoffs) = handoff::channel(HANDOFF_QUEUE);
+    let sub = Subscription {
+        id,
+        meta: Arc::clone(&meta),
+        tx: handoff_tx,
+        // One budget for the mirror copies of all of the session's ports.
+        copy_budget: Budget::new(op.limits.max_mirror_copy_bytes_per_session),
+        trace: op.telemetry.session_trace(&meta),
+    };
+    let key = ports.target().to_owned();
+    let (grant, granted) = grant_ports(op, &sub, ports);
+    let (context_reply, context) = match context {
+        Some((reply, granted)) => (Some(reply), granted),
+        None => (None, None),
+    };
     let copy_name = copy.as_ref().map(|c| c.name().to_owned());
     let entry = SessionEntry::new(NewEntry {
         id,
@@ -224,6 +331,7 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
             session_id: id,
         }),
         copy,
+        context,
         slot,
     });
     op.sessions.insert(Arc::clone(&entry));
@@ -237,42 +345,103 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
             scale_down: req.scale_down,
         });
     }
-    let by = format!("session {id} ({})", client.client_user);
-    for t in &taken {
-        if let Some(victim) = op.sessions.port_taken(t, &by) {
-            op.telemetry.record(Event::PortTakenOver {
-                session: victim,
-                port: t.hold.port,
-                by: client.clone(),
-                by_role: caller.role.as_str(),
-                by_session: id.to_string(),
-            });
-        }
-    }
-    for o in outcomes.iter().filter(|o| o.skipped.is_none()) {
-        let session = Arc::clone(&meta);
-        let (port, http_filter) = (o.port, o.filter.clone());
-        op.telemetry.record(match o.mode {
-            PortMode::Steal => Event::PortStolen {
-                session,
-                port,
-                http_filter,
-            },
-            PortMode::Mirror => Event::PortMirrored {
-                session,
-                port,
-                http_filter,
-            },
-        });
-    }
+    let ports = granted.record(op, caller, &sub);
     Opened {
         entry,
         handoffs,
         reply: SessionOpened {
             session_id: id,
-            ports: outcomes,
+            ports,
             copy: copy_name,
+            context: context_reply,
         },
+        more: MorePorts {
+            caller: caller.clone(),
+            target,
+            target_ref: req.target.clone(),
+            key,
+            on_concurrent_steal: req.on_concurrent_steal,
+            subscription: sub,
+        },
+    }
+}
+
+/// Adds ports to the open session `entry` (its process listens now): the admission of
+/// [`open`] for them, then the same routes as its first ports. A refusal leaves the
+/// session as it was.
+pub async fn add_ports(
+    op: &Arc<Operator>,
+    entry: &SessionEntry,
+    more: &MorePorts,
+    requested: Vec<PortRequest>,
+) -> Result<Vec<PortOutcome>, Refusal> {
+    let held: Vec<u16> = op.sessions.holds(entry).iter().map(|h| h.port).collect();
+    crate::bounds::check_ports(&requested)?;
+    if held.len() + requested.len() > op.limits.max_ports_per_session {
+        return Err(Refusal::Limit(format!(
+            "{} ports more and {} held; this operator allows {} per session",
+            requested.len(),
+            held.len(),
+            op.limits.max_ports_per_session
+        )));
+    }
+    let caller = &more.caller;
+    let client_id = &caller.client.client_id;
+    let mut ports = admission::validate_ports(
+        op,
+        &more.target,
+        &more.target_ref,
+        &requested,
+        &held,
+        client_id,
+    )
+    .await?;
+    let regexes =
+        admission::admit_ports(op, caller, &more.target_ref, &requested, &mut ports).await?;
+    entry.may_hold(regexes, op.limits.max_filter_regexes_per_client)?;
+    let valid = Validated {
+        target: Arc::clone(&more.target),
+        key: more.key.clone(),
+        ports,
+    };
+    let holder = Holder {
+        session: entry.id,
+        user: caller.client.client_user.clone(),
+    };
+    let take_overs = admission::authorize(op, caller, &no_context(&more.target_ref)).await?;
+    let reserved = op.locks.reserve(
+        &valid.key,
+        holder.clone(),
+        valid.wants(),
+        more.on_concurrent_steal,
+        false,
+    )?;
+    admission::authorize_take_overs(caller, &take_overs, &reserved)?;
+    let (grant, granted) = grant_ports(op, &more.subscription, reserved);
+    if !entry.add_grant(grant, regexes) {
+        return Err(Refusal::Internal(format!(
+            "session {} ended while its ports were added",
+            entry.id
+        )));
+    }
+    let mut outcomes = granted.record(op, caller, &more.subscription);
+    tell_overlaps(op, &valid, &holder, &mut outcomes).await;
+    if let Err(why) = Arc::clone(&valid.target).settle().await {
+        op.sessions.end(entry.id, &why);
+        return Err(Refusal::Internal(why));
+    }
+    Ok(outcomes)
+}
+
+/// A request for the take-over decision of [`admission::authorize`] alone.
+fn no_context(target: &TargetRef) -> SessionRequest {
+    SessionRequest {
+        target: target.clone(),
+        ports: Vec::new(),
+        on_concurrent_steal: ConcurrentSteal::Override,
+        copy_target: false,
+        scale_down: false,
+        context: Default::default(),
     }
 }
 

@@ -14,7 +14,7 @@
 
 use mirrord_dataplane::filter::{compile_regex, FilterLimits};
 use mirrord_identity::Role;
-use mirrord_protocol::{PortMode, PortRequest, TargetRef};
+use mirrord_protocol::{ContextRequest, PortMode, PortRequest, TargetRef};
 use regex::Regex;
 use serde::Deserialize;
 
@@ -28,6 +28,12 @@ pub enum Blocked {
     Mirror,
     /// `--scale-down` (admins only in any case).
     ScaleDown,
+    /// The target's environment (mirrord.json `feature.env`).
+    Env,
+    /// Connections made from the target (`feature.network.outgoing`).
+    Outgoing,
+    /// Names resolved as the target does (`feature.network.dns`).
+    Dns,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +81,8 @@ pub struct Subject<'a> {
     /// Ports whose filter matches every request (an unfiltered steal for policies).
     pub catch_all: &'a [u16],
     pub scale_down: bool,
+    /// What of the target's context the session's process gets.
+    pub context: &'a ContextRequest,
     pub user: &'a str,
     pub role: Role,
 }
@@ -108,6 +116,21 @@ impl Policy {
         if s.scale_down && blocks(Blocked::ScaleDown) {
             return Some(format!(
                 "scaling {t} (namespace {ns}) down is not allowed; use --copy-target without --scale-down"
+            ));
+        }
+        let context = [
+            (s.context.env.is_some(), Blocked::Env, "the environment of"),
+            (s.context.outgoing, Blocked::Outgoing, "outgoing connections from"),
+            (s.context.dns, Blocked::Dns, "resolving names as"),
+        ];
+        if let Some((_, b, what)) = context.iter().find(|(asked, b, _)| *asked && blocks(*b)) {
+            let key = match b {
+                Blocked::Env => "feature.env",
+                Blocked::Outgoing => "feature.network.outgoing",
+                _ => "feature.network.dns",
+            };
+            return Some(format!(
+                "{what} {t} (namespace {ns}) is not allowed; set `{key}` to false in your mirrord.json"
             ));
         }
         for port in s.ports {
@@ -248,6 +271,7 @@ mod tests {
             ports,
             catch_all: &catch_all,
             scale_down: false,
+            context: &ContextRequest::default(),
             user: who.0,
             role: who.1,
         })
@@ -443,6 +467,7 @@ block = ["steal"]
                 ports: &[port(PortMode::Mirror, None)],
                 catch_all: &[],
                 scale_down: true,
+                context: &ContextRequest::default(),
                 user: who.0,
                 role: who.1,
             })
@@ -463,6 +488,50 @@ block = ["steal"]
         .unwrap_err();
         assert!(e.contains("`interns-mirror-only`"), "{e}");
         assert!(check(&p, &dev, &[port(PortMode::Steal, Some("a: b"))], ALICE).is_ok());
+    }
+
+    /// `block = ["env", "outgoing", "dns"]`: each refuses a session asking for that part of
+    /// the target's context, naming the mirrord.json key that turns it off.
+    #[test]
+    fn policies_block_parts_of_the_context() {
+        let p = policies(
+            r#"
+[[policies]]
+name = "prod-no-secrets"
+namespace = "prod"
+block = ["env", "outgoing"]
+"#,
+        );
+        let ask = |ns: &str, context: ContextRequest| {
+            p.check(&Subject {
+                target: &t("web", ns),
+                ports: &[],
+                catch_all: &[],
+                scale_down: false,
+                context: &context,
+                user: "alice",
+                role: Role::Developer,
+            })
+        };
+        let env = ContextRequest {
+            env: Some(Default::default()),
+            ..Default::default()
+        };
+        let e = ask("prod", env.clone()).unwrap_err();
+        assert_eq!(e, "blocked by policy `prod-no-secrets`: the environment of deployment/web (namespace prod) is not allowed; set `feature.env` to false in your mirrord.json");
+        let outgoing = ContextRequest {
+            outgoing: true,
+            dns: true,
+            ..Default::default()
+        };
+        let e = ask("prod", outgoing).unwrap_err();
+        assert!(e.contains("outgoing connections from deployment/web") && e.contains("`feature.network.outgoing`"), "{e}");
+        let dns = ContextRequest {
+            dns: true,
+            ..Default::default()
+        };
+        assert!(ask("prod", dns).is_ok());
+        assert!(ask("dev", env).is_ok());
     }
 
     #[test]

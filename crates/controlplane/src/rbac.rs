@@ -11,6 +11,9 @@
 //! | mirror a target's port | `mirror` | `targets` | `deployment.web` |
 //! | take over another user's port | `override` | `targets/port-locks` | `deployment.web` |
 //! | scale a target down | `scale-down` | `targets` | `deployment.web` |
+//! | get a target's environment | `env` | `targets` | `deployment.web` |
+//! | connect out from a target | `outgoing` | `targets` | `deployment.web` |
+//! | resolve names as a target does | `dns` | `targets` | `deployment.web` |
 //! | see and end other users' sessions (admin) | `manage` | `sessions` | (any namespace) |
 //!
 //! The chart ships ClusterRoles granting these (`...-user`, `...-admin`).
@@ -18,7 +21,7 @@
 use crate::caller::Caller;
 use crate::refusal::Refusal;
 use futures::future::BoxFuture;
-use mirrord_protocol::{PortMode, TargetRef};
+use mirrord_protocol::{ContextRequest, PortMode, TargetRef};
 
 /// The operator's API group.
 pub const GROUP: &str = "operator.mirrord.dev";
@@ -53,6 +56,19 @@ impl Check {
         Self::on_target("scale-down", "", target)
     }
 
+    /// The parts of a target's context `context` asks for, one check each.
+    pub fn context(context: &ContextRequest, target: &TargetRef) -> Vec<Self> {
+        [
+            (context.env.is_some(), "env"),
+            (context.outgoing, "outgoing"),
+            (context.dns, "dns"),
+        ]
+        .into_iter()
+        .filter(|(asked, _)| *asked)
+        .map(|(_, verb)| Self::on_target(verb, "", target))
+        .collect()
+    }
+
     /// The admin's grant: other users' sessions, in every namespace.
     pub fn manage_sessions() -> Self {
         Self {
@@ -72,6 +88,17 @@ impl Check {
             namespace: t.namespace.clone(),
             name: target_name(t),
         }
+    }
+
+    /// What the check is about, as a refusal says it (`steal deployment.web`).
+    fn action(&self) -> String {
+        let what = match self.verb {
+            "env" => "read the environment of",
+            "outgoing" => "connect out from",
+            "dns" => "resolve names as",
+            verb => verb,
+        };
+        format!("{what} {}", self.name)
     }
 
     /// What the caller lacks, for a refusal they can act on.
@@ -143,10 +170,9 @@ pub async fn require(
     match allows(rbac, caller, &check).await {
         None | Some(Ok(true)) => Ok(()),
         Some(Ok(false)) => Err(Refusal::Forbidden(format!(
-            "{} may not {} {}: RBAC grants them no {}",
+            "{} may not {}: RBAC grants them no {}",
             caller.user(),
-            check.verb,
-            check.name,
+            check.action(),
             check.describe()
         ))),
         Some(Err(e)) => Err(e),

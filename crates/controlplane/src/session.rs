@@ -11,7 +11,7 @@
 //! task the session starts (one per carried connection) is in its [`TaskTracker`] and
 //! stops with it.
 
-use crate::open::Opened;
+use crate::open::{MorePorts, Opened};
 use crate::operator::Operator;
 use crate::sessions::{Control, DeadlineCause, SessionEntry};
 use futures::StreamExt;
@@ -38,6 +38,12 @@ const LAST_WORDS: Duration = Duration::from_secs(1);
 /// requests the developer already has, so that a route change fails none of them.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// Resolutions and outgoing connects one session may have in flight; more fail at once
+/// (EAGAIN-like) rather than queue without bound.
+const MAX_OPS: usize = 64;
+/// How long a resolution may take before the process is told to try again.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the reader and the forwarder both touch: connections and requests in flight.
 #[derive(Default)]
 struct InFlight {
@@ -51,6 +57,12 @@ struct InFlight {
 struct Actor {
     op: Arc<Operator>,
     entry: Arc<SessionEntry>,
+    /// What adding ports needs; one addition at a time.
+    more: tokio::sync::Mutex<MorePorts>,
+    /// Connection ids: stolen and outgoing connections share them.
+    next_conn: AtomicU64,
+    /// Resolutions and connects in flight (bounded: each holds a task).
+    ops: Arc<tokio::sync::Semaphore>,
     out: Outbound,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -81,12 +93,16 @@ pub async fn run(op: Arc<Operator>, opened: Opened, inbound: impl Inbound, out: 
         entry,
         handoffs,
         reply,
+        more,
     } = opened;
     // Already sent; otherwise kept (with its list of ports) for the session's life.
     drop(reply);
     let actor = Arc::new(Actor {
         op,
         entry,
+        more: tokio::sync::Mutex::new(more),
+        next_conn: AtomicU64::new(1),
+        ops: Arc::new(tokio::sync::Semaphore::new(MAX_OPS)),
         out,
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -344,6 +360,9 @@ impl Actor {
                     let _ = respond.send(StolenResponse::Failed(reason));
                 }
             }
+            ClientMessage::AddPorts { ports } => self.add_ports(ports),
+            ClientMessage::Resolve { op, node, family } => self.resolve(op, node, family),
+            ClientMessage::Connect { op, remote } => self.connect(op, remote),
             other => {
                 // Not fatal: the session goes on, the client learns what was wrong.
                 let m = format!("{} is not valid inside a session", other.kind());
@@ -354,6 +373,99 @@ impl Actor {
                 }));
             }
         }
+    }
+
+    /// Ports the session's process listens on now: admitted like the session's first ones,
+    /// answered when decided. The session goes on whatever the answer.
+    fn add_ports(self: &Arc<Self>, ports: Vec<mirrord_protocol::PortRequest>) {
+        let me = Arc::clone(self);
+        self.tracker.spawn(async move {
+            let more = me.more.lock().await;
+            let added = tokio::select! {
+                a = crate::open::add_ports(&me.op, &me.entry, &more, ports) => a,
+                _ = me.cancel.cancelled() => return,
+            };
+            drop(more);
+            let msg = match added {
+                Ok(ports) => ServerMessage::PortsAdded { ports },
+                Err(refusal) => {
+                    tracing::warn!(session_id = %me.entry.id, reason = refusal.reason(), error = %refusal, "ports added to a session were refused");
+                    ServerMessage::PortsRefused(refusal.reply())
+                }
+            };
+            let _ = me.queue(Box::new(msg)).await;
+        });
+    }
+
+    /// What the session was granted of its target's context, if `what` is part of it.
+    fn context(&self, what: fn(&crate::context::SessionContext) -> bool) -> Option<Arc<dyn crate::backend::TargetContext>> {
+        let c = self.entry.context.as_deref().filter(|c| what(c))?;
+        Some(Arc::clone(&c.target))
+    }
+
+    fn resolve(self: &Arc<Self>, op: u64, node: String, family: mirrord_protocol::Family) {
+        use mirrord_protocol::DnsFailure;
+        let reply = move |result| Box::new(ServerMessage::Resolved { op, result });
+        let Some(ctx) = self.context(|c| c.dns) else {
+            return self.send_soon(*reply(Err(DnsFailure::Fail)));
+        };
+        if node.len() > crate::bounds::MAX_DNS_NAME_LEN || node.is_empty() {
+            return self.send_soon(*reply(Err(DnsFailure::NoName)));
+        }
+        let Ok(permit) = Arc::clone(&self.ops).try_acquire_owned() else {
+            return self.send_soon(*reply(Err(DnsFailure::Again)));
+        };
+        let me = Arc::clone(self);
+        self.tracker.spawn(async move {
+            let _permit = permit;
+            let result = tokio::select! {
+                r = tokio::time::timeout(RESOLVE_TIMEOUT, ctx.resolve(node, family)) => r.unwrap_or(Err(DnsFailure::Again)),
+                _ = me.cancel.cancelled() => return,
+            };
+            let _ = me.queue(reply(result)).await;
+        });
+    }
+
+    /// A connection from the target: once made, it is carried like a stolen one (its
+    /// bytes are `ConnData`/`ConnClose` with the id the answer gives).
+    fn connect(self: &Arc<Self>, op: u64, remote: std::net::SocketAddr) {
+        use mirrord_protocol::{ConnectFailure, OutgoingConnected};
+        let refuse = |errno: i32, message: &str| ServerMessage::Connected {
+            op,
+            result: Err(ConnectFailure {
+                errno,
+                message: message.to_owned(),
+            }),
+        };
+        let Some(ctx) = self.context(|c| c.outgoing) else {
+            return self.send_soon(refuse(nix::errno::Errno::EACCES as i32, "outgoing connections were not granted to this session"));
+        };
+        let Ok(permit) = Arc::clone(&self.ops).try_acquire_owned() else {
+            return self.send_soon(refuse(nix::errno::Errno::EAGAIN as i32, "too many connects in flight"));
+        };
+        let me = Arc::clone(self);
+        self.tracker.spawn(async move {
+            let _permit = permit;
+            let made = tokio::select! {
+                r = ctx.connect(remote) => r,
+                _ = me.cancel.cancelled() => return,
+            };
+            let out = match made {
+                Ok(o) => o,
+                Err(failure) => {
+                    let _ = me.queue(Box::new(ServerMessage::Connected { op, result: Err(failure) })).await;
+                    return;
+                }
+            };
+            let conn = me.next_conn.fetch_add(1, Ordering::Relaxed);
+            let answer = ServerMessage::Connected {
+                op,
+                result: Ok(OutgoingConnected { conn, local: out.local }),
+            };
+            // Registered before the answer goes: the client's first bytes find it.
+            let inbox = me.carry_after(conn, out.io, answer);
+            me.demux.lock().expect("demux lock").carried.add_conn(conn, inbox);
+        });
     }
 
     fn pong(&self, nonce: u64) {
@@ -409,14 +521,12 @@ impl Actor {
     // ------------------------------------------------------------------ forwarder
 
     async fn forward(self: Arc<Self>, mut handoffs: HandoffRx) {
-        let mut next_id: u64 = 1;
         loop {
             let h = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 h = handoffs.recv() => match h { Some(h) => h, None => return },
             };
-            let conn = next_id;
-            next_id += 1;
+            let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
             // Boxed: an idle session's forwarder then holds only its wait for a handoff.
             if !Box::pin(self.hand_over(conn, h)).await {
                 return self.end("connection to client lost");
@@ -571,6 +681,27 @@ impl Actor {
         let stop = self.cancel.child_token().cancelled_owned();
         self.tracker
             .spawn(async move { relay(conn, io, rx, out, frames, true, stop).await });
+        tx
+    }
+
+    /// [`Actor::carry`], with `first` sent before any of the connection's bytes.
+    fn carry_after<IO>(self: &Arc<Self>, conn: u64, io: IO, first: ServerMessage) -> ConnInbox
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = conn_channel();
+        let frames = ConnFrames {
+            data: |conn, data| Box::new(ServerMessage::ConnData { conn, data }),
+            close: |conn| Box::new(ServerMessage::ConnClose { conn }),
+        };
+        let out = self.out.clone();
+        let me = Arc::clone(self);
+        let stop = self.cancel.child_token().cancelled_owned();
+        self.tracker.spawn(async move {
+            if me.queue(Box::new(first)).await {
+                relay(conn, io, rx, out, frames, true, stop).await
+            }
+        });
         tx
     }
 

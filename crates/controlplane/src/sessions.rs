@@ -4,6 +4,7 @@
 //! session releases both, in that order (traffic goes back first, then the copy goes).
 
 use crate::backend::TargetCopy;
+use crate::context::SessionContext;
 use crate::locks::{Grant, Hold, PortLocks, Taken};
 use crate::refusal::Refusal;
 use mirrord_protocol::{CopyInfo, PortMode, PortOutcome, SessionId, SessionInfo};
@@ -119,9 +120,11 @@ pub struct SessionEntry {
     pub ping: Mutex<Option<Duration>>,
     grant: Mutex<Option<Grant>>,
     copy: Mutex<Option<Box<dyn TargetCopy>>>,
+    /// What the session's process gets of the target (boxed: most sessions have none).
+    pub context: Option<Box<SessionContext>>,
     /// Read by the session's watchdog.
     pub ctl: Mailbox,
-    _slot: ClientSlot,
+    slot: Mutex<ClientSlot>,
 }
 
 /// Everything a new entry is made of.
@@ -132,6 +135,7 @@ pub struct NewEntry {
     pub grant: Grant,
     pub copy: Option<Box<dyn TargetCopy>>,
     pub copy_info: Option<CopyInfo>,
+    pub context: Option<SessionContext>,
     pub slot: ClientSlot,
 }
 
@@ -147,9 +151,30 @@ impl SessionEntry {
             ping: Mutex::new(None),
             grant: Mutex::new(Some(e.grant)),
             copy: Mutex::new(e.copy),
+            context: e.context.map(Box::new),
             ctl: Mailbox::default(),
-            _slot: e.slot,
+            slot: Mutex::new(e.slot),
         })
+    }
+
+    /// Ports added to the open session: their grant joins the session's (released with it),
+    /// their filters' regexes its share of the client's budget. `false` (the grant is
+    /// released) when the session has ended meanwhile.
+    pub fn add_grant(&self, more: Grant, regexes: usize) -> bool {
+        let mut grant = self.grant.lock().expect("grant lock");
+        match grant.as_mut() {
+            Some(g) => {
+                g.absorb(more);
+                self.slot.lock().expect("slot lock").hold(regexes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the client may hold `regexes` more filter regexes.
+    pub fn may_hold(&self, regexes: usize, limit: usize) -> Result<(), Refusal> {
+        self.slot.lock().expect("slot lock").may_hold(regexes, limit)
     }
 
     pub fn user_display(&self) -> String {
@@ -182,6 +207,27 @@ impl Drop for ClientSlot {
             if u.sessions == 0 {
                 usage.remove(&self.client_id);
             }
+        }
+    }
+}
+
+impl ClientSlot {
+    fn may_hold(&self, regexes: usize, limit: usize) -> Result<(), Refusal> {
+        let usage = self.usage.lock().expect("slots lock");
+        let held = usage.get(&self.client_id).map_or(0, |u| u.regexes);
+        match held + regexes > limit {
+            true => Err(Refusal::Limit(format!(
+                "these ports' filters have {regexes} regexes and your sessions hold {held}; this operator allows {limit} per client"
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    fn hold(&mut self, regexes: usize) {
+        let mut usage = self.usage.lock().expect("slots lock");
+        if let Some(u) = usage.get_mut(&self.client_id) {
+            u.regexes += regexes;
+            self.regexes += regexes;
         }
     }
 }

@@ -172,5 +172,6 @@ pub fn request(ports: &[(u16, PortMode, Option<&str>)]) -> SessionRequest {
         on_concurrent_steal: ConcurrentSteal::Abort,
         copy_target: false,
         scale_down: false,
+        context: Default::default(),
     }
 }

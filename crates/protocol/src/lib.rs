@@ -8,10 +8,15 @@
 
 pub mod agent;
 pub mod codec;
+pub mod context;
 pub mod filter;
 pub mod messages;
 pub mod session_id;
 
+pub use context::{
+    ConnectFailure, ContextReply, ContextRequest, DnsFailure, EnvSelect, Family, OutgoingConnected,
+    Resolution,
+};
 pub use codec::{encoded_len, Charge, FrameCodec, FrameError, MAX_FRAME_LEN};
 pub use filter::{BodyFilterSpec, HttpFilterSpec};
 pub use messages::*;
@@ -20,6 +25,7 @@ pub use session_id::SessionId;
 /// Bumped on any incompatible change of [`messages`] (2: HTTP trailers; 3: structured
 /// filters in port outcomes; 4: the caller's role in `Welcome` and `StatusReport`; 5: console login
 /// links; 6: notices; 7: JSON body filters, a target's container, overlapping filters in port
-/// outcomes; 8: sessions a status report leaves out); the operator refuses other versions
+/// outcomes; 8: sessions a status report leaves out; 9: a session's context (environment,
+/// outgoing connections, name resolution), ports added to an open session); the operator refuses other versions
 /// with a message that names both.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;

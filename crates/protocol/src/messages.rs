@@ -1,9 +1,13 @@
 //! Every message either side can send.
 
+use crate::context::{
+    ConnectFailure, ContextReply, ContextRequest, DnsFailure, Family, OutgoingConnected, Resolution,
+};
 use crate::{HttpFilterSpec, SessionId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::net::SocketAddr;
 
 // ---------------------------------------------------------------- client -> operator
 
@@ -44,6 +48,18 @@ pub enum ClientMessage {
     HttpFailed { req: u64, reason: String },
     /// The developer is leaving (Ctrl-C): end the session now.
     EndSession,
+    /// More ports for the open session (its process listens now): answered with
+    /// [`ServerMessage::PortsAdded`] or [`ServerMessage::PortsRefused`]; the session goes on
+    /// either way.
+    AddPorts { ports: Vec<PortRequest> },
+    /// Resolve `node` as the target does; answered with [`ServerMessage::Resolved`].
+    Resolve {
+        op: u64,
+        node: String,
+        family: Family,
+    },
+    /// Connect to `remote` from the target; answered with [`ServerMessage::Connected`].
+    Connect { op: u64, remote: SocketAddr },
 }
 
 impl ClientMessage {
@@ -63,6 +79,9 @@ impl ClientMessage {
             ClientMessage::HttpTrailers { .. } => "HttpTrailers",
             ClientMessage::HttpFailed { .. } => "HttpFailed",
             ClientMessage::EndSession => "EndSession",
+            ClientMessage::AddPorts { .. } => "AddPorts",
+            ClientMessage::Resolve { .. } => "Resolve",
+            ClientMessage::Connect { .. } => "Connect",
         }
     }
 }
@@ -135,6 +154,9 @@ pub struct SessionRequest {
     pub on_concurrent_steal: ConcurrentSteal,
     pub copy_target: bool,
     pub scale_down: bool,
+    /// What the session's process gets of the target besides traffic; a session that asks
+    /// for some context may ask for no ports (they come later, with `AddPorts`).
+    pub context: ContextRequest,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +243,22 @@ pub enum ServerMessage {
     SessionEnded {
         reason: String,
     },
+    /// Answer to [`ClientMessage::AddPorts`].
+    PortsAdded {
+        ports: Vec<PortOutcome>,
+    },
+    /// [`ClientMessage::AddPorts`] refused; the session goes on without them.
+    PortsRefused(ErrorReply),
+    /// Answer to [`ClientMessage::Resolve`].
+    Resolved {
+        op: u64,
+        result: Result<Resolution, DnsFailure>,
+    },
+    /// Answer to [`ClientMessage::Connect`].
+    Connected {
+        op: u64,
+        result: Result<OutgoingConnected, ConnectFailure>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +276,8 @@ pub struct SessionOpened {
     pub ports: Vec<PortOutcome>,
     /// The copy's name when the session works on a copy of the target.
     pub copy: Option<String>,
+    /// What was granted of the context asked for (`None`: none asked for).
+    pub context: Option<ContextReply>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

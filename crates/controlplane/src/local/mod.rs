@@ -3,14 +3,15 @@
 //! ([`replica`]). A copy is one more replica behind the same interceptor: it shares the
 //! target's traffic and its routes; with scale down it is the only replica left.
 
+mod context;
 mod replica;
 
-use crate::backend::{BackendError, Target, TargetBackend, TargetCopy};
+use crate::backend::{BackendError, Target, TargetBackend, TargetContext, TargetCopy};
 use crate::config::TargetSpec;
 use futures::future::BoxFuture;
 use mirrord_dataplane::budget::Budget;
 use mirrord_dataplane::{Endpoint, InterceptorLimits, PortPlane, PortServices, RouteTable};
-use mirrord_protocol::TargetRef;
+use mirrord_protocol::{SessionId, TargetRef};
 use mirrord_telemetry::Telemetry;
 use replica::{Replica, ReplicaDir};
 use std::path::Path;
@@ -253,6 +254,30 @@ impl Target for LocalTarget {
         Some(Arc::clone(&self.planes[i].routes))
     }
 
+    fn context(
+        self: Arc<Self>,
+        _session: SessionId,
+    ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
+        let found = match &self.spec.command {
+            None => Err(BackendError::Unavailable(format!(
+                "{} is a service the operator does not run (no `command`): it has no process to take an environment or a network from",
+                self.reference
+            ))),
+            Some(_) => {
+                let pool = self.pool.lock().expect("pool lock");
+                pool.originals
+                    .iter()
+                    .find_map(|r| Some((r.name.clone(), (*r.pid.borrow())?)))
+                    .ok_or_else(|| {
+                        BackendError::Unavailable(format!("no replica of {} is running", self.reference))
+                    })
+            }
+        };
+        Box::pin(std::future::ready(found.and_then(|(name, pid)| {
+            context::ReplicaContext::of(&name, pid).map(|c| c as Arc<dyn TargetContext>)
+        })))
+    }
+
     fn copy(
         self: Arc<Self>,
         session: String,
@@ -334,6 +359,24 @@ struct LocalCopy {
 impl TargetCopy for LocalCopy {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn context(
+        &self,
+        _session: SessionId,
+    ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
+        let pid = {
+            let pool = self.target.pool.lock().expect("pool lock");
+            pool.copies
+                .iter()
+                .find(|c| c.id == self.id)
+                .and_then(|c| *c.replica.pid.borrow())
+        };
+        let found = match pid {
+            Some(pid) => context::ReplicaContext::of(&self.name, pid).map(|c| c as Arc<dyn TargetContext>),
+            None => Err(BackendError::Unavailable(format!("copy {} is not running", self.name))),
+        };
+        Box::pin(std::future::ready(found))
     }
 }
 

@@ -106,6 +106,8 @@ fn pdeathsig_wrapper() -> Option<&'static str> {
 pub struct Replica {
     pub name: String,
     pub ready: watch::Receiver<Option<Vec<SocketAddr>>>,
+    /// The process while it runs (for its environment and network namespace).
+    pub pid: watch::Receiver<Option<u32>>,
     /// Dropping it stops the supervisor and the process.
     _stop: watch::Sender<bool>,
 }
@@ -121,6 +123,7 @@ pub fn supervise(
     changed: impl Fn() + Send + Sync + 'static,
 ) -> Replica {
     let (ready_tx, ready) = watch::channel(None);
+    let (pid_tx, pid) = watch::channel(None);
     let (stop, stop_rx) = watch::channel(false);
     let sup = Supervisor {
         dir,
@@ -128,6 +131,7 @@ pub fn supervise(
         argv,
         ports,
         ready: ready_tx,
+        pid: pid_tx,
         stop: stop_rx,
         changed: Box::new(changed),
     };
@@ -137,6 +141,7 @@ pub fn supervise(
     Replica {
         name,
         ready,
+        pid,
         _stop: stop,
     }
 }
@@ -147,6 +152,7 @@ struct Supervisor {
     argv: Vec<String>,
     ports: Vec<u16>,
     ready: watch::Sender<Option<Vec<SocketAddr>>>,
+    pid: watch::Sender<Option<u32>>,
     stop: watch::Receiver<bool>,
     changed: Box<dyn Fn() + Send + Sync>,
 }
@@ -190,6 +196,7 @@ impl Supervisor {
         };
         let pid = child.id().unwrap_or_default() as i32;
         self.record(pid);
+        self.pid.send_replace(child.id());
         tracing::info!(replica = %self.name, pid, ports = ?addrs, log = %self.dir.path().join(format!("{}.log", self.name)).display(), "replica started");
         let life = self.watch(&mut child, &addrs).await;
         if matches!(life, Life::Stopped) {
@@ -197,6 +204,7 @@ impl Supervisor {
             let _ = child.kill().await;
         }
         let _ = std::fs::remove_file(self.dir.pid_file(&self.name));
+        self.pid.send_replace(None);
         if self.ready.send_replace(None).is_some() {
             (self.changed)();
         }

@@ -1,0 +1,119 @@
+//! The context of a replica the operator runs: its environment, and its network namespace
+//! (a replica started with `ip netns exec NAME ...` has its own, and its own `/etc/hosts`
+//! and `/etc/resolv.conf` under `/etc/netns/NAME`), seen through `/proc/PID` as the
+//! Kubernetes agent sees a pod's process.
+
+use crate::backend::{BackendError, Outgoing, TargetContext};
+use futures::future::BoxFuture;
+use mirrord_context::{ConnectError, DnsError, Netns};
+use mirrord_protocol::{ConnectFailure, DnsFailure, EnvSelect, Family, Resolution};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an outgoing connect may take (mirrord's agent gives it 5 s too; the process's
+/// own connect timeout, if shorter, ends it first).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct ReplicaContext {
+    name: String,
+    pid: u32,
+    netns: Netns,
+}
+
+impl ReplicaContext {
+    /// The context of replica `name`, running as `pid`.
+    pub fn of(name: &str, pid: u32) -> Result<Arc<Self>, BackendError> {
+        let netns = Netns::of_pid(pid).map_err(|e| {
+            BackendError::Unavailable(format!("replica {name} (pid {pid}): {e}"))
+        })?;
+        Ok(Arc::new(Self {
+            name: name.to_owned(),
+            pid,
+            netns,
+        }))
+    }
+
+    fn root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid))
+    }
+}
+
+impl TargetContext for ReplicaContext {
+    fn source(&self) -> String {
+        format!("replica {} (pid {})", self.name, self.pid)
+    }
+
+    fn env(&self, select: EnvSelect) -> BoxFuture<'static, Result<Vec<(String, String)>, String>> {
+        let pid = self.pid;
+        Box::pin(async move {
+            let select = mirrord_context::EnvSelect {
+                include: select.include,
+                exclude: select.exclude,
+            };
+            tokio::task::spawn_blocking(move || {
+                mirrord_context::read_env(std::path::Path::new("/proc"), pid, &select)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+        })
+    }
+
+    fn resolve(
+        &self,
+        node: String,
+        family: Family,
+    ) -> BoxFuture<'static, Result<Resolution, DnsFailure>> {
+        let (netns, root) = (self.netns.clone(), self.root());
+        Box::pin(async move {
+            let family = match family {
+                Family::Any => mirrord_context::Family::Any,
+                Family::V4 => mirrord_context::Family::V4,
+                Family::V6 => mirrord_context::Family::V6,
+            };
+            match netns.resolve(&root, &node, family).await {
+                Ok(r) => Ok(Resolution {
+                    addrs: r.addrs,
+                    canonical: r.canonical,
+                }),
+                Err(e) => Err(dns_failure(&e)),
+            }
+        })
+    }
+
+    fn connect(&self, remote: SocketAddr) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>> {
+        let netns = self.netns.clone();
+        Box::pin(async move {
+            let stream = netns
+                .connect(remote, CONNECT_TIMEOUT)
+                .await
+                .map_err(connect_failure)?;
+            let local = stream.local_addr().map_err(|e| ConnectFailure {
+                errno: e.raw_os_error().unwrap_or(0),
+                message: e.to_string(),
+            })?;
+            Ok(Outgoing {
+                io: Box::new(stream),
+                local,
+            })
+        })
+    }
+}
+
+pub fn dns_failure(e: &DnsError) -> DnsFailure {
+    match e {
+        DnsError::NoName => DnsFailure::NoName,
+        DnsError::NoData => DnsFailure::NoData,
+        DnsError::Again => DnsFailure::Again,
+        DnsError::Fail(_) => DnsFailure::Fail,
+    }
+}
+
+pub fn connect_failure(e: ConnectError) -> ConnectFailure {
+    ConnectFailure {
+        errno: e.errno,
+        message: e.message,
+    }
+}
