@@ -1,0 +1,16 @@
+//! What a target's process sees, for running a local process as if it were that process:
+//! its environment ([`read_env`]), and its network namespace ([`Netns`]): TCP connects and
+//! name lookups (its `/etc/hosts` and `/etc/resolv.conf`) made from there.
+//!
+//! The operator's one-machine backend uses it for a process it runs, and the Kubernetes
+//! agent for a pod's container process, so that both behave the same.
+
+mod env;
+mod error;
+mod netns;
+mod resolve;
+
+pub use env::{read_env, EnvSelect, ALWAYS_EXCLUDED};
+pub use error::{ConnectError, ContextError, DnsError};
+pub use netns::Netns;
+pub use resolve::{Family, Resolved};
