@@ -12,5 +12,5 @@ mod resolve;
 
 pub use env::{read_env, EnvSelect, ALWAYS_EXCLUDED};
 pub use error::{ConnectError, ContextError, DnsError};
-pub use netns::Netns;
+pub use netns::{Netns, CONNECT_TIMEOUT};
 pub use resolve::{Family, Resolved};

@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// mirrord's agent's connect timeout (`CONNECT_TIMEOUT` in its outgoing router): a sensible
+/// `timeout` for [`Netns::connect`] when the caller has none of its own.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A network namespace to connect and resolve from. Cheap to clone (all clones share the
 /// thread).
 #[derive(Clone)]
@@ -75,6 +79,11 @@ impl Netns {
     }
 
     /// The operator's own network namespace (no `setns`): what a target that shares it sees.
+    ///
+    /// # Panics
+    ///
+    /// When no thread or runtime can be started (the process is out of threads or file
+    /// descriptors).
     pub fn current() -> Self {
         match Self::start(None) {
             Ok(netns) => netns,

@@ -173,8 +173,9 @@ async fn connects_run_side_by_side() {
         netns.connect(addr, Duration::from_secs(5)).await.unwrap();
         listener.accept().await.unwrap();
     }
+    // Well under the slow one's 3 s, with room for a loaded machine.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
