@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// How long an outgoing connect may take (mirrord's agent gives it 5 s too; the process's
 /// own connect timeout, if shorter, ends it first).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = mirrord_context::CONNECT_TIMEOUT;
 
 pub struct ReplicaContext {
     name: String,
