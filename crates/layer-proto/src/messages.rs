@@ -1,0 +1,65 @@
+//! The requests the layer sends and the replies `mirrordctl` gives: one reply per request, in order, on the
+//! connection the request came on.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// Which addresses a name is resolved to.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Any,
+    V4,
+    V6,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// First message on every connection.
+    Hello { version: u32, pid: u32 },
+    /// Resolve `node` as the target does.
+    Resolve { node: String, family: Family },
+    /// Connect (TCP) to `remote` from the target. `host`: the name it was resolved from, when known.
+    /// The layer sends IPv4 destinations as IPv4 even when the app gave them v4-mapped (`::ffff:a.b.c.d`).
+    Connect {
+        remote: SocketAddr,
+        host: Option<String>,
+    },
+}
+
+/// Why a name did not resolve, as the target's resolver said.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFailure {
+    /// The name does not exist (NXDOMAIN): `EAI_NONAME`, `HOST_NOT_FOUND`.
+    NoName,
+    /// The name exists but has no address of the family asked: `EAI_NODATA`, `NO_DATA`.
+    NoData,
+    /// Temporary failure (timeout, SERVFAIL): `EAI_AGAIN`, `TRY_AGAIN`.
+    Again,
+    /// Anything else: `EAI_FAIL`, `NO_RECOVERY`.
+    Fail,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Welcome,
+    /// The version or the process is not served: the layer goes plain libc for good.
+    Refused {
+        message: String,
+    },
+    /// Addresses in the resolver's order; `canonical` if known.
+    Resolved {
+        addrs: Vec<IpAddr>,
+        canonical: Option<String>,
+    },
+    DnsFailed(DnsFailure),
+    /// Connect the socket to `relay` (loopback); `local` is the socket's address in the target.
+    Connected {
+        relay: SocketAddr,
+        local: SocketAddr,
+    },
+    /// The target's connect failed with this Linux errno.
+    ConnectFailed {
+        errno: i32,
+    },
+}

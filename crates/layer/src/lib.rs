@@ -1,0 +1,34 @@
+//! `libmirrord_layer.so`: loaded into a local process with `LD_PRELOAD` by `mirrordctl exec`, it makes the
+//! process's outgoing TCP connections and name lookups happen in the target's context.
+//!
+//! It interposes the libc functions listed in [`exports`] (plain symbol interposition, `dlsym(RTLD_NEXT)` for
+//! the real ones) and asks `mirrordctl` over a per-thread UNIX socket ([`client`]). Whatever it does not cover,
+//! or when it is not configured or `mirrordctl` is gone, it is plain libc.
+//!
+//! The data's path: an export ([`exports`]) takes the reentrancy [`guard`], turns C arguments into Rust values
+//! and calls the logic ([`sockets`] for connects, [`dns`] for lookups) which decides with the configuration
+//! ([`state`]), asks through [`client`], and records managed descriptors in [`fdtable`]; the answer is turned
+//! back into C ([`addrinfo`], [`hostent`], [`sockaddr`]).
+#![cfg(all(target_os = "linux", target_env = "gnu"))]
+// The unit tests are built without the exports (they would replace libc inside the test binary), so what only
+// the exports reach looks unused there.
+#![cfg_attr(test, allow(dead_code))]
+
+#[macro_use]
+mod log;
+
+mod addrinfo;
+mod client;
+mod dns;
+#[cfg(not(test))]
+mod exports;
+mod fdtable;
+mod fork;
+mod guard;
+mod hostent;
+mod names;
+mod real;
+mod sockaddr;
+mod sockets;
+mod state;
+mod sys;
