@@ -303,25 +303,19 @@ async fn exec_runs_the_local_process_under_a_session_and_passes_its_exit_code() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_of_a_process_that_never_listens_opens_no_session() {
+async fn exec_of_a_process_that_never_listens_fails() {
     let listen = free_addr();
     let op = Operator::start(&upstream_target("api", 80, listen, idle_local()), "");
     let alice = op.issue("alice");
     let port = format!("80={}", free_addr());
-    let out = ctl(
-        &alice,
-        &[
-            "exec",
-            "--target",
-            "deployment/api",
-            "--port",
-            &port,
-            "--",
-            "python3",
-            "-c",
-            "import sys; sys.exit(3)",
-        ],
-    );
+    let run = |context: &[&str]| {
+        let mut args = vec!["exec", "--target", "deployment/api", "--port", &port];
+        args.extend_from_slice(context);
+        args.extend(["--", "python3", "-c", "import sys; sys.exit(3)"]);
+        ctl(&alice, &args)
+    };
+    // Without the target's context the process starts first: no session is opened.
+    let out = run(&["--no-env", "--no-outgoing", "--no-remote-dns"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -332,6 +326,16 @@ async fn exec_of_a_process_that_never_listens_opens_no_session() {
         op.events("Session Started").is_empty(),
         "no session was opened"
     );
+    // With it (the default) the session opens first, to give the process the target's
+    // environment, and ends with the same failure.
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the local process exited before it listened"),
+        "{err}"
+    );
+    op.wait_event("Session Ended", 1);
 }
 
 #[test]

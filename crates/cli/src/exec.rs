@@ -12,13 +12,35 @@ const START: Duration = Duration::from_secs(60);
 /// How long a process asked to stop (SIGTERM) gets before SIGKILL.
 const STOP: Duration = Duration::from_secs(5);
 
-pub fn spawn(argv: &[String]) -> anyhow::Result<Child> {
+/// Starts the process; with `env`, exactly that environment (the target's context).
+pub fn spawn(argv: &[String], env: Option<&crate::context::env::Env>) -> anyhow::Result<Child> {
     let (program, args) = argv.split_first().context("no command to run")?;
-    Command::new(program)
-        .args(args)
-        .kill_on_drop(true)
-        .spawn()
+    let mut cmd = Command::new(program);
+    cmd.args(args).kill_on_drop(true);
+    if let Some(env) = env {
+        cmd.env_clear().envs(env);
+    }
+    cmd.spawn()
         .with_context(|| format!("cannot start `{program}`"))
+}
+
+/// Waits until every local address accepts a connection, for at most [`START`] (the
+/// session loop watches the process meanwhile).
+pub async fn listening(ports: Vec<(u16, SocketAddr)>) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + START;
+    for (port, addr) in ports {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the local process did not listen on {addr} (port {port}) within {}s: \
+                     check the --port mapping",
+                    START.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Waits until every local address accepts a connection; fails if the process exits first

@@ -4,6 +4,7 @@
 
 mod config_file;
 mod connect;
+mod context;
 mod exec;
 mod exit;
 mod expiry;
@@ -110,6 +111,8 @@ enum Command {
         /// file's, else abort]
         #[arg(long, value_enum)]
         on_concurrent_steal: Option<OnConcurrentSteal>,
+        #[command(flatten)]
+        context: ContextArgs,
         /// The command to run and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -207,6 +210,39 @@ pub struct SessionArgs {
     scale_down: bool,
 }
 
+/// What `exec`'s process gets of the target besides traffic: by default, as with mirrord,
+/// its environment, its outgoing TCP connections and its name resolution (the config
+/// file's `feature.env` and `feature.network` narrow it; these narrow it further).
+#[derive(Args, Clone, Default)]
+pub struct ContextArgs {
+    /// Outgoing connections stay on this machine.
+    #[arg(long)]
+    no_outgoing: bool,
+    /// Names resolve on this machine.
+    #[arg(long)]
+    no_remote_dns: bool,
+    /// The process gets this machine's environment, not the target's.
+    #[arg(long)]
+    no_env: bool,
+    /// Only these of the target's variables (`;`-separated, `*` and `?` globs).
+    #[arg(
+        short = 's',
+        long = "override-env-vars-include",
+        env = "MIRRORD_OVERRIDE_ENV_VARS_INCLUDE",
+        value_name = "GLOBS",
+        conflicts_with = "env_exclude"
+    )]
+    env_include: Option<String>,
+    /// All of the target's variables but these (`;`-separated, `*` and `?` globs).
+    #[arg(
+        short = 'x',
+        long = "override-env-vars-exclude",
+        env = "MIRRORD_OVERRIDE_ENV_VARS_EXCLUDE",
+        value_name = "GLOBS"
+    )]
+    env_exclude: Option<String>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum OnConcurrentSteal {
     /// Refuse the whole session.
@@ -229,7 +265,11 @@ impl From<OnConcurrentSteal> for ConcurrentSteal {
 
 impl SessionArgs {
     /// The command line's part of the session (see [`plan`]).
-    fn flags(&self, on_concurrent_steal: Option<OnConcurrentSteal>) -> anyhow::Result<plan::Flags> {
+    fn flags(
+        &self,
+        on_concurrent_steal: Option<OnConcurrentSteal>,
+        context: ContextArgs,
+    ) -> anyhow::Result<plan::Flags> {
         let filter = HttpFilterSpec {
             header: self.header.clone(),
             path: self.path.clone(),
@@ -247,6 +287,11 @@ impl SessionArgs {
             on_concurrent_steal: on_concurrent_steal.map(Into::into),
             copy_target: self.copy_target,
             scale_down: self.scale_down,
+            no_outgoing: context.no_outgoing,
+            no_remote_dns: context.no_remote_dns,
+            no_env: context.no_env,
+            env_include: context.env_include,
+            env_exclude: context.env_exclude,
         })
     }
 
@@ -353,14 +398,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             common,
             on_concurrent_steal,
         } => {
-            let plan = common.flags(on_concurrent_steal)?.plan(
-                ModeChoice::Command(PortMode::Steal),
-                &ep.default_namespace().await?,
-            )?;
+            let plan = common
+                .flags(on_concurrent_steal, Default::default())?
+                .plan(
+                    ModeChoice::Command(PortMode::Steal),
+                    &ep.default_namespace().await?,
+                )?;
             session::run(&ep, plan, None).await
         }
         Command::Mirror { common } => {
-            let plan = common.flags(None)?.plan(
+            let plan = common.flags(None, Default::default())?.plan(
                 ModeChoice::Command(PortMode::Mirror),
                 &ep.default_namespace().await?,
             )?;
@@ -371,6 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             mirror,
             steal,
             on_concurrent_steal,
+            context,
             command,
         } => {
             let mode = match (mirror, steal) {
@@ -379,10 +427,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 _ => None,
             };
             let plan = common
-                .flags(on_concurrent_steal)?
+                .flags(on_concurrent_steal, context)?
                 .plan(ModeChoice::Flag(mode), &ep.default_namespace().await?)?;
-            let child = exec::spawn(&command)?;
-            session::run(&ep, plan, Some(child)).await
+            session::run(&ep, plan, Some(command)).await
         }
         Command::Status { output, json } => {
             let output = if json { status::Output::Json } else { output };

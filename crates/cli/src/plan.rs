@@ -3,7 +3,10 @@
 
 use crate::config_file::{self, FileConfig};
 use crate::exit::Usage;
-use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode, TargetRef};
+use mirrord_layer_proto::LayerConfig;
+use mirrord_protocol::{
+    ConcurrentSteal, ContextRequest, EnvSelect, HttpFilterSpec, PortMode, TargetRef,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -24,6 +27,23 @@ pub struct Plan {
     pub on_concurrent_steal: ConcurrentSteal,
     pub copy_target: bool,
     pub scale_down: bool,
+    /// What `exec`'s process gets of the target besides traffic (nothing for `steal` and
+    /// `mirror`, which run no process).
+    pub context: ContextPlan,
+}
+
+/// `exec`'s context: what is asked of the operator, what the layer redirects, and what
+/// is done to the environment locally.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContextPlan {
+    pub request: ContextRequest,
+    pub layer: LayerConfig,
+    /// `feature.env.override`: set locally, over the target's.
+    pub overrides: Vec<(String, String)>,
+    /// `feature.env.env_file`: a dotenv file read locally, over the target's.
+    pub env_file: Option<PathBuf>,
+    /// `feature.env.unset`: removed, whatever their case.
+    pub unset: Vec<String>,
 }
 
 /// How the command chose the mode.
@@ -47,6 +67,13 @@ pub struct Flags {
     pub on_concurrent_steal: Option<ConcurrentSteal>,
     pub copy_target: bool,
     pub scale_down: bool,
+    /// `exec`'s switches (mirrord's flags of the same names).
+    pub no_outgoing: bool,
+    pub no_remote_dns: bool,
+    pub no_env: bool,
+    /// `-s` / `-x`: which of the target's variables (`;`-separated globs).
+    pub env_include: Option<String>,
+    pub env_exclude: Option<String>,
 }
 
 impl Flags {
@@ -97,7 +124,8 @@ pub fn merge(
         .clone()
         .or(file.namespace.clone())
         .unwrap_or_else(|| default_namespace.to_owned());
-    let mode = match mode {
+    let chosen = mode;
+    let mode = match chosen {
         ModeChoice::Command(m) => {
             if file.mode.is_some_and(|f| f != m) {
                 eprintln!(
@@ -114,7 +142,23 @@ pub fn merge(
             PortMode::Steal
         }),
     };
-    let ports = ports(&flags, &file)?;
+    let process = matches!(chosen, ModeChoice::Flag(_));
+    let context = match process {
+        true => context(&flags, &file)?,
+        false => ContextPlan::default(),
+    };
+    let ports = match (file.incoming_off && flags.ports.is_empty(), process) {
+        (true, true) => Vec::new(),
+        (true, false) => {
+            return Err(Usage(format!(
+                "the mirrord config {} turns incoming traffic off (feature.network.incoming), so there is nothing to steal or mirror",
+                file.path.display()
+            )))
+        }
+        // A process may want only what else it gets of the target (a worker, a job).
+        (false, true) if flags.ports.is_empty() && file.ports.is_empty() && file.port_mapping.is_empty() && !context.request.is_empty() => Vec::new(),
+        (false, _) => ports(&flags, &file)?,
+    };
     if flags.scale_down && !(flags.copy_target || file.copy_target == Some(true)) {
         return Err(Usage("--scale-down needs --copy-target".into()));
     }
@@ -128,6 +172,57 @@ pub fn merge(
             .unwrap_or_default(),
         copy_target: flags.copy_target || file.copy_target.unwrap_or(false),
         scale_down: flags.scale_down || file.scale_down.unwrap_or(false),
+        context,
+    })
+}
+
+/// What `exec`'s process gets of the target: mirrord's defaults (all of it), narrowed by
+/// the file, then by the flags.
+fn context(flags: &Flags, file: &FileConfig) -> Result<ContextPlan, Usage> {
+    let env = file.env.clone().unwrap_or(config_file::EnvFile {
+        enabled: true,
+        ..Default::default()
+    });
+    let split = |s: &str| -> Vec<String> {
+        s.split(';')
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let include = flags.env_include.as_deref().map_or(env.include, split);
+    let exclude = flags.env_exclude.as_deref().map_or(env.exclude, split);
+    if !include.is_empty() && !exclude.is_empty() {
+        return Err(Usage(
+            "the target's environment: give an include list or an exclude list, not both (mirrord refuses it too)".into(),
+        ));
+    }
+    let mut layer = LayerConfig::default();
+    if let Some(o) = &file.outgoing {
+        layer.outgoing.tcp = o.tcp;
+        layer.outgoing.udp = o.udp;
+        layer.outgoing.filter = o.filter.clone();
+    }
+    if let Some(d) = &file.dns {
+        layer.dns.enabled = d.enabled;
+        layer.dns.filter = d.filter.clone();
+    }
+    if flags.no_outgoing {
+        (layer.outgoing.tcp, layer.outgoing.udp) = (false, false);
+    }
+    if flags.no_remote_dns {
+        layer.dns.enabled = false;
+    }
+    let env_on = env.enabled && !flags.no_env;
+    Ok(ContextPlan {
+        request: ContextRequest {
+            env: env_on.then_some(EnvSelect { include, exclude }),
+            outgoing: layer.outgoing.tcp,
+            dns: layer.dns.enabled,
+        },
+        layer,
+        overrides: if env_on { env.overrides } else { Vec::new() },
+        env_file: env.env_file.filter(|_| env_on),
+        unset: env.unset,
     })
 }
 
@@ -429,9 +524,9 @@ mod tests {
             ..Default::default()
         };
         let e = merge(
-            flags,
+            flags.clone(),
             Some(FileConfig::default()),
-            ModeChoice::Flag(None),
+            ModeChoice::Command(PortMode::Steal),
             "default",
         )
         .unwrap_err();
@@ -439,5 +534,18 @@ mod tests {
             e.0.contains("--port") && e.0.contains("feature.network.incoming.ports"),
             "{e}"
         );
+        // `exec` with nothing of the target at all is refused the same way...
+        let bare = Flags {
+            no_env: true,
+            no_outgoing: true,
+            no_remote_dns: true,
+            ..flags.clone()
+        };
+        let e = merge(bare, None, ModeChoice::Flag(None), "default").unwrap_err();
+        assert!(e.0.contains("--port"), "{e}");
+        // ...but a process that gets the target's context needs no port (a worker, a job).
+        let p = merge(flags, None, ModeChoice::Flag(None), "default").unwrap();
+        assert!(p.ports.is_empty());
+        assert!(p.context.request.outgoing && p.context.request.dns);
     }
 }

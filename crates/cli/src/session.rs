@@ -2,12 +2,17 @@
 //! Ctrl-C, SIGTERM, or the operator ends it.
 
 use crate::connect::{connect, Endpoint};
+use crate::context::ops::Pending;
+use crate::context::server::LayerServer;
+use crate::context::Op;
 use crate::exit::{self, Refused};
 use crate::local::{self, LocalHttp, LocalRequest};
 use crate::plan::Plan;
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
-use mirrord_protocol::{ClientMessage, PortRequest, ServerMessage, SessionRequest};
+use mirrord_protocol::{
+    ClientMessage, ContextReply, PortOutcome, PortRequest, ServerMessage, SessionRequest,
+};
 use mirrord_tunnel::demux::Demux;
 use mirrord_tunnel::pump::ConnInbox;
 use std::collections::HashMap;
@@ -40,29 +45,41 @@ async fn with_progress<F: std::future::Future>(answer: F, plan: &Plan) -> F::Out
 /// The local process `exec` started: the session lives as long as it does.
 pub type Local = Option<tokio::process::Child>;
 
-pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<u8> {
+/// Runs a session; with `command` (`exec`), as long as that process. A process that gets
+/// the target's context starts once the session is open (it needs the target's
+/// environment), and its ports are added when it listens; otherwise it starts first and
+/// the session opens with its ports.
+pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> anyhow::Result<u8> {
     let port_map: Vec<(u16, SocketAddr)> = plan.ports.iter().map(|p| (p.remote, p.local)).collect();
-    match child.as_mut() {
+    let in_context = command.is_some() && !plan.context.request.is_empty();
+    let mut child: Local = None;
+    match &command {
+        _ if in_context => {}
         None => check_local(&port_map).await?,
-        Some(c) => crate::exec::wait_listening(c, &port_map).await?,
+        Some(argv) => {
+            let mut c = crate::exec::spawn(argv, None)?;
+            crate::exec::wait_listening(&mut c, &port_map).await?;
+            child = Some(c);
+        }
     }
     let ports: HashMap<u16, SocketAddr> = port_map.iter().copied().collect();
     let target = plan.target.clone();
     let (mut t, welcome) = connect(ep, Some(&target.namespace)).await?;
     t.send(ClientMessage::OpenSession(SessionRequest {
         target: target.clone(),
-        ports: plan
-            .ports
-            .iter()
-            .map(|p| PortRequest {
-                port: p.remote,
-                mode: plan.mode,
-                filter: p.filter.clone(),
-            })
-            .collect(),
+        ports: if in_context {
+            Vec::new()
+        } else {
+            port_requests(&plan)
+        },
         on_concurrent_steal: plan.on_concurrent_steal,
         copy_target: plan.copy_target,
         scale_down: plan.scale_down,
+        context: if in_context {
+            plan.context.request.clone()
+        } else {
+            Default::default()
+        },
     }))
     .await?;
     let answer = with_progress(t.next(), &plan);
@@ -73,39 +90,73 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
         Some(Err(e)) => return Err(e).context("reading the operator's answer"),
         None => anyhow::bail!("the operator closed the connection"),
     };
-    println!(
+    // With ports still to add, the session is announced once they are in effect: whoever
+    // waits for that line may send traffic right after it.
+    let active = format!(
         "session {} active on {target} (namespace {}) as {}",
         opened.session_id, target.namespace, welcome.client_user
     );
-    if let Some(copy) = &opened.copy {
-        println!(
+    let copy = opened.copy.as_ref().map(|copy| {
+        format!(
             "working on copy {copy}{}",
             if plan.scale_down {
                 " (originals scaled down)"
             } else {
                 ""
             }
+        )
+    });
+    let announce = || {
+        println!("{active}");
+        if let Some(c) = &copy {
+            println!("{c}");
+        }
+    };
+    let defer = in_context && !port_map.is_empty();
+    if defer {
+        eprintln!(
+            "mirrordctl: session {} open; starting the process (its ports are added once it listens)",
+            opened.session_id
         );
+    } else {
+        announce();
     }
-    for p in &opened.ports {
-        let local = ports[&p.port];
-        match &p.skipped {
-            None if p.filter.is_empty() => println!("port {}: {} -> {local}", p.port, p.mode),
-            None => println!("port {}: {} ({}) -> {local}", p.port, p.mode, p.filter),
-            Some(why) => println!("port {}: {why}", p.port),
-        }
-        for o in &p.overlaps {
-            eprintln!(
-                "mirrordctl: warning: {}",
-                crate::overlaps::warning(p.port, o)
-            );
-        }
-    }
+    print_ports(&opened.ports, &ports);
 
     let (sink, mut inbound) = t.split();
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
     // Joined (with a bound) when the session ends.
     let writer = tokio::spawn(mirrord_tunnel::pump::write_frames(sink, out_rx));
+    // `exec` in the target's context: the layer's operations, and the process.
+    let (ops_tx, mut ops_rx) = mpsc::channel::<Op>(64);
+    let mut pending = Pending::default();
+    let mut _layer_socket = None;
+    let mut ports_wanted = false;
+    if let (true, Some(argv)) = (in_context, &command) {
+        let granted = opened.context.clone().unwrap_or_default();
+        report_context(&granted, &plan);
+        let (env, socket) = process_env(&plan, &granted, ops_tx.clone(), out.clone())?;
+        if socket.is_some() {
+            if let Some(why) = argv.first().and_then(|p| {
+                crate::context::program::uncovered(
+                    p,
+                    env.get(std::ffi::OsStr::new("PATH")).map(|v| v.as_os_str()),
+                )
+            }) {
+                eprintln!("mirrordctl: warning: {why}");
+            }
+        }
+        _layer_socket = socket;
+        child = Some(crate::exec::spawn(argv, Some(&env))?);
+        ports_wanted = !port_map.is_empty();
+    }
+    drop(ops_tx);
+    let listening = crate::exec::listening(if ports_wanted {
+        port_map.clone()
+    } else {
+        Vec::new()
+    });
+    tokio::pin!(listening);
     let http = LocalHttp::new();
     // Per handed-over connection, per stolen request the local process upgraded (101),
     // and per request body still streaming in: where the operator's bytes go (never waited
@@ -135,10 +186,31 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
                 carried.add_conn(req, inbox);
                 None
             }
+            Some(op) = ops_rx.recv() => {
+                let _ = out.send(pending.start(op)).await;
+                None
+            }
+            done = &mut listening, if ports_wanted => {
+                ports_wanted = false;
+                match done {
+                    Ok(()) => { let _ = out.send(ClientMessage::AddPorts { ports: port_requests(&plan) }).await; }
+                    Err(e) => {
+                        eprintln!("mirrordctl: {e}");
+                        crate::exec::stop(&mut child).await;
+                        break exit::FAILED;
+                    }
+                }
+                None
+            }
             _ = int.recv() => Some(("interrupted", exit::INTERRUPTED)),
             // `exec`: the process ended, so does the session; its exit code is ours.
             code = crate::exec::exited(&mut child), if leaving.is_none() => {
-                Some(("the local process exited", code))
+                if ports_wanted {
+                    // As when the process starts first: it never served, so this failed.
+                    Some(("the local process exited before it listened on its ports", exit::FAILED))
+                } else {
+                    Some(("the local process exited", code))
+                }
             }
             _ = term.recv() => Some(("terminated", exit::TERMINATED)),
             _ = &mut drain, if leaving.is_some() => break left(leaving),
@@ -194,6 +266,22 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
                     ServerMessage::Error(e) => {
                         eprintln!("mirrordctl: operator error: {e}");
                     }
+                    ServerMessage::Resolved { op, result } => pending.resolved(op, result),
+                    ServerMessage::Connected { op, result } => {
+                        if let Some(close) = pending.connected(op, result, &mut carried) {
+                            let _ = out.send(close).await;
+                        }
+                    }
+                    ServerMessage::PortsAdded { ports: added } => {
+                        announce();
+                        print_ports(&added, &ports);
+                    }
+                    ServerMessage::PortsRefused(e) => {
+                        eprintln!("mirrordctl: {}", exit::message(&Refused(e).into()));
+                        leaving = Some(("the operator refused the process's ports", exit::REFUSED));
+                        let _ = out.send(ClientMessage::EndSession).await;
+                        drain.as_mut().reset(tokio::time::Instant::now() + LEAVE_WAIT);
+                    }
                     other => tracing::debug!(?other, "ignored message"),
                 }
                 None
@@ -219,6 +307,94 @@ pub async fn run(ep: &Endpoint, plan: Plan, mut child: Local) -> anyhow::Result<
     drop(out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     Ok(code)
+}
+
+fn port_requests(plan: &Plan) -> Vec<PortRequest> {
+    plan.ports
+        .iter()
+        .map(|p| PortRequest {
+            port: p.remote,
+            mode: plan.mode,
+            filter: p.filter.clone(),
+        })
+        .collect()
+}
+
+fn print_ports(outcomes: &[PortOutcome], ports: &HashMap<u16, SocketAddr>) {
+    for p in outcomes {
+        let Some(local) = ports.get(&p.port) else {
+            continue;
+        };
+        match &p.skipped {
+            None if p.filter.is_empty() => println!("port {}: {} -> {local}", p.port, p.mode),
+            None => println!("port {}: {} ({}) -> {local}", p.port, p.mode, p.filter),
+            Some(why) => println!("port {}: {why}", p.port),
+        }
+        for o in &p.overlaps {
+            eprintln!(
+                "mirrordctl: warning: {}",
+                crate::overlaps::warning(p.port, o)
+            );
+        }
+    }
+}
+
+/// Says what the process gets of the target, and what it was denied.
+fn report_context(granted: &ContextReply, plan: &Plan) {
+    let asked = &plan.context.request;
+    let mut got = Vec::new();
+    if let Some(env) = &granted.env {
+        got.push(format!("environment ({} variables)", env.len()));
+    }
+    if granted.outgoing {
+        got.push("outgoing TCP".to_owned());
+    }
+    if granted.dns {
+        got.push("DNS".to_owned());
+    }
+    if !got.is_empty() {
+        println!("context: {} of {}", got.join(", "), granted.source);
+    }
+    if let Some(why) = &granted.unavailable {
+        let mut missing = Vec::new();
+        if asked.env.is_some() && granted.env.is_none() {
+            missing.push("its environment is this machine's");
+        }
+        if asked.outgoing && !granted.outgoing {
+            missing.push("its outgoing connections stay on this machine");
+        }
+        if asked.dns && !granted.dns {
+            missing.push("its names resolve on this machine");
+        }
+        eprintln!(
+            "mirrordctl: warning: the target's context is unavailable ({why}): {}",
+            missing.join(", ")
+        );
+    }
+}
+
+/// The process's environment, and the layer's socket when the operator granted outgoing
+/// connections or names (the layer redirects only what was granted).
+fn process_env(
+    plan: &Plan,
+    granted: &ContextReply,
+    ops: mpsc::Sender<Op>,
+    out: mpsc::Sender<ClientMessage>,
+) -> anyhow::Result<(crate::context::env::Env, Option<LayerServer>)> {
+    let remote = granted.env.as_deref().unwrap_or_default();
+    let mut env = crate::context::env::build(std::env::vars_os(), remote, &plan.context)?;
+    let mut layer = plan.context.layer.clone();
+    layer.outgoing.tcp &= granted.outgoing;
+    // UDP is not carried to the target yet: it stays local whatever the file says.
+    layer.outgoing.udp = false;
+    layer.dns.enabled &= granted.dns;
+    if !layer.outgoing.tcp && !layer.dns.enabled {
+        return Ok((env, None));
+    }
+    let file = crate::context::layer_file::find()?;
+    let socket = crate::context::server::start(ops, out).context("starting the layer's socket")?;
+    crate::context::env::with_layer(&mut env, &file, &socket.path, &layer);
+    Ok((env, Some(socket)))
 }
 
 /// The exit code of a session the user ended.

@@ -65,7 +65,8 @@ pub async fn validate(
     crate::bounds::check_request(req)?;
     if req.ports.is_empty() && req.context.is_empty() {
         return Err(Refusal::BadRequest(
-            "a session needs at least one --port (or, for a process, some of the target's context)".into(),
+            "a session needs at least one --port (or, for a process, some of the target's context)"
+                .into(),
         ));
     }
     if req.ports.len() > op.limits.max_ports_per_session {
@@ -307,7 +308,11 @@ pub fn admit(
 }
 
 /// Narrows steals' filters to the headers policies require.
-fn narrow(op: &Operator, required: Vec<RequiredHeader>, ports: &mut [ValidPort]) -> Result<(), Refusal> {
+fn narrow(
+    op: &Operator,
+    required: Vec<RequiredHeader>,
+    ports: &mut [ValidPort],
+) -> Result<(), Refusal> {
     for r in required {
         let filter = ports
             .iter_mut()
@@ -357,7 +362,11 @@ pub async fn admit_ports(
             rbac::require(op.rbac.as_deref(), caller, Check::open(mode, target)).await?;
         }
     }
-    let catch_all: Vec<u16> = valid.iter().filter(|p| p.catch_all).map(|p| p.port).collect();
+    let catch_all: Vec<u16> = valid
+        .iter()
+        .filter(|p| p.catch_all)
+        .map(|p| p.port)
+        .collect();
     let required = op
         .policies
         .check(&Subject {

@@ -104,8 +104,7 @@ pub trait TargetContext: Send + Sync {
         node: String,
         family: Family,
     ) -> BoxFuture<'static, Result<Resolution, DnsFailure>>;
-    fn connect(&self, remote: SocketAddr)
-        -> BoxFuture<'static, Result<Outgoing, ConnectFailure>>;
+    fn connect(&self, remote: SocketAddr) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>>;
 }
 
 /// A connection made from the target for a session.

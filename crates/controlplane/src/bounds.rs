@@ -51,7 +51,12 @@ pub fn check_hello(h: &ClientHello, max: usize) -> Result<(), Refusal> {
 pub fn check_request(req: &SessionRequest) -> Result<(), Refusal> {
     check_target(&req.target)?;
     check_ports(&req.ports)?;
-    for glob in req.context.env.iter().flat_map(|e| e.include.iter().chain(&e.exclude)) {
+    for glob in req
+        .context
+        .env
+        .iter()
+        .flat_map(|e| e.include.iter().chain(&e.exclude))
+    {
         if glob.len() > MAX_ENV_GLOB_LEN {
             return Err(Refusal::Limit(format!(
                 "an environment include/exclude pattern is {} bytes long; at most {MAX_ENV_GLOB_LEN} are allowed",
@@ -60,7 +65,11 @@ pub fn check_request(req: &SessionRequest) -> Result<(), Refusal> {
         }
         printable("environment pattern", glob)?;
     }
-    let globs = req.context.env.as_ref().map_or(0, |e| e.include.len() + e.exclude.len());
+    let globs = req
+        .context
+        .env
+        .as_ref()
+        .map_or(0, |e| e.include.len() + e.exclude.len());
     if globs > MAX_ENV_GLOBS {
         return Err(Refusal::Limit(format!(
             "{globs} environment include/exclude patterns; at most {MAX_ENV_GLOBS} are allowed"

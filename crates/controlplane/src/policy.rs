@@ -120,7 +120,11 @@ impl Policy {
         }
         let context = [
             (s.context.env.is_some(), Blocked::Env, "the environment of"),
-            (s.context.outgoing, Blocked::Outgoing, "outgoing connections from"),
+            (
+                s.context.outgoing,
+                Blocked::Outgoing,
+                "outgoing connections from",
+            ),
             (s.context.dns, Blocked::Dns, "resolving names as"),
         ];
         if let Some((_, b, what)) = context.iter().find(|(asked, b, _)| *asked && blocks(*b)) {
@@ -525,7 +529,11 @@ block = ["env", "outgoing"]
             ..Default::default()
         };
         let e = ask("prod", outgoing).unwrap_err();
-        assert!(e.contains("outgoing connections from deployment/web") && e.contains("`feature.network.outgoing`"), "{e}");
+        assert!(
+            e.contains("outgoing connections from deployment/web")
+                && e.contains("`feature.network.outgoing`"),
+            "{e}"
+        );
         let dns = ContextRequest {
             dns: true,
             ..Default::default()

@@ -398,7 +398,10 @@ impl Actor {
     }
 
     /// What the session was granted of its target's context, if `what` is part of it.
-    fn context(&self, what: fn(&crate::context::SessionContext) -> bool) -> Option<Arc<dyn crate::backend::TargetContext>> {
+    fn context(
+        &self,
+        what: fn(&crate::context::SessionContext) -> bool,
+    ) -> Option<Arc<dyn crate::backend::TargetContext>> {
         let c = self.entry.context.as_deref().filter(|c| what(c))?;
         Some(Arc::clone(&c.target))
     }
@@ -438,10 +441,16 @@ impl Actor {
             }),
         };
         let Some(ctx) = self.context(|c| c.outgoing) else {
-            return self.send_soon(refuse(nix::errno::Errno::EACCES as i32, "outgoing connections were not granted to this session"));
+            return self.send_soon(refuse(
+                nix::errno::Errno::EACCES as i32,
+                "outgoing connections were not granted to this session",
+            ));
         };
         let Ok(permit) = Arc::clone(&self.ops).try_acquire_owned() else {
-            return self.send_soon(refuse(nix::errno::Errno::EAGAIN as i32, "too many connects in flight"));
+            return self.send_soon(refuse(
+                nix::errno::Errno::EAGAIN as i32,
+                "too many connects in flight",
+            ));
         };
         let me = Arc::clone(self);
         self.tracker.spawn(async move {
@@ -453,18 +462,30 @@ impl Actor {
             let out = match made {
                 Ok(o) => o,
                 Err(failure) => {
-                    let _ = me.queue(Box::new(ServerMessage::Connected { op, result: Err(failure) })).await;
+                    let _ = me
+                        .queue(Box::new(ServerMessage::Connected {
+                            op,
+                            result: Err(failure),
+                        }))
+                        .await;
                     return;
                 }
             };
             let conn = me.next_conn.fetch_add(1, Ordering::Relaxed);
             let answer = ServerMessage::Connected {
                 op,
-                result: Ok(OutgoingConnected { conn, local: out.local }),
+                result: Ok(OutgoingConnected {
+                    conn,
+                    local: out.local,
+                }),
             };
             // Registered before the answer goes: the client's first bytes find it.
             let inbox = me.carry_after(conn, out.io, answer);
-            me.demux.lock().expect("demux lock").carried.add_conn(conn, inbox);
+            me.demux
+                .lock()
+                .expect("demux lock")
+                .carried
+                .add_conn(conn, inbox);
         });
     }
 

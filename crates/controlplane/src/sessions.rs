@@ -174,7 +174,10 @@ impl SessionEntry {
 
     /// Whether the client may hold `regexes` more filter regexes.
     pub fn may_hold(&self, regexes: usize, limit: usize) -> Result<(), Refusal> {
-        self.slot.lock().expect("slot lock").may_hold(regexes, limit)
+        self.slot
+            .lock()
+            .expect("slot lock")
+            .may_hold(regexes, limit)
     }
 
     pub fn user_display(&self) -> String {

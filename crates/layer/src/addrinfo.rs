@@ -17,7 +17,8 @@ pub fn build(answer: &Answer) -> Result<*mut addrinfo, c_int> {
     for entry in answer.entries.iter().rev() {
         let (bytes, len) = sockaddr::encode(entry.addr);
         // SAFETY: plain malloc of a size that holds an addrinfo followed by the largest sockaddr we write.
-        let node = unsafe { libc::malloc(size_of::<addrinfo>() + sockaddr::MAX) }.cast::<addrinfo>();
+        let node =
+            unsafe { libc::malloc(size_of::<addrinfo>() + sockaddr::MAX) }.cast::<addrinfo>();
         if node.is_null() {
             free_list(head);
             return Err(libc::EAI_MEMORY);
@@ -29,7 +30,11 @@ pub fn build(answer: &Answer) -> Result<*mut addrinfo, c_int> {
             ptr::copy_nonoverlapping(bytes.as_ptr(), addr, len);
             node.write(addrinfo {
                 ai_flags: 0,
-                ai_family: if entry.addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 },
+                ai_family: if entry.addr.is_ipv4() {
+                    libc::AF_INET
+                } else {
+                    libc::AF_INET6
+                },
                 ai_socktype: entry.socktype,
                 ai_protocol: entry.protocol,
                 ai_addrlen: len as socklen_t,
@@ -79,22 +84,38 @@ mod tests {
     use crate::dns::AddrEntry;
 
     fn entry(s: &str, socktype: c_int, protocol: c_int) -> AddrEntry {
-        AddrEntry { addr: s.parse().unwrap(), socktype, protocol }
+        AddrEntry {
+            addr: s.parse().unwrap(),
+            socktype,
+            protocol,
+        }
     }
 
     /// Walks the list like an app would, then frees it with glibc's real `freeaddrinfo` (these unit tests are
     /// not linked with the exports, so `libc::freeaddrinfo` is glibc's).
-    fn walk_and_free(head: *mut addrinfo) -> Vec<(c_int, c_int, c_int, std::net::SocketAddr, Option<String>)> {
+    fn walk_and_free(
+        head: *mut addrinfo,
+    ) -> Vec<(c_int, c_int, c_int, std::net::SocketAddr, Option<String>)> {
         let mut out = Vec::new();
         let mut p = head;
         while !p.is_null() {
             // SAFETY: `p` is a node of a list built by `build`, alive until freed below.
             unsafe {
                 let ai = &*p;
-                let addr = std::slice::from_raw_parts(ai.ai_addr.cast::<u8>(), ai.ai_addrlen as usize);
-                let canon = (!ai.ai_canonname.is_null())
-                    .then(|| CStr::from_ptr(ai.ai_canonname).to_string_lossy().into_owned());
-                out.push((ai.ai_family, ai.ai_socktype, ai.ai_protocol, sockaddr::decode(addr).unwrap(), canon));
+                let addr =
+                    std::slice::from_raw_parts(ai.ai_addr.cast::<u8>(), ai.ai_addrlen as usize);
+                let canon = (!ai.ai_canonname.is_null()).then(|| {
+                    CStr::from_ptr(ai.ai_canonname)
+                        .to_string_lossy()
+                        .into_owned()
+                });
+                out.push((
+                    ai.ai_family,
+                    ai.ai_socktype,
+                    ai.ai_protocol,
+                    sockaddr::decode(addr).unwrap(),
+                    canon,
+                ));
                 p = ai.ai_next;
             }
         }
@@ -118,17 +139,41 @@ mod tests {
             assert_eq!(got.len(), 3);
             assert_eq!(
                 got[0],
-                (libc::AF_INET, libc::SOCK_STREAM, 6, "10.1.2.3:80".parse().unwrap(), Some("db.ns.svc.cluster.local".into()))
+                (
+                    libc::AF_INET,
+                    libc::SOCK_STREAM,
+                    6,
+                    "10.1.2.3:80".parse().unwrap(),
+                    Some("db.ns.svc.cluster.local".into())
+                )
             );
-            assert_eq!(got[1].4, None, "the canonical name is on the first node only");
-            assert_eq!((got[2].0, got[2].3), (libc::AF_INET6, "[fd00::7]:80".parse().unwrap()));
+            assert_eq!(
+                got[1].4, None,
+                "the canonical name is on the first node only"
+            );
+            assert_eq!(
+                (got[2].0, got[2].3),
+                (libc::AF_INET6, "[fd00::7]:80".parse().unwrap())
+            );
         }
     }
 
     #[test]
     fn without_canonical_name() {
-        let answer = Answer { entries: vec![entry("[::ffff:10.0.0.1]:0", libc::SOCK_RAW, 0)], canonname: None };
+        let answer = Answer {
+            entries: vec![entry("[::ffff:10.0.0.1]:0", libc::SOCK_RAW, 0)],
+            canonname: None,
+        };
         let got = walk_and_free(build(&answer).unwrap());
-        assert_eq!(got, vec![(libc::AF_INET6, libc::SOCK_RAW, 0, "[::ffff:10.0.0.1]:0".parse().unwrap(), None)]);
+        assert_eq!(
+            got,
+            vec![(
+                libc::AF_INET6,
+                libc::SOCK_RAW,
+                0,
+                "[::ffff:10.0.0.1]:0".parse().unwrap(),
+                None
+            )]
+        );
     }
 }

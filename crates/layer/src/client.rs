@@ -88,8 +88,17 @@ impl Channel {
             None => fd,
         };
         TABLE.insert(fd, Entry::Channel);
-        let mut channel = Channel { fd, pid: sys::getpid() };
-        match channel.call(&Request::Hello { version: VERSION, pid: channel.pid }, deadline) {
+        let mut channel = Channel {
+            fd,
+            pid: sys::getpid(),
+        };
+        match channel.call(
+            &Request::Hello {
+                version: VERSION,
+                pid: channel.pid,
+            },
+            deadline,
+        ) {
             Ok(Reply::Welcome) => Ok(channel),
             Ok(Reply::Refused { message }) => {
                 state::detach(&format!("mirrordctl refused this process: {message}"));
@@ -113,7 +122,10 @@ impl Channel {
     }
 
     fn call(&mut self, req: &Request, deadline: Instant) -> io::Result<Reply> {
-        let mut io = DeadlineIo { fd: self.fd, deadline };
+        let mut io = DeadlineIo {
+            fd: self.fd,
+            deadline,
+        };
         write_frame(&mut io, req)?;
         read_frame(&mut io)
     }

@@ -43,12 +43,19 @@ pub struct HostAnswer {
 }
 
 /// `getaddrinfo(node, service, hints)`: `None` when libc should answer, else the entries or an `EAI_*` code.
-pub fn getaddrinfo(node: &str, service: Option<&str>, hints: &Hints) -> Option<Result<Answer, c_int>> {
+pub fn getaddrinfo(
+    node: &str,
+    service: Option<&str>,
+    hints: &Hints,
+) -> Option<Result<Answer, c_int>> {
     let layer = state::active()?;
     if !layer.config.dns.enabled || hints.flags & libc::AI_NUMERICHOST != 0 || is_numeric(node) {
         return None;
     }
-    if !matches!(hints.family, libc::AF_UNSPEC | libc::AF_INET | libc::AF_INET6) {
+    if !matches!(
+        hints.family,
+        libc::AF_UNSPEC | libc::AF_INET | libc::AF_INET6
+    ) {
         return None;
     }
     let rows = match service_rows(service, hints) {
@@ -70,29 +77,48 @@ pub fn getaddrinfo(node: &str, service: Option<&str>, hints: &Hints) -> Option<R
         Ok(found) => found,
         Err(failure) => return Some(Err(eai(failure))),
     };
-    let addrs = select(&addrs, hints.family, v4mapped, hints.flags & libc::AI_ALL != 0);
+    let addrs = select(
+        &addrs,
+        hints.family,
+        v4mapped,
+        hints.flags & libc::AI_ALL != 0,
+    );
     if addrs.is_empty() {
         return Some(Err(EAI_NODATA));
     }
     let entries = addrs
         .iter()
-        .flat_map(|ip| rows.iter().map(|&(socktype, protocol, port)| AddrEntry { addr: SocketAddr::new(*ip, port), socktype, protocol }))
+        .flat_map(|ip| {
+            rows.iter().map(|&(socktype, protocol, port)| AddrEntry {
+                addr: SocketAddr::new(*ip, port),
+                socktype,
+                protocol,
+            })
+        })
         .collect();
-    let canonname = (hints.flags & libc::AI_CANONNAME != 0).then(|| canonical.unwrap_or_else(|| node.to_string()));
+    let canonname = (hints.flags & libc::AI_CANONNAME != 0)
+        .then(|| canonical.unwrap_or_else(|| node.to_string()));
     Some(Ok(Answer { entries, canonname }))
 }
 
 /// `gethostbyname2(name, af)` and friends: `None` when libc should answer, else the host or an `h_errno`.
 pub fn gethostbyname(name: &str, af: c_int) -> Option<Result<HostAnswer, c_int>> {
     let layer = state::active()?;
-    if !layer.config.dns.enabled || is_numeric(name) || !matches!(af, libc::AF_INET | libc::AF_INET6) {
+    if !layer.config.dns.enabled
+        || is_numeric(name)
+        || !matches!(af, libc::AF_INET | libc::AF_INET6)
+    {
         return None;
     }
     if !layer.config.dns.remote(name, None) {
         debug!("gethostbyname {name}: local");
         return None;
     }
-    let family = if af == libc::AF_INET { Family::V4 } else { Family::V6 };
+    let family = if af == libc::AF_INET {
+        Family::V4
+    } else {
+        Family::V6
+    };
     let (addrs, canonical) = match resolve(layer, name, family)? {
         Ok(found) => found,
         Err(failure) => return Some(Err(h_errno(failure))),
@@ -101,13 +127,23 @@ pub fn gethostbyname(name: &str, af: c_int) -> Option<Result<HostAnswer, c_int>>
     if addrs.is_empty() {
         return Some(Err(crate::sys::NO_DATA));
     }
-    Some(Ok(HostAnswer { name: canonical.unwrap_or_else(|| name.to_string()), addrs }))
+    Some(Ok(HostAnswer {
+        name: canonical.unwrap_or_else(|| name.to_string()),
+        addrs,
+    }))
 }
 
 type Found = (Vec<IpAddr>, Option<String>);
 
 fn resolve(layer: &state::Layer, node: &str, family: Family) -> Option<Result<Found, DnsFailure>> {
-    let reply = client::request(layer, &Request::Resolve { node: node.to_string(), family }, layer.dns_timeout);
+    let reply = client::request(
+        layer,
+        &Request::Resolve {
+            node: node.to_string(),
+            family,
+        },
+        layer.dns_timeout,
+    );
     debug!("resolve {node} {family:?}: {reply:?}");
     match reply {
         Err(Error::Detached) => None,
@@ -153,12 +189,21 @@ fn is_numeric(node: &str) -> bool {
 }
 
 /// glibc's table of socket types for `getaddrinfo`: (type, protocol, protocol name, takes a service).
-const SOCKTYPES: [(c_int, c_int, &str, bool); 3] =
-    [(libc::SOCK_STREAM, libc::IPPROTO_TCP, "tcp", true), (libc::SOCK_DGRAM, libc::IPPROTO_UDP, "udp", true), (libc::SOCK_RAW, 0, "", false)];
+const SOCKTYPES: [(c_int, c_int, &str, bool); 3] = [
+    (libc::SOCK_STREAM, libc::IPPROTO_TCP, "tcp", true),
+    (libc::SOCK_DGRAM, libc::IPPROTO_UDP, "udp", true),
+    (libc::SOCK_RAW, 0, "", false),
+];
 
 /// `(socktype, protocol, port)` of each entry per address, as glibc derives them from the hints and service.
-pub fn service_rows(service: Option<&str>, hints: &Hints) -> Result<Vec<(c_int, c_int, u16)>, c_int> {
-    if !matches!(hints.socktype, 0 | libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_RAW) {
+pub fn service_rows(
+    service: Option<&str>,
+    hints: &Hints,
+) -> Result<Vec<(c_int, c_int, u16)>, c_int> {
+    if !matches!(
+        hints.socktype,
+        0 | libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_RAW
+    ) {
         return Err(libc::EAI_SOCKTYPE);
     }
     let candidates: Vec<_> = SOCKTYPES
@@ -167,13 +212,27 @@ pub fn service_rows(service: Option<&str>, hints: &Hints) -> Result<Vec<(c_int, 
             (hints.socktype == 0 || *ty == hints.socktype)
                 && (hints.protocol == 0 || *proto == hints.protocol || *ty == libc::SOCK_RAW)
         })
-        .map(|&(ty, proto, name, serv)| (ty, if ty == libc::SOCK_RAW { hints.protocol } else { proto }, name, serv))
+        .map(|&(ty, proto, name, serv)| {
+            (
+                ty,
+                if ty == libc::SOCK_RAW {
+                    hints.protocol
+                } else {
+                    proto
+                },
+                name,
+                serv,
+            )
+        })
         .collect();
     if candidates.is_empty() {
         return Err(libc::EAI_SOCKTYPE);
     }
     let Some(service) = service else {
-        return Ok(candidates.iter().map(|&(ty, proto, _, _)| (ty, proto, 0)).collect());
+        return Ok(candidates
+            .iter()
+            .map(|&(ty, proto, _, _)| (ty, proto, 0))
+            .collect());
     };
     if !service.is_empty() && service.bytes().all(|b| b.is_ascii_digit()) {
         // glibc: strtoul, truncated to 16 bits; a type that takes no service, asked for by name, refuses it.
@@ -181,7 +240,10 @@ pub fn service_rows(service: Option<&str>, hints: &Hints) -> Result<Vec<(c_int, 
         if hints.socktype == libc::SOCK_RAW {
             return Err(libc::EAI_SERVICE);
         }
-        return Ok(candidates.iter().map(|&(ty, proto, _, _)| (ty, proto, port)).collect());
+        return Ok(candidates
+            .iter()
+            .map(|&(ty, proto, _, _)| (ty, proto, port))
+            .collect());
     }
     if hints.flags & libc::AI_NUMERICSERV != 0 {
         return Err(libc::EAI_NONAME);
@@ -224,7 +286,12 @@ mod tests {
     use super::*;
 
     fn hints(socktype: c_int, protocol: c_int, flags: c_int) -> Hints {
-        Hints { flags, family: 0, socktype, protocol }
+        Hints {
+            flags,
+            family: 0,
+            socktype,
+            protocol,
+        }
     }
     const S: c_int = libc::SOCK_STREAM;
     const D: c_int = libc::SOCK_DGRAM;
@@ -233,16 +300,46 @@ mod tests {
     #[test]
     fn rows_match_glibc() {
         // What glibc 2.36 answers for "localhost" with these services and hints (checked with Python).
-        assert_eq!(service_rows(None, &hints(0, 0, 0)), Ok(vec![(S, 6, 0), (D, 17, 0), (R, 0, 0)]));
-        assert_eq!(service_rows(Some("80"), &hints(0, 0, 0)), Ok(vec![(S, 6, 80), (D, 17, 80), (R, 0, 80)]));
-        assert_eq!(service_rows(Some("domain"), &hints(0, 0, 0)), Ok(vec![(S, 6, 53), (D, 17, 53)]));
-        assert_eq!(service_rows(Some("80"), &hints(R, 0, 0)), Err(libc::EAI_SERVICE));
-        assert_eq!(service_rows(Some("nosuchservice"), &hints(0, 0, 0)), Err(libc::EAI_SERVICE));
-        assert_eq!(service_rows(Some("domain"), &hints(R, 0, 0)), Err(libc::EAI_SERVICE));
-        assert_eq!(service_rows(Some("domain"), &hints(0, 0, libc::AI_NUMERICSERV)), Err(libc::EAI_NONAME));
-        assert_eq!(service_rows(Some("443"), &hints(S, 0, 0)), Ok(vec![(S, 6, 443)]));
-        assert_eq!(service_rows(None, &hints(0, libc::IPPROTO_UDP, 0)), Ok(vec![(D, 17, 0), (R, 17, 0)]));
-        assert_eq!(service_rows(None, &hints(42, 0, 0)), Err(libc::EAI_SOCKTYPE));
+        assert_eq!(
+            service_rows(None, &hints(0, 0, 0)),
+            Ok(vec![(S, 6, 0), (D, 17, 0), (R, 0, 0)])
+        );
+        assert_eq!(
+            service_rows(Some("80"), &hints(0, 0, 0)),
+            Ok(vec![(S, 6, 80), (D, 17, 80), (R, 0, 80)])
+        );
+        assert_eq!(
+            service_rows(Some("domain"), &hints(0, 0, 0)),
+            Ok(vec![(S, 6, 53), (D, 17, 53)])
+        );
+        assert_eq!(
+            service_rows(Some("80"), &hints(R, 0, 0)),
+            Err(libc::EAI_SERVICE)
+        );
+        assert_eq!(
+            service_rows(Some("nosuchservice"), &hints(0, 0, 0)),
+            Err(libc::EAI_SERVICE)
+        );
+        assert_eq!(
+            service_rows(Some("domain"), &hints(R, 0, 0)),
+            Err(libc::EAI_SERVICE)
+        );
+        assert_eq!(
+            service_rows(Some("domain"), &hints(0, 0, libc::AI_NUMERICSERV)),
+            Err(libc::EAI_NONAME)
+        );
+        assert_eq!(
+            service_rows(Some("443"), &hints(S, 0, 0)),
+            Ok(vec![(S, 6, 443)])
+        );
+        assert_eq!(
+            service_rows(None, &hints(0, libc::IPPROTO_UDP, 0)),
+            Ok(vec![(D, 17, 0), (R, 17, 0)])
+        );
+        assert_eq!(
+            service_rows(None, &hints(42, 0, 0)),
+            Err(libc::EAI_SOCKTYPE)
+        );
     }
 
     #[test]
@@ -250,18 +347,32 @@ mod tests {
         let v4: IpAddr = "10.0.0.1".parse().unwrap();
         let v6: IpAddr = "fd00::1".parse().unwrap();
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(select(&[v4, v6], libc::AF_UNSPEC, false, false), vec![v4, v6]);
+        assert_eq!(
+            select(&[v4, v6], libc::AF_UNSPEC, false, false),
+            vec![v4, v6]
+        );
         assert_eq!(select(&[v4, v6], libc::AF_INET, false, false), vec![v4]);
         assert_eq!(select(&[v4, v6], libc::AF_INET6, false, false), vec![v6]);
         assert_eq!(select(&[v4], libc::AF_INET6, true, false), vec![mapped]);
         assert_eq!(select(&[v4, v6], libc::AF_INET6, true, false), vec![v6]);
-        assert_eq!(select(&[v4, v6], libc::AF_INET6, true, true), vec![v6, mapped]);
+        assert_eq!(
+            select(&[v4, v6], libc::AF_INET6, true, true),
+            vec![v6, mapped]
+        );
         assert_eq!(select(&[mapped], libc::AF_INET, false, false), vec![v4]);
     }
 
     #[test]
     fn numeric_hosts_stay_with_libc() {
-        for n in ["10.0.0.1", "::1", "fe80::1%eth0", "127.1", "0x7f000001", "2130706433", ""] {
+        for n in [
+            "10.0.0.1",
+            "::1",
+            "fe80::1%eth0",
+            "127.1",
+            "0x7f000001",
+            "2130706433",
+            "",
+        ] {
             assert!(is_numeric(n), "{n}");
         }
         for n in ["db", "db.internal", "1.2.3.4.example", "localhost"] {

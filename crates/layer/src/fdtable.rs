@@ -129,7 +129,11 @@ impl FdTable {
 
     /// Removes every channel (a forked child must not share its parent's) and returns their descriptors.
     pub fn take_channels(map: &mut BTreeMap<c_int, Entry>, table: &FdTable) -> Vec<c_int> {
-        let fds: Vec<c_int> = map.iter().filter(|(_, e)| **e == Entry::Channel).map(|(fd, _)| *fd).collect();
+        let fds: Vec<c_int> = map
+            .iter()
+            .filter(|(_, e)| **e == Entry::Channel)
+            .map(|(fd, _)| *fd)
+            .collect();
         for fd in &fds {
             map.remove(fd);
             table.mark(*fd, false);
@@ -139,7 +143,8 @@ impl FdTable {
 
     /// Whether anything at all is known (lets `close_range` skip the lock).
     pub fn is_empty(&self) -> bool {
-        self.bits.iter().all(|w| w.load(Ordering::Acquire) == 0) && self.high.load(Ordering::Acquire) == 0
+        self.bits.iter().all(|w| w.load(Ordering::Acquire) == 0)
+            && self.high.load(Ordering::Acquire) == 0
     }
 
     // Called with the map locked, so bits and map agree.
@@ -193,7 +198,11 @@ mod tests {
         assert_eq!(t.managed(6).as_deref(), Some(&*c));
         t.remove(6);
         t.remove(70_000);
-        assert_eq!(Arc::strong_count(&c), 1, "the last close drops the connection");
+        assert_eq!(
+            Arc::strong_count(&c),
+            1,
+            "the last close drops the connection"
+        );
         assert!(t.is_empty());
     }
 

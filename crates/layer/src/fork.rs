@@ -10,7 +10,10 @@ use libc::c_int;
 
 use crate::fdtable::{Entry, FdTable, TABLE};
 
-type Held = (MutexGuard<'static, BTreeMap<c_int, Entry>>, MutexGuard<'static, crate::names::Names>);
+type Held = (
+    MutexGuard<'static, BTreeMap<c_int, Entry>>,
+    MutexGuard<'static, crate::names::Names>,
+);
 
 thread_local! {
     static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
@@ -35,7 +38,10 @@ extern "C" fn parent() {
 
 extern "C" fn child() {
     crate::state::take_ownership();
-    let held = HELD.try_with(|h| h.try_borrow_mut().ok().and_then(|mut h| h.take())).ok().flatten();
+    let held = HELD
+        .try_with(|h| h.try_borrow_mut().ok().and_then(|mut h| h.take()))
+        .ok()
+        .flatten();
     let channels = match held {
         Some((mut map, names)) => {
             drop(names);

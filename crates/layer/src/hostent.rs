@@ -26,7 +26,10 @@ fn addr_len(af: c_int) -> usize {
 /// Bytes needed in a buffer starting at `base`.
 fn needed(answer: &HostAnswer, af: c_int, base: usize) -> usize {
     let pad = base.wrapping_neg() % align_of::<*mut c_char>();
-    pad + (answer.addrs.len() + 2) * size_of::<*mut c_char>() + answer.addrs.len() * addr_len(af) + answer.name.len() + 1
+    pad + (answer.addrs.len() + 2) * size_of::<*mut c_char>()
+        + answer.addrs.len() * addr_len(af)
+        + answer.name.len()
+        + 1
 }
 
 /// Fills `ret` and `buf` with `answer` (addresses of family `af`); `Err(ERANGE)` when `buflen` is too small.
@@ -34,7 +37,13 @@ fn needed(answer: &HostAnswer, af: c_int, base: usize) -> usize {
 /// # Safety
 /// `ret` must be valid for writes of a hostent and `buf` for writes of `buflen` bytes, both outliving the use
 /// of the result.
-pub unsafe fn fill(answer: &HostAnswer, af: c_int, ret: *mut hostent, buf: *mut c_char, buflen: usize) -> Result<(), c_int> {
+pub unsafe fn fill(
+    answer: &HostAnswer,
+    af: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: usize,
+) -> Result<(), c_int> {
     if ret.is_null() || buf.is_null() || needed(answer, af, buf as usize) > buflen {
         return Err(libc::ERANGE);
     }
@@ -60,7 +69,11 @@ pub unsafe fn fill(answer: &HostAnswer, af: c_int, ret: *mut hostent, buf: *mut 
         *list.add(n) = ptr::null_mut();
         *aliases = ptr::null_mut();
         let name = data.add(n * alen);
-        ptr::copy_nonoverlapping(answer.name.as_ptr().cast::<c_char>(), name, answer.name.len());
+        ptr::copy_nonoverlapping(
+            answer.name.as_ptr().cast::<c_char>(),
+            name,
+            answer.name.len(),
+        );
         *name.add(answer.name.len()) = 0;
         ret.write(hostent {
             h_name: name,
@@ -86,7 +99,9 @@ thread_local! {
 pub fn thread_local(answer: &HostAnswer, af: c_int) -> *mut hostent {
     STORE
         .try_with(|cell| {
-            let Ok(mut slot) = cell.try_borrow_mut() else { return ptr::null_mut() };
+            let Ok(mut slot) = cell.try_borrow_mut() else {
+                return ptr::null_mut();
+            };
             let words = needed(answer, af, 0).div_ceil(8);
             let store = slot.get_or_insert_with(|| {
                 Box::new(Store {
@@ -120,7 +135,10 @@ mod tests {
     use super::*;
 
     fn answer() -> HostAnswer {
-        HostAnswer { name: "db.internal".into(), addrs: vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()] }
+        HostAnswer {
+            name: "db.internal".into(),
+            addrs: vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
+        }
     }
 
     /// Reads a hostent back as (name, addresses).
@@ -132,7 +150,9 @@ mod tests {
             let mut addrs = Vec::new();
             let mut p = h.h_addr_list;
             while !(*p).is_null() {
-                addrs.push(std::slice::from_raw_parts((*p).cast::<u8>(), h.h_length as usize).to_vec());
+                addrs.push(
+                    std::slice::from_raw_parts((*p).cast::<u8>(), h.h_length as usize).to_vec(),
+                );
                 p = p.add(1);
             }
             (name, addrs)
@@ -148,7 +168,15 @@ mod tests {
             for len in 0..need + 4 {
                 let mut ent = std::mem::MaybeUninit::<hostent>::uninit();
                 // SAFETY: `len` bytes from `offset` are within `backing`; `ent` is writable.
-                let r = unsafe { fill(&a, libc::AF_INET, ent.as_mut_ptr(), backing.as_mut_ptr().add(offset).cast(), len) };
+                let r = unsafe {
+                    fill(
+                        &a,
+                        libc::AF_INET,
+                        ent.as_mut_ptr(),
+                        backing.as_mut_ptr().add(offset).cast(),
+                        len,
+                    )
+                };
                 if len < need {
                     assert_eq!(r, Err(libc::ERANGE), "offset {offset} len {len}");
                 } else {
@@ -156,7 +184,13 @@ mod tests {
                     // SAFETY: filled just above.
                     let ent = unsafe { ent.assume_init() };
                     assert_eq!((ent.h_addrtype, ent.h_length), (libc::AF_INET, 4));
-                    assert_eq!(read(&ent), ("db.internal".into(), vec![vec![10, 0, 0, 1], vec![10, 0, 0, 2]]));
+                    assert_eq!(
+                        read(&ent),
+                        (
+                            "db.internal".into(),
+                            vec![vec![10, 0, 0, 1], vec![10, 0, 0, 2]]
+                        )
+                    );
                 }
             }
         }
@@ -164,13 +198,23 @@ mod tests {
 
     #[test]
     fn v6_and_thread_local() {
-        let a = HostAnswer { name: "v6.internal".into(), addrs: vec!["fd00::1".parse().unwrap()] };
+        let a = HostAnswer {
+            name: "v6.internal".into(),
+            addrs: vec!["fd00::1".parse().unwrap()],
+        };
         let p = thread_local(&a, libc::AF_INET6);
         assert!(!p.is_null());
         // SAFETY: valid until this thread's next call.
         let (name, addrs) = read(unsafe { &*p });
         assert_eq!(name, "v6.internal");
-        assert_eq!(addrs, vec!["fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec()]);
+        assert_eq!(
+            addrs,
+            vec!["fd00::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+                .to_vec()]
+        );
         let p2 = thread_local(&answer(), libc::AF_INET);
         // SAFETY: as above.
         assert_eq!(read(unsafe { &*p2 }).0, "db.internal");

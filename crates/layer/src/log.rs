@@ -23,7 +23,12 @@ macro_rules! debug {
 
 pub fn open(path: Option<OsString>) {
     let Some(path) = path else { return };
-    let Ok(file) = std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path) else {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+    else {
         return;
     };
     let fd = file.into_raw_fd();

@@ -41,7 +41,12 @@ pub fn decode(b: &[u8]) -> Option<SocketAddr> {
             let flow = u32::from_ne_bytes(b[4..8].try_into().ok()?);
             let ip: [u8; 16] = b[8..24].try_into().ok()?;
             let scope = u32::from_ne_bytes(b[24..28].try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope)))
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                flow,
+                scope,
+            )))
         }
         _ => None,
     }
@@ -51,9 +56,12 @@ pub fn decode(b: &[u8]) -> Option<SocketAddr> {
 /// `AF_INET` socket is plain IPv4. `None` when it cannot be expressed (IPv6 on an `AF_INET` socket).
 pub fn for_domain(addr: SocketAddr, domain: c_int) -> Option<SocketAddr> {
     match (domain, addr) {
-        (libc::AF_INET6, SocketAddr::V4(a)) => {
-            Some(SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0)))
-        }
+        (libc::AF_INET6, SocketAddr::V4(a)) => Some(SocketAddr::V6(SocketAddrV6::new(
+            a.ip().to_ipv6_mapped(),
+            a.port(),
+            0,
+            0,
+        ))),
         (libc::AF_INET6, a) => Some(a),
         (libc::AF_INET, a) => match a.ip().to_canonical() {
             std::net::IpAddr::V4(ip) => Some(SocketAddr::new(ip.into(), a.port())),
@@ -83,7 +91,12 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for s in ["10.1.2.3:80", "[fd00::1]:443", "[::ffff:127.0.0.1]:1", "0.0.0.0:0"] {
+        for s in [
+            "10.1.2.3:80",
+            "[fd00::1]:443",
+            "[::ffff:127.0.0.1]:1",
+            "0.0.0.0:0",
+        ] {
             let a: SocketAddr = s.parse().unwrap();
             let (b, len) = encode(a);
             assert_eq!(decode(&b[..len]), Some(a), "{s}");

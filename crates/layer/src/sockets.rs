@@ -37,7 +37,14 @@ pub fn connect(fd: c_int, addr: SocketAddr) -> Option<Done> {
         debug!("connect fd {fd} to {remote}: local");
         return None;
     }
-    let reply = client::request(layer, &Request::Connect { remote, host: host.clone() }, layer.connect_timeout);
+    let reply = client::request(
+        layer,
+        &Request::Connect {
+            remote,
+            host: host.clone(),
+        },
+        layer.connect_timeout,
+    );
     debug!("connect fd {fd} to {remote} ({host:?}): {reply:?}");
     match reply {
         Err(Error::Detached) => None,
@@ -49,7 +56,15 @@ pub fn connect(fd: c_int, addr: SocketAddr) -> Option<Done> {
             };
             let done = real_connect(fd, relay);
             if done.0 == 0 || matches!(done.1, Some(libc::EINPROGRESS | libc::EINTR)) {
-                TABLE.insert(fd, Entry::Managed(Arc::new(Managed { remote, local, relay, domain })));
+                TABLE.insert(
+                    fd,
+                    Entry::Managed(Arc::new(Managed {
+                        remote,
+                        local,
+                        relay,
+                        domain,
+                    })),
+                );
             }
             Some(done)
         }

@@ -65,7 +65,10 @@ fn init() -> Option<Layer> {
             return None;
         }
     };
-    let timeout = std::env::var(ENV_TIMEOUT_MS).ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+    let timeout = std::env::var(ENV_TIMEOUT_MS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     crate::fork::register();
     debug!("configured: socket {}, {:?}", sock.display(), config);
     Some(Layer {

@@ -60,7 +60,10 @@ fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
 
 /// `(domain, type)` of a socket, `None` when `fd` is not one.
 pub fn socket_kind(fd: c_int) -> Option<(c_int, c_int)> {
-    Some((sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?, sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?))
+    Some((
+        sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+        sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+    ))
 }
 
 /// The real `connect(fd, addr)`: its return value and errno.
@@ -87,7 +90,11 @@ pub fn dup_high(fd: c_int) -> Option<c_int> {
 
 /// Waits until `fd` is ready for `events`; `Err(ETIMEDOUT)` after `timeout`.
 pub fn poll(fd: c_int, events: libc::c_short, timeout: Duration) -> Result<(), c_int> {
-    let mut p = libc::pollfd { fd, events, revents: 0 };
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     let ms = timeout.as_millis().clamp(1, c_int::MAX as u128) as c_int;
     // SAFETY: one valid pollfd.
     match unsafe { libc::poll(&mut p, 1, ms) } {
@@ -99,7 +106,14 @@ pub fn poll(fd: c_int, events: libc::c_short, timeout: Duration) -> Result<(), c
 
 pub fn send(fd: c_int, buf: &[u8]) -> Result<usize, c_int> {
     // SAFETY: `buf` is valid for reads of its length. MSG_NOSIGNAL: a dead mirrordctl must not SIGPIPE the app.
-    let r = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    let r = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
     if r < 0 {
         Err(errno())
     } else {
@@ -141,7 +155,14 @@ pub fn service_port(name: &CStr, proto: &CStr) -> Option<u16> {
     let mut result: *mut libc::servent = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; `buf` is as long as we say.
     let r = unsafe {
-        getservbyname_r(name.as_ptr(), proto.as_ptr(), &mut ent, buf.as_mut_ptr(), buf.len(), &mut result)
+        getservbyname_r(
+            name.as_ptr(),
+            proto.as_ptr(),
+            &mut ent,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
     };
     (r == 0 && !result.is_null()).then(|| u16::from_be(ent.s_port as u16))
 }

@@ -27,26 +27,72 @@ fn getent_resolves_names_only_the_target_knows() {
     let out = run(Command::new("getent").args(["hosts", NAME]), LIMIT);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 
-    let out = run(Command::new("getent").args(["hosts", NAME]).envs(ctl.env(&config())), LIMIT);
+    let out = run(
+        Command::new("getent")
+            .args(["hosts", NAME])
+            .envs(ctl.env(&config())),
+        LIMIT,
+    );
     let stdout = ok(&out, Some(&ctl));
-    assert_eq!(stdout.split_whitespace().collect::<Vec<_>>(), ["127.0.0.1", NAME], "{stdout}");
+    assert_eq!(
+        stdout.split_whitespace().collect::<Vec<_>>(),
+        ["127.0.0.1", NAME],
+        "{stdout}"
+    );
 
-    let out = run(Command::new("getent").args(["ahosts", NAME]).envs(ctl.env(&config())), LIMIT);
+    let out = run(
+        Command::new("getent")
+            .args(["ahosts", NAME])
+            .envs(ctl.env(&config())),
+        LIMIT,
+    );
     let stdout = ok(&out, Some(&ctl));
-    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(lines, vec![vec!["127.0.0.1", "STREAM", NAME], vec!["127.0.0.1", "DGRAM"], vec!["127.0.0.1", "RAW"]]);
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            vec!["127.0.0.1", "STREAM", NAME],
+            vec!["127.0.0.1", "DGRAM"],
+            vec!["127.0.0.1", "RAW"]
+        ]
+    );
 
     // An IPv6-only name through gethostbyname2(AF_INET6).
-    let out = run(Command::new("getent").args(["hosts", "v6.only-in-target.test"]).envs(ctl.env(&config())), LIMIT);
+    let out = run(
+        Command::new("getent")
+            .args(["hosts", "v6.only-in-target.test"])
+            .envs(ctl.env(&config())),
+        LIMIT,
+    );
     assert_eq!(ok(&out, Some(&ctl)).split_whitespace().next(), Some("::1"));
 
     // A name the target does not know either.
-    let out = run(Command::new("getent").args(["hosts", "nowhere.test"]).envs(ctl.env(&config())), LIMIT);
+    let out = run(
+        Command::new("getent")
+            .args(["hosts", "nowhere.test"])
+            .envs(ctl.env(&config())),
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 
     let asked: Vec<Request> = ctl.requests();
-    assert!(asked.contains(&Request::Resolve { node: NAME.into(), family: Family::Any }), "{asked:?}");
-    assert!(asked.contains(&Request::Resolve { node: "nowhere.test".into(), family: Family::V4 }), "{asked:?}");
+    assert!(
+        asked.contains(&Request::Resolve {
+            node: NAME.into(),
+            family: Family::Any
+        }),
+        "{asked:?}"
+    );
+    assert!(
+        asked.contains(&Request::Resolve {
+            node: "nowhere.test".into(),
+            family: Family::V4
+        }),
+        "{asked:?}"
+    );
 }
 
 #[test]
@@ -101,10 +147,16 @@ print("ok")
 "#;
     let out = run(python(script).arg(NAME).envs(ctl.env(&config())), LIMIT);
     assert_eq!(ok(&out, Some(&ctl)).trim(), "ok");
-    assert!(!ctl.requests().iter().any(|r| matches!(r, Request::Resolve { node, .. } if node == "localhost")));
+    assert!(!ctl
+        .requests()
+        .iter()
+        .any(|r| matches!(r, Request::Resolve { node, .. } if node == "localhost")));
 
     // And without the layer the name does not resolve at all.
-    let out = run(&mut python(&format!("import socket; socket.getaddrinfo({NAME:?}, 80)")), LIMIT);
+    let out = run(
+        &mut python(&format!("import socket; socket.getaddrinfo({NAME:?}, 80)")),
+        LIMIT,
+    );
     assert!(text(&out.stderr).contains("gaierror"), "{out:?}");
 }
 
@@ -115,9 +167,18 @@ fn curl_reaches_the_target_through_the_relay() {
     let url = format!("http://{NAME}:{}/", server.port());
     let out = run(curl(&url).envs(ctl.env(&config())), LIMIT);
     let body = ok(&out, Some(&ctl));
-    assert!(body.starts_with("peer=127.0.0.2:"), "the server saw the fake's connection: {body}");
+    assert!(
+        body.starts_with("peer=127.0.0.2:"),
+        "the server saw the fake's connection: {body}"
+    );
     let stderr = text(&out.stderr);
-    assert!(stderr.contains(&format!("Connected to {NAME} (127.0.0.1) port {}", server.port())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Connected to {NAME} (127.0.0.1) port {}",
+            server.port()
+        )),
+        "{stderr}"
+    );
     assert_eq!(ctl.connects(), vec![(server.addr, Some(NAME.to_string()))]);
 
     // Without the layer curl cannot even resolve the name.
@@ -161,7 +222,12 @@ assert l6[0] == "::ffff:127.0.0.2", l6
 assert fetch(s6) == "127.0.0.2:%d" % l6[1]
 print("ok")
 "#;
-    let out = run(python(script).args([NAME, &server.port().to_string()]).envs(ctl.env(&config())), LIMIT);
+    let out = run(
+        python(script)
+            .args([NAME, &server.port().to_string()])
+            .envs(ctl.env(&config())),
+        LIMIT,
+    );
     assert_eq!(ok(&out, Some(&ctl)).trim(), "ok");
     assert_eq!(ctl.connects().len(), 2);
 }
@@ -171,9 +237,16 @@ fn a_refused_port_is_refused_at_once() {
     let ctl = ctl();
     let port = closed_port();
     let started = Instant::now();
-    let out = run(curl(&format!("http://{NAME}:{port}/")).envs(ctl.env(&config())), LIMIT);
+    let out = run(
+        curl(&format!("http://{NAME}:{port}/")).envs(ctl.env(&config())),
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(7), "{out:?}\n{}", ctl.layer_log());
-    assert!(text(&out.stderr).contains("Connection refused"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Connection refused"),
+        "{}",
+        text(&out.stderr)
+    );
     let script = r#"
 import socket, sys
 try:
@@ -181,10 +254,20 @@ try:
 except ConnectionRefusedError:
     print("refused")
 "#;
-    let out = run(python(script).args([NAME, &port.to_string()]).envs(ctl.env(&config())), LIMIT);
+    let out = run(
+        python(script)
+            .args([NAME, &port.to_string()])
+            .envs(ctl.env(&config())),
+        LIMIT,
+    );
     assert_eq!(ok(&out, Some(&ctl)).trim(), "refused");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(ctl.connects().len(), 2, "both were asked of the target: {:?}", ctl.requests());
+    assert_eq!(
+        ctl.connects().len(),
+        2,
+        "both were asked of the target: {:?}",
+        ctl.requests()
+    );
 }
 
 #[test]
@@ -214,7 +297,12 @@ t.connect((NAME, PORT))
 assert t.getpeername() == ("127.0.0.1", PORT)
 print("ok")
 "#;
-    let out = run(python(script).args([NAME, &server.port().to_string()]).envs(ctl.env(&config())), LIMIT);
+    let out = run(
+        python(script)
+            .args([NAME, &server.port().to_string()])
+            .envs(ctl.env(&config())),
+        LIMIT,
+    );
     assert_eq!(ok(&out, Some(&ctl)).trim(), "ok");
 }
 
@@ -224,11 +312,21 @@ fn fork_exec_vfork_and_posix_spawn_chains_keep_working() {
     let server = PeerEcho::start();
     let url = format!("http://{NAME}:{}/", server.port());
 
-    let out = run(Command::new("sh").args(["-c", &format!("curl -s --noproxy '*' {url}")]).envs(ctl.env(&config())), LIMIT);
+    let out = run(
+        Command::new("sh")
+            .args(["-c", &format!("curl -s --noproxy '*' {url}")])
+            .envs(ctl.env(&config())),
+        LIMIT,
+    );
     assert!(ok(&out, Some(&ctl)).starts_with("peer=127.0.0.2:"));
 
     let out = run(
-        Command::new("sh").args(["-c", &format!("sh -c 'curl -s --noproxy \"*\" {url}' && true")]).envs(ctl.env(&config())),
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!("sh -c 'curl -s --noproxy \"*\" {url}' && true"),
+            ])
+            .envs(ctl.env(&config())),
         LIMIT,
     );
     assert!(ok(&out, Some(&ctl)).starts_with("peer=127.0.0.2:"));
@@ -258,11 +356,17 @@ assert b.getpeername() == ("127.0.0.1", PORT)
 print("ok")
 "#;
     let out = run(
-        python(script).args([&url, NAME, &server.port().to_string()]).envs(ctl.env(&config())),
+        python(script)
+            .args([&url, NAME, &server.port().to_string()])
+            .envs(ctl.env(&config())),
         LIMIT,
     );
     assert_eq!(ok(&out, Some(&ctl)).trim(), "ok");
-    assert!(ctl.hello_pids().len() >= 5, "sh's curls, python, its curl and its fork child: {:?}", ctl.hello_pids());
+    assert!(
+        ctl.hello_pids().len() >= 5,
+        "sh's curls, python, its curl and its fork child: {:?}",
+        ctl.hello_pids()
+    );
 }
 
 #[test]
@@ -270,22 +374,47 @@ fn without_a_socket_the_layer_is_plain_libc() {
     let server = PeerEcho::start();
     let preload = [("LD_PRELOAD", layer_so().display().to_string())];
     let out = run(python("pass").envs(preload.clone()), LIMIT);
-    assert!(out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{out:?}"
+    );
 
-    let out = run(curl(&format!("http://127.0.0.1:{}/", server.port())).envs(preload.clone()), LIMIT);
-    assert!(ok(&out, None).starts_with("peer=127.0.0.1:"), "direct connection");
+    let out = run(
+        curl(&format!("http://127.0.0.1:{}/", server.port())).envs(preload.clone()),
+        LIMIT,
+    );
+    assert!(
+        ok(&out, None).starts_with("peer=127.0.0.1:"),
+        "direct connection"
+    );
 
-    let out = run(Command::new("getent").args(["hosts", NAME]).envs(preload.clone()), LIMIT);
+    let out = run(
+        Command::new("getent")
+            .args(["hosts", NAME])
+            .envs(preload.clone()),
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(2));
-    let out = run(Command::new("getent").args(["hosts", "localhost"]).envs(preload), LIMIT);
+    let out = run(
+        Command::new("getent")
+            .args(["hosts", "localhost"])
+            .envs(preload),
+        LIMIT,
+    );
     assert!(ok(&out, None).starts_with("127.0.0.1"));
 
     // Configured, but the socket is not there: plain libc as well.
     let ctl = ctl();
     let mut env = ctl.env(&config());
     env.retain(|(k, _)| *k != mirrord_layer_proto::ENV_SOCK);
-    env.push((mirrord_layer_proto::ENV_SOCK, "/nonexistent/layer.sock".into()));
-    let out = run(curl(&format!("http://127.0.0.1:{}/", server.port())).envs(env), LIMIT);
+    env.push((
+        mirrord_layer_proto::ENV_SOCK,
+        "/nonexistent/layer.sock".into(),
+    ));
+    let out = run(
+        curl(&format!("http://127.0.0.1:{}/", server.port())).envs(env),
+        LIMIT,
+    );
     assert!(ok(&out, Some(&ctl)).starts_with("peer=127.0.0.1:"));
     assert!(ctl.requests().is_empty());
 }
@@ -333,7 +462,12 @@ except socket.gaierror:
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(out.status.success(), "{out:?} {}", ctl.layer_log());
-    assert_eq!(rest.lines().collect::<Vec<_>>(), ["second 127.0.0.1", "unresolved"], "{}", ctl.layer_log());
+    assert_eq!(
+        rest.lines().collect::<Vec<_>>(),
+        ["second 127.0.0.1", "unresolved"],
+        "{}",
+        ctl.layer_log()
+    );
     assert!(ctl.layer_log().contains("detached"), "{}", ctl.layer_log());
 }
 
@@ -353,7 +487,10 @@ except OSError as e:
 "#;
     let mut env = ctl.env(&config());
     env.push((mirrord_layer_proto::ENV_TIMEOUT_MS, "500".into()));
-    let out = run(python(script).arg(server.port().to_string()).envs(env), LIMIT);
+    let out = run(
+        python(script).arg(server.port().to_string()).envs(env),
+        LIMIT,
+    );
     let stdout = ok(&out, Some(&ctl));
     let (code, secs) = stdout.trim().split_once(' ').unwrap_or(("", ""));
     assert_eq!(code, "ETIMEDOUT", "{stdout}");
@@ -402,7 +539,12 @@ while any(t.is_alive() for t in threads) and children < 40:
 for t in threads: t.join()
 print(len(failures), children, failures[:3])
 "#;
-    let out = run(python(script).args([NAME, &server.port().to_string()]).envs(ctl.env(&config())), Duration::from_secs(180));
+    let out = run(
+        python(script)
+            .args([NAME, &server.port().to_string()])
+            .envs(ctl.env(&config())),
+        Duration::from_secs(180),
+    );
     let stdout = ok(&out, Some(&ctl));
     assert!(stdout.starts_with("0 "), "{stdout}\n{}", text(&out.stderr));
     let children: u32 = stdout.split_whitespace().nth(1).unwrap().parse().unwrap();

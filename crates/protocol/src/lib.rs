@@ -13,11 +13,11 @@ pub mod filter;
 pub mod messages;
 pub mod session_id;
 
+pub use codec::{encoded_len, Charge, FrameCodec, FrameError, MAX_FRAME_LEN};
 pub use context::{
     ConnectFailure, ContextReply, ContextRequest, DnsFailure, EnvSelect, Family, OutgoingConnected,
     Resolution,
 };
-pub use codec::{encoded_len, Charge, FrameCodec, FrameError, MAX_FRAME_LEN};
 pub use filter::{BodyFilterSpec, HttpFilterSpec};
 pub use messages::*;
 pub use session_id::SessionId;

@@ -21,10 +21,6 @@ fn mode(v: &Value, key: &str) -> Result<Option<PortMode>, Problem> {
     match v.as_str() {
         Some("steal") => Ok(Some(PortMode::Steal)),
         Some("mirror") => Ok(Some(PortMode::Mirror)),
-        Some("off") => Err(problem(
-            key,
-            "`off`: this file turns incoming traffic off, so there is no session to open",
-        )),
         _ => Err(problem(
             key,
             format!("expected steal, mirror or off, found {v}"),
@@ -34,18 +30,21 @@ fn mode(v: &Value, key: &str) -> Result<Option<PortMode>, Problem> {
 
 pub(super) fn incoming(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
     match v {
-        Value::String(_) => {
-            c.mode = mode(v, KEY)?;
-            return Ok(());
-        }
-        Value::Bool(true) => return Ok(()),
-        Value::Bool(false) => return Err(problem(KEY, "false: incoming traffic is off")),
+        // No traffic: `exec` still gives the process the rest of its context.
+        Value::Bool(false) => c.incoming_off = true,
+        Value::String(s) if s == "off" => c.incoming_off = true,
+        Value::String(_) => c.mode = mode(v, KEY)?,
+        Value::Bool(true) => {}
         _ => {}
+    }
+    if !v.is_object() {
+        return Ok(());
     }
     let obj = object(v, KEY)?;
     for (k, v) in obj {
         let key = format!("{KEY}.{k}");
         match k.as_str() {
+            "mode" if v.as_str() == Some("off") => c.incoming_off = true,
             "mode" => c.mode = mode(v, &key)?,
             "http_filter" => http_filter(v, &key, c)?,
             "ports" => c.ports = ports(v, &key)?,

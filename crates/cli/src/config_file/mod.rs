@@ -1,8 +1,9 @@
-//! The incoming-traffic part of a mirrord configuration file (`.mirrord/mirrord.json`), so
-//! a team's existing file works unchanged: the target (with its container) and namespace,
-//! `feature.network.incoming` ([`incoming`]: mode, `http_filter`, `ports`, `ignore_ports`,
-//! `port_mapping`, `on_concurrent_steal`) and `feature.copy_target`, with the semantics of
-//! mirrord 3.250.0.
+//! A mirrord configuration file (`.mirrord/mirrord.json`), so a team's existing file works
+//! unchanged: the target (with its container) and namespace, `feature.network.incoming`
+//! ([`incoming`]: mode, `http_filter`, `ports`, `ignore_ports`, `port_mapping`,
+//! `on_concurrent_steal`), `feature.copy_target`, and what `exec`'s process gets of the
+//! target ([`context`]: `feature.env`, `feature.network.outgoing`, `feature.network.dns`),
+//! with the semantics of mirrord 3.250.0.
 //!
 //! Found like mirrord finds it: `-f FILE`, else `MIRRORD_CONFIG_FILE`, else
 //! `.mirrord/mirrord.json` in the current directory. Read by extension as mirrord reads it:
@@ -16,7 +17,10 @@
 //! understood (inside `incoming` or `http_filter`) is an error: ignoring it would steal more
 //! than the team meant. Every error names the key.
 
+mod context;
 mod incoming;
+
+pub use context::{DnsFile, EnvFile, OutgoingFile};
 
 use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode};
 use serde_json::{Map, Value};
@@ -72,6 +76,12 @@ pub struct FileConfig {
     pub on_concurrent_steal: Option<ConcurrentSteal>,
     pub copy_target: Option<bool>,
     pub scale_down: Option<bool>,
+    /// `feature.network.incoming` is `off` (or `false`): a process gets no traffic, only
+    /// what else it asks of the target.
+    pub incoming_off: bool,
+    pub env: Option<EnvFile>,
+    pub outgoing: Option<OutgoingFile>,
+    pub dns: Option<DnsFile>,
     /// Keys present that this project does not implement, for the warning.
     pub ignored: Vec<String>,
 }
@@ -293,6 +303,7 @@ fn feature(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
         match k.as_str() {
             "network" => network(v, c)?,
             "copy_target" => copy_target(v, c)?,
+            "env" => context::env(v, c)?,
             _ => c.ignored.push(format!("feature.{k}")),
         }
     }
@@ -306,6 +317,8 @@ fn network(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
     for (k, v) in object(v, "feature.network")? {
         match k.as_str() {
             "incoming" => incoming::incoming(v, c)?,
+            "outgoing" => context::outgoing(v, c)?,
+            "dns" => context::dns(v, c)?,
             _ => c.ignored.push(format!("feature.network.{k}")),
         }
     }
@@ -372,16 +385,7 @@ mod tests {
         assert_eq!((c.copy_target, c.scale_down), (Some(true), Some(true)));
         let mut ignored = c.ignored.clone();
         ignored.sort();
-        assert_eq!(
-            ignored,
-            [
-                "agent",
-                "feature.env",
-                "feature.fs",
-                "feature.network.dns",
-                "feature.network.outgoing"
-            ]
-        );
+        assert_eq!(ignored, ["agent", "feature.fs"]);
     }
 
     #[test]

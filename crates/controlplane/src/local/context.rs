@@ -25,9 +25,8 @@ pub struct ReplicaContext {
 impl ReplicaContext {
     /// The context of replica `name`, running as `pid`.
     pub fn of(name: &str, pid: u32) -> Result<Arc<Self>, BackendError> {
-        let netns = Netns::of_pid(pid).map_err(|e| {
-            BackendError::Unavailable(format!("replica {name} (pid {pid}): {e}"))
-        })?;
+        let netns = Netns::of_pid(pid)
+            .map_err(|e| BackendError::Unavailable(format!("replica {name} (pid {pid}): {e}")))?;
         Ok(Arc::new(Self {
             name: name.to_owned(),
             pid,

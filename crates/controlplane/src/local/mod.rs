@@ -373,8 +373,13 @@ impl TargetCopy for LocalCopy {
                 .and_then(|c| *c.replica.pid.borrow())
         };
         let found = match pid {
-            Some(pid) => context::ReplicaContext::of(&self.name, pid).map(|c| c as Arc<dyn TargetContext>),
-            None => Err(BackendError::Unavailable(format!("copy {} is not running", self.name))),
+            Some(pid) => {
+                context::ReplicaContext::of(&self.name, pid).map(|c| c as Arc<dyn TargetContext>)
+            }
+            None => Err(BackendError::Unavailable(format!(
+                "copy {} is not running",
+                self.name
+            ))),
         };
         Box::pin(std::future::ready(found))
     }

@@ -48,7 +48,12 @@ pub unsafe extern "C" fn getaddrinfo(
             } else {
                 // SAFETY: a non-NULL hints points to an addrinfo.
                 let h = unsafe { &*hints };
-                Hints { flags: h.ai_flags, family: h.ai_family, socktype: h.ai_socktype, protocol: h.ai_protocol }
+                Hints {
+                    flags: h.ai_flags,
+                    family: h.ai_family,
+                    socktype: h.ai_socktype,
+                    protocol: h.ai_protocol,
+                }
             };
             let answer = match logic::getaddrinfo(name, serv, &hints)? {
                 Ok(answer) => answer,
@@ -85,7 +90,10 @@ fn by_name(name: *const c_char, af: c_int) -> Option<(*mut hostent, Option<c_int
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
     // SAFETY: the app's own argument.
-    hook(|| by_name(name, libc::AF_INET), || unsafe { real::gethostbyname(name) })
+    hook(
+        || by_name(name, libc::AF_INET),
+        || unsafe { real::gethostbyname(name) },
+    )
 }
 
 /// # Safety
@@ -93,7 +101,10 @@ pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut hostent {
     // SAFETY: the app's own arguments.
-    hook(|| by_name(name, af), || unsafe { real::gethostbyname2(name, af) })
+    hook(
+        || by_name(name, af),
+        || unsafe { real::gethostbyname2(name, af) },
+    )
 }
 
 /// The `_r` flavours: 0 with `*result` set, or 0 with `*result` NULL and `*h_errnop` saying why (`EAGAIN` for
@@ -130,7 +141,11 @@ fn by_name_r(
             },
             Err(herr) => {
                 *h_errnop = herr;
-                let r = if herr == crate::sys::TRY_AGAIN { libc::EAGAIN } else { 0 };
+                let r = if herr == crate::sys::TRY_AGAIN {
+                    libc::EAGAIN
+                } else {
+                    0
+                };
                 Some((r, None))
             }
         }

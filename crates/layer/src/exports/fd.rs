@@ -99,7 +99,12 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     dup_hook(old, new, || unsafe { real::dup3(old, new, flags) })
 }
 
-fn fcntl_hook(fd: c_int, cmd: c_int, arg: c_ulong, real: unsafe fn(c_int, c_int, c_ulong) -> c_int) -> c_int {
+fn fcntl_hook(
+    fd: c_int,
+    cmd: c_int,
+    arg: c_ulong,
+    real: unsafe fn(c_int, c_int, c_ulong) -> c_int,
+) -> c_int {
     if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
         // SAFETY: the app's own arguments (F_DUPFD* take an integer).
         dup_hook(fd, -1, || unsafe { real(fd, cmd, arg) })

@@ -22,7 +22,12 @@ unsafe fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr>
     sa::decode(bytes)
 }
 
-fn connect_hook(fd: c_int, addr: *const sockaddr, len: socklen_t, real: unsafe fn(c_int, *const sockaddr, socklen_t) -> c_int) -> c_int {
+fn connect_hook(
+    fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+    real: unsafe fn(c_int, *const sockaddr, socklen_t) -> c_int,
+) -> c_int {
     hook(
         || {
             // SAFETY: the app passes libc a readable address of `len` bytes.
@@ -51,7 +56,11 @@ pub unsafe extern "C" fn __connect(fd: c_int, addr: *const sockaddr, len: sockle
 /// The real call, then for a managed fd the substituted address with `*len` semantics (copy at most the
 /// caller's length, report the full one).
 fn name_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, peer: bool) -> c_int {
-    let real = if peer { real::getpeername } else { real::getsockname };
+    let real = if peer {
+        real::getpeername
+    } else {
+        real::getsockname
+    };
     if !TABLE.is_tracked(fd) {
         // SAFETY: the app's own arguments, forwarded unchanged.
         return unsafe { real(fd, addr, len) };

@@ -14,8 +14,8 @@ use std::thread;
 use std::time::Duration;
 
 use mirrord_layer_proto::{
-    read_frame, write_frame, AddressFilter, AddressRule, DnsFailure, Family, LayerConfig, Reply, Request, ENV_CONFIG,
-    ENV_LOG, ENV_SOCK,
+    read_frame, write_frame, AddressFilter, AddressRule, DnsFailure, Family, LayerConfig, Reply,
+    Request, ENV_CONFIG, ENV_LOG, ENV_SOCK,
 };
 
 /// `libmirrord_layer.so`, built once per test run by the same cargo and profile as the tests (cargo builds no
@@ -26,12 +26,22 @@ pub fn layer_so() -> &'static Path {
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "mirrord-layer", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")]);
+        cmd.args([
+            "build",
+            "-p",
+            "mirrord-layer",
+            "--manifest-path",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        ]);
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
         let out = cmd.output().expect("run cargo build");
-        assert!(out.status.success(), "cargo build -p mirrord-layer: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cargo build -p mirrord-layer: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let so = profile_dir.join("libmirrord_layer.so");
         assert!(so.exists(), "{} missing after the build", so.display());
         so
@@ -42,8 +52,12 @@ pub fn layer_so() -> &'static Path {
 /// are resolved by the target except `localhost`, left to glibc so results can be compared with it.
 pub fn config() -> LayerConfig {
     let mut c = LayerConfig::default();
-    c.outgoing.filter = Some(AddressFilter::Remote(vec![AddressRule::parse("127.0.0.1").unwrap()]));
-    c.dns.filter = Some(AddressFilter::Local(vec![AddressRule::parse("localhost").unwrap()]));
+    c.outgoing.filter = Some(AddressFilter::Remote(vec![
+        AddressRule::parse("127.0.0.1").unwrap()
+    ]));
+    c.dns.filter = Some(AddressFilter::Local(vec![
+        AddressRule::parse("localhost").unwrap()
+    ]));
     c
 }
 
@@ -65,7 +79,15 @@ impl FakeCtl {
         let log_path = dir.path().join("layer.log");
         let listener = UnixListener::bind(&sock).unwrap();
         let names: Arc<HashMap<String, Vec<IpAddr>>> = Arc::new(
-            names.iter().map(|(n, a)| (n.to_string(), a.iter().map(|s| s.parse().unwrap()).collect())).collect(),
+            names
+                .iter()
+                .map(|(n, a)| {
+                    (
+                        n.to_string(),
+                        a.iter().map(|s| s.parse().unwrap()).collect(),
+                    )
+                })
+                .collect(),
         );
         let requests = Arc::new(Mutex::new(Vec::new()));
         let streams = Arc::new(Mutex::new(Vec::new()));
@@ -79,7 +101,14 @@ impl FakeCtl {
                 thread::spawn(move || serve(conn, &names, &r, &st));
             }
         });
-        Self { _dir: dir, sock, log_path, requests, streams, stall }
+        Self {
+            _dir: dir,
+            sock,
+            log_path,
+            requests,
+            streams,
+            stall,
+        }
     }
 
     /// Every request so far.
@@ -139,7 +168,12 @@ impl FakeCtl {
     }
 }
 
-fn serve(mut conn: UnixStream, names: &HashMap<String, Vec<IpAddr>>, log: &Mutex<Vec<Request>>, stall: &AtomicBool) {
+fn serve(
+    mut conn: UnixStream,
+    names: &HashMap<String, Vec<IpAddr>>,
+    log: &Mutex<Vec<Request>>,
+    stall: &AtomicBool,
+) {
     while let Ok(req) = read_frame::<_, Request>(&mut conn) {
         log.lock().unwrap().push(req.clone());
         let reply = match req {
@@ -159,7 +193,10 @@ fn serve(mut conn: UnixStream, names: &HashMap<String, Vec<IpAddr>>, log: &Mutex
                     if addrs.is_empty() {
                         Reply::DnsFailed(DnsFailure::NoData)
                     } else {
-                        Reply::Resolved { addrs, canonical: None }
+                        Reply::Resolved {
+                            addrs,
+                            canonical: None,
+                        }
                     }
                 }
             },
@@ -181,9 +218,12 @@ fn serve(mut conn: UnixStream, names: &HashMap<String, Vec<IpAddr>>, log: &Mutex
 /// Connects to `remote` "from the target" (127.0.0.2) and relays it through a fresh loopback listener.
 fn outgoing(remote: SocketAddr) -> Reply {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into()).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .unwrap();
     if let Err(e) = sock.connect_timeout(&remote.into(), Duration::from_secs(3)) {
-        return Reply::ConnectFailed { errno: e.raw_os_error().unwrap_or(libc_econnrefused()) };
+        return Reply::ConnectFailed {
+            errno: e.raw_os_error().unwrap_or(libc_econnrefused()),
+        };
     }
     let upstream: TcpStream = sock.into();
     let local = upstream.local_addr().unwrap();
@@ -193,7 +233,10 @@ fn outgoing(remote: SocketAddr) -> Reply {
         let Ok((app, _)) = relay.accept() else { return };
         splice(app, upstream);
     });
-    Reply::Connected { relay: relay_addr, local }
+    Reply::Connected {
+        relay: relay_addr,
+        local,
+    }
 }
 
 fn libc_econnrefused() -> i32 {
@@ -228,7 +271,10 @@ impl PeerEcho {
                     let peer = conn.peer_addr().unwrap();
                     let mut reader = BufReader::new(conn.try_clone().unwrap());
                     let mut line = String::new();
-                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" && line != "\n" {
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0)
+                        && line != "\r\n"
+                        && line != "\n"
+                    {
                         line.clear();
                     }
                     let body = format!("peer={peer}\n");
@@ -251,12 +297,21 @@ impl PeerEcho {
 
 /// A loopback port nothing listens on.
 pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs `cmd` to completion, killed (and the test failed) if it takes longer than `limit`.
 pub fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait(child, limit)
 }
 

@@ -1,0 +1,43 @@
+//! `exec`'s process in the target's context: what it gets of the target besides its
+//! incoming traffic. The operator sends the target's environment when the session opens;
+//! the preload layer (`libmirrord_layer.so`) in the process asks this CLI, over a UNIX
+//! socket, to resolve names and open TCP connections as the target does, and the CLI
+//! forwards those as operations of the session.
+//!
+//! - [`ops`]: the operations in flight, and whom each answer goes to;
+//! - [`server`]: the layer's socket;
+//! - [`env`]: the process's environment;
+//! - [`program`]: what cannot be covered (static and Go programs), said before starting;
+//! - [`layer_file`]: where the layer library is.
+
+pub mod env;
+pub mod layer_file;
+pub mod ops;
+pub mod program;
+pub mod server;
+
+use mirrord_protocol::{ConnectFailure, DnsFailure, Family, Resolution};
+use mirrord_tunnel::pump::ConnOutlet;
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
+
+/// What the layer's socket asks of the session loop.
+pub enum Op {
+    Resolve {
+        node: String,
+        family: Family,
+        reply: oneshot::Sender<Result<Resolution, DnsFailure>>,
+    },
+    Connect {
+        remote: SocketAddr,
+        reply: oneshot::Sender<Result<Outgoing, ConnectFailure>>,
+    },
+}
+
+/// An outgoing connection the operator opened from the target: the session's connection
+/// id, the target-side local address, and where the target's bytes for it arrive.
+pub struct Outgoing {
+    pub conn: u64,
+    pub local: SocketAddr,
+    pub outlet: ConnOutlet,
+}
