@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod kube;
+pub mod netns;
 pub mod prom;
 pub mod raw;
 pub mod servers;
@@ -43,6 +44,9 @@ pub fn bin(name: &str) -> PathBuf {
             "mirrordctl",
             "-p",
             "mirrord-agent",
+            // `exec`'s preload layer, found beside mirrordctl.
+            "-p",
+            "mirrord-layer",
             "--manifest-path",
         ])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))

@@ -1,0 +1,254 @@
+//! `mirrordctl exec` runs its process in the target's context: the target's environment,
+//! its name resolution, and its outgoing TCP connections, through the preload layer.
+//!
+//! The target's replica runs in its own network namespace (`ip netns exec`), with its own
+//! `/etc/hosts`, as a pod does: a name only the target resolves, and connections whose
+//! source address shows which side they came from.
+
+use mirrord_e2e::netns::{self, Netns};
+use mirrord_e2e::{ctl, fixture, free_addr, wait_for, Operator, OperatorOptions};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An HTTP server on the host that answers every request with the address it came from.
+async fn peer_server(at: IpAddr) -> (SocketAddr, Arc<Mutex<Vec<IpAddr>>>) {
+    let l = tokio::net::TcpListener::bind((at, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            log.lock().unwrap().push(peer.ip());
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!("peer={}\n", peer.ip());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+const PROBE: &str = r#"
+import socket, sys
+host, port, closed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+addrs = sorted({a[4][0] for a in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
+print("python resolves", " ".join(addrs))
+s = socket.create_connection((host, port), timeout=10)
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    c = s.recv(4096)
+    if not c:
+        break
+    data += c
+print("python", data.split(b"\r\n\r\n", 1)[1].decode().strip(), "getpeername", s.getpeername()[0])
+try:
+    socket.create_connection((host, closed), timeout=10)
+    print("python closed port connected")
+except ConnectionRefusedError as e:
+    print("python closed port refused", e.errno)
+"#;
+
+struct Fixture {
+    ns: Netns,
+    op: Operator,
+    server: SocketAddr,
+    seen: Arc<Mutex<Vec<IpAddr>>>,
+    closed: u16,
+    probe: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// An operator whose `deployment/api` replica lives in its own namespace with
+/// `SECRET_DB_URL` and `REGION` in its environment; `mallory` may not connect out.
+async fn fixture_with_target() -> Option<Fixture> {
+    if !netns::can_run() {
+        return None;
+    }
+    let ns = Netns::start("127.0.0.1 localhost\n{host} db.only-in-target\n");
+    let (server, seen) = peer_server(IpAddr::V4(ns.host_side())).await;
+    // A port nothing listens on, on the same host address.
+    let closed = std::net::TcpListener::bind((ns.host_side(), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe.py");
+    std::fs::write(&probe, PROBE).unwrap();
+    // The replica's process is the one in the namespace (the shell execs into it); the
+    // server that answers the target's own traffic starts after that, beside it.
+    let command = format!(
+        "(sleep 1; exec python3 {} {{port}} api) & exec ip netns exec {} env SECRET_DB_URL=postgres://db.internal:5432 REGION=eu-west sleep 600",
+        fixture("replica.py").display(),
+        ns.name
+    );
+    let listen = free_addr();
+    let op = Operator::start_with(OperatorOptions {
+        targets: format!(
+            "[[targets]]\nname = \"api\"\nreplicas = 1\ncommand = [\"sh\", \"-c\", {command:?}]\n[[targets.ports]]\nport = 80\nlisten = \"{listen}\"\n"
+        ),
+        extra_config: "[[policies]]\nname = \"no-outgoing-for-mallory\"\nusers = [\"mallory\"]\nblock = [\"outgoing\"]\n".into(),
+        ..Default::default()
+    });
+    let ready = wait_for(Duration::from_secs(30), || {
+        (!op.events("replica ready").is_empty()).then_some(())
+    });
+    if ready.is_none() {
+        let log = op
+            .events("replica started")
+            .first()
+            .and_then(|e| e["fields"]["log"].as_str().map(std::fs::read_to_string));
+        panic!("the replica did not start: {log:?}");
+    }
+    Some(Fixture {
+        ns,
+        op,
+        server,
+        seen,
+        closed,
+        probe,
+        _dir: dir,
+    })
+}
+
+fn exec(f: &Fixture, user: &str, flags: &[&str]) -> (Option<i32>, String, String) {
+    let creds = f.op.issue(user);
+    let script = format!(
+        "echo \"env SECRET_DB_URL=$SECRET_DB_URL REGION=$REGION\"; \
+         getent hosts db.only-in-target || echo 'getent: no such name'; \
+         curl -sS http://db.only-in-target:{port}/; \
+         python3 {probe} db.only-in-target {port} {closed}; \
+         curl -sS http://db.only-in-target:{closed}/; echo \"curl exit $?\"",
+        port = f.server.port(),
+        probe = f.probe.display(),
+        closed = f.closed,
+    );
+    let mut args = vec!["exec", "-t", "deployment/api", "-n", "default"];
+    args.extend_from_slice(flags);
+    args.extend(["--", "sh", "-c", &script]);
+    let out = ctl(&creds, &args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_the_process_with_the_targets_environment_names_and_connections() {
+    let Some(f) = fixture_with_target().await else {
+        return;
+    };
+    let (host, target) = (f.ns.host_side(), f.ns.target_side());
+
+    let (code, out, err) = tokio::task::block_in_place(|| exec(&f, "alice", &[]));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("context: environment (") && out.contains("outgoing TCP, DNS of replica api"),
+        "{out}"
+    );
+    // The environment is the target's, in the process and in what it starts.
+    assert!(
+        out.contains("env SECRET_DB_URL=postgres://db.internal:5432 REGION=eu-west"),
+        "{out}\n{err}"
+    );
+    // A name only the target's /etc/hosts has, through getaddrinfo (getent, curl, python).
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&host.to_string()) && l.ends_with("db.only-in-target")),
+        "getent: {out}\n{err}"
+    );
+    assert!(out.contains(&format!("python resolves {host}")), "{out}");
+    // Connections leave from the target's namespace: the server sees its address, while
+    // the process sees the server's (getpeername) as if it had connected directly.
+    assert_eq!(
+        out.matches(&format!("peer={target}")).count(),
+        2,
+        "curl and python both connect from the target: {out}\n{err}"
+    );
+    assert!(out.contains(&format!("getpeername {host}")), "{out}");
+    // A closed port is refused as it is in the target (ECONNREFUSED, curl's exit 7).
+    assert!(out.contains("python closed port refused 111"), "{out}");
+    assert!(out.contains("curl exit 7"), "{out}\n{err}");
+    assert!(
+        f.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|ip| *ip == IpAddr::V4(target)),
+        "every connection came from the target: {:?}",
+        f.seen.lock().unwrap()
+    );
+
+    // Without remote DNS and outgoing, the same name does not resolve here (so the
+    // answers above came from the target), and the environment still does.
+    let (_, out, err) =
+        tokio::task::block_in_place(|| exec(&f, "alice", &["--no-outgoing", "--no-remote-dns"]));
+    assert!(out.contains("getent: no such name"), "{out}\n{err}");
+    assert!(
+        out.contains("env SECRET_DB_URL=postgres://db.internal:5432"),
+        "{out}"
+    );
+    assert!(!out.contains("peer="), "nothing reached the server: {out}");
+
+    // -x drops the target's variables by glob; the rest still come.
+    let (_, out, _) = tokio::task::block_in_place(|| {
+        exec(
+            &f,
+            "alice",
+            &["--no-outgoing", "--no-remote-dns", "-x", "SECRET_*"],
+        )
+    });
+    assert!(out.contains("env SECRET_DB_URL= REGION=eu-west"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_blocks_outgoing_refuses_it_by_name() {
+    let Some(f) = fixture_with_target().await else {
+        return;
+    };
+    let (code, out, err) = tokio::task::block_in_place(|| exec(&f, "mallory", &[]));
+    assert_eq!(code, Some(3), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        err.contains("no-outgoing-for-mallory") && err.contains("outgoing"),
+        "{err}"
+    );
+    assert!(
+        !out.contains("env SECRET"),
+        "the process never started: {out}"
+    );
+    // Without outgoing connections the same user may run it.
+    let (_, out, err) = tokio::task::block_in_place(|| exec(&f, "mallory", &["--no-outgoing"]));
+    assert!(
+        out.contains("env SECRET_DB_URL=postgres://db.internal:5432"),
+        "{out}\n{err}"
+    );
+    // Names still resolve in the target, but the connections leave from here.
+    assert!(
+        out.contains(&format!("peer={}", f.ns.host_side())),
+        "{out}\n{err}"
+    );
+    assert!(
+        !f.seen
+            .lock()
+            .unwrap()
+            .contains(&IpAddr::V4(f.ns.target_side())),
+        "mallory reached nothing through the target: {:?}",
+        f.seen.lock().unwrap()
+    );
+}
