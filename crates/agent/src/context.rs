@@ -1,0 +1,170 @@
+//! The target's context for the operator's sessions (`mirrordctl exec`): the environment of
+//! the target container's process, names resolved as the pod resolves them, and TCP
+//! connections made from the pod's network namespace (where the agent already is). The
+//! operations come over the link ([`Link::context_ops`]); each is done in a task of its
+//! own and answered on the link, a connection as a tunnel.
+//!
+//! The same `mirrord-context` code serves the operator's one-machine targets, so both
+//! backends behave alike (errno for errno). Values of the environment are never logged.
+
+use crate::link::Link;
+use crate::netns;
+use hyper_util::rt::TokioIo;
+use mirrord_context::{ConnectError, DnsError, Netns};
+use mirrord_protocol::agent::{ContextOp, ContextOpKind, ContextOpReply};
+use mirrord_protocol::{ConnectFailure, DnsFailure, Family, Resolution};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What the agent needs to answer context operations.
+pub struct Context {
+    proc_dir: PathBuf,
+    pod_uid: String,
+    /// The agent's own namespace, which is the pod's.
+    netns: Netns,
+}
+
+impl Context {
+    /// Call inside the pod's network namespace (its thread is started in the caller's).
+    pub fn new(proc_dir: PathBuf, pod_uid: String) -> Arc<Self> {
+        Arc::new(Self {
+            proc_dir,
+            pod_uid,
+            netns: Netns::current(),
+        })
+    }
+
+    fn process(&self, container_id: &str) -> Result<u32, netns::NetnsError> {
+        netns::container_process(&self.proc_dir, &self.pod_uid, container_id)
+    }
+
+    /// Does one operation; a successful connect comes back as the stream.
+    async fn perform(
+        &self,
+        op: &ContextOp,
+    ) -> Result<(tokio::net::TcpStream, std::net::SocketAddr), ContextOpReply> {
+        match &op.kind {
+            ContextOpKind::Env(select) => {
+                let pid = self
+                    .process(&op.container_id)
+                    .map_err(|e| ContextOpReply::Env(Err(e.to_string())))?;
+                let select = mirrord_context::EnvSelect {
+                    include: select.include.clone(),
+                    exclude: select.exclude.clone(),
+                };
+                let proc_dir = self.proc_dir.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    mirrord_context::read_env(&proc_dir, pid, &select)
+                })
+                .await;
+                let vars = match read {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Ok(v) = &vars {
+                    tracing::debug!(target: "mirrord_agent", op = op.op, pid, variables = v.len(), "environment read");
+                }
+                Err(ContextOpReply::Env(vars))
+            }
+            ContextOpKind::Resolve { node, family } => {
+                let pid = match self.process(&op.container_id) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(target: "mirrord_agent", op = op.op, error = %e, "cannot resolve as the container");
+                        return Err(ContextOpReply::Resolved(Err(DnsFailure::Fail)));
+                    }
+                };
+                let root = self.proc_dir.join(pid.to_string()).join("root");
+                let family = match family {
+                    Family::Any => mirrord_context::Family::Any,
+                    Family::V4 => mirrord_context::Family::V4,
+                    Family::V6 => mirrord_context::Family::V6,
+                };
+                let result = self
+                    .netns
+                    .resolve(&root, node, family)
+                    .await
+                    .map(|r| Resolution {
+                        addrs: r.addrs,
+                        canonical: r.canonical,
+                    })
+                    .map_err(|e| dns_failure(&e));
+                tracing::debug!(target: "mirrord_agent", op = op.op, ok = result.is_ok(), "name resolved");
+                Err(ContextOpReply::Resolved(result))
+            }
+            ContextOpKind::Connect { remote } => {
+                let stream = self
+                    .netns
+                    .connect(*remote, mirrord_context::CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| ContextOpReply::ConnectFailed(connect_failure(e)))?;
+                let local = stream.local_addr().map_err(|e| {
+                    ContextOpReply::ConnectFailed(ConnectFailure {
+                        errno: e.raw_os_error().unwrap_or(0),
+                        message: e.to_string(),
+                    })
+                })?;
+                Ok((stream, local))
+            }
+        }
+    }
+}
+
+/// Serves the operator's context operations on `link` until its stream ends. An operator
+/// that does not serve them (older than the agent) is not an error: nothing is asked.
+pub async fn serve(link: Arc<Link>, ctx: Arc<Context>) {
+    let mut ops = match link.context_ops().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(target: "mirrord_agent", error = %e, "the operator does not ask for the target's context");
+            return;
+        }
+    };
+    loop {
+        match ops.next().await {
+            Ok(Some(op)) => {
+                let (link, ctx) = (Arc::clone(&link), Arc::clone(&ctx));
+                // Detached: one operation, answered on the link (or lost with it).
+                tokio::spawn(async move { answer(&link, &ctx, op).await });
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(target: "mirrord_agent", error = %e, "context stream broke");
+                return;
+            }
+        }
+    }
+}
+
+async fn answer(link: &Link, ctx: &Context, op: ContextOp) {
+    match ctx.perform(&op).await {
+        Err(reply) => link.context_reply(op.op, &reply).await,
+        Ok((stream, local)) => match link.outgoing(op.op, local).await {
+            Ok(up) => {
+                tracing::debug!(target: "mirrord_agent", op = op.op, remote = ?op.kind, "outgoing connection made");
+                let mut up = TokioIo::new(up);
+                let mut stream = stream;
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+            }
+            Err(e) => {
+                tracing::warn!(target: "mirrord_agent", op = op.op, error = %e, "outgoing connection not delivered")
+            }
+        },
+    }
+}
+
+fn dns_failure(e: &DnsError) -> DnsFailure {
+    match e {
+        DnsError::NoName => DnsFailure::NoName,
+        DnsError::NoData => DnsFailure::NoData,
+        DnsError::Again => DnsFailure::Again,
+        DnsError::Fail(_) => DnsFailure::Fail,
+    }
+}
+
+fn connect_failure(e: ConnectError) -> ConnectFailure {
+    ConnectFailure {
+        errno: e.errno,
+        message: e.message,
+    }
+}
