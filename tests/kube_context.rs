@@ -90,7 +90,8 @@ while True:
     if not c:
         break
     data += c
-print("python", data.split(b"\r\n\r\n", 1)[-1].decode().strip())
+# The CGI's own header lines end in a bare newline: the answer is its `peer=` line.
+print("python", [l for l in data.decode().splitlines() if l.startswith("peer=")][-1])
 try:
     socket.create_connection((host, closed), timeout=10)
     print("python closed port connected")
