@@ -168,3 +168,119 @@ fn connect_failure(e: ConnectError) -> ConnectFailure {
         message: e.message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "3f1c2a9e-6d2b-4c55-9a0e-1b2c3d4e5f60";
+
+    /// A `/proc` with the pod's sandbox (pid 10) and container `c1`'s process (pid 20),
+    /// whose environment and root (`etc/hosts`, `etc/resolv.conf`) are the container's.
+    fn proc_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let process = |pid: &str, cgroup: &str, environ: &[u8]| {
+            let d = dir.path().join(pid);
+            std::fs::create_dir_all(d.join("root/etc")).unwrap();
+            std::fs::write(d.join("cgroup"), cgroup).unwrap();
+            std::fs::write(d.join("environ"), environ).unwrap();
+            d
+        };
+        process(
+            "10",
+            &format!("0::/kubepods/pod{UID}/pause\n"),
+            b"SANDBOX=1\0",
+        );
+        let c1 = process(
+            "20",
+            &format!("0::/kubepods/pod{UID}/c1\n"),
+            b"DB_URL=postgres://db\0TOKEN=from-a-secret\0",
+        );
+        std::fs::write(c1.join("root/etc/hosts"), "10.1.2.3 only.in-pod\n").unwrap();
+        // Nothing answers there: a name the hosts file lacks fails rather than leaking out.
+        std::fs::write(
+            c1.join("root/etc/resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn op(kind: ContextOpKind) -> ContextOp {
+        ContextOp {
+            op: 1,
+            container_id: "c1".into(),
+            kind,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_containers_process_gives_its_environment_and_names() {
+        let dir = proc_dir();
+        let ctx = Context::new(dir.path().to_owned(), UID.into());
+        let env = ctx
+            .perform(&op(ContextOpKind::Env(mirrord_protocol::EnvSelect {
+                include: vec![],
+                exclude: vec!["TOKEN".into()],
+            })))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            env,
+            ContextOpReply::Env(Ok(vec![("DB_URL".into(), "postgres://db".into())])),
+            "the container's variables (not the sandbox's), selected in the agent"
+        );
+        let resolved = ctx
+            .perform(&op(ContextOpKind::Resolve {
+                node: "only.in-pod".into(),
+                family: Family::Any,
+            }))
+            .await
+            .err()
+            .unwrap();
+        let ContextOpReply::Resolved(Ok(r)) = resolved else {
+            panic!("{resolved:?}")
+        };
+        assert_eq!(
+            r.addrs,
+            vec!["10.1.2.3".parse::<std::net::IpAddr>().unwrap()]
+        );
+
+        let mut gone = op(ContextOpKind::Env(Default::default()));
+        gone.container_id = "c2".into();
+        let ContextOpReply::Env(Err(why)) = ctx.perform(&gone).await.err().unwrap() else {
+            panic!("a container without a process has no environment")
+        };
+        assert!(why.contains("container c2"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn connects_are_made_here_and_fail_with_the_errno() {
+        let dir = proc_dir();
+        let ctx = Context::new(dir.path().to_owned(), UID.into());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        let (_, local) = ctx
+            .perform(&op(ContextOpKind::Connect { remote: open }))
+            .await
+            .unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer, local, "the connection's own address is reported");
+        drop(listener);
+        let refused = ctx
+            .perform(&op(ContextOpKind::Connect { remote: open }))
+            .await
+            .err()
+            .unwrap();
+        let ContextOpReply::ConnectFailed(f) = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!(
+            f.errno,
+            nix::errno::Errno::ECONNREFUSED as i32,
+            "{}",
+            f.message
+        );
+    }
+}

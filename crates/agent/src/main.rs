@@ -178,7 +178,6 @@ fn intercept(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     uid: &str,
     pid: u32,

@@ -22,8 +22,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// How long an operation waits for its pod's agent to be linked (a lost agent is being
 /// replaced) before it fails.
@@ -367,5 +368,49 @@ impl TargetContext for KubeContext {
                 }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_replacements_stream_survives_the_old_agents_end() {
+        let ops = AgentOps::default();
+        let (old, _old_rx) = mpsc::channel(1);
+        let (new, mut new_rx) = mpsc::channel(1);
+        ops.attach("uid", "agent-a", old);
+        ops.attach("uid", "agent-b", new);
+        ops.detach("uid", "agent-a");
+        let link = ops.link("uid").expect("agent-b's stream stays");
+        link.send(Bytes::from_static(b"x\n")).await.unwrap();
+        assert_eq!(new_rx.recv().await.unwrap(), Bytes::from_static(b"x\n"));
+        drop(new_rx);
+        assert!(!ops.linked("uid"), "a closed stream is no link");
+        ops.detach("uid", "agent-b");
+        assert!(ops.links.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn answers_reach_their_waiter_once() {
+        let ops = AgentOps::default();
+        let (tx, rx) = oneshot::channel();
+        ops.pending.lock().unwrap().insert(7, tx);
+        assert!(ops.waits(7));
+        let reply = ContextOpReply::Env(Ok(vec![]));
+        assert!(ops.complete(7, Answer::Reply(reply.clone())));
+        assert!(matches!(rx.await, Ok(Answer::Reply(r)) if r == reply));
+        assert!(!ops.waits(7));
+        assert!(
+            !ops.complete(7, Answer::Reply(reply)),
+            "an operation is answered once; a late answer is refused"
+        );
+        {
+            let (tx, _rx) = oneshot::channel();
+            ops.pending.lock().unwrap().insert(8, tx);
+            let _gone = Pending { ops: &ops, op: 8 };
+        }
+        assert!(!ops.waits(8), "a cancelled operation is forgotten");
     }
 }
