@@ -7,7 +7,8 @@
 //! and a neighbour (`peer`) whose HTTP server answers with the address it sees the request
 //! come from: the target pod's address when the connection left from the pod, the node's
 //! when it did not. The developer is on this machine, reaching the operator through the
-//! API server with a kubeconfig; RBAC decides what each part of the context needs.
+//! API server with a kubeconfig; RBAC decides what each part of the context needs. On a
+//! copy of the target (`--copy-target`) the context is the copy pod's.
 
 use mirrord_e2e::kube::{repo, Cluster};
 use mirrord_e2e::{bin, kube_ctl_command, wait_for};
@@ -366,6 +367,28 @@ fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() 
     // A port nothing listens on is refused at once, as in the pod (ECONNREFUSED; curl 7).
     assert!(stdout.contains("python closed port refused 111"), "{all}");
     assert!(stdout.contains("curl closed exit 7"), "{all}");
+
+    // On a copy of the target, the context is the copy's: the same environment and names
+    // (from the same pod template), connections from the copy's own address.
+    let out = env.exec(&alice, &["--copy-target"], &script);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("of pod mirrord-copy-api-"), "{all}");
+    assert!(
+        stdout.contains(&format!("python secret={SECRET_VALUE}\n")),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!("python resolves {}\n", env.peer_ip)),
+        "{all}"
+    );
+    let from_copy = peer_seen(&stdout, "curl peer=").unwrap_or_else(|| panic!("{all}"));
+    assert!(
+        from_copy != env.api_ip && from_copy != node_seen,
+        "the copy's own address: {all}"
+    );
+    assert_eq!(peer_seen(&stdout, "python peer="), Some(from_copy), "{all}");
 
     // bob may do everything but connect out: exec (which asks for outgoing connections by
     // default) is refused, naming the verb, before the process starts.
