@@ -102,6 +102,10 @@ async fn fixture_with_target() -> Option<Fixture> {
         targets: format!(
             "[[targets]]\nname = \"api\"\nreplicas = 1\ncommand = [\"sh\", \"-c\", {command:?}]\n[[targets.ports]]\nport = 80\nlisten = \"{listen}\"\n"
         ),
+        env: vec![
+            ("OPERATOR_METRICS_ENABLED".into(), "true".into()),
+            ("OPERATOR_METRICS_ADDR".into(), free_addr().to_string()),
+        ],
         extra_config: "[[policies]]\nname = \"no-outgoing-for-mallory\"\nusers = [\"mallory\"]\nblock = [\"outgoing\"]\n".into(),
         ..Default::default()
     });
@@ -218,7 +222,7 @@ async fn exec_runs_the_process_with_the_targets_environment_names_and_connection
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_that_blocks_outgoing_refuses_it_by_name() {
+async fn what_exec_cannot_give_is_refused_or_named() {
     let Some(f) = fixture_with_target().await else {
         return;
     };
@@ -250,5 +254,27 @@ async fn a_policy_that_blocks_outgoing_refuses_it_by_name() {
             .contains(&IpAddr::V4(f.ns.target_side())),
         "mallory reached nothing through the target: {:?}",
         f.seen.lock().unwrap()
+    );
+
+    // A statically linked program cannot load the layer: said before it starts, naming
+    // what it will not get; it still runs, with the target's environment.
+    let creds = f.op.issue("alice");
+    let out = ctl(
+        &creds,
+        &[
+            "exec",
+            "-t",
+            "deployment/api",
+            "--",
+            "/sbin/ldconfig",
+            "--version",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("/sbin/ldconfig is statically linked")
+            && err.contains("outgoing connections and DNS stay on this machine"),
+        "{err}"
     );
 }

@@ -95,6 +95,14 @@ impl Flags {
                         file.ignored.join(", ")
                     );
                 }
+                let for_exec = file.context_keys();
+                if matches!(mode, ModeChoice::Command(_)) && !for_exec.is_empty() {
+                    eprintln!(
+                        "mirrordctl: note: {} sets what only `exec` uses (the process it starts gets it); ignored here: {}",
+                        path.display(),
+                        for_exec.join(", ")
+                    );
+                }
                 Some(file)
             }
         };

@@ -5,13 +5,73 @@
 
 use crate::backend::{Target, TargetContext, TargetCopy};
 use mirrord_protocol::{ContextReply, ContextRequest, SessionId};
+use mirrord_telemetry::metrics::ContextCounters;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What a session was granted of its target's context.
 pub struct SessionContext {
     pub target: Arc<dyn TargetContext>,
     pub outgoing: bool,
     pub dns: bool,
+    /// What the session's process did with it (`mirrord_outgoing_*`, `mirrord_dns_*`).
+    pub counters: ContextCounters,
+}
+
+/// An outgoing connection whose bytes are counted as they pass (one atomic add per read
+/// or write, not per byte).
+pub struct Counted<IO> {
+    io: IO,
+    counters: ContextCounters,
+}
+
+impl<IO> Counted<IO> {
+    pub fn new(io: IO, counters: &ContextCounters) -> Self {
+        Self {
+            io,
+            counters: counters.clone(),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.counters.received.inc_by(n as u64);
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counters.sent.inc_by(*n as u64);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// The context `req` asks for, from `copy` if the session has one, else from `target`.
@@ -54,6 +114,25 @@ pub async fn grant(
         target: ctx,
         outgoing: req.outgoing,
         dns: req.dns,
+        counters: ContextCounters::detached(),
     });
     (reply, granted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn counted_counts_both_ways() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let counters = ContextCounters::detached();
+        let mut c = Counted::new(a, &counters);
+        c.write_all(b"hello").await.unwrap();
+        b.write_all(b"hi there").await.unwrap();
+        let mut buf = [0u8; 8];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!((counters.sent.get(), counters.received.get()), (5, 8));
+    }
 }

@@ -313,6 +313,10 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
         Some((reply, granted)) => (Some(reply), granted),
         None => (None, None),
     };
+    let context = context.map(|c| SessionContext {
+        counters: op.telemetry.metrics().context_counters(&meta),
+        ..c
+    });
     let copy_name = copy.as_ref().map(|c| c.name().to_owned());
     let entry = SessionEntry::new(NewEntry {
         id,

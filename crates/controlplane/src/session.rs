@@ -401,15 +401,18 @@ impl Actor {
     fn context(
         &self,
         what: fn(&crate::context::SessionContext) -> bool,
-    ) -> Option<Arc<dyn crate::backend::TargetContext>> {
+    ) -> Option<(
+        Arc<dyn crate::backend::TargetContext>,
+        mirrord_telemetry::metrics::ContextCounters,
+    )> {
         let c = self.entry.context.as_deref().filter(|c| what(c))?;
-        Some(Arc::clone(&c.target))
+        Some((Arc::clone(&c.target), c.counters.clone()))
     }
 
     fn resolve(self: &Arc<Self>, op: u64, node: String, family: mirrord_protocol::Family) {
         use mirrord_protocol::DnsFailure;
         let reply = move |result| Box::new(ServerMessage::Resolved { op, result });
-        let Some(ctx) = self.context(|c| c.dns) else {
+        let Some((ctx, counters)) = self.context(|c| c.dns) else {
             return self.send_soon(*reply(Err(DnsFailure::Fail)));
         };
         if node.len() > crate::bounds::MAX_DNS_NAME_LEN || node.is_empty() {
@@ -425,6 +428,10 @@ impl Actor {
                 r = tokio::time::timeout(RESOLVE_TIMEOUT, ctx.resolve(node, family)) => r.unwrap_or(Err(DnsFailure::Again)),
                 _ = me.cancel.cancelled() => return,
             };
+            match &result {
+                Ok(_) => counters.resolved.inc(),
+                Err(_) => counters.resolve_failed.inc(),
+            }
             let _ = me.queue(reply(result)).await;
         });
     }
@@ -440,7 +447,7 @@ impl Actor {
                 message: message.to_owned(),
             }),
         };
-        let Some(ctx) = self.context(|c| c.outgoing) else {
+        let Some((ctx, counters)) = self.context(|c| c.outgoing) else {
             return self.send_soon(refuse(
                 nix::errno::Errno::EACCES as i32,
                 "outgoing connections were not granted to this session",
@@ -460,8 +467,12 @@ impl Actor {
                 _ = me.cancel.cancelled() => return,
             };
             let out = match made {
-                Ok(o) => o,
+                Ok(o) => {
+                    counters.connected.inc();
+                    o
+                }
                 Err(failure) => {
+                    counters.connect_failed.inc();
                     let _ = me
                         .queue(Box::new(ServerMessage::Connected {
                             op,
@@ -480,7 +491,8 @@ impl Actor {
                 }),
             };
             // Registered before the answer goes: the client's first bytes find it.
-            let inbox = me.carry_after(conn, out.io, answer);
+            let io = crate::context::Counted::new(out.io, &counters);
+            let inbox = me.carry_after(conn, io, answer);
             me.demux
                 .lock()
                 .expect("demux lock")

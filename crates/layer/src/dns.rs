@@ -228,6 +228,12 @@ pub fn service_rows(
     if candidates.is_empty() {
         return Err(libc::EAI_SOCKTYPE);
     }
+    // glibc: with a type or a protocol hinted, only the first entry of its table that
+    // fits is used (`IPPROTO_UDP` alone gives the datagram row, not a raw one besides).
+    let candidates = match hints.socktype != 0 || hints.protocol != 0 {
+        true => candidates[..1].to_vec(),
+        false => candidates,
+    };
     let Some(service) = service else {
         return Ok(candidates
             .iter()
@@ -317,6 +323,14 @@ mod tests {
             Err(libc::EAI_SERVICE)
         );
         assert_eq!(
+            service_rows(None, &hints(0, libc::IPPROTO_UDP, 0)),
+            Ok(vec![(D, 17, 0)])
+        );
+        assert_eq!(
+            service_rows(Some("80"), &hints(0, libc::IPPROTO_TCP, 0)),
+            Ok(vec![(S, 6, 80)])
+        );
+        assert_eq!(
             service_rows(Some("nosuchservice"), &hints(0, 0, 0)),
             Err(libc::EAI_SERVICE)
         );
@@ -331,10 +345,6 @@ mod tests {
         assert_eq!(
             service_rows(Some("443"), &hints(S, 0, 0)),
             Ok(vec![(S, 6, 443)])
-        );
-        assert_eq!(
-            service_rows(None, &hints(0, libc::IPPROTO_UDP, 0)),
-            Ok(vec![(D, 17, 0), (R, 17, 0)])
         );
         assert_eq!(
             service_rows(None, &hints(42, 0, 0)),

@@ -32,3 +32,17 @@ mod sockaddr;
 mod sockets;
 mod state;
 mod sys;
+
+/// Runs when the dynamic loader maps the library, before the program's `main` and its
+/// threads (see [`state::init_at_load`]). Not in unit tests, which are not preloaded.
+#[cfg(not(test))]
+#[used]
+#[allow(unsafe_code)] // an `.init_array` entry: the loader calls it once, with no arguments
+#[link_section = ".init_array"]
+static INIT_AT_LOAD: extern "C" fn() = {
+    extern "C" fn init_at_load() {
+        // Nothing may unwind into the loader.
+        let _ = std::panic::catch_unwind(state::init_at_load);
+    }
+    init_at_load
+};

@@ -26,6 +26,15 @@ static LAYER: OnceLock<Option<Layer>> = OnceLock::new();
 static DETACHED: AtomicBool = AtomicBool::new(false);
 static OWNER: AtomicU32 = AtomicU32::new(0);
 
+/// Reads the configuration now, while the process has one thread. Run from the library's
+/// constructor: initialised lazily instead, a `fork` while another thread is inside the
+/// first initialisation leaves the child a `OnceLock` that stays "running" forever, and the
+/// child's first hooked call waits on it for good (16 threads resolving while the main
+/// thread forks hung that way).
+pub fn init_at_load() {
+    let _ = LAYER.get_or_init(init);
+}
+
 /// The layer when it should act: configured, not detached, and in the owning process.
 pub fn active() -> Option<&'static Layer> {
     let layer = LAYER.get_or_init(init).as_ref()?;

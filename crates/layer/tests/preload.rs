@@ -207,6 +207,9 @@ assert peer == ("127.0.0.1", PORT), peer
 # dup keeps the substitution; closing the original does not drop it.
 d = socket.socket(fileno=os.dup(s.fileno()))
 s.detach()
+# The dup shares `s`'s non-blocking file (its timeout): give `d` one too, or its first
+# recv, if the answer is not there yet, raises EAGAIN as on any socket.
+d.settimeout(5)
 assert d.getpeername() == peer
 seen = fetch(d)
 assert seen == "%s:%d" % local, (seen, local)
@@ -344,7 +347,13 @@ if pid == 0:
         c = socket.create_connection((NAME, PORT), timeout=5)
         ok = c.getpeername() == ("127.0.0.1", PORT) and a.getpeername() == ("127.0.0.1", PORT)
         c.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        ok = ok and b"peer=127.0.0.2:" in c.recv(4096)
+        data = b""
+        while not data.endswith(b"\n") or b"peer=" not in data:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        ok = ok and b"peer=127.0.0.2:" in data
     except Exception as e:
         os.write(2, repr(e).encode())
         ok = False
@@ -511,7 +520,14 @@ def once():
     try:
         assert s.getpeername() == ("127.0.0.1", PORT)
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        return b"peer=127.0.0.2:" in s.recv(4096)
+        # A stream: the answer may come in more than one piece (read to its last line).
+        data = b""
+        while not data.endswith(b"\n") or b"peer=" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return b"peer=127.0.0.2:" in data
     finally:
         s.close()
 failures = []

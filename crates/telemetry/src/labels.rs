@@ -85,6 +85,39 @@ impl Labels<3> for Port<'_> {
     }
 }
 
+/// What a session's process did through its target's context
+/// (`mirrord_outgoing_connections_count`, `mirrord_outgoing_bytes_count`,
+/// `mirrord_dns_queries_count`): the stolen counters' labels without `port`, with what
+/// happened (`result`, or the bytes' `direction`).
+pub(crate) struct Context<'a> {
+    pub session_id: &'a str,
+    pub namespace: &'a str,
+    pub target: &'a str,
+    pub user_id: &'a str,
+    pub what: &'a str,
+}
+
+impl Context<'_> {
+    pub const RESULT: [&'static str; 5] =
+        ["session_id", "namespace", "target", "user_id", "result"];
+    pub const DIRECTION: [&'static str; 5] =
+        ["session_id", "namespace", "target", "user_id", "direction"];
+}
+
+/// `Context`'s values; the last label's name depends on the metric (see the consts).
+impl Labels<5> for Context<'_> {
+    const NAMES: [&'static str; 5] = Context::RESULT;
+    fn values(&self) -> [&str; 5] {
+        [
+            self.session_id,
+            self.namespace,
+            self.target,
+            self.user_id,
+            self.what,
+        ]
+    }
+}
+
 /// A port held, and how (`mirrord_port_locks`).
 pub(crate) struct Lock<'a> {
     pub target: &'a str,

@@ -9,7 +9,7 @@
 //! sessions of the last few minutes rather than all sessions ever.
 
 use crate::event::{Event, SessionMeta};
-use crate::labels::{forget, series, Labels, Lock, Port, Reason, Stolen, User, Version};
+use crate::labels::{forget, series, Context, Labels, Lock, Port, Reason, Stolen, User, Version};
 use crate::ping_latency::{PingLatency, Series};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -66,6 +66,39 @@ pub struct Metrics {
     filter_limited_requests: IntCounterVec,
     refusals: IntCounterVec,
     mirror_copies_dropped: IntCounterVec,
+    outgoing_connections: IntCounterVec,
+    outgoing_bytes: IntCounterVec,
+    dns_queries: IntCounterVec,
+}
+
+/// What a session's process does through its target's context, counted by the session
+/// (resolved once, when the session opens).
+#[derive(Clone)]
+pub struct ContextCounters {
+    /// Outgoing connections made from the target, and those it could not make.
+    pub connected: IntCounter,
+    pub connect_failed: IntCounter,
+    /// Bytes sent to the remote peers, and received from them.
+    pub sent: IntCounter,
+    pub received: IntCounter,
+    /// Names resolved by the target, and those it could not resolve.
+    pub resolved: IntCounter,
+    pub resolve_failed: IntCounter,
+}
+
+impl ContextCounters {
+    /// Counters outside the registry (a context granted before its session exists, tests).
+    pub fn detached() -> Self {
+        let c = || IntCounter::new("detached", "not exported").expect("valid counter");
+        Self {
+            connected: c(),
+            connect_failed: c(),
+            sent: c(),
+            received: c(),
+            resolved: c(),
+            resolve_failed: c(),
+        }
+    }
 }
 
 /// Counters a port's data path increments directly (no label lookup per connection).
@@ -241,6 +274,39 @@ impl Metrics {
                     &Reason::NAMES,
                 ),
             ),
+            outgoing_connections: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mirrord_outgoing_connections_count",
+                        "Outgoing TCP connections a session's process made from its target (result: connected, failed)",
+                    ),
+                    &Context::RESULT,
+                )
+                .expect("valid counter"),
+            ),
+            outgoing_bytes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mirrord_outgoing_bytes_count",
+                        "Bytes of a session's outgoing connections (direction: sent to the remote peer, received from it)",
+                    ),
+                    &Context::DIRECTION,
+                )
+                .expect("valid counter"),
+            ),
+            dns_queries: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mirrord_dns_queries_count",
+                        "Names a session's process resolved through its target (result: resolved, failed)",
+                    ),
+                    &Context::RESULT,
+                )
+                .expect("valid counter"),
+            ),
             lock_series: Mutex::default(),
             registry: r,
             grace,
@@ -306,6 +372,26 @@ impl Metrics {
         PortCounters {
             connections: series(&self.stolen_connections, &l),
             requests: series(&self.stolen_requests, &l),
+        }
+    }
+
+    /// The counters of a session's context (created at 0, so the first increase shows).
+    pub fn context_counters(&self, s: &SessionMeta) -> ContextCounters {
+        let target = s.target();
+        let l = |what| Context {
+            session_id: &s.session_id,
+            namespace: &s.target_namespace,
+            target: &target,
+            user_id: &s.client.client_id,
+            what,
+        };
+        ContextCounters {
+            connected: series(&self.outgoing_connections, &l("connected")),
+            connect_failed: series(&self.outgoing_connections, &l("failed")),
+            sent: series(&self.outgoing_bytes, &l("sent")),
+            received: series(&self.outgoing_bytes, &l("received")),
+            resolved: series(&self.dns_queries, &l("resolved")),
+            resolve_failed: series(&self.dns_queries, &l("failed")),
         }
     }
 
@@ -498,6 +584,23 @@ impl Metrics {
             .remove(&s.session_id)
             .unwrap_or_default();
         self.forget_idle_locks(s);
+        let target = s.target();
+        for (vec, whats) in [
+            (&self.outgoing_connections, ["connected", "failed"]),
+            (&self.outgoing_bytes, ["sent", "received"]),
+            (&self.dns_queries, ["resolved", "failed"]),
+        ] {
+            for what in whats {
+                let l = Context {
+                    session_id: &s.session_id,
+                    namespace: &s.target_namespace,
+                    target: &target,
+                    user_id: &s.client.client_id,
+                    what,
+                };
+                forget(vec, &l);
+            }
+        }
         for port in ports {
             let l = Self::stolen_labels(s, port);
             forget(&self.stolen_connections, &l);

@@ -86,6 +86,21 @@ pub struct FileConfig {
     pub ignored: Vec<String>,
 }
 
+impl FileConfig {
+    /// The keys that set what `exec`'s process gets of the target (for the commands that
+    /// start no process, which say they ignore them).
+    pub fn context_keys(&self) -> Vec<&'static str> {
+        [
+            (self.env.is_some(), "feature.env"),
+            (self.outgoing.is_some(), "feature.network.outgoing"),
+            (self.dns.is_some(), "feature.network.dns"),
+        ]
+        .into_iter()
+        .filter_map(|(set, key)| set.then_some(key))
+        .collect()
+    }
+}
+
 /// The file to read: `explicit` (`-f`/`MIRRORD_CONFIG_FILE`), else `.mirrord/mirrord.json`
 /// under `cwd` if it exists.
 pub fn locate(explicit: Option<PathBuf>, cwd: &Path) -> Option<PathBuf> {
