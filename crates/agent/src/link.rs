@@ -89,25 +89,62 @@ impl Link {
                 tracing::warn!(target: "mirrord_agent", error = %e, "link to the operator closed");
             }
         });
-        let req = Request::get(agent::ROUTES_PATH)
+        let stream = open_stream(&mut sender, agent::ROUTES_PATH, self).await?;
+        *self.sender.lock().expect("sender") = Some(sender);
+        Ok(stream)
+    }
+
+    /// Opens the stream of context operations on the connection [`Link::connect`] made.
+    pub async fn context_ops(&self) -> Result<ContextStream, LinkError> {
+        let mut sender = self
+            .sender()
+            .ok_or_else(|| LinkError::Refused("not connected".into()))?;
+        sender.ready().await.map_err(LinkError::Broken)?;
+        open_stream(&mut sender, agent::CONTEXT_PATH, self).await
+    }
+
+    /// Answers context operation `op`.
+    pub async fn context_reply(&self, op: u64, reply: &agent::ContextOpReply) {
+        let Some(sender) = self.sender() else { return };
+        let body = serde_json::to_vec(reply).expect("replies serialise");
+        let req = Request::post(agent::CONTEXT_REPLY_PATH)
             .header(agent::POD_UID, &self.pod_uid)
-            .header(agent::AGENT, &self.agent)
+            .header(agent::OP, op)
+            .body(
+                Full::new(bytes::Bytes::from(body))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .expect("valid request");
+        if let Err(e) = send(sender, req).await {
+            tracing::warn!(target: "mirrord_agent", op, error = %e, "cannot answer a context operation");
+        }
+    }
+
+    /// The tunnel that carries the connection context operation `op` made (`local`: its
+    /// address in the pod).
+    pub async fn outgoing(
+        &self,
+        op: u64,
+        local: std::net::SocketAddr,
+    ) -> Result<hyper::upgrade::Upgraded, LinkError> {
+        let sender = self
+            .sender()
+            .ok_or_else(|| LinkError::Refused("not connected".into()))?;
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri("mirrord-operator:0")
+            .header(agent::POD_UID, &self.pod_uid)
+            .header(agent::KIND, agent::KIND_OUTGOING)
+            .header(agent::OP, op)
+            .header(agent::LOCAL, local.to_string())
             .body(empty())
             .expect("valid request");
-        let resp = sender.send_request(req).await.map_err(LinkError::Broken)?;
+        let resp = send(sender, req).await?;
         if resp.status() != StatusCode::OK {
-            let status = resp.status();
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-            return Err(LinkError::Refused(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&body.unwrap_or_default())
-            )));
+            return Err(LinkError::Refused(resp.status().to_string()));
         }
-        *self.sender.lock().expect("sender") = Some(sender);
-        Ok(RouteStream {
-            body: resp.into_body(),
-            buf: Vec::new(),
-        })
+        hyper::upgrade::on(resp).await.map_err(LinkError::Broken)
     }
 
     /// Tells the operator that the routes of `version` are in force.
@@ -320,22 +357,56 @@ async fn tunnel(
     hyper::upgrade::on(resp).await.map_err(LinkError::Broken)
 }
 
-/// The operator's route snapshots, one JSON line each.
-pub struct RouteStream {
-    body: hyper::body::Incoming,
-    buf: Vec<u8>,
+/// `GET path` on the link: a stream of JSON lines.
+async fn open_stream<T>(
+    sender: &mut SendRequest<Body>,
+    path: &str,
+    link: &Link,
+) -> Result<Lines<T>, LinkError> {
+    let req = Request::get(path)
+        .header(agent::POD_UID, &link.pod_uid)
+        .header(agent::AGENT, &link.agent)
+        .header(agent::PROTOCOL, agent::PROTOCOL_VERSION)
+        .body(empty())
+        .expect("valid request");
+    let resp = sender.send_request(req).await.map_err(LinkError::Broken)?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        return Err(LinkError::Refused(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body.unwrap_or_default())
+        )));
+    }
+    Ok(Lines {
+        body: resp.into_body(),
+        buf: Vec::new(),
+        _of: std::marker::PhantomData,
+    })
 }
 
-impl RouteStream {
-    /// The next snapshot; `None` when the operator ended the stream.
-    pub async fn next(&mut self) -> Result<Option<RouteSnapshot>, LinkError> {
+/// The operator's route snapshots, one JSON line each.
+pub type RouteStream = Lines<RouteSnapshot>;
+/// The operator's context operations, one JSON line each.
+pub type ContextStream = Lines<agent::ContextOp>;
+
+/// A stream of JSON lines from the operator.
+pub struct Lines<T> {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    _of: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: serde::de::DeserializeOwned> Lines<T> {
+    /// The next item; `None` when the operator ended the stream.
+    pub async fn next(&mut self) -> Result<Option<T>, LinkError> {
         loop {
             if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
                 match serde_json::from_slice(&line) {
                     Ok(s) => return Ok(Some(s)),
                     Err(e) => {
-                        tracing::error!(target: "mirrord_agent", error = %e, "unreadable routes from the operator; ignored");
+                        tracing::error!(target: "mirrord_agent", error = %e, "unreadable line from the operator; ignored");
                         continue;
                     }
                 }

@@ -7,8 +7,11 @@
 //!
 //! What each port does comes from the operator over mutual TLS ([`link`]): the sessions'
 //! steals, filters and mirrors, applied by the same routing as on one machine ([`ports`]).
+//! The sessions' view of the target (its container's environment, its resolver, connections
+//! from the pod) is served on the same link ([`context`]).
 #![forbid(unsafe_code)]
 
+mod context;
 mod link;
 mod netns;
 mod ports;
@@ -154,6 +157,7 @@ fn intercept(
     let result = runtime.block_on(serve(
         uid,
         pid,
+        proc_dir,
         source,
         lease,
         Arc::clone(&ports),
@@ -177,6 +181,7 @@ fn intercept(
 async fn serve(
     uid: &str,
     pid: u32,
+    proc_dir: &std::path::Path,
     source: Source,
     lease: Duration,
     ports: Arc<Ports>,
@@ -198,7 +203,7 @@ async fn serve(
     // The operator's "leave" (it saw this agent's pod being deleted, or replaced it) ends
     // the agent as SIGTERM does, whenever the kubelet gets round to the signal.
     let leave = Arc::new(tokio::sync::Notify::new());
-    let run = run(source, uid, &ports, &redirect, lease, &leave);
+    let run = run(source, uid, proc_dir, &ports, &redirect, lease, &leave);
     tokio::pin!(run);
     let (result, run_done) = tokio::select! {
         r = &mut run => (r, true),
@@ -274,6 +279,7 @@ async fn renew(ports: Arc<Ports>, redirect: Arc<redirect::Redirect>, lease: Dura
 async fn run(
     source: Source,
     uid: &str,
+    proc_dir: &std::path::Path,
     ports: &Arc<Ports>,
     redirect: &redirect::Redirect,
     lease: Duration,
@@ -300,7 +306,8 @@ async fn run(
             let tls = mirrord_identity::client_config(&creds)?;
             let addr = addr.unwrap_or_else(|| creds.operator_addr.clone());
             let link = Link::new(addr, tls, uid.to_owned(), agent_name);
-            follow(&link, ports, redirect, timeout, lease, leave).await
+            let context = context::Context::new(proc_dir.to_owned(), uid.to_owned());
+            follow(&link, &context, ports, redirect, timeout, lease, leave).await
         }
     }
 }
@@ -310,6 +317,7 @@ async fn run(
 /// applies nothing more (the link stays up for the connections in flight).
 async fn follow(
     link: &Arc<Link>,
+    context: &Arc<context::Context>,
     ports: &Arc<Ports>,
     redirect: &redirect::Redirect,
     timeout: Duration,
@@ -321,6 +329,9 @@ async fn follow(
         match link.connect().await {
             Ok(mut stream) => {
                 tracing::info!("connected to the operator");
+                // Ends with the connection's streams; aborted when the routes stop.
+                let context_ops =
+                    tokio::spawn(context::serve(Arc::clone(link), Arc::clone(context)));
                 loop {
                     match stream.next().await {
                         Ok(Some(snapshot)) if snapshot.leave => {
@@ -342,6 +353,7 @@ async fn follow(
                         }
                     }
                 }
+                context_ops.abort();
                 link.disconnected();
                 if ports.apply(&RouteSnapshot::default(), link).await {
                     redirect_now(ports, redirect, lease);

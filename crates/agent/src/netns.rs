@@ -16,6 +16,11 @@ pub enum NetnsError {
          on the pod's node, with hostPID?"
     )]
     NoProcess { uid: String, proc_dir: PathBuf },
+    #[error(
+        "no process of container {container_id} in pod {uid} on this node: has the container \
+         restarted or stopped?"
+    )]
+    NoContainerProcess { uid: String, container_id: String },
     #[error("cannot open {path}")]
     Open {
         path: PathBuf,
@@ -65,6 +70,44 @@ pub fn pod_process(proc_dir: &Path, uid: &str) -> Result<u32, NetnsError> {
         })
 }
 
+/// The main process of container `container_id` (its runtime ID) of pod `uid`: the oldest
+/// process in the container's cgroup (cgroupfs: `.../pod<UID>/<ID>`, systemd:
+/// `...-pod<UID>.slice/cri-containerd-<ID>.scope`). Its environment is the container's as
+/// the runtime made it (image, `env`, `envFrom`, Secrets), and its root holds the
+/// `/etc/resolv.conf` and `/etc/hosts` the kubelet wrote for the pod.
+pub fn container_process(
+    proc_dir: &Path,
+    uid: &str,
+    container_id: &str,
+) -> Result<u32, NetnsError> {
+    let mut pids: Vec<u32> = std::fs::read_dir(proc_dir)
+        .map_err(|source| NetnsError::Open {
+            path: proc_dir.into(),
+            source,
+        })?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    let in_container = |cgroup: &str| {
+        in_pod(cgroup, uid)
+            && !container_id.is_empty()
+            && cgroup.lines().any(|l| {
+                l.ends_with(&format!("/{container_id}"))
+                    || l.contains(&format!("/{container_id}/"))
+                    || l.contains(&format!("-{container_id}.scope"))
+            })
+    };
+    pids.into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(proc_dir.join(pid.to_string()).join("cgroup"))
+                .is_ok_and(|c| in_container(&c))
+        })
+        .ok_or_else(|| NetnsError::NoContainerProcess {
+            uid: uid.into(),
+            container_id: container_id.into(),
+        })
+}
+
 /// Moves the calling thread into `pid`'s network namespace. Call before any other thread
 /// exists: threads started later inherit it, threads started before do not.
 pub fn enter(proc_dir: &Path, pid: u32) -> Result<(), NetnsError> {
@@ -106,7 +149,18 @@ mod tests {
         write("420", &format!("0::/kubepods/besteffort/pod{UID}/c2\n"));
         write("77", &format!("0::/kubepods/besteffort/pod{UID}/pause\n"));
         write("self", "0::/\n");
+        write("421", &format!("0::/kubepods/besteffort/pod{UID}/c2\n"));
         assert_eq!(pod_process(proc_dir.path(), UID).unwrap(), 77);
+        assert_eq!(
+            container_process(proc_dir.path(), UID, "c2").unwrap(),
+            420,
+            "the container's own process, not the sandbox's"
+        );
+        assert!(
+            container_process(proc_dir.path(), UID, "c").is_err(),
+            "a prefix of the id is not the container"
+        );
+        assert!(container_process(proc_dir.path(), UID, "").is_err());
         let err = pod_process(proc_dir.path(), "nope")
             .unwrap_err()
             .to_string();

@@ -93,6 +93,20 @@ impl Agents {
         }
     }
 
+    /// What tells agent `pod` of target pod `uid` to leave, if it is the one expected.
+    pub fn retired(&self, uid: &str, pod: &str) -> Option<Retired> {
+        let map = self.0.lock().expect("agents");
+        map.get(uid)
+            .filter(|a| a.pod == pod)
+            .map(|a| a.retired.clone())
+    }
+
+    /// The agent pod of target pod `uid`, whether its link is up.
+    pub(crate) fn of(&self, uid: &str) -> Option<(String, bool)> {
+        let map = self.0.lock().expect("agents");
+        map.get(uid).map(|a| (a.pod.clone(), a.connected))
+    }
+
     pub(crate) fn applied_version(&self, uid: &str) -> Option<u64> {
         self.0.lock().expect("agents").get(uid).map(|a| a.applied)
     }

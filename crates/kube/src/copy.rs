@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::Api;
-use mirrord_controlplane::backend::{BackendError, TargetCopy};
+use mirrord_controlplane::backend::{BackendError, TargetContext, TargetCopy};
 use mirrord_protocol::SessionId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,6 +63,7 @@ pub async fn make(
     let info = PodInfo {
         name: name.clone(),
         namespace: r.namespace.clone(),
+        containers: crate::target::container_ids(&running),
         node: running.spec.and_then(|s| s.node_name).unwrap_or_default(),
         ready: true,
         copy_for: None,
@@ -219,6 +220,24 @@ pub struct KubeCopy {
 impl TargetCopy for KubeCopy {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The copy's own process: a session working on a copy gets the copy's environment
+    /// and network.
+    fn context(
+        &self,
+        session: SessionId,
+    ) -> futures::future::BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
+        let _ = session;
+        let (target, uid, name) = (
+            Arc::clone(&self.target),
+            self.uid.clone(),
+            self.name.clone(),
+        );
+        Box::pin(async move {
+            let c = crate::context::open(target, uid, name).await?;
+            Ok(c as Arc<dyn TargetContext>)
+        })
     }
 }
 

@@ -36,11 +36,14 @@ pub async fn run(target: Weak<KubeTarget>) {
     }
 }
 
-/// Which pods need an agent under the routes `all`.
+/// Which pods need an agent under the routes `all`: those with routes, and those whose
+/// process gives a session its context (a session may hold no port at all).
 fn wanted(t: &KubeTarget, all: &RouteSnapshot) -> HashMap<String, PodInfo> {
     t.pods()
         .into_iter()
-        .filter(|(uid, p)| p.ready && !t.snapshot_for(uid, all).ports.is_empty())
+        .filter(|(uid, p)| {
+            p.ready && (!t.snapshot_for(uid, all).ports.is_empty() || t.ops.in_use(uid))
+        })
         .collect()
 }
 
@@ -219,7 +222,7 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
 
 /// What an agent pod is doing, for an error message: its container's waiting or
 /// terminated reason, else its phase.
-async fn agent_state(ctx: &Context, name: &str) -> String {
+pub(crate) async fn agent_state(ctx: &Context, name: &str) -> String {
     let pod = match Api::<Pod>::namespaced(ctx.client.clone(), &ctx.agent_namespace)
         .get(name)
         .await

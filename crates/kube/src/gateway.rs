@@ -1,7 +1,9 @@
 //! Where agents connect: mutual TLS with the process's agent CA, HTTP/2
 //! ([`mirrord_protocol::agent`] says what travels). Routes stream out to each agent; the
 //! handoffs it sends back go into the session's channel, exactly where the single-machine
-//! interceptor puts them, so sessions do not know where their traffic came from.
+//! interceptor puts them, so sessions do not know where their traffic came from. Sessions'
+//! context operations stream out the same way, and their answers (replies, connections
+//! made from the pod) come back to [`crate::context`].
 
 use crate::agents::Retired;
 use crate::Targets;
@@ -37,6 +39,12 @@ enum GatewayError {
     NoSession { session: u64, port: u16 },
     #[error("the session ended")]
     SessionGone,
+    #[error(
+        "nobody waits for context operation {0} any more (it timed out, or its session ended)"
+    )]
+    NoOperation(u64),
+    #[error("agent {agent} of pod {uid} is not the one the operator expects")]
+    UnexpectedAgent { uid: String, agent: String },
     #[error("{0}")]
     Failed(String),
 }
@@ -46,7 +54,10 @@ impl GatewayError {
         let status = match self {
             GatewayError::NotFound | GatewayError::UnknownPod(_) => StatusCode::NOT_FOUND,
             GatewayError::BadHeader(_) => StatusCode::BAD_REQUEST,
-            GatewayError::NoSession { .. } | GatewayError::SessionGone => StatusCode::GONE,
+            GatewayError::NoSession { .. }
+            | GatewayError::SessionGone
+            | GatewayError::NoOperation(_)
+            | GatewayError::UnexpectedAgent { .. } => StatusCode::GONE,
             GatewayError::Failed(_) => StatusCode::BAD_GATEWAY,
         };
         Response::builder()
@@ -117,6 +128,13 @@ async fn agent_connection(a: Accepted, targets: Arc<Targets>) {
 
 async fn handle(targets: &Targets, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     if req.method() == Method::CONNECT {
+        if req
+            .headers()
+            .get(agent::KIND)
+            .is_some_and(|k| k == agent::KIND_OUTGOING)
+        {
+            return outgoing(targets, req);
+        }
         return connect(targets, req);
     }
     match (req.method().clone(), req.uri().path()) {
@@ -132,6 +150,8 @@ async fn handle(targets: &Targets, req: Request<Incoming>) -> Result<Response<Bo
             t.changed.notify_one();
             Ok(Response::new(full(Bytes::new())))
         }
+        (Method::GET, agent::CONTEXT_PATH) => context_ops(targets, &req),
+        (Method::POST, agent::CONTEXT_REPLY_PATH) => context_reply(targets, req).await,
         (Method::POST, agent::REQUEST_PATH) => stolen_request(targets, req).await,
         (Method::POST, agent::MIRROR_PATH) => mirrored_request(targets, req).await,
         _ => Err(GatewayError::NotFound),
@@ -350,6 +370,97 @@ fn connect(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Bod
                 Err(_) => {
                     tracing::debug!(target: "mirrord_kube", session, port, "session behind; mirrored connection dropped")
                 }
+            }
+        }
+    });
+    Ok(Response::new(full(Bytes::new())))
+}
+
+/// An agent's stream of context operations: what sessions ask of its pod.
+fn context_ops(targets: &Targets, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let uid: String = header(req, agent::POD_UID)?;
+    let pod: String = header(req, agent::AGENT)?;
+    let target = targets
+        .by_pod(&uid)
+        .ok_or(GatewayError::UnknownPod(uid.clone()))?;
+    let retired =
+        target
+            .agents
+            .retired(&uid, &pod)
+            .ok_or_else(|| GatewayError::UnexpectedAgent {
+                uid: uid.clone(),
+                agent: pod.clone(),
+            })?;
+    let (tx, lines) = mpsc::channel(64);
+    target.ops.attach(&uid, &pod, tx.clone());
+    tracing::debug!(target: "mirrord_kube", target_ref = %target.reference_string(), agent = %pod, "agent serves the context of its pod");
+    // Detached: forgets the stream when the agent's connection ends or it is retired.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tx.closed() => {}
+            _ = retired.wait() => {}
+        }
+        target.ops.detach(&uid, &pod);
+    });
+    Ok(Response::new(BodyExt::boxed(Lines(lines))))
+}
+
+/// The largest answer to a context operation (an environment): far above any real one.
+const MAX_CONTEXT_REPLY: usize = 4 << 20;
+
+async fn context_reply(
+    targets: &Targets,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let uid: String = header(&req, agent::POD_UID)?;
+    let op: u64 = header(&req, agent::OP)?;
+    let target = targets
+        .by_pod(&uid)
+        .ok_or(GatewayError::UnknownPod(uid.clone()))?;
+    let body = http_body_util::Limited::new(req.into_body(), MAX_CONTEXT_REPLY)
+        .collect()
+        .await
+        .map_err(|e| GatewayError::Failed(format!("reading a context reply: {e}")))?
+        .to_bytes();
+    // Never logged: an environment's values are secrets.
+    let reply: agent::ContextOpReply = serde_json::from_slice(&body)
+        .map_err(|_| GatewayError::Failed("unreadable context reply".into()))?;
+    match target
+        .ops
+        .complete(op, crate::context::Answer::Reply(reply))
+    {
+        true => Ok(Response::new(full(Bytes::new()))),
+        false => Err(GatewayError::NoOperation(op)),
+    }
+}
+
+/// A connection an agent made from its pod for a context operation.
+fn outgoing(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let uid: String = header(&req, agent::POD_UID)?;
+    let op: u64 = header(&req, agent::OP)?;
+    let local: std::net::SocketAddr = header(&req, agent::LOCAL)?;
+    let target = targets
+        .by_pod(&uid)
+        .ok_or(GatewayError::UnknownPod(uid.clone()))?;
+    if !target.ops.waits(op) {
+        return Err(GatewayError::NoOperation(op));
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    // Detached: hands the tunnel over once upgraded; dropped (closing the connection in
+    // the pod) if its operation gave up meanwhile.
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(up) => {
+                let io = TokioIo::new(up);
+                if !target
+                    .ops
+                    .complete(op, crate::context::Answer::Tunnel { io, local })
+                {
+                    tracing::debug!(target: "mirrord_kube", op, "outgoing connection came after its operation gave up; closed");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(target: "mirrord_kube", op, error = %e, "outgoing tunnel failed")
             }
         }
     });

@@ -11,6 +11,8 @@
 //!   lost one, and removes it after the last session (after a linger);
 //! - [`gateway`] is where agents connect (mutual TLS, a CA of this process): routes go
 //!   out, stolen requests and connections come back into the sessions' channels;
+//! - [`context`] gives sessions the context of a target pod's container (environment, DNS,
+//!   outgoing connections) through its agent;
 //! - [`copy`] makes copy pods from the pod template and scales workloads down;
 //! - [`apiserver`] serves the operator as an aggregated API: developers reach it through
 //!   the Kubernetes API server with their kubeconfig, and RBAC decides what they may do;
@@ -29,6 +31,7 @@
 pub mod agent_pods;
 pub mod agents;
 pub mod apiserver;
+pub mod context;
 pub mod copy;
 pub mod fleet;
 pub mod gateway;

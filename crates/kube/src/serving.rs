@@ -1,6 +1,6 @@
 //! A target in service: [`start`] begins following its pods and runs its agent fleet, and
 //! the [`Target`] the control plane uses is answered here (copies through [`crate::copy`],
-//! settling through [`crate::fleet`]). Kept apart from [`crate::target`], which owns the
+//! settling through [`crate::fleet`], the sessions' context through [`crate::context`]). Kept apart from [`crate::target`], which owns the
 //! target's state, so that neither the fleet nor the copies depend on it circularly.
 
 use crate::fleet;
@@ -8,9 +8,9 @@ use crate::target::{watch_pods, KubeTarget};
 use crate::workload::Resolved;
 use crate::Context;
 use futures::future::BoxFuture;
-use mirrord_controlplane::backend::{BackendError, Target, TargetCopy};
+use mirrord_controlplane::backend::{BackendError, Target, TargetContext, TargetCopy};
 use mirrord_dataplane::RouteTable;
-use mirrord_protocol::TargetRef;
+use mirrord_protocol::{SessionId, TargetRef};
 use std::sync::Arc;
 
 /// The target `reference`, its pods followed and its agents run until it is dropped.
@@ -49,5 +49,16 @@ impl Target for KubeTarget {
 
     fn settle(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
         Box::pin(async move { fleet::settled(&self).await })
+    }
+
+    fn context(
+        self: Arc<Self>,
+        session: SessionId,
+    ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
+        let _ = session;
+        Box::pin(async move {
+            let c = crate::context::of_target(self).await?;
+            Ok(c as Arc<dyn TargetContext>)
+        })
     }
 }

@@ -29,6 +29,26 @@ pub struct PodInfo {
     pub ready: bool,
     /// For a copy pod: the session it serves.
     pub copy_for: Option<u64>,
+    /// Its containers' runtime IDs by name, once started (`containerd://` removed): where
+    /// the agent finds a container's process for a session's context.
+    pub containers: Vec<(String, String)>,
+}
+
+/// The runtime ID of each started container of `pod`, by name.
+pub(crate) fn container_ids(pod: &Pod) -> Vec<(String, String)> {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref());
+    statuses
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let id = c.container_id.as_deref()?;
+            let id = id.split_once("://").map_or(id, |(_, id)| id);
+            Some((c.name.clone(), id.to_owned()))
+        })
+        .collect()
 }
 
 pub struct KubeTarget {
@@ -43,6 +63,8 @@ pub struct KubeTarget {
     pods: Mutex<BTreeMap<String, PodInfo>>,
     routes: watch::Sender<Arc<RouteSnapshot>>,
     pub(crate) agents: Agents,
+    /// The sessions' contexts on its pods, through their agents.
+    pub(crate) ops: crate::context::AgentOps,
     /// Whether the pods have been listed once: before that, "no pods" means "not known".
     synced: watch::Sender<bool>,
 }
@@ -65,6 +87,7 @@ impl KubeTarget {
             pods: Mutex::default(),
             routes: watch::Sender::new(Arc::default()),
             agents: Agents::default(),
+            ops: crate::context::AgentOps::default(),
             synced: watch::Sender::new(false),
         })
     }
@@ -231,6 +254,7 @@ impl KubeTarget {
                 && status.and_then(|s| s.phase.as_deref()) == Some("Running")
                 && status.and_then(|s| s.pod_ip.as_ref()).is_some(),
             copy_for: None,
+            containers: container_ids(pod),
         };
         Some((uid, info))
     }

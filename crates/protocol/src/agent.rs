@@ -14,10 +14,21 @@
 //! - `CONNECT` with [`KIND`] `steal` or `mirror`: a whole connection, its bytes tunnelled.
 //!
 //! Every handoff names the session ([`SESSION`]) and the target port ([`PORT`]).
+//!
+//! The target's context (a session's `env`, `outgoing` and `dns`, issue 27) goes the other
+//! way, so it rides on a stream the agent opens too:
+//! - `GET /v1/context` (headers [`POD_UID`], [`AGENT`], [`PROTOCOL`]): the operator streams
+//!   one [`ContextOp`] per line (JSON), each numbered;
+//! - `POST /v1/context/reply` (header [`OP`]): the agent's [`ContextOpReply`] (JSON body);
+//! - `CONNECT` with [`KIND`] `outgoing`, [`OP`] and [`LOCAL`]: the connection a
+//!   [`ContextOpKind::Connect`] made from the pod, its bytes tunnelled. A connect that
+//!   fails is a [`ContextOpReply::ConnectFailed`] instead.
 
+use crate::context::{ConnectFailure, DnsFailure, EnvSelect, Family, Resolution};
 use crate::filter::HttpFilterSpec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 pub const ROUTES_PATH: &str = "/v1/routes";
 pub const REQUEST_PATH: &str = "/v1/request";
@@ -34,8 +45,60 @@ pub const SESSION: &str = "mirrord-session";
 pub const PORT: &str = "mirrord-port";
 pub const PEER: &str = "mirrord-peer";
 pub const HEAD: &str = "mirrord-head";
-/// `steal` or `mirror`, on a `CONNECT`.
+/// `steal`, `mirror` or `outgoing`, on a `CONNECT`.
 pub const KIND: &str = "mirrord-kind";
+
+/// The stream of [`ContextOp`]s to an agent.
+pub const CONTEXT_PATH: &str = "/v1/context";
+/// Where an agent answers a [`ContextOp`] ([`OP`]).
+pub const CONTEXT_REPLY_PATH: &str = "/v1/context/reply";
+/// The [`ContextOp::op`] a reply or an `outgoing` tunnel answers.
+pub const OP: &str = "mirrord-op";
+/// On an `outgoing` tunnel: the connection's address in the pod (what `getsockname` says).
+pub const LOCAL: &str = "mirrord-local";
+/// The agent's [`PROTOCOL_VERSION`], on its route and context streams.
+pub const PROTOCOL: &str = "mirrord-agent-protocol";
+/// What an agent speaks. 1: routes and handoffs; 2: and the target's context
+/// ([`CONTEXT_PATH`]). An operator gives a session the context only through an agent of
+/// version 2 or later; an older agent image never opens the context stream.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The `KIND` of a connection made from the pod for a session.
+pub const KIND_OUTGOING: &str = "outgoing";
+
+/// One operation in the target pod for a session's context, numbered by the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextOp {
+    pub op: u64,
+    /// The container whose process is the context (its runtime ID, without the
+    /// `containerd://` scheme): its environment, its root's `/etc/resolv.conf` and
+    /// `/etc/hosts`. The network namespace is the pod's, whichever container.
+    pub container_id: String,
+    pub kind: ContextOpKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContextOpKind {
+    /// The container process's environment, selected in the agent (what is excluded never
+    /// leaves the pod).
+    Env(EnvSelect),
+    Resolve {
+        node: String,
+        family: Family,
+    },
+    /// A TCP connect from the pod's network namespace.
+    Connect {
+        remote: SocketAddr,
+    },
+}
+
+/// The agent's answer to a [`ContextOp`] (a connect that succeeds answers with a tunnel).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContextOpReply {
+    /// The environment, or why it cannot be read (never a value).
+    Env(Result<Vec<(String, String)>, String>),
+    Resolved(Result<Resolution, DnsFailure>),
+    ConnectFailed(ConnectFailure),
+}
 
 /// Everything one agent applies: per port, who steals and who mirrors. Sent whole on every
 /// change, so an agent that reconnects is current after one line.
@@ -136,6 +199,46 @@ mod tests {
         assert_eq!(back.uri, head.uri);
         assert!(decode_head::<HttpRequestHead>(b"zz").is_err());
         assert!(decode_head::<HttpRequestHead>(b"abc").is_err());
+    }
+
+    #[test]
+    fn context_ops_and_replies_are_one_json_line() {
+        let ops = [
+            ContextOpKind::Env(EnvSelect {
+                include: vec!["A*".into()],
+                exclude: vec![],
+            }),
+            ContextOpKind::Resolve {
+                node: "db\nx".into(),
+                family: Family::V4,
+            },
+            ContextOpKind::Connect {
+                remote: "[::1]:80".parse().unwrap(),
+            },
+        ];
+        for (i, kind) in ops.into_iter().enumerate() {
+            let op = ContextOp {
+                op: i as u64,
+                container_id: "abc".into(),
+                kind,
+            };
+            let line = serde_json::to_string(&op).unwrap();
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(serde_json::from_str::<ContextOp>(&line).unwrap(), op);
+        }
+        let replies = [
+            ContextOpReply::Env(Ok(vec![("K".into(), "v=1\n".into())])),
+            ContextOpReply::Env(Err("no process".into())),
+            ContextOpReply::Resolved(Err(DnsFailure::NoName)),
+            ContextOpReply::ConnectFailed(ConnectFailure {
+                errno: 111,
+                message: "refused".into(),
+            }),
+        ];
+        for r in replies {
+            let body = serde_json::to_vec(&r).unwrap();
+            assert_eq!(serde_json::from_slice::<ContextOpReply>(&body).unwrap(), r);
+        }
     }
 
     #[test]

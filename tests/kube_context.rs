@@ -1,0 +1,425 @@
+//! `mirrordctl exec` in a Kubernetes target's context (issue 27): the process gets the
+//! environment of the target container's process, names as the pod resolves them, and
+//! TCP connections that leave from the pod, through the target pod's agent.
+//!
+//! The target (`deployment/api`) has a variable only a Secret-backed `envFrom` gives it, a
+//! name only its `/etc/hosts` knows (`hostAliases`; the dev cluster has no cluster DNS),
+//! and a neighbour (`peer`) whose HTTP server answers with the address it sees the request
+//! come from: the target pod's address when the connection left from the pod, the node's
+//! when it did not. The developer is on this machine, reaching the operator through the
+//! API server with a kubeconfig; RBAC decides what each part of the context needs. On a
+//! copy of the target (`--copy-target`) the context is the copy pod's.
+
+use mirrord_e2e::kube::{repo, Cluster};
+use mirrord_e2e::{bin, kube_ctl_command, wait_for};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The value the target's container gets only through its Secret.
+const SECRET_VALUE: &str = "from-the-secret-7f3a";
+/// The name only the target pod's /etc/hosts has.
+const ALIAS: &str = "peer.only-in-pod";
+/// Where the peer's server listens, and a port nothing listens on.
+const PEER_PORT: u16 = 8080;
+const CLOSED_PORT: u16 = 8081;
+
+/// The neighbour: busybox httpd whose CGI answers `peer=ADDRESS` (the connection's source).
+const PEER: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: peer, namespace: NS}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: peer}}
+  template:
+    metadata: {labels: {app: peer}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: httpd
+          image: mirrord.dev/busybox:1
+          imagePullPolicy: Never
+          command: ["/bin/sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"]
+          readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+"#;
+
+/// The target: its one variable of interest comes from the Secret through `envFrom`, and
+/// its /etc/hosts names the peer `ALIAS`.
+const API: &str = r#"apiVersion: v1
+kind: Secret
+metadata: {name: api-secrets, namespace: NS}
+stringData: {ONLY_FROM_SECRET: SECRET_VALUE}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: NS}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      hostAliases: [{ip: "PEER_IP", hostnames: ["ALIAS"]}]
+      containers:
+        - name: app
+          image: mirrord.dev/busybox:1
+          imagePullPolicy: Never
+          command: ["/bin/sh", "-c", "exec sleep 100000"]
+          envFrom: [{secretRef: {name: api-secrets}}]
+"#;
+
+/// What a Python program sees: the variable, the name, a connection and a closed port.
+const PROBE: &str = r#"
+import os, socket, sys
+host, port, closed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+print("python secret=" + os.environ.get("ONLY_FROM_SECRET", "<unset>"))
+try:
+    addrs = sorted({a[4][0] for a in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
+    print("python resolves", " ".join(addrs))
+except socket.gaierror as e:
+    print("python cannot resolve", e)
+    sys.exit(0)
+s = socket.create_connection((host, port), timeout=10)
+s.sendall(b"GET /cgi-bin/peer HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    c = s.recv(4096)
+    if not c:
+        break
+    data += c
+# The CGI's own header lines end in a bare newline: the answer is its `peer=` line.
+print("python", [l for l in data.decode().splitlines() if l.startswith("peer=")][-1])
+try:
+    socket.create_connection((host, closed), timeout=10)
+    print("python closed port connected")
+except ConnectionRefusedError as e:
+    print("python closed port refused", e.errno)
+except OSError as e:
+    print("python closed port failed", e.errno)
+"#;
+
+/// The operator installed from the chart (its APIService on), the peer and the target.
+/// Uninstalls on drop: an APIService left without its operator stalls discovery.
+struct Env {
+    k: Cluster,
+    ns: String,
+    release: String,
+    dir: tempfile::TempDir,
+    home: PathBuf,
+    peer_ip: IpAddr,
+    api_ip: IpAddr,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/helm"))
+            .args(["uninstall", &self.release, "-n", &self.ns, "--wait"])
+            .status();
+        let _ = self
+            .k
+            .try_kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
+    }
+}
+
+impl Env {
+    fn start() -> Option<Self> {
+        let k = Cluster::get()?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let ns = format!("context-{:04x}", nanos & 0xffff);
+        k.load_operator_image();
+        k.load_agent_image();
+        k.kubectl(&["create", "namespace", &ns]);
+        let release = format!("mirrord-operator-{ns}");
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        k.apply(&PEER.replace("NS", &ns));
+        let rollout = |name: &str| {
+            k.kubectl(&[
+                "-n",
+                &ns,
+                "rollout",
+                "status",
+                &format!("deployment/{name}"),
+                "--timeout=120s",
+            ])
+        };
+        rollout("peer");
+        let pod_ip = |label: &str| -> IpAddr {
+            k.kubectl(&[
+                "-n",
+                &ns,
+                "get",
+                "pods",
+                "-l",
+                label,
+                "-o",
+                "jsonpath={.items[0].status.podIP}",
+            ])
+            .trim()
+            .parse()
+            .unwrap()
+        };
+        let peer_ip = pod_ip("app=peer");
+        k.apply(
+            &API.replace("NS", &ns)
+                .replace("SECRET_VALUE", SECRET_VALUE)
+                .replace("PEER_IP", &peer_ip.to_string())
+                .replace("ALIAS", ALIAS),
+        );
+        rollout("api");
+        let api_ip = pod_ip("app=api");
+        let env = Self {
+            k,
+            ns,
+            release,
+            dir,
+            home,
+            peer_ip,
+            api_ip,
+        };
+        let chart = repo()
+            .join("deploy/helm/mirrord-operator")
+            .display()
+            .to_string();
+        env.k.helm(&[
+            "install",
+            &env.release,
+            &chart,
+            "-n",
+            &env.ns,
+            "--set",
+            "operator.jsonLog=true",
+            "--set",
+            "operator.logLevel=mirrord=debug",
+            "--wait",
+        ]);
+        let available = wait_for(Duration::from_secs(60), || {
+            let (_, out, _) = env.k.try_kubectl(&[
+                "get",
+                "apiservice",
+                "v1.operator.mirrord.dev",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
+            ]);
+            (out.trim() == "True").then_some(())
+        });
+        assert!(
+            available.is_some(),
+            "the APIService never became Available:\n{}",
+            env.k.diagnose(&env.ns)
+        );
+        Some(env)
+    }
+
+    /// A token user's kubeconfig, its context's namespace the test's.
+    fn user(&self, name: &str) -> PathBuf {
+        let path = self
+            .k
+            .user_kubeconfig(self.dir.path(), name, Some(&self.k.token(name)), &[]);
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&path)
+            .args([
+                "config",
+                "set-context",
+                "--current",
+                "--namespace",
+                &self.ns,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        path
+    }
+
+    /// `mirrordctl exec -t deployment/api FLAGS -- sh -c SCRIPT` as the kubeconfig's user.
+    fn exec(&self, kubeconfig: &Path, flags: &[&str], script: &str) -> Output {
+        let mut args = vec!["exec", "-t", "deployment/api", "-n", &self.ns];
+        args.extend_from_slice(flags);
+        args.extend(["--", "sh", "-c", script]);
+        kube_ctl_command(kubeconfig, &self.home)
+            .args(&args)
+            .output()
+            .expect("run mirrordctl")
+    }
+
+    /// Everything the developer's process tries, as one shell script.
+    fn script(&self) -> String {
+        let probe = self.dir.path().join("probe.py");
+        std::fs::write(&probe, PROBE).unwrap();
+        format!(
+            "echo \"sh secret=$ONLY_FROM_SECRET\"; \
+             python3 -c 'import os; print(\"python3 -c secret=\" + os.environ[\"ONLY_FROM_SECRET\"])'; \
+             getent hosts {ALIAS} || echo 'getent: no such name'; \
+             echo \"curl $(curl -sS --max-time 20 http://{ALIAS}:{PEER_PORT}/cgi-bin/peer)\"; \
+             python3 {probe} {ALIAS} {PEER_PORT} {CLOSED_PORT}; \
+             curl -sS --max-time 20 http://{peer}:{CLOSED_PORT}/; echo \"curl closed exit $?\"",
+            probe = probe.display(),
+            peer = self.peer_ip,
+        )
+    }
+}
+
+/// The address in a `peer=ADDRESS` answer of a line starting with `prefix` (busybox httpd
+/// shows an IPv4 peer as `[::ffff:a.b.c.d]`).
+fn peer_seen(out: &str, prefix: &str) -> Option<IpAddr> {
+    let line = out.lines().find(|l| l.starts_with(prefix))?;
+    let addr = line.split("peer=").nth(1)?.trim();
+    let addr = addr.trim_start_matches('[').trim_end_matches(']');
+    let addr = addr.strip_prefix("::ffff:").unwrap_or(addr);
+    addr.parse().ok()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() {
+    let Some(env) = Env::start() else { return };
+    let _ = bin("mirrordctl");
+    let (alice, bob) = (env.user("alice"), env.user("bob"));
+    // alice: the chart's developer role (which must grant env, outgoing and dns).
+    env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "create",
+        "rolebinding",
+        "alice-user",
+        &format!("--clusterrole={}-user", env.release),
+        "--user=alice",
+    ]);
+    let script = env.script();
+
+    // Without exec, this machine knows neither the variable nor the name, and its
+    // connections reach the peer from the node's address: what exec changes is visible.
+    let local = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let local_out = String::from_utf8_lossy(&local.stdout).into_owned();
+    assert!(local_out.contains("sh secret=\n"), "{}", text(&local));
+    assert!(
+        local_out.contains("getent: no such name"),
+        "{}",
+        text(&local)
+    );
+    let direct = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://{}:{PEER_PORT}/cgi-bin/peer", env.peer_ip))
+        .output()
+        .unwrap();
+    let direct = format!("curl {}", String::from_utf8_lossy(&direct.stdout));
+    let node_seen = peer_seen(&direct, "curl peer=")
+        .unwrap_or_else(|| panic!("the peer answers the node directly: {direct}"));
+    assert_ne!(node_seen, env.api_ip, "the node is not the target pod");
+
+    let out = env.exec(&alice, &[], &script);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Where the context came from: the target's pod and its container.
+    assert!(
+        stdout.contains("of pod api-") && stdout.contains("(container app)"),
+        "{all}"
+    );
+    // The container process's environment, the Secret's value included, in the shell and
+    // in the programs it starts.
+    assert!(
+        stdout.contains(&format!("sh secret={SECRET_VALUE}\n")),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!("python3 -c secret={SECRET_VALUE}\n")),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!("python secret={SECRET_VALUE}\n")),
+        "{all}"
+    );
+    // The pod's hostAliases name resolves, through getent and Python's getaddrinfo.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&env.peer_ip.to_string()) && l.trim_end().ends_with(ALIAS)),
+        "getent: {all}"
+    );
+    assert!(
+        stdout.contains(&format!("python resolves {}\n", env.peer_ip)),
+        "{all}"
+    );
+    // curl and Python reach the peer, which sees the target pod's address, not the node's.
+    assert_eq!(peer_seen(&stdout, "curl peer="), Some(env.api_ip), "{all}");
+    assert_eq!(
+        peer_seen(&stdout, "python peer="),
+        Some(env.api_ip),
+        "{all}"
+    );
+    // A port nothing listens on is refused at once, as in the pod (ECONNREFUSED; curl 7).
+    assert!(stdout.contains("python closed port refused 111"), "{all}");
+    assert!(stdout.contains("curl closed exit 7"), "{all}");
+
+    // On a copy of the target, the context is the copy's: the same environment and names
+    // (from the same pod template), connections from the copy's own address.
+    let out = env.exec(&alice, &["--copy-target"], &script);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("of pod mirrord-copy-api-"), "{all}");
+    assert!(
+        stdout.contains(&format!("python secret={SECRET_VALUE}\n")),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!("python resolves {}\n", env.peer_ip)),
+        "{all}"
+    );
+    let from_copy = peer_seen(&stdout, "curl peer=").unwrap_or_else(|| panic!("{all}"));
+    assert!(
+        from_copy != env.api_ip && from_copy != node_seen,
+        "the copy's own address: {all}"
+    );
+    assert_eq!(peer_seen(&stdout, "python peer="), Some(from_copy), "{all}");
+
+    // bob may do everything but connect out: exec (which asks for outgoing connections by
+    // default) is refused, naming the verb, before the process starts.
+    env.k.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: no-outgoing, namespace: {ns}}}\nrules:\n- apiGroups: [operator.mirrord.dev]\n  resources: [sessions]\n  verbs: [create, get, list, delete]\n- apiGroups: [operator.mirrord.dev]\n  resources: [targets]\n  verbs: [steal, mirror, env, dns]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: bob-no-outgoing, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: no-outgoing}}\nsubjects: [{{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}}]\n",
+        ns = env.ns
+    ));
+    let out = env.exec(&bob, &[], &script);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`outgoing` on `targets`") && stderr.contains("deployment.api"),
+        "{all}"
+    );
+    assert!(
+        !all.contains(SECRET_VALUE),
+        "the process never started: {all}"
+    );
+    // Without outgoing connections he gets the rest: the environment and the names, while
+    // his connections leave from this machine.
+    let out = env.exec(&bob, &["--no-outgoing"], &script);
+    let all = text(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(&format!("python secret={SECRET_VALUE}\n")),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!("python resolves {}\n", env.peer_ip)),
+        "{all}"
+    );
+    assert_eq!(peer_seen(&stdout, "curl peer="), Some(node_seen), "{all}");
+}
