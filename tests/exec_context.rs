@@ -12,6 +12,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A server on the host that sends `len` bytes to each connection, then closes.
+async fn bulk_server(at: IpAddr, len: usize) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind((at, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![7u8; 1 << 20];
+                for _ in 0..len >> 20 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// An HTTP server on the host that answers every request with the address it came from.
 async fn peer_server(at: IpAddr) -> (SocketAddr, Arc<Mutex<Vec<IpAddr>>>) {
     let l = tokio::net::TcpListener::bind((at, 0)).await.unwrap();
@@ -197,6 +216,38 @@ async fn exec_runs_the_process_with_the_targets_environment_names_and_connection
             .all(|ip| *ip == IpAddr::V4(target)),
         "every connection came from the target: {:?}",
         f.seen.lock().unwrap()
+    );
+
+    // A process that reads slower than the target sends is waited for, not cut off:
+    // 48 MiB to a reader that starts 1.5 s late all arrive (the operator stops reading
+    // from the peer meanwhile). Before, the connection was closed 8 MiB behind.
+    let bulk = bulk_server(IpAddr::V4(host), 48 << 20).await;
+    let reader = format!(
+        "import socket, time\ns = socket.create_connection(('db.only-in-target', {}))\ntime.sleep(1.5)\nn = 0\nwhile True:\n    b = s.recv(1 << 20)\n    if not b: break\n    n += len(b)\nprint('bulk', n)",
+        bulk.port()
+    );
+    let creds = f.op.issue("alice");
+    let out = tokio::task::block_in_place(|| {
+        ctl(
+            &creds,
+            &[
+                "exec",
+                "-t",
+                "deployment/api",
+                "--",
+                "python3",
+                "-c",
+                &reader,
+            ],
+        )
+    });
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains(&format!("bulk {}", 48 << 20)),
+        "{stdout}\n{stderr}"
     );
 
     // Without remote DNS and outgoing, the same name does not resolve here (so the

@@ -235,8 +235,12 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                         carried.add_conn(conn, local::spawn_connection(conn, addr, mode, out.clone()));
                     }
                     ServerMessage::ConnData { conn, data } => {
-                        // A local process that stops reading costs its connection (closed
-                        // once too far behind), never this loop's pongs or other traffic.
+                        // A local process reading slower than the operator sends (a bulk
+                        // download) is waited for: the operator's queue to this session
+                        // fills and it stops reading from the peer, so nothing is lost. One
+                        // that stops reading costs its own connection after SLOW_READER,
+                        // well within the session's ping timeout.
+                        wait_for_reader(&carried, conn).await;
                         if carried.conn_data(conn, data).is_err() {
                             // Said, never silent: the process sees the connection end early.
                             eprintln!(
@@ -402,6 +406,23 @@ fn process_env(
     let socket = crate::context::server::start(ops, out).context("starting the layer's socket")?;
     crate::context::env::with_layer(&mut env, &file, &socket.path, &layer);
     Ok((env, Some(socket)))
+}
+
+/// How long the session loop waits for one connection's local reader to catch up.
+const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (at most [`SLOW_READER`]) while connection `conn` has more than half of its
+/// backlog limit queued. The relay that drains it runs on this thread, so waiting here is
+/// what lets it.
+async fn wait_for_reader(carried: &Demux, conn: u64) {
+    const HIGH: usize = mirrord_tunnel::pump::CONN_BACKLOG_LIMIT / 2;
+    if carried.conn_backlog(conn) <= HIGH {
+        return;
+    }
+    let until = tokio::time::Instant::now() + SLOW_READER;
+    while carried.conn_backlog(conn) > HIGH && tokio::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
 }
 
 /// The exit code of a session the user ended.

@@ -37,6 +37,11 @@ impl Demux {
         }
     }
 
+    /// Bytes queued for connection `id` that its reader has not taken yet (0 if unknown).
+    pub fn conn_backlog(&self, id: u64) -> usize {
+        self.conns.get(&id).map_or(0, ConnInbox::queued)
+    }
+
     /// The peer is done sending on connection `id`.
     pub fn conn_close(&mut self, id: u64) {
         self.conns.remove(&id);

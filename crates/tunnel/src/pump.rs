@@ -89,6 +89,11 @@ impl ConnOutlet {
 }
 
 impl ConnInbox {
+    /// Bytes pushed that the connection's relay has not written yet.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+
     /// Queues bytes for the connection. `false`: the connection is gone, or is more than
     /// [`CONN_BACKLOG_LIMIT`] behind; the caller drops this inbox, which ends it.
     ///
