@@ -45,45 +45,18 @@ cat > "$WORK/mirrord.json" <<JSON
  "feature": {"network": {"incoming": "off",
    "outgoing": {"filter": {"remote": ["127.0.0.1:$SMALL", "127.0.0.1:$BULK"]}}}}}
 JSON
-cat > "$WORK/client.py" <<'PY'
-import socket, statistics, sys, time
-mode, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-if mode == "setup":
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        while s.recv(4096):
-            pass
-        s.close()
-        times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    print(f"{statistics.median(times):.3f} {times[int(len(times) * 0.99) - 1]:.3f}")
-else:
-    s = socket.create_connection(("127.0.0.1", port))
-    got, t = 0, time.perf_counter()
-    buf = bytearray(1 << 20)
-    while True:
-        k = s.recv_into(buf)
-        if not k:
-            break
-        got += k
-    print(f"{got / (time.perf_counter() - t) / 1e6:.0f} {got}")
-PY
 under() { "$CTL" --credentials "$WORK/alice" exec -f "$WORK/mirrord.json" -- "$@" 2> "$WORK/exec.err"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
 
 echo "== exec context: outgoing connection set-up (connect, GET, answer, close), $N sequential"
-read -r d50 d99 < <(python3 "$WORK/client.py" setup "$SMALL" "$N")
-read -r e50 e99 < <(under python3 "$WORK/client.py" setup "$SMALL" "$N" | tail -1)
+read -r d50 d99 < <(python3 "$ROOT/bench/exec_client.py" setup 127.0.0.1 "$SMALL" "$N")
+read -r e50 e99 < <(under python3 "$ROOT/bench/exec_client.py" setup 127.0.0.1 "$SMALL" "$N" | tail -1)
 printf '%-40s p50 %7.3f ms  p99 %7.3f ms\n' "direct" "$d50" "$d99" "through layer + operator" "$e50" "$e99"
 echo "ratio (p50): $(ratio "$e50" "$d50")x"
-grep -q '^context:.*outgoing TCP' <(under true; cat "$WORK/exec.err") 2>/dev/null || true
 
 echo "== exec context: bulk, one connection receiving 1 GiB"
-read -r db dgot < <(python3 "$WORK/client.py" bulk "$BULK" 0)
-read -r eb egot < <(under python3 "$WORK/client.py" bulk "$BULK" 0 | tail -1)
+read -r db dgot < <(python3 "$ROOT/bench/exec_client.py" bulk 127.0.0.1 "$BULK" 0)
+read -r eb egot < <(under python3 "$ROOT/bench/exec_client.py" bulk 127.0.0.1 "$BULK" 0 | tail -1)
 printf '%-40s %7s MB/s\n' "direct" "$db" "through layer + operator" "$eb"
 if [ "$dgot" = "$egot" ]; then
   echo "ratio: $(ratio "$eb" "$db")x"
@@ -110,4 +83,3 @@ full=$(wall "$CTL" --credentials "$WORK/alice" exec -f "$WORK/mirrord.json" -- p
 noctx=$(wall "$CTL" --credentials "$WORK/alice" exec -f "$WORK/mirrord.json" --no-outgoing --no-remote-dns -- python3 -c pass)
 printf '%-40s %7s ms\n' "python3 -c pass" "$plain" "exec (env, outgoing, DNS: layer loaded)" "$full" "exec (env only: no layer)" "$noctx"
 echo "added by exec: $(python3 -c "print(f'{$full - $plain:.1f}')") ms (of which the layer: $(python3 -c "print(f'{$full - $noctx:.1f}')") ms)"
-grep -c '"Session Started"' "$WORK/operator.log" > /dev/null || true

@@ -130,6 +130,8 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
     // `exec` in the target's context: the layer's operations, and the process.
     let (ops_tx, mut ops_rx) = mpsc::channel::<Op>(64);
     let mut pending = Pending::default();
+    // The process's own outgoing connections (their slow readers are waited for).
+    let mut outgoing = std::collections::HashSet::<u64>::new();
     let mut layer_socket = None;
     let mut ports_wanted = false;
     if let (true, Some(argv)) = (in_context, &command) {
@@ -235,12 +237,16 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                         carried.add_conn(conn, local::spawn_connection(conn, addr, mode, out.clone()));
                     }
                     ServerMessage::ConnData { conn, data } => {
-                        // A local process reading slower than the operator sends (a bulk
-                        // download) is waited for: the operator's queue to this session
-                        // fills and it stops reading from the peer, so nothing is lost. One
-                        // that stops reading costs its own connection after SLOW_READER,
-                        // well within the session's ping timeout.
-                        wait_for_reader(&carried, conn).await;
+                        // The process's own outgoing connection, read slower than the
+                        // operator sends (a bulk download), is waited for: the operator's
+                        // queue to this session fills and it stops reading from the peer,
+                        // so nothing is lost. One that stops reading costs its connection
+                        // after SLOW_READER, within the default ping timeout (10 s). Handed-
+                        // over traffic is never waited for (a stuck local server must not
+                        // hold the session's pongs): it costs its own connection at once.
+                        if outgoing.contains(&conn) {
+                            wait_for_reader(&carried, conn).await;
+                        }
                         if carried.conn_data(conn, data).is_err() {
                             // Said, never silent: the process sees the connection end early.
                             eprintln!(
@@ -250,7 +256,10 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                             let _ = out.send(ClientMessage::ConnClose { conn }).await;
                         }
                     }
-                    ServerMessage::ConnClose { conn } => carried.conn_close(conn),
+                    ServerMessage::ConnClose { conn } => {
+                        carried.conn_close(conn);
+                        outgoing.remove(&conn);
+                    }
                     ServerMessage::HttpRequest { req, port, mode, head, body, end } => {
                         let Some(addr) = ports.get(&port).copied() else { continue };
                         let (body, more) = mirrord_tunnel::body::receive(body, end);
@@ -277,8 +286,10 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                     }
                     ServerMessage::Resolved { op, result } => pending.resolved(op, result),
                     ServerMessage::Connected { op, result } => {
-                        if let Some(close) = pending.connected(op, result, &mut carried) {
-                            let _ = out.send(close).await;
+                        let opened = result.as_ref().ok().map(|c| c.conn);
+                        match pending.connected(op, result, &mut carried) {
+                            Some(close) => { let _ = out.send(close).await; }
+                            None => outgoing.extend(opened),
                         }
                     }
                     ServerMessage::PortsAdded { ports: added } => {
