@@ -119,7 +119,7 @@ async fn through_api_server(
     let config = kube_config(context).await?;
     let server = config.cluster_url.to_string();
     let ns = namespace.unwrap_or(&config.default_namespace).to_owned();
-    let client = kube::Client::try_from(config).context("using your kubeconfig")?;
+    let client = crate::apiserver::client(config)?;
     let req = http::Request::post(format!("{API_PATH}/namespaces/{ns}/sessions"))
         .header(http::header::CONNECTION, "Upgrade")
         .header(http::header::UPGRADE, UPGRADE)

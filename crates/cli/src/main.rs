@@ -2,6 +2,7 @@
 //! process, show the operator's status, kill sessions.
 #![forbid(unsafe_code)]
 
+mod apiserver;
 mod config_file;
 mod connect;
 mod context;
