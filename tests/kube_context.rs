@@ -46,7 +46,8 @@ spec:
 "#;
 
 /// The target: its one variable of interest comes from the Secret through `envFrom`, and
-/// its /etc/hosts names the peer `ALIAS`.
+/// its /etc/hosts names the peer `ALIAS`. A second container has an environment of its
+/// own: `/container/sidecar` takes the context from it.
 const API: &str = r#"apiVersion: v1
 kind: Secret
 metadata: {name: api-secrets, namespace: NS}
@@ -70,7 +71,14 @@ spec:
           imagePullPolicy: Never
           command: ["/bin/sh", "-c", "exec sleep 100000"]
           envFrom: [{secretRef: {name: api-secrets}}]
+        - name: sidecar
+          image: mirrord.dev/busybox:1
+          imagePullPolicy: Never
+          command: ["/bin/sh", "-c", "exec sleep 100000"]
+          env: [{name: ONLY_IN_SIDECAR, value: SIDECAR_VALUE}]
 "#;
+/// The value only the target's second container (`sidecar`) has.
+const SIDECAR_VALUE: &str = "sidecar-2c9d";
 
 /// What a Python program sees: the variable, the name, a connection and a closed port.
 const PROBE: &str = r#"
@@ -193,6 +201,7 @@ impl Env {
         k.apply(
             &API.replace("NS", &ns)
                 .replace("SECRET_VALUE", SECRET_VALUE)
+                .replace("SIDECAR_VALUE", SIDECAR_VALUE)
                 .replace("PEER_IP", &peer_ip.to_string())
                 .replace("ALIAS", ALIAS),
         );
@@ -264,7 +273,12 @@ impl Env {
 
     /// `mirrordctl exec -t deployment/api FLAGS -- sh -c SCRIPT` as the kubeconfig's user.
     fn exec(&self, kubeconfig: &Path, flags: &[&str], script: &str) -> Output {
-        let mut args = vec!["exec", "-t", "deployment/api", "-n", &self.ns];
+        self.exec_on(kubeconfig, "deployment/api", flags, script)
+    }
+
+    /// The same on `target`.
+    fn exec_on(&self, kubeconfig: &Path, target: &str, flags: &[&str], script: &str) -> Output {
+        let mut args = vec!["exec", "-t", target, "-n", &self.ns];
         args.extend_from_slice(flags);
         args.extend(["--", "sh", "-c", script]);
         kube_ctl_command(kubeconfig, &self.home)
@@ -416,6 +430,25 @@ fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() 
         "back to back {:.1} ms against {:.1} ms paced: {all}",
         medians[0],
         medians[1]
+    );
+
+    // A container named in the target gives the context: the environment of its process,
+    // not the first container's.
+    let show = "echo \"sidecar=$ONLY_IN_SIDECAR secret=$ONLY_FROM_SECRET\"";
+    let out = env.exec_on(&alice, "deployment/api/container/sidecar", &[], show);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("(container sidecar)"), "{all}");
+    assert!(
+        stdout.contains(&format!("sidecar={SIDECAR_VALUE} secret=\n")),
+        "{all}"
+    );
+    let out = env.exec(&alice, &[], show);
+    let all = text(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("sidecar= secret={SECRET_VALUE}\n")),
+        "{all}"
     );
 
     // On a copy of the target, the context is the copy's: the same environment and names

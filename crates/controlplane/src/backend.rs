@@ -62,12 +62,14 @@ pub trait Target: Send + Sync {
         Box::pin(std::future::ready(Ok(())))
     }
     /// What `session`'s process gets of the target (its environment, its network, its
-    /// resolver), from one of the target's processes. The error says why there is none.
+    /// resolver), from one of the target's processes: `container`'s where the target
+    /// names one. The error says why there is none.
     fn context(
         self: Arc<Self>,
         session: SessionId,
+        container: Option<String>,
     ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
-        let _ = session;
+        let _ = (session, container);
         Box::pin(std::future::ready(Err(no_process(self.reference()))))
     }
 }
@@ -79,8 +81,9 @@ pub trait TargetCopy: Send + Sync {
     fn context(
         &self,
         session: SessionId,
+        container: Option<String>,
     ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
-        let _ = session;
+        let _ = (session, container);
         let why = format!("copy {} has no process the operator can reach", self.name());
         Box::pin(std::future::ready(Err(BackendError::Unavailable(why))))
     }

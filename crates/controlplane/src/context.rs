@@ -74,18 +74,21 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
     }
 }
 
-/// The context `req` asks for, from `copy` if the session has one, else from `target`.
+/// The context `req` asks for, from `copy` if the session has one, else from `target`;
+/// from `container` (the target's `/container/NAME`) where the target has several.
 /// What cannot be had is said in the reply (`unavailable`), not refused: the process then
 /// runs with its own environment and network, and the developer is told why.
 pub async fn grant(
     target: &Arc<dyn Target>,
     session: SessionId,
     copy: Option<&dyn TargetCopy>,
+    container: Option<&str>,
     req: &ContextRequest,
 ) -> (ContextReply, Option<SessionContext>) {
+    let container = container.map(str::to_owned);
     let found = match copy {
-        Some(c) => c.context(session).await,
-        None => Arc::clone(target).context(session).await,
+        Some(c) => c.context(session, container).await,
+        None => Arc::clone(target).context(session, container).await,
     };
     let ctx = match found {
         Ok(c) => c,

@@ -99,7 +99,16 @@ async fn pipeline(
     // From the process that serves the session: its copy, if it has one.
     let context = match req.context.is_empty() {
         true => None,
-        false => Some(context::grant(&valid.target, id, copy.as_deref(), &req.context).await),
+        false => Some(
+            context::grant(
+                &valid.target,
+                id,
+                copy.as_deref(),
+                req.target.container.as_deref(),
+                &req.context,
+            )
+            .await,
+        ),
     };
     let mut opened = commit(
         op,

@@ -156,7 +156,10 @@ impl Drop for Pending<'_> {
 
 /// The context of one of `target`'s pods (not a copy): one whose agent is linked if there
 /// is such a pod, else the first by name.
-pub async fn of_target(target: Arc<KubeTarget>) -> Result<Arc<KubeContext>, BackendError> {
+pub async fn of_target(
+    target: Arc<KubeTarget>,
+    container: Option<String>,
+) -> Result<Arc<KubeContext>, BackendError> {
     target
         .synced(target.ctx.ready_timeout)
         .await
@@ -174,28 +177,38 @@ pub async fn of_target(target: Arc<KubeTarget>) -> Result<Arc<KubeContext>, Back
             target.reference_string()
         )));
     };
-    open(target, uid, name).await
+    open(target, uid, name, container).await
 }
 
-/// The context of pod `name` (`uid`) of `target`, from its first container: once its
-/// agent (started now if the pod has none) is linked.
+/// The context of pod `name` (`uid`) of `target`, from `container` (the template's first
+/// when none is named, as mirrord does): once its agent (started now if the pod has none)
+/// is linked.
 pub async fn open(
     target: Arc<KubeTarget>,
     uid: String,
     name: String,
+    container: Option<String>,
 ) -> Result<Arc<KubeContext>, BackendError> {
-    let container = target
+    let containers = target
         .resolved
         .template
         .spec
         .as_ref()
-        .and_then(|s| s.containers.first())
-        .map(|c| c.name.clone())
-        .ok_or_else(|| {
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let container = match container {
+        Some(c) if containers.iter().any(|t| t.name == c) => c,
+        Some(c) => {
+            return Err(BackendError::Unavailable(format!(
+                "pod {name} has no container {c}"
+            )))
+        }
+        None => containers.first().map(|c| c.name.clone()).ok_or_else(|| {
             BackendError::Unavailable(format!(
                 "pod {name} has no container to take a context from"
             ))
-        })?;
+        })?,
+    };
     let using = ContextUse::new(&target, &uid);
     let deadline = Instant::now() + target.ctx.ready_timeout;
     while !target.ops.linked(&uid) {

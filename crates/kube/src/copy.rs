@@ -227,6 +227,7 @@ impl TargetCopy for KubeCopy {
     fn context(
         &self,
         session: SessionId,
+        container: Option<String>,
     ) -> futures::future::BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
         let _ = session;
         let (target, uid, name) = (
@@ -235,7 +236,7 @@ impl TargetCopy for KubeCopy {
             self.name.clone(),
         );
         Box::pin(async move {
-            let c = crate::context::open(target, uid, name).await?;
+            let c = crate::context::open(target, uid, name, container).await?;
             Ok(c as Arc<dyn TargetContext>)
         })
     }

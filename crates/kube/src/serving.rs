@@ -54,10 +54,11 @@ impl Target for KubeTarget {
     fn context(
         self: Arc<Self>,
         session: SessionId,
+        container: Option<String>,
     ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
         let _ = session;
         Box::pin(async move {
-            let c = crate::context::of_target(self).await?;
+            let c = crate::context::of_target(self, container).await?;
             Ok(c as Arc<dyn TargetContext>)
         })
     }

@@ -257,6 +257,8 @@ impl Target for LocalTarget {
     fn context(
         self: Arc<Self>,
         _session: SessionId,
+        // One machine's targets have no containers (`/container/` is refused on opening).
+        _container: Option<String>,
     ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
         let found = match &self.spec.command {
             None => Err(BackendError::Unavailable(format!(
@@ -364,6 +366,7 @@ impl TargetCopy for LocalCopy {
     fn context(
         &self,
         _session: SessionId,
+        _container: Option<String>,
     ) -> BoxFuture<'static, Result<Arc<dyn TargetContext>, BackendError>> {
         let pid = {
             let pool = self.target.pool.lock().expect("pool lock");
