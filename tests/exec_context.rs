@@ -270,6 +270,27 @@ async fn exec_runs_the_process_with_the_targets_environment_names_and_connection
         )
     });
     assert!(out.contains("env SECRET_DB_URL= REGION=eu-west"), "{out}");
+
+    // mirrord.json's feature.env.mapping gives the target's variables a value by name.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mirrord.json");
+    std::fs::write(
+        &config,
+        r#"{"feature": {"env": {"mapping": {"^REG.+": "mapped"}}}}"#,
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (_, out, err) = tokio::task::block_in_place(|| {
+        exec(
+            &f,
+            "alice",
+            &["--no-outgoing", "--no-remote-dns", "-f", &config],
+        )
+    });
+    assert!(
+        out.contains("env SECRET_DB_URL=postgres://db.internal:5432 REGION=mapped"),
+        "{out}\n{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,9 @@ pub struct ContextPlan {
     pub env_file: Option<PathBuf>,
     /// `feature.env.unset`: removed, whatever their case.
     pub unset: Vec<String>,
+    /// `feature.env.mapping`: (pattern over names, value), for the target's and the env
+    /// file's variables.
+    pub mapping: Vec<(String, String)>,
 }
 
 /// How the command chose the mode.
@@ -231,6 +234,7 @@ fn context(flags: &Flags, file: &FileConfig) -> Result<ContextPlan, Usage> {
         overrides: if env_on { env.overrides } else { Vec::new() },
         env_file: env.env_file.filter(|_| env_on),
         unset: env.unset,
+        mapping: if env_on { env.mapping } else { Vec::new() },
     })
 }
 

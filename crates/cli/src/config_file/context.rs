@@ -1,8 +1,9 @@
 //! `feature.env`, `feature.network.outgoing` and `feature.network.dns`: what `exec`'s
 //! process gets of the target besides its traffic, as mirrord reads these keys.
 //!
-//! - `env`: `true`/`false`, or `{"include", "exclude", "override", "env_file", "unset"}`;
-//!   `include`/`exclude` are globs (`*`, `?`), a list or one `;`-separated string.
+//! - `env`: `true`/`false`, or `{"include", "exclude", "override", "env_file", "unset",
+//!   "mapping"}`; `include`/`exclude` are globs (`*`, `?`), a list or one `;`-separated
+//!   string; `mapping`'s keys are regexes over names (mirrord's fancy-regex syntax).
 //! - `outgoing`: `true`/`false`, or `{"tcp", "udp", "filter": {"local"|"remote": [...]}}`.
 //! - `dns`: `true`/`false`, or `{"enabled", "filter": {"local"|"remote": [...]}}`.
 //!
@@ -23,6 +24,8 @@ pub struct EnvFile {
     pub overrides: Vec<(String, String)>,
     pub env_file: Option<PathBuf>,
     pub unset: Vec<String>,
+    /// `mapping`: (pattern over names, the value of every variable it matches).
+    pub mapping: Vec<(String, String)>,
 }
 
 /// `feature.network.outgoing`.
@@ -67,6 +70,15 @@ pub(super) fn env(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
             }
             "env_file" => e.env_file = Some(PathBuf::from(string(v, &key)?)),
             "unset" => e.unset = globs(v, &key)?,
+            "mapping" => {
+                for (pattern, value) in object(v, &key)? {
+                    let at = format!("{key}.{pattern}");
+                    if let Err(err) = fancy_regex::Regex::new(pattern) {
+                        return Err(problem(&at, format!("not a valid regex: {err}")));
+                    }
+                    e.mapping.push((pattern.clone(), string(value, &at)?));
+                }
+            }
             // Only how mirrord's IDE plugins load the variables: nothing to do here.
             "load_from_process" => {
                 boolean(v, &key)?;
@@ -222,6 +234,7 @@ mod tests {
         assert_eq!(e.overrides.len(), 2);
         assert_eq!(e.env_file, Some(PathBuf::from(".env.local")));
         assert_eq!(e.unset, ["AWS_PROFILE"]);
+        assert!(e.mapping.is_empty());
         let o = c.outgoing.unwrap();
         assert!(o.tcp && !o.udp);
         assert!(matches!(o.filter, Some(AddressFilter::Remote(r)) if r.len() == 3));
@@ -270,5 +283,30 @@ mod tests {
             let (k, why) = parse(&value).unwrap_err();
             assert_eq!(k, key, "{value}: {why}");
         }
+    }
+
+    #[test]
+    fn env_mapping_is_read_and_a_bad_pattern_is_named() {
+        let c = parse(&json!({"feature": {"env": {"mapping": {
+            ".+_TIMEOUT": "10000",
+            "LOG_.+_VERBOSITY": "debug"
+        }}}}))
+        .unwrap();
+        let mut m = c.env.unwrap().mapping;
+        m.sort();
+        assert_eq!(
+            m,
+            [
+                (".+_TIMEOUT".to_owned(), "10000".to_owned()),
+                ("LOG_.+_VERBOSITY".to_owned(), "debug".to_owned())
+            ]
+        );
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let (key, why) =
+            parse(&json!({"feature": {"env": {"mapping": {"(unclosed": "x"}}}})).unwrap_err();
+        assert_eq!(key, "feature.env.mapping.(unclosed", "{why}");
+        assert!(why.contains("regex"), "{why}");
+        let (key, _) = parse(&json!({"feature": {"env": {"mapping": {"A": 1}}}})).unwrap_err();
+        assert_eq!(key, "feature.env.mapping.A");
     }
 }
