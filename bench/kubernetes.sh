@@ -28,7 +28,7 @@ for run in 1 2 3; do
   kubectl -n $ns wait --for=condition=Ready pod -l app.kubernetes.io/instance=mirrord-operator --timeout=120s >/dev/null
   t1=$(now)
   sleep 3
-  pid=$(pgrep -f -- '--ca-dir=/etc/mirrord/ca' | head -1)
+  pid=$(pgrep -f -- 'mirrord-operator serve --config=/etc/mirrord/config/config.toml' | head -1)
   echo "run $run: helm install -> operator Ready $(secs "$t0" "$t1") s; idle RSS $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$pid/status)"
   scripts/helm uninstall mirrord-operator -n $ns --wait >/dev/null
   kubectl -n $ns wait --for=delete pod -l app.kubernetes.io/instance=mirrord-operator --timeout=60s >/dev/null 2>&1 || true
@@ -108,13 +108,12 @@ cargo build --quiet --release -p mirrordctl
 scripts/helm install mirrord-operator deploy/helm/mirrord-operator -n $ns --wait >/dev/null
 kubectl -n $ns wait --for=delete pod -l mirrord.dev/role=agent --timeout=60s >/dev/null 2>&1 || true
 tmp=$(mktemp -d)
-for f in ca.crt ca.key; do
-  kubectl -n $ns get secret mirrord-operator-ca -o "jsonpath={.data.${f/./\\.}}" | base64 -d > "$tmp/$f"
-done
 svc=$(kubectl -n $ns get svc mirrord-operator -o jsonpath='{.spec.clusterIP}')
 until (exec 3<>"/dev/tcp/$svc/8443") 2>/dev/null; do sleep 0.1; done
-target/release/mirrord-operator certs issue --state-dir "$tmp" --user bench --out "$tmp/creds" \
-  --operator-addr "$svc:8443" >/dev/null
+# Issued by the operator in its pod (README "Run it on Kubernetes"): its registry must list
+# a credential, and the CA key never leaves the pod.
+( umask 077; kubectl -n $ns exec deploy/mirrord-operator -- mirrord-operator certs issue \
+    --user bench --operator-addr "$svc:8443" --out - > "$tmp/creds" )
 target/release/mirrord-operator demo-server --bind 127.0.0.1 --port 18181 --name local >/dev/null 2>&1 &
 demo=$!
 sleep 0.5
