@@ -530,62 +530,6 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
         env.agents().is_empty().then_some(())
     });
     assert!(gone.is_some(), "agents left behind: {:?}", env.agents());
-
-    // The Deployment's ReplicaSet is a target of its own (the same pods, found by its
-    // selector): a filtered steal by its name. Scaling it down is refused, naming the
-    // Deployment that would scale it back up at once.
-    let rs = env
-        .k
-        .kubectl(&[
-            "-n",
-            &env.ns,
-            "get",
-            "replicasets",
-            "-l",
-            "app=web",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ])
-        .trim()
-        .to_owned();
-    let rs_target = format!("replicaset/{rs}");
-    let steal_rs = [
-        "steal",
-        "--target",
-        &rs_target,
-        "--namespace",
-        &env.ns,
-        "--port",
-        &to,
-        "--header",
-        "^x-user: alice$",
-    ];
-    let mut s = Session::start(&env.creds, &steal_rs)
-        .unwrap_or_else(|e| panic!("{rs_target}: {e}\n{}", env.k.diagnose(&env.ns)));
-    assert_eq!(
-        answers(env.web, 10, &alice),
-        BTreeSet::from(["local".to_owned()])
-    );
-    assert_eq!(answers(env.web, 20, &[]), pods);
-    s.stop();
-    assert!(
-        env.events("Port Stolen")
-            .iter()
-            .any(|e| e["fields"]["target_type"] == "replicaset"
-                && e["fields"]["target_name"] == rs.as_str()),
-        "{:?}",
-        env.events("Port Stolen")
-    );
-    let out = ctl(
-        &env.creds,
-        &[&steal_rs[..], &["--copy-target", "--scale-down"]].concat(),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("managed by deployment/web") && err.contains(&rs_target),
-        "{err}"
-    );
 }
 
 /// The agent process on this node serving pod `uid` (the node is this machine).

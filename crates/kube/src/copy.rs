@@ -10,7 +10,7 @@
 use crate::target::{KubeTarget, PodInfo};
 use crate::workload::{Kind, Resolved};
 use crate::{marks, Context};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::Api;
@@ -31,13 +31,6 @@ pub async fn make(
     if scale_down && r.kind == Kind::Pod {
         return Err(BackendError::CopyUnavailable(format!(
             "pod/{} has no replica count to scale down; copy it without --scale-down, or target its deployment",
-            r.name
-        )));
-    }
-    if let Some(owner) = r.controller.as_ref().filter(|_| scale_down) {
-        return Err(BackendError::CopyUnavailable(format!(
-            "{}/{} is managed by {owner}, which would scale it back up at once; use --scale-down with {owner} as the target",
-            kind_name(r.kind),
             r.name
         )));
     }
@@ -130,7 +123,6 @@ fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Deployment => "deployment",
         Kind::StatefulSet => "statefulset",
-        Kind::ReplicaSet => "replicaset",
         Kind::Pod => "pod",
     }
 }
@@ -139,7 +131,6 @@ fn workload_api(ctx: &Context, kind: Kind, namespace: &str) -> Option<Api<Dynami
     let ar = match kind {
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
         Kind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
-        Kind::ReplicaSet => ApiResource::erase::<ReplicaSet>(&()),
         Kind::Pod => return None,
     };
     Some(Api::namespaced_with(ctx.client.clone(), namespace, &ar))

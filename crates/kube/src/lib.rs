@@ -1,5 +1,5 @@
-//! The Kubernetes target backend: `deployment/NAME`, `statefulset/NAME`,
-//! `replicaset/NAME` and `pod/NAME` in a namespace, served by an agent in each target pod's network namespace.
+//! The Kubernetes target backend: `deployment/NAME`, `statefulset/NAME` and `pod/NAME` in a
+//! namespace, served by an agent in each target pod's network namespace.
 //!
 //! The operator stays the one owner of every port's routes (the same [`RouteTable`]s and
 //! port locks as on one machine); this crate carries them to where the traffic is:

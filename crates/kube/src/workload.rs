@@ -1,7 +1,7 @@
 //! From a target reference to what the backend needs of it: how to find its pods, the
 //! ports it declares, and the pod template a copy is made from.
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ListParams;
@@ -14,7 +14,6 @@ use mirrord_protocol::TargetRef;
 pub enum Kind {
     Deployment,
     StatefulSet,
-    ReplicaSet,
     Pod,
 }
 
@@ -23,7 +22,6 @@ impl Kind {
         match s.to_ascii_lowercase().as_str() {
             "deployment" | "deploy" | "deployments" => Some(Kind::Deployment),
             "statefulset" | "sts" | "statefulsets" => Some(Kind::StatefulSet),
-            "replicaset" | "rs" | "replicasets" => Some(Kind::ReplicaSet),
             "pod" | "pods" | "po" => Some(Kind::Pod),
             _ => None,
         }
@@ -44,9 +42,6 @@ pub struct Resolved {
     pub ports: Vec<u16>,
     /// What a copy is made from.
     pub template: PodTemplateSpec,
-    /// The object that manages this one (`deployment/web` for its ReplicaSet): scaling
-    /// this one down would be undone by it at once.
-    pub controller: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -71,24 +66,18 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
     let found = match kind {
         Kind::Deployment => get::<Deployment>(client, ns, &r.name).await.map(|d| {
             let spec = d.spec.unwrap_or_default();
-            (d.metadata.uid, Some(spec.selector), spec.template, None)
+            (d.metadata.uid, Some(spec.selector), spec.template)
         }),
         Kind::StatefulSet => get::<StatefulSet>(client, ns, &r.name).await.map(|s| {
             let spec = s.spec.unwrap_or_default();
-            (s.metadata.uid, Some(spec.selector), spec.template, None)
-        }),
-        Kind::ReplicaSet => get::<ReplicaSet>(client, ns, &r.name).await.map(|s| {
-            let controller = controller(&s.metadata);
-            let spec = s.spec.unwrap_or_default();
-            let template = spec.template.unwrap_or_default();
-            (s.metadata.uid, Some(spec.selector), template, controller)
+            (s.metadata.uid, Some(spec.selector), spec.template)
         }),
         Kind::Pod => get::<Pod>(client, ns, &r.name)
             .await
-            .map(|p| (p.metadata.uid.clone(), None, pod_template(p), None)),
+            .map(|p| (p.metadata.uid.clone(), None, pod_template(p))),
     };
     // Only a target that is not there costs the listing of what is.
-    let (uid, selector, template, controller) = match found {
+    let (uid, selector, template) = match found {
         Ok(f) => f,
         Err(e) if not_found(&e) => return Err(unknown(client, r).await),
         Err(e) => return Err(api_error(format!("read {r} in namespace {ns}"), e)),
@@ -121,17 +110,7 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
         pods,
         ports: declared_ports(template.spec.as_ref()),
         template,
-        controller,
     })
-}
-
-/// `kind/name` of the object that controls the one `meta` describes, if any.
-fn controller(meta: &kube::api::ObjectMeta) -> Option<String> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| format!("{}/{}", o.kind.to_ascii_lowercase(), o.name))
 }
 
 /// A kind of namespaced object the typed `Api` can read.
@@ -192,14 +171,6 @@ async fn unknown(client: &Client, r: &TargetRef) -> BackendError {
     let ns = &r.namespace;
     let mut known = names::<Deployment>(client, ns, "deployment", |_| true).await;
     known.extend(names::<StatefulSet>(client, ns, "statefulset", |_| true).await);
-    // A Deployment's ReplicaSets are targets too, but the Deployment already names their
-    // pods: only the ones nothing manages are listed.
-    known.extend(
-        names::<ReplicaSet>(client, ns, "replicaset", |s| {
-            controller(&s.metadata).is_none()
-        })
-        .await,
-    );
     // Pods of this operator are not targets.
     let not_ours = |p: &Pod| {
         !p.metadata
@@ -209,7 +180,7 @@ async fn unknown(client: &Client, r: &TargetRef) -> BackendError {
     };
     known.extend(names::<Pod>(client, ns, "pod", not_ours).await);
     let known = if known.is_empty() {
-        "none (target kinds: deployment, statefulset, replicaset, pod)".to_owned()
+        "none (target kinds: deployment, statefulset, pod)".to_owned()
     } else {
         known.join(", ")
     };
@@ -267,8 +238,6 @@ mod tests {
     fn kinds_accept_kubectl_spellings() {
         assert_eq!(Kind::parse("Deployment"), Some(Kind::Deployment));
         assert_eq!(Kind::parse("sts"), Some(Kind::StatefulSet));
-        assert_eq!(Kind::parse("ReplicaSet"), Some(Kind::ReplicaSet));
-        assert_eq!(Kind::parse("rs"), Some(Kind::ReplicaSet));
         assert_eq!(Kind::parse("po"), Some(Kind::Pod));
         assert_eq!(Kind::parse("rollout"), None);
     }
