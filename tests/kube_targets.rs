@@ -530,6 +530,34 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
         env.agents().is_empty().then_some(())
     });
     assert!(gone.is_some(), "agents left behind: {:?}", env.agents());
+
+    // Another name for one of these pods (`pod/NAME`) cannot start a second agent there
+    // while alice's session holds them (its redirect took her traffic, for good): that
+    // session ends at once, naming the Deployment, and alice's steal goes on.
+    let mut s = env.session(&["steal", "--port", &to, "--header", "^x-user: alice$"]);
+    let one = format!("pod/{}", pods.iter().next().unwrap());
+    let out = ctl(
+        &env.creds,
+        &[
+            "steal",
+            "--target",
+            &one,
+            "--namespace",
+            &env.ns,
+            "--port",
+            &to,
+            "--header",
+            "^x-user: bob$",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("open this session on deployment/web"), "{err}");
+    assert_eq!(
+        answers(env.web, 10, &alice),
+        BTreeSet::from(["local".to_owned()])
+    );
+    s.stop();
 }
 
 /// The agent process on this node serving pod `uid` (the node is this machine).

@@ -10,6 +10,53 @@ use std::time::Instant;
 #[derive(Default)]
 pub struct Agents(pub(crate) Mutex<HashMap<String, Agent>>);
 
+/// Which target keeps the agent of each pod, across targets: a pod has one agent, and two
+/// target names that reach the same pod (`pod/web-7d9c` and `deployment/web`) must not
+/// each start one (the second agent's redirect would take the first one's traffic).
+#[derive(Default)]
+pub struct PodClaims(Mutex<HashMap<String, String>>);
+
+impl PodClaims {
+    /// Claims pod `uid` for `target`; the other target's name if it has the pod.
+    pub(crate) fn claim(&self, uid: &str, target: &str) -> Result<(), String> {
+        let mut claims = self.0.lock().expect("claims");
+        match claims.get(uid) {
+            Some(owner) if owner != target => Err(owner.clone()),
+            _ => {
+                claims.insert(uid.to_owned(), target.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    /// `target` no longer keeps an agent on pod `uid`.
+    pub(crate) fn release(&self, uid: &str, target: &str) {
+        let mut claims = self.0.lock().expect("claims");
+        if claims.get(uid).is_some_and(|owner| owner == target) {
+            claims.remove(uid);
+        }
+    }
+
+    /// The target that keeps pod `uid`'s agent, if any.
+    pub(crate) fn owner(&self, uid: &str) -> Option<String> {
+        self.0.lock().expect("claims").get(uid).cloned()
+    }
+
+    /// Everything `target` kept (it is gone).
+    pub(crate) fn release_all(&self, target: &str) {
+        self.0
+            .lock()
+            .expect("claims")
+            .retain(|_, owner| owner != target);
+    }
+
+    /// The target other than `target` that keeps pod `uid`'s agent, if any.
+    pub(crate) fn other(&self, uid: &str, target: &str) -> Option<String> {
+        let claims = self.0.lock().expect("claims");
+        claims.get(uid).filter(|owner| *owner != target).cloned()
+    }
+}
+
 /// The agent of one target pod.
 pub(crate) struct Agent {
     /// The agent's own pod.
@@ -109,5 +156,38 @@ impl Agents {
 
     pub(crate) fn applied_version(&self, uid: &str) -> Option<u64> {
         self.0.lock().expect("agents").get(uid).map(|a| a.applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_is_kept_by_one_target_name_at_a_time() {
+        let c = PodClaims::default();
+        assert_eq!(c.claim("uid-1", "deployment/web"), Ok(()));
+        assert_eq!(
+            c.claim("uid-1", "deployment/web"),
+            Ok(()),
+            "again: still its own"
+        );
+        assert_eq!(c.claim("uid-1", "pod/web-1"), Err("deployment/web".into()));
+        assert_eq!(
+            c.other("uid-1", "pod/web-1").as_deref(),
+            Some("deployment/web")
+        );
+        assert_eq!(c.other("uid-1", "deployment/web"), None);
+        c.release("uid-1", "pod/web-1");
+        assert_eq!(
+            c.owner("uid-1").as_deref(),
+            Some("deployment/web"),
+            "only the keeper releases"
+        );
+        c.release("uid-1", "deployment/web");
+        assert_eq!(c.claim("uid-1", "pod/web-1"), Ok(()));
+        c.claim("uid-2", "pod/web-1").unwrap();
+        c.release_all("pod/web-1");
+        assert_eq!((c.owner("uid-1"), c.owner("uid-2")), (None, None));
     }
 }

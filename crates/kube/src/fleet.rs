@@ -59,6 +59,7 @@ async fn reconcile(t: &Arc<KubeTarget>) {
     let mut delete = Vec::new();
     let mut lost_on = Vec::new();
     let mut back_on = Vec::new();
+    let me = t.reference_string();
     {
         let mut agents = t.agents.0.lock().expect("agents");
         agents.retain(|uid, a| {
@@ -78,6 +79,7 @@ async fn reconcile(t: &Arc<KubeTarget>) {
                     tracing::error!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %a.pod, "agent did not connect in time; replacing it");
                 }
                 delete.push(a.pod.clone());
+                t.ctx.claims.release(uid, &me);
                 return false;
             }
             if wanted.contains_key(uid) {
@@ -91,12 +93,19 @@ async fn reconcile(t: &Arc<KubeTarget>) {
             let idle = *a.idle_since.get_or_insert(now);
             if idle.elapsed() >= t.ctx.linger {
                 delete.push(a.pod.clone());
+                t.ctx.claims.release(uid, &me);
                 return false;
             }
             true
         });
         for (uid, pod) in &wanted {
             if !agents.contains_key(uid) {
+                // Another target name reaches this pod and keeps its agent: a second one
+                // would take its traffic. `settled` refuses the session that wanted it.
+                if let Err(other) = t.ctx.claims.claim(uid, &me) {
+                    tracing::debug!(target: "mirrord_kube", target_ref = %me, pod = %pod.name, keeps = %other, "pod's agent kept by another target");
+                    continue;
+                }
                 let name = agent_name(uid);
                 agents.insert(
                     uid.clone(),
@@ -151,6 +160,7 @@ async fn reconcile(t: &Arc<KubeTarget>) {
             Err(e) => {
                 tracing::error!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %name, error = %e, "cannot create agent pod");
                 t.agents.0.lock().expect("agents").remove(&uid);
+                t.ctx.claims.release(&uid, &me);
             }
         }
     }
@@ -192,6 +202,15 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
         if pending.is_empty() {
             tracing::debug!(target: "mirrord_kube", target_ref = %t.reference_string(), version, pods = t.pods().len(), "routes in force on every pod");
             return Ok(());
+        }
+        let me = t.reference_string();
+        if let Some((pod, other)) = pending
+            .iter()
+            .find_map(|(uid, p)| Some((&p.name, t.ctx.claims.other(uid, &me)?)))
+        {
+            return Err(format!(
+                "pod {pod} is also reached as {other}, whose agent serves it for other sessions (until a few seconds after they end): a pod is reached through one target name at a time, so open this session on {other}"
+            ));
         }
         if Instant::now() >= deadline {
             let mut why = Vec::new();

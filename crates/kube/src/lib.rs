@@ -113,6 +113,8 @@ pub struct Context {
     /// The operator's lifecycle: clean-ups (a copy's deletion, a workload's restore) run as
     /// its tasks, so stopping waits for them.
     pub shutdown: Shutdown,
+    /// Which target keeps each pod's agent.
+    pub claims: agents::PodClaims,
 }
 
 /// The targets resolved so far, shared with the gateway.
@@ -124,9 +126,17 @@ impl Targets {
         self.0.lock().expect("targets").values().cloned().collect()
     }
 
-    /// The target one of whose pods (original or copy) has `uid`.
+    /// The target one of whose pods (original or copy) has `uid`: the one that keeps its
+    /// agent when several target names reach the pod.
     pub fn by_pod(&self, uid: &str) -> Option<Arc<KubeTarget>> {
-        self.all().into_iter().find(|t| t.has_pod(uid))
+        let all = self.all();
+        let keeps = all.iter().find(|t| {
+            t.has_pod(uid)
+                && t.ctx.claims.owner(uid).as_deref() == Some(t.reference_string().as_str())
+        });
+        keeps
+            .or_else(|| all.iter().find(|t| t.has_pod(uid)))
+            .cloned()
     }
 }
 
@@ -170,6 +180,7 @@ impl KubeBackend {
             agent_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "mirrord=info".into()),
             owners,
             shutdown: shutdown.clone(),
+            claims: agents::PodClaims::default(),
         });
         reconcile::on_start(&ctx).await;
         let gateway_address = match &cfg.gateway_address {

@@ -69,6 +69,13 @@ pub struct KubeTarget {
     synced: watch::Sender<bool>,
 }
 
+impl Drop for KubeTarget {
+    fn drop(&mut self) {
+        // Whatever pods it kept the agents of are free for another target name.
+        self.ctx.claims.release_all(&self.reference.to_string());
+    }
+}
+
 impl KubeTarget {
     /// A target nobody follows yet: [`crate::serving::start`] starts its pod watch and fleet.
     pub(crate) fn new(reference: TargetRef, resolved: Resolved, ctx: Arc<Context>) -> Arc<Self> {
