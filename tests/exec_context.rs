@@ -110,9 +110,11 @@ async fn fixture_with_target() -> Option<Fixture> {
     let probe = dir.path().join("probe.py");
     std::fs::write(&probe, PROBE).unwrap();
     // The replica's process is the one in the namespace (the shell execs into it); the
-    // server that answers the target's own traffic starts after that, beside it.
+    // server that answers the target's own traffic starts after that, beside it, and dies
+    // with it (`setpriv --pdeathsig`): the operator's own parent-death signal reaches only
+    // the replica's leader, and a server left behind held the test's inherited fds.
     let command = format!(
-        "(sleep 1; exec python3 {} {{port}} api) & exec ip netns exec {} env SECRET_DB_URL=postgres://db.internal:5432 REGION=eu-west sleep 600",
+        "(sleep 1; exec setpriv --pdeathsig KILL python3 {} {{port}} api) & exec ip netns exec {} env SECRET_DB_URL=postgres://db.internal:5432 REGION=eu-west sleep 600",
         fixture("replica.py").display(),
         ns.name
     );

@@ -236,6 +236,15 @@ fn the_chart_installs_upgrades_and_uninstalls_a_hardened_operator() {
         "-o",
         "jsonpath={.data}",
     ]);
+    // Issued right before the upgrade, within the registry's 1 s save interval: the old
+    // pod saves it to the Secret as it stops (it used to be lost with its emptyDir).
+    let late = k.issue_credentials(
+        (ns, RELEASE),
+        tmp.path(),
+        "bob",
+        &[],
+        &format!("{service}:8443"),
+    );
     k.helm(&[
         "upgrade",
         RELEASE,
@@ -273,6 +282,7 @@ fn the_chart_installs_upgrades_and_uninstalls_a_hardened_operator() {
     ]);
     assert_eq!(ca_before, ca_after, "the CA survives upgrades");
     assert!(status_with(&creds).contains("Sessions:"));
+    assert!(status_with(&late).contains("Sessions:"));
 
     // helm uninstall leaves nothing of ours.
     k.helm(&["uninstall", RELEASE, "-n", ns, "--wait"]);

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// What is kept: the registry and its revocation list.
 const FILES: [&str; 2] = [REGISTRY_FILE, CRL_FILE];
@@ -63,15 +64,32 @@ impl RegistrySecret {
         Ok(restored)
     }
 
-    /// Copies the files into the Secret whenever they change, every `every`, for as long
-    /// as the operator runs.
-    pub async fn keep(self, every: Duration) {
+    /// Copies the files into the Secret whenever they change, every `every`, until `stop`;
+    /// then once more if they changed since, so a credential issued just before a rolling
+    /// upgrade is not lost with the old pod's `emptyDir`.
+    pub async fn keep(self, every: Duration, stop: CancellationToken) {
         let mut last = self.stamps();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.cancelled() => true,
+            };
             let now = self.stamps();
+            if stopping {
+                if now != last {
+                    match self.save().await {
+                        Ok(()) => {
+                            tracing::info!(target: "mirrord_kube", secret = %self.name, "the registry of issued credentials was saved to its Secret before stopping")
+                        }
+                        Err(e) => {
+                            tracing::error!(target: "mirrord_kube", secret = %self.name, error = %e, "cannot save the registry of issued credentials before stopping; what changed since the last save is lost")
+                        }
+                    }
+                }
+                return;
+            }
             if now == last {
                 continue;
             }

@@ -171,7 +171,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let tls = ApiTls::load(server_tls, &args.state_dir)?;
         if let Some(secret) = registry_secret {
-            shutdown.spawn_until_cancelled(secret.keep(Duration::from_secs(1)));
+            // Tracked, not cancelled: its last save is part of stopping.
+            shutdown.spawn(secret.keep(Duration::from_secs(1), shutdown.token()));
         }
         let mut telemetry = Telemetry::new(config.sessions.metrics_grace).with_otel(otel);
         if console_addr.is_some() {
