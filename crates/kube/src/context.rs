@@ -180,34 +180,28 @@ pub async fn of_target(
     open(target, uid, name, container).await
 }
 
-/// The context of pod `name` (`uid`) of `target`, from `container` (the template's first
-/// when none is named, as mirrord does): once its agent (started now if the pod has none)
-/// is linked.
+/// The context of pod `name` (`uid`) of `target`, from `container` (checked against the
+/// template when the target was resolved; the template's first when none is named, as
+/// mirrord does): once its agent (started now if the pod has none) is linked.
 pub async fn open(
     target: Arc<KubeTarget>,
     uid: String,
     name: String,
     container: Option<String>,
 ) -> Result<Arc<KubeContext>, BackendError> {
-    let containers = target
-        .resolved
-        .template
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default();
+    let first = || {
+        let spec = target.resolved.template.spec.as_ref();
+        spec.and_then(|s| s.containers.first())
+            .map(|c| c.name.clone())
+            .ok_or_else(|| {
+                BackendError::Unavailable(format!(
+                    "pod {name} has no container to take a context from"
+                ))
+            })
+    };
     let container = match container {
-        Some(c) if containers.iter().any(|t| t.name == c) => c,
-        Some(c) => {
-            return Err(BackendError::Unavailable(format!(
-                "pod {name} has no container {c}"
-            )))
-        }
-        None => containers.first().map(|c| c.name.clone()).ok_or_else(|| {
-            BackendError::Unavailable(format!(
-                "pod {name} has no container to take a context from"
-            ))
-        })?,
+        Some(c) => c,
+        None => first()?,
     };
     let using = ContextUse::new(&target, &uid);
     let deadline = Instant::now() + target.ctx.ready_timeout;

@@ -194,6 +194,7 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
     let version = t.publish().version;
     t.changed.notify_one();
     let deadline = Instant::now() + t.ctx.ready_timeout;
+    let me = t.reference_string();
     loop {
         let pending: Vec<(String, PodInfo)> = wanted(t, &t.publish())
             .into_iter()
@@ -203,7 +204,6 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
             tracing::debug!(target: "mirrord_kube", target_ref = %t.reference_string(), version, pods = t.pods().len(), "routes in force on every pod");
             return Ok(());
         }
-        let me = t.reference_string();
         if let Some((pod, other)) = pending
             .iter()
             .find_map(|(uid, p)| Some((&p.name, t.ctx.claims.other(uid, &me)?)))

@@ -77,31 +77,23 @@ impl RegistrySecret {
                 _ = stop.cancelled() => true,
             };
             let now = self.stamps();
-            if stopping {
-                if now != last {
-                    match self.save().await {
-                        Ok(()) => {
-                            tracing::info!(target: "mirrord_kube", secret = %self.name, "the registry of issued credentials was saved to its Secret before stopping")
-                        }
-                        Err(e) => {
-                            tracing::error!(target: "mirrord_kube", secret = %self.name, error = %e, "cannot save the registry of issued credentials before stopping; what changed since the last save is lost")
-                        }
+            if now != last {
+                match self.save().await {
+                    Ok(()) => {
+                        last = now;
+                        tracing::info!(target: "mirrord_kube", secret = %self.name, "the registry of issued credentials was saved to its Secret");
+                    }
+                    Err(e) if stopping => {
+                        tracing::error!(target: "mirrord_kube", secret = %self.name, error = %e, "cannot save the registry of issued credentials before stopping; what changed since the last save is lost")
+                    }
+                    // Tried again at the next tick: the files are still there.
+                    Err(e) => {
+                        tracing::warn!(target: "mirrord_kube", secret = %self.name, error = %e, "cannot save the registry of issued credentials; retrying")
                     }
                 }
+            }
+            if stopping {
                 return;
-            }
-            if now == last {
-                continue;
-            }
-            match self.save().await {
-                Ok(()) => {
-                    last = now;
-                    tracing::info!(target: "mirrord_kube", secret = %self.name, "the registry of issued credentials was saved to its Secret");
-                }
-                // Tried again at the next tick: the files are still there.
-                Err(e) => {
-                    tracing::warn!(target: "mirrord_kube", secret = %self.name, error = %e, "cannot save the registry of issued credentials; retrying")
-                }
             }
         }
     }
