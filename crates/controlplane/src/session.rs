@@ -23,7 +23,7 @@ use mirrord_tunnel::demux::Demux;
 use mirrord_tunnel::pump::{conn_channel, relay, ConnFrames, ConnInbox};
 use mirrord_tunnel::shared_tcp::DirectWriter;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 // The runtime's clock: the same as std's in production, and driven by paused time in tests.
@@ -67,6 +67,9 @@ struct Actor {
     cancel: CancellationToken,
     tracker: TaskTracker,
     reason: OnceLock<String>,
+    /// Set once the session's routes are gone: a stolen request that reaches it from now
+    /// on was routed just before, and goes to the target instead.
+    leaving: AtomicBool,
     /// Milliseconds after `epoch` when the client was last heard from.
     last_seen: AtomicU64,
     epoch: Instant,
@@ -107,6 +110,7 @@ pub async fn run(op: Arc<Operator>, opened: Opened, inbound: impl Inbound, out: 
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
         reason: OnceLock::new(),
+        leaving: AtomicBool::new(false),
         last_seen: AtomicU64::new(0),
         epoch: Instant::now(),
         demux: Mutex::default(),
@@ -251,6 +255,7 @@ impl Actor {
     /// Its routes are gone already; stolen requests it still owes answers to get them
     /// first (up to [`DRAIN`]).
     async fn say_last(&self, reason: String) {
+        self.leaving.store(true, Ordering::Relaxed);
         self.drain().await;
         let msg = ServerMessage::SessionEnded {
             reason: reason.clone(),
@@ -307,6 +312,7 @@ impl Actor {
             if let ClientMessage::EndSession = msg {
                 // The routes go now; the watchdog lets answers in flight finish, then
                 // says goodbye. This reader keeps carrying them meanwhile.
+                self.leaving.store(true, Ordering::Relaxed);
                 self.op
                     .sessions
                     .end(self.entry.id, "client ended the session");
@@ -556,7 +562,7 @@ impl Actor {
     async fn forward(self: Arc<Self>, mut handoffs: HandoffRx) {
         loop {
             let h = tokio::select! {
-                _ = self.cancel.cancelled() => return,
+                _ = self.cancel.cancelled() => return give_back(handoffs.close()),
                 h = handoffs.recv() => match h { Some(h) => h, None => return },
             };
             let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -607,6 +613,11 @@ impl Actor {
                 if self.out.try_send(Box::new(msg)).is_ok() {
                     self.copy_mirror(conn, rx);
                 }
+            }
+            Handoff::StolenRequest { body, respond, .. }
+                if self.leaving.load(Ordering::Relaxed) =>
+            {
+                let _ = respond.send(StolenResponse::GivenBack(body));
             }
             Handoff::StolenRequest {
                 port,
@@ -760,6 +771,16 @@ impl Actor {
     }
 }
 
+/// What the session was handed and never took: stolen requests go to the target (nobody
+/// saw them); anything else is dropped, as the session's end would drop it.
+fn give_back(left: Vec<Handoff>) {
+    for h in left {
+        if let Handoff::StolenRequest { body, respond, .. } = h {
+            let _ = respond.send(StolenResponse::GivenBack(body));
+        }
+    }
+}
+
 async fn expiry(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match deadline {
         Some(d) => d.as_mut().await,
@@ -825,6 +846,94 @@ mod tests {
         );
         assert!(routes.load().is_empty(), "the port was not given back");
         assert!(op.sessions.get(id).is_none());
+    }
+
+    fn stolen_get(path: &str) -> (Handoff, oneshot::Receiver<StolenResponse>) {
+        let (respond, answer) = oneshot::channel();
+        let head = mirrord_protocol::HttpRequestHead {
+            method: "GET".into(),
+            uri: path.into(),
+            version: mirrord_protocol::HttpVersion::Http11,
+            headers: Vec::new(),
+        };
+        let h = Handoff::StolenRequest {
+            port: 80,
+            head: Box::new(head),
+            body: mirrord_tunnel::body::receive(bytes::Bytes::new(), true).0,
+            respond,
+        };
+        (h, answer)
+    }
+
+    /// A request routed to a session just before its client ended it reaches the session
+    /// after its routes are gone: it goes to the target (given back), never to a client
+    /// that is leaving (which answered such a request 502 "session ended" under load).
+    /// The request the client already had is still answered.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_routed_as_the_client_leaves_goes_to_the_target() {
+        let (op, api) = operator(SessionConfig::default(), Limits::default());
+        let opened = crate::open::open(
+            &op,
+            request(&[(80, PortMode::Steal, None)]),
+            client("alice"),
+        )
+        .await
+        .unwrap();
+        let routes = api.routes(80).unwrap();
+        // What a request that looked up the routes before they changed still holds.
+        let sub = routes.load().unfiltered_steal.clone().unwrap();
+        let (out, mut to_client) = mpsc::channel(64);
+        let (from_client, inbound) =
+            futures::channel::mpsc::unbounded::<Result<ClientMessage, FrameError>>();
+        let session = tokio::spawn(run(Arc::clone(&op), opened, inbound, out));
+
+        let (first, first_answer) = stolen_get("/first");
+        sub.tx.send(first).await.ok().expect("the session is open");
+        let req = loop {
+            match *to_client.recv().await.expect("a frame") {
+                ServerMessage::HttpRequest { req, .. } => break req,
+                _ => continue,
+            }
+        };
+        from_client
+            .unbounded_send(Ok(ClientMessage::EndSession))
+            .unwrap();
+        while !routes.load().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        let (late, late_answer) = stolen_get("/late");
+        sub.tx.send(late).await.ok().expect("still draining");
+        let given = tokio::time::timeout(Duration::from_secs(1), late_answer).await;
+        assert!(
+            matches!(given, Ok(Ok(StolenResponse::GivenBack(_)))),
+            "the late request was not given back to the target"
+        );
+
+        let head = mirrord_protocol::HttpResponseHead {
+            status: 200,
+            headers: Vec::new(),
+        };
+        from_client
+            .unbounded_send(Ok(ClientMessage::HttpResponse {
+                req,
+                head,
+                body: bytes::Bytes::from_static(b"dev"),
+                end: true,
+            }))
+            .unwrap();
+        let first = first_answer.await.expect("answered");
+        assert!(
+            matches!(first, StolenResponse::Response { .. }),
+            "the request the client had was not answered"
+        );
+        while let Some(m) = to_client.recv().await {
+            if let ServerMessage::HttpRequest { head, .. } = *m {
+                panic!("a leaving client was handed {}", head.uri);
+            }
+        }
+        drop(from_client);
+        session.await.unwrap();
     }
 
     /// The maximum session time ends a session that is otherwise healthy.

@@ -62,4 +62,8 @@ pub enum StolenResponse {
         upgraded: Option<DuplexStream>,
     },
     Failed(String),
+    /// The session was leaving when the request reached it (its routes were already
+    /// gone; the request had been routed just before): the developer never saw it, so the
+    /// target gets it, body and all, as if no steal had been there.
+    GivenBack(Body),
 }

@@ -283,9 +283,16 @@ async fn hand_off(
         };
         return upstream.forward(Request::from_parts(parts, body)).await;
     }
-    stealer.counters.requests.inc();
     let wait = ctx.settings.response_timeout;
-    match tokio::time::timeout(wait, rx).await {
+    let said = match tokio::time::timeout(wait, rx).await {
+        // Not stolen after all, nor counted as such.
+        Ok(Ok(StolenResponse::GivenBack(body))) => {
+            return upstream.forward(Request::from_parts(parts, body)).await
+        }
+        other => other,
+    };
+    stealer.counters.requests.inc();
+    match said {
         Ok(Ok(StolenResponse::Response {
             head,
             body,
@@ -321,7 +328,7 @@ async fn hand_off(
             format!("mirrord: the developer's local process did not answer: {reason}\n"),
             "the developer's local process did not answer",
         ),
-        Ok(Err(_)) => operator_answer(
+        Ok(Ok(StolenResponse::GivenBack(_))) | Ok(Err(_)) => operator_answer(
             StatusCode::BAD_GATEWAY,
             "mirrord: the session ended before answering this request\n".into(),
             "the session ended before answering",

@@ -307,7 +307,9 @@ async fn stolen_request(
             .body(body)
             .expect("valid response")),
         Ok(StolenResponse::Failed(why)) => Err(GatewayError::Failed(why)),
-        Err(_) => Err(GatewayError::SessionGone),
+        // Its body came over the agent's link and cannot go back: the agent answers it as
+        // a request of a session that is gone.
+        Ok(StolenResponse::GivenBack(_)) | Err(_) => Err(GatewayError::SessionGone),
     }
 }
 
