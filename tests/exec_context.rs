@@ -1,5 +1,5 @@
 //! `mirrordctl exec` runs its process in the target's context: the target's environment,
-//! its name resolution, and its outgoing TCP connections, through the preload layer.
+//! its name resolution, and its outgoing TCP connections and UDP flows, through the preload layer.
 //!
 //! The target's replica runs in its own network namespace (`ip netns exec`), with its own
 //! `/etc/hosts`, as a pod does: a name only the target resolves, and connections whose
@@ -59,6 +59,22 @@ async fn peer_server(at: IpAddr) -> (SocketAddr, Arc<Mutex<Vec<IpAddr>>>) {
         }
     });
     (addr, seen)
+}
+
+/// A UDP server on the host that answers each datagram with its bytes and the address it
+/// came from.
+async fn udp_echo(at: IpAddr) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind((at, 0)).await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65_536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let mut answer = buf[..n].to_vec();
+            answer.extend_from_slice(format!(" from={}", from.ip()).as_bytes());
+            let _ = sock.send_to(&answer, from).await;
+        }
+    });
+    addr
 }
 
 const PROBE: &str = r#"
@@ -184,7 +200,8 @@ async fn exec_runs_the_process_with_the_targets_environment_names_and_connection
     let (code, out, err) = tokio::task::block_in_place(|| exec(&f, "alice", &[]));
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(
-        out.contains("context: environment (") && out.contains("outgoing TCP, DNS of replica api"),
+        out.contains("context: environment (")
+            && out.contains("outgoing TCP and UDP, DNS of replica api"),
         "{out}"
     );
     // The environment is the target's, in the process and in what it starts.
@@ -249,6 +266,47 @@ async fn exec_runs_the_process_with_the_targets_environment_names_and_connection
     );
     assert!(
         stdout.contains(&format!("bulk {}", 48 << 20)),
+        "{stdout}\n{stderr}"
+    );
+
+    // A connected UDP socket's datagrams leave from the target (the server sees its
+    // address), keep their boundaries, and come back from the address the process
+    // connected to (recvfrom, getpeername); `"udp": false` keeps them on this machine.
+    let echo = udp_echo(IpAddr::V4(host)).await;
+    let udp = |config: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["exec", "-t", "deployment/api"];
+        let file = dir.path().join("mirrord.json");
+        let file = file.display().to_string();
+        if let Some(c) = config {
+            std::fs::write(&file, c).unwrap();
+            args.extend(["-f", &file]);
+        }
+        let port = echo.port().to_string();
+        let probe = fixture("udp_probe.py").display().to_string();
+        args.extend(["--", "python3", &probe, "db.only-in-target", &port]);
+        let out = ctl(&creds, &args);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (stdout, stderr) = tokio::task::block_in_place(|| udp(None));
+    assert!(stdout.contains("outgoing TCP and UDP"), "{stdout}");
+    for len in [4, 0, 60000] {
+        let want = format!(
+            "udp {len} {len} from={target} source {host} {} peer {host}",
+            echo.port()
+        );
+        assert!(stdout.contains(&want), "{want}:\n{stdout}\n{stderr}");
+    }
+    let (stdout, stderr) = tokio::task::block_in_place(|| {
+        udp(Some(
+            r#"{"feature": {"network": {"outgoing": {"udp": false}}}}"#,
+        ))
+    });
+    assert!(
+        stdout.contains(&format!("udp 4 4 from={host} source {host}")),
         "{stdout}\n{stderr}"
     );
 

@@ -1,6 +1,6 @@
 //! `mirrordctl exec` in a Kubernetes target's context (issue 27): the process gets the
 //! environment of the target container's process, names as the pod resolves them, and
-//! TCP connections that leave from the pod, through the target pod's agent.
+//! TCP connections and UDP flows that leave from the pod, through the target pod's agent.
 //!
 //! The target (`deployment/api`) has a variable only a Secret-backed `envFrom` gives it, a
 //! name only its `/etc/hosts` knows (`hostAliases`; the dev cluster has no cluster DNS),
@@ -11,7 +11,7 @@
 //! copy of the target (`--copy-target`) the context is the copy pod's.
 
 use mirrord_e2e::kube::{repo, Cluster};
-use mirrord_e2e::{bin, kube_ctl_command, wait_for};
+use mirrord_e2e::{bin, fixture, kube_ctl_command, wait_for};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -450,6 +450,41 @@ fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() 
         String::from_utf8_lossy(&out.stdout).contains(&format!("sidecar= secret={SECRET_VALUE}\n")),
         "{all}"
     );
+
+    // A connected UDP socket's datagrams leave from the pod: a UDP server at the node's
+    // address sees the pod's, while the process sees the server's as the source of the
+    // answers and as its peer; the boundaries of an empty and a 60,000-byte datagram hold.
+    let echo = std::net::UdpSocket::bind((node_seen, 0)).unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0; 65_536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let mut answer = buf[..n].to_vec();
+            answer.extend_from_slice(format!(" from={}", from.ip()).as_bytes());
+            let _ = echo.send_to(&answer, from);
+        }
+    });
+    let udp_probe = fixture("udp_probe.py");
+    let out = env.exec(
+        &alice,
+        &[],
+        &format!(
+            "python3 {} {node_seen} {}",
+            udp_probe.display(),
+            echo_addr.port()
+        ),
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    for len in [4, 0, 60000] {
+        let want = format!(
+            "udp {len} {len} from={} source {node_seen} {} peer {node_seen}",
+            env.api_ip,
+            echo_addr.port()
+        );
+        assert!(stdout.contains(&want), "{want}: {all}");
+    }
 
     // On a copy of the target, the context is the copy's: the same environment and names
     // (from the same pod template), connections from the copy's own address.

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use mirrord_context::{ConnectError, DnsError, Netns};
 use mirrord_protocol::agent::{ContextOp, ContextOpKind, ContextOpReply};
 use mirrord_protocol::{ConnectFailure, DnsFailure, Family, Resolution};
+use mirrord_tunnel::datagrams;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -38,11 +39,11 @@ impl Context {
         netns::container_process(&self.proc_dir, &self.pod_uid, container_id)
     }
 
-    /// Does one operation; a successful connect comes back as the stream.
+    /// Does one operation; a successful connect comes back as the stream to tunnel.
     async fn perform(
         &self,
         op: &ContextOp,
-    ) -> Result<(tokio::net::TcpStream, std::net::SocketAddr), ContextOpReply> {
+    ) -> Result<(Opened, std::net::SocketAddr), ContextOpReply> {
         match &op.kind {
             ContextOpKind::Env(select) => {
                 let pid = self
@@ -104,10 +105,30 @@ impl Context {
                         message: e.to_string(),
                     })
                 })?;
-                Ok((stream, local))
+                Ok((Opened::Tcp(stream), local))
+            }
+            ContextOpKind::ConnectUdp { remote } => {
+                let failed = |e: mirrord_context::ConnectError| {
+                    ContextOpReply::ConnectFailed(connect_failure(e))
+                };
+                let sock = self.netns.connect_udp(*remote).await.map_err(failed)?;
+                let local = sock.local_addr().map_err(|e| {
+                    ContextOpReply::ConnectFailed(ConnectFailure {
+                        errno: e.raw_os_error().unwrap_or(0),
+                        message: e.to_string(),
+                    })
+                })?;
+                let flow = datagrams::carry(sock, datagrams::Peer::Connected);
+                Ok((Opened::Udp(flow), local))
             }
         }
     }
+}
+
+/// What a successful connect opened: the tunnel carries its bytes, or its datagrams framed.
+enum Opened {
+    Tcp(tokio::net::TcpStream),
+    Udp(tokio::io::DuplexStream),
 }
 
 /// Serves the operator's context operations on `link` until its stream ends. An operator
@@ -139,12 +160,14 @@ pub async fn serve(link: Arc<Link>, ctx: Arc<Context>) {
 async fn answer(link: &Link, ctx: &Context, op: ContextOp) {
     match ctx.perform(&op).await {
         Err(reply) => link.context_reply(op.op, &reply).await,
-        Ok((stream, local)) => match link.outgoing(op.op, local).await {
+        Ok((opened, local)) => match link.outgoing(op.op, local).await {
             Ok(up) => {
                 tracing::debug!(target: "mirrord_agent", op = op.op, remote = ?op.kind, "outgoing connection made");
                 let mut up = TokioIo::new(up);
-                let mut stream = stream;
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+                let _ = match opened {
+                    Opened::Tcp(mut s) => tokio::io::copy_bidirectional(&mut s, &mut up).await,
+                    Opened::Udp(mut s) => tokio::io::copy_bidirectional(&mut s, &mut up).await,
+                };
             }
             Err(e) => {
                 tracing::warn!(target: "mirrord_agent", op = op.op, error = %e, "outgoing connection not delivered")

@@ -212,7 +212,7 @@ pub struct SessionArgs {
 }
 
 /// What `exec`'s process gets of the target besides traffic: by default, as with mirrord,
-/// its environment, its outgoing TCP connections and its name resolution (the config
+/// its environment, its outgoing TCP connections and UDP flows and its name resolution (the config
 /// file's `feature.env` and `feature.network` narrow it; these narrow it further).
 #[derive(Args, Clone, Default)]
 pub struct ContextArgs {

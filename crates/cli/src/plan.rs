@@ -227,7 +227,7 @@ fn context(flags: &Flags, file: &FileConfig) -> Result<ContextPlan, Usage> {
     Ok(ContextPlan {
         request: ContextRequest {
             env: env_on.then_some(EnvSelect { include, exclude }),
-            outgoing: layer.outgoing.tcp,
+            outgoing: layer.outgoing.tcp || layer.outgoing.udp,
             dns: layer.dns.enabled,
         },
         layer,

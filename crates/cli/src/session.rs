@@ -369,7 +369,15 @@ fn report_context(granted: &ContextReply, plan: &Plan) {
         got.push(format!("environment ({} variables)", env.len()));
     }
     if granted.outgoing {
-        got.push("outgoing TCP".to_owned());
+        let o = &plan.context.layer.outgoing;
+        got.push(
+            match (o.tcp, o.udp) {
+                (true, true) => "outgoing TCP and UDP",
+                (false, true) => "outgoing UDP",
+                _ => "outgoing TCP",
+            }
+            .to_owned(),
+        );
     }
     if granted.dns {
         got.push("DNS".to_owned());
@@ -407,10 +415,9 @@ fn process_env(
     let mut env = crate::context::env::build(std::env::vars_os(), remote, &plan.context)?;
     let mut layer = plan.context.layer.clone();
     layer.outgoing.tcp &= granted.outgoing;
-    // UDP is not carried to the target yet: it stays local whatever the file says.
-    layer.outgoing.udp = false;
+    layer.outgoing.udp &= granted.outgoing;
     layer.dns.enabled &= granted.dns;
-    if !layer.outgoing.tcp && !layer.dns.enabled {
+    if !layer.outgoing.tcp && !layer.outgoing.udp && !layer.dns.enabled {
         return Ok((env, None));
     }
     let file = crate::context::layer_file::find()?;

@@ -55,6 +55,10 @@ enum Request {
         family: Family,
         reply: oneshot::Sender<Result<Resolved, DnsError>>,
     },
+    ConnectUdp {
+        addr: SocketAddr,
+        reply: oneshot::Sender<Result<std::net::UdpSocket, ConnectError>>,
+    },
 }
 
 impl Netns {
@@ -166,6 +170,20 @@ impl Netns {
             .map_err(|e| connect_error(addr, &e))
     }
 
+    /// A UDP socket of this namespace connected to `addr` (nothing is sent: a UDP connect
+    /// only picks the route and the local address, so it fails at once or not at all, with
+    /// `ENETUNREACH` as a direct one would). Registered with the caller's runtime.
+    pub async fn connect_udp(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::UdpSocket, ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ConnectUdp { addr, reply })
+            .map_err(|()| self.gone_connect(addr))?;
+        let std = answer.await.map_err(|_| self.gone_connect(addr))??;
+        tokio::net::UdpSocket::from_std(std).map_err(|e| connect_error(addr, &e))
+    }
+
     /// Resolves `name` as a process whose root directory is `root` (`/proc/PID/root`)
     /// would: `root/etc/hosts` first, then the nameservers of `root/etc/resolv.conf` (its
     /// `search` and `ndots` honoured), queried from this namespace.
@@ -214,6 +232,9 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Request>) {
                     let _ = reply.send(connect_here(addr, timeout).await);
                 });
             }
+            Request::ConnectUdp { addr, reply } => {
+                let _ = reply.send(connect_udp_here(addr));
+            }
             Request::Resolve {
                 root,
                 name,
@@ -261,6 +282,21 @@ async fn connect_here(
             tracing::debug!(target: "mirrord_context", %addr, errno = e.errno, "connect failed")
         }
     }
+    result
+}
+
+/// A UDP socket made and connected by this (namespace) thread, non-blocking for tokio.
+fn connect_udp_here(addr: SocketAddr) -> Result<std::net::UdpSocket, ConnectError> {
+    let any: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let result = std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect(addr).map(|()| s))
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .map_err(|e| connect_error(addr, &e));
+    tracing::debug!(target: "mirrord_context", %addr, ok = result.is_ok(), "UDP socket connected");
     result
 }
 
@@ -322,6 +358,27 @@ mod tests {
         stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn udp_sockets_are_connected_here_and_work_on_the_callers_runtime() {
+        let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = echo.local_addr().unwrap();
+        let sock = Netns::current().connect_udp(addr).await.unwrap();
+        assert_eq!(sock.peer_addr().unwrap(), addr);
+        sock.send(b"ping").await.unwrap();
+        let mut buf = [0u8; 8];
+        let (n, from) = echo.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"ping"[..], sock.local_addr().unwrap())
+        );
+        // No route to a link-local v6 address without a scope: refused at once, not sent.
+        let err = Netns::current()
+            .connect_udp("[fe80::1]:9".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.errno != 0, "{err}");
     }
 
     #[test]

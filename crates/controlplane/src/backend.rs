@@ -108,6 +108,12 @@ pub trait TargetContext: Send + Sync {
         family: Family,
     ) -> BoxFuture<'static, Result<Resolution, DnsFailure>>;
     fn connect(&self, remote: SocketAddr) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>>;
+    /// A UDP flow to `remote`: its `io` carries length-prefixed datagrams
+    /// (`mirrord_tunnel::datagrams`).
+    fn connect_udp(
+        &self,
+        remote: SocketAddr,
+    ) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>>;
 }
 
 /// A connection made from the target for a session.

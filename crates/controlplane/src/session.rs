@@ -368,7 +368,8 @@ impl Actor {
             }
             ClientMessage::AddPorts { ports } => self.add_ports(ports),
             ClientMessage::Resolve { op, node, family } => self.resolve(op, node, family),
-            ClientMessage::Connect { op, remote } => self.connect(op, remote),
+            ClientMessage::Connect { op, remote } => self.connect(op, remote, false),
+            ClientMessage::ConnectUdp { op, remote } => self.connect(op, remote, true),
             other => {
                 // Not fatal: the session goes on, the client learns what was wrong.
                 let m = format!("{} is not valid inside a session", other.kind());
@@ -444,7 +445,8 @@ impl Actor {
 
     /// A connection from the target: once made, it is carried like a stolen one (its
     /// bytes are `ConnData`/`ConnClose` with the id the answer gives).
-    fn connect(self: &Arc<Self>, op: u64, remote: std::net::SocketAddr) {
+    /// A TCP connection, or (`udp`) a UDP flow, from the target.
+    fn connect(self: &Arc<Self>, op: u64, remote: std::net::SocketAddr, udp: bool) {
         use mirrord_protocol::{ConnectFailure, OutgoingConnected};
         let refuse = |errno: i32, message: &str| ServerMessage::Connected {
             op,
@@ -469,7 +471,7 @@ impl Actor {
         self.tracker.spawn(async move {
             let _permit = permit;
             let made = tokio::select! {
-                r = ctx.connect(remote) => r,
+                r = if udp { ctx.connect_udp(remote) } else { ctx.connect(remote) } => r,
                 _ = me.cancel.cancelled() => return,
             };
             let out = match made {

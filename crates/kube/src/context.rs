@@ -353,12 +353,23 @@ impl TargetContext for KubeContext {
     }
 
     fn connect(&self, remote: SocketAddr) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>> {
+        self.open(ContextOpKind::Connect { remote })
+    }
+
+    fn connect_udp(
+        &self,
+        remote: SocketAddr,
+    ) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>> {
+        self.open(ContextOpKind::ConnectUdp { remote })
+    }
+}
+
+impl KubeContext {
+    /// A connection or flow the agent opens in the pod, answered with its tunnel.
+    fn open(&self, kind: ContextOpKind) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            match inner
-                .call(ContextOpKind::Connect { remote }, CONNECT_WAIT)
-                .await
-            {
+            match inner.call(kind, CONNECT_WAIT).await {
                 Ok(Answer::Tunnel { io, local }) => Ok(Outgoing {
                     io: Box::new(io),
                     local,

@@ -19,7 +19,7 @@ pub struct LayerConfig {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Outgoing {
     pub tcp: bool,
-    /// Accepted for mirrord compatibility; UDP stays local in this version.
+    /// Connected UDP sockets (mirrord's `udp`).
     pub udp: bool,
     pub filter: Option<AddressFilter>,
 }
@@ -96,15 +96,22 @@ impl Outgoing {
     /// (a `:port` or a name alone does not): issue 27 keeps the developer's own machine reachable, where mirrord
     /// would send loopback to the pod. IPv4-mapped IPv6 addresses are treated as IPv4.
     pub fn remote_tcp(&self, addr: SocketAddr, host: Option<&str>) -> bool {
-        if !self.tcp {
-            return false;
-        }
+        self.tcp && self.remote(Proto::Tcp, addr, host)
+    }
+
+    /// Whether a UDP socket connected to `addr` goes through the target: as [`Outgoing::remote_tcp`], with the
+    /// rules that name `udp://` (or no protocol).
+    pub fn remote_udp(&self, addr: SocketAddr, host: Option<&str>) -> bool {
+        self.udp && self.remote(Proto::Udp, addr, host)
+    }
+
+    fn remote(&self, proto: Proto, addr: SocketAddr, host: Option<&str>) -> bool {
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         let special = addr.ip().is_loopback() || addr.ip().is_unspecified() || addr.port() == 0;
         let any = |rules: &[crate::AddressRule], explicit_ip: bool| {
-            rules.iter().any(|r| {
-                r.matches(Proto::Tcp, addr, host) && (!explicit_ip || r.names_ip_explicitly())
-            })
+            rules
+                .iter()
+                .any(|r| r.matches(proto, addr, host) && (!explicit_ip || r.names_ip_explicitly()))
         };
         if special {
             return matches!(&self.filter, Some(AddressFilter::Remote(rules)) if any(rules, true));
@@ -287,6 +294,23 @@ mod tests {
             ..Outgoing::default()
         };
         assert!(!off.remote_tcp(a("10.0.0.1:80"), None));
+    }
+
+    #[test]
+    fn remote_udp_follows_the_same_rules_with_udp_ones() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let remote = |l: &[&str]| outgoing(Some(AddressFilter::Remote(rules(l))));
+        assert!(outgoing(None).remote_udp(a("10.0.0.1:8125"), None));
+        assert!(!outgoing(None).remote_udp(a("127.0.0.1:8125"), None));
+        assert!(remote(&["udp://:53"]).remote_udp(a("10.0.0.1:53"), None));
+        assert!(!remote(&["tcp://:53"]).remote_udp(a("10.0.0.1:53"), None));
+        assert!(remote(&[":53"]).remote_udp(a("10.0.0.1:53"), None));
+        let off = Outgoing {
+            udp: false,
+            ..Outgoing::default()
+        };
+        assert!(!off.remote_udp(a("10.0.0.1:53"), None));
+        assert!(off.remote_tcp(a("10.0.0.1:53"), None));
     }
 
     #[test]

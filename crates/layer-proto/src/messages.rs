@@ -25,6 +25,12 @@ pub enum Request {
         remote: SocketAddr,
         host: Option<String>,
     },
+    /// A UDP flow to `remote` from the target, for a connected UDP socket; answered like [`Request::Connect`]
+    /// (the relay is a loopback UDP socket that takes the flow's datagrams from the first address to send it one).
+    ConnectUdp {
+        remote: SocketAddr,
+        host: Option<String>,
+    },
 }
 
 /// Why a name did not resolve, as the target's resolver said.

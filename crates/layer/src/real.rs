@@ -6,7 +6,10 @@
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use libc::{addrinfo, c_char, c_int, c_uint, c_ulong, hostent, size_t, sockaddr, socklen_t};
+use libc::{
+    addrinfo, c_char, c_int, c_uint, c_ulong, c_void, hostent, msghdr, size_t, sockaddr, socklen_t,
+    ssize_t,
+};
 
 fn set_errno(e: c_int) {
     crate::sys::set_errno(e);
@@ -42,11 +45,19 @@ fn enosys() -> c_int {
     -1
 }
 
+fn enosys_ssize() -> ssize_t {
+    set_errno(libc::ENOSYS);
+    -1
+}
+
 real_fns! {
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int, missing: enosys();
     fn __connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int, missing: enosys();
     fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int, missing: enosys();
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int, missing: enosys();
+    fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t)
+        -> ssize_t, missing: enosys_ssize();
+    fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t, missing: enosys_ssize();
     fn close(fd: c_int) -> c_int, missing: enosys();
     fn __close(fd: c_int) -> c_int, missing: enosys();
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int, missing: enosys();

@@ -1,5 +1,8 @@
-//! Outgoing TCP: whether a `connect` goes through the target, asking `mirrordctl` for it, connecting the app's
+//! Outgoing TCP and UDP: whether a `connect` goes through the target, asking `mirrordctl` for it, connecting the app's
 //! socket to the relay it opens, and the addresses `getpeername`/`getsockname` then report.
+//!
+//! A connected UDP socket is handled alike: connected to a loopback UDP relay that carries its datagrams, with
+//! `recvfrom`/`recvmsg` reporting the destination as the datagrams' source.
 //!
 //! The app's fd stays a genuine TCP socket connected to a loopback relay, so non-blocking connects, `poll`,
 //! `SO_ERROR` and socket options all behave as the kernel makes them; only the two names are substituted.
@@ -20,32 +23,51 @@ pub type Done = (c_int, Option<c_int>);
 /// `connect(fd, addr)`; `None` when libc should do it.
 pub fn connect(fd: c_int, addr: SocketAddr) -> Option<Done> {
     let layer = state::active()?;
-    if !layer.config.outgoing.tcp {
+    let outgoing = &layer.config.outgoing;
+    if !(outgoing.tcp || outgoing.udp) {
         return None;
     }
     let (domain, ty) = sys::socket_kind(fd)?;
-    if ty != libc::SOCK_STREAM || !(domain == libc::AF_INET || domain == libc::AF_INET6) {
+    let udp = match ty {
+        libc::SOCK_STREAM => false,
+        libc::SOCK_DGRAM => true,
+        _ => return None,
+    };
+    if !(domain == libc::AF_INET || domain == libc::AF_INET6) {
         return None;
     }
     if let Some(m) = TABLE.managed(fd) {
-        // Connecting again (how some apps poll a non-blocking connect): the kernel answers for the relay.
-        return Some(real_connect(fd, m.relay));
+        if !udp {
+            // Connecting again (how some apps poll a non-blocking connect): the kernel answers for the relay.
+            return Some(real_connect(fd, m.relay));
+        }
+        // A UDP socket may be connected anew, elsewhere: its old flow ends idle at the relay.
+        TABLE.remove(fd);
     }
     let remote = SocketAddr::new(addr.ip().to_canonical(), addr.port());
     let host = names::lookup(remote.ip());
-    if !layer.config.outgoing.remote_tcp(remote, host.as_deref()) {
-        debug!("connect fd {fd} to {remote}: local");
+    let through = if udp {
+        outgoing.remote_udp(remote, host.as_deref())
+    } else {
+        outgoing.remote_tcp(remote, host.as_deref())
+    };
+    if !through {
+        debug!("connect fd {fd} to {remote} (udp: {udp}): local");
         return None;
     }
-    let reply = client::request(
-        layer,
-        &Request::Connect {
+    let request = if udp {
+        Request::ConnectUdp {
             remote,
             host: host.clone(),
-        },
-        layer.connect_timeout,
-    );
-    debug!("connect fd {fd} to {remote} ({host:?}): {reply:?}");
+        }
+    } else {
+        Request::Connect {
+            remote,
+            host: host.clone(),
+        }
+    };
+    let reply = client::request(layer, &request, layer.connect_timeout);
+    debug!("connect fd {fd} to {remote} ({host:?}, udp: {udp}): {reply:?}");
     match reply {
         Err(Error::Detached) => None,
         Err(Error::Timeout) => Some((-1, Some(libc::ETIMEDOUT))),
@@ -69,10 +91,20 @@ pub fn connect(fd: c_int, addr: SocketAddr) -> Option<Done> {
             Some(done)
         }
         Ok(other) => {
-            state::detach(&format!("unexpected reply to Connect: {other:?}"));
+            state::detach(&format!("unexpected reply to a connect: {other:?}"));
             None
         }
     }
+}
+
+/// The address a datagram received on `fd` came from, when `fd` is a managed (UDP) socket and it came from the
+/// relay: what the app connected to. `None`: the real one stands.
+pub fn source_of(fd: c_int, real: SocketAddr) -> Option<SocketAddr> {
+    let m = TABLE.managed(fd)?;
+    let relay = SocketAddr::new(real.ip().to_canonical(), real.port());
+    (relay == SocketAddr::new(m.relay.ip().to_canonical(), m.relay.port()))
+        .then(|| sockaddr::for_domain(m.remote, m.domain))
+        .flatten()
 }
 
 fn real_connect(fd: c_int, relay: SocketAddr) -> Done {

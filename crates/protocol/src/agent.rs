@@ -89,6 +89,11 @@ pub enum ContextOpKind {
     Connect {
         remote: SocketAddr,
     },
+    /// A UDP flow from the pod's network namespace, answered like a connect: its tunnel
+    /// carries length-prefixed datagrams.
+    ConnectUdp {
+        remote: SocketAddr,
+    },
 }
 
 /// The agent's answer to a [`ContextOp`] (a connect that succeeds answers with a tunnel).

@@ -60,6 +60,10 @@ pub enum ClientMessage {
     },
     /// Connect to `remote` from the target; answered with [`ServerMessage::Connected`].
     Connect { op: u64, remote: SocketAddr },
+    /// A UDP flow to `remote` from the target; answered with [`ServerMessage::Connected`].
+    /// Its datagrams travel as the connection's bytes, each a 2-byte big-endian length
+    /// and its bytes (`mirrord_tunnel::datagrams`).
+    ConnectUdp { op: u64, remote: SocketAddr },
 }
 
 impl ClientMessage {
@@ -82,6 +86,7 @@ impl ClientMessage {
             ClientMessage::AddPorts { .. } => "AddPorts",
             ClientMessage::Resolve { .. } => "Resolve",
             ClientMessage::Connect { .. } => "Connect",
+            ClientMessage::ConnectUdp { .. } => "ConnectUdp",
         }
     }
 }

@@ -7,10 +7,12 @@
 //! - [`shared_tcp`]: a socket the frame reader may write into directly while nothing is
 //!   queued for it;
 //! - [`body`]: HTTP bodies (and trailers) sent and received as frames;
-//! - [`demux`]: where the peer's bytes for each carried connection and body go, by id.
+//! - [`demux`]: where the peer's bytes for each carried connection and body go, by id;
+//! - [`datagrams`]: a UDP flow as a byte stream of length-prefixed datagrams.
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod datagrams;
 pub mod demux;
 pub mod pump;
 pub mod shared_tcp;

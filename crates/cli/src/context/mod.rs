@@ -1,7 +1,7 @@
 //! `exec`'s process in the target's context: what it gets of the target besides its
 //! incoming traffic. The operator sends the target's environment when the session opens;
 //! the preload layer (`libmirrord_layer.so`) in the process asks this CLI, over a UNIX
-//! socket, to resolve names and open TCP connections as the target does, and the CLI
+//! socket, to resolve names and open TCP connections and UDP flows as the target does, and the CLI
 //! forwards those as operations of the session.
 //!
 //! - [`ops`]: the operations in flight, and whom each answer goes to;
@@ -28,8 +28,10 @@ pub enum Op {
         family: Family,
         reply: oneshot::Sender<Result<Resolution, DnsFailure>>,
     },
+    /// A TCP connection, or (`udp`) a UDP flow.
     Connect {
         remote: SocketAddr,
+        udp: bool,
         reply: oneshot::Sender<Result<Outgoing, ConnectFailure>>,
     },
 }

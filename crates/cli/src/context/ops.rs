@@ -36,9 +36,13 @@ impl Pending {
                     family,
                 }
             }
-            Op::Connect { remote, reply } => {
+            Op::Connect { remote, udp, reply } => {
                 self.connects.insert(id, reply);
-                ClientMessage::Connect { op: id, remote }
+                if udp {
+                    ClientMessage::ConnectUdp { op: id, remote }
+                } else {
+                    ClientMessage::Connect { op: id, remote }
+                }
             }
         }
     }
@@ -132,6 +136,7 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         let ClientMessage::Connect { op, .. } = p.start(Op::Connect {
             remote: "10.0.0.1:5432".parse().unwrap(),
+            udp: false,
             reply: tx,
         }) else {
             panic!("not a Connect")
@@ -154,11 +159,12 @@ mod tests {
         let mut p = Pending::default();
         let mut carried = Demux::default();
         let (tx, mut rx) = oneshot::channel();
-        let ClientMessage::Connect { op, .. } = p.start(Op::Connect {
+        let ClientMessage::ConnectUdp { op, .. } = p.start(Op::Connect {
             remote: "10.0.0.1:1".parse().unwrap(),
+            udp: true,
             reply: tx,
         }) else {
-            panic!("not a Connect")
+            panic!("not a ConnectUdp")
         };
         let failure = ConnectFailure {
             errno: 111,

@@ -8,13 +8,14 @@ use super::{Op, Outgoing};
 use crate::local;
 use mirrord_layer_proto::{self as proto, Reply, Request, MAX_FRAME};
 use mirrord_protocol::{ClientMessage, DnsFailure, Family};
+use mirrord_tunnel::datagrams;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UdpSocket, UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// How long an operation may take, end to end, before the layer is told it failed (the
@@ -97,7 +98,8 @@ async fn serve(
                 message: "Hello twice".into(),
             },
             Request::Resolve { node, family } => resolve(&ops, node, family).await,
-            Request::Connect { remote, .. } => connect(&ops, &out, remote).await,
+            Request::Connect { remote, .. } => connect(&ops, &out, remote, false).await,
+            Request::ConnectUdp { remote, .. } => connect(&ops, &out, remote, true).await,
         };
         write(&mut s, &reply).await?;
     }
@@ -141,9 +143,10 @@ async fn connect(
     ops: &mpsc::Sender<Op>,
     out: &mpsc::Sender<ClientMessage>,
     remote: SocketAddr,
+    udp: bool,
 ) -> Reply {
     let (reply, answer) = oneshot::channel();
-    if ops.send(Op::Connect { remote, reply }).await.is_err() {
+    if ops.send(Op::Connect { remote, udp, reply }).await.is_err() {
         return Reply::ConnectFailed {
             errno: nix::libc::ENETUNREACH,
         };
@@ -162,7 +165,12 @@ async fn connect(
             }
         }
     };
-    match hand_over(opened, out.clone()).await {
+    let relayed = if udp {
+        relay_datagrams(opened, out.clone()).await
+    } else {
+        hand_over(opened, out.clone()).await
+    };
+    match relayed {
         Ok(reply) => reply,
         Err(e) => {
             tracing::warn!(target: "mirrordctl::layer", error = %e, "cannot make a relay for an outgoing connection");
@@ -200,6 +208,25 @@ async fn hand_over(o: Outgoing, out: mpsc::Sender<ClientMessage>) -> io::Result<
             }
         }
     });
+    Ok(Reply::Connected {
+        relay,
+        local: o.local,
+    })
+}
+
+/// Makes the loopback UDP socket the process's socket is connected to, and carries the
+/// datagrams it gets (from the process) and the flow's (from the target) both ways.
+async fn relay_datagrams(o: Outgoing, out: mpsc::Sender<ClientMessage>) -> io::Result<Reply> {
+    let sock = match UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = out.send(ClientMessage::ConnClose { conn: o.conn }).await;
+            return Err(e);
+        }
+    };
+    let relay = sock.local_addr()?;
+    let flow = datagrams::carry(sock, datagrams::Peer::Learned);
+    tokio::spawn(local::relay(o.conn, flow, o.outlet, out, true));
     Ok(Reply::Connected {
         relay,
         local: o.local,

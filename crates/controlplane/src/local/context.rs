@@ -99,6 +99,26 @@ impl TargetContext for ReplicaContext {
             })
         })
     }
+
+    fn connect_udp(
+        &self,
+        remote: SocketAddr,
+    ) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>> {
+        let netns = self.netns.clone();
+        Box::pin(async move {
+            let sock = netns.connect_udp(remote).await.map_err(connect_failure)?;
+            let local = sock.local_addr().map_err(|e| ConnectFailure {
+                errno: e.raw_os_error().unwrap_or(0),
+                message: e.to_string(),
+            })?;
+            let flow =
+                mirrord_tunnel::datagrams::carry(sock, mirrord_tunnel::datagrams::Peer::Connected);
+            Ok(Outgoing {
+                io: Box::new(flow),
+                local,
+            })
+        })
+    }
 }
 
 pub fn dns_failure(e: &DnsError) -> DnsFailure {

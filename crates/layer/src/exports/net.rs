@@ -1,8 +1,8 @@
-//! `connect`, `getpeername`, `getsockname`.
+//! `connect`, `getpeername`, `getsockname`, and the source address `recvfrom`/`recvmsg` report.
 
 use std::net::SocketAddr;
 
-use libc::{c_int, sockaddr, socklen_t};
+use libc::{c_int, c_void, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
 use super::hook;
 use crate::fdtable::TABLE;
@@ -99,4 +99,76 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     name_hook(fd, addr, len, false)
+}
+
+/// After a real receive on a managed (UDP) fd: the datagram's source, the relay, is replaced by what the app
+/// connected to, with `*len` semantics.
+///
+/// # Safety
+/// `addr` points to `cap` writable bytes into which the kernel wrote the source, whose full length it put in
+/// `*len`.
+unsafe fn substitute_source(fd: c_int, addr: *mut sockaddr, cap: socklen_t, len: *mut socklen_t) {
+    hook(
+        || {
+            // SAFETY: per the contract: no more than the buffer's size is read.
+            let real = unsafe { read_addr(addr, cap.min(*len)) }?;
+            let shown = sockets::source_of(fd, real)?;
+            let (bytes, full) = sa::encode(shown);
+            // SAFETY: at most the buffer's size is written.
+            unsafe {
+                let n = (cap as usize).min(full);
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr.cast::<u8>(), n);
+                *len = full as socklen_t;
+            }
+            Some(((), None))
+        },
+        || (),
+    )
+}
+
+/// # Safety
+/// libc's `recvfrom` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> ssize_t {
+    // SAFETY: `len` is NULL or points to the buffer's size, per the contract.
+    let cap = if len.is_null() { 0 } else { unsafe { *len } };
+    // SAFETY: the app's own arguments, forwarded unchanged.
+    let r = unsafe { real::recvfrom(fd, buf, n, flags, addr, len) };
+    if r >= 0 && !addr.is_null() && !len.is_null() && TABLE.is_tracked(fd) {
+        // SAFETY: the call succeeded: the kernel wrote the source into `addr` (`cap` bytes), its length into `len`.
+        unsafe { substitute_source(fd, addr, cap, len) };
+    }
+    r
+}
+
+/// # Safety
+/// libc's `recvmsg` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    // SAFETY: `msg` is NULL or a valid msghdr, per the contract.
+    let cap = if msg.is_null() {
+        0
+    } else {
+        unsafe { (*msg).msg_namelen }
+    };
+    // SAFETY: the app's own arguments, forwarded unchanged.
+    let r = unsafe { real::recvmsg(fd, msg, flags) };
+    if r >= 0 && !msg.is_null() && TABLE.is_tracked(fd) {
+        // SAFETY: a successful recvmsg wrote the source (if asked for) into `msg_name`, its length into
+        // `msg_namelen`.
+        unsafe {
+            let m = &mut *msg;
+            if !m.msg_name.is_null() {
+                substitute_source(fd, m.msg_name.cast(), cap, &mut m.msg_namelen);
+            }
+        }
+    }
+    r
 }
