@@ -25,9 +25,49 @@ pub struct Managed {
     pub domain: c_int,
 }
 
+/// An unconnected UDP socket's flows through the target: for each destination the app sent to, the relay its
+/// datagrams really go to.
+#[derive(Debug)]
+pub struct Relays {
+    /// `AF_INET` or `AF_INET6`.
+    pub domain: c_int,
+    /// (destination, relay in the socket's family); few per socket, so a list.
+    pub flows: Mutex<Vec<(SocketAddr, SocketAddr)>>,
+}
+
+impl Relays {
+    /// The relay for datagrams to `remote`, if there is a flow.
+    pub fn relay(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        let flows = self.flows.lock().unwrap_or_else(PoisonError::into_inner);
+        flows
+            .iter()
+            .find(|(r, _)| *r == remote)
+            .map(|(_, relay)| *relay)
+    }
+
+    /// The destination whose flow `relay` carries.
+    pub fn remote(&self, relay: SocketAddr) -> Option<SocketAddr> {
+        let flows = self.flows.lock().unwrap_or_else(PoisonError::into_inner);
+        flows
+            .iter()
+            .find(|(_, r)| *r == relay)
+            .map(|(remote, _)| *remote)
+    }
+}
+
+/// One socket's relays are one object: equal only to themselves.
+impl PartialEq for Relays {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+impl Eq for Relays {}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     Managed(Arc<Managed>),
+    /// An unconnected UDP socket that sent datagrams through the target.
+    Relays(Arc<Relays>),
     /// A thread's connection to `mirrordctl`.
     Channel,
     /// The debug log.
@@ -81,6 +121,23 @@ impl FdTable {
         }
     }
 
+    /// `fd`'s relays, made (for a socket of `domain`) if it has none.
+    pub fn relays(&self, fd: c_int, domain: c_int) -> Option<Arc<Relays>> {
+        let mut map = self.lock();
+        match map.get(&fd) {
+            Some(Entry::Relays(r)) => return Some(Arc::clone(r)),
+            Some(_) => return None,
+            None => {}
+        }
+        let r = Arc::new(Relays {
+            domain,
+            flows: Mutex::new(Vec::new()),
+        });
+        map.insert(fd, Entry::Relays(Arc::clone(&r)));
+        self.mark(fd, true);
+        Some(r)
+    }
+
     pub fn insert(&self, fd: c_int, entry: Entry) {
         let mut map = self.lock();
         if map.insert(fd, entry).is_none() {
@@ -110,11 +167,13 @@ impl FdTable {
         if map.remove(&to).is_some() {
             self.mark(to, false);
         }
-        if let Some(Entry::Managed(m)) = map.get(&from) {
-            let m = Arc::clone(m);
-            map.insert(to, Entry::Managed(m));
-            self.mark(to, true);
-        }
+        let copy = match map.get(&from) {
+            Some(Entry::Managed(m)) => Entry::Managed(Arc::clone(m)),
+            Some(Entry::Relays(r)) => Entry::Relays(Arc::clone(r)),
+            _ => return,
+        };
+        map.insert(to, copy);
+        self.mark(to, true);
     }
 
     /// `close_range(first, last)`.

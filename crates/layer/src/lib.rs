@@ -1,5 +1,5 @@
 //! `libmirrord_layer.so`: loaded into a local process with `LD_PRELOAD` by `mirrordctl exec`, it makes the
-//! process's outgoing TCP connections and name lookups happen in the target's context.
+//! process's outgoing TCP connections, UDP datagrams and name lookups happen in the target's context.
 //!
 //! It interposes the libc functions listed in [`exports`] (plain symbol interposition, `dlsym(RTLD_NEXT)` for
 //! the real ones) and asks `mirrordctl` over a per-thread UNIX socket ([`client`]). Whatever it does not cover,

@@ -97,14 +97,74 @@ pub fn connect(fd: c_int, addr: SocketAddr) -> Option<Done> {
     }
 }
 
-/// The address a datagram received on `fd` came from, when `fd` is a managed (UDP) socket and it came from the
-/// relay: what the app connected to. `None`: the real one stands.
+/// Flows one unconnected UDP socket may have through the target; past them a send fails with `ENOBUFS` (a
+/// program sending to ever new destinations would otherwise hold a relay for each).
+const MAX_FLOWS: usize = 256;
+
+/// `sendto(fd, .., dest)` on an unconnected UDP socket: `None` when libc should send to `dest` itself; else the
+/// relay to send to instead (a flow to `dest` through the target, made on the first datagram), or the errno.
+pub fn send_to(fd: c_int, dest: SocketAddr) -> Option<Result<SocketAddr, c_int>> {
+    let layer = state::active()?;
+    if !layer.config.outgoing.udp {
+        return None;
+    }
+    let remote = SocketAddr::new(dest.ip().to_canonical(), dest.port());
+    if let Some(Entry::Relays(r)) = TABLE.get(fd) {
+        if let Some(relay) = r.relay(remote) {
+            return Some(Ok(relay));
+        }
+    }
+    let (domain, ty) = sys::socket_kind(fd)?;
+    if ty != libc::SOCK_DGRAM || !(domain == libc::AF_INET || domain == libc::AF_INET6) {
+        return None;
+    }
+    let host = names::lookup(remote.ip());
+    if !layer.config.outgoing.remote_udp(remote, host.as_deref()) {
+        return None;
+    }
+    // A socket the layer connected (managed) is left to libc: its datagrams go to its relay anyway.
+    let relays = TABLE.relays(fd, domain)?;
+    if relays.flows.lock().map_or(0, |f| f.len()) >= MAX_FLOWS {
+        return Some(Err(libc::ENOBUFS));
+    }
+    let request = Request::ConnectUdp {
+        remote,
+        host: host.clone(),
+    };
+    let reply = client::request(layer, &request, layer.connect_timeout);
+    debug!("sendto fd {fd} to {remote} ({host:?}): {reply:?}");
+    match reply {
+        Err(Error::Detached) => None,
+        Err(Error::Timeout) => Some(Err(libc::ETIMEDOUT)),
+        Ok(Reply::ConnectFailed { errno }) => Some(Err(errno)),
+        Ok(Reply::Connected { relay, .. }) => {
+            let relay = sockaddr::for_domain(relay, domain)?;
+            if let Ok(mut flows) = relays.flows.lock() {
+                flows.push((remote, relay));
+            }
+            Some(Ok(relay))
+        }
+        Ok(other) => {
+            state::detach(&format!("unexpected reply to a UDP flow: {other:?}"));
+            None
+        }
+    }
+}
+
+/// The address a datagram received on `fd` came from, when it came from one of the layer's relays: the
+/// destination the relay stands for. `None`: the real one stands.
 pub fn source_of(fd: c_int, real: SocketAddr) -> Option<SocketAddr> {
-    let m = TABLE.managed(fd)?;
-    let relay = SocketAddr::new(real.ip().to_canonical(), real.port());
-    (relay == SocketAddr::new(m.relay.ip().to_canonical(), m.relay.port()))
-        .then(|| sockaddr::for_domain(m.remote, m.domain))
-        .flatten()
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    match TABLE.get(fd)? {
+        Entry::Managed(m) if canonical(real) == canonical(m.relay) => {
+            sockaddr::for_domain(m.remote, m.domain)
+        }
+        Entry::Relays(r) => {
+            let remote = r.remote(real).or_else(|| r.remote(canonical(real)))?;
+            sockaddr::for_domain(remote, r.domain)
+        }
+        _ => None,
+    }
 }
 
 fn real_connect(fd: c_int, relay: SocketAddr) -> Done {

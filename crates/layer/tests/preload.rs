@@ -567,3 +567,70 @@ print(len(failures), children, failures[:3])
     assert!(children > 0, "{stdout}");
     assert!(ctl.connects().len() >= 16 * 15, "{}", ctl.connects().len());
 }
+
+/// A UDP server on 127.0.0.1 that answers each datagram with its bytes and ` from=ADDRESS:PORT`.
+fn udp_echo() -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let mut answer = buf[..n].to_vec();
+            answer.extend_from_slice(format!(" from={from}").as_bytes());
+            let _ = sock.send_to(&answer, from);
+        }
+    });
+    addr
+}
+
+#[test]
+fn udp_datagrams_go_through_the_target_connected_or_not() {
+    let ctl = ctl();
+    let echo = udp_echo();
+    let script = r#"
+import socket, sys
+NAME, PORT = sys.argv[1], int(sys.argv[2])
+ECHO = ("127.0.0.1", PORT)
+def origin(data):
+    return data.decode().rsplit(" from=", 1)[1].split(":")[0]
+# Connected: the peer and the answers' source are the destination; the local address is the target's.
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.connect((NAME, PORT))
+c.send(b"connected")
+data, src = c.recvfrom(65536)
+assert src == ECHO, src
+assert c.getpeername() == ECHO, c.getpeername()
+assert c.getsockname()[0] == "127.0.0.2", c.getsockname()
+assert origin(data) == "127.0.0.2", data
+# Unconnected: sendto and sendmsg to the destination; recvfrom and recvmsg report it as the source.
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+for _ in range(2):
+    u.sendto(b"unconnected", ECHO)
+    data, src = u.recvfrom(65536)
+    assert src == ECHO and origin(data) == "127.0.0.2", (src, data)
+u.sendmsg([b"msg"], [], 0, ECHO)
+data, _, _, src = u.recvmsg(65536)
+assert src == ECHO and data.startswith(b"msg ") and origin(data) == "127.0.0.2", (src, data)
+# Not selected by the filter (loopback other than 127.0.0.1): sent by libc, from here.
+local = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+local.bind(("127.0.0.3", 0))
+local.settimeout(5)
+sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sink.bind(("127.0.0.3", 0))
+local.sendto(b"here", sink.getsockname())
+data, src = sink.recvfrom(100)
+assert src == local.getsockname(), (src, local.getsockname())
+print("ok")
+"#;
+    let out = run(
+        python(script)
+            .args([NAME, &echo.port().to_string()])
+            .envs(ctl.env(&config())),
+        LIMIT,
+    );
+    assert_eq!(ok(&out, Some(&ctl)).trim(), "ok");
+    // One flow for the connected socket, one for the unconnected socket's destination (reused).
+    assert_eq!(ctl.flows(), vec![echo, echo]);
+}

@@ -1,4 +1,5 @@
-//! `connect`, `getpeername`, `getsockname`, and the source address `recvfrom`/`recvmsg` report.
+//! `connect`, `getpeername`, `getsockname`; `sendto`/`sendmsg` to a destination on an unconnected UDP socket, and
+//! the source address `recvfrom`/`recvmsg` report.
 
 use std::net::SocketAddr;
 
@@ -137,8 +138,12 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> ssize_t {
-    // SAFETY: `len` is NULL or points to the buffer's size, per the contract.
-    let cap = if len.is_null() { 0 } else { unsafe { *len } };
+    let cap = if len.is_null() {
+        0
+    } else {
+        // SAFETY: a non-NULL `len` points to the buffer's size, per the contract.
+        unsafe { *len }
+    };
     // SAFETY: the app's own arguments, forwarded unchanged.
     let r = unsafe { real::recvfrom(fd, buf, n, flags, addr, len) };
     if r >= 0 && !addr.is_null() && !len.is_null() && TABLE.is_tracked(fd) {
@@ -152,10 +157,10 @@ pub unsafe extern "C" fn recvfrom(
 /// libc's `recvmsg` contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-    // SAFETY: `msg` is NULL or a valid msghdr, per the contract.
     let cap = if msg.is_null() {
         0
     } else {
+        // SAFETY: a non-NULL `msg` is a valid msghdr, per the contract.
         unsafe { (*msg).msg_namelen }
     };
     // SAFETY: the app's own arguments, forwarded unchanged.
@@ -171,4 +176,86 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
         }
     }
     r
+}
+
+/// Where a datagram to `addr` really goes: the relay of its flow through the target, or the errno; `None` when
+/// libc sends it as asked (not an address, not UDP, not selected, the layer idle or busy on this thread).
+///
+/// # Safety
+/// `addr` is NULL or valid for reads of `len` bytes.
+unsafe fn relay_for(
+    fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> Option<Result<SocketAddr, c_int>> {
+    if addr.is_null() {
+        return None;
+    }
+    hook(
+        || {
+            // SAFETY: per the contract.
+            let dest = unsafe { read_addr(addr, len) }?;
+            Some((sockets::send_to(fd, dest), None))
+        },
+        || None,
+    )
+}
+
+/// # Safety
+/// libc's `sendto` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> ssize_t {
+    // SAFETY: the app passes libc a readable address of `len` bytes, or NULL.
+    match unsafe { relay_for(fd, addr, len) } {
+        // SAFETY: the app's own arguments, forwarded unchanged.
+        None => unsafe { real::sendto(fd, buf, n, flags, addr, len) },
+        Some(Err(errno)) => {
+            crate::sys::set_errno(errno);
+            -1
+        }
+        Some(Ok(relay)) => {
+            let (bytes, rlen) = sa::encode(relay);
+            let storage = sa::Storage::from_bytes(&bytes);
+            // SAFETY: the app's buffer; `storage` holds a sockaddr of `rlen` bytes for the call.
+            unsafe { real::sendto(fd, buf, n, flags, storage.as_ptr(), rlen as socklen_t) }
+        }
+    }
+}
+
+/// # Safety
+/// libc's `sendmsg` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    if msg.is_null() {
+        // SAFETY: as the app asked (the kernel reports EFAULT).
+        return unsafe { real::sendmsg(fd, msg, flags) };
+    }
+    // SAFETY: a non-NULL `msg` is a valid msghdr, per the contract.
+    let m = unsafe { &*msg };
+    // SAFETY: `msg_name` is NULL or holds `msg_namelen` bytes, per the contract.
+    match unsafe { relay_for(fd, m.msg_name.cast(), m.msg_namelen) } {
+        // SAFETY: the app's own arguments, forwarded unchanged.
+        None => unsafe { real::sendmsg(fd, msg, flags) },
+        Some(Err(errno)) => {
+            crate::sys::set_errno(errno);
+            -1
+        }
+        Some(Ok(relay)) => {
+            let (bytes, rlen) = sa::encode(relay);
+            let storage = sa::Storage::from_bytes(&bytes);
+            // The app's message with the relay as its destination; its buffers are the app's, unchanged.
+            let mut copy = *m;
+            copy.msg_name = storage.as_ptr().cast_mut().cast();
+            copy.msg_namelen = rlen as socklen_t;
+            // SAFETY: `copy` is the app's msghdr but for a name that outlives the call.
+            unsafe { real::sendmsg(fd, &copy, flags) }
+        }
+    }
 }

@@ -116,6 +116,17 @@ impl FakeCtl {
         self.requests.lock().unwrap().clone()
     }
 
+    /// The UDP flows asked for.
+    pub fn flows(&self) -> Vec<SocketAddr> {
+        self.requests()
+            .into_iter()
+            .filter_map(|r| match r {
+                Request::ConnectUdp { remote, .. } => Some(remote),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn connects(&self) -> Vec<(SocketAddr, Option<String>)> {
         self.requests()
             .into_iter()
@@ -208,10 +219,46 @@ fn serve(
                 }
                 outgoing(remote)
             }
+            Request::ConnectUdp { remote, .. } => outgoing_udp(remote),
         };
         if write_frame(&mut conn, &reply).is_err() {
             return;
         }
+    }
+}
+
+/// A UDP flow to `remote` "from the target" (a socket on 127.0.0.2), relayed through a fresh loopback UDP socket
+/// that learns the app's address from its first datagram, as `mirrordctl`'s does.
+fn outgoing_udp(remote: SocketAddr) -> Reply {
+    let upstream = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    upstream.connect(remote).unwrap();
+    let local = upstream.local_addr().unwrap();
+    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let app = Arc::new(Mutex::new(None::<SocketAddr>));
+    let (up, rl, learned) = (
+        upstream.try_clone().unwrap(),
+        relay.try_clone().unwrap(),
+        app.clone(),
+    );
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = rl.recv_from(&mut buf) {
+            *learned.lock().unwrap() = Some(from);
+            let _ = up.send(&buf[..n]);
+        }
+    });
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = upstream.recv(&mut buf) {
+            if let Some(to) = *app.lock().unwrap() {
+                let _ = relay.send_to(&buf[..n], to);
+            }
+        }
+    });
+    Reply::Connected {
+        relay: relay_addr,
+        local,
     }
 }
 
