@@ -302,6 +302,134 @@ async fn exec_runs_the_local_process_under_a_session_and_passes_its_exit_code() 
     );
 }
 
+/// A local process for `exec` without a port list: listens on the port it is given and on
+/// a port the target does not have, serves `exec GET PATH` until asked for `/close`, then
+/// closes its listening socket and lives on.
+const LISTENING_SERVER: &str = r#"
+import http.server, socket, sys, time
+other = socket.socket()
+other.bind(("127.0.0.1", 0))
+other.listen()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"exec GET {self.path}".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if self.path.endswith("/close"):
+            self.server.done = True
+    def log_message(self, *args):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+s.done = False
+while not s.done:
+    s.handle_request()
+s.server_close()
+print("closed", flush=True)
+time.sleep(60)
+"#;
+
+/// mirrord's way (issue 28): with no port list, the port the process listens on is stolen
+/// once it listens (`port_mapping` maps it to the target's, the file's filter applies), a
+/// port the target does not have is left alone, and closing the socket gives the port
+/// back while the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_without_a_port_list_steals_what_the_process_listens_on_until_it_closes() {
+    use mirrord_e2e::servers::{get, HttpServer};
+    let target = HttpServer::start("target").await;
+    let listen = free_addr();
+    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
+    let alice = op.issue("alice");
+    let local = free_addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |filter: &str| {
+        let cfg = dir.path().join(format!("mirrord{}.json", filter.len()));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"{{"feature": {{"network": {{"incoming": {{"mode": "steal", "port_mapping": [[{local}, 80]]{filter}}}}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let cfg = cfg.display().to_string();
+        let local = local.to_string();
+        let args = [
+            "exec",
+            "-t",
+            "deployment/api",
+            "-f",
+            &cfg,
+            "--no-env",
+            "--no-outgoing",
+            "--no-remote-dns",
+            "--",
+            "python3",
+            "-c",
+            LISTENING_SERVER,
+            &local,
+        ];
+        let s = Session::start(&alice, &args).expect("exec opens its session");
+        wait_for(Duration::from_secs(20), || {
+            s.stdout
+                .all()
+                .iter()
+                .any(|l| l.starts_with("port 80: steal"))
+                .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "port 80 never added: {}\n{}",
+                s.stdout.text(),
+                s.stderr.text()
+            )
+        });
+        s
+    };
+    let me = [("x-user", "me")];
+
+    let mut s = run(r#", "http_filter": {"header_filter": "^x-user: me$"}"#);
+    assert_eq!(get(listen, "/a", &me).await.1, "exec GET /a");
+    assert_eq!(
+        get(listen, "/b", &[]).await.1,
+        "target GET /b",
+        "unmatched: the target's"
+    );
+    let left = wait_for(Duration::from_secs(10), || {
+        s.stderr
+            .all()
+            .into_iter()
+            .find(|l| l.contains("not a port of the target; left alone"))
+    });
+    assert!(left.is_some(), "{}", s.stderr.text());
+    assert_eq!(get(listen, "/close", &me).await.1, "exec GET /close");
+    wait_for(Duration::from_secs(20), || {
+        s.stdout
+            .all()
+            .iter()
+            .any(|l| l.starts_with("port 80: given back"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}\n{}", s.stdout.text(), s.stderr.text()));
+    op.wait_event("Port Released", 1);
+    assert_eq!(
+        get(listen, "/after", &me).await.1,
+        "target GET /after",
+        "the port went back"
+    );
+    assert!(op.events("Session Ended").is_empty(), "the session goes on");
+    assert_eq!(s.stop().unwrap().code(), Some(130));
+    op.wait_event("Session Ended", 1);
+
+    // Unfiltered: every request is the process's until it exits with the session.
+    let mut s = run("");
+    assert_eq!(get(listen, "/c", &[]).await.1, "exec GET /c");
+    assert_eq!(s.stop().unwrap().code(), Some(130));
+    op.wait_event("Session Ended", 2);
+    assert_eq!(get(listen, "/d", &[]).await.1, "target GET /d");
+    assert_eq!(target.paths(), vec!["/b", "/after", "/d"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_of_a_process_that_never_listens_fails() {
     let listen = free_addr();

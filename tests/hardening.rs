@@ -44,6 +44,7 @@ fn request(name: &str, port: u16, filter: Option<HttpFilterSpec>) -> ClientMessa
         copy_target: false,
         scale_down: false,
         context: Default::default(),
+        listen: false,
     })
 }
 

@@ -130,6 +130,7 @@ impl RawSession {
             copy_target: false,
             scale_down: false,
             context: Default::default(),
+            listen: false,
         }))
         .await
         .unwrap();

@@ -55,6 +55,7 @@ async fn request(
         copy_target: false,
         scale_down: false,
         context: Default::default(),
+        listen: false,
     }))
     .await?;
     match t.next().await {

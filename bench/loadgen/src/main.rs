@@ -146,6 +146,7 @@ async fn open(ctx: &Ctx) -> anyhow::Result<(Transport, SessionId)> {
         copy_target: false,
         scale_down: false,
         context: Default::default(),
+        listen: false,
     }))
     .await?;
     match t.next().await {

@@ -19,6 +19,41 @@ pub struct PortPlan {
     pub filter: Option<HttpFilterSpec>,
 }
 
+/// `exec` without a port list (mirrord's way): each port the process listens on is
+/// stolen or mirrored once it listens, and given back when it stops.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ListenPlan {
+    /// `port_mapping`: (local, remote).
+    pub mapping: Vec<(u16, u16)>,
+    /// `ignore_ports`: left alone, by local or remote port.
+    pub ignore: Vec<u16>,
+    /// `--header` and friends, else the file's filter...
+    pub filter: Option<HttpFilterSpec>,
+    /// ...on these remote ports only (`http_filter.ports`; absent: all).
+    pub filter_ports: Option<Vec<u16>>,
+}
+
+impl ListenPlan {
+    /// The target's port for local port `local`, unless it is left alone.
+    pub fn remote(&self, local: u16) -> Option<u16> {
+        let remote = self
+            .mapping
+            .iter()
+            .find(|(l, _)| *l == local)
+            .map_or(local, |(_, r)| *r);
+        (!self.ignore.contains(&local) && !self.ignore.contains(&remote)).then_some(remote)
+    }
+
+    /// The filter on remote port `remote`.
+    pub fn filter(&self, remote: u16) -> Option<HttpFilterSpec> {
+        self.filter.clone().filter(|_| {
+            self.filter_ports
+                .as_ref()
+                .is_none_or(|only| only.contains(&remote))
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub target: TargetRef,
@@ -30,6 +65,8 @@ pub struct Plan {
     /// What `exec`'s process gets of the target besides traffic (nothing for `steal` and
     /// `mirror`, which run no process).
     pub context: ContextPlan,
+    /// `exec` without a port list: its ports are added as it listens.
+    pub listen: Option<ListenPlan>,
 }
 
 /// `exec`'s context: what is asked of the operator, what the layer redirects, and what
@@ -166,10 +203,22 @@ pub fn merge(
                 file.path.display()
             )))
         }
-        // A process may want only what else it gets of the target (a worker, a job).
-        (false, true) if flags.ports.is_empty() && file.ports.is_empty() && file.port_mapping.is_empty() && !context.request.is_empty() => Vec::new(),
+        // No port list: the process's ports are added as it listens (mirrord's way), and a
+        // process that never listens (a worker, a job) gets the rest of the target's context.
+        // `port_mapping` then maps what it listens on, as mirrord's does.
+        (false, true) if flags.ports.is_empty() && file.ports.is_empty() => Vec::new(),
         (false, _) => ports(&flags, &file)?,
     };
+    let listen = (process && ports.is_empty() && !file.incoming_off).then(|| ListenPlan {
+        mapping: file.port_mapping.clone(),
+        ignore: file.ignore_ports.clone(),
+        filter: flags.filter.clone().or_else(|| file.filter.clone()),
+        filter_ports: if flags.filter.is_some() {
+            None
+        } else {
+            file.filter_ports.clone()
+        },
+    });
     if flags.scale_down && !(flags.copy_target || file.copy_target == Some(true)) {
         return Err(Usage("--scale-down needs --copy-target".into()));
     }
@@ -184,6 +233,7 @@ pub fn merge(
         copy_target: flags.copy_target || file.copy_target.unwrap_or(false),
         scale_down: flags.scale_down || file.scale_down.unwrap_or(false),
         context,
+        listen,
     })
 }
 
@@ -546,18 +596,23 @@ mod tests {
             e.0.contains("--port") && e.0.contains("feature.network.incoming.ports"),
             "{e}"
         );
-        // `exec` with nothing of the target at all is refused the same way...
+        // `exec` needs no port: the process's are added as it listens, with the flags' filter.
         let bare = Flags {
             no_env: true,
             no_outgoing: true,
             no_remote_dns: true,
+            filter: Some(HttpFilterSpec {
+                header: vec!["x-user: me".into()],
+                ..Default::default()
+            }),
             ..flags.clone()
         };
-        let e = merge(bare, None, ModeChoice::Flag(None), "default").unwrap_err();
-        assert!(e.0.contains("--port"), "{e}");
-        // ...but a process that gets the target's context needs no port (a worker, a job).
+        let p = merge(bare, None, ModeChoice::Flag(None), "default").unwrap();
+        let listen = p.listen.expect("ports added as the process listens");
+        assert!(p.ports.is_empty() && listen.filter(8080).is_some());
+        assert_eq!(listen.remote(8080), Some(8080));
         let p = merge(flags, None, ModeChoice::Flag(None), "default").unwrap();
-        assert!(p.ports.is_empty());
+        assert!(p.ports.is_empty() && p.listen.is_some());
         assert!(p.context.request.outgoing && p.context.request.dns);
     }
 }

@@ -51,7 +51,13 @@ pub type Local = Option<tokio::process::Child>;
 /// the session opens with its ports.
 pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> anyhow::Result<u8> {
     let port_map: Vec<(u16, SocketAddr)> = plan.ports.iter().map(|p| (p.remote, p.local)).collect();
-    let in_context = command.is_some() && !plan.context.request.is_empty();
+    // The layer runs in the process for its context, or to tell the ports it listens on.
+    let in_context =
+        command.is_some() && (!plan.context.request.is_empty() || plan.listen.is_some());
+    let mut listens = plan
+        .listen
+        .clone()
+        .map(|l| crate::context::listens::Listens::new(l, plan.mode));
     let mut child: Local = None;
     match &command {
         _ if in_context => {}
@@ -62,7 +68,8 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
             child = Some(c);
         }
     }
-    let ports: HashMap<u16, SocketAddr> = port_map.iter().copied().collect();
+    // The target's ports and where their traffic goes here (more as the process listens).
+    let mut ports: HashMap<u16, SocketAddr> = port_map.iter().copied().collect();
     let target = plan.target.clone();
     let (mut t, welcome) = connect(ep, Some(&target.namespace)).await?;
     t.send(ClientMessage::OpenSession(SessionRequest {
@@ -80,6 +87,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
         } else {
             Default::default()
         },
+        listen: plan.listen.is_some(),
     }))
     .await?;
     let answer = with_progress(t.next(), &plan);
@@ -189,7 +197,22 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                 None
             }
             Some(op) = ops_rx.recv() => {
-                let _ = out.send(pending.start(op)).await;
+                match op {
+                    Op::Ask(ask) => { let _ = out.send(pending.start(ask)).await; }
+                    Op::Listen { addr, reply } => {
+                        if let Some(a) = listens.as_mut().and_then(|l| l.listen(addr, reply)) {
+                            // Before the operator may route anything to it.
+                            ports.insert(a.remote, a.local);
+                            let _ = out.send(a.message).await;
+                        }
+                    }
+                    Op::Unlisten { port } => {
+                        if let Some((remote, m)) = listens.as_mut().and_then(|l| l.unlisten(port)) {
+                            println!("port {remote}: given back (the process stopped listening on {port})");
+                            let _ = out.send(m).await;
+                        }
+                    }
+                }
                 None
             }
             done = &mut listening, if ports_wanted => {
@@ -293,8 +316,17 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                         }
                     }
                     ServerMessage::PortsAdded { ports: added } => {
-                        announce();
+                        match listens.as_mut().filter(|l| l.waiting()) {
+                            Some(l) => l.added(),
+                            None => announce(),
+                        }
                         print_ports(&added, &ports);
+                    }
+                    ServerMessage::PortsRefused(e) if listens.as_ref().is_some_and(|l| l.waiting()) => {
+                        if let Some((remote, said)) = listens.as_mut().and_then(|l| l.refused(&e)) {
+                            ports.remove(&remote);
+                            eprintln!("mirrordctl: {said}");
+                        }
                     }
                     ServerMessage::PortsRefused(e) => {
                         eprintln!("mirrordctl: {}", exit::message(&Refused(e).into()));
@@ -417,7 +449,8 @@ fn process_env(
     layer.outgoing.tcp &= granted.outgoing;
     layer.outgoing.udp &= granted.outgoing;
     layer.dns.enabled &= granted.dns;
-    if !layer.outgoing.tcp && !layer.outgoing.udp && !layer.dns.enabled {
+    layer.listen = plan.listen.is_some();
+    if !layer.outgoing.tcp && !layer.outgoing.udp && !layer.dns.enabled && !layer.listen {
         return Ok((env, None));
     }
     let file = crate::context::layer_file::find()?;

@@ -63,9 +63,9 @@ pub async fn validate(
     client_id: &str,
 ) -> Result<Validated, Refusal> {
     crate::bounds::check_request(req)?;
-    if req.ports.is_empty() && req.context.is_empty() {
+    if req.ports.is_empty() && req.context.is_empty() && !req.listen {
         return Err(Refusal::BadRequest(
-            "a session needs at least one --port (or, for a process, some of the target's context)"
+            "a session needs at least one --port (or, for a process, some of the target's context, or the ports it listens on)"
                 .into(),
         ));
     }

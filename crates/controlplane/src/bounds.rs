@@ -198,6 +198,7 @@ mod tests {
             copy_target: false,
             scale_down: false,
             context: Default::default(),
+            listen: false,
         }
     }
 

@@ -242,15 +242,24 @@ impl PortLocks {
         }
     }
 
-    /// Removes `session`'s holds on `target` (only those in `state`), its routes, and its
-    /// scale-down mark; returns what it held.
-    fn remove(&self, target: &str, session: SessionId, committed: bool) -> Vec<Hold> {
+    /// Removes `session`'s holds on `target` (only those in `state`; of `only` these
+    /// ports, or all of them and then its scale-down mark too); returns what it held.
+    fn remove(
+        &self,
+        target: &str,
+        session: SessionId,
+        committed: bool,
+        only: Option<&[u16]>,
+    ) -> Vec<Hold> {
         let mut targets = self.targets.lock().expect("locks lock");
         let Some(t) = targets.get_mut(target) else {
             return Vec::new();
         };
         let mut removed = Vec::new();
-        for holds in t.ports.values_mut() {
+        for (port, holds) in t.ports.iter_mut() {
+            if only.is_some_and(|only| !only.contains(port)) {
+                continue;
+            }
             let (gone, kept) = std::mem::take(holds)
                 .into_iter()
                 .partition(|h| h.holder.session == session && h.committed == committed);
@@ -264,9 +273,10 @@ impl PortLocks {
             removed.extend::<Vec<Hold>>(gone);
         }
         t.ports.retain(|_, h| !h.is_empty());
-        if t.scaled_down_by
-            .as_ref()
-            .is_some_and(|h| h.session == session)
+        if only.is_none()
+            && t.scaled_down_by
+                .as_ref()
+                .is_some_and(|h| h.session == session)
         {
             t.scaled_down_by = None;
         }
@@ -393,7 +403,7 @@ impl Reservation {
                 (PortMode::Steal, Some(f)) => r.filtered_steals.push((sub, f)),
                 (PortMode::Mirror, f) => r.mirrors.push((sub, f)),
             });
-            routes.push(Arc::clone(&w.routes));
+            routes.push((w.port, Arc::clone(&w.routes)));
             if let Some(h) = t.ports.get_mut(&w.port).and_then(|hs| {
                 hs.iter_mut()
                     .find(|h| h.holder.session == self.holder.session)
@@ -418,7 +428,8 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.committed {
-            self.locks.remove(&self.target, self.holder.session, false);
+            self.locks
+                .remove(&self.target, self.holder.session, false, None);
             let _ = self.scale_down;
         }
     }
@@ -430,7 +441,8 @@ pub struct Grant {
     locks: Arc<PortLocks>,
     target: String,
     session: SessionId,
-    routes: Vec<Arc<RouteTable>>,
+    /// Each port's route table.
+    routes: Vec<(u16, Arc<RouteTable>)>,
     released: bool,
 }
 
@@ -451,10 +463,28 @@ impl Grant {
         if std::mem::replace(&mut self.released, true) {
             return Vec::new();
         }
-        for r in &self.routes {
+        for (_, r) in &self.routes {
             r.remove_session(self.session.0);
         }
-        self.locks.remove(&self.target, self.session, true)
+        self.locks.remove(&self.target, self.session, true, None)
+    }
+
+    /// Frees `ports` alone (the session's process stopped listening on them); returns
+    /// what the session held of them.
+    pub fn release_ports(&mut self, ports: &[u16]) -> Vec<Hold> {
+        if self.released {
+            return Vec::new();
+        }
+        let session = self.session.0;
+        self.routes.retain(|(port, r)| {
+            let going = ports.contains(port);
+            if going {
+                r.remove_session(session);
+            }
+            !going
+        });
+        self.locks
+            .remove(&self.target, self.session, true, Some(ports))
     }
 }
 

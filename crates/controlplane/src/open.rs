@@ -199,6 +199,13 @@ pub struct MorePorts {
     subscription: Subscription,
 }
 
+impl MorePorts {
+    /// The session's target.
+    pub fn target(&self) -> &Arc<dyn Target> {
+        &self.target
+    }
+}
+
 /// How a session's ports hand it traffic.
 #[derive(Clone)]
 struct Subscription {
@@ -455,6 +462,7 @@ fn no_context(target: &TargetRef) -> SessionRequest {
         copy_target: false,
         scale_down: false,
         context: Default::default(),
+        listen: false,
     }
 }
 

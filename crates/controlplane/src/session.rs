@@ -367,6 +367,7 @@ impl Actor {
                 }
             }
             ClientMessage::AddPorts { ports } => self.add_ports(ports),
+            ClientMessage::RemovePorts { ports } => self.remove_ports(ports),
             ClientMessage::Resolve { op, node, family } => self.resolve(op, node, family),
             ClientMessage::Connect { op, remote } => self.connect(op, remote, false),
             ClientMessage::ConnectUdp { op, remote } => self.connect(op, remote, true),
@@ -401,6 +402,24 @@ impl Actor {
                 }
             };
             let _ = me.queue(Box::new(msg)).await;
+        });
+    }
+
+    /// Ports the session's process no longer listens on: given back, in turn with additions
+    /// (an addition and a removal of one port keep their order), and the target's agents
+    /// told.
+    fn remove_ports(self: &Arc<Self>, ports: Vec<u16>) {
+        let me = Arc::clone(self);
+        self.tracker.spawn(async move {
+            let more = me.more.lock().await;
+            let released = me.op.sessions.release_ports(me.entry.id, &ports);
+            tracing::debug!(session_id = %me.entry.id, ?released, "ports given back");
+            if released.is_empty() {
+                return;
+            }
+            if let Err(why) = Arc::clone(more.target()).settle().await {
+                me.op.sessions.end(me.entry.id, &why);
+            }
         });
     }
 
@@ -936,6 +955,48 @@ mod tests {
         }
         drop(from_client);
         session.await.unwrap();
+    }
+
+    /// A port the process stopped listening on goes back to the target (its route and its
+    /// lock: another session may steal it), while the session and its other port go on.
+    #[tokio::test(start_paused = true)]
+    async fn removed_ports_are_given_back_and_the_rest_stays() {
+        let (op, api) = operator(SessionConfig::default(), Limits::default());
+        let opened = crate::open::open(
+            &op,
+            request(&[(80, PortMode::Steal, None), (81, PortMode::Steal, None)]),
+            client("alice"),
+        )
+        .await
+        .unwrap();
+        let id = opened.entry.id;
+        let (out, _to_client) = mpsc::channel(64);
+        let (from_client, inbound) =
+            futures::channel::mpsc::unbounded::<Result<ClientMessage, FrameError>>();
+        let session = tokio::spawn(run(Arc::clone(&op), opened, inbound, out));
+        from_client
+            .unbounded_send(Ok(ClientMessage::RemovePorts { ports: vec![81, 9] }))
+            .unwrap();
+        let (p80, p81) = (api.routes(80).unwrap(), api.routes(81).unwrap());
+        while !p81.load().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!p80.load().is_empty(), "port 80 was given back too");
+        let held: Vec<u16> = op
+            .sessions
+            .holds(&op.sessions.get(id).unwrap())
+            .iter()
+            .map(|h| h.port)
+            .collect();
+        assert_eq!(held, [80]);
+        let bob =
+            crate::open::open(&op, request(&[(81, PortMode::Steal, None)]), client("bob")).await;
+        assert!(bob.is_ok(), "port 81 is still locked");
+        from_client
+            .unbounded_send(Ok(ClientMessage::EndSession))
+            .unwrap();
+        session.await.unwrap();
+        assert!(p80.load().is_empty());
     }
 
     /// The maximum session time ends a session that is otherwise healthy.

@@ -172,6 +172,15 @@ impl SessionEntry {
         }
     }
 
+    /// Gives back `ports` of this session's (its process stopped listening on them); returns
+    /// what it held of them.
+    pub fn release_ports(&self, ports: &[u16]) -> Vec<crate::locks::Hold> {
+        match self.grant.lock().expect("grant lock").as_mut() {
+            Some(g) => g.release_ports(ports),
+            None => Vec::new(),
+        }
+    }
+
     /// Whether the client may hold `regexes` more filter regexes.
     pub fn may_hold(&self, regexes: usize, limit: usize) -> Result<(), Refusal> {
         self.slot
@@ -356,6 +365,18 @@ impl Sessions {
         });
         entry.ctl.send(Control::Ended(reason.to_owned()));
         true
+    }
+
+    /// Gives back `ports` of session `id` and records each; returns the ports it held.
+    pub fn release_ports(&self, id: SessionId, ports: &[u16]) -> Vec<u16> {
+        let Some(entry) = self.get(id) else {
+            return Vec::new();
+        };
+        let released = entry.release_ports(ports);
+        for h in &released {
+            self.record_released(&entry.meta, h);
+        }
+        released.iter().map(|h| h.port).collect()
     }
 
     /// A port was taken from its holder by `override`: record it and tell the holder.

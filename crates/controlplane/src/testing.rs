@@ -173,5 +173,6 @@ pub fn request(ports: &[(u16, PortMode, Option<&str>)]) -> SessionRequest {
         copy_target: false,
         scale_down: false,
         context: Default::default(),
+        listen: false,
     }
 }

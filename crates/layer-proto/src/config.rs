@@ -8,11 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::filter::{AddressFilter, Proto};
 
-/// The layer's whole configuration: mirrord's `feature.network.outgoing` and `feature.network.dns`.
+/// The layer's whole configuration: mirrord's `feature.network.outgoing` and `feature.network.dns`, and whether
+/// the ports the process listens on are told (incoming traffic without a port list).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct LayerConfig {
     pub outgoing: Outgoing,
     pub dns: Dns,
+    /// Tell `mirrordctl` each TCP port the process listens on ([`crate::Request::Listen`]) and stops listening
+    /// on.
+    pub listen: bool,
 }
 
 /// mirrord's `feature.network.outgoing`.
@@ -172,6 +176,7 @@ mod tests {
                 enabled: true,
                 filter: Some(AddressFilter::Remote(rules(&["db.internal"]))),
             },
+            listen: true,
         };
         let env = cfg.to_env();
         assert!(

@@ -31,6 +31,11 @@ pub enum Request {
         remote: SocketAddr,
         host: Option<String>,
     },
+    /// The process listens (TCP) at `addr`; answered with [`Reply::Done`] once the port's incoming traffic is
+    /// the process's, or it is not to be.
+    Listen { addr: SocketAddr },
+    /// The process closed its listening socket on `port`; answered with [`Reply::Done`].
+    Unlisten { port: u16 },
 }
 
 /// Why a name did not resolve, as the target's resolver said.
@@ -68,4 +73,6 @@ pub enum Reply {
     ConnectFailed {
         errno: i32,
     },
+    /// A [`Request::Listen`] or [`Request::Unlisten`] was taken into account.
+    Done,
 }

@@ -55,6 +55,14 @@ impl Relays {
     }
 }
 
+/// A port the process listens on, told by the process `pid` (a forked child closing its inherited copy does
+/// not end it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Listening {
+    pub port: u16,
+    pub pid: u32,
+}
+
 /// One socket's relays are one object: equal only to themselves.
 impl PartialEq for Relays {
     fn eq(&self, other: &Self) -> bool {
@@ -68,6 +76,8 @@ pub enum Entry {
     Managed(Arc<Managed>),
     /// An unconnected UDP socket that sent datagrams through the target.
     Relays(Arc<Relays>),
+    /// A listening socket whose port `mirrordctl` was told of.
+    Listening(Arc<Listening>),
     /// A thread's connection to `mirrordctl`.
     Channel,
     /// The debug log.
@@ -170,6 +180,7 @@ impl FdTable {
         let copy = match map.get(&from) {
             Some(Entry::Managed(m)) => Entry::Managed(Arc::clone(m)),
             Some(Entry::Relays(r)) => Entry::Relays(Arc::clone(r)),
+            Some(Entry::Listening(l)) => Entry::Listening(Arc::clone(l)),
             _ => return,
         };
         map.insert(to, copy);

@@ -61,6 +61,7 @@ real_fns! {
     fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addrlen: socklen_t)
         -> ssize_t, missing: enosys_ssize();
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t, missing: enosys_ssize();
+    fn listen(fd: c_int, backlog: c_int) -> c_int, missing: enosys();
     fn close(fd: c_int) -> c_int, missing: enosys();
     fn __close(fd: c_int) -> c_int, missing: enosys();
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int, missing: enosys();

@@ -178,10 +178,55 @@ pub fn name_of(fd: c_int, peer: bool) -> Option<SocketAddr> {
     sockaddr::for_domain(if peer { m.remote } else { m.local }, m.domain)
 }
 
-/// `close(fd)` (or `fd` replaced by another descriptor): forget it, when this process owns the tables.
+/// `close(fd)` (or `fd` replaced by another descriptor): forget it, when this process owns the tables. The last
+/// descriptor of a listening socket, closed by the process that listened, gives its port back.
 pub fn forget(fd: c_int) {
-    if state::is_owner() {
-        TABLE.remove(fd);
+    if !state::is_owner() {
+        return;
+    }
+    if let Some(Entry::Listening(l)) = TABLE.remove(fd) {
+        // The table's other copies (dups) hold it too; ours is the one just removed.
+        if Arc::strong_count(&l) == 1 && l.pid == sys::getpid() {
+            if let Some(layer) = state::active() {
+                let reply = client::request(
+                    layer,
+                    &Request::Unlisten { port: l.port },
+                    layer.connect_timeout,
+                );
+                debug!("close fd {fd} listening on port {}: {reply:?}", l.port);
+            }
+        }
+    }
+}
+
+/// After a successful `listen(fd)`: tells `mirrordctl` the port (once per socket) and waits until its incoming
+/// traffic is the process's, so a client that connects right after `listen` is served.
+pub fn listened(fd: c_int) {
+    let Some(layer) = state::active().filter(|l| l.config.listen) else {
+        return;
+    };
+    if TABLE.get(fd).is_some() {
+        return;
+    }
+    let Some((domain, libc::SOCK_STREAM)) = sys::socket_kind(fd) else {
+        return;
+    };
+    if !(domain == libc::AF_INET || domain == libc::AF_INET6) {
+        return;
+    }
+    let Some(addr) = sys::local_name(fd) else {
+        return;
+    };
+    let reply = client::request(layer, &Request::Listen { addr }, layer.connect_timeout);
+    debug!("listen fd {fd} on {addr}: {reply:?}");
+    if let Ok(Reply::Done) = reply {
+        TABLE.insert(
+            fd,
+            Entry::Listening(Arc::new(crate::fdtable::Listening {
+                port: addr.port(),
+                pid: sys::getpid(),
+            })),
+        );
     }
 }
 

@@ -58,6 +58,18 @@ fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     (r == 0).then_some(v)
 }
 
+/// The socket's own address (the real `getsockname`), when it is an IPv4 or IPv6 one.
+pub fn local_name(fd: c_int) -> Option<std::net::SocketAddr> {
+    let mut storage = [0u8; sockaddr::MAX];
+    let mut len = sockaddr::MAX as socklen_t;
+    // SAFETY: `storage` is writable for `len` bytes; the real function writes at most that.
+    let r = unsafe { crate::real::getsockname(fd, storage.as_mut_ptr().cast(), &mut len) };
+    if r != 0 {
+        return None;
+    }
+    sockaddr::decode(&storage[..(len as usize).min(sockaddr::MAX)])
+}
+
 /// `(domain, type)` of a socket, `None` when `fd` is not one.
 pub fn socket_kind(fd: c_int) -> Option<(c_int, c_int)> {
     Some((

@@ -64,6 +64,9 @@ pub enum ClientMessage {
     /// Its datagrams travel as the connection's bytes, each a 2-byte big-endian length
     /// and its bytes (`mirrord_tunnel::datagrams`).
     ConnectUdp { op: u64, remote: SocketAddr },
+    /// The session's process stopped listening on these ports: give them back to the
+    /// target (answered with nothing; a port the session does not hold is ignored).
+    RemovePorts { ports: Vec<u16> },
 }
 
 impl ClientMessage {
@@ -87,6 +90,7 @@ impl ClientMessage {
             ClientMessage::Resolve { .. } => "Resolve",
             ClientMessage::Connect { .. } => "Connect",
             ClientMessage::ConnectUdp { .. } => "ConnectUdp",
+            ClientMessage::RemovePorts { .. } => "RemovePorts",
         }
     }
 }
@@ -162,6 +166,9 @@ pub struct SessionRequest {
     /// What the session's process gets of the target besides traffic; a session that asks
     /// for some context may ask for no ports (they come later, with `AddPorts`).
     pub context: ContextRequest,
+    /// The session's process adds the ports it listens on as it does (`exec` without a port
+    /// list): it may open with none.
+    pub listen: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

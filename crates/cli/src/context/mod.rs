@@ -5,6 +5,7 @@
 //! forwards those as operations of the session.
 //!
 //! - [`ops`]: the operations in flight, and whom each answer goes to;
+//! - [`listens`]: the ports the process listens on, added and given back (no port list);
 //! - [`server`]: the layer's socket;
 //! - [`env`]: the process's environment;
 //! - [`program`]: what cannot be covered (static and Go programs), said before starting;
@@ -12,6 +13,7 @@
 
 pub mod env;
 pub mod layer_file;
+pub mod listens;
 pub mod ops;
 pub mod program;
 pub mod server;
@@ -23,6 +25,19 @@ use tokio::sync::oneshot;
 
 /// What the layer's socket asks of the session loop.
 pub enum Op {
+    /// Something to ask the operator.
+    Ask(Ask),
+    /// The process listens at `addr`; answered once its port is added (or will not be).
+    Listen {
+        addr: SocketAddr,
+        reply: oneshot::Sender<()>,
+    },
+    /// The process stopped listening on `port`.
+    Unlisten { port: u16 },
+}
+
+/// An operation of the session the layer asks for, answered by the operator.
+pub enum Ask {
     Resolve {
         node: String,
         family: Family,

@@ -1,7 +1,7 @@
 //! The operations the layer started and the operator has not answered yet, by operation
 //! id: one owner (the session loop), so an answer finds its asker without locks.
 
-use super::{Op, Outgoing};
+use super::{Ask, Outgoing};
 use mirrord_protocol::{ClientMessage, ConnectFailure, DnsFailure, OutgoingConnected, Resolution};
 use mirrord_tunnel::demux::Demux;
 use mirrord_tunnel::pump::conn_channel;
@@ -20,11 +20,11 @@ pub struct Pending {
 
 impl Pending {
     /// Records `op` and gives the message that asks the operator for it.
-    pub fn start(&mut self, op: Op) -> ClientMessage {
+    pub fn start(&mut self, op: Ask) -> ClientMessage {
         self.next += 1;
         let id = self.next;
         match op {
-            Op::Resolve {
+            Ask::Resolve {
                 node,
                 family,
                 reply,
@@ -36,7 +36,7 @@ impl Pending {
                     family,
                 }
             }
-            Op::Connect { remote, udp, reply } => {
+            Ask::Connect { remote, udp, reply } => {
                 self.connects.insert(id, reply);
                 if udp {
                     ClientMessage::ConnectUdp { op: id, remote }
@@ -107,14 +107,14 @@ mod tests {
         let mut p = Pending::default();
         let (a, mut a_rx) = oneshot::channel();
         let (b, mut b_rx) = oneshot::channel();
-        let ClientMessage::Resolve { op: first, .. } = p.start(Op::Resolve {
+        let ClientMessage::Resolve { op: first, .. } = p.start(Ask::Resolve {
             node: "db".into(),
             family: Family::Any,
             reply: a,
         }) else {
             panic!("not a Resolve")
         };
-        let ClientMessage::Resolve { op: second, .. } = p.start(Op::Resolve {
+        let ClientMessage::Resolve { op: second, .. } = p.start(Ask::Resolve {
             node: "cache".into(),
             family: Family::V4,
             reply: b,
@@ -134,7 +134,7 @@ mod tests {
         let mut p = Pending::default();
         let mut carried = Demux::default();
         let (tx, rx) = oneshot::channel();
-        let ClientMessage::Connect { op, .. } = p.start(Op::Connect {
+        let ClientMessage::Connect { op, .. } = p.start(Ask::Connect {
             remote: "10.0.0.1:5432".parse().unwrap(),
             udp: false,
             reply: tx,
@@ -159,7 +159,7 @@ mod tests {
         let mut p = Pending::default();
         let mut carried = Demux::default();
         let (tx, mut rx) = oneshot::channel();
-        let ClientMessage::ConnectUdp { op, .. } = p.start(Op::Connect {
+        let ClientMessage::ConnectUdp { op, .. } = p.start(Ask::Connect {
             remote: "10.0.0.1:1".parse().unwrap(),
             udp: true,
             reply: tx,

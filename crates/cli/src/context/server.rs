@@ -4,7 +4,7 @@
 //! opened is handed to the process through a loopback listener made for it alone: the
 //! layer connects the process's own socket there, and this relays it to the target.
 
-use super::{Op, Outgoing};
+use super::{Ask, Op, Outgoing};
 use crate::local;
 use mirrord_layer_proto::{self as proto, Reply, Request, MAX_FRAME};
 use mirrord_protocol::{ClientMessage, DnsFailure, Family};
@@ -100,6 +100,17 @@ async fn serve(
             Request::Resolve { node, family } => resolve(&ops, node, family).await,
             Request::Connect { remote, .. } => connect(&ops, &out, remote, false).await,
             Request::ConnectUdp { remote, .. } => connect(&ops, &out, remote, true).await,
+            Request::Listen { addr } => {
+                let (reply, done) = oneshot::channel();
+                if ops.send(Op::Listen { addr, reply }).await.is_ok() {
+                    let _ = tokio::time::timeout(OP_TIMEOUT, done).await;
+                }
+                Reply::Done
+            }
+            Request::Unlisten { port } => {
+                let _ = ops.send(Op::Unlisten { port }).await;
+                Reply::Done
+            }
         };
         write(&mut s, &reply).await?;
     }
@@ -112,11 +123,11 @@ async fn resolve(ops: &mpsc::Sender<Op>, node: String, family: proto::Family) ->
         proto::Family::V6 => Family::V6,
     };
     let (reply, answer) = oneshot::channel();
-    let asked = ops.send(Op::Resolve {
+    let asked = ops.send(Op::Ask(Ask::Resolve {
         node,
         family,
         reply,
-    });
+    }));
     let failure = |f: DnsFailure| {
         Reply::DnsFailed(match f {
             DnsFailure::NoName => proto::DnsFailure::NoName,
@@ -146,7 +157,11 @@ async fn connect(
     udp: bool,
 ) -> Reply {
     let (reply, answer) = oneshot::channel();
-    if ops.send(Op::Connect { remote, udp, reply }).await.is_err() {
+    if ops
+        .send(Op::Ask(Ask::Connect { remote, udp, reply }))
+        .await
+        .is_err()
+    {
         return Reply::ConnectFailed {
             errno: nix::libc::ENETUNREACH,
         };

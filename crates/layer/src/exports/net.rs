@@ -1,4 +1,4 @@
-//! `connect`, `getpeername`, `getsockname`; `sendto`/`sendmsg` to a destination on an unconnected UDP socket, and
+//! `connect`, `listen`, `getpeername`, `getsockname`; `sendto`/`sendmsg` to a destination on an unconnected UDP socket, and
 //! the source address `recvfrom`/`recvmsg` report.
 
 use std::net::SocketAddr;
@@ -258,4 +258,22 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
             unsafe { real::sendmsg(fd, &copy, flags) }
         }
     }
+}
+
+/// # Safety
+/// libc's `listen` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    // SAFETY: the app's own arguments, forwarded unchanged.
+    let r = unsafe { real::listen(fd, backlog) };
+    if r == 0 {
+        hook(
+            || {
+                sockets::listened(fd);
+                Some(((), None))
+            },
+            || (),
+        );
+    }
+    r
 }

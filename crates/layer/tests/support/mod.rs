@@ -220,6 +220,7 @@ fn serve(
                 outgoing(remote)
             }
             Request::ConnectUdp { remote, .. } => outgoing_udp(remote),
+            Request::Listen { .. } | Request::Unlisten { .. } => Reply::Done,
         };
         if write_frame(&mut conn, &reply).is_err() {
             return;
