@@ -331,25 +331,26 @@ time.sleep(60)
 "#;
 
 /// mirrord's way (issue 28): with no port list, the port the process listens on is stolen
-/// once it listens (`port_mapping` maps it to the target's, the file's filter applies), a
-/// port the target does not have is left alone, and closing the socket gives the port
-/// back while the session goes on.
+/// once it listens (the target's port of that number, with the file's filter), a port the
+/// target does not have is left alone, and closing the socket gives the port back while
+/// the session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_without_a_port_list_steals_what_the_process_listens_on_until_it_closes() {
     use mirrord_e2e::servers::{get, HttpServer};
     let target = HttpServer::start("target").await;
     let listen = free_addr();
-    let op = Operator::start(&upstream_target("api", 80, listen, target.addr), "");
-    let alice = op.issue("alice");
+    // The target's port number is one the process can listen on here.
     let local = free_addr().port();
+    let op = Operator::start(&upstream_target("api", local, listen, target.addr), "");
+    let alice = op.issue("alice");
     let dir = tempfile::tempdir().unwrap();
+    let added = format!("port {local}: steal");
+    let given_back = format!("port {local}: given back");
     let run = |filter: &str| {
         let cfg = dir.path().join(format!("mirrord{}.json", filter.len()));
         std::fs::write(
             &cfg,
-            format!(
-                r#"{{"feature": {{"network": {{"incoming": {{"mode": "steal", "port_mapping": [[{local}, 80]]{filter}}}}}}}}}"#
-            ),
+            format!(r#"{{"feature": {{"network": {{"incoming": {{"mode": "steal"{filter}}}}}}}}}"#),
         )
         .unwrap();
         let cfg = cfg.display().to_string();
@@ -374,12 +375,12 @@ async fn exec_without_a_port_list_steals_what_the_process_listens_on_until_it_cl
             s.stdout
                 .all()
                 .iter()
-                .any(|l| l.starts_with("port 80: steal"))
+                .any(|l| l.starts_with(&added))
                 .then_some(())
         })
         .unwrap_or_else(|| {
             panic!(
-                "port 80 never added: {}\n{}",
+                "the port was never added: {}\n{}",
                 s.stdout.text(),
                 s.stderr.text()
             )
@@ -407,7 +408,7 @@ async fn exec_without_a_port_list_steals_what_the_process_listens_on_until_it_cl
         s.stdout
             .all()
             .iter()
-            .any(|l| l.starts_with("port 80: given back"))
+            .any(|l| l.starts_with(&given_back))
             .then_some(())
     })
     .unwrap_or_else(|| panic!("{}\n{}", s.stdout.text(), s.stderr.text()));

@@ -118,7 +118,8 @@ impl Context {
                         message: e.to_string(),
                     })
                 })?;
-                let flow = datagrams::carry(sock, datagrams::Peer::Connected);
+                let flow =
+                    datagrams::carry(sock, datagrams::Peer::Connected, std::future::pending());
                 Ok((Opened::Udp(flow), local))
             }
         }

@@ -20,12 +20,11 @@ pub struct PortPlan {
 }
 
 /// `exec` without a port list (mirrord's way): each port the process listens on is
-/// stolen or mirrored once it listens, and given back when it stops.
+/// stolen or mirrored (the target's port of the same number) once it listens, and given
+/// back when it stops.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ListenPlan {
-    /// `port_mapping`: (local, remote).
-    pub mapping: Vec<(u16, u16)>,
-    /// `ignore_ports`: left alone, by local or remote port.
+    /// `ignore_ports`: left alone.
     pub ignore: Vec<u16>,
     /// `--header` and friends, else the file's filter...
     pub filter: Option<HttpFilterSpec>,
@@ -36,12 +35,7 @@ pub struct ListenPlan {
 impl ListenPlan {
     /// The target's port for local port `local`, unless it is left alone.
     pub fn remote(&self, local: u16) -> Option<u16> {
-        let remote = self
-            .mapping
-            .iter()
-            .find(|(l, _)| *l == local)
-            .map_or(local, |(_, r)| *r);
-        (!self.ignore.contains(&local) && !self.ignore.contains(&remote)).then_some(remote)
+        (!self.ignore.contains(&local)).then_some(local)
     }
 
     /// The filter on remote port `remote`.
@@ -205,12 +199,12 @@ pub fn merge(
         }
         // No port list: the process's ports are added as it listens (mirrord's way), and a
         // process that never listens (a worker, a job) gets the rest of the target's context.
-        // `port_mapping` then maps what it listens on, as mirrord's does.
-        (false, true) if flags.ports.is_empty() && file.ports.is_empty() => Vec::new(),
+        // (`port_mapping` names ports too: those are added once the process listens on them
+        // all, and the session is announced then.)
+        (false, true) if flags.ports.is_empty() && file.ports.is_empty() && file.port_mapping.is_empty() => Vec::new(),
         (false, _) => ports(&flags, &file)?,
     };
     let listen = (process && ports.is_empty() && !file.incoming_off).then(|| ListenPlan {
-        mapping: file.port_mapping.clone(),
         ignore: file.ignore_ports.clone(),
         filter: flags.filter.clone().or_else(|| file.filter.clone()),
         filter_ports: if flags.filter.is_some() {

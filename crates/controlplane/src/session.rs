@@ -23,7 +23,7 @@ use mirrord_tunnel::demux::Demux;
 use mirrord_tunnel::pump::{conn_channel, relay, ConnFrames, ConnInbox};
 use mirrord_tunnel::shared_tcp::DirectWriter;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 // The runtime's clock: the same as std's in production, and driven by paused time in tests.
@@ -52,6 +52,11 @@ struct InFlight {
     carried: Demux,
     pending: HashMap<u64, oneshot::Sender<StolenResponse>>,
     pings: VecDeque<(u64, Instant)>,
+    /// Set once the session's routes are gone (under this lock, as `pending` grows: a
+    /// request is either owed an answer the drain waits for, or given back): a stolen
+    /// request that reaches the session from now on was routed just before, and goes to the
+    /// target instead.
+    leaving: bool,
 }
 
 struct Actor {
@@ -67,9 +72,6 @@ struct Actor {
     cancel: CancellationToken,
     tracker: TaskTracker,
     reason: OnceLock<String>,
-    /// Set once the session's routes are gone: a stolen request that reaches it from now
-    /// on was routed just before, and goes to the target instead.
-    leaving: AtomicBool,
     /// Milliseconds after `epoch` when the client was last heard from.
     last_seen: AtomicU64,
     epoch: Instant,
@@ -110,7 +112,6 @@ pub async fn run(op: Arc<Operator>, opened: Opened, inbound: impl Inbound, out: 
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
         reason: OnceLock::new(),
-        leaving: AtomicBool::new(false),
         last_seen: AtomicU64::new(0),
         epoch: Instant::now(),
         demux: Mutex::default(),
@@ -129,7 +130,13 @@ impl Actor {
     /// Ends the session with `reason` (the first reason given wins).
     fn end(&self, reason: impl Into<String>) {
         let _ = self.reason.set(reason.into());
+        self.leave();
         self.cancel.cancel();
+    }
+
+    /// From now on, stolen requests that reach the session go to the target.
+    fn leave(&self) {
+        self.demux.lock().expect("demux lock").leaving = true;
     }
 
     fn touch(&self) {
@@ -255,7 +262,7 @@ impl Actor {
     /// Its routes are gone already; stolen requests it still owes answers to get them
     /// first (up to [`DRAIN`]).
     async fn say_last(&self, reason: String) {
-        self.leaving.store(true, Ordering::Relaxed);
+        self.leave();
         self.drain().await;
         let msg = ServerMessage::SessionEnded {
             reason: reason.clone(),
@@ -312,7 +319,7 @@ impl Actor {
             if let ClientMessage::EndSession = msg {
                 // The routes go now; the watchdog lets answers in flight finish, then
                 // says goodbye. This reader keeps carrying them meanwhile.
-                self.leaving.store(true, Ordering::Relaxed);
+                self.leave();
                 self.op
                     .sessions
                     .end(self.entry.id, "client ended the session");
@@ -583,13 +590,16 @@ impl Actor {
     async fn forward(self: Arc<Self>, mut handoffs: HandoffRx) {
         loop {
             let h = tokio::select! {
-                _ = self.cancel.cancelled() => return give_back(handoffs.close()),
+                // The end first: what is still queued then goes to the target.
+                biased;
+                _ = self.cancel.cancelled() => return give_back(handoffs.close().await),
                 h = handoffs.recv() => match h { Some(h) => h, None => return },
             };
             let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
             // Boxed: an idle session's forwarder then holds only its wait for a handoff.
             if !Box::pin(self.hand_over(conn, h)).await {
-                return self.end("connection to client lost");
+                self.end("connection to client lost");
+                return give_back(handoffs.close().await);
             }
         }
     }
@@ -635,22 +645,25 @@ impl Actor {
                     self.copy_mirror(conn, rx);
                 }
             }
-            Handoff::StolenRequest { body, respond, .. }
-                if self.leaving.load(Ordering::Relaxed) =>
-            {
-                let _ = respond.send(StolenResponse::GivenBack(body));
-            }
             Handoff::StolenRequest {
                 port,
                 head,
                 body,
                 respond,
             } => {
-                self.demux
-                    .lock()
-                    .expect("demux lock")
-                    .pending
-                    .insert(conn, respond);
+                let given_back = {
+                    let mut d = self.demux.lock().expect("demux lock");
+                    if d.leaving {
+                        Some(respond)
+                    } else {
+                        d.pending.insert(conn, respond);
+                        None
+                    }
+                };
+                if let Some(respond) = given_back {
+                    let _ = respond.send(StolenResponse::GivenBack(body));
+                    return true;
+                }
                 if hyper::body::Body::is_end_stream(&body) {
                     // The common case (a GET): nothing to wait for, so the head's frame is
                     // queued from here rather than by a task of its own per request.

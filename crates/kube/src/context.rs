@@ -33,6 +33,8 @@ const LINK_WAIT: Duration = Duration::from_secs(5);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connect's own timeout in the agent, plus the way there and back.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// The agent protocol that carries UDP flows.
+const UDP_SINCE: u32 = 3;
 
 /// What an agent answers to an operation.
 pub(crate) enum Answer {
@@ -47,8 +49,10 @@ pub(crate) enum Answer {
 /// One target's context streams (one per agent) and operations in flight.
 #[derive(Default)]
 pub struct AgentOps {
-    /// Per target pod UID: its agent (pod name) and the lines of its context stream.
+    /// Per target pod UID: its agent (pod name), and the lines of its context stream.
     links: Mutex<HashMap<String, (String, mpsc::Sender<Bytes>)>>,
+    /// Per agent (pod name): the agent protocol it speaks.
+    versions: Mutex<HashMap<String, u32>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next: AtomicU64,
     /// Per target pod UID: the sessions whose context comes from it.
@@ -57,11 +61,21 @@ pub struct AgentOps {
 
 impl AgentOps {
     /// Agent `agent` of pod `uid` opened its context stream, whose lines go to `tx`.
-    pub(crate) fn attach(&self, uid: &str, agent: &str, tx: mpsc::Sender<Bytes>) {
+    pub(crate) fn attach(&self, uid: &str, agent: &str, version: u32, tx: mpsc::Sender<Bytes>) {
         self.links
             .lock()
             .expect("links")
             .insert(uid.to_owned(), (agent.to_owned(), tx));
+        self.versions
+            .lock()
+            .expect("versions")
+            .insert(agent.to_owned(), version);
+    }
+
+    /// The agent protocol of pod `uid`'s agent, once it is linked.
+    fn version(&self, uid: &str) -> Option<u32> {
+        let agent = self.links.lock().expect("links").get(uid)?.0.clone();
+        self.versions.lock().expect("versions").get(&agent).copied()
     }
 
     /// Agent `agent`'s stream ended; its replacement's, if already there, stays.
@@ -70,6 +84,8 @@ impl AgentOps {
         if links.get(uid).is_some_and(|(a, _)| a == agent) {
             links.remove(uid);
         }
+        drop(links);
+        self.versions.lock().expect("versions").remove(agent);
     }
 
     fn link(&self, uid: &str) -> Option<mpsc::Sender<Bytes>> {
@@ -360,7 +376,23 @@ impl TargetContext for KubeContext {
         &self,
         remote: SocketAddr,
     ) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>> {
-        self.open(ContextOpKind::ConnectUdp { remote })
+        let inner = &self.inner;
+        match inner.target.ops.version(&inner.uid) {
+            // An agent that does not know the operation would never answer it.
+            Some(v) if v < UDP_SINCE => {
+                let message = format!(
+                    "the agent of pod {} speaks agent protocol {v}; UDP needs {UDP_SINCE} (set the chart's agent image to this operator's version)",
+                    inner.pod
+                );
+                Box::pin(async move {
+                    Err(ConnectFailure {
+                        errno: Errno::EPROTONOSUPPORT as i32,
+                        message,
+                    })
+                })
+            }
+            _ => self.open(ContextOpKind::ConnectUdp { remote }),
+        }
     }
 }
 
@@ -398,8 +430,8 @@ mod tests {
         let ops = AgentOps::default();
         let (old, _old_rx) = mpsc::channel(1);
         let (new, mut new_rx) = mpsc::channel(1);
-        ops.attach("uid", "agent-a", old);
-        ops.attach("uid", "agent-b", new);
+        ops.attach("uid", "agent-a", 3, old);
+        ops.attach("uid", "agent-b", 3, new);
         ops.detach("uid", "agent-a");
         let link = ops.link("uid").expect("agent-b's stream stays");
         link.send(Bytes::from_static(b"x\n")).await.unwrap();

@@ -394,7 +394,9 @@ fn context_ops(targets: &Targets, req: &Request<Incoming>) -> Result<Response<Bo
                 agent: pod.clone(),
             })?;
     let (tx, lines) = mpsc::channel(64);
-    target.ops.attach(&uid, &pod, tx.clone());
+    // Absent: an agent from before the header was sent on this stream (version 2).
+    let version = header::<u32>(req, agent::PROTOCOL).unwrap_or(2);
+    target.ops.attach(&uid, &pod, version, tx.clone());
     tracing::debug!(target: "mirrord_kube", target_ref = %target.reference_string(), agent = %pod, "agent serves the context of its pod");
     // Detached: forgets the stream when the agent's connection ends or it is retired.
     tokio::spawn(async move {

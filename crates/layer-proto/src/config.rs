@@ -96,7 +96,7 @@ impl LayerConfig {
 impl Outgoing {
     /// Whether a TCP connect to `addr` (resolved from `host` when known) goes through the target.
     ///
-    /// Loopback, unspecified addresses and port 0 stay local unless a `remote` rule names them by IP or CIDR
+    /// Loopback, unspecified addresses, port 0, multicast and broadcast stay local unless a `remote` rule names them by IP or CIDR
     /// (a `:port` or a name alone does not): issue 27 keeps the developer's own machine reachable, where mirrord
     /// would send loopback to the pod. IPv4-mapped IPv6 addresses are treated as IPv4.
     pub fn remote_tcp(&self, addr: SocketAddr, host: Option<&str>) -> bool {
@@ -111,7 +111,13 @@ impl Outgoing {
 
     fn remote(&self, proto: Proto, addr: SocketAddr, host: Option<&str>) -> bool {
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-        let special = addr.ip().is_loopback() || addr.ip().is_unspecified() || addr.port() == 0;
+        // Multicast and broadcast (mDNS, discovery) are the local network's, like loopback.
+        let broadcast = addr.ip() == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+        let special = addr.ip().is_loopback()
+            || addr.ip().is_unspecified()
+            || addr.port() == 0
+            || addr.ip().is_multicast()
+            || broadcast;
         let any = |rules: &[crate::AddressRule], explicit_ip: bool| {
             rules
                 .iter()
@@ -307,6 +313,10 @@ mod tests {
         let remote = |l: &[&str]| outgoing(Some(AddressFilter::Remote(rules(l))));
         assert!(outgoing(None).remote_udp(a("10.0.0.1:8125"), None));
         assert!(!outgoing(None).remote_udp(a("127.0.0.1:8125"), None));
+        assert!(!outgoing(None).remote_udp(a("224.0.0.251:5353"), None));
+        assert!(!outgoing(None).remote_udp(a("255.255.255.255:67"), None));
+        assert!(!outgoing(None).remote_udp(a("[ff02::fb]:5353"), None));
+        assert!(remote(&["224.0.0.251"]).remote_udp(a("224.0.0.251:5353"), None));
         assert!(remote(&["udp://:53"]).remote_udp(a("10.0.0.1:53"), None));
         assert!(!remote(&["tcp://:53"]).remote_udp(a("10.0.0.1:53"), None));
         assert!(remote(&[":53"]).remote_udp(a("10.0.0.1:53"), None));

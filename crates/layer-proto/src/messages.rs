@@ -36,6 +36,9 @@ pub enum Request {
     Listen { addr: SocketAddr },
     /// The process closed its listening socket on `port`; answered with [`Reply::Done`].
     Unlisten { port: u16 },
+    /// The process closed a UDP socket whose datagrams went to these relays: their flows end. Answered with
+    /// [`Reply::Done`].
+    Release { relays: Vec<SocketAddr> },
 }
 
 /// Why a name did not resolve, as the target's resolver said.

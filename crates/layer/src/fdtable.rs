@@ -23,6 +23,8 @@ pub struct Managed {
     pub relay: SocketAddr,
     /// `AF_INET` or `AF_INET6`: addresses are given back in the socket's family.
     pub domain: c_int,
+    /// A UDP socket: its flow ends when it is closed (UDP has no end of its own).
+    pub datagrams: bool,
 }
 
 /// An unconnected UDP socket's flows through the target: for each destination the app sent to, the relay its
@@ -250,6 +252,7 @@ mod tests {
             local: "10.1.0.2:40000".parse().unwrap(),
             relay: "127.0.0.1:5555".parse().unwrap(),
             domain: libc::AF_INET,
+            datagrams: false,
         })
     }
 

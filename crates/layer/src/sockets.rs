@@ -85,6 +85,7 @@ pub fn connect(fd: c_int, addr: SocketAddr) -> Option<Done> {
                         local,
                         relay,
                         domain,
+                        datagrams: udp,
                     })),
                 );
             }
@@ -184,19 +185,38 @@ pub fn forget(fd: c_int) {
     if !state::is_owner() {
         return;
     }
-    if let Some(Entry::Listening(l)) = TABLE.remove(fd) {
-        // The table's other copies (dups) hold it too; ours is the one just removed.
-        if Arc::strong_count(&l) == 1 && l.pid == sys::getpid() {
-            if let Some(layer) = state::active() {
-                let reply = client::request(
-                    layer,
-                    &Request::Unlisten { port: l.port },
-                    layer.connect_timeout,
-                );
-                debug!("close fd {fd} listening on port {}: {reply:?}", l.port);
-            }
+    // The table's other copies (dups) hold an entry too; ours is the one just removed.
+    let request = match TABLE.remove(fd) {
+        Some(Entry::Listening(l)) if Arc::strong_count(&l) == 1 && l.pid == sys::getpid() => {
+            Request::Unlisten { port: l.port }
         }
+        Some(Entry::Managed(m)) if m.datagrams && Arc::strong_count(&m) == 1 => Request::Release {
+            relays: vec![canonical(m.relay)],
+        },
+        Some(Entry::Relays(r)) if Arc::strong_count(&r) == 1 => Request::Release {
+            relays: r
+                .flows
+                .lock()
+                .map(|f| f.iter().map(|(_, relay)| canonical(*relay)).collect())
+                .unwrap_or_default(),
+        },
+        _ => return,
+    };
+    if let Some(layer) = state::active() {
+        let reply = client::request(layer, &request, layer.connect_timeout);
+        debug!("close fd {fd}: {request:?}: {reply:?}");
     }
+}
+
+/// `connect(fd, AF_UNSPEC)`: a UDP socket's association is dissolved, its flow with it.
+pub fn disconnected(fd: c_int) {
+    if TABLE.is_tracked(fd) {
+        forget(fd);
+    }
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 /// After a successful `listen(fd)`: tells `mirrordctl` the port (once per socket) and waits until its incoming

@@ -622,6 +622,11 @@ sink.bind(("127.0.0.3", 0))
 local.sendto(b"here", sink.getsockname())
 data, src = sink.recvfrom(100)
 assert src == local.getsockname(), (src, local.getsockname())
+# Closing a socket ends its flows (UDP has no end of its own); a dissolved association too.
+d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+d.connect(ECHO)
+c.close()
+u.close()
 print("ok")
 "#;
     let out = run(
@@ -631,6 +636,13 @@ print("ok")
         LIMIT,
     );
     assert_eq!(ok(&out, Some(&ctl)).trim(), "ok");
-    // One flow for the connected socket, one for the unconnected socket's destination (reused).
-    assert_eq!(ctl.flows(), vec![echo, echo]);
+    // One flow for the connected socket, one for the unconnected socket's destination
+    // (reused), one for `d`; the first two closed, each giving its relay back.
+    assert_eq!(ctl.flows(), vec![echo, echo, echo]);
+    let released = ctl
+        .requests()
+        .into_iter()
+        .filter(|r| matches!(r, Request::Release { relays } if relays.len() == 1))
+        .count();
+    assert!(released >= 2, "{:?}", ctl.requests());
 }

@@ -59,9 +59,10 @@ pub const LOCAL: &str = "mirrord-local";
 /// The agent's [`PROTOCOL_VERSION`], on its route and context streams.
 pub const PROTOCOL: &str = "mirrord-agent-protocol";
 /// What an agent speaks. 1: routes and handoffs; 2: and the target's context
-/// ([`CONTEXT_PATH`]). An operator gives a session the context only through an agent of
-/// version 2 or later; an older agent image never opens the context stream.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// ([`CONTEXT_PATH`]); 3: UDP flows ([`ContextOpKind::ConnectUdp`]). An operator gives a
+/// session the context only through an agent of version 2 or later (an older agent image
+/// never opens the context stream), and UDP through one of version 3.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The `KIND` of a connection made from the pod for a session.
 pub const KIND_OUTGOING: &str = "outgoing";
 

@@ -1,23 +1,20 @@
 //! A UDP flow carried as a byte stream: each datagram is a 2-byte big-endian length and its
 //! bytes. Both ends of an outgoing UDP flow use it (the target's socket, connected to the
-//! destination; `mirrordctl`'s loopback relay, which learns the process's address from
-//! its first datagram), so everything between them (frames, the agent's tunnel) carries
-//! it unchanged, and datagram boundaries survive every hop.
+//! destination; `mirrordctl`'s loopback relay, connected to the process's socket once it
+//! sent its first datagram), so everything between them (frames, the agent's tunnel)
+//! carries it unchanged, and datagram boundaries survive every hop.
 //!
 //! A flow has no end of its own (UDP has no close): it ends when the stream ends (the
-//! session or the other side gave it up) or after [`IDLE`] without a datagram either way.
+//! session, or the other side, gave it up) or when `stop` fires (the process closed its
+//! socket: the layer says so).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::UdpSocket;
 
-/// A flow quiet this long in both directions is ended (mirrord's agent forgets idle UDP
-/// flows too); the process's next datagram then meets a closed relay, as after a NAT's
-/// timeout.
-pub const IDLE: Duration = Duration::from_secs(300);
 /// The largest datagram: a 16-bit length's worth.
 const MAX: usize = u16::MAX as usize;
 
@@ -26,44 +23,50 @@ const MAX: usize = u16::MAX as usize;
 pub enum Peer {
     /// The socket is connected: `send` and `recv`.
     Connected,
-    /// A relay: datagrams come from the process, whose address is learned from them
-    /// (the latest sender wins); those arriving before it spoke are dropped.
+    /// A relay: the first socket to send it a datagram is the process's, and the relay is
+    /// connected to it from then on (nobody else on the machine can use the flow); what
+    /// comes from the target before that is dropped.
     Learned,
 }
 
 /// Carries `sock`'s datagrams as the returned stream's frames, in a task of its own that
-/// ends with the stream, the socket's failure, or [`IDLE`].
-pub fn carry(sock: UdpSocket, peer: Peer) -> DuplexStream {
+/// ends with the stream, the socket's failure, or `stop`.
+pub fn carry(
+    sock: UdpSocket,
+    peer: Peer,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> DuplexStream {
     let (ours, theirs) = tokio::io::duplex(4 * (MAX + 2));
     tokio::spawn(async move {
-        let _ = pump(&sock, peer, ours, IDLE).await;
+        tokio::select! {
+            _ = pump(&sock, peer, ours) => {}
+            () = stop => {}
+        }
     });
     theirs
 }
 
-/// Moves datagrams between `sock` and `stream` until either ends or nothing moved for `idle`.
+/// Moves datagrams between `sock` and `stream` until either ends.
 pub async fn pump(
     sock: &UdpSocket,
     peer: Peer,
     stream: impl AsyncRead + AsyncWrite,
-    idle: Duration,
 ) -> io::Result<()> {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    // The process's address (a relay's), and when anything last moved.
-    let to: Mutex<Option<SocketAddr>> = Mutex::new(None);
-    let last = Mutex::new(Instant::now());
-    let moved = || *last.lock().expect("flow clock") = Instant::now();
-    // Each direction is one loop, so nothing is cut mid-frame when another ends the flow.
+    // A relay's process, once known (the socket is then connected to it).
+    let learned: Mutex<Option<SocketAddr>> = Mutex::new(None);
+    // Each direction is one loop, so nothing is cut mid-frame when the other ends the flow.
     let up = async {
         let mut buf = vec![0u8; MAX + 2];
+        if let Peer::Learned = peer {
+            let (n, from) = sock.recv_from(&mut buf[2..]).await?;
+            sock.connect(from).await?;
+            *learned.lock().expect("flow peer") = Some(from);
+            frame(&mut wr, &mut buf, n).await?;
+        }
         loop {
-            let (n, from) = receive(sock, peer, &mut buf[2..]).await?;
-            if from.is_some() {
-                *to.lock().expect("flow peer") = from;
-            }
-            moved();
-            buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
-            wr.write_all(&buf[..n + 2]).await?;
+            let n = receive(sock, &mut buf[2..]).await?;
+            frame(&mut wr, &mut buf, n).await?;
         }
     };
     let down = async {
@@ -75,43 +78,33 @@ pub async fn pump(
                 Err(e) => return Err(e),
             };
             rd.read_exact(&mut buf[..len]).await?;
-            moved();
-            let dest = *to.lock().expect("flow peer");
-            // A datagram the network refuses is lost, as UDP loses it; the flow goes on.
-            let _ = match (peer, dest) {
-                (Peer::Connected, _) => sock.send(&buf[..len]).await,
-                (Peer::Learned, Some(dest)) => sock.send_to(&buf[..len], dest).await,
-                (Peer::Learned, None) => continue,
-            };
-        }
-    };
-    let quiet = async {
-        loop {
-            let since = *last.lock().expect("flow clock");
-            if since.elapsed() >= idle {
-                return;
+            if let Peer::Learned = peer {
+                if learned.lock().expect("flow peer").is_none() {
+                    continue;
+                }
             }
-            tokio::time::sleep_until((since + idle).into()).await;
+            // A datagram the network refuses is lost, as UDP loses it; the flow goes on.
+            // An ICMP error for an earlier one may fail this send: it is tried once more.
+            if sock.send(&buf[..len]).await.is_err() {
+                let _ = sock.send(&buf[..len]).await;
+            }
         }
     };
     tokio::select! {
         r = up => r,
         r = down => r,
-        () = quiet => Ok(()),
     }
 }
 
-async fn receive(
-    sock: &UdpSocket,
-    peer: Peer,
-    buf: &mut [u8],
-) -> io::Result<(usize, Option<SocketAddr>)> {
+async fn frame(wr: &mut (impl AsyncWrite + Unpin), buf: &mut [u8], n: usize) -> io::Result<()> {
+    buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
+    wr.write_all(&buf[..n + 2]).await
+}
+
+/// The next datagram of a connected socket.
+async fn receive(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
     loop {
-        let got = match peer {
-            Peer::Connected => sock.recv(buf).await.map(|n| (n, None)),
-            Peer::Learned => sock.recv_from(buf).await.map(|(n, a)| (n, Some(a))),
-        };
-        match got {
+        match sock.recv(buf).await {
             // An ICMP error for an earlier datagram (the destination's port is closed)
             // fails the next receive on a connected socket: not the flow's end.
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
@@ -123,8 +116,9 @@ async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    async fn frame(s: &mut DuplexStream, data: &[u8]) {
+    async fn frame_to(s: &mut DuplexStream, data: &[u8]) {
         s.write_u16(data.len() as u16).await.unwrap();
         s.write_all(data).await.unwrap();
     }
@@ -151,10 +145,10 @@ mod tests {
         });
         let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         target.connect(echo_addr).await.unwrap();
-        let mut far = carry(target, Peer::Connected);
+        let mut far = carry(target, Peer::Connected, std::future::pending());
         let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let relay_addr = relay.local_addr().unwrap();
-        let mut near = carry(relay, Peer::Learned);
+        let mut near = carry(relay, Peer::Learned, std::future::pending());
         tokio::spawn(async move {
             let _ = tokio::io::copy_bidirectional(&mut far, &mut near).await;
         });
@@ -174,22 +168,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_relay_drops_what_comes_before_the_process_spoke_and_ends_when_idle() {
+    async fn a_relay_serves_the_first_sender_only_and_ends_when_stopped() {
         let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let relay_addr = relay.local_addr().unwrap();
-        let (mut ours, theirs) = tokio::io::duplex(1 << 20);
-        let flow = tokio::spawn(async move {
-            pump(&relay, Peer::Learned, theirs, Duration::from_millis(300)).await
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut ours = carry(relay, Peer::Learned, async {
+            let _ = stopped.await;
         });
-        frame(&mut ours, b"nobody to send to").await;
+        frame_to(&mut ours, b"nobody to send to").await;
         let app = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         app.send_to(b"hello", relay_addr).await.unwrap();
         assert_eq!(unframe(&mut ours).await, b"hello");
-        frame(&mut ours, b"back").await;
+        // Another socket on the machine cannot use the flow.
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        other.send_to(b"intruder", relay_addr).await.unwrap();
+        app.send_to(b"again", relay_addr).await.unwrap();
+        assert_eq!(unframe(&mut ours).await, b"again");
+        frame_to(&mut ours, b"back").await;
         let mut b = [0; 64];
         let (n, from) = app.recv_from(&mut b).await.unwrap();
         assert_eq!((&b[..n], from), (&b"back"[..], relay_addr));
-        let ended = tokio::time::timeout(Duration::from_secs(5), flow).await;
-        assert!(matches!(ended, Ok(Ok(Ok(())))), "an idle flow did not end");
+        drop(stop);
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(5), ours.read_to_end(&mut rest)).await;
+        assert!(matches!(ended, Ok(Ok(0))), "a stopped flow did not end");
     }
 }

@@ -123,16 +123,18 @@ mod tests {
     }
 
     #[test]
-    fn a_listen_asks_for_its_port_once_and_mapped_ports_go_to_their_target_port() {
+    fn a_listen_asks_for_its_port_once_and_ignored_ports_are_left_alone() {
         let mut l = listens(ListenPlan {
-            mapping: vec![(9090, 80)],
             ignore: vec![9999],
             ..Default::default()
         });
         let (tx, mut rx) = oneshot::channel();
         let a = l.listen("0.0.0.0:9090".parse().unwrap(), tx).unwrap();
-        assert_eq!((a.remote, a.local), (80, "127.0.0.1:9090".parse().unwrap()));
-        assert!(matches!(&a.message, ClientMessage::AddPorts { ports } if ports[0].port == 80));
+        assert_eq!(
+            (a.remote, a.local),
+            (9090, "127.0.0.1:9090".parse().unwrap())
+        );
+        assert!(matches!(&a.message, ClientMessage::AddPorts { ports } if ports[0].port == 9090));
         assert!(rx.try_recv().is_err(), "answered before the operator");
         assert!(l.waiting());
         l.added();
@@ -147,7 +149,7 @@ mod tests {
         // Closed: the target's port goes back, once.
         assert!(matches!(
             l.unlisten(9090),
-            Some((80, ClientMessage::RemovePorts { ports })) if ports == [80]
+            Some((9090, ClientMessage::RemovePorts { ports })) if ports == [9090]
         ));
         assert!(l.unlisten(9090).is_none());
     }

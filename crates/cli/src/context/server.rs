@@ -47,6 +47,7 @@ pub fn start(ops: mpsc::Sender<Op>, out: mpsc::Sender<ClientMessage>) -> io::Res
     let path = dir.path().join("layer.sock");
     let listener = UnixListener::bind(&path)?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let flows = Flows::default();
     let accept = tokio::spawn(async move {
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -55,9 +56,9 @@ pub fn start(ops: mpsc::Sender<Op>, out: mpsc::Sender<ClientMessage>) -> io::Res
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let (ops, out) = (ops.clone(), out.clone());
+            let (ops, out, flows) = (ops.clone(), out.clone(), Arc::clone(&flows));
             tokio::spawn(async move {
-                if let Err(e) = serve(stream, ops, out).await {
+                if let Err(e) = serve(stream, ops, out, flows).await {
                     tracing::debug!(target: "mirrordctl::layer", error = %e, "layer connection ended");
                 }
                 drop(permit);
@@ -71,10 +72,15 @@ pub fn start(ops: mpsc::Sender<Op>, out: mpsc::Sender<ClientMessage>) -> io::Res
     })
 }
 
+/// The UDP relays of the process's flows, each with what stops it: the layer says when the
+/// process closed the socket (UDP has no end of its own).
+type Flows = Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, oneshot::Sender<()>>>>;
+
 async fn serve(
     mut s: UnixStream,
     ops: mpsc::Sender<Op>,
     out: mpsc::Sender<ClientMessage>,
+    flows: Flows,
 ) -> io::Result<()> {
     match read(&mut s).await? {
         Request::Hello { version, .. } if version == proto::VERSION => {
@@ -98,8 +104,8 @@ async fn serve(
                 message: "Hello twice".into(),
             },
             Request::Resolve { node, family } => resolve(&ops, node, family).await,
-            Request::Connect { remote, .. } => connect(&ops, &out, remote, false).await,
-            Request::ConnectUdp { remote, .. } => connect(&ops, &out, remote, true).await,
+            Request::Connect { remote, .. } => connect(&ops, &out, remote, None).await,
+            Request::ConnectUdp { remote, .. } => connect(&ops, &out, remote, Some(&flows)).await,
             Request::Listen { addr } => {
                 let (reply, done) = oneshot::channel();
                 if ops.send(Op::Listen { addr, reply }).await.is_ok() {
@@ -109,6 +115,14 @@ async fn serve(
             }
             Request::Unlisten { port } => {
                 let _ = ops.send(Op::Unlisten { port }).await;
+                Reply::Done
+            }
+            Request::Release { relays } => {
+                let mut flows = flows.lock().expect("flows lock");
+                for relay in relays {
+                    // Dropping its stop ends the flow.
+                    flows.remove(&relay);
+                }
                 Reply::Done
             }
         };
@@ -154,11 +168,16 @@ async fn connect(
     ops: &mpsc::Sender<Op>,
     out: &mpsc::Sender<ClientMessage>,
     remote: SocketAddr,
-    udp: bool,
+    // For a UDP flow: where its relay is registered.
+    udp: Option<&Flows>,
 ) -> Reply {
     let (reply, answer) = oneshot::channel();
     if ops
-        .send(Op::Ask(Ask::Connect { remote, udp, reply }))
+        .send(Op::Ask(Ask::Connect {
+            remote,
+            udp: udp.is_some(),
+            reply,
+        }))
         .await
         .is_err()
     {
@@ -180,10 +199,9 @@ async fn connect(
             }
         }
     };
-    let relayed = if udp {
-        relay_datagrams(opened, out.clone()).await
-    } else {
-        hand_over(opened, out.clone()).await
+    let relayed = match udp {
+        Some(flows) => relay_datagrams(opened, out.clone(), flows).await,
+        None => hand_over(opened, out.clone()).await,
     };
     match relayed {
         Ok(reply) => reply,
@@ -231,7 +249,11 @@ async fn hand_over(o: Outgoing, out: mpsc::Sender<ClientMessage>) -> io::Result<
 
 /// Makes the loopback UDP socket the process's socket is connected to, and carries the
 /// datagrams it gets (from the process) and the flow's (from the target) both ways.
-async fn relay_datagrams(o: Outgoing, out: mpsc::Sender<ClientMessage>) -> io::Result<Reply> {
+async fn relay_datagrams(
+    o: Outgoing,
+    out: mpsc::Sender<ClientMessage>,
+    flows: &Flows,
+) -> io::Result<Reply> {
     let sock = match UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await {
         Ok(s) => s,
         Err(e) => {
@@ -240,7 +262,11 @@ async fn relay_datagrams(o: Outgoing, out: mpsc::Sender<ClientMessage>) -> io::R
         }
     };
     let relay = sock.local_addr()?;
-    let flow = datagrams::carry(sock, datagrams::Peer::Learned);
+    let (stop, stopped) = oneshot::channel();
+    flows.lock().expect("flows lock").insert(relay, stop);
+    let flow = datagrams::carry(sock, datagrams::Peer::Learned, async {
+        let _ = stopped.await;
+    });
     tokio::spawn(local::relay(o.conn, flow, o.outlet, out, true));
     Ok(Reply::Connected {
         relay,

@@ -111,8 +111,12 @@ impl TargetContext for ReplicaContext {
                 errno: e.raw_os_error().unwrap_or(0),
                 message: e.to_string(),
             })?;
-            let flow =
-                mirrord_tunnel::datagrams::carry(sock, mirrord_tunnel::datagrams::Peer::Connected);
+            // It ends with its tunnel: the process closed its socket, or the session ended.
+            let flow = mirrord_tunnel::datagrams::carry(
+                sock,
+                mirrord_tunnel::datagrams::Peer::Connected,
+                std::future::pending(),
+            );
             Ok(Outgoing {
                 io: Box::new(flow),
                 local,

@@ -97,8 +97,9 @@ impl HandoffRx {
     }
 
     /// Closes the queue (every later send gives its handoff back) and returns what was
-    /// queued, in order: the session ends, and what it never took goes elsewhere.
-    pub fn close(&mut self) -> Vec<Handoff> {
+    /// queued, in order, including a send already under way: the session ends, and what it
+    /// never took goes elsewhere.
+    pub async fn close(&mut self) -> Vec<Handoff> {
         if let State::Waiting(made) = &mut self.0 {
             // The channel may have been made and handed over already, with handoffs in it.
             self.0 = match made.try_recv() {
@@ -109,7 +110,9 @@ impl HandoffRx {
         let mut left = Vec::new();
         if let State::Open(rx) = &mut self.0 {
             rx.close();
-            while let Ok(h) = rx.try_recv() {
+            // After `close`, `recv` ends (None) once nothing is queued and no send that
+            // already had room is still to land.
+            while let Some(h) = rx.recv().await {
                 left.push(*h);
             }
         }
@@ -190,14 +193,19 @@ mod tests {
     #[tokio::test]
     async fn close_returns_what_was_queued_and_refuses_what_comes_after() {
         let (tx, mut rx) = channel(4);
-        assert!(rx.close().is_empty(), "never used");
+        assert!(rx.close().await.is_empty(), "never used");
         assert_eq!(number(tx.try_send(notice(1)).err()), Some(1));
 
         // Made and handed over, never received from.
         let (tx, mut rx) = channel(4);
         tx.try_send(notice(1)).ok().unwrap();
         tx.try_send(notice(2)).ok().unwrap();
-        let left: Vec<_> = rx.close().into_iter().map(|h| number(Some(h))).collect();
+        let left: Vec<_> = rx
+            .close()
+            .await
+            .into_iter()
+            .map(|h| number(Some(h)))
+            .collect();
         assert_eq!(left, [Some(1), Some(2)]);
         assert_eq!(number(tx.send(notice(3)).await.err()), Some(3));
         assert_eq!(number(rx.recv().await), None);

@@ -32,7 +32,14 @@ fn connect_hook(
     hook(
         || {
             // SAFETY: the app passes libc a readable address of `len` bytes.
-            let remote = unsafe { read_addr(addr, len) }?;
+            let Some(remote) = (unsafe { read_addr(addr, len) }) else {
+                // SAFETY: as above; the family is the address's first two bytes.
+                let family = (!addr.is_null() && len >= 2).then(|| unsafe { (*addr).sa_family });
+                if family == Some(libc::AF_UNSPEC as libc::sa_family_t) {
+                    sockets::disconnected(fd);
+                }
+                return None;
+            };
             sockets::connect(fd, remote)
         },
         // SAFETY: the app's own arguments, forwarded unchanged.

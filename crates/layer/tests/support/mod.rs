@@ -220,7 +220,9 @@ fn serve(
                 outgoing(remote)
             }
             Request::ConnectUdp { remote, .. } => outgoing_udp(remote),
-            Request::Listen { .. } | Request::Unlisten { .. } => Reply::Done,
+            Request::Listen { .. } | Request::Unlisten { .. } | Request::Release { .. } => {
+                Reply::Done
+            }
         };
         if write_frame(&mut conn, &reply).is_err() {
             return;
