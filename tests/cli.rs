@@ -302,34 +302,6 @@ async fn exec_runs_the_local_process_under_a_session_and_passes_its_exit_code() 
     );
 }
 
-/// A local process for `exec` without a port list: listens on the port it is given and on
-/// a port the target does not have, serves `exec GET PATH` until asked for `/close`, then
-/// closes its listening socket and lives on.
-const LISTENING_SERVER: &str = r#"
-import http.server, socket, sys, time
-other = socket.socket()
-other.bind(("127.0.0.1", 0))
-other.listen()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"exec GET {self.path}".encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        if self.path.endswith("/close"):
-            self.server.done = True
-    def log_message(self, *args):
-        pass
-s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-s.done = False
-while not s.done:
-    s.handle_request()
-s.server_close()
-print("closed", flush=True)
-time.sleep(60)
-"#;
-
 /// mirrord's way (issue 28): with no port list, the port the process listens on is stolen
 /// once it listens (the target's port of that number, with the file's filter), a port the
 /// target does not have is left alone, and closing the socket gives the port back while
@@ -355,6 +327,7 @@ async fn exec_without_a_port_list_steals_what_the_process_listens_on_until_it_cl
         .unwrap();
         let cfg = cfg.display().to_string();
         let local = local.to_string();
+        let server = fixture("listening_server.py").display().to_string();
         let args = [
             "exec",
             "-t",
@@ -366,8 +339,7 @@ async fn exec_without_a_port_list_steals_what_the_process_listens_on_until_it_cl
             "--no-remote-dns",
             "--",
             "python3",
-            "-c",
-            LISTENING_SERVER,
+            &server,
             &local,
         ];
         let s = Session::start(&alice, &args).expect("exec opens its session");

@@ -11,7 +11,7 @@
 //! copy of the target (`--copy-target`) the context is the copy pod's.
 
 use mirrord_e2e::kube::{repo, Cluster};
-use mirrord_e2e::{bin, fixture, kube_ctl_command, wait_for};
+use mirrord_e2e::{bin, fixture, kube_ctl_command, wait_for, Session};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -485,6 +485,76 @@ fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() 
         );
         assert!(stdout.contains(&want), "{want}: {all}");
     }
+
+    // With no port list, the port the process listens on is stolen on the pod once it
+    // listens, and given back when it closes its socket (nothing in the pod listens there:
+    // the pod then refuses, as before the session).
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = fixture("listening_server.py").display().to_string();
+    let port_arg = port.to_string();
+    let mut s = Session::start_kube(
+        &alice,
+        &env.home,
+        &[
+            "exec",
+            "-t",
+            "deployment/api",
+            "-n",
+            &env.ns,
+            "--no-env",
+            "--no-outgoing",
+            "--no-remote-dns",
+            "--",
+            "python3",
+            &server,
+            &port_arg,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("exec without ports: {e}"));
+    let added = format!("port {port}: steal");
+    wait_for(Duration::from_secs(60), || {
+        s.stdout
+            .all()
+            .iter()
+            .any(|l| l.starts_with(&added))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}\n{}", s.stdout.text(), s.stderr.text()));
+    let pod = format!("http://{}:{port}", env.api_ip);
+    let curl = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("{pod}{path}"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(curl("/a"), (Some(0), "exec GET /a".into()));
+    assert_eq!(curl("/close"), (Some(0), "exec GET /close".into()));
+    let given_back = format!("port {port}: given back");
+    wait_for(Duration::from_secs(30), || {
+        s.stdout
+            .all()
+            .iter()
+            .any(|l| l.starts_with(&given_back))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}\n{}", s.stdout.text(), s.stderr.text()));
+    let refused = wait_for(Duration::from_secs(20), || {
+        (curl("/after").0 == Some(7)).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "the pod's own port again: {:?}",
+        curl("/after")
+    );
+    assert_eq!(s.stop().and_then(|st| st.code()), Some(130));
 
     // On a copy of the target, the context is the copy's: the same environment and names
     // (from the same pod template), connections from the copy's own address.
