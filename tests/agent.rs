@@ -1,5 +1,6 @@
 //! The agent on the real cluster (issue 12, first step): it enters a real pod's network
-//! namespace from its own privileged `hostPID` pod, takes the pod's port over so that
+//! namespace from its own `hostPID` pod (not privileged: the capabilities the operator gives
+//! its agents, NET_ADMIN, SYS_ADMIN and SYS_PTRACE), takes the pod's port over so that
 //! clients of the Service are served through it, and gives the port back: at once when it
 //! is stopped, and within its lease when it is killed with SIGKILL (the redirect fails
 //! open; nothing has to clean up).
@@ -64,7 +65,7 @@ spec:
       image: mirrord.dev/agent:0.1.0
       imagePullPolicy: Never
       args: ["intercept", "--pod-uid", "{uid}", "--port", "80", "--lease", "{}ms", "--json-log"]
-      securityContext: {{privileged: true}}
+      securityContext: {{privileged: false, allowPrivilegeEscalation: false, capabilities: {{add: [NET_ADMIN, SYS_ADMIN, SYS_PTRACE]}}}}
 "#,
         LEASE.as_millis()
     )

@@ -523,6 +523,25 @@ fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() 
             .then_some(())
     })
     .unwrap_or_else(|| panic!("{}\n{}", s.stdout.text(), s.stderr.text()));
+    // The agent doing this is not privileged: it has the capabilities it needs.
+    let security = env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "get",
+        "pods",
+        "-l",
+        "mirrord.dev/role=agent",
+        "-o",
+        "jsonpath={.items[0].spec.containers[0].securityContext}",
+    ]);
+    let security: serde_json::Value = serde_json::from_str(&security)
+        .unwrap_or_else(|e| panic!("agent securityContext {security:?}: {e}"));
+    assert_eq!(security["privileged"], false, "{security}");
+    assert_eq!(
+        security["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]),
+        "{security}"
+    );
     let pod = format!("http://{}:{port}", env.api_ip);
     let curl = |path: &str| {
         let out = Command::new("curl")

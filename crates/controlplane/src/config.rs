@@ -54,6 +54,11 @@ pub struct KubernetesConfig {
     /// How long a dead agent's redirect outlives it (the target serves again after it).
     #[serde(default = "default_agent_lease", with = "humantime_serde")]
     pub agent_lease: Duration,
+    /// Agents run `privileged` rather than with the capabilities they need (NET_ADMIN for
+    /// the redirect, SYS_ADMIN to enter the pod's network namespace, SYS_PTRACE to read
+    /// its process's environment and root).
+    #[serde(default)]
+    pub agent_privileged: bool,
     /// How long opening a session waits for the agents to apply its routes.
     #[serde(default = "default_agent_ready_timeout", with = "humantime_serde")]
     pub agent_ready_timeout: Duration,

@@ -283,9 +283,24 @@ fn agent_name(pod_uid: &str) -> String {
     format!("mirrord-agent-{short}-{:04x}", rand::random::<u16>())
 }
 
-/// The agent's pod: on the target pod's node, privileged with the host's PID namespace (to
-/// find the pod's processes and enter its network namespace), owned by the operator's pod.
+/// What the agent does in the target pod takes these, besides the runtime's defaults:
+/// NET_ADMIN (its nftables redirect, conntrack), SYS_ADMIN (`setns` into the pod's network
+/// namespace), SYS_PTRACE (the pod's process's `/proc/PID/ns`, `environ` and `root`).
+pub const AGENT_CAPABILITIES: [&str; 3] = ["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"];
+
+/// The agent's pod: on the target pod's node, with the host's PID namespace (to find the
+/// pod's processes and enter its network namespace) and the capabilities it needs (or
+/// privileged, when so configured), owned by the operator's pod.
 fn agent_pod(ctx: &Context, name: &str, pod_uid: &str, pod: &PodInfo) -> Pod {
+    let security = if ctx.agent_privileged {
+        serde_json::json!({"privileged": true})
+    } else {
+        serde_json::json!({
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"add": AGENT_CAPABILITIES},
+        })
+    };
     let owners = ctx.owners.for_namespace(&ctx.agent_namespace);
     let lease = format!("{}ms", ctx.lease.as_millis());
     let json = serde_json::json!({
@@ -319,7 +334,7 @@ fn agent_pod(ctx: &Context, name: &str, pod_uid: &str, pod: &PodInfo) -> Pod {
                 "args": ["intercept", "--pod-uid", pod_uid, "--agent-name", name,
                          "--credentials", CREDENTIALS_DIR, "--lease", lease],
                 "env": [{"name": "RUST_LOG", "value": ctx.agent_log}],
-                "securityContext": {"privileged": true},
+                "securityContext": security,
                 "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}],
                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
             }],

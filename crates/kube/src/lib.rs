@@ -105,6 +105,8 @@ pub struct Context {
     pub agent_pull_policy: String,
     pub linger: Duration,
     pub lease: Duration,
+    /// Agents run privileged (else with the capabilities they need).
+    pub agent_privileged: bool,
     pub ready_timeout: Duration,
     /// The agents' RUST_LOG: the operator's own.
     pub agent_log: String,
@@ -176,6 +178,7 @@ impl KubeBackend {
             agent_pull_policy: cfg.agent_image_pull_policy.clone(),
             linger: cfg.agent_linger,
             lease: cfg.agent_lease,
+            agent_privileged: cfg.agent_privileged,
             ready_timeout: cfg.agent_ready_timeout,
             agent_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "mirrord=info".into()),
             owners,

@@ -64,6 +64,7 @@ agent_image_pull_policy = {{ .Values.agent.image.pullPolicy | quote }}
 gateway_listen = "0.0.0.0:{{ .Values.agent.gatewayPort }}"
 agent_linger = {{ .Values.agent.linger | quote }}
 agent_lease = {{ .Values.agent.lease | quote }}
+agent_privileged = {{ .Values.agent.privileged }}
 registry_secret = {{ include "mirrord-operator.registrySecret" . | quote }}
 owner_cluster_role = {{ include "mirrord-operator.fullname" . | quote }}
 {{- if .Values.apiService.enabled }}
