@@ -6,6 +6,7 @@
 //! Without the operator the agent routes nothing (the target serves its own traffic) and,
 //! if the operator stays away, leaves.
 
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http2::SendRequest;
@@ -207,8 +208,15 @@ impl Link {
                 body,
                 respond,
             } => {
-                let req = request_to_operator(agent::REQUEST_PATH, session, port, &head, body);
-                let _ = respond.send(stolen_response(sender, req).await);
+                let answer = match replayable(body).await {
+                    Ok((body, replay)) => {
+                        let req =
+                            request_to_operator(agent::REQUEST_PATH, session, port, &head, body);
+                        stolen_response(sender, req, replay).await
+                    }
+                    Err(e) => StolenResponse::Failed(format!("the request's body broke: {e}")),
+                };
+                let _ = respond.send(answer);
             }
             // Only the operator's backends say these.
             Handoff::Notice { .. } => {}
@@ -305,11 +313,42 @@ async fn send(
     sender.send_request(req).await.map_err(LinkError::Broken)
 }
 
-async fn stolen_response(sender: SendRequest<Body>, req: Request<Body>) -> StolenResponse {
+/// Bodies up to this size, of a known length, are kept while the operator decides: a
+/// request the session gives back then goes to the pod whole.
+const REPLAYABLE: u64 = 64 * 1024;
+
+/// The body to send, and a copy of it when it is small and complete (a GET's empty body,
+/// most API calls'); a streamed or larger body is sent as it comes, with no copy.
+async fn replayable(body: Body) -> Result<(Body, Option<Bytes>), mirrord_dataplane::BoxError> {
+    use hyper::body::Body as _;
+    if body.size_hint().exact().is_none_or(|n| n > REPLAYABLE) {
+        return Ok((body, None));
+    }
+    let bytes = body.collect().await?.to_bytes();
+    Ok((full(bytes.clone()), Some(bytes)))
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+async fn stolen_response(
+    sender: SendRequest<Body>,
+    req: Request<Body>,
+    replay: Option<Bytes>,
+) -> StolenResponse {
     let resp = match send(sender, req).await {
         Ok(r) => r,
         Err(e) => return StolenResponse::Failed(e.to_string()),
     };
+    if resp.headers().contains_key(agent::GIVEN_BACK) {
+        return match replay {
+            Some(body) => StolenResponse::GivenBack(full(body)),
+            None => StolenResponse::Failed(
+                "the session ended before taking this request (its body was streamed and cannot be replayed)".into(),
+            ),
+        };
+    }
     let head = resp
         .headers()
         .get(agent::HEAD)
@@ -421,5 +460,77 @@ impl<T: serde::de::DeserializeOwned> Lines<T> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 link to an "operator" that answers every stolen request with `answer`.
+    async fn link_answering(answer: fn() -> http::Response<Body>) -> SendRequest<Body> {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    // Read the body as the gateway would before answering.
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, std::convert::Infallible>(answer())
+                });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(theirs), svc)
+                .await;
+        });
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(ours))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    fn given_back() -> http::Response<Body> {
+        http::Response::builder()
+            .status(StatusCode::CONFLICT)
+            .header(agent::GIVEN_BACK, "1")
+            .body(empty())
+            .unwrap()
+    }
+
+    fn head() -> HttpRequestHead {
+        HttpRequestHead {
+            method: "POST".into(),
+            uri: "/orders".into(),
+            version: mirrord_protocol::HttpVersion::Http11,
+            headers: Vec::new(),
+        }
+    }
+
+    /// A request the leaving session gave back goes to the pod with its body; one whose
+    /// body was streamed (unknown length) cannot be replayed and fails, saying why.
+    #[tokio::test]
+    async fn a_given_back_request_is_replayed_whole_when_its_body_was_kept() {
+        let (body, replay) = replayable(full(Bytes::from_static(b"{\"id\": 7}")))
+            .await
+            .unwrap();
+        assert_eq!(replay.as_deref(), Some(&b"{\"id\": 7}"[..]));
+        let req = request_to_operator(agent::REQUEST_PATH, 1, 80, &head(), body);
+        let answer = stolen_response(link_answering(given_back).await, req, replay).await;
+        let StolenResponse::GivenBack(body) = answer else {
+            panic!("not given back")
+        };
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "{\"id\": 7}");
+
+        // A body still arriving (no length known): sent as it comes, not kept.
+        let (streamed, inbox) = mirrord_tunnel::body::receive(Bytes::from_static(b"chunk"), false);
+        drop(inbox);
+        let (body, replay) = replayable(streamed).await.unwrap();
+        assert!(replay.is_none(), "a body of unknown length is not kept");
+        let req = request_to_operator(agent::REQUEST_PATH, 1, 80, &head(), body);
+        let answer = stolen_response(link_answering(given_back).await, req, None).await;
+        assert!(
+            matches!(&answer, StolenResponse::Failed(why) if why.contains("cannot be replayed")),
+            "a streamed body's request was not failed"
+        );
     }
 }

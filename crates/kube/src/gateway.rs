@@ -288,7 +288,6 @@ async fn stolen_request(
     let (sub, port, head) = handed_request(targets, &req)?;
     let (respond, answer) = oneshot::channel();
     let body: Body = req.into_body().map_err(|e| Box::new(e) as BoxError).boxed();
-    sub.counters.requests.inc();
     sub.tx
         .send(Handoff::StolenRequest {
             port,
@@ -298,7 +297,17 @@ async fn stolen_request(
         })
         .await
         .map_err(|_| GatewayError::SessionGone)?;
-    match answer.await {
+    let answer = answer.await;
+    if let Ok(StolenResponse::GivenBack(_)) = answer {
+        // Not stolen after all, nor counted as such: the agent has the body to replay.
+        return Ok(Response::builder()
+            .status(StatusCode::CONFLICT)
+            .header(agent::GIVEN_BACK, "1")
+            .body(full(Bytes::new()))
+            .expect("valid response"));
+    }
+    sub.counters.requests.inc();
+    match answer {
         Ok(StolenResponse::Response { upgraded: Some(_), .. }) => Err(GatewayError::Failed(
             "protocol upgrades of stolen requests do not cross the agent yet; steal the port unfiltered".into(),
         )),
@@ -307,8 +316,6 @@ async fn stolen_request(
             .body(body)
             .expect("valid response")),
         Ok(StolenResponse::Failed(why)) => Err(GatewayError::Failed(why)),
-        // Its body came over the agent's link and cannot go back: the agent answers it as
-        // a request of a session that is gone.
         Ok(StolenResponse::GivenBack(_)) | Err(_) => Err(GatewayError::SessionGone),
     }
 }

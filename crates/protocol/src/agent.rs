@@ -47,6 +47,9 @@ pub const PEER: &str = "mirrord-peer";
 pub const HEAD: &str = "mirrord-head";
 /// `steal`, `mirror` or `outgoing`, on a `CONNECT`.
 pub const KIND: &str = "mirrord-kind";
+/// On the operator's answer to a stolen request: the session was leaving and never took it
+/// (its routes were gone); the agent gives it to the pod, as if no steal had been there.
+pub const GIVEN_BACK: &str = "mirrord-given-back";
 
 /// The stream of [`ContextOp`]s to an agent.
 pub const CONTEXT_PATH: &str = "/v1/context";
