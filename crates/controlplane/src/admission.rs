@@ -333,11 +333,14 @@ fn narrow(
 
 /// The filter regexes `ports` hold (a client's budget counts them).
 fn regexes(ports: &[PortRequest]) -> usize {
-    ports
-        .iter()
-        .filter_map(|p| p.filter.as_ref())
-        .map(|f| f.header.len() + f.path.len() + 2 * f.body.len())
-        .sum()
+    ports.iter().map(port_regexes).sum()
+}
+
+/// The filter regexes one port's request holds.
+pub fn port_regexes(p: &PortRequest) -> usize {
+    p.filter
+        .as_ref()
+        .map_or(0, |f| f.header.len() + f.path.len() + 2 * f.body.len())
 }
 
 /// Ports added to an open session: what [`authorize`] and [`admit`] decide about ports

@@ -438,7 +438,11 @@ pub async fn add_ports(
     )?;
     admission::authorize_take_overs(caller, &take_overs, &reserved)?;
     let (grant, granted) = grant_ports(op, &more.subscription, reserved);
-    if !entry.add_grant(grant, regexes) {
+    let per_port: Vec<(u16, usize)> = requested
+        .iter()
+        .map(|p| (p.port, admission::port_regexes(p)))
+        .collect();
+    if !entry.add_grant(grant, &per_port) {
         return Err(Refusal::Internal(format!(
             "session {} ended while its ports were added",
             entry.id

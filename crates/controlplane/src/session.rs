@@ -400,7 +400,6 @@ impl Actor {
                 a = crate::open::add_ports(&me.op, &me.entry, &more, ports) => a,
                 _ = me.cancel.cancelled() => return,
             };
-            drop(more);
             let msg = match added {
                 Ok(ports) => ServerMessage::PortsAdded { ports },
                 Err(refusal) => {
@@ -408,7 +407,10 @@ impl Actor {
                     ServerMessage::PortsRefused(refusal.reply())
                 }
             };
+            // Answered before the next addition starts: the client matches answers to its
+            // additions by their order.
             let _ = me.queue(Box::new(msg)).await;
+            drop(more);
         });
     }
 
@@ -1010,6 +1012,55 @@ mod tests {
             .unwrap();
         session.await.unwrap();
         assert!(p80.load().is_empty());
+    }
+
+    /// A filtered port added and given back again and again (a process that listens and
+    /// closes) returns its regexes each time: the client's budget is never used up by it.
+    #[tokio::test(start_paused = true)]
+    async fn a_port_given_back_returns_its_regexes_to_the_budget() {
+        let limits = Limits {
+            max_filter_regexes_per_client: 1,
+            ..Limits::default()
+        };
+        let (op, _api) = operator(SessionConfig::default(), limits);
+        let opened = crate::open::open(
+            &op,
+            request(&[(80, PortMode::Steal, None)]),
+            client("alice"),
+        )
+        .await
+        .unwrap();
+        let (out, mut to_client) = mpsc::channel(64);
+        let (from_client, inbound) =
+            futures::channel::mpsc::unbounded::<Result<ClientMessage, FrameError>>();
+        let session = tokio::spawn(run(Arc::clone(&op), opened, inbound, out));
+        let filtered = crate::testing::request(&[(81, PortMode::Steal, Some("x-user: me"))]).ports;
+        for round in 0..3 {
+            from_client
+                .unbounded_send(Ok(ClientMessage::AddPorts {
+                    ports: filtered.clone(),
+                }))
+                .unwrap();
+            let answer = loop {
+                match *to_client.recv().await.expect("a frame") {
+                    m @ (ServerMessage::PortsAdded { .. } | ServerMessage::PortsRefused(_)) => {
+                        break m
+                    }
+                    _ => continue,
+                }
+            };
+            assert!(
+                matches!(answer, ServerMessage::PortsAdded { .. }),
+                "round {round}: {answer:?}"
+            );
+            from_client
+                .unbounded_send(Ok(ClientMessage::RemovePorts { ports: vec![81] }))
+                .unwrap();
+        }
+        from_client
+            .unbounded_send(Ok(ClientMessage::EndSession))
+            .unwrap();
+        session.await.unwrap();
     }
 
     /// The maximum session time ends a session that is otherwise healthy.

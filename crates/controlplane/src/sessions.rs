@@ -160,7 +160,7 @@ impl SessionEntry {
     /// Ports added to the open session: their grant joins the session's (released with it),
     /// their filters' regexes its share of the client's budget. `false` (the grant is
     /// released) when the session has ended meanwhile.
-    pub fn add_grant(&self, more: Grant, regexes: usize) -> bool {
+    pub fn add_grant(&self, more: Grant, regexes: &[(u16, usize)]) -> bool {
         let mut grant = self.grant.lock().expect("grant lock");
         match grant.as_mut() {
             Some(g) => {
@@ -175,10 +175,13 @@ impl SessionEntry {
     /// Gives back `ports` of this session's (its process stopped listening on them); returns
     /// what it held of them.
     pub fn release_ports(&self, ports: &[u16]) -> Vec<crate::locks::Hold> {
-        match self.grant.lock().expect("grant lock").as_mut() {
+        let released = match self.grant.lock().expect("grant lock").as_mut() {
             Some(g) => g.release_ports(ports),
-            None => Vec::new(),
-        }
+            None => return Vec::new(),
+        };
+        let gone: Vec<u16> = released.iter().map(|h| h.port).collect();
+        self.slot.lock().expect("slot lock").release(&gone);
+        released
     }
 
     /// Whether the client may hold `regexes` more filter regexes.
@@ -208,6 +211,8 @@ pub struct ClientSlot {
     usage: Arc<Mutex<HashMap<String, Usage>>>,
     client_id: String,
     regexes: usize,
+    /// The regexes of ports added to the open session, by port: given back with the port.
+    added: HashMap<u16, usize>,
 }
 
 impl Drop for ClientSlot {
@@ -235,11 +240,25 @@ impl ClientSlot {
         }
     }
 
-    fn hold(&mut self, regexes: usize) {
+    /// Ports added to the session, with their filters' regexes.
+    fn hold(&mut self, per_port: &[(u16, usize)]) {
         let mut usage = self.usage.lock().expect("slots lock");
         if let Some(u) = usage.get_mut(&self.client_id) {
-            u.regexes += regexes;
-            self.regexes += regexes;
+            for (port, regexes) in per_port {
+                u.regexes += regexes;
+                self.regexes += regexes;
+                *self.added.entry(*port).or_default() += regexes;
+            }
+        }
+    }
+
+    /// Ports given back: their regexes leave the client's budget.
+    fn release(&mut self, ports: &[u16]) {
+        let freed: usize = ports.iter().filter_map(|p| self.added.remove(p)).sum();
+        let mut usage = self.usage.lock().expect("slots lock");
+        if let Some(u) = usage.get_mut(&self.client_id) {
+            u.regexes -= freed;
+            self.regexes -= freed;
         }
     }
 }
@@ -299,6 +318,7 @@ impl Sessions {
             usage: Arc::clone(&self.per_client),
             client_id: client_id.to_owned(),
             regexes,
+            added: HashMap::new(),
         })
     }
 

@@ -49,8 +49,8 @@ pub enum ClientMessage {
     /// The developer is leaving (Ctrl-C): end the session now.
     EndSession,
     /// More ports for the open session (its process listens now): answered with
-    /// [`ServerMessage::PortsAdded`] or [`ServerMessage::PortsRefused`]; the session goes on
-    /// either way.
+    /// [`ServerMessage::PortsAdded`] or [`ServerMessage::PortsRefused`], in the order the
+    /// additions were asked; the session goes on either way.
     AddPorts { ports: Vec<PortRequest> },
     /// Resolve `node` as the target does; answered with [`ServerMessage::Resolved`].
     Resolve {
