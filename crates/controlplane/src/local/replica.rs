@@ -49,10 +49,13 @@ impl ReplicaDir {
                 .ok()
                 .and_then(|t| parse_pid_file(&t))
             {
-                // The pid may have been reused since: only the same process is killed.
-                if start_time(pid) == Some(started)
-                    && killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
-                {
+                // The pid may have been reused since: only the same process's group is
+                // killed. With the leader gone (its parent-death signal killed it with the
+                // old operator) the group's other members may still run: no process can
+                // be given the pid while a group of that number exists, so the group, if
+                // any, is still the replica's.
+                let ours = start_time(pid).is_none_or(|s| s == started);
+                if ours && killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
                     tracing::warn!(pid, file = %path.display(), "killed a replica left running by a previous operator");
                     reaped += 1;
                 }
@@ -334,5 +337,35 @@ mod tests {
         assert_eq!(d.reap_orphans(), 1);
         assert!(child.wait().is_ok());
         assert!(!d.pid_file("a").exists());
+    }
+
+    /// A replica whose leader died with the old operator leaves members of its group
+    /// running (a server it started in the background): they are killed too.
+    #[tokio::test]
+    async fn a_groups_members_are_reaped_when_its_leader_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = ReplicaDir::open(dir.path()).unwrap();
+        // The leader starts a member in its group, prints its pid and exits.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .process_group(0)
+            .output()
+            .unwrap();
+        let member: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let group = nix::unistd::getpgid(Some(Pid::from_raw(member))).unwrap();
+        assert!(start_time(group.as_raw()).is_none(), "the leader is gone");
+        std::fs::write(d.pid_file("b"), format!("{} 12345\n", group.as_raw())).unwrap();
+        assert_eq!(d.reap_orphans(), 1);
+        let mut gone = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Killed: a zombie (reparented to init, reaped soon) or no process at all.
+            gone = std::fs::read_to_string(format!("/proc/{member}/stat"))
+                .map_or(true, |s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'));
+            if gone {
+                break;
+            }
+        }
+        assert!(gone, "the group's member still runs");
     }
 }
