@@ -493,6 +493,29 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     assert_eq!(answers(env.web, 10, &alice), pods, "killed: nothing stolen");
     drop(s);
 
+    // A matched request the developer upgrades (101, then bytes both ways: a WebSocket's
+    // way) works through the agent, on each pod.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dev = rt.block_on(mirrord_e2e::servers::HttpServer::start("dev"));
+    let mut s = env.session(&[
+        "steal",
+        "--port",
+        &format!("80={}", dev.addr),
+        "--header",
+        "^x-user: alice$",
+    ]);
+    for (_, _, ip) in env.pods() {
+        let (head, echo) = rt.block_on(mirrord_e2e::servers::upgrade_echo(
+            SocketAddr::new(ip, 80),
+            &alice,
+            b"ping",
+        ));
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert_eq!(echo, "dev:ping");
+    }
+    s.stop();
+    drop(rt);
+
     // Mirror: the pods answer, the developer gets a copy of each request.
     let s = env.session(&["mirror", "--port", &to]);
     for i in 0..10 {

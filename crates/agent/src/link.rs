@@ -337,6 +337,7 @@ async fn stolen_response(
     req: Request<Body>,
     replay: Option<Bytes>,
 ) -> StolenResponse {
+    let joiner = sender.clone();
     let resp = match send(sender, req).await {
         Ok(r) => r,
         Err(e) => return StolenResponse::Failed(e.to_string()),
@@ -354,14 +355,20 @@ async fn stolen_response(
         .get(agent::HEAD)
         .map(|v| agent::decode_head::<HttpResponseHead>(v.as_bytes()));
     match head {
-        Some(Ok(head)) => StolenResponse::Response {
-            head,
-            body: resp
-                .into_body()
-                .map_err(|e| Box::new(e) as mirrord_dataplane::BoxError)
-                .boxed(),
-            upgraded: None,
-        },
+        Some(Ok(head)) => {
+            let upgrade = resp
+                .headers()
+                .get(agent::UPGRADE)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            StolenResponse::Response {
+                head,
+                body: resp
+                    .into_body()
+                    .map_err(|e| Box::new(e) as mirrord_dataplane::BoxError)
+                    .boxed(),
+                upgraded: upgrade.map(|id| join_upgrade(joiner, id)),
+            }
+        }
         _ => {
             let status = resp.status();
             let why = resp.into_body().collect().await.map(|b| b.to_bytes());
@@ -371,6 +378,36 @@ async fn stolen_response(
             ))
         }
     }
+}
+
+/// The developer upgraded a stolen request (101): the client's end, once the data plane
+/// has it, is joined to the developer's, which waits at the operator under `id`.
+fn join_upgrade(sender: SendRequest<Body>, id: u64) -> tokio::io::DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    // Detached: the relay ends with either side.
+    tokio::spawn(async move {
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri("mirrord-operator:0")
+            .header(agent::KIND, agent::KIND_UPGRADE)
+            .header(agent::UPGRADE, id)
+            .body(empty())
+            .expect("valid request");
+        let joined = match send(sender, req).await {
+            Ok(resp) if resp.status() == StatusCode::OK => hyper::upgrade::on(resp).await.ok(),
+            _ => None,
+        };
+        match joined {
+            Some(up) => {
+                let (mut up, mut ours) = (TokioIo::new(up), ours);
+                let _ = tokio::io::copy_bidirectional(&mut up, &mut ours).await;
+            }
+            None => {
+                tracing::warn!(target: "mirrord_agent", id, "an upgraded stolen request could not be joined to the developer's end")
+            }
+        }
+    });
+    theirs
 }
 
 async fn tunnel(

@@ -135,6 +135,13 @@ async fn handle(targets: &Targets, req: Request<Incoming>) -> Result<Response<Bo
         {
             return outgoing(targets, req);
         }
+        if req
+            .headers()
+            .get(agent::KIND)
+            .is_some_and(|k| k == agent::KIND_UPGRADE)
+        {
+            return join_upgrade(targets, req);
+        }
         return connect(targets, req);
     }
     match (req.method().clone(), req.uri().path()) {
@@ -308,9 +315,19 @@ async fn stolen_request(
     }
     sub.counters.requests.inc();
     match answer {
-        Ok(StolenResponse::Response { upgraded: Some(_), .. }) => Err(GatewayError::Failed(
-            "protocol upgrades of stolen requests do not cross the agent yet; steal the port unfiltered".into(),
-        )),
+        Ok(StolenResponse::Response {
+            head,
+            body,
+            upgraded: Some(io),
+        }) => {
+            // The developer's end waits for the agent's tunnel of the client's end.
+            let id = targets.1.park(io);
+            Ok(Response::builder()
+                .header(agent::HEAD, encode_head(&head))
+                .header(agent::UPGRADE, id)
+                .body(body)
+                .expect("valid response"))
+        }
         Ok(StolenResponse::Response { head, body, .. }) => Ok(Response::builder()
             .header(agent::HEAD, encode_head(&head))
             .body(body)
@@ -336,6 +353,56 @@ async fn mirrored_request(
         port,
         head: Box::new(head),
         body,
+    });
+    Ok(Response::new(full(Bytes::new())))
+}
+
+/// How long a developer's end of an upgraded request waits for the agent to join it.
+const UPGRADE_JOIN: Duration = Duration::from_secs(30);
+
+/// Developers' ends of upgraded stolen requests (a 101 answer), each until the agent's
+/// tunnel for the client's end joins it (or [`UPGRADE_JOIN`] passes).
+#[derive(Default)]
+pub(crate) struct Upgrades {
+    next: std::sync::atomic::AtomicU64,
+    parked: std::sync::Mutex<
+        std::collections::HashMap<u64, (std::time::Instant, tokio::io::DuplexStream)>,
+    >,
+}
+
+impl Upgrades {
+    fn park(&self, io: tokio::io::DuplexStream) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut parked = self.parked.lock().expect("upgrades");
+        // Those an agent never came for (it died meanwhile) go now.
+        parked.retain(|_, (at, _)| at.elapsed() < UPGRADE_JOIN);
+        parked.insert(id, (std::time::Instant::now(), io));
+        id
+    }
+
+    fn take(&self, id: u64) -> Option<tokio::io::DuplexStream> {
+        self.parked
+            .lock()
+            .expect("upgrades")
+            .remove(&id)
+            .map(|(_, io)| io)
+    }
+}
+
+/// The agent's tunnel of an upgraded request's client end: joined to the developer's.
+fn join_upgrade(
+    targets: &Targets,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let id: u64 = header(&req, agent::UPGRADE)?;
+    let mut dev = targets.1.take(id).ok_or(GatewayError::SessionGone)?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    // Detached: the relay ends with either side.
+    tokio::spawn(async move {
+        if let Ok(up) = upgrade.await {
+            let mut client = TokioIo::new(up);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut dev).await;
+        }
     });
     Ok(Response::new(full(Bytes::new())))
 }

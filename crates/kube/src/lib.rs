@@ -121,7 +121,11 @@ pub struct Context {
 
 /// The targets resolved so far, shared with the gateway.
 #[derive(Default)]
-pub struct Targets(Mutex<HashMap<TargetRef, Arc<KubeTarget>>>);
+pub struct Targets(
+    Mutex<HashMap<TargetRef, Arc<KubeTarget>>>,
+    /// Developers' ends of upgraded stolen requests, until their agents join them.
+    pub(crate) gateway::Upgrades,
+);
 
 impl Targets {
     pub fn all(&self) -> Vec<Arc<KubeTarget>> {

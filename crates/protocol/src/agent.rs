@@ -50,6 +50,12 @@ pub const KIND: &str = "mirrord-kind";
 /// On the operator's answer to a stolen request: the session was leaving and never took it
 /// (its routes were gone); the agent gives it to the pod, as if no steal had been there.
 pub const GIVEN_BACK: &str = "mirrord-given-back";
+/// On the operator's answer to a stolen request the developer upgraded (101): the id under
+/// which the developer's end waits; the agent joins the client's end to it with a tunnel of
+/// kind [`KIND_UPGRADE`] carrying this header.
+pub const UPGRADE: &str = "mirrord-upgrade";
+/// The `KIND` of the tunnel that carries an upgraded stolen request's bytes.
+pub const KIND_UPGRADE: &str = "upgrade";
 
 /// The stream of [`ContextOp`]s to an agent.
 pub const CONTEXT_PATH: &str = "/v1/context";
