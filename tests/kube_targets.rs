@@ -554,6 +554,40 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     });
     assert!(gone.is_some(), "agents left behind: {:?}", env.agents());
 
+    // The cluster refuses the agent (here a quota of no pods in the operator's namespace;
+    // an admission webhook or a security policy alike): the session is refused at once in
+    // the API server's words, not after the agents' ready timeout.
+    env.k.apply(&format!(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: no-agents, namespace: {}}}\nspec: {{hard: {{pods: \"0\"}}}}\n",
+        env.op_ns
+    ));
+    let refused_in = Instant::now();
+    let out = ctl(
+        &env.creds,
+        &[
+            "steal",
+            "--target",
+            "deployment/web",
+            "--namespace",
+            &env.ns,
+            "--port",
+            &to,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the cluster refused the agent") && err.contains("exceeded quota"),
+        "{err}"
+    );
+    assert!(
+        refused_in.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        refused_in.elapsed()
+    );
+    env.k
+        .kubectl(&["-n", &env.op_ns, "delete", "resourcequota", "no-agents"]);
+
     // Another name for one of these pods (`pod/NAME`) cannot start a second agent there
     // while alice's session holds them (its redirect took her traffic, for good): that
     // session ends at once, naming the Deployment, and alice's steal goes on.

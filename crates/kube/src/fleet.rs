@@ -155,10 +155,20 @@ async fn reconcile(t: &Arc<KubeTarget>) {
         let spec = agent_pod(&t.ctx, &name, &uid, &pod);
         match api.create(&PostParams::default(), &spec).await {
             Ok(_) => {
+                t.agent_refusals.lock().expect("refusals").remove(&uid);
                 tracing::info!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %name, pod = %pod.name, node = %pod.node, "agent started")
             }
             Err(e) => {
                 tracing::error!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %name, error = %e, "cannot create agent pod");
+                // What the user is told: the API server's own words (the admission's).
+                let why = match &e {
+                    kube::Error::Api(s) => s.message.clone(),
+                    other => other.to_string(),
+                };
+                t.agent_refusals
+                    .lock()
+                    .expect("refusals")
+                    .insert(uid.clone(), why);
                 t.agents.0.lock().expect("agents").remove(&uid);
                 t.ctx.claims.release(&uid, &me);
             }
@@ -191,6 +201,9 @@ fn tell(
 /// now.
 pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
     t.synced(t.ctx.ready_timeout).await?;
+    // Refusals of earlier attempts are history (a quota lifted, a policy changed): this
+    // settle goes by the attempts the fleet makes now.
+    t.agent_refusals.lock().expect("refusals").clear();
     let version = t.publish().version;
     t.changed.notify_one();
     let deadline = Instant::now() + t.ctx.ready_timeout;
@@ -210,6 +223,22 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
         {
             return Err(format!(
                 "pod {pod} is also reached as {other}, whose agent serves it for other sessions (until a few seconds after they end): a pod is reached through one target name at a time, so open this session on {other}"
+            ));
+        }
+        // The cluster refused an agent (admission, quota, policy): said now, not at the
+        // deadline, in the API server's words.
+        if let Some((pod, refusal)) = pending.iter().find_map(|(uid, p)| {
+            let refusals = t.agent_refusals.lock().expect("refusals");
+            Some((&p.name, refusals.get(uid)?.clone()))
+        }) {
+            let needs = if t.ctx.agent_privileged {
+                "a privileged pod with hostPID"
+            } else {
+                "hostPID and the capabilities NET_ADMIN, SYS_ADMIN, SYS_PTRACE"
+            };
+            return Err(format!(
+                "the cluster refused the agent for pod {pod}: {refusal} (an agent needs {needs}, in namespace {})",
+                t.ctx.agent_namespace
             ));
         }
         if Instant::now() >= deadline {

@@ -15,7 +15,7 @@ use kube::Api;
 use mirrord_dataplane::{PortRoutes, RouteTable, Subscriber};
 use mirrord_protocol::agent::{PortRouteSpec, RouteSnapshot};
 use mirrord_protocol::TargetRef;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -63,6 +63,9 @@ pub struct KubeTarget {
     pods: Mutex<BTreeMap<String, PodInfo>>,
     routes: watch::Sender<Arc<RouteSnapshot>>,
     pub(crate) agents: Agents,
+    /// Per pod UID: why the API server refused its agent pod last (an admission webhook, a
+    /// quota, a security policy), until one is created.
+    pub(crate) agent_refusals: Mutex<HashMap<String, String>>,
     /// The sessions' contexts on its pods, through their agents.
     pub(crate) ops: crate::context::AgentOps,
     /// Whether the pods have been listed once: before that, "no pods" means "not known".
@@ -94,6 +97,7 @@ impl KubeTarget {
             pods: Mutex::default(),
             routes: watch::Sender::new(Arc::default()),
             agents: Agents::default(),
+            agent_refusals: Mutex::default(),
             ops: crate::context::AgentOps::default(),
             synced: watch::Sender::new(false),
         })
