@@ -482,6 +482,24 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     );
     assert_eq!(answers(env.web, 20, &[("x-user", "bob")]), pods);
     assert_eq!(answers(env.web, 20, &[]), pods);
+    // The 40 requests the filter let through are counted as on one machine (the agents
+    // report them to the operator).
+    let bypassed = wait_for(Duration::from_secs(10), || {
+        let metrics = env.metrics();
+        let n: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("mirrord_bypassed_requests_total{"))
+            .filter(|l| l.contains(&format!("namespace=\"{}\"", env.ns)))
+            .filter(|l| l.contains("target=\"deployment/web\"") && l.contains("port=\"80\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (n >= 40.0).then_some(n)
+    });
+    assert!(
+        bypassed.is_some(),
+        "bypassed requests not counted:\n{}",
+        env.metrics()
+    );
     // Ended with `sessions kill`.
     let out = ctl(&env.creds, &["sessions", "kill", &s.id]);
     assert!(

@@ -162,6 +162,26 @@ impl Link {
         }
     }
 
+    /// Tells the operator what the filters decided so far.
+    pub async fn counters(&self, counts: &[agent::PortCounts]) -> bool {
+        let Some(sender) = self.sender() else {
+            return false;
+        };
+        let body = serde_json::to_vec(counts).expect("counts serialize");
+        let req = Request::post(agent::COUNTERS_PATH)
+            .header(agent::POD_UID, &self.pod_uid)
+            .header(agent::AGENT, &self.agent)
+            .body(full(Bytes::from(body)))
+            .expect("valid request");
+        match send(sender, req).await {
+            Ok(resp) => resp.status() == StatusCode::OK,
+            Err(e) => {
+                tracing::debug!(target: "mirrord_agent", error = %e, "cannot report filter counters");
+                false
+            }
+        }
+    }
+
     pub fn disconnected(&self) {
         *self.sender.lock().expect("sender") = None;
     }

@@ -332,6 +332,7 @@ async fn follow(
                 // Ends with the connection's streams; aborted when the routes stop.
                 let context_ops =
                     tokio::spawn(context::serve(Arc::clone(link), Arc::clone(context)));
+                let reporter = tokio::spawn(report_counts(Arc::clone(link), Arc::clone(ports)));
                 loop {
                     match stream.next().await {
                         Ok(Some(snapshot)) if snapshot.leave => {
@@ -354,6 +355,7 @@ async fn follow(
                     }
                 }
                 context_ops.abort();
+                reporter.abort();
                 link.disconnected();
                 if ports.apply(&RouteSnapshot::default(), link).await {
                     redirect_now(ports, redirect, lease);
@@ -369,5 +371,19 @@ async fn follow(
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reports the filters' counters to the operator when they change, at most once a second
+/// (cumulative: a lost report is made up by the next).
+async fn report_counts(link: Arc<Link>, ports: Arc<Ports>) {
+    let mut told = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = ports.counts();
+        if now != told && link.counters(&now).await {
+            told = now;
+        }
     }
 }

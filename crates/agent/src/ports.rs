@@ -14,6 +14,7 @@ use mirrord_dataplane::{
 };
 use mirrord_protocol::agent::{PortRouteSpec, RouteSnapshot};
 use mirrord_protocol::HttpFilterSpec;
+use mirrord_telemetry::metrics::BypassCounter;
 use mirrord_telemetry::{PortCounters, Telemetry};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct Ports {
     pub renewed: tokio::sync::Notify,
     /// What mirror copies of every port may hold here at once.
     copy_budget: Arc<Budget>,
+    /// Each port's filter counters, reported to the operator.
+    counters: Mutex<BTreeMap<u16, BypassCounter>>,
 }
 
 impl Ports {
@@ -61,7 +64,21 @@ impl Ports {
             handed: Arc::default(),
             renewed: tokio::sync::Notify::new(),
             copy_budget: Budget::new(budget::TOTAL_COPY_BYTES),
+            counters: Mutex::default(),
         }
+    }
+
+    /// What each port's filters decided so far.
+    pub fn counts(&self) -> Vec<mirrord_protocol::agent::PortCounts> {
+        let counters = self.counters.lock().expect("counters");
+        counters
+            .iter()
+            .map(|(port, c)| mirrord_protocol::agent::PortCounts {
+                port: *port,
+                bypassed: c.bypassed.get(),
+                limited: c.limited.get(),
+            })
+            .collect()
     }
 
     /// The interceptor of `port`, bound now if it does not exist yet. Its upstream is the
@@ -70,11 +87,16 @@ impl Ports {
         if let Some(p) = self.planes.lock().expect("planes").get(&port) {
             return Ok(Arc::clone(p));
         }
+        let bypass = self
+            .telemetry
+            .metrics()
+            .bypass_counter("", &self.pod_uid, port);
+        self.counters
+            .lock()
+            .expect("counters")
+            .insert(port, bypass.clone());
         let services = PortServices {
-            bypass: self
-                .telemetry
-                .metrics()
-                .bypass_counter("", &self.pod_uid, port),
+            bypass,
             copy_drops: self.telemetry.metrics().copy_drops(),
             copy_budget: Arc::clone(&self.copy_budget),
         };

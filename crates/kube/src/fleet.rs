@@ -139,6 +139,7 @@ async fn reconcile(t: &Arc<KubeTarget>) {
     }
     let api = Api::<Pod>::namespaced(t.ctx.client.clone(), &t.ctx.agent_namespace);
     for name in delete {
+        t.agent_counts.lock().expect("agent counts").remove(&name);
         let api = api.clone();
         // Detached: an agent left behind is removed at the operator's next start anyway.
         tokio::spawn(async move {

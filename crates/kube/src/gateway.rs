@@ -161,6 +161,7 @@ async fn handle(targets: &Targets, req: Request<Incoming>) -> Result<Response<Bo
         (Method::POST, agent::CONTEXT_REPLY_PATH) => context_reply(targets, req).await,
         (Method::POST, agent::REQUEST_PATH) => stolen_request(targets, req).await,
         (Method::POST, agent::MIRROR_PATH) => mirrored_request(targets, req).await,
+        (Method::POST, agent::COUNTERS_PATH) => counters(targets, req).await,
         _ => Err(GatewayError::NotFound),
     }
 }
@@ -485,6 +486,48 @@ fn context_ops(targets: &Targets, req: &Request<Incoming>) -> Result<Response<Bo
 
 /// The largest answer to a context operation (an environment): far above any real one.
 const MAX_CONTEXT_REPLY: usize = 4 << 20;
+
+/// An agent's filter counters so far: what is new since its last report goes to the
+/// operator's `mirrord_bypassed_requests_total` and `mirrord_filter_limited_requests_total`
+/// of the target's port, the same series the one-machine interceptor counts in.
+async fn counters(
+    targets: &Targets,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let uid: String = header(&req, agent::POD_UID)?;
+    let pod: String = header(&req, agent::AGENT)?;
+    let target = targets
+        .by_pod(&uid)
+        .ok_or(GatewayError::UnknownPod(uid.clone()))?;
+    let body = http_body_util::Limited::new(req.into_body(), MAX_CONTEXT_REPLY)
+        .collect()
+        .await
+        .map_err(|e| GatewayError::Failed(format!("reading counters: {e}")))?
+        .to_bytes();
+    let now: Vec<agent::PortCounts> =
+        serde_json::from_slice(&body).map_err(|_| GatewayError::BadHeader("counters body"))?;
+    let reference = target.reference();
+    let mut told = target.agent_counts.lock().expect("agent counts");
+    let before = told.entry(pod).or_default();
+    for c in &now {
+        let was = before
+            .iter()
+            .find(|b| b.port == c.port)
+            .copied()
+            .unwrap_or_default();
+        let series =
+            target
+                .ctx
+                .metrics
+                .bypass_counter(&reference.namespace, &reference.to_string(), c.port);
+        series
+            .bypassed
+            .inc_by(c.bypassed.saturating_sub(was.bypassed));
+        series.limited.inc_by(c.limited.saturating_sub(was.limited));
+    }
+    *before = now;
+    Ok(Response::new(full(Bytes::new())))
+}
 
 async fn context_reply(
     targets: &Targets,

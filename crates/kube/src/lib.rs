@@ -117,6 +117,8 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Which target keeps each pod's agent.
     pub claims: agents::PodClaims,
+    /// The operator's metrics: what agents' filters decided is exported there.
+    pub metrics: Arc<mirrord_telemetry::metrics::Metrics>,
 }
 
 /// The targets resolved so far, shared with the gateway.
@@ -160,7 +162,12 @@ impl KubeBackend {
     /// Connects to the API server, cleans up after a previous operator, issues the agents'
     /// credentials and starts the gateway.
     /// `shutdown`: the operator's lifecycle (the gateway stops with it).
-    pub async fn start(cfg: &KubernetesConfig, shutdown: Shutdown) -> Result<Self, KubeError> {
+    /// `metrics`: where what the agents report is exported.
+    pub async fn start(
+        cfg: &KubernetesConfig,
+        shutdown: Shutdown,
+        metrics: Arc<mirrord_telemetry::metrics::Metrics>,
+    ) -> Result<Self, KubeError> {
         let client = kube::Client::try_default()
             .await
             .map_err(KubeError::Client)?;
@@ -188,6 +195,7 @@ impl KubeBackend {
             owners,
             shutdown: shutdown.clone(),
             claims: agents::PodClaims::default(),
+            metrics,
         });
         reconcile::on_start(&ctx).await;
         let gateway_address = match &cfg.gateway_address {

@@ -66,6 +66,9 @@ pub struct KubeTarget {
     /// Per pod UID: why the API server refused its agent pod last (an admission webhook, a
     /// quota, a security policy), until one is created.
     pub(crate) agent_refusals: Mutex<HashMap<String, String>>,
+    /// Per agent (pod name): the filter counters it reported last (cumulative), so each
+    /// report adds only what is new.
+    pub(crate) agent_counts: Mutex<HashMap<String, Vec<mirrord_protocol::agent::PortCounts>>>,
     /// The sessions' contexts on its pods, through their agents.
     pub(crate) ops: crate::context::AgentOps,
     /// Whether the pods have been listed once: before that, "no pods" means "not known".
@@ -98,6 +101,7 @@ impl KubeTarget {
             routes: watch::Sender::new(Arc::default()),
             agents: Agents::default(),
             agent_refusals: Mutex::default(),
+            agent_counts: Mutex::default(),
             ops: crate::context::AgentOps::default(),
             synced: watch::Sender::new(false),
         })

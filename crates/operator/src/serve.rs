@@ -188,7 +188,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let mut kube_client = None;
         let backend: Arc<dyn TargetBackend> = match &config.kubernetes {
             Some(k) => {
-                let b = mirrord_kube::KubeBackend::start(k, shutdown.clone()).await?;
+                let b = mirrord_kube::KubeBackend::start(
+                    k,
+                    shutdown.clone(),
+                    telemetry.metrics().clone(),
+                )
+                .await?;
                 kube_client = Some(b.client());
                 Arc::new(b)
             }

@@ -35,6 +35,9 @@ pub const REQUEST_PATH: &str = "/v1/request";
 pub const MIRROR_PATH: &str = "/v1/mirror";
 /// `POST` with [`POD_UID`] and [`VERSION`]: the agent applied that snapshot.
 pub const APPLIED_PATH: &str = "/v1/applied";
+/// `POST`: the agent's filter counters so far ([`PortCounts`], JSON), sent when they change
+/// (at most once a second): the operator exports them as the one-machine interceptor's.
+pub const COUNTERS_PATH: &str = "/v1/counters";
 pub const VERSION: &str = "mirrord-version";
 
 pub const POD_UID: &str = "mirrord-pod-uid";
@@ -113,6 +116,15 @@ pub enum ContextOpReply {
     Env(Result<Vec<(String, String)>, String>),
     Resolved(Result<Resolution, DnsFailure>),
     ConnectFailed(ConnectFailure),
+}
+
+/// What an agent's filters decided on one port since it started: requests a filtered steal
+/// let through to the pod, and requests no filter could decide within its limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounts {
+    pub port: u16,
+    pub bypassed: u64,
+    pub limited: u64,
 }
 
 /// Everything one agent applies: per port, who steals and who mirrors. Sent whole on every
