@@ -291,7 +291,13 @@ assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
 assert s.getpeername() == ("127.0.0.1", PORT)
 s.setblocking(True)
 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-data = s.recv(4096)
+# To the end: the answer may come in more than one piece.
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
 assert b"peer=127.0.0.2:" in data, data
 # settimeout() makes CPython use a non-blocking connect and poll.
 t = socket.socket()

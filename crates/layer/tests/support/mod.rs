@@ -329,11 +329,12 @@ impl PeerEcho {
                     }
                     let body = format!("peer={peer}\n");
                     let mut conn = conn;
-                    let _ = write!(
-                        conn,
+                    // One write: `write!` would make one per piece of the format.
+                    let answer = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
+                    let _ = conn.write_all(answer.as_bytes());
                 });
             }
         });
