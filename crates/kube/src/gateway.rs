@@ -494,16 +494,8 @@ async fn counters(
     targets: &Targets,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    let uid: String = header(&req, agent::POD_UID)?;
     let pod: String = header(&req, agent::AGENT)?;
-    let target = targets
-        .by_pod(&uid)
-        .ok_or(GatewayError::UnknownPod(uid.clone()))?;
-    let body = http_body_util::Limited::new(req.into_body(), MAX_CONTEXT_REPLY)
-        .collect()
-        .await
-        .map_err(|e| GatewayError::Failed(format!("reading counters: {e}")))?
-        .to_bytes();
+    let (target, body) = from_pod(targets, req, "counters").await?;
     let now: Vec<agent::PortCounts> =
         serde_json::from_slice(&body).map_err(|_| GatewayError::BadHeader("counters body"))?;
     let reference = target.reference();
@@ -529,20 +521,31 @@ async fn counters(
     Ok(Response::new(full(Bytes::new())))
 }
 
-async fn context_reply(
+/// The target of the pod an agent's request names, and the request's body (bounded);
+/// `what` names it in errors.
+async fn from_pod(
     targets: &Targets,
     req: Request<Incoming>,
-) -> Result<Response<Body>, GatewayError> {
+    what: &str,
+) -> Result<(Arc<crate::target::KubeTarget>, Bytes), GatewayError> {
     let uid: String = header(&req, agent::POD_UID)?;
-    let op: u64 = header(&req, agent::OP)?;
     let target = targets
         .by_pod(&uid)
         .ok_or(GatewayError::UnknownPod(uid.clone()))?;
     let body = http_body_util::Limited::new(req.into_body(), MAX_CONTEXT_REPLY)
         .collect()
         .await
-        .map_err(|e| GatewayError::Failed(format!("reading a context reply: {e}")))?
+        .map_err(|e| GatewayError::Failed(format!("reading {what}: {e}")))?
         .to_bytes();
+    Ok((target, body))
+}
+
+async fn context_reply(
+    targets: &Targets,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let op: u64 = header(&req, agent::OP)?;
+    let (target, body) = from_pod(targets, req, "a context reply").await?;
     // Never logged: an environment's values are secrets.
     let reply: agent::ContextOpReply = serde_json::from_slice(&body)
         .map_err(|_| GatewayError::Failed("unreadable context reply".into()))?;

@@ -110,10 +110,16 @@ pub fn send_to(fd: c_int, dest: SocketAddr) -> Option<Result<SocketAddr, c_int>>
         return None;
     }
     let remote = SocketAddr::new(dest.ip().to_canonical(), dest.port());
-    if let Some(Entry::Relays(r)) = TABLE.get(fd) {
-        if let Some(relay) = r.relay(remote) {
-            return Some(Ok(relay));
+    match TABLE.get(fd) {
+        Some(Entry::Relays(r)) => {
+            if let Some(relay) = r.relay(remote) {
+                return Some(Ok(relay));
+            }
         }
+        // A socket the layer connected, sent to with its destination named (some libraries
+        // always do): its flow.
+        Some(Entry::Managed(m)) if m.datagrams && m.remote == remote => return Some(Ok(m.relay)),
+        _ => {}
     }
     let (domain, ty) = sys::socket_kind(fd)?;
     if ty != libc::SOCK_DGRAM || !(domain == libc::AF_INET || domain == libc::AF_INET6) {

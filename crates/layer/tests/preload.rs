@@ -609,6 +609,10 @@ assert src == ECHO, src
 assert c.getpeername() == ECHO, c.getpeername()
 assert c.getsockname()[0] == "127.0.0.2", c.getsockname()
 assert origin(data) == "127.0.0.2", data
+# The connected socket sent to with its destination named: the same flow.
+c.sendto(b"named", ECHO)
+data, src = c.recvfrom(65536)
+assert src == ECHO and data.startswith(b"named ") and origin(data) == "127.0.0.2", (src, data)
 # Unconnected: sendto and sendmsg to the destination; recvfrom and recvmsg report it as the source.
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.settimeout(5)
