@@ -343,20 +343,7 @@ async fn exec_without_a_port_list_steals_what_the_process_listens_on_until_it_cl
             &local,
         ];
         let s = Session::start(&alice, &args).expect("exec opens its session");
-        wait_for(Duration::from_secs(20), || {
-            s.stdout
-                .all()
-                .iter()
-                .any(|l| l.starts_with(&added))
-                .then_some(())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "the port was never added: {}\n{}",
-                s.stdout.text(),
-                s.stderr.text()
-            )
-        });
+        s.wait_stdout(&added, Duration::from_secs(20));
         s
     };
     let me = [("x-user", "me")];
@@ -376,14 +363,7 @@ async fn exec_without_a_port_list_steals_what_the_process_listens_on_until_it_cl
     });
     assert!(left.is_some(), "{}", s.stderr.text());
     assert_eq!(get(listen, "/close", &me).await.1, "exec GET /close");
-    wait_for(Duration::from_secs(20), || {
-        s.stdout
-            .all()
-            .iter()
-            .any(|l| l.starts_with(&given_back))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("{}\n{}", s.stdout.text(), s.stderr.text()));
+    s.wait_stdout(&given_back, Duration::from_secs(20));
     op.wait_event("Port Released", 1);
     assert_eq!(
         get(listen, "/after", &me).await.1,

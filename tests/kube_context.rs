@@ -515,14 +515,7 @@ fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() 
     )
     .unwrap_or_else(|e| panic!("exec without ports: {e}"));
     let added = format!("port {port}: steal");
-    wait_for(Duration::from_secs(60), || {
-        s.stdout
-            .all()
-            .iter()
-            .any(|l| l.starts_with(&added))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("{}\n{}", s.stdout.text(), s.stderr.text()));
+    s.wait_stdout(&added, Duration::from_secs(60));
     // The agent doing this is not privileged: it has the capabilities it needs.
     let security = env.k.kubectl(&[
         "-n",
@@ -557,14 +550,7 @@ fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() 
     assert_eq!(curl("/a"), (Some(0), "exec GET /a".into()));
     assert_eq!(curl("/close"), (Some(0), "exec GET /close".into()));
     let given_back = format!("port {port}: given back");
-    wait_for(Duration::from_secs(30), || {
-        s.stdout
-            .all()
-            .iter()
-            .any(|l| l.starts_with(&given_back))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("{}\n{}", s.stdout.text(), s.stderr.text()));
+    s.wait_stdout(&given_back, Duration::from_secs(30));
     let refused = wait_for(Duration::from_secs(20), || {
         (curl("/after").0 == Some(7)).then_some(())
     });

@@ -498,6 +498,25 @@ impl Session {
         self.child.id()
     }
 
+    /// Waits until the CLI prints a line with `text` (anywhere in it: `exec`'s process
+    /// shares its stdout); fails the test with what it printed otherwise.
+    pub fn wait_stdout(&self, text: &str, timeout: Duration) {
+        wait_for(timeout, || {
+            self.stdout
+                .all()
+                .iter()
+                .any(|l| l.contains(text))
+                .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no line with `{text}` within {timeout:?}:\n{}\n{}",
+                self.stdout.text(),
+                self.stderr.text()
+            )
+        });
+    }
+
     /// Waits for the CLI to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let status = wait_for(timeout, || self.child.try_wait().unwrap())?;
