@@ -884,6 +884,25 @@ mod tests {
         assert!(op.sessions.get(id).is_none());
     }
 
+    /// What the test, playing the client, sends the session.
+    type FromClient = futures::channel::mpsc::UnboundedSender<Result<ClientMessage, FrameError>>;
+
+    /// A session of `opened` running with a client the test plays: what it sends, what it
+    /// gets, and the session's task.
+    fn running(
+        op: &Arc<Operator>,
+        opened: Opened,
+    ) -> (
+        FromClient,
+        mpsc::Receiver<Box<ServerMessage>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (out, to_client) = mpsc::channel(64);
+        let (from_client, inbound) = futures::channel::mpsc::unbounded();
+        let session = tokio::spawn(run(Arc::clone(op), opened, inbound, out));
+        (from_client, to_client, session)
+    }
+
     fn stolen_get(path: &str) -> (Handoff, oneshot::Receiver<StolenResponse>) {
         let (respond, answer) = oneshot::channel();
         let head = mirrord_protocol::HttpRequestHead {
@@ -918,10 +937,7 @@ mod tests {
         let routes = api.routes(80).unwrap();
         // What a request that looked up the routes before they changed still holds.
         let sub = routes.load().unfiltered_steal.clone().unwrap();
-        let (out, mut to_client) = mpsc::channel(64);
-        let (from_client, inbound) =
-            futures::channel::mpsc::unbounded::<Result<ClientMessage, FrameError>>();
-        let session = tokio::spawn(run(Arc::clone(&op), opened, inbound, out));
+        let (from_client, mut to_client, session) = running(&op, opened);
 
         let (first, first_answer) = stolen_get("/first");
         sub.tx.send(first).await.ok().expect("the session is open");
@@ -985,10 +1001,7 @@ mod tests {
         .await
         .unwrap();
         let id = opened.entry.id;
-        let (out, _to_client) = mpsc::channel(64);
-        let (from_client, inbound) =
-            futures::channel::mpsc::unbounded::<Result<ClientMessage, FrameError>>();
-        let session = tokio::spawn(run(Arc::clone(&op), opened, inbound, out));
+        let (from_client, _to_client, session) = running(&op, opened);
         from_client
             .unbounded_send(Ok(ClientMessage::RemovePorts { ports: vec![81, 9] }))
             .unwrap();
@@ -1030,10 +1043,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let (out, mut to_client) = mpsc::channel(64);
-        let (from_client, inbound) =
-            futures::channel::mpsc::unbounded::<Result<ClientMessage, FrameError>>();
-        let session = tokio::spawn(run(Arc::clone(&op), opened, inbound, out));
+        let (from_client, mut to_client, session) = running(&op, opened);
         let filtered = crate::testing::request(&[(81, PortMode::Steal, Some("x-user: me"))]).ports;
         for round in 0..3 {
             from_client

@@ -41,10 +41,10 @@ pub fn connect(fd: c_int, addr: SocketAddr) -> Option<Done> {
             // Connecting again (how some apps poll a non-blocking connect): the kernel answers for the relay.
             return Some(real_connect(fd, m.relay));
         }
-        // A UDP socket may be connected anew, elsewhere: its old flow ends idle at the relay.
-        TABLE.remove(fd);
+        // A UDP socket may be connected anew, elsewhere: its old flow ends.
+        forget(fd);
     }
-    let remote = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+    let remote = canonical(addr);
     let host = names::lookup(remote.ip());
     let through = if udp {
         outgoing.remote_udp(remote, host.as_deref())
@@ -55,44 +55,54 @@ pub fn connect(fd: c_int, addr: SocketAddr) -> Option<Done> {
         debug!("connect fd {fd} to {remote} (udp: {udp}): local");
         return None;
     }
+    let (relay, local) = match open(layer, remote, host, udp, domain)? {
+        Ok(opened) => opened,
+        Err(errno) => return Some((-1, Some(errno))),
+    };
+    let done = real_connect(fd, relay);
+    if done.0 == 0 || matches!(done.1, Some(libc::EINPROGRESS | libc::EINTR)) {
+        TABLE.insert(
+            fd,
+            Entry::Managed(Arc::new(Managed {
+                remote,
+                local,
+                relay,
+                domain,
+                datagrams: udp,
+            })),
+        );
+    }
+    Some(done)
+}
+
+/// Asks `mirrordctl` for a connection (or, `udp`, a flow) to `remote` from the target: the relay to use (in the
+/// socket's family) and the address in the target, or the errno the app gets; `None` when libc should do it
+/// (the layer detached).
+fn open(
+    layer: &state::Layer,
+    remote: SocketAddr,
+    host: Option<String>,
+    udp: bool,
+    domain: c_int,
+) -> Option<Result<(SocketAddr, SocketAddr), c_int>> {
     let request = if udp {
-        Request::ConnectUdp {
-            remote,
-            host: host.clone(),
-        }
+        Request::ConnectUdp { remote, host }
     } else {
-        Request::Connect {
-            remote,
-            host: host.clone(),
-        }
+        Request::Connect { remote, host }
     };
     let reply = client::request(layer, &request, layer.connect_timeout);
-    debug!("connect fd {fd} to {remote} ({host:?}, udp: {udp}): {reply:?}");
+    debug!("{request:?}: {reply:?}");
     match reply {
         Err(Error::Detached) => None,
-        Err(Error::Timeout) => Some((-1, Some(libc::ETIMEDOUT))),
-        Ok(Reply::ConnectFailed { errno }) => Some((-1, Some(errno))),
-        Ok(Reply::Connected { relay, local }) => {
-            let Some(relay) = sockaddr::for_domain(relay, domain) else {
-                return Some((-1, Some(libc::EAFNOSUPPORT)));
-            };
-            let done = real_connect(fd, relay);
-            if done.0 == 0 || matches!(done.1, Some(libc::EINPROGRESS | libc::EINTR)) {
-                TABLE.insert(
-                    fd,
-                    Entry::Managed(Arc::new(Managed {
-                        remote,
-                        local,
-                        relay,
-                        domain,
-                        datagrams: udp,
-                    })),
-                );
-            }
-            Some(done)
-        }
+        Err(Error::Timeout) => Some(Err(libc::ETIMEDOUT)),
+        Ok(Reply::ConnectFailed { errno }) => Some(Err(errno)),
+        Ok(Reply::Connected { relay, local }) => Some(
+            sockaddr::for_domain(relay, domain)
+                .map(|relay| (relay, local))
+                .ok_or(libc::EAFNOSUPPORT),
+        ),
         Ok(other) => {
-            state::detach(&format!("unexpected reply to a connect: {other:?}"));
+            state::detach(&format!("unexpected reply to {request:?}: {other:?}"));
             None
         }
     }
@@ -109,7 +119,7 @@ pub fn send_to(fd: c_int, dest: SocketAddr) -> Option<Result<SocketAddr, c_int>>
     if !layer.config.outgoing.udp {
         return None;
     }
-    let remote = SocketAddr::new(dest.ip().to_canonical(), dest.port());
+    let remote = canonical(dest);
     match TABLE.get(fd) {
         Some(Entry::Relays(r)) => {
             if let Some(relay) = r.relay(remote) {
@@ -134,34 +144,16 @@ pub fn send_to(fd: c_int, dest: SocketAddr) -> Option<Result<SocketAddr, c_int>>
     if relays.flows.lock().map_or(0, |f| f.len()) >= MAX_FLOWS {
         return Some(Err(libc::ENOBUFS));
     }
-    let request = Request::ConnectUdp {
-        remote,
-        host: host.clone(),
-    };
-    let reply = client::request(layer, &request, layer.connect_timeout);
-    debug!("sendto fd {fd} to {remote} ({host:?}): {reply:?}");
-    match reply {
-        Err(Error::Detached) => None,
-        Err(Error::Timeout) => Some(Err(libc::ETIMEDOUT)),
-        Ok(Reply::ConnectFailed { errno }) => Some(Err(errno)),
-        Ok(Reply::Connected { relay, .. }) => {
-            let relay = sockaddr::for_domain(relay, domain)?;
-            if let Ok(mut flows) = relays.flows.lock() {
-                flows.push((remote, relay));
-            }
-            Some(Ok(relay))
-        }
-        Ok(other) => {
-            state::detach(&format!("unexpected reply to a UDP flow: {other:?}"));
-            None
-        }
+    let opened = open(layer, remote, host, true, domain)?;
+    if let (Ok((relay, _)), Ok(mut flows)) = (&opened, relays.flows.lock()) {
+        flows.push((remote, *relay));
     }
+    Some(opened.map(|(relay, _)| relay))
 }
 
 /// The address a datagram received on `fd` came from, when it came from one of the layer's relays: the
 /// destination the relay stands for. `None`: the real one stands.
 pub fn source_of(fd: c_int, real: SocketAddr) -> Option<SocketAddr> {
-    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
     match TABLE.get(fd)? {
         Entry::Managed(m) if canonical(real) == canonical(m.relay) => {
             sockaddr::for_domain(m.remote, m.domain)
