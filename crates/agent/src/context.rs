@@ -10,9 +10,10 @@
 use crate::link::Link;
 use crate::netns;
 use hyper_util::rt::TokioIo;
+use mirrord_context::files::{Root, Served};
 use mirrord_context::{ConnectError, DnsError, Netns};
 use mirrord_protocol::agent::{ContextOp, ContextOpKind, ContextOpReply};
-use mirrord_protocol::{ConnectFailure, DnsFailure, Family, Resolution};
+use mirrord_protocol::{ConnectFailure, DnsFailure, Family, FileFailure, FileStat, Resolution};
 use mirrord_tunnel::datagrams;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,6 +108,31 @@ impl Context {
                 })?;
                 Ok((Opened::Tcp(stream), local))
             }
+            ContextOpKind::File(req) => {
+                let pid = self.process(&op.container_id).map_err(|e| {
+                    ContextOpReply::File(Err(FileFailure {
+                        errno: nix::libc::ESRCH,
+                        message: e.to_string(),
+                    }))
+                })?;
+                let root = self.proc_dir.join(pid.to_string()).join("root");
+                let req = req.clone();
+                let served = tokio::task::spawn_blocking(move || {
+                    Root::at(&root).and_then(|r| r.serve(&req))
+                })
+                .await
+                .map_err(|e| {
+                    ContextOpReply::File(Err(FileFailure {
+                        errno: nix::libc::EIO,
+                        message: e.to_string(),
+                    }))
+                })?;
+                match served {
+                    Ok(Served::File { stat, file }) => Ok((Opened::File(file, stat), UNSPECIFIED)),
+                    Ok(Served::Answer(a)) => Err(ContextOpReply::File(Ok(a))),
+                    Err(f) => Err(ContextOpReply::File(Err(f))),
+                }
+            }
             ContextOpKind::ConnectUdp { remote } => {
                 let failed = |e: mirrord_context::ConnectError| {
                     ContextOpReply::ConnectFailed(connect_failure(e))
@@ -126,11 +152,17 @@ impl Context {
     }
 }
 
-/// What a successful connect opened: the tunnel carries its bytes, or its datagrams framed.
+/// What a successful connect opened: the tunnel carries its bytes, or its datagrams framed,
+/// or an opened file's bytes.
 enum Opened {
     Tcp(tokio::net::TcpStream),
     Udp(tokio::io::DuplexStream),
+    File(std::fs::File, FileStat),
 }
+
+/// The `local` of what has no address (a file).
+const UNSPECIFIED: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// Serves the operator's context operations on `link` until its stream ends. An operator
 /// that does not serve them (older than the agent) is not an error: nothing is asked.
@@ -161,6 +193,24 @@ pub async fn serve(link: Arc<Link>, ctx: Arc<Context>) {
 async fn answer(link: &Link, ctx: &Context, op: ContextOp) {
     match ctx.perform(&op).await {
         Err(reply) => link.context_reply(op.op, &reply).await,
+        Ok((Opened::File(file, stat), _)) => match link.file(op.op, &stat).await {
+            Ok(up) => {
+                let mut up = TokioIo::new(up);
+                let mut file = tokio::fs::File::from_std(file);
+                match tokio::io::copy(&mut file, &mut up).await {
+                    Ok(n) => {
+                        tracing::debug!(target: "mirrord_agent", op = op.op, bytes = n, "a file was read")
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "mirrord_agent", op = op.op, error = %e, "a file stopped streaming")
+                    }
+                }
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut up).await;
+            }
+            Err(e) => {
+                tracing::warn!(target: "mirrord_agent", op = op.op, error = %e, "a file's bytes were not delivered")
+            }
+        },
         Ok((opened, local)) => match link.outgoing(op.op, local).await {
             Ok(up) => {
                 tracing::debug!(target: "mirrord_agent", op = op.op, remote = ?op.kind, "outgoing connection made");
@@ -168,6 +218,7 @@ async fn answer(link: &Link, ctx: &Context, op: ContextOp) {
                 let _ = match opened {
                     Opened::Tcp(mut s) => tokio::io::copy_bidirectional(&mut s, &mut up).await,
                     Opened::Udp(mut s) => tokio::io::copy_bidirectional(&mut s, &mut up).await,
+                    Opened::File(..) => unreachable!("files are answered above"),
                 };
             }
             Err(e) => {

@@ -122,12 +122,32 @@ impl Link {
         }
     }
 
-    /// The tunnel that carries the connection context operation `op` made (`local`: its
-    /// address in the pod).
+    /// Opens the tunnel that carries the connection operation `op` made (its address in
+    /// the pod is `local`).
     pub async fn outgoing(
         &self,
         op: u64,
         local: std::net::SocketAddr,
+    ) -> Result<hyper::upgrade::Upgraded, LinkError> {
+        self.tunnel(op, agent::KIND_OUTGOING, (agent::LOCAL, local.to_string()))
+            .await
+    }
+
+    /// Opens the tunnel that carries the bytes of the file operation `op` opened.
+    pub async fn file(
+        &self,
+        op: u64,
+        stat: &mirrord_protocol::FileStat,
+    ) -> Result<hyper::upgrade::Upgraded, LinkError> {
+        let stat = serde_json::to_string(stat).expect("a stat serialises");
+        self.tunnel(op, agent::KIND_FILE, (agent::STAT, stat)).await
+    }
+
+    async fn tunnel(
+        &self,
+        op: u64,
+        kind: &'static str,
+        (name, value): (&'static str, String),
     ) -> Result<hyper::upgrade::Upgraded, LinkError> {
         let sender = self
             .sender()
@@ -136,9 +156,9 @@ impl Link {
             .method(Method::CONNECT)
             .uri("mirrord-operator:0")
             .header(agent::POD_UID, &self.pod_uid)
-            .header(agent::KIND, agent::KIND_OUTGOING)
+            .header(agent::KIND, kind)
             .header(agent::OP, op)
-            .header(agent::LOCAL, local.to_string())
+            .header(name, value)
             .body(empty())
             .expect("valid request");
         let resp = send(sender, req).await?;

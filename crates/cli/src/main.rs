@@ -225,6 +225,11 @@ pub struct ContextArgs {
     /// The process gets this machine's environment, not the target's.
     #[arg(long)]
     no_env: bool,
+    /// Which of the target's files the process uses: `local` (none), `localwithoverrides`
+    /// (the config file's `read_only`/`read_write` paths), `read` (the default, as mirrord),
+    /// `write` (read and write; an admin's right). Over the config file's `feature.fs.mode`.
+    #[arg(long, value_name = "MODE", value_parser = parse_fs_mode)]
+    fs_mode: Option<mirrord_layer_proto::FsMode>,
     /// Only these of the target's variables (`;`-separated, `*` and `?` globs).
     #[arg(
         short = 's',
@@ -291,6 +296,7 @@ impl SessionArgs {
             no_outgoing: context.no_outgoing,
             no_remote_dns: context.no_remote_dns,
             no_env: context.no_env,
+            fs_mode: context.fs_mode,
             env_include: context.env_include,
             env_exclude: context.env_exclude,
         })
@@ -482,4 +488,9 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(exit::code_of(&e))
         }
     }
+}
+
+fn parse_fs_mode(s: &str) -> Result<mirrord_layer_proto::FsMode, String> {
+    config_file::fs_mode(s)
+        .ok_or_else(|| format!("`{s}`: modes are local, localwithoverrides, read and write"))
 }

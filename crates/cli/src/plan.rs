@@ -5,7 +5,7 @@ use crate::config_file::{self, FileConfig};
 use crate::exit::Usage;
 use mirrord_layer_proto::LayerConfig;
 use mirrord_protocol::{
-    ConcurrentSteal, ContextRequest, EnvSelect, HttpFilterSpec, PortMode, TargetRef,
+    ConcurrentSteal, ContextRequest, EnvSelect, FilesAccess, HttpFilterSpec, PortMode, TargetRef,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,6 +105,8 @@ pub struct Flags {
     pub no_outgoing: bool,
     pub no_remote_dns: bool,
     pub no_env: bool,
+    /// `--fs-mode`.
+    pub fs_mode: Option<mirrord_layer_proto::FsMode>,
     /// `-s` / `-x`: which of the target's variables (`;`-separated globs).
     pub env_include: Option<String>,
     pub env_exclude: Option<String>,
@@ -267,12 +269,27 @@ fn context(flags: &Flags, file: &FileConfig) -> Result<ContextPlan, Usage> {
     if flags.no_remote_dns {
         layer.dns.enabled = false;
     }
+    let fs = file.fs.clone().unwrap_or_default();
+    layer.files = mirrord_layer_proto::Files {
+        mode: flags.fs_mode.unwrap_or(fs.mode),
+        read_only: fs.read_only,
+        read_write: fs.read_write,
+        local: fs.local,
+        not_found: fs.not_found,
+        ..Default::default()
+    };
+    let files = match (layer.files.reads(), layer.files.writes()) {
+        (false, _) => FilesAccess::None,
+        (true, false) => FilesAccess::Read,
+        (true, true) => FilesAccess::Write,
+    };
     let env_on = env.enabled && !flags.no_env;
     Ok(ContextPlan {
         request: ContextRequest {
             env: env_on.then_some(EnvSelect { include, exclude }),
             outgoing: layer.outgoing.tcp || layer.outgoing.udp,
             dns: layer.dns.enabled,
+            files,
         },
         layer,
         overrides: if env_on { env.overrides } else { Vec::new() },

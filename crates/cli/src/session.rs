@@ -145,7 +145,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
     if let (true, Some(argv)) = (in_context, &command) {
         let granted = opened.context.clone().unwrap_or_default();
         report_context(&granted, &plan);
-        let (env, socket) = process_env(&plan, &granted, ops_tx.clone(), out.clone())?;
+        let (env, socket) = process_env(&plan, &granted, argv, ops_tx.clone(), out.clone())?;
         if socket.is_some() {
             if let Some(why) = argv.first().and_then(|p| {
                 crate::context::program::uncovered(
@@ -308,6 +308,16 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                         eprintln!("mirrordctl: operator error: {e}");
                     }
                     ServerMessage::Resolved { op, result } => pending.resolved(op, result),
+                    ServerMessage::File { op, result } => {
+                        let opened = match &result {
+                            Ok(mirrord_protocol::FileAnswer::File { conn, .. }) => Some(*conn),
+                            _ => None,
+                        };
+                        match pending.file(op, result, &mut carried) {
+                            Some(close) => { let _ = out.send(close).await; }
+                            None => outgoing.extend(opened),
+                        }
+                    }
                     ServerMessage::Connected { op, result } => {
                         let opened = result.as_ref().ok().map(|c| c.conn);
                         match pending.connected(op, result, &mut carried) {
@@ -440,6 +450,7 @@ fn report_context(granted: &ContextReply, plan: &Plan) {
 fn process_env(
     plan: &Plan,
     granted: &ContextReply,
+    argv: &[String],
     ops: mpsc::Sender<Op>,
     out: mpsc::Sender<ClientMessage>,
 ) -> anyhow::Result<(crate::context::env::Env, Option<LayerServer>)> {
@@ -450,7 +461,23 @@ fn process_env(
     layer.outgoing.udp &= granted.outgoing;
     layer.dns.enabled &= granted.dns;
     layer.listen = plan.listen.is_some();
-    if !layer.outgoing.tcp && !layer.outgoing.udp && !layer.dns.enabled && !layer.listen {
+    if !granted.files.reads() {
+        layer.files.mode = mirrord_layer_proto::FsMode::Local;
+    }
+    if layer.files.reads() {
+        let path = env.get(std::ffi::OsStr::new("PATH")).map(|v| v.as_os_str());
+        let program = argv
+            .first()
+            .and_then(|p| crate::context::program::locate(p, path));
+        layer.files.process_local = crate::context::files::process_local(program.as_deref());
+        layer.files.home = std::env::var("HOME").ok();
+    }
+    if !layer.outgoing.tcp
+        && !layer.outgoing.udp
+        && !layer.dns.enabled
+        && !layer.listen
+        && !layer.files.reads()
+    {
         return Ok((env, None));
     }
     let file = crate::context::layer_file::find()?;

@@ -7,6 +7,7 @@
 
 mod env;
 mod error;
+pub mod files;
 mod netns;
 mod resolve;
 

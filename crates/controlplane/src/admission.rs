@@ -189,6 +189,12 @@ pub async fn authorize(
     if caller.kubernetes_groups().is_some() {
         return authorize_rbac(op, caller, req).await;
     }
+    if req.context.files.writes() && !caller.role.is_admin() {
+        return Err(Refusal::Forbidden(format!(
+            "writing the files of {} (namespace {}) changes them for everyone: only an admin may, and you are a {}; use feature.fs.mode `read`",
+            req.target, req.target.namespace, caller.role
+        )));
+    }
     if req.scale_down && !caller.role.is_admin() {
         return Err(Refusal::Forbidden(format!(
             "--scale-down stops {} (namespace {}) for everyone: only an admin may do it, and you are a {}",

@@ -9,7 +9,8 @@ use futures::future::BoxFuture;
 use mirrord_dataplane::handoff::Io;
 use mirrord_dataplane::RouteTable;
 use mirrord_protocol::{
-    ConnectFailure, DnsFailure, EnvSelect, Family, Resolution, SessionId, TargetRef,
+    ConnectFailure, DnsFailure, EnvSelect, Family, FileAnswer, FileFailure, FileRequest, FileStat,
+    Resolution, SessionId, TargetRef,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,6 +115,25 @@ pub trait TargetContext: Send + Sync {
         &self,
         remote: SocketAddr,
     ) -> BoxFuture<'static, Result<Outgoing, ConnectFailure>>;
+    /// An operation on the process's files, as its container sees them.
+    fn file(&self, req: FileRequest) -> BoxFuture<'static, Result<FileReply, FileFailure>> {
+        let _ = req;
+        let message = format!("{} serves no files", self.source());
+        Box::pin(std::future::ready(Err(FileFailure {
+            errno: nix::libc::ENOSYS,
+            message,
+        })))
+    }
+}
+
+/// What a file operation gave.
+pub enum FileReply {
+    Answer(FileAnswer),
+    /// An opened regular file: `io` gives its bytes, then ends.
+    File {
+        stat: FileStat,
+        io: Box<dyn Io>,
+    },
 }
 
 /// A connection made from the target for a session.

@@ -26,6 +26,8 @@ pub const MAX_ENV_GLOB_LEN: usize = 256;
 pub const MAX_ENV_GLOBS: usize = 256;
 /// A name to resolve (RFC 1035's 253, and room for a trailing dot).
 pub const MAX_DNS_NAME_LEN: usize = 255;
+/// A path of the target's files (Linux's `PATH_MAX`).
+pub const MAX_FILE_PATH_LEN: usize = 4096;
 
 /// What the client says about itself (`client_name`, `client_hostname`, `cli_version`):
 /// short, and printable on one line (a line break would forge a log line; U+2028/U+2029

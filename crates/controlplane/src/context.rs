@@ -6,6 +6,7 @@
 use crate::backend::{Target, TargetContext, TargetCopy};
 use mirrord_protocol::{ContextReply, ContextRequest, SessionId};
 use mirrord_telemetry::metrics::ContextCounters;
+use mirrord_telemetry::metrics::IntCounter;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,6 +17,7 @@ pub struct SessionContext {
     pub target: Arc<dyn TargetContext>,
     pub outgoing: bool,
     pub dns: bool,
+    pub files: mirrord_protocol::FilesAccess,
     /// What the session's process did with it (`mirrord_outgoing_*`, `mirrord_dns_*`).
     pub counters: ContextCounters,
 }
@@ -24,14 +26,22 @@ pub struct SessionContext {
 /// or write, not per byte).
 pub struct Counted<IO> {
     io: IO,
-    counters: ContextCounters,
+    sent: IntCounter,
+    received: IntCounter,
 }
 
 impl<IO> Counted<IO> {
+    /// An outgoing connection's bytes.
     pub fn new(io: IO, counters: &ContextCounters) -> Self {
+        Self::into(io, &counters.sent, &counters.received)
+    }
+
+    /// Bytes written to `io` count in `sent`, bytes read from it in `received`.
+    pub fn into(io: IO, sent: &IntCounter, received: &IntCounter) -> Self {
         Self {
             io,
-            counters: counters.clone(),
+            sent: sent.clone(),
+            received: received.clone(),
         }
     }
 }
@@ -46,7 +56,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.counters.received.inc_by(n as u64);
+            self.received.inc_by(n as u64);
         }
         r
     }
@@ -60,7 +70,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
-            self.counters.sent.inc_by(*n as u64);
+            self.sent.inc_by(*n as u64);
         }
         r
     }
@@ -104,6 +114,7 @@ pub async fn grant(
         env: None,
         outgoing: req.outgoing,
         dns: req.dns,
+        files: req.files,
         source: ctx.source(),
         unavailable: None,
     };
@@ -113,10 +124,11 @@ pub async fn grant(
             Err(e) => reply.unavailable = Some(format!("the environment of {}: {e}", reply.source)),
         }
     }
-    let granted = (req.outgoing || req.dns).then(|| SessionContext {
+    let granted = (req.outgoing || req.dns || req.files.reads()).then(|| SessionContext {
         target: ctx,
         outgoing: req.outgoing,
         dns: req.dns,
+        files: req.files,
         counters: ContextCounters::detached(),
     });
     (reply, granted)

@@ -34,6 +34,10 @@ pub enum Blocked {
     Outgoing,
     /// Names resolved as the target does (`feature.network.dns`).
     Dns,
+    /// Reading the target's files (`feature.fs.mode` `read`, `localwithoverrides`, `write`).
+    FileRead,
+    /// Writing the target's files (`feature.fs.mode` `write`).
+    FileWrite,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,15 +130,27 @@ impl Policy {
                 "outgoing connections from",
             ),
             (s.context.dns, Blocked::Dns, "resolving names as"),
+            (
+                s.context.files.reads(),
+                Blocked::FileRead,
+                "reading the files of",
+            ),
+            (
+                s.context.files.writes(),
+                Blocked::FileWrite,
+                "writing the files of",
+            ),
         ];
         if let Some((_, b, what)) = context.iter().find(|(asked, b, _)| *asked && blocks(*b)) {
-            let key = match b {
-                Blocked::Env => "feature.env",
-                Blocked::Outgoing => "feature.network.outgoing",
-                _ => "feature.network.dns",
+            let fix = match b {
+                Blocked::Env => "set `feature.env` to false",
+                Blocked::Outgoing => "set `feature.network.outgoing` to false",
+                Blocked::FileRead => "set `feature.fs.mode` to `local`",
+                Blocked::FileWrite => "set `feature.fs.mode` to `read`",
+                _ => "set `feature.network.dns` to false",
             };
             return Some(format!(
-                "{what} {t} (namespace {ns}) is not allowed; set `{key}` to false in your mirrord.json"
+                "{what} {t} (namespace {ns}) is not allowed; {fix} in your mirrord.json"
             ));
         }
         for port in s.ports {

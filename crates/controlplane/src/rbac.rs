@@ -14,6 +14,8 @@
 //! | get a target's environment | `env` | `targets` | `deployment.web` |
 //! | connect out from a target | `outgoing` | `targets` | `deployment.web` |
 //! | resolve names as a target does | `dns` | `targets` | `deployment.web` |
+//! | read a target's files | `files-read` | `targets` | `deployment.web` |
+//! | write a target's files | `files-write` | `targets` | `deployment.web` |
 //! | see and end other users' sessions (admin) | `manage` | `sessions` | (any namespace) |
 //!
 //! The chart ships ClusterRoles granting these (`...-user`, `...-admin`).
@@ -62,6 +64,8 @@ impl Check {
             (context.env.is_some(), "env"),
             (context.outgoing, "outgoing"),
             (context.dns, "dns"),
+            (context.files.reads(), "files-read"),
+            (context.files.writes(), "files-write"),
         ]
         .into_iter()
         .filter(|(asked, _)| *asked)
@@ -96,6 +100,8 @@ impl Check {
             "env" => "read the environment of",
             "outgoing" => "connect out from",
             "dns" => "resolve names as",
+            "files-read" => "read the files of",
+            "files-write" => "write the files of",
             verb => verb,
         };
         format!("{what} {}", self.name)

@@ -378,6 +378,7 @@ impl Actor {
             ClientMessage::Resolve { op, node, family } => self.resolve(op, node, family),
             ClientMessage::Connect { op, remote } => self.connect(op, remote, false),
             ClientMessage::ConnectUdp { op, remote } => self.connect(op, remote, true),
+            ClientMessage::File { op, req } => self.file(op, req),
             other => {
                 // Not fatal: the session goes on, the client learns what was wrong.
                 let m = format!("{} is not valid inside a session", other.kind());
@@ -534,6 +535,86 @@ impl Actor {
                 .expect("demux lock")
                 .carried
                 .add_conn(conn, inbox);
+        });
+    }
+
+    /// An operation on the target's files, within what the session was granted: a write
+    /// without `write` access is refused with `EROFS`, as on a read-only mount.
+    fn file(self: &Arc<Self>, op: u64, req: mirrord_protocol::FileRequest) {
+        use mirrord_protocol::{FileAnswer, FileFailure};
+        let refuse = |errno: i32, message: &str| ServerMessage::File {
+            op,
+            result: Err(FileFailure {
+                errno,
+                message: message.to_owned(),
+            }),
+        };
+        let Some(c) = self.entry.context.as_deref().filter(|c| c.files.reads()) else {
+            return self.send_soon(refuse(
+                nix::errno::Errno::EACCES as i32,
+                "the target's files were not granted to this session",
+            ));
+        };
+        let (ctx, counters, writes) = (Arc::clone(&c.target), c.counters.clone(), c.files.writes());
+        if req.writes() && !writes {
+            counters.files_failed.inc();
+            return self.send_soon(refuse(
+                nix::errno::Errno::EROFS as i32,
+                "the target's files are read-only for this session (feature.fs.mode is not `write`)",
+            ));
+        }
+        if !req.path().starts_with('/') || req.path().len() > crate::bounds::MAX_FILE_PATH_LEN {
+            return self.send_soon(refuse(
+                nix::errno::Errno::ENAMETOOLONG as i32,
+                "a remote path is absolute and at most 4096 bytes",
+            ));
+        }
+        let Ok(permit) = Arc::clone(&self.ops).try_acquire_owned() else {
+            return self.send_soon(refuse(
+                nix::errno::Errno::EAGAIN as i32,
+                "too many operations in flight",
+            ));
+        };
+        if let mirrord_protocol::FileRequest::Write { path, data, .. } = &req {
+            counters.file_written.inc_by(data.len() as u64);
+            tracing::debug!(session_id = %self.entry.id, %path, bytes = data.len(), "a file of the target is written");
+        }
+        let me = Arc::clone(self);
+        self.tracker.spawn(async move {
+            let _permit = permit;
+            let done = tokio::select! {
+                r = ctx.file(req) => r,
+                _ = me.cancel.cancelled() => return,
+            };
+            let result = match done {
+                Ok(crate::backend::FileReply::Answer(a)) => Ok(a),
+                Ok(crate::backend::FileReply::File { stat, io }) => {
+                    counters.files_done.inc();
+                    let conn = me.next_conn.fetch_add(1, Ordering::Relaxed);
+                    let answer = ServerMessage::File {
+                        op,
+                        result: Ok(FileAnswer::File { stat, conn }),
+                    };
+                    let io = crate::context::Counted::into(
+                        io,
+                        &counters.file_written,
+                        &counters.file_read,
+                    );
+                    let inbox = me.carry_after(conn, io, answer);
+                    me.demux
+                        .lock()
+                        .expect("demux lock")
+                        .carried
+                        .add_conn(conn, inbox);
+                    return;
+                }
+                Err(f) => Err(f),
+            };
+            match &result {
+                Ok(_) => counters.files_done.inc(),
+                Err(_) => counters.files_failed.inc(),
+            }
+            let _ = me.queue(Box::new(ServerMessage::File { op, result })).await;
         });
     }
 

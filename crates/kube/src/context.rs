@@ -14,9 +14,11 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use mirrord_controlplane::backend::{BackendError, Outgoing, TargetContext};
+use mirrord_controlplane::backend::{BackendError, FileReply, Outgoing, TargetContext};
 use mirrord_protocol::agent::{ContextOp, ContextOpKind, ContextOpReply};
-use mirrord_protocol::{ConnectFailure, DnsFailure, EnvSelect, Family, Resolution};
+use mirrord_protocol::{
+    ConnectFailure, DnsFailure, EnvSelect, Family, FileFailure, FileRequest, FileStat, Resolution,
+};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +37,11 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// The agent protocol that carries UDP flows.
 const UDP_SINCE: u32 = 3;
+/// The agent protocol that serves files.
+const FILES_SINCE: u32 = 4;
+/// How long a file operation may take in the agent (a large directory listing, a slow
+/// volume), plus the way there and back.
+const FILE_WAIT: Duration = Duration::from_secs(20);
 
 /// What an agent answers to an operation.
 pub(crate) enum Answer {
@@ -43,6 +50,11 @@ pub(crate) enum Answer {
     Tunnel {
         io: TokioIo<Upgraded>,
         local: SocketAddr,
+    },
+    /// The bytes of a file opened in the pod.
+    File {
+        io: TokioIo<Upgraded>,
+        stat: FileStat,
     },
 }
 
@@ -394,6 +406,36 @@ impl TargetContext for KubeContext {
             _ => self.open(ContextOpKind::ConnectUdp { remote }),
         }
     }
+
+    fn file(&self, req: FileRequest) -> BoxFuture<'static, Result<FileReply, FileFailure>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let failed = |errno: Errno, message: String| FileFailure {
+                errno: errno as i32,
+                message,
+            };
+            if let Some(v) = inner.target.ops.version(&inner.uid) {
+                if v < FILES_SINCE {
+                    return Err(failed(Errno::ENOSYS, format!(
+                        "the agent of pod {} speaks agent protocol {v}; files need {FILES_SINCE} (set the chart's agent image to this operator's version)",
+                        inner.pod
+                    )));
+                }
+            }
+            match inner.call(ContextOpKind::File(req), FILE_WAIT).await {
+                Ok(Answer::File { io, stat }) => Ok(FileReply::File {
+                    stat,
+                    io: Box::new(io),
+                }),
+                Ok(Answer::Reply(ContextOpReply::File(r))) => r.map(FileReply::Answer),
+                Ok(_) => Err(failed(
+                    Errno::EIO,
+                    "the agent answered something else".into(),
+                )),
+                Err(message) => Err(failed(Errno::EIO, message)),
+            }
+        })
+    }
 }
 
 impl KubeContext {
@@ -407,7 +449,7 @@ impl KubeContext {
                     local,
                 }),
                 Ok(Answer::Reply(ContextOpReply::ConnectFailed(f))) => Err(f),
-                Ok(Answer::Reply(_)) => Err(ConnectFailure {
+                Ok(Answer::Reply(_) | Answer::File { .. }) => Err(ConnectFailure {
                     errno: Errno::EIO as i32,
                     message: "the agent answered something else".into(),
                 }),

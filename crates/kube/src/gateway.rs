@@ -131,7 +131,7 @@ async fn handle(targets: &Targets, req: Request<Incoming>) -> Result<Response<Bo
         if req
             .headers()
             .get(agent::KIND)
-            .is_some_and(|k| k == agent::KIND_OUTGOING)
+            .is_some_and(|k| k == agent::KIND_OUTGOING || k == agent::KIND_FILE)
         {
             return outgoing(targets, req);
         }
@@ -558,11 +558,23 @@ async fn context_reply(
     }
 }
 
-/// A connection an agent made from its pod for a context operation.
+/// A connection an agent made from its pod for a context operation, or (kind `file`) the
+/// bytes of a file it opened.
 fn outgoing(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let uid: String = header(&req, agent::POD_UID)?;
     let op: u64 = header(&req, agent::OP)?;
-    let local: std::net::SocketAddr = header(&req, agent::LOCAL)?;
+    let file = req
+        .headers()
+        .get(agent::KIND)
+        .is_some_and(|k| k == agent::KIND_FILE);
+    let opened = if file {
+        let stat: String = header(&req, agent::STAT)?;
+        let stat = serde_json::from_str(&stat)
+            .map_err(|_| GatewayError::Failed("unreadable file stat".into()))?;
+        Opened::File(stat)
+    } else {
+        Opened::Connection(header(&req, agent::LOCAL)?)
+    };
     let target = targets
         .by_pod(&uid)
         .ok_or(GatewayError::UnknownPod(uid.clone()))?;
@@ -576,10 +588,11 @@ fn outgoing(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Bo
         match upgrade.await {
             Ok(up) => {
                 let io = TokioIo::new(up);
-                if !target
-                    .ops
-                    .complete(op, crate::context::Answer::Tunnel { io, local })
-                {
+                let answer = match opened {
+                    Opened::Connection(local) => crate::context::Answer::Tunnel { io, local },
+                    Opened::File(stat) => crate::context::Answer::File { io, stat },
+                };
+                if !target.ops.complete(op, answer) {
                     tracing::debug!(target: "mirrord_kube", op, "outgoing connection came after its operation gave up; closed");
                 }
             }
@@ -589,6 +602,13 @@ fn outgoing(targets: &Targets, mut req: Request<Incoming>) -> Result<Response<Bo
         }
     });
     Ok(Response::new(full(Bytes::new())))
+}
+
+/// What an agent's tunnel for a context operation carries.
+enum Opened {
+    /// A connection, whose address in the pod is this.
+    Connection(std::net::SocketAddr),
+    File(mirrord_protocol::FileStat),
 }
 
 /// A mirrored connection's bytes, as they come, into the session's channel.

@@ -17,6 +17,8 @@ pub struct LayerConfig {
     /// Tell `mirrordctl` each TCP port the process listens on ([`crate::Request::Listen`]) and stops listening
     /// on.
     pub listen: bool,
+    /// mirrord's `feature.fs`.
+    pub files: crate::files::Files,
 }
 
 /// mirrord's `feature.network.outgoing`.
@@ -183,6 +185,11 @@ mod tests {
                 filter: Some(AddressFilter::Remote(rules(&["db.internal"]))),
             },
             listen: true,
+            files: crate::files::Files {
+                mode: crate::files::FsMode::Read,
+                read_only: vec!["^/etc/app".into()],
+                ..Default::default()
+            },
         };
         let env = cfg.to_env();
         assert!(

@@ -13,13 +13,15 @@
 
 pub mod codec;
 pub mod config;
+pub mod files;
 pub mod filter;
 pub mod messages;
 
 pub use codec::{read_frame, write_frame};
 pub use config::{ConfigError, Dns, LayerConfig, Outgoing};
+pub use files::{FileRoutes, Files, FsMode, Route};
 pub use filter::{AddressFilter, AddressRule, FilterError, HostPattern, Proto};
-pub use messages::{DnsFailure, Family, Reply, Request};
+pub use messages::{DnsFailure, Family, Reply, Request, Stat};
 
 /// Version of this protocol, sent in [`Request::Hello`].
 pub const VERSION: u32 = 1;

@@ -2,6 +2,7 @@
 //! connection the request came on.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,18 @@ pub enum Request {
     /// The process closed a UDP socket whose datagrams went to these relays: their flows end. Answered with
     /// [`Reply::Done`].
     Release { relays: Vec<SocketAddr> },
+    /// Open the target's `path` (absolute) with the process's open `flags` (`O_ACCMODE`, `O_CREAT`, `O_TRUNC`):
+    /// answered with [`Reply::Opened`], a local copy the layer opens in its place, or [`Reply::FileFailed`].
+    Open { path: String, flags: i32 },
+    /// `stat` (`follow`) or `lstat` of the target's `path`: [`Reply::Stat`].
+    Stat { path: String, follow: bool },
+    /// `access(path, mode)` in the target: [`Reply::Done`].
+    Access { path: String, mode: i32 },
+    /// `readlink(path)` in the target: [`Reply::Link`].
+    Readlink { path: String },
+    /// The process closed or synced its copy (`local`) of the target's `path`, opened for writing: its bytes are
+    /// written back. [`Reply::Done`] once they are.
+    WriteBack { local: PathBuf, path: String },
 }
 
 /// Why a name did not resolve, as the target's resolver said.
@@ -76,6 +89,39 @@ pub enum Reply {
     ConnectFailed {
         errno: i32,
     },
-    /// A [`Request::Listen`] or [`Request::Unlisten`] was taken into account.
+    /// A [`Request::Listen`] or [`Request::Unlisten`] was taken into account; an `Access` or `WriteBack` succeeded.
     Done,
+    /// The target's file (or directory, `dir`) as a local copy at `local`, in a directory only this user can
+    /// enter: a regular file's bytes; a directory's entries as empty files, directories and symlinks of the
+    /// same names. The layer opens it in place of the remote path and, for a file it will not write back,
+    /// removes its name at once.
+    Opened {
+        local: PathBuf,
+        stat: Stat,
+        dir: bool,
+    },
+    Stat(Stat),
+    Link(String),
+    /// The file operation failed in the target with this Linux errno.
+    FileFailed {
+        errno: i32,
+    },
+}
+
+/// A file's metadata in the target (`struct stat`'s fields).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blksize: u64,
+    pub blocks: u64,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
 }

@@ -80,6 +80,8 @@ pub enum Entry {
     Relays(Arc<Relays>),
     /// A listening socket whose port `mirrordctl` was told of.
     Listening(Arc<Listening>),
+    /// A remote file or directory (its local copy).
+    Remote(Arc<crate::files::Remote>),
     /// A thread's connection to `mirrordctl`.
     Channel,
     /// The debug log.
@@ -183,6 +185,7 @@ impl FdTable {
             Some(Entry::Managed(m)) => Entry::Managed(Arc::clone(m)),
             Some(Entry::Relays(r)) => Entry::Relays(Arc::clone(r)),
             Some(Entry::Listening(l)) => Entry::Listening(Arc::clone(l)),
+            Some(Entry::Remote(r)) => Entry::Remote(Arc::clone(r)),
             _ => return,
         };
         map.insert(to, copy);

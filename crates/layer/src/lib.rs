@@ -23,6 +23,7 @@ mod dns;
 #[cfg(not(test))]
 mod exports;
 mod fdtable;
+mod files;
 mod fork;
 mod guard;
 mod hostent;
@@ -45,4 +46,21 @@ static INIT_AT_LOAD: extern "C" fn() = {
         let _ = std::panic::catch_unwind(state::init_at_load);
     }
     init_at_load
+};
+
+/// Runs when the process exits normally (`exit`, a return from `main`): remote files still open for writing
+/// go back to the target (see [`files::write_back_all`]).
+#[cfg(not(test))]
+#[used]
+#[allow(unsafe_code)] // a `.fini_array` entry: called once at exit, with no arguments
+#[link_section = ".fini_array"]
+static WRITE_BACK_AT_EXIT: extern "C" fn() = {
+    extern "C" fn write_back_at_exit() {
+        let _ = std::panic::catch_unwind(|| {
+            if let Some(_guard) = guard::Guard::enter() {
+                files::write_back_all();
+            }
+        });
+    }
+    write_back_at_exit
 };

@@ -45,6 +45,11 @@ fn enosys() -> c_int {
     -1
 }
 
+fn enosys_ptr<T>() -> *mut T {
+    set_errno(libc::ENOSYS);
+    std::ptr::null_mut()
+}
+
 fn enosys_ssize() -> ssize_t {
     set_errno(libc::ENOSYS);
     -1
@@ -82,4 +87,42 @@ real_fns! {
         result: *mut *mut hostent, h_errnop: *mut c_int) -> c_int, missing: libc::ENOSYS;
     fn gethostbyname2_r(name: *const c_char, af: c_int, ret: *mut hostent, buf: *mut c_char, buflen: size_t,
         result: *mut *mut hostent, h_errnop: *mut c_int) -> c_int, missing: libc::ENOSYS;
+    /// `open`'s mode is variadic; like `fcntl`'s argument it travels as a named `unsigned int` (see `fcntl`).
+    fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int, missing: enosys();
+    fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int, missing: enosys();
+    fn __open_2(path: *const c_char, flags: c_int) -> c_int, missing: enosys();
+    fn __open64_2(path: *const c_char, flags: c_int) -> c_int, missing: enosys();
+    fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int, missing: enosys();
+    fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int, missing: enosys();
+    fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, missing: enosys();
+    fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, missing: enosys();
+    fn creat(path: *const c_char, mode: libc::mode_t) -> c_int, missing: enosys();
+    fn creat64(path: *const c_char, mode: libc::mode_t) -> c_int, missing: enosys();
+    fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE, missing: enosys_ptr();
+    fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE, missing: enosys_ptr();
+    fn opendir(path: *const c_char) -> *mut libc::DIR, missing: enosys_ptr();
+    fn stat(path: *const c_char, buf: *mut libc::stat) -> c_int, missing: enosys();
+    fn stat64(path: *const c_char, buf: *mut libc::stat64) -> c_int, missing: enosys();
+    fn lstat(path: *const c_char, buf: *mut libc::stat) -> c_int, missing: enosys();
+    fn lstat64(path: *const c_char, buf: *mut libc::stat64) -> c_int, missing: enosys();
+    fn fstat(fd: c_int, buf: *mut libc::stat) -> c_int, missing: enosys();
+    fn fstat64(fd: c_int, buf: *mut libc::stat64) -> c_int, missing: enosys();
+    fn fstatat(dirfd: c_int, path: *const c_char, buf: *mut libc::stat, flags: c_int) -> c_int, missing: enosys();
+    fn fstatat64(dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int,
+        missing: enosys();
+    fn statx(dirfd: c_int, path: *const c_char, flags: c_int, mask: c_uint, buf: *mut libc::statx) -> c_int,
+        missing: enosys();
+    fn access(path: *const c_char, mode: c_int) -> c_int, missing: enosys();
+    fn faccessat(dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int, missing: enosys();
+    fn readlink(path: *const c_char, buf: *mut c_char, size: size_t) -> ssize_t, missing: enosys_ssize();
+    fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, size: size_t) -> ssize_t,
+        missing: enosys_ssize();
+    fn getxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: size_t) -> ssize_t,
+        missing: enosys_ssize();
+    fn lgetxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: size_t) -> ssize_t,
+        missing: enosys_ssize();
+    fn listxattr(path: *const c_char, list: *mut c_char, size: size_t) -> ssize_t, missing: enosys_ssize();
+    fn llistxattr(path: *const c_char, list: *mut c_char, size: size_t) -> ssize_t, missing: enosys_ssize();
+    fn fsync(fd: c_int) -> c_int, missing: enosys();
+    fn fdatasync(fd: c_int) -> c_int, missing: enosys();
 }

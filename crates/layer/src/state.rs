@@ -20,6 +20,10 @@ pub struct Layer {
     pub sock: PathBuf,
     pub connect_timeout: Duration,
     pub dns_timeout: Duration,
+    /// How long opening a remote file may take (its bytes are copied first).
+    pub file_timeout: Duration,
+    /// `feature.fs` compiled; `None`: every path is local.
+    pub files: Option<mirrord_layer_proto::FileRoutes>,
 }
 
 static LAYER: OnceLock<Option<Layer>> = OnceLock::new();
@@ -38,6 +42,16 @@ pub fn init_at_load() {
 /// The layer when it should act: configured, not detached, and in the owning process.
 pub fn active() -> Option<&'static Layer> {
     let layer = LAYER.get_or_init(init).as_ref()?;
+    if DETACHED.load(Ordering::Acquire) || !is_owner() {
+        return None;
+    }
+    Some(layer)
+}
+
+/// As [`active`], without initialising: the file hooks run while the layer itself initialises (opening its
+/// log), when nothing may wait on the initialisation.
+pub fn ready() -> Option<&'static Layer> {
+    let layer = LAYER.get()?.as_ref()?;
     if DETACHED.load(Ordering::Acquire) || !is_owner() {
         return None;
     }
@@ -80,10 +94,20 @@ fn init() -> Option<Layer> {
         .map(Duration::from_millis);
     crate::fork::register();
     debug!("configured: socket {}, {:?}", sock.display(), config);
+    let files = match config.files.reads().then(|| config.files.compile()) {
+        Some(Ok(routes)) => Some(routes),
+        Some(Err(e)) => {
+            debug!("{e}: every path stays local");
+            None
+        }
+        None => None,
+    };
     Some(Layer {
         config,
         sock,
         connect_timeout: timeout.unwrap_or(Duration::from_secs(15)),
         dns_timeout: timeout.unwrap_or(Duration::from_secs(10)),
+        file_timeout: timeout.unwrap_or(Duration::from_secs(120)),
+        files,
     })
 }

@@ -45,6 +45,32 @@ pub fn set_h_errno(e: c_int) {
     unsafe { *__h_errno_location() = e }
 }
 
+/// Opens `path` (the layer's own copy of a remote file) with `flags`, which hold no `O_CREAT`.
+pub fn open(path: &CStr, flags: c_int) -> Result<c_int, c_int> {
+    // SAFETY: a NUL-terminated path; without O_CREAT or O_TMPFILE no mode is read.
+    let fd = unsafe { crate::real::open64(path.as_ptr(), flags & !libc::O_CREAT, 0) };
+    if fd < 0 {
+        Err(errno())
+    } else {
+        Ok(fd)
+    }
+}
+
+/// Removes `path`'s name (the layer's own copies only).
+pub fn unlink(path: &CStr) {
+    // SAFETY: a NUL-terminated path; unlink is not hooked.
+    unsafe { libc::unlink(path.as_ptr()) };
+}
+
+/// The size of the file open as `fd`, as the kernel has it.
+pub fn file_size(fd: c_int) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat64>::zeroed();
+    // SAFETY: `st` is valid for writes of a `struct stat64`; the real fstat64 fills it.
+    let r = unsafe { crate::real::fstat64(fd, st.as_mut_ptr()) };
+    // SAFETY: fstat64 succeeded, so it initialised the struct (and it was zeroed before).
+    (r == 0).then(|| u64::try_from(unsafe { st.assume_init() }.st_size).unwrap_or(0))
+}
+
 pub fn getpid() -> u32 {
     // SAFETY: no arguments, cannot fail.
     unsafe { libc::getpid() as u32 }

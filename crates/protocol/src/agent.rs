@@ -23,8 +23,12 @@
 //! - `CONNECT` with [`KIND`] `outgoing`, [`OP`] and [`LOCAL`]: the connection a
 //!   [`ContextOpKind::Connect`] made from the pod, its bytes tunnelled. A connect that
 //!   fails is a [`ContextOpReply::ConnectFailed`] instead.
+//! - `CONNECT` with [`KIND`] `file`, [`OP`] and [`STAT`]: the bytes of a regular file a
+//!   [`ContextOpKind::File`] opened, then its end. Anything else a file operation gives (a
+//!   directory, a stat, a failure) is a [`ContextOpReply::File`].
 
 use crate::context::{ConnectFailure, DnsFailure, EnvSelect, Family, Resolution};
+use crate::files::{FileAnswer, FileFailure, FileRequest};
 use crate::filter::HttpFilterSpec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -68,13 +72,18 @@ pub const CONTEXT_REPLY_PATH: &str = "/v1/context/reply";
 pub const OP: &str = "mirrord-op";
 /// On an `outgoing` tunnel: the connection's address in the pod (what `getsockname` says).
 pub const LOCAL: &str = "mirrord-local";
+/// On a `file` tunnel: the file's [`crate::FileStat`] (JSON).
+pub const STAT: &str = "mirrord-file-stat";
+/// The `KIND` of the tunnel that carries a file's bytes.
+pub const KIND_FILE: &str = "file";
 /// The agent's [`PROTOCOL_VERSION`], on its route and context streams.
 pub const PROTOCOL: &str = "mirrord-agent-protocol";
 /// What an agent speaks. 1: routes and handoffs; 2: and the target's context
-/// ([`CONTEXT_PATH`]); 3: UDP flows ([`ContextOpKind::ConnectUdp`]). An operator gives a
-/// session the context only through an agent of version 2 or later (an older agent image
-/// never opens the context stream), and UDP through one of version 3.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// ([`CONTEXT_PATH`]); 3: UDP flows ([`ContextOpKind::ConnectUdp`]); 4: the target's files
+/// ([`ContextOpKind::File`]). An operator gives a session the context only through an agent
+/// of version 2 or later (an older agent image never opens the context stream), UDP through
+/// one of version 3, files through one of version 4.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The `KIND` of a connection made from the pod for a session.
 pub const KIND_OUTGOING: &str = "outgoing";
 
@@ -107,6 +116,8 @@ pub enum ContextOpKind {
     ConnectUdp {
         remote: SocketAddr,
     },
+    /// An operation on the container's files (its root, its mounts).
+    File(FileRequest),
 }
 
 /// The agent's answer to a [`ContextOp`] (a connect that succeeds answers with a tunnel).
@@ -116,6 +127,8 @@ pub enum ContextOpReply {
     Env(Result<Vec<(String, String)>, String>),
     Resolved(Result<Resolution, DnsFailure>),
     ConnectFailed(ConnectFailure),
+    /// A file operation's answer (an opened regular file answers with a tunnel instead).
+    File(Result<FileAnswer, FileFailure>),
 }
 
 /// What an agent's filters decided on one port since it started: requests a filtered steal

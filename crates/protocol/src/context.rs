@@ -3,6 +3,7 @@
 //! `feature.network.dns`). Asked for when the session opens; the environment comes back in
 //! the answer, name resolutions and outgoing connections are operations inside the session.
 
+use crate::files::FilesAccess;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -16,11 +17,14 @@ pub struct ContextRequest {
     pub outgoing: bool,
     /// Names resolved as the target resolves them.
     pub dns: bool,
+    /// The target's files (`feature.fs`).
+    #[serde(default)]
+    pub files: FilesAccess,
 }
 
 impl ContextRequest {
     pub fn is_empty(&self) -> bool {
-        self.env.is_none() && !self.outgoing && !self.dns
+        self.env.is_none() && !self.outgoing && !self.dns && !self.files.reads()
     }
 }
 
@@ -39,6 +43,8 @@ pub struct ContextReply {
     pub env: Option<Vec<(String, String)>>,
     pub outgoing: bool,
     pub dns: bool,
+    #[serde(default)]
+    pub files: FilesAccess,
     /// Where the context comes from (`pod web-7d9c/app`, `replica pid 4242`).
     pub source: String,
     /// Why what was asked is not there (a target without a process the operator knows).

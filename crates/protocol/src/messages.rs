@@ -3,6 +3,7 @@
 use crate::context::{
     ConnectFailure, ContextReply, ContextRequest, DnsFailure, Family, OutgoingConnected, Resolution,
 };
+use crate::files::{FileAnswer, FileFailure, FileRequest};
 use crate::{HttpFilterSpec, SessionId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,8 @@ pub enum ClientMessage {
     /// The session's process stopped listening on these ports: give them back to the
     /// target (answered with nothing; a port the session does not hold is ignored).
     RemovePorts { ports: Vec<u16> },
+    /// An operation on the target's files; answered with [`ServerMessage::File`].
+    File { op: u64, req: FileRequest },
 }
 
 impl ClientMessage {
@@ -91,6 +94,7 @@ impl ClientMessage {
             ClientMessage::Connect { .. } => "Connect",
             ClientMessage::ConnectUdp { .. } => "ConnectUdp",
             ClientMessage::RemovePorts { .. } => "RemovePorts",
+            ClientMessage::File { .. } => "File",
         }
     }
 }
@@ -270,6 +274,11 @@ pub enum ServerMessage {
     Connected {
         op: u64,
         result: Result<OutgoingConnected, ConnectFailure>,
+    },
+    /// Answer to [`ClientMessage::File`].
+    File {
+        op: u64,
+        result: Result<FileAnswer, FileFailure>,
     },
 }
 

@@ -11,9 +11,10 @@
 use crate::event::{Event, SessionMeta};
 use crate::labels::{forget, series, Context, Labels, Lock, Port, Reason, Stolen, User, Version};
 use crate::ping_latency::{PingLatency, Series};
+pub use prometheus::IntCounter;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,8 @@ pub struct Metrics {
     outgoing_connections: IntCounterVec,
     outgoing_bytes: IntCounterVec,
     dns_queries: IntCounterVec,
+    file_operations: IntCounterVec,
+    file_bytes: IntCounterVec,
 }
 
 /// What a session's process does through its target's context, counted by the session
@@ -84,6 +87,12 @@ pub struct ContextCounters {
     /// Names resolved by the target, and those it could not resolve.
     pub resolved: IntCounter,
     pub resolve_failed: IntCounter,
+    /// Operations on the target's files that succeeded, and those that failed.
+    pub files_done: IntCounter,
+    pub files_failed: IntCounter,
+    /// Bytes of the target's files read by the process, and written back.
+    pub file_read: IntCounter,
+    pub file_written: IntCounter,
 }
 
 impl ContextCounters {
@@ -97,6 +106,10 @@ impl ContextCounters {
             received: c(),
             resolved: c(),
             resolve_failed: c(),
+            files_done: c(),
+            files_failed: c(),
+            file_read: c(),
+            file_written: c(),
         }
     }
 }
@@ -307,6 +320,28 @@ impl Metrics {
                 )
                 .expect("valid counter"),
             ),
+            file_operations: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mirrord_file_operations_count",
+                        "Operations a session's process made on its target's files (result: done, failed)",
+                    ),
+                    &Context::RESULT,
+                )
+                .expect("valid counter"),
+            ),
+            file_bytes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "mirrord_file_bytes_count",
+                        "Bytes of its target's files a session's process read, and wrote back (direction: read, written)",
+                    ),
+                    &Context::DIRECTION,
+                )
+                .expect("valid counter"),
+            ),
             lock_series: Mutex::default(),
             registry: r,
             grace,
@@ -392,6 +427,10 @@ impl Metrics {
             received: series(&self.outgoing_bytes, &l("received")),
             resolved: series(&self.dns_queries, &l("resolved")),
             resolve_failed: series(&self.dns_queries, &l("failed")),
+            files_done: series(&self.file_operations, &l("done")),
+            files_failed: series(&self.file_operations, &l("failed")),
+            file_read: series(&self.file_bytes, &l("read")),
+            file_written: series(&self.file_bytes, &l("written")),
         }
     }
 
@@ -589,6 +628,8 @@ impl Metrics {
             (&self.outgoing_connections, ["connected", "failed"]),
             (&self.outgoing_bytes, ["sent", "received"]),
             (&self.dns_queries, ["resolved", "failed"]),
+            (&self.file_operations, ["done", "failed"]),
+            (&self.file_bytes, ["read", "written"]),
         ] {
             for what in whats {
                 let l = Context {

@@ -2,8 +2,8 @@
 //! unchanged: the target (with its container) and namespace, `feature.network.incoming`
 //! ([`incoming`]: mode, `http_filter`, `ports`, `ignore_ports`, `port_mapping`,
 //! `on_concurrent_steal`), `feature.copy_target`, and what `exec`'s process gets of the
-//! target ([`context`]: `feature.env`, `feature.network.outgoing`, `feature.network.dns`),
-//! with the semantics of mirrord 3.250.0.
+//! target ([`context`]: `feature.env`, `feature.network.outgoing`, `feature.network.dns`;
+//! [`fs`]: `feature.fs`), with the semantics of mirrord 3.250.0.
 //!
 //! Found like mirrord finds it: `-f FILE`, else `MIRRORD_CONFIG_FILE`, else
 //! `.mirrord/mirrord.json` in the current directory. Read by extension as mirrord reads it:
@@ -12,15 +12,17 @@
 //! are accepted here (nothing else beyond JSON), so an example pasted from the docs works
 //! and a file mirrord reads means the same here. Syntax errors name the line and column.
 //!
-//! Keys mirrord has and this project does not implement (`feature.fs`, `agent`, ...) are
+//! Keys mirrord has and this project does not implement (`agent`, ...) are
 //! named in one warning. A key that would change which requests are stolen and that is not
 //! understood (inside `incoming` or `http_filter`) is an error: ignoring it would steal more
 //! than the team meant. Every error names the key.
 
 mod context;
+mod fs;
 mod incoming;
 
 pub use context::{DnsFile, EnvFile, OutgoingFile};
+pub use fs::mode as fs_mode;
 
 use mirrord_protocol::{ConcurrentSteal, HttpFilterSpec, PortMode};
 use serde_json::{Map, Value};
@@ -82,6 +84,7 @@ pub struct FileConfig {
     pub env: Option<EnvFile>,
     pub outgoing: Option<OutgoingFile>,
     pub dns: Option<DnsFile>,
+    pub fs: Option<fs::FsFile>,
     /// Keys present that this project does not implement, for the warning.
     pub ignored: Vec<String>,
 }
@@ -94,6 +97,7 @@ impl FileConfig {
             (self.env.is_some(), "feature.env"),
             (self.outgoing.is_some(), "feature.network.outgoing"),
             (self.dns.is_some(), "feature.network.dns"),
+            (self.fs.is_some(), "feature.fs"),
         ]
         .into_iter()
         .filter_map(|(set, key)| set.then_some(key))
@@ -319,6 +323,7 @@ fn feature(v: &Value, c: &mut FileConfig) -> Result<(), Problem> {
             "network" => network(v, c)?,
             "copy_target" => copy_target(v, c)?,
             "env" => context::env(v, c)?,
+            "fs" => fs::fs(v, c)?,
             _ => c.ignored.push(format!("feature.{k}")),
         }
     }
@@ -400,7 +405,8 @@ mod tests {
         assert_eq!((c.copy_target, c.scale_down), (Some(true), Some(true)));
         let mut ignored = c.ignored.clone();
         ignored.sort();
-        assert_eq!(ignored, ["agent", "feature.fs"]);
+        assert_eq!(ignored, ["agent"]);
+        assert_eq!(c.fs.unwrap().mode, mirrord_layer_proto::FsMode::Read);
     }
 
     #[test]

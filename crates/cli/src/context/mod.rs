@@ -7,18 +7,22 @@
 //! - [`ops`]: the operations in flight, and whom each answer goes to;
 //! - [`listens`]: the ports the process listens on, added and given back (no port list);
 //! - [`server`]: the layer's socket;
+//! - [`files`]: the target's files, as local copies the layer opens;
 //! - [`env`]: the process's environment;
 //! - [`program`]: what cannot be covered (static and Go programs), said before starting;
 //! - [`layer_file`]: where the layer library is.
 
 pub mod env;
+pub mod files;
 pub mod layer_file;
 pub mod listens;
 pub mod ops;
 pub mod program;
 pub mod server;
 
-use mirrord_protocol::{ConnectFailure, DnsFailure, Family, Resolution};
+use mirrord_protocol::{
+    ConnectFailure, DnsFailure, Family, FileAnswer, FileFailure, FileRequest, FileStat, Resolution,
+};
 use mirrord_tunnel::pump::ConnOutlet;
 use std::net::SocketAddr;
 use tokio::sync::oneshot;
@@ -48,6 +52,21 @@ pub enum Ask {
         remote: SocketAddr,
         udp: bool,
         reply: oneshot::Sender<Result<Outgoing, ConnectFailure>>,
+    },
+    File {
+        req: FileRequest,
+        reply: oneshot::Sender<Result<FileGot, FileFailure>>,
+    },
+}
+
+/// What a file operation gave.
+pub enum FileGot {
+    Answer(FileAnswer),
+    /// An opened regular file: its bytes arrive on `outlet` (connection `conn`) until it closes.
+    Bytes {
+        stat: FileStat,
+        conn: u64,
+        outlet: ConnOutlet,
     },
 }
 

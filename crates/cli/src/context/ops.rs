@@ -1,8 +1,11 @@
 //! The operations the layer started and the operator has not answered yet, by operation
 //! id: one owner (the session loop), so an answer finds its asker without locks.
 
-use super::{Ask, Outgoing};
-use mirrord_protocol::{ClientMessage, ConnectFailure, DnsFailure, OutgoingConnected, Resolution};
+use super::{Ask, FileGot, Outgoing};
+use mirrord_protocol::{
+    ClientMessage, ConnectFailure, DnsFailure, FileAnswer, FileFailure, OutgoingConnected,
+    Resolution,
+};
 use mirrord_tunnel::demux::Demux;
 use mirrord_tunnel::pump::conn_channel;
 use std::collections::HashMap;
@@ -10,12 +13,14 @@ use tokio::sync::oneshot;
 
 type ResolveReply = oneshot::Sender<Result<Resolution, DnsFailure>>;
 type ConnectReply = oneshot::Sender<Result<Outgoing, ConnectFailure>>;
+type FileReply = oneshot::Sender<Result<FileGot, FileFailure>>;
 
 #[derive(Default)]
 pub struct Pending {
     next: u64,
     resolves: HashMap<u64, ResolveReply>,
     connects: HashMap<u64, ConnectReply>,
+    files: HashMap<u64, FileReply>,
 }
 
 impl Pending {
@@ -44,7 +49,44 @@ impl Pending {
                     ClientMessage::Connect { op: id, remote }
                 }
             }
+            Ask::File { req, reply } => {
+                self.files.insert(id, reply);
+                ClientMessage::File { op: id, req }
+            }
         }
+    }
+
+    /// The operator's answer to a file operation. An opened file's connection is
+    /// registered in `carried` at once (as a connect's); if its asker is gone, the message
+    /// closing it is returned.
+    pub fn file(
+        &mut self,
+        op: u64,
+        result: Result<FileAnswer, FileFailure>,
+        carried: &mut Demux,
+    ) -> Option<ClientMessage> {
+        let reply = self.files.remove(&op);
+        let got = match result {
+            Ok(FileAnswer::File { stat, conn }) => {
+                let Some(reply) = reply else {
+                    return Some(ClientMessage::ConnClose { conn });
+                };
+                let (inbox, outlet) = conn_channel();
+                carried.add_conn(conn, inbox);
+                let got = FileGot::Bytes { stat, conn, outlet };
+                if reply.send(Ok(got)).is_err() {
+                    carried.conn_close(conn);
+                    return Some(ClientMessage::ConnClose { conn });
+                }
+                return None;
+            }
+            Ok(answer) => Ok(FileGot::Answer(answer)),
+            Err(f) => Err(f),
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(got);
+        }
+        None
     }
 
     /// The operator's answer to a resolution (an unknown id is ignored: its asker gave up).
@@ -93,7 +135,7 @@ impl Pending {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.resolves.len() + self.connects.len()
+        self.resolves.len() + self.connects.len() + self.files.len()
     }
 }
 

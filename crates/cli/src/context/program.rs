@@ -38,7 +38,7 @@ pub fn uncovered(program: &str, path_var: Option<&std::ffi::OsStr>) -> Option<St
 }
 
 /// `program` as `execvp` would find it.
-fn locate(program: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+pub fn locate(program: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     if program.contains('/') {
         return Some(PathBuf::from(program));
     }

@@ -2,8 +2,10 @@
 //! connection per thread of the process (and of its children, which inherit the layer).
 //! Each request gets exactly one reply, in order. An outgoing connection the operator
 //! opened is handed to the process through a loopback listener made for it alone: the
-//! layer connects the process's own socket there, and this relays it to the target.
+//! layer connects the process's own socket there, and this relays it to the target. File
+//! operations are answered by [`super::files`].
 
+use super::files::{self, Copies};
 use super::{Ask, Op, Outgoing};
 use crate::local;
 use mirrord_layer_proto::{self as proto, Reply, Request, MAX_FRAME};
@@ -48,6 +50,7 @@ pub fn start(ops: mpsc::Sender<Op>, out: mpsc::Sender<ClientMessage>) -> io::Res
     let listener = UnixListener::bind(&path)?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let flows = Flows::default();
+    let copies = Arc::new(Copies::new(dir.path().join("files"))?);
     let accept = tokio::spawn(async move {
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -57,8 +60,9 @@ pub fn start(ops: mpsc::Sender<Op>, out: mpsc::Sender<ClientMessage>) -> io::Res
                 return;
             };
             let (ops, out, flows) = (ops.clone(), out.clone(), Arc::clone(&flows));
+            let copies = Arc::clone(&copies);
             tokio::spawn(async move {
-                if let Err(e) = serve(stream, ops, out, flows).await {
+                if let Err(e) = serve(stream, ops, out, flows, &copies).await {
                     tracing::debug!(target: "mirrordctl::layer", error = %e, "layer connection ended");
                 }
                 drop(permit);
@@ -81,6 +85,7 @@ async fn serve(
     ops: mpsc::Sender<Op>,
     out: mpsc::Sender<ClientMessage>,
     flows: Flows,
+    copies: &Copies,
 ) -> io::Result<()> {
     match read(&mut s).await? {
         Request::Hello { version, .. } if version == proto::VERSION => {
@@ -125,6 +130,11 @@ async fn serve(
                 }
                 Reply::Done
             }
+            req @ (Request::Open { .. }
+            | Request::Stat { .. }
+            | Request::Access { .. }
+            | Request::Readlink { .. }
+            | Request::WriteBack { .. }) => files::serve(req, &ops, &out, copies).await,
         };
         write(&mut s, &reply).await?;
     }

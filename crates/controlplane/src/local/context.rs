@@ -3,10 +3,13 @@
 //! and `/etc/resolv.conf` under `/etc/netns/NAME`), seen through `/proc/PID` as the
 //! Kubernetes agent sees a pod's process.
 
-use crate::backend::{BackendError, Outgoing, TargetContext};
+use crate::backend::{BackendError, FileReply, Outgoing, TargetContext};
 use futures::future::BoxFuture;
+use mirrord_context::files::{Root, Served};
 use mirrord_context::{ConnectError, DnsError, Netns};
-use mirrord_protocol::{ConnectFailure, DnsFailure, EnvSelect, Family, Resolution};
+use mirrord_protocol::{
+    ConnectFailure, DnsFailure, EnvSelect, Family, FileFailure, FileRequest, Resolution,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +23,8 @@ pub struct ReplicaContext {
     name: String,
     pid: u32,
     netns: Netns,
+    /// Its root (`/proc/PID/root`), or why it cannot be had.
+    root: Result<Arc<Root>, FileFailure>,
 }
 
 impl ReplicaContext {
@@ -31,6 +36,7 @@ impl ReplicaContext {
             name: name.to_owned(),
             pid,
             netns,
+            root: Root::of_pid(pid).map(Arc::new),
         }))
     }
 
@@ -123,6 +129,48 @@ impl TargetContext for ReplicaContext {
             })
         })
     }
+
+    fn file(&self, req: FileRequest) -> BoxFuture<'static, Result<FileReply, FileFailure>> {
+        self.serve_file(req)
+    }
+}
+
+impl ReplicaContext {
+    /// Runs the file operations of [`TargetContext::file`].
+    fn serve_file(&self, req: FileRequest) -> BoxFuture<'static, Result<FileReply, FileFailure>> {
+        let root = self.root.clone();
+        Box::pin(async move {
+            let root = root?;
+            let served = tokio::task::spawn_blocking(move || root.serve(&req))
+                .await
+                .map_err(|e| FileFailure {
+                    errno: nix::libc::EIO,
+                    message: e.to_string(),
+                })??;
+            Ok(match served {
+                Served::Answer(a) => FileReply::Answer(a),
+                Served::File { stat, file } => FileReply::File {
+                    stat,
+                    io: Box::new(stream_file(file)),
+                },
+            })
+        })
+    }
+}
+
+/// A file's bytes as a connection's: read by a task into one end of a pipe while the
+/// other end is sent (writes to it are discarded with the pipe).
+pub fn stream_file(file: std::fs::File) -> tokio::io::DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(async move {
+        let mut file = tokio::fs::File::from_std(file);
+        let (_, mut w) = tokio::io::split(ours);
+        if let Err(e) = tokio::io::copy(&mut file, &mut w).await {
+            tracing::debug!(target: "mirrord_controlplane", error = %e, "a file stopped streaming");
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+    });
+    theirs
 }
 
 pub fn dns_failure(e: &DnsError) -> DnsFailure {

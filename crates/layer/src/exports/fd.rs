@@ -1,4 +1,5 @@
-//! `close`, `__close`, `close_range`, `dup`, `dup2`, `dup3`, `fcntl`, `fcntl64`: keeping the managed table right.
+//! `close`, `__close`, `close_range`, `dup`, `dup2`, `dup3`, `fcntl`, `fcntl64`: keeping the managed table right
+//! (and writing a remote file's copy back to the target on its last close).
 //! Untracked descriptors cost one atomic load and go straight to libc.
 
 use libc::{c_int, c_uint, c_ulong};
@@ -14,9 +15,18 @@ fn close_hook(fd: c_int, real: unsafe fn(c_int) -> c_int) -> c_int {
     }
     hook(
         || {
+            // A remote file's copy opened for writing goes back to the target before its last close.
+            let wrote = crate::files::write_back(fd, true);
             // Forget first: once closed, the number may be reused by another thread at once.
             sockets::forget(fd);
-            None
+            match wrote {
+                Some(Err(e)) => {
+                    // SAFETY: the app's own argument; the descriptor is closed whatever the write-back gave.
+                    unsafe { real(fd) };
+                    Some((-1, Some(e)))
+                }
+                _ => None,
+            }
         },
         // SAFETY: the app's own argument.
         || unsafe { real(fd) },
@@ -64,6 +74,10 @@ fn dup_hook(from: c_int, to: c_int, dup: impl Fn() -> c_int) -> c_int {
     }
     hook(
         || {
+            // `to`, if open, is closed by the dup: a remote file's copy goes back first.
+            if to >= 0 && to != from {
+                let _ = crate::files::write_back(to, true);
+            }
             let r = dup();
             if r < 0 {
                 return Some((r, Some(sys::errno())));

@@ -5,6 +5,7 @@
 
 mod dns;
 mod fd;
+mod files;
 mod net;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,0 +1,268 @@
+//! The target's files for the layer: each file operation the process makes on a remote path is asked of the
+//! operator, and an opened file or directory becomes a local copy the layer opens in its place (see
+//! `mirrord_layer::files`). Copies live in the layer socket's directory, which only this user can enter, and go
+//! with it when the session ends; a copy the process only reads is unlinked by the layer as soon as it is open.
+
+use super::{Ask, FileGot, Op};
+use mirrord_layer_proto::{Reply, Request, Stat};
+use mirrord_protocol::files::MAX_WRITE_CHUNK;
+use mirrord_protocol::{ClientMessage, FileAnswer, FileRequest, FileStat};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a metadata operation may take, end to end.
+const OP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long opening a file may take, its bytes included (the layer waits 120 s).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(110);
+
+/// Where the copies go.
+pub struct Copies {
+    dir: PathBuf,
+    next: AtomicU64,
+}
+
+impl Copies {
+    pub fn new(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir(&dir)?;
+        Ok(Self {
+            dir,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    fn next(&self) -> PathBuf {
+        self.dir
+            .join(self.next.fetch_add(1, Ordering::Relaxed).to_string())
+    }
+
+    /// Whether `p` is one of ours (a write-back reads nothing else).
+    fn holds(&self, p: &Path) -> bool {
+        p.parent() == Some(self.dir.as_path())
+    }
+}
+
+/// The paths that stay local by default for the process running `program`, as mirrord computes them in the
+/// process: its working directory (unless `/`), its executable, the temporary directory, and the hidden files of
+/// the home directory.
+pub fn process_local(program: Option<&Path>) -> Vec<String> {
+    let mut patterns = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        let cwd = cwd.to_string_lossy();
+        if cwd != "/" {
+            patterns.push(format!(
+                "^{}(/|$)",
+                regex::escape(cwd.trim_end_matches('/'))
+            ));
+        }
+    }
+    if let Some(exe) = program {
+        let exe = exe.canonicalize().unwrap_or_else(|_| exe.to_owned());
+        patterns.push(format!("{}$", regex::escape(&exe.to_string_lossy())));
+    }
+    patterns.push(format!(
+        "^{}",
+        regex::escape(&std::env::temp_dir().to_string_lossy())
+    ));
+    if let Ok(home) = std::env::var("HOME") {
+        patterns.push(format!(
+            "^{}/\\.",
+            regex::escape(home.trim_end_matches('/'))
+        ));
+    }
+    patterns
+}
+
+/// Answers one of the layer's file requests.
+pub async fn serve(
+    req: Request,
+    ops: &mpsc::Sender<Op>,
+    out: &mpsc::Sender<ClientMessage>,
+    copies: &Copies,
+) -> Reply {
+    let result = match req {
+        Request::Open { path, flags } => open(ops, out, copies, path, flags).await,
+        Request::Stat { path, follow } => {
+            match ask(ops, FileRequest::Stat { path, follow }, OP_TIMEOUT).await {
+                Ok(FileGot::Answer(FileAnswer::Stat(s))) => Ok(Reply::Stat(stat(&s))),
+                other => Err(failed(other)),
+            }
+        }
+        Request::Access { path, mode } => {
+            match ask(ops, FileRequest::Access { path, mode }, OP_TIMEOUT).await {
+                Ok(FileGot::Answer(FileAnswer::Done)) => Ok(Reply::Done),
+                other => Err(failed(other)),
+            }
+        }
+        Request::Readlink { path } => {
+            match ask(ops, FileRequest::Readlink { path }, OP_TIMEOUT).await {
+                Ok(FileGot::Answer(FileAnswer::Link(l))) => Ok(Reply::Link(l)),
+                other => Err(failed(other)),
+            }
+        }
+        Request::WriteBack { local, path } if copies.holds(&local) => {
+            write_back(ops, &local, path).await
+        }
+        Request::WriteBack { .. } => Err(nix::libc::EINVAL),
+        _ => Err(nix::libc::ENOSYS),
+    };
+    result.unwrap_or_else(|errno| Reply::FileFailed { errno })
+}
+
+/// The errno for an answer that is not the one wanted.
+fn failed(got: Result<FileGot, i32>) -> i32 {
+    match got {
+        Err(errno) => errno,
+        Ok(_) => nix::libc::EIO,
+    }
+}
+
+async fn ask(ops: &mpsc::Sender<Op>, req: FileRequest, timeout: Duration) -> Result<FileGot, i32> {
+    let (reply, answer) = oneshot::channel();
+    if ops.send(Op::Ask(Ask::File { req, reply })).await.is_err() {
+        return Err(nix::libc::EIO);
+    }
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(Ok(got))) => Ok(got),
+        Ok(Ok(Err(f))) => {
+            tracing::debug!(target: "mirrordctl::layer", errno = f.errno, message = %f.message, "a file operation failed in the target");
+            Err(f.errno)
+        }
+        // The session is over, or the operator did not answer in time.
+        Ok(Err(_)) | Err(_) => Err(nix::libc::EIO),
+    }
+}
+
+async fn open(
+    ops: &mpsc::Sender<Op>,
+    out: &mpsc::Sender<ClientMessage>,
+    copies: &Copies,
+    path: String,
+    flags: i32,
+) -> Result<Reply, i32> {
+    use nix::libc::{O_ACCMODE, O_CREAT, O_RDONLY, O_TRUNC};
+    let req = FileRequest::Open {
+        path,
+        write: flags & O_ACCMODE != O_RDONLY || flags & (O_TRUNC | O_CREAT) != 0,
+        create: flags & O_CREAT != 0,
+        truncate: flags & O_TRUNC != 0,
+    };
+    let local = copies.next();
+    match ask(ops, req, OPEN_TIMEOUT).await? {
+        FileGot::Answer(FileAnswer::Dir { stat: s, entries }) => {
+            placeholders(&local, &entries)
+                .map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EIO))?;
+            Ok(Reply::Opened {
+                local,
+                stat: stat(&s),
+                dir: true,
+            })
+        }
+        FileGot::Bytes {
+            stat: s,
+            conn,
+            mut outlet,
+        } => {
+            let copied = async {
+                let mut file = tokio::fs::File::create(&local).await?;
+                let mut written = 0u64;
+                while let Some(bytes) = outlet.recv().await {
+                    file.write_all(&bytes).await?;
+                    written += bytes.len() as u64;
+                }
+                file.flush().await?;
+                Ok::<_, std::io::Error>(written)
+            }
+            .await;
+            let _ = out.send(ClientMessage::ConnClose { conn }).await;
+            let written = copied.map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EIO))?;
+            if written < s.size {
+                // Cut short (the target's side failed): never a shorter file as if whole.
+                tracing::warn!(target: "mirrordctl::layer", written, size = s.size, "a remote file arrived incomplete");
+                let _ = tokio::fs::remove_file(&local).await;
+                return Err(nix::libc::EIO);
+            }
+            let mut st = stat(&s);
+            st.size = written;
+            Ok(Reply::Opened {
+                local,
+                stat: st,
+                dir: false,
+            })
+        }
+        FileGot::Answer(_) => Err(nix::libc::EIO),
+    }
+}
+
+/// A directory of the target's entries' names and types: empty files, directories and symlinks.
+fn placeholders(dir: &Path, entries: &[mirrord_protocol::DirEntry]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    for e in entries {
+        // A name that is not one path component would land elsewhere.
+        if e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == ".." {
+            continue;
+        }
+        let at = dir.join(&e.name);
+        let made = match e.kind & 0o170000 {
+            0o040000 => std::fs::create_dir(&at),
+            0o120000 => std::os::unix::fs::symlink(e.link.as_deref().unwrap_or(""), &at),
+            _ => std::fs::File::create(&at).map(drop),
+        };
+        if let Err(err) = made {
+            tracing::debug!(target: "mirrordctl::layer", name = %e.name, error = %err, "a directory entry has no placeholder");
+        }
+    }
+    Ok(())
+}
+
+/// Writes the copy at `local` back to the target's `path`, whole, in chunks.
+async fn write_back(ops: &mpsc::Sender<Op>, local: &Path, path: String) -> Result<Reply, i32> {
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EIO))?;
+    let mut offset = 0u64;
+    loop {
+        let mut data = Vec::with_capacity(MAX_WRITE_CHUNK);
+        (&mut file)
+            .take(MAX_WRITE_CHUNK as u64)
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EIO))?;
+        let n = data.len() as u64;
+        let req = FileRequest::Write {
+            path: path.clone(),
+            offset,
+            data,
+            truncate: offset == 0,
+        };
+        match ask(ops, req, OP_TIMEOUT).await? {
+            FileGot::Answer(FileAnswer::Done) => {}
+            _ => return Err(nix::libc::EIO),
+        }
+        offset += n;
+        if n < MAX_WRITE_CHUNK as u64 {
+            return Ok(Reply::Done);
+        }
+    }
+}
+
+fn stat(s: &FileStat) -> Stat {
+    Stat {
+        dev: s.dev,
+        ino: s.ino,
+        mode: s.mode,
+        nlink: s.nlink,
+        uid: s.uid,
+        gid: s.gid,
+        rdev: s.rdev,
+        size: s.size,
+        blksize: s.blksize,
+        blocks: s.blocks,
+        atime: s.atime,
+        mtime: s.mtime,
+        ctime: s.ctime,
+    }
+}
