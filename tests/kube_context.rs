@@ -9,6 +9,10 @@
 //! when it did not. The developer is on this machine, reaching the operator through the
 //! API server with a kubeconfig; RBAC decides what each part of the context needs. On a
 //! copy of the target (`--copy-target`) the context is the copy pod's.
+//!
+//! Its files (issue 28): a ConfigMap and a Secret mounted only in the target pod, and an
+//! emptyDir with a 50 MB file of random bytes and 16 files of 1 MB, read by programs we did
+//! not write and compared with what `kubectl exec` shows.
 
 use mirrord_e2e::kube::{repo, Cluster};
 use mirrord_e2e::{bin, fixture, kube_ctl_command, wait_for, Session};
@@ -53,6 +57,11 @@ kind: Secret
 metadata: {name: api-secrets, namespace: NS}
 stringData: {ONLY_FROM_SECRET: SECRET_VALUE}
 ---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: api-config, namespace: NS}
+data: {config.yaml: "greeting: only-in-the-configmap\n"}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: api, namespace: NS}
@@ -65,12 +74,21 @@ spec:
       automountServiceAccountToken: false
       terminationGracePeriodSeconds: 1
       hostAliases: [{ip: "PEER_IP", hostnames: ["ALIAS"]}]
+      volumes:
+        - {name: config, configMap: {name: api-config}}
+        - {name: secret, secret: {secretName: api-secrets}}
+        - {name: data, emptyDir: {}}
       containers:
         - name: app
           image: mirrord.dev/busybox:1
           imagePullPolicy: Never
-          command: ["/bin/sh", "-c", "exec sleep 100000"]
+          command: ["/bin/sh", "-c", "head -c 52428800 /dev/urandom > /data/big && for i in $(seq 0 15); do head -c 1048576 /dev/urandom > /data/part$i; done && echo original > /data/note && touch /data/ready && exec sleep 100000"]
           envFrom: [{secretRef: {name: api-secrets}}]
+          readinessProbe: {exec: {command: ["/bin/sh", "-c", "test -f /data/ready"]}, periodSeconds: 1}
+          volumeMounts:
+            - {name: config, mountPath: /etc/app}
+            - {name: secret, mountPath: /etc/secret}
+            - {name: data, mountPath: /data}
         - name: sidecar
           image: mirrord.dev/busybox:1
           imagePullPolicy: Never
@@ -323,7 +341,7 @@ fn text(o: &Output) -> String {
 }
 
 #[test]
-fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() {
+fn exec_gets_the_pods_environment_names_connections_and_files_and_rbac_decides_each() {
     let Some(env) = Env::start() else { return };
     let _ = bin("mirrordctl");
     let (alice, bob) = (env.user("alice"), env.user("bob"));
@@ -586,7 +604,7 @@ fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() 
     // bob may do everything but connect out: exec (which asks for outgoing connections by
     // default) is refused, naming the verb, before the process starts.
     env.k.apply(&format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: no-outgoing, namespace: {ns}}}\nrules:\n- apiGroups: [operator.mirrord.dev]\n  resources: [sessions]\n  verbs: [create, get, list, delete]\n- apiGroups: [operator.mirrord.dev]\n  resources: [targets]\n  verbs: [steal, mirror, env, dns]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: bob-no-outgoing, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: no-outgoing}}\nsubjects: [{{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}}]\n",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: no-outgoing, namespace: {ns}}}\nrules:\n- apiGroups: [operator.mirrord.dev]\n  resources: [sessions]\n  verbs: [create, get, list, delete]\n- apiGroups: [operator.mirrord.dev]\n  resources: [targets]\n  verbs: [steal, mirror, env, dns, files-read]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: bob-no-outgoing, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: no-outgoing}}\nsubjects: [{{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}}]\n",
         ns = env.ns
     ));
     let out = env.exec(&bob, &[], &script);
@@ -615,4 +633,170 @@ fn exec_gets_the_pods_environment_names_and_connections_and_rbac_decides_each() 
         "{all}"
     );
     assert_eq!(peer_seen(&stdout, "curl peer="), Some(node_seen), "{all}");
+
+    files_as_kubectl_exec_shows_them(&env);
+}
+
+/// What a process reads of the target's files: the files mounted only in the pod, a 50 MB
+/// file of random bytes, 16 files read by 16 threads at once; writes refused in `read` mode
+/// and written back in `write` mode (an admin's right); the local list kept local. (Part of
+/// the test above: two releases of the chart cannot be installed at once.)
+fn files_as_kubectl_exec_shows_them(env: &Env) {
+    // bob (limited above) is made an admin now: the chart's admin role writes files.
+    let (alice, bob) = (env.user("alice"), env.user("bob"));
+    env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "create",
+        "rolebinding",
+        "bob-admin",
+        &format!("--clusterrole={}-admin", env.release),
+        "--user=bob",
+    ]);
+    let pod = env
+        .k
+        .kubectl(&[
+            "-n",
+            &env.ns,
+            "get",
+            "pods",
+            "-l",
+            "app=api",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .trim()
+        .to_owned();
+    let in_pod = |script: &str| {
+        env.k.kubectl(&[
+            "-n", &env.ns, "exec", &pod, "-c", "app", "--", "sh", "-c", script,
+        ])
+    };
+    // A path only this machine has, kept local by the config's `local` list.
+    let here = PathBuf::from(format!("/var/lib/mirrord-e2e-{}", env.ns));
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::write(here.join("local.txt"), "only-on-this-machine\n").unwrap();
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(here.clone());
+    let config = |mode: &str, local: bool| {
+        let file = env.dir.path().join(format!("fs-{mode}-{local}.json"));
+        let local = if local {
+            format!(r#", "local": ["^{}"]"#, here.display())
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"feature": {{"network": {{"incoming": "off"}}, "fs": {{"mode": "{mode}", "read_only": ["^/etc/app", "^/etc/secret"]{local}}}}}}}"#
+            ),
+        )
+        .unwrap();
+        file.display().to_string()
+    };
+    let threads = env.dir.path().join("threads.py");
+    std::fs::write(
+        &threads,
+        "import hashlib, threading\nout = {}\ndef read(i):\n    with open('/data/part%d' % i, 'rb') as f:\n        out[i] = hashlib.sha256(f.read()).hexdigest()\nts = [threading.Thread(target=read, args=(i,)) for i in range(16)]\n[t.start() for t in ts]\n[t.join() for t in ts]\nfor i in range(16):\n    print('%s  /data/part%d' % (out[i], i))\n",
+    )
+    .unwrap();
+    let listing = "ls -l /etc/app | awk '$1 != \"total\" {print $1, $(NF-2), $(NF-1), $NF}'";
+    let stats =
+        "stat -c '%s %a %u %g %Y' /etc/app/config.yaml /etc/secret/ONLY_FROM_SECRET /data/big";
+    let script = format!(
+        "python3 -c 'print(open(\"/etc/app/config.yaml\").read().strip())'; \
+         cat /etc/secret/ONLY_FROM_SECRET; echo; \
+         echo listing; {listing}; echo stats; {stats}; \
+         sha256sum /data/big; python3 {threads}; \
+         (echo changed > /data/note) 2>&1 | sed 's/.*: //'; \
+         cat {here}/local.txt",
+        threads = threads.display(),
+        here = here.display(),
+    );
+    let out = env.exec(&alice, &["-f", &config("read", true)], &script);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("greeting: only-in-the-configmap\n"),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!("{SECRET_VALUE}\n")),
+        "a mounted Secret's file: {all}"
+    );
+    // `ls -l` and `stat` show what they show in the pod (busybox there, coreutils here).
+    let section = |from: &str, to: &str| -> Vec<String> {
+        stdout
+            .split(&format!("{from}\n"))
+            .nth(1)
+            .and_then(|rest| rest.split(to).next())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let pod_listing: Vec<String> = in_pod(listing).lines().map(str::to_owned).collect();
+    assert_eq!(section("listing", "stats"), pod_listing, "{all}");
+    assert!(
+        pod_listing
+            .iter()
+            .any(|l| l.ends_with("config.yaml -> ..data/config.yaml")),
+        "{pod_listing:?}"
+    );
+    let pod_stats: Vec<String> = in_pod(stats).lines().map(str::to_owned).collect();
+    assert_eq!(section("stats", "\n").len(), 1);
+    for line in &pod_stats {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "stat {line:?} as in the pod: {all}"
+        );
+    }
+    // 50 MB of random bytes and 16 files read at once by 16 threads: byte for byte.
+    for line in in_pod("sha256sum /data/big /data/part*").lines() {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} as in the pod: {all}"
+        );
+    }
+    // `read` mode: the pod's file is unchanged and the process is told the filesystem is
+    // read-only; the local list reads this machine's file.
+    assert!(stdout.contains("Read-only file system\n"), "{all}");
+    assert_eq!(in_pod("cat /data/note").trim(), "original");
+    assert!(stdout.contains("only-on-this-machine\n"), "{all}");
+    let out = env.exec(
+        &alice,
+        &["-f", &config("read", false)],
+        &format!("cat {}/local.txt", here.display()),
+    );
+    assert!(
+        !out.status.success()
+            || !String::from_utf8_lossy(&out.stdout).contains("only-on-this-machine"),
+        "without the local list the path is the pod's: {}",
+        text(&out)
+    );
+
+    // `write` mode: refused to a developer (RBAC's files-write), written back for an admin.
+    let write = "echo written-from-exec > /data/note && cat /data/note";
+    let out = env.exec(&alice, &["-f", &config("write", false)], write);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("files-write"),
+        "the refusal names the missing right: {all}"
+    );
+    assert_eq!(in_pod("cat /data/note").trim(), "original");
+    let out = env.exec(&bob, &["-f", &config("write", false)], write);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("written-from-exec"),
+        "{all}"
+    );
+    assert_eq!(in_pod("cat /data/note").trim(), "written-from-exec");
 }

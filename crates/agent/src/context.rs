@@ -206,6 +206,14 @@ async fn answer(link: &Link, ctx: &Context, op: ContextOp) {
                     }
                 }
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut up).await;
+                // Dropped now, the tunnel's last bytes could still be in the connection's send
+                // buffer and be reset with it: held until the operator, having them all, closes.
+                let mut end = [0u8; 1];
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(60),
+                    tokio::io::AsyncReadExt::read(&mut up, &mut end),
+                )
+                .await;
             }
             Err(e) => {
                 tracing::warn!(target: "mirrord_agent", op = op.op, error = %e, "a file's bytes were not delivered")

@@ -46,7 +46,7 @@ impl Copies {
 
 /// The paths that stay local by default for the process running `program`, as mirrord computes them in the
 /// process: its working directory (unless `/`), its executable, the temporary directory, and the hidden files of
-/// the home directory.
+/// the home directory ($HOME's and the password database's).
 pub fn process_local(program: Option<&Path>) -> Vec<String> {
     let mut patterns = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
@@ -66,7 +66,19 @@ pub fn process_local(program: Option<&Path>) -> Vec<String> {
         "^{}",
         regex::escape(&std::env::temp_dir().to_string_lossy())
     ));
-    if let Ok(home) = std::env::var("HOME") {
+    // $HOME, and the user's home as the password database has it (a shim under /root/.pyenv
+    // stays local for a process whose HOME was changed).
+    let passwd = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir.to_string_lossy().into_owned());
+    let mut homes: Vec<String> = std::env::var("HOME")
+        .ok()
+        .into_iter()
+        .chain(passwd)
+        .collect();
+    homes.dedup();
+    for home in homes {
         patterns.push(format!(
             "^{}/\\.",
             regex::escape(home.trim_end_matches('/'))
