@@ -276,6 +276,49 @@ fn write_mode_writes_back_and_is_an_admins_right() {
     let admin = f.op.issue_admin("root-admin");
     let (ok, out, err) = exec(&f, &admin, &[], &cfg, &script);
     assert!(ok && out.contains("written-remotely"), "{out}\n{err}");
+    // A new file of 3 MB, written back in 512 KiB chunks.
+    let make =
+        format!("{MAKE}\nwith open('{app}/made', 'wb') as f:\n    f.write(blob(42, 3 << 20))\n");
+    let maker = f._dir.path().join("make.py");
+    std::fs::write(&maker, make).unwrap();
+    let (ok, out, err) = exec(
+        &f,
+        &admin,
+        &[],
+        &cfg,
+        &format!("python3 {}", maker.display()),
+    );
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, err) = exec(
+        &f,
+        &f.op.issue("alice"),
+        &[],
+        &config(&f, r#"{"read_only": "^APP"}"#),
+        &format!("sha256sum {app}/made | cut -c1-64"),
+    );
+    assert!(ok && out.contains(&sha256_of(42, 3 << 20)), "{out}\n{err}");
+    assert!(
+        !f.app.join("made").exists(),
+        "nothing was made on this machine"
+    );
+    // A descriptor bash never closes goes back at its exit (dash ends with `_exit`, which
+    // runs no exit handler: what it left open is lost, as the README says).
+    let (ok, out, err) = exec(
+        &f,
+        &admin,
+        &[],
+        &cfg,
+        &format!("bash -c 'exec 3> {app}/at-exit; echo at-exit >&3'"),
+    );
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, err) = exec(
+        &f,
+        &f.op.issue("alice"),
+        &[],
+        &config(&f, r#"{"read_only": "^APP"}"#),
+        &format!("cat {app}/at-exit"),
+    );
+    assert!(ok && out.contains("at-exit"), "{out}\n{err}");
     // Another session reads what the first wrote back; this machine's file is untouched.
     let read = config(&f, r#"{"read_only": "^APP"}"#);
     let (ok, out, err) = exec(

@@ -73,6 +73,21 @@ pub fn request(layer: &Layer, req: &Request, timeout: std::time::Duration) -> Re
         .unwrap_or(Err(Error::Detached))
 }
 
+/// As [`request`], on a connection of its own that is closed after the reply: for the exit handler, which runs
+/// after this thread's thread-locals (its channel) are gone.
+pub fn request_alone(
+    layer: &Layer,
+    req: &Request,
+    timeout: std::time::Duration,
+) -> Result<Reply, Error> {
+    let deadline = Instant::now() + timeout;
+    let mut channel = Channel::open(layer, deadline)?;
+    channel.call(req, deadline).map_err(|e| {
+        debug!("{req:?}: {e}");
+        Error::Timeout
+    })
+}
+
 impl Channel {
     fn open(layer: &Layer, deadline: Instant) -> Result<Self, Error> {
         let stream = UnixStream::connect(&layer.sock).map_err(|e| {

@@ -69,7 +69,13 @@ fn normalize(path: &str) -> String {
 }
 
 fn ask(layer: &state::Layer, req: &Request) -> Outcome<Reply> {
-    let reply = client::request(layer, req, layer.file_timeout);
+    ask_with(layer, req, client::request)
+}
+
+type Send = fn(&state::Layer, &Request, std::time::Duration) -> Result<Reply, Error>;
+
+fn ask_with(layer: &state::Layer, req: &Request, send: Send) -> Outcome<Reply> {
+    let reply = send(layer, req, layer.file_timeout);
     debug!(
         "{req:?}: {}",
         match &reply {
@@ -215,6 +221,10 @@ pub fn readlink(dirfd: c_int, path: &CStr) -> Outcome<String> {
 /// Writes a remote file's copy back to the target (`close` of its last descriptor in this process, `fsync`):
 /// `None` when `fd` is no such file, else whether it worked.
 pub fn write_back(fd: c_int, closing: bool) -> Outcome<()> {
+    write_back_with(fd, closing, client::request)
+}
+
+fn write_back_with(fd: c_int, closing: bool, send: Send) -> Outcome<()> {
     let Some(Entry::Remote(r)) = TABLE.get(fd) else {
         return None;
     };
@@ -228,7 +238,7 @@ pub fn write_back(fd: c_int, closing: bool) -> Outcome<()> {
         local,
         path: r.path.clone(),
     };
-    match ask(layer, &req)? {
+    match ask_with(layer, &req, send)? {
         Ok(Reply::Done) => Some(Ok(())),
         Ok(other) => unexpected("WriteBack", &other),
         Err(e) => Some(Err(e)),
@@ -252,7 +262,8 @@ pub fn write_back_all() {
             continue;
         }
         done.push(Arc::as_ptr(&r));
-        let written = write_back(fd, false);
+        // The thread's channel went with its thread-locals before the exit handlers ran.
+        let written = write_back_with(fd, false, client::request_alone);
         debug!("at exit, fd {fd} ({}): {written:?}", r.path);
     }
 }

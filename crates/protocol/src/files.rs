@@ -159,5 +159,6 @@ pub struct FileFailure {
 
 /// The most entries an opened directory gives (a listing travels in one frame).
 pub const MAX_DIR_ENTRIES: usize = 65_536;
-/// The largest [`FileRequest::Write`] chunk.
-pub const MAX_WRITE_CHUNK: usize = 1 << 20;
+/// The largest [`FileRequest::Write`] chunk: well inside the operator's limit on a client's
+/// frame (1 MiB).
+pub const MAX_WRITE_CHUNK: usize = 512 * 1024;
