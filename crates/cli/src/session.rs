@@ -160,7 +160,9 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
         child = Some(crate::exec::spawn(argv, Some(&env))?);
         ports_wanted = !port_map.is_empty();
     }
-    drop(ops_tx);
+    // Kept for writing the process's files back at its end; the layer's connections hold
+    // the others.
+    let flush_ops = ops_tx;
     let listening = crate::exec::listening(if ports_wanted {
         port_map.clone()
     } else {
@@ -185,6 +187,8 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
     // to requests already here still go back; it says when it is done (or this runs out).
     // Why, and the exit code it means.
     let mut leaving: Option<(&str, u8)> = None;
+    // The process ended and its changed files are being written back: why, and when done.
+    let mut ended: Option<((&str, u8), tokio::sync::oneshot::Receiver<()>)> = None;
     let drain = tokio::time::sleep(std::time::Duration::from_secs(86_400 * 365));
     tokio::pin!(drain);
     let code = loop {
@@ -228,14 +232,31 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                 None
             }
             _ = int.recv() => Some(("interrupted", exit::INTERRUPTED)),
-            // `exec`: the process ended, so does the session; its exit code is ours.
-            code = crate::exec::exited(&mut child), if leaving.is_none() => {
-                if ports_wanted {
+            // `exec`: the process ended, so does the session; its exit code is ours. The
+            // target's files it changed go back first (the loop keeps serving meanwhile).
+            code = crate::exec::exited(&mut child), if leaving.is_none() && ended.is_none() => {
+                let why = if ports_wanted {
                     // As when the process starts first: it never served, so this failed.
-                    Some(("the local process exited before it listened on its ports", exit::FAILED))
+                    ("the local process exited before it listened on its ports", exit::FAILED)
                 } else {
-                    Some(("the local process exited", code))
+                    ("the local process exited", code)
+                };
+                match &layer_socket {
+                    Some(socket) => {
+                        let (copies, ops) = (std::sync::Arc::clone(&socket.copies), flush_ops.clone());
+                        let (done, flushed) = tokio::sync::oneshot::channel();
+                        tokio::spawn(async move {
+                            copies.flush(&ops).await;
+                            let _ = done.send(());
+                        });
+                        ended = Some((why, flushed));
+                        None
+                    }
+                    None => Some(why),
                 }
+            }
+            _ = async { let _ = (&mut ended.as_mut().expect("guarded").1).await; }, if ended.is_some() => {
+                ended.take().map(|(why, _)| why)
             }
             _ = term.recv() => Some(("terminated", exit::TERMINATED)),
             _ = &mut drain, if leaving.is_some() => break left(leaving),
@@ -424,6 +445,16 @@ fn report_context(granted: &ContextReply, plan: &Plan) {
     if granted.dns {
         got.push("DNS".to_owned());
     }
+    if granted.files.reads() {
+        got.push(
+            if granted.files.writes() {
+                "files (read and write)"
+            } else {
+                "files (read)"
+            }
+            .to_owned(),
+        );
+    }
     if !got.is_empty() {
         println!("context: {} of {}", got.join(", "), granted.source);
     }
@@ -437,6 +468,9 @@ fn report_context(granted: &ContextReply, plan: &Plan) {
         }
         if asked.dns && !granted.dns {
             missing.push("its names resolve on this machine");
+        }
+        if asked.files.reads() && !granted.files.reads() {
+            missing.push("its files are this machine's");
         }
         eprintln!(
             "mirrordctl: warning: the target's context is unavailable ({why}): {}",

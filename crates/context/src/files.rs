@@ -4,7 +4,8 @@
 //! and nothing of the node can be named. Blocking calls: run them off the async threads.
 
 use mirrord_protocol::files::{
-    DirEntry, FileAnswer, FileFailure, FileRequest, FileStat, MAX_DIR_ENTRIES, MAX_WRITE_CHUNK,
+    DirEntry, FileAnswer, FileFailure, FileRequest, FileStat, MAX_DIR_BYTES, MAX_DIR_ENTRIES,
+    MAX_WRITE_CHUNK,
 };
 use rustix::fs::{Access, AtFlags, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -88,13 +89,13 @@ impl Root {
         if write {
             // The right to write (and the truncation) now; the bytes come from a read-only
             // descriptor, so a write-only file's content is not readable through it.
-            let mut flags = OFlags::WRONLY | OFlags::NOCTTY;
+            let mut flags = OFlags::WRONLY;
             if truncate {
                 flags |= OFlags::TRUNC;
             }
-            drop(self.resolve(path, flags, Mode::empty())?);
+            drop(self.regular(path, flags, Mode::empty())?);
         }
-        let fd = self.resolve(path, OFlags::RDONLY | OFlags::NOCTTY, Mode::empty())?;
+        let fd = self.regular(path, OFlags::RDONLY, Mode::empty())?;
         let stat = stat_of(&fd, path)?;
         Ok(Opened::File {
             stat,
@@ -103,14 +104,36 @@ impl Root {
     }
 
     /// Creates `path` (mode 0644) if it does not exist, for a process that opened it with
-    /// `O_CREAT`.
-    pub fn create(&self, path: &str, truncate: bool) -> Result<FileStat, FileFailure> {
-        let mut flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOCTTY;
+    /// `O_CREAT` (`exclusive`: `O_EXCL`, an existing file is `EEXIST`).
+    pub fn create(
+        &self,
+        path: &str,
+        truncate: bool,
+        exclusive: bool,
+    ) -> Result<FileStat, FileFailure> {
+        let mut flags = OFlags::WRONLY | OFlags::CREATE;
         if truncate {
             flags |= OFlags::TRUNC;
         }
-        let fd = self.resolve(path, flags, Mode::from_bits_truncate(0o644))?;
+        if exclusive {
+            flags |= OFlags::EXCL;
+        }
+        let fd = self.regular(path, flags, Mode::from_bits_truncate(0o644))?;
         stat_of(&fd, path)
+    }
+
+    /// `path` opened with `flags`, refused unless it is a regular file. Non-blocking, so that
+    /// a FIFO (or a file swapped for one since it was looked at) never holds a thread, and
+    /// without a controlling terminal.
+    fn regular(&self, path: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, FileFailure> {
+        let fd = self.resolve(path, flags | OFlags::NONBLOCK | OFlags::NOCTTY, mode)?;
+        if !stat_of(&fd, path)?.is_file() {
+            return Err(FileFailure {
+                errno: Errno::NXIO.raw_os_error(),
+                message: format!("{path} is not a regular file"),
+            });
+        }
+        Ok(fd)
     }
 
     /// `stat` (`follow`) or `lstat` of `path`.
@@ -152,12 +175,7 @@ impl Root {
         truncate: bool,
     ) -> Result<(), FileFailure> {
         use std::os::unix::fs::FileExt;
-        let fd = self.resolve(path, OFlags::WRONLY | OFlags::NOCTTY, Mode::empty())?;
-        let stat = stat_of(&fd, path)?;
-        if !stat.is_file() {
-            return Err(failure(Errno::INVAL, path));
-        }
-        let file = File::from(fd);
+        let file = File::from(self.regular(path, OFlags::WRONLY, Mode::empty())?);
         if truncate {
             file.set_len(offset).map_err(|e| io_failure(&e, path))?;
         }
@@ -178,9 +196,10 @@ impl Root {
                 write,
                 create,
                 truncate,
+                exclusive,
             } => {
                 if *write && *create {
-                    self.create(path, *truncate)?;
+                    self.create(path, *truncate, *exclusive)?;
                 }
                 return Ok(match self.open(path, *write, *truncate)? {
                     Opened::File { stat, file } => Served::File { stat, file },
@@ -253,6 +272,7 @@ fn list(dir: OwnedFd, path: &str) -> Result<Vec<DirEntry>, FileFailure> {
     use rustix::fs::FileType;
     let mut d = rustix::fs::Dir::read_from(&dir).map_err(|e| failure(e, path))?;
     let mut entries = Vec::new();
+    let mut bytes = 0;
     while let Some(entry) = d.read() {
         let entry = entry.map_err(|e| failure(e, path))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -273,6 +293,16 @@ fn list(dir: OwnedFd, path: &str) -> Result<Vec<DirEntry>, FileFailure> {
             .then(|| rustix::fs::readlinkat(&dir, entry.file_name(), Vec::new()).ok())
             .flatten()
             .map(|l| l.to_string_lossy().into_owned());
+        bytes += name.len() + link.as_ref().map_or(0, String::len) + 16;
+        if bytes > MAX_DIR_BYTES {
+            return Err(FileFailure {
+                errno: Errno::FBIG.raw_os_error(),
+                message: format!(
+                    "{path}: its listing is over {} MiB of names",
+                    MAX_DIR_BYTES >> 20
+                ),
+            });
+        }
         entries.push(DirEntry { name, kind, link });
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -363,10 +393,26 @@ mod tests {
         root.write("/etc/app/config.yaml", 3, b"er", false).unwrap();
         let got = std::fs::read_to_string(d.path().join("etc/app/config.yaml")).unwrap();
         assert_eq!(got, "newer");
-        root.create("/etc/app/fresh", false).unwrap();
+        root.create("/etc/app/fresh", false, false).unwrap();
         assert!(d.path().join("etc/app/fresh").exists());
+        let e = root.create("/etc/app/fresh", false, true).unwrap_err();
+        assert_eq!(e.errno, Errno::EXIST.raw_os_error(), "O_EXCL: {e:?}");
         let e = root.write("/etc/app", 0, b"x", false).unwrap_err();
         assert_eq!(e.errno, Errno::ISDIR.raw_os_error(), "{e:?}");
+        // A FIFO is refused at once, never waited on for a reader or a writer.
+        let fifo = d.path().join("etc/fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        for e in [
+            root.write("/etc/fifo", 0, b"x", false).unwrap_err(),
+            root.create("/etc/fifo", false, false).unwrap_err(),
+            root.open("/etc/fifo", false, false).unwrap_err(),
+        ] {
+            assert_eq!(e.errno, Errno::NXIO.raw_os_error(), "{e:?}");
+        }
     }
 
     fn libc_r_ok() -> i32 {

@@ -123,6 +123,8 @@ real_fns! {
         missing: enosys_ssize();
     fn listxattr(path: *const c_char, list: *mut c_char, size: size_t) -> ssize_t, missing: enosys_ssize();
     fn llistxattr(path: *const c_char, list: *mut c_char, size: size_t) -> ssize_t, missing: enosys_ssize();
+    fn fclose(stream: *mut libc::FILE) -> c_int, missing: enosys();
+    fn closedir(dir: *mut libc::DIR) -> c_int, missing: enosys();
     fn fsync(fd: c_int) -> c_int, missing: enosys();
     fn fdatasync(fd: c_int) -> c_int, missing: enosys();
 }

@@ -33,12 +33,14 @@ pub enum FileRequest {
     /// Open `path` (symlinks followed): a regular file's bytes come as the connection of
     /// [`FileAnswer::File`], a directory's entries in [`FileAnswer::Dir`]. With `write`,
     /// `create` makes a missing file (mode 0644, as the caller's umask would mostly leave
-    /// it) and `truncate` empties it.
+    /// it) and `truncate` empties it; `exclusive` (`O_EXCL`) fails if it exists.
     Open {
         path: String,
         write: bool,
         create: bool,
         truncate: bool,
+        #[serde(default)]
+        exclusive: bool,
     },
     /// `stat` (`follow`) or `lstat`.
     Stat {
@@ -157,8 +159,10 @@ pub struct FileFailure {
     pub message: String,
 }
 
-/// The most entries an opened directory gives (a listing travels in one frame).
+/// The most entries an opened directory gives, and the most bytes of names and link targets
+/// (a listing travels in one frame, and through an agent as one JSON reply).
 pub const MAX_DIR_ENTRIES: usize = 65_536;
+pub const MAX_DIR_BYTES: usize = 2 << 20;
 /// The largest [`FileRequest::Write`] chunk: well inside the operator's limit on a client's
 /// frame (1 MiB).
 pub const MAX_WRITE_CHUNK: usize = 512 * 1024;

@@ -2,14 +2,22 @@
 //! operator, and an opened file or directory becomes a local copy the layer opens in its place (see
 //! `mirrord_layer::files`). Copies live in the layer socket's directory, which only this user can enter, and go
 //! with it when the session ends; a copy the process only reads is unlinked by the layer as soon as it is open.
+//!
+//! A copy opened for writing is written back when the layer says the process closed or synced it, and once more,
+//! if it changed since, when the process ends ([`Copies::flush`]): a descriptor handed to a program it `exec`s
+//! (`cat a > /data/out`), or left open by a shell that ends with `_exit`, is written back too. Write-backs of
+//! one copy never interleave, and a copy that did not change is not written (an `O_RDWR` open only read leaves
+//! the target's file as it is).
 
 use super::{Ask, FileGot, Op};
 use mirrord_layer_proto::{Reply, Request, Stat};
 use mirrord_protocol::files::MAX_WRITE_CHUNK;
 use mirrord_protocol::{ClientMessage, FileAnswer, FileRequest, FileStat};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -18,10 +26,29 @@ const OP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long opening a file may take, its bytes included (the layer waits 120 s).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(110);
 
-/// Where the copies go.
+/// How long writing back what changed may hold the end of the session.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the copies go, and the ones opened for writing.
 pub struct Copies {
     dir: PathBuf,
     next: AtomicU64,
+    writable: Mutex<HashMap<PathBuf, Arc<Writable>>>,
+    /// A file operation failed for a reason the developer should know (said once).
+    warned: AtomicBool,
+}
+
+/// A copy opened for writing: its path in the target, and what it looked like when it last
+/// matched the target's file (as fetched, or as last written back).
+struct Writable {
+    path: String,
+    seen: tokio::sync::Mutex<Option<(SystemTime, u64)>>,
+}
+
+/// A copy's modification time and size: whether it changed.
+fn mark(local: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(local).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 impl Copies {
@@ -30,17 +57,83 @@ impl Copies {
         Ok(Self {
             dir,
             next: AtomicU64::new(0),
+            writable: Mutex::default(),
+            warned: AtomicBool::new(false),
         })
+    }
+
+    fn track(&self, local: &Path, path: String) {
+        let w = Writable {
+            path,
+            seen: tokio::sync::Mutex::new(mark(local)),
+        };
+        self.writable
+            .lock()
+            .expect("copies lock")
+            .insert(local.to_owned(), Arc::new(w));
+    }
+
+    /// Writes back every copy opened for writing that changed since it last matched the
+    /// target's file (the process ended).
+    pub async fn flush(&self, ops: &mpsc::Sender<Op>) {
+        let all: Vec<(PathBuf, Arc<Writable>)> = self
+            .writable
+            .lock()
+            .expect("copies lock")
+            .iter()
+            .map(|(l, w)| (l.clone(), Arc::clone(w)))
+            .collect();
+        let flushing = async {
+            for (local, w) in all {
+                if let Err(errno) = self.write_back(ops, &local, &w).await {
+                    eprintln!(
+                        "mirrordctl: {} was not written back to the target when the process ended: {}",
+                        w.path,
+                        std::io::Error::from_raw_os_error(errno)
+                    );
+                }
+            }
+        };
+        if tokio::time::timeout(FLUSH_TIMEOUT, flushing).await.is_err() {
+            eprintln!(
+                "mirrordctl: writing the target's files back took over {} s; the rest is lost",
+                FLUSH_TIMEOUT.as_secs()
+            );
+        }
+    }
+
+    /// Writes `local` back to `w.path` if it changed, one write-back of it at a time.
+    async fn write_back(
+        &self,
+        ops: &mpsc::Sender<Op>,
+        local: &Path,
+        w: &Writable,
+    ) -> Result<(), i32> {
+        let mut seen = w.seen.lock().await;
+        let now = mark(local);
+        if now.is_some() && now == *seen {
+            return Ok(());
+        }
+        write_back(ops, local, w.path.clone()).await?;
+        *seen = now;
+        Ok(())
+    }
+
+    /// Says the first failure a developer could act on (an old agent, a target whose root
+    /// cannot be reached); the usual ones (no such file, read-only) are the process's own.
+    fn note_failure(&self, errno: i32, message: &str) {
+        use nix::libc::{EACCES, EEXIST, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS};
+        if [ENOENT, ENOTDIR, EISDIR, EEXIST, EROFS, EACCES, ENOTEMPTY].contains(&errno) {
+            return;
+        }
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            eprintln!("mirrordctl: warning: a file operation failed in the target: {message}");
+        }
     }
 
     fn next(&self) -> PathBuf {
         self.dir
             .join(self.next.fetch_add(1, Ordering::Relaxed).to_string())
-    }
-
-    /// Whether `p` is one of ours (a write-back reads nothing else).
-    fn holds(&self, p: &Path) -> bool {
-        p.parent() == Some(self.dir.as_path())
     }
 }
 
@@ -94,30 +187,37 @@ pub async fn serve(
     out: &mpsc::Sender<ClientMessage>,
     copies: &Copies,
 ) -> Reply {
+    let ask = |req| ask(ops, copies, req, OP_TIMEOUT);
     let result = match req {
         Request::Open { path, flags } => open(ops, out, copies, path, flags).await,
-        Request::Stat { path, follow } => {
-            match ask(ops, FileRequest::Stat { path, follow }, OP_TIMEOUT).await {
-                Ok(FileGot::Answer(FileAnswer::Stat(s))) => Ok(Reply::Stat(stat(&s))),
-                other => Err(failed(other)),
+        Request::Stat { path, follow } => match ask(FileRequest::Stat { path, follow }).await {
+            Ok(FileGot::Answer(FileAnswer::Stat(s))) => Ok(Reply::Stat(stat(&s))),
+            other => Err(failed(other)),
+        },
+        Request::Access { path, mode } => match ask(FileRequest::Access { path, mode }).await {
+            Ok(FileGot::Answer(FileAnswer::Done)) => Ok(Reply::Done),
+            other => Err(failed(other)),
+        },
+        Request::Readlink { path } => match ask(FileRequest::Readlink { path }).await {
+            Ok(FileGot::Answer(FileAnswer::Link(l))) => Ok(Reply::Link(l)),
+            other => Err(failed(other)),
+        },
+        Request::WriteBack { local, .. } => {
+            let w = copies
+                .writable
+                .lock()
+                .expect("copies lock")
+                .get(&local)
+                .cloned();
+            match w {
+                Some(w) => copies
+                    .write_back(ops, &local, &w)
+                    .await
+                    .map(|()| Reply::Done),
+                // Not one of ours: a write-back reads nothing else.
+                None => Err(nix::libc::EINVAL),
             }
         }
-        Request::Access { path, mode } => {
-            match ask(ops, FileRequest::Access { path, mode }, OP_TIMEOUT).await {
-                Ok(FileGot::Answer(FileAnswer::Done)) => Ok(Reply::Done),
-                other => Err(failed(other)),
-            }
-        }
-        Request::Readlink { path } => {
-            match ask(ops, FileRequest::Readlink { path }, OP_TIMEOUT).await {
-                Ok(FileGot::Answer(FileAnswer::Link(l))) => Ok(Reply::Link(l)),
-                other => Err(failed(other)),
-            }
-        }
-        Request::WriteBack { local, path } if copies.holds(&local) => {
-            write_back(ops, &local, path).await
-        }
-        Request::WriteBack { .. } => Err(nix::libc::EINVAL),
         _ => Err(nix::libc::ENOSYS),
     };
     result.unwrap_or_else(|errno| Reply::FileFailed { errno })
@@ -131,7 +231,12 @@ fn failed(got: Result<FileGot, i32>) -> i32 {
     }
 }
 
-async fn ask(ops: &mpsc::Sender<Op>, req: FileRequest, timeout: Duration) -> Result<FileGot, i32> {
+async fn ask(
+    ops: &mpsc::Sender<Op>,
+    copies: &Copies,
+    req: FileRequest,
+    timeout: Duration,
+) -> Result<FileGot, i32> {
     let (reply, answer) = oneshot::channel();
     if ops.send(Op::Ask(Ask::File { req, reply })).await.is_err() {
         return Err(nix::libc::EIO);
@@ -140,6 +245,7 @@ async fn ask(ops: &mpsc::Sender<Op>, req: FileRequest, timeout: Duration) -> Res
         Ok(Ok(Ok(got))) => Ok(got),
         Ok(Ok(Err(f))) => {
             tracing::debug!(target: "mirrordctl::layer", errno = f.errno, message = %f.message, "a file operation failed in the target");
+            copies.note_failure(f.errno, &f.message);
             Err(f.errno)
         }
         // The session is over, or the operator did not answer in time.
@@ -154,17 +260,23 @@ async fn open(
     path: String,
     flags: i32,
 ) -> Result<Reply, i32> {
-    use nix::libc::{O_ACCMODE, O_CREAT, O_RDONLY, O_TRUNC};
+    use nix::libc::{O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_TRUNC};
+    let write = flags & O_ACCMODE != O_RDONLY || flags & (O_TRUNC | O_CREAT) != 0;
     let req = FileRequest::Open {
-        path,
-        write: flags & O_ACCMODE != O_RDONLY || flags & (O_TRUNC | O_CREAT) != 0,
+        path: path.clone(),
+        write,
         create: flags & O_CREAT != 0,
         truncate: flags & O_TRUNC != 0,
+        exclusive: flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL,
     };
     let local = copies.next();
-    match ask(ops, req, OPEN_TIMEOUT).await? {
+    match ask(ops, copies, req, OPEN_TIMEOUT).await? {
         FileGot::Answer(FileAnswer::Dir { stat: s, entries }) => {
-            placeholders(&local, &entries)
+            // Off this (single) thread: a large listing is many files to make.
+            let at = local.clone();
+            tokio::task::spawn_blocking(move || placeholders(&at, &entries))
+                .await
+                .map_err(|_| nix::libc::EIO)?
                 .map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EIO))?;
             Ok(Reply::Opened {
                 local,
@@ -186,15 +298,31 @@ async fn open(
                 }
                 file.flush().await?;
                 Ok::<_, std::io::Error>(written)
-            }
-            .await;
+            };
+            // Within the layer's own wait: a stream that stalls is given up, not held.
+            let copied = tokio::time::timeout(OPEN_TIMEOUT, copied)
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
             let _ = out.send(ClientMessage::ConnClose { conn }).await;
-            let written = copied.map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EIO))?;
-            if written < s.size {
-                // Cut short (the target's side failed): never a shorter file as if whole.
-                tracing::warn!(target: "mirrordctl::layer", written, size = s.size, "a remote file arrived incomplete");
-                let _ = tokio::fs::remove_file(&local).await;
-                return Err(nix::libc::EIO);
+            let written = match copied {
+                Ok(n) if n >= s.size => n,
+                Ok(n) => {
+                    // Cut short (the target's side failed): never a shorter file as if whole.
+                    tracing::warn!(target: "mirrordctl::layer", written = n, size = s.size, "a remote file arrived incomplete");
+                    copies.note_failure(
+                        nix::libc::EIO,
+                        &format!("{path} arrived incomplete ({n} of {} bytes)", s.size),
+                    );
+                    let _ = tokio::fs::remove_file(&local).await;
+                    return Err(nix::libc::EIO);
+                }
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&local).await;
+                    return Err(e.raw_os_error().unwrap_or(nix::libc::EIO));
+                }
+            };
+            if write {
+                copies.track(&local, path);
             }
             let mut st = stat(&s);
             st.size = written;
@@ -230,6 +358,25 @@ fn placeholders(dir: &Path, entries: &[mirrord_protocol::DirEntry]) -> std::io::
     Ok(())
 }
 
+/// [`ask`] without a [`Copies`] to warn through (write-backs report their own failures).
+async fn ask_plain(ops: &mpsc::Sender<Op>, req: FileRequest) -> Result<FileGot, i32> {
+    let (reply, answer) = oneshot::channel();
+    if ops.send(Op::Ask(Ask::File { req, reply })).await.is_err() {
+        return Err(nix::libc::EIO);
+    }
+    match tokio::time::timeout(OP_TIMEOUT, answer).await {
+        Ok(Ok(Ok(got))) => Ok(got),
+        Ok(Ok(Err(f))) => {
+            eprintln!(
+                "mirrordctl: writing back to the target failed: {}",
+                f.message
+            );
+            Err(f.errno)
+        }
+        Ok(Err(_)) | Err(_) => Err(nix::libc::EIO),
+    }
+}
+
 /// Writes the copy at `local` back to the target's `path`, whole, in chunks.
 async fn write_back(ops: &mpsc::Sender<Op>, local: &Path, path: String) -> Result<Reply, i32> {
     let mut file = tokio::fs::File::open(local)
@@ -250,7 +397,7 @@ async fn write_back(ops: &mpsc::Sender<Op>, local: &Path, path: String) -> Resul
             data,
             truncate: offset == 0,
         };
-        match ask(ops, req, OP_TIMEOUT).await? {
+        match ask_plain(ops, req).await? {
             FileGot::Answer(FileAnswer::Done) => {}
             _ => return Err(nix::libc::EIO),
         }

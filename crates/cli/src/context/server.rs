@@ -32,6 +32,8 @@ const MAX_CONNECTIONS: usize = 1024;
 /// The socket, removed with its directory when dropped (the session is over).
 pub struct LayerServer {
     pub path: PathBuf,
+    /// The target's files the process opened (written back at its end).
+    pub copies: Arc<Copies>,
     _dir: tempfile::TempDir,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -51,6 +53,7 @@ pub fn start(ops: mpsc::Sender<Op>, out: mpsc::Sender<ClientMessage>) -> io::Res
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let flows = Flows::default();
     let copies = Arc::new(Copies::new(dir.path().join("files"))?);
+    let kept = Arc::clone(&copies);
     let accept = tokio::spawn(async move {
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -71,6 +74,7 @@ pub fn start(ops: mpsc::Sender<Op>, out: mpsc::Sender<ClientMessage>) -> io::Res
     });
     Ok(LayerServer {
         path,
+        copies: kept,
         _dir: dir,
         accept,
     })

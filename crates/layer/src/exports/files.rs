@@ -1,6 +1,7 @@
 //! `open`, `openat` (and their 64-bit and fortified forms), `creat`, `fopen`, `opendir`; `stat`, `lstat`, `fstat`,
 //! `fstatat`, `statx`; `access`, `faccessat`; `readlink`, `readlinkat`; `getxattr`, `lgetxattr`, `listxattr`,
-//! `llistxattr`; `fsync`, `fdatasync`: the target's files
+//! `llistxattr`; `fsync`, `fdatasync`; `fclose`, `closedir` (glibc closes their descriptors internally): the
+//! target's files
 //! (see [`crate::files`]). A path that stays local costs one pattern match and goes to libc.
 
 use std::ffi::CStr;
@@ -627,6 +628,63 @@ pub unsafe extern "C" fn llistxattr(
 ) -> ssize_t {
     // SAFETY: the app's own arguments.
     xattr_hook(path, || unsafe { real::llistxattr(path, list, size) })
+}
+
+/// # Safety
+/// libc's `fclose` contract. glibc closes the stream's descriptor internally (not through `close`), so its
+/// entry is forgotten (and a remote copy opened for writing goes back) here.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fclose(stream: *mut libc::FILE) -> c_int {
+    // SAFETY: the app's own stream; `fileno` only reads it.
+    let fd = if stream.is_null() {
+        -1
+    } else {
+        unsafe { libc::fileno(stream) }
+    };
+    if !TABLE.is_tracked(fd) {
+        // SAFETY: the app's own argument.
+        return unsafe { real::fclose(stream) };
+    }
+    hook(
+        || {
+            // SAFETY: the app's own stream: what it buffered reaches the copy before it goes back.
+            unsafe { libc::fflush(stream) };
+            let wrote = files::write_back(fd, true);
+            sockets::forget(fd);
+            // SAFETY: the app's own argument.
+            let r = unsafe { real::fclose(stream) };
+            Some(match wrote {
+                Some(Err(e)) => (-1, Some(e)),
+                _ if r != 0 => (r, Some(sys::errno())),
+                _ => (r, None),
+            })
+        },
+        // SAFETY: the app's own argument.
+        || unsafe { real::fclose(stream) },
+    )
+}
+
+/// # Safety
+/// libc's `closedir` contract (its descriptor, too, is closed inside glibc).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn closedir(dir: *mut libc::DIR) -> c_int {
+    // SAFETY: the app's own directory stream; `dirfd` only reads it.
+    let fd = if dir.is_null() {
+        -1
+    } else {
+        unsafe { libc::dirfd(dir) }
+    };
+    if TABLE.is_tracked(fd) {
+        hook(
+            || {
+                sockets::forget(fd);
+                None::<((), Option<c_int>)>
+            },
+            || (),
+        );
+    }
+    // SAFETY: the app's own argument.
+    unsafe { real::closedir(dir) }
 }
 
 fn sync_hook(fd: c_int, real: impl Fn() -> c_int) -> c_int {
