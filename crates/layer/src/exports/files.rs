@@ -635,10 +635,10 @@ pub unsafe extern "C" fn llistxattr(
 /// entry is forgotten (and a remote copy opened for writing goes back) here.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fclose(stream: *mut libc::FILE) -> c_int {
-    // SAFETY: the app's own stream; `fileno` only reads it.
     let fd = if stream.is_null() {
         -1
     } else {
+        // SAFETY: the app's own stream; `fileno` only reads it.
         unsafe { libc::fileno(stream) }
     };
     if !TABLE.is_tracked(fd) {
@@ -668,10 +668,10 @@ pub unsafe extern "C" fn fclose(stream: *mut libc::FILE) -> c_int {
 /// libc's `closedir` contract (its descriptor, too, is closed inside glibc).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn closedir(dir: *mut libc::DIR) -> c_int {
-    // SAFETY: the app's own directory stream; `dirfd` only reads it.
     let fd = if dir.is_null() {
         -1
     } else {
+        // SAFETY: the app's own directory stream; `dirfd` only reads it.
         unsafe { libc::dirfd(dir) }
     };
     if TABLE.is_tracked(fd) {
