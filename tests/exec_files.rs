@@ -53,6 +53,27 @@ with open(local) as l:
     print("reused:", after_closedir, os.fstat(l.fileno()).st_size)
 "#;
 
+/// A remote file's descriptor behaves like a real one: positions shared by `dup` and across
+/// `fork`, close-on-exec, `mmap`, `sendfile`.
+const DESCRIPTORS: &str = r#"
+import mmap, os, sys, tempfile
+path = sys.argv[1]
+fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+first = os.read(fd, 7)
+twin = os.dup(fd)
+pid = os.fork()
+if pid == 0:
+    os.write(1, b"child: " + os.read(twin, 100))
+    os._exit(0)
+os.waitpid(pid, 0)
+with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as m:
+    mapped = bytes(m)
+out = tempfile.TemporaryFile()
+sent = os.sendfile(out.fileno(), fd, 0, 100)
+out.seek(0)
+print("descriptors:", first.decode(), "| inheritable", os.get_inheritable(fd), "| mapped", mapped.decode().strip(), "| sent", sent, out.read().decode().strip())
+"#;
+
 struct Fixture {
     op: Operator,
     /// The directory the replica has its own content in (here: `local-config`).
@@ -166,7 +187,9 @@ fn programs_we_did_not_write_read_the_targets_files() {
     std::fs::write(&reuse, REUSE).unwrap();
     let local = f._dir.path().join("local.txt");
     std::fs::write(&local, "local 13 byte").unwrap();
-    let (reuse, local) = (reuse.display(), local.display());
+    let descriptors = f._dir.path().join("descriptors.py");
+    std::fs::write(&descriptors, DESCRIPTORS).unwrap();
+    let (reuse, local, descriptors) = (reuse.display(), local.display(), descriptors.display());
     let script = format!(
         "cat {app}/config.yaml; \
          python3 -c 'print(open(\"{app}/link\").read().strip())'; \
@@ -177,7 +200,8 @@ fn programs_we_did_not_write_read_the_targets_files() {
          cat {app}/hidden || echo 'hidden: not found'; \
          (echo changed > {app}/config.yaml) 2>&1 | sed 's/.*: //'; \
          sha256sum {app}/big | cut -c1-64; \
-         python3 {reuse} {app} {local}"
+         python3 {reuse} {app} {local}; \
+         python3 {descriptors} {app}/config.yaml"
     );
     let (ok, out, err) = exec(&f, &alice, &[], &cfg, &script);
     assert!(ok, "stdout:\n{out}\nstderr:\n{err}");
@@ -222,6 +246,11 @@ fn programs_we_did_not_write_read_the_targets_files() {
     // A remote directory's and a remote stream's descriptors are forgotten when glibc closes
     // them itself (closedir, fclose): the next file to get the number is a local one.
     assert!(lines.contains(&"reused: 13 13"), "{out}\n{err}");
+    assert!(lines.contains(&"child: config"), "{out}\n{err}");
+    assert!(
+        lines.contains(&"descriptors: remote- | inheritable False | mapped remote-config | sent 14 remote-config"),
+        "{out}\n{err}"
+    );
     assert_eq!(
         std::fs::read_to_string(f.app.join("config.yaml")).unwrap(),
         "local-config\n",
