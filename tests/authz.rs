@@ -507,3 +507,48 @@ require_header_filter = "^x-user: "
         .unwrap()
         .ends_with(" and header=^x-user: ")));
 }
+
+/// Issue 30: a policy selects targets by their labels (`selector`, as a workload's), and a
+/// policy naming groups never applies to a certificate's user (who has none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_select_targets_by_label() {
+    let target = HttpServer::start("target").await;
+    let labelled = |name: &str, labels: &str| {
+        upstream_target(name, 80, free_addr(), target.addr).replacen(
+            "\n[[targets.ports]]",
+            &format!("\nlabels = {labels}\n[[targets.ports]]"),
+            1,
+        )
+    };
+    let targets = labelled("payments", r#"{ app = "payments", tier = "prod" }"#)
+        + &labelled("payments-dev", r#"{ app = "payments", tier = "dev" }"#)
+        + &labelled("web", r#"{ app = "web" }"#);
+    let op = Operator::start_with(OperatorOptions {
+        targets,
+        extra_config: r#"
+[[policies]]
+name = "payments-filtered-only"
+block = ["unfiltered_steal"]
+selector = { match_labels = { app = "payments" }, match_expressions = [{ key = "tier", operator = "NotIn", values = ["dev"] }] }
+[[policies]]
+name = "interns-mirror-only"
+groups = ["interns"]
+block = ["steal"]
+"#
+        .into(),
+        ..Default::default()
+    });
+    let alice = op.issue("alice");
+    let p = format!("80={}", idle_local());
+    let err = Session::start(&alice, &["steal", "--target", "payments", "--port", &p])
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("blocked by policy `payments-filtered-only`: unfiltered steal of port 80 of deployment/payments"),
+        "{err}"
+    );
+    for other in ["payments-dev", "web"] {
+        let s = Session::start(&alice, &["steal", "--target", other, "--port", &p]);
+        assert!(s.is_ok(), "{other} is not selected: {:?}", s.err());
+    }
+}

@@ -288,6 +288,7 @@ pub fn admit(
         .filter(|p| p.catch_all)
         .map(|p| p.port)
         .collect();
+    let labels = valid.target.labels();
     let required = op
         .policies
         .check(&Subject {
@@ -298,6 +299,8 @@ pub fn admit(
             context: &req.context,
             user: caller.user(),
             role: caller.role,
+            groups: caller.kubernetes_groups().unwrap_or_default(),
+            labels: &labels,
         })
         .map_err(Refusal::Policy)?;
     narrow(op, required, &mut valid.ports)?;
@@ -356,6 +359,7 @@ pub async fn admit_ports(
     op: &Operator,
     caller: &Caller,
     target: &TargetRef,
+    labels: &std::collections::BTreeMap<String, String>,
     requested: &[PortRequest],
     valid: &mut [ValidPort],
 ) -> Result<usize, Refusal> {
@@ -385,6 +389,8 @@ pub async fn admit_ports(
             scale_down: false,
             context: &Default::default(),
             user: caller.user(),
+            groups: caller.kubernetes_groups().unwrap_or_default(),
+            labels,
             role: caller.role,
         })
         .map_err(Refusal::Policy)?;

@@ -42,6 +42,10 @@ pub trait Target: Send + Sync {
     fn reference(&self) -> &TargetRef;
     /// The port numbers the target is known by.
     fn ports(&self) -> Vec<u16>;
+    /// The target's labels, for policies that select targets by label (none by default).
+    fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::new()
+    }
     /// Whether a session may name `port` (default: one of [`Target::ports`]).
     fn accepts_port(&self, port: u16) -> bool {
         self.ports().contains(&port)

@@ -225,6 +225,9 @@ pub struct TargetSpec {
     #[serde(default = "one")]
     pub replicas: usize,
     pub ports: Vec<PortSpec>,
+    /// Labels, for policies that select targets by label (`selector`), as a workload's.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

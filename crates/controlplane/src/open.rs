@@ -416,8 +416,16 @@ pub async fn add_ports(
         client_id,
     )
     .await?;
-    let regexes =
-        admission::admit_ports(op, caller, &more.target_ref, &requested, &mut ports).await?;
+    let labels = more.target.labels();
+    let regexes = admission::admit_ports(
+        op,
+        caller,
+        &more.target_ref,
+        &labels,
+        &requested,
+        &mut ports,
+    )
+    .await?;
     entry.may_hold(regexes, op.limits.max_filter_regexes_per_client)?;
     let valid = Validated {
         target: Arc::clone(&more.target),
@@ -659,6 +667,8 @@ mod tests {
             namespace: "*".into(),
             users: vec![],
             roles: vec![],
+            groups: vec![],
+            selector: None,
             block: vec![],
             require_header_filter: Some("^x-user: ".into()),
         };

@@ -17,6 +17,7 @@ use mirrord_identity::Role;
 use mirrord_protocol::{ContextRequest, PortMode, PortRequest, TargetRef};
 use regex::Regex;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,6 +57,14 @@ pub struct PolicySpec {
     /// Roles the policy applies to; every role when empty.
     #[serde(default)]
     pub roles: Vec<Role>,
+    /// Kubernetes groups (globs) the policy applies to; everyone when empty. A caller with
+    /// a certificate has no groups, so a policy naming groups never applies to one.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The target's labels it applies to (Kubernetes' label selector: `match_labels`,
+    /// `match_expressions`); every target when absent.
+    #[serde(default)]
+    pub selector: Option<LabelSelector>,
     #[serde(default)]
     pub block: Vec<Blocked>,
     /// Every stolen request must carry a header (`name: value`) matching this regex
@@ -68,11 +77,60 @@ fn any() -> String {
     "*".into()
 }
 
+/// Kubernetes' label selector, as a Deployment's `selector` is written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSelector {
+    #[serde(default, alias = "matchLabels")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, alias = "matchExpressions")]
+    pub match_expressions: Vec<LabelExpression>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelExpression {
+    pub key: String,
+    pub operator: LabelOperator,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum LabelOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Whether `labels` are selected (every term must hold, as in Kubernetes).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator {
+                    LabelOperator::In => value.is_some_and(|v| e.values.contains(v)),
+                    LabelOperator::NotIn => value.is_none_or(|v| !e.values.contains(v)),
+                    LabelOperator::Exists => value.is_some(),
+                    LabelOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
 struct Policy {
     spec: PolicySpec,
     target: Regex,
     namespace: Regex,
     users: Vec<Regex>,
+    groups: Vec<Regex>,
+    /// Why the policy cannot be used as written (a bad regex): it then refuses every
+    /// session it applies to, until fixed (fail closed).
+    broken: Option<String>,
 }
 
 #[derive(Default)]
@@ -89,6 +147,10 @@ pub struct Subject<'a> {
     pub context: &'a ContextRequest,
     pub user: &'a str,
     pub role: Role,
+    /// The caller's Kubernetes groups (none for a certificate).
+    pub groups: &'a [String],
+    /// The target's labels (none on one machine unless its config gives some).
+    pub labels: &'a BTreeMap<String, String>,
 }
 
 /// A header every request stolen on `port` must also carry (from policy `policy`).
@@ -110,12 +172,26 @@ impl Policy {
             && self.namespace.is_match(&s.target.namespace)
             && (self.users.is_empty() || self.users.iter().any(|u| u.is_match(s.user)))
             && (self.spec.roles.is_empty() || self.spec.roles.contains(&s.role))
+            && (self.groups.is_empty()
+                || s.groups
+                    .iter()
+                    .any(|g| self.groups.iter().any(|p| p.is_match(g))))
+            && self
+                .spec
+                .selector
+                .as_ref()
+                .is_none_or(|sel| sel.matches(s.labels))
     }
 
     /// The first rule `s` breaks, as the user reads it.
     fn breach(&self, s: &Subject<'_>) -> Option<String> {
         let t = s.target.to_string();
         let ns = &s.target.namespace;
+        if let Some(why) = &self.broken {
+            return Some(format!(
+                "it cannot be used as written ({why}), so it refuses every session on {t} (namespace {ns}) until it is fixed"
+            ));
+        }
         let blocks = |b| self.spec.block.contains(&b);
         if s.scale_down && blocks(Blocked::ScaleDown) {
             return Some(format!(
@@ -197,29 +273,49 @@ impl Policy {
     }
 }
 
+/// Why `s` cannot be used as written, if it cannot.
+fn unusable(s: &PolicySpec) -> Option<String> {
+    // Compiled as every filter is (it is ANDed into steals' filters).
+    let p = s.require_header_filter.as_ref()?;
+    compile_regex("header", p, &FilterLimits::default())
+        .err()
+        .map(|e| format!("require_header_filter `{p}` is not a valid regex: {e}"))
+}
+
+fn policy(s: &PolicySpec, broken: Option<String>) -> Policy {
+    Policy {
+        target: glob(&s.target),
+        namespace: glob(&s.namespace),
+        users: s.users.iter().map(|u| glob(u)).collect(),
+        groups: s.groups.iter().map(|g| glob(g)).collect(),
+        spec: s.clone(),
+        broken,
+    }
+}
+
 impl Policies {
+    /// The config file's policies: one that cannot be used stops the operator's start.
     pub fn compile(specs: &[PolicySpec]) -> Result<Self, String> {
         specs
             .iter()
-            .map(|s| {
-                // Compiled as every filter is (it is ANDed into steals' filters).
-                if let Some(p) = &s.require_header_filter {
-                    compile_regex("header", p, &FilterLimits::default()).map_err(|e| {
-                        format!(
-                            "policy `{}`: require_header_filter `{p}` is not a valid regex: {e}",
-                            s.name
-                        )
-                    })?;
-                }
-                Ok(Policy {
-                    target: glob(&s.target),
-                    namespace: glob(&s.namespace),
-                    users: s.users.iter().map(|u| glob(u)).collect(),
-                    spec: s.clone(),
-                })
+            .map(|s| match unusable(s) {
+                Some(why) => Err(format!("policy `{}`: {why}", s.name)),
+                None => Ok(policy(s, None)),
             })
             .collect::<Result<_, String>>()
             .map(Policies)
+    }
+
+    /// Policies that change while the operator runs (resources of the cluster): each one
+    /// that cannot be used is kept, failing closed, and its reason given back beside it.
+    pub fn compile_each(specs: &[PolicySpec]) -> (Self, Vec<Option<String>>) {
+        let reasons: Vec<Option<String>> = specs.iter().map(unusable).collect();
+        let policies = specs
+            .iter()
+            .zip(&reasons)
+            .map(|(s, why)| policy(s, why.clone()))
+            .collect();
+        (Policies(policies), reasons)
     }
 
     /// The first policy the request breaks, as the message the user sees; otherwise the
@@ -229,6 +325,9 @@ impl Policies {
         for p in self.0.iter().filter(|p| p.applies(s)) {
             if let Some(what) = p.breach(s) {
                 return Err(format!("blocked by policy `{}`: {what}", p.spec.name));
+            }
+            if p.broken.is_some() {
+                continue;
             }
             let Some(pattern) = &p.spec.require_header_filter else {
                 continue;
@@ -294,9 +393,128 @@ mod tests {
             context: &ContextRequest::default(),
             user: who.0,
             role: who.1,
+            groups: &[],
+            labels: &BTreeMap::new(),
         })
     }
     const ALICE: (&str, Role) = ("alice", Role::Developer);
+
+    /// A steal without a filter of `target` (labelled `labels`) by a caller in `groups`.
+    fn unfiltered(p: &Policies, labels: &[(&str, &str)], groups: &[&str]) -> Result<(), String> {
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+        let ports = [port(PortMode::Steal, None)];
+        p.check(&Subject {
+            target: &t("api", "shop"),
+            ports: &ports,
+            catch_all: &[],
+            scale_down: false,
+            context: &ContextRequest::default(),
+            user: "alice",
+            role: Role::Developer,
+            groups: &groups,
+            labels: &labels,
+        })
+        .map(drop)
+    }
+
+    #[test]
+    fn label_selectors_and_groups_choose_whom_a_policy_binds() {
+        let p = policies(
+            r#"
+[[policies]]
+name = "payments"
+block = ["unfiltered_steal"]
+selector = { match_labels = { app = "payments" }, match_expressions = [{ key = "tier", operator = "NotIn", values = ["dev"] }] }
+[[policies]]
+name = "interns"
+groups = ["interns"]
+block = ["steal"]
+"#,
+        );
+        let e = unfiltered(&p, &[("app", "payments")], &[]).unwrap_err();
+        assert!(e.starts_with("blocked by policy `payments`"), "{e}");
+        assert!(unfiltered(&p, &[("app", "payments"), ("tier", "dev")], &[]).is_ok());
+        assert!(unfiltered(&p, &[("app", "web")], &[]).is_ok());
+        assert!(unfiltered(&p, &[], &[]).is_ok(), "no labels: not selected");
+        let e = unfiltered(&p, &[], &["developers", "interns"]).unwrap_err();
+        assert!(e.starts_with("blocked by policy `interns`"), "{e}");
+        assert!(unfiltered(&p, &[], &["developers"]).is_ok());
+        let sel = LabelSelector {
+            match_expressions: vec![
+                LabelExpression {
+                    key: "a".into(),
+                    operator: LabelOperator::Exists,
+                    values: vec![],
+                },
+                LabelExpression {
+                    key: "b".into(),
+                    operator: LabelOperator::DoesNotExist,
+                    values: vec![],
+                },
+                LabelExpression {
+                    key: "c".into(),
+                    operator: LabelOperator::In,
+                    values: vec!["1".into(), "2".into()],
+                },
+            ],
+            ..LabelSelector::default()
+        };
+        let l = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect()
+        };
+        assert!(sel.matches(&l(&[("a", ""), ("c", "2")])));
+        assert!(!sel.matches(&l(&[("a", ""), ("b", "x"), ("c", "2")])));
+        assert!(!sel.matches(&l(&[("a", ""), ("c", "3")])));
+    }
+
+    #[test]
+    fn a_policy_that_cannot_be_used_fails_closed() {
+        let spec = |name: &str, re: &str| PolicySpec {
+            name: name.into(),
+            target: "deployment/api".into(),
+            namespace: "*".into(),
+            users: vec![],
+            roles: vec![],
+            groups: vec![],
+            selector: None,
+            block: vec![Blocked::Mirror],
+            require_header_filter: Some(re.into()),
+        };
+        let specs = [spec("ok", "^x-user: .+$"), spec("bad", "(unclosed")];
+        let Err(e) = Policies::compile(&specs) else {
+            panic!("a config file's unusable policy stops the start")
+        };
+        assert!(e.contains("policy `bad`"), "{e}");
+        let (p, reasons) = Policies::compile_each(&specs);
+        assert!(reasons[0].is_none());
+        assert!(
+            reasons[1].as_deref().unwrap().contains("(unclosed"),
+            "{reasons:?}"
+        );
+        // Even a filtered steal, which the working policy would only narrow, is refused.
+        let e = check(
+            &p,
+            &t("api", "shop"),
+            &[port(PortMode::Steal, Some("x-user: alice"))],
+            ALICE,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`bad`")
+                && e.contains("cannot be used as written")
+                && e.contains("until it is fixed"),
+            "{e}"
+        );
+        // Where it does not apply, it changes nothing.
+        assert!(check(&p, &t("web", "shop"), &[port(PortMode::Steal, None)], ALICE).is_ok());
+    }
 
     /// As admission computes it.
     fn catch_all_ports(ports: &[PortRequest]) -> Vec<u16> {
@@ -490,6 +708,8 @@ block = ["steal"]
                 context: &ContextRequest::default(),
                 user: who.0,
                 role: who.1,
+                groups: &[],
+                labels: &BTreeMap::new(),
             })
         };
         let e = scale(("root", Role::Admin)).unwrap_err();
@@ -531,6 +751,8 @@ block = ["env", "outgoing"]
                 context: &context,
                 user: "alice",
                 role: Role::Developer,
+                groups: &[],
+                labels: &BTreeMap::new(),
             })
         };
         let env = ContextRequest {
@@ -566,6 +788,8 @@ block = ["env", "outgoing"]
             namespace: any(),
             users: vec![],
             roles: vec![],
+            groups: vec![],
+            selector: None,
             block: vec![],
             require_header_filter: Some("(".into()),
         };

@@ -27,6 +27,10 @@ impl Target for KubeTarget {
         KubeTarget::reference(self)
     }
 
+    fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        self.resolved.labels.clone()
+    }
+
     fn accepts_port(&self, port: u16) -> bool {
         port != 0
     }

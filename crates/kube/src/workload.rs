@@ -42,6 +42,8 @@ pub struct Resolved {
     pub ports: Vec<u16>,
     /// What a copy is made from.
     pub template: PodTemplateSpec,
+    /// The workload's (or pod's) own labels: what policies select targets by.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug)]
@@ -66,18 +68,21 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
     let found = match kind {
         Kind::Deployment => get::<Deployment>(client, ns, &r.name).await.map(|d| {
             let spec = d.spec.unwrap_or_default();
-            (d.metadata.uid, Some(spec.selector), spec.template)
+            let labels = d.metadata.labels.unwrap_or_default();
+            (d.metadata.uid, Some(spec.selector), spec.template, labels)
         }),
         Kind::StatefulSet => get::<StatefulSet>(client, ns, &r.name).await.map(|s| {
             let spec = s.spec.unwrap_or_default();
-            (s.metadata.uid, Some(spec.selector), spec.template)
+            let labels = s.metadata.labels.unwrap_or_default();
+            (s.metadata.uid, Some(spec.selector), spec.template, labels)
         }),
-        Kind::Pod => get::<Pod>(client, ns, &r.name)
-            .await
-            .map(|p| (p.metadata.uid.clone(), None, pod_template(p))),
+        Kind::Pod => get::<Pod>(client, ns, &r.name).await.map(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            (p.metadata.uid.clone(), None, pod_template(p), labels)
+        }),
     };
     // Only a target that is not there costs the listing of what is.
-    let (uid, selector, template) = match found {
+    let (uid, selector, template, labels) = match found {
         Ok(f) => f,
         Err(e) if not_found(&e) => return Err(unknown(client, r).await),
         Err(e) => return Err(api_error(format!("read {r} in namespace {ns}"), e)),
@@ -110,6 +115,7 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
         pods,
         ports: declared_ports(template.spec.as_ref()),
         template,
+        labels,
     })
 }
 

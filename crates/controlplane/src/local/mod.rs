@@ -245,6 +245,10 @@ impl Target for LocalTarget {
         &self.reference
     }
 
+    fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        self.spec.labels.clone()
+    }
+
     fn ports(&self) -> Vec<u16> {
         self.spec.ports.iter().map(|p| p.port).collect()
     }
