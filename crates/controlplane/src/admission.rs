@@ -289,9 +289,9 @@ pub fn admit(
         .map(|p| p.port)
         .collect();
     let labels = valid.target.labels();
-    let required = op
-        .policies
-        .check(&Subject {
+    let required = check_policies(
+        op,
+        &Subject {
             target: &req.target,
             ports: &req.ports,
             catch_all: &catch_all,
@@ -301,8 +301,8 @@ pub fn admit(
             role: caller.role,
             groups: caller.kubernetes_groups().unwrap_or_default(),
             labels: &labels,
-        })
-        .map_err(Refusal::Policy)?;
+        },
+    )?;
     narrow(op, required, &mut valid.ports)?;
     let regexes = regexes(&req.ports);
     let limits = ClientLimits {
@@ -314,6 +314,14 @@ pub fn admit(
         .reserve_slot(&client.client_id, regexes, limits)?;
     let seat = op.licensing.reserve_seat(&client.client_id, now)?;
     Ok(Admitted { slot, seat })
+}
+
+/// The config file's policies, then the cluster's: the first one broken refuses; otherwise
+/// the headers both require.
+fn check_policies(op: &Operator, s: &Subject<'_>) -> Result<Vec<RequiredHeader>, Refusal> {
+    let mut required = op.policies.check(s).map_err(Refusal::Policy)?;
+    required.extend(op.live_policies.get().check(s).map_err(Refusal::Policy)?);
+    Ok(required)
 }
 
 /// Narrows steals' filters to the headers policies require.
@@ -380,9 +388,9 @@ pub async fn admit_ports(
         .filter(|p| p.catch_all)
         .map(|p| p.port)
         .collect();
-    let required = op
-        .policies
-        .check(&Subject {
+    let required = check_policies(
+        op,
+        &Subject {
             target,
             ports: requested,
             catch_all: &catch_all,
@@ -392,8 +400,8 @@ pub async fn admit_ports(
             groups: caller.kubernetes_groups().unwrap_or_default(),
             labels,
             role: caller.role,
-        })
-        .map_err(Refusal::Policy)?;
+        },
+    )?;
     narrow(op, required, valid)?;
     Ok(regexes(requested))
 }

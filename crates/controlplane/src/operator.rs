@@ -35,6 +35,8 @@ pub struct Operator {
     pub limits: Limits,
     pub licensing: Arc<Licensing>,
     pub policies: Policies,
+    /// A cluster's policy resources, as the Kubernetes backend last compiled them.
+    pub live_policies: Arc<crate::policy::LivePolicies>,
     /// In a cluster: asks the API server what a Kubernetes user may do.
     pub rbac: Option<Arc<dyn Rbac>>,
     /// The certificates the registry lists; `None`: not checked (tests that make their
@@ -85,6 +87,7 @@ impl Operator {
             limits: p.limits,
             licensing: p.licensing,
             policies: p.policies,
+            live_policies: Arc::default(),
             rbac: p.rbac,
             registered: p.registered,
             shutdown: p.shutdown,

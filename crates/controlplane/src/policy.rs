@@ -136,6 +136,29 @@ struct Policy {
 #[derive(Default)]
 pub struct Policies(Vec<Policy>);
 
+/// Policies that change while the operator runs (a cluster's policy resources): replaced
+/// whole on every change; a session is judged by the set in force when it asks.
+#[derive(Default)]
+pub struct LivePolicies(std::sync::RwLock<std::sync::Arc<Policies>>);
+
+impl LivePolicies {
+    pub fn set(&self, p: Policies) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(p);
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Policies> {
+        std::sync::Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
 /// Who asks for what: everything a policy can be about.
 pub struct Subject<'a> {
     pub target: &'a TargetRef,
@@ -306,10 +329,15 @@ impl Policies {
             .map(Policies)
     }
 
-    /// Policies that change while the operator runs (resources of the cluster): each one
-    /// that cannot be used is kept, failing closed, and its reason given back beside it.
-    pub fn compile_each(specs: &[PolicySpec]) -> (Self, Vec<Option<String>>) {
-        let reasons: Vec<Option<String>> = specs.iter().map(unusable).collect();
+    /// Policies that change while the operator runs (resources of the cluster), each with
+    /// what is already known to be wrong with it (an unknown `block`): each one that cannot
+    /// be used is kept, failing closed, and its reason given back beside it.
+    pub fn compile_each(specs: &[(PolicySpec, Option<String>)]) -> (Self, Vec<Option<String>>) {
+        let reasons: Vec<Option<String>> = specs
+            .iter()
+            .map(|(s, known)| known.clone().or_else(|| unusable(s)))
+            .collect();
+        let specs: Vec<&PolicySpec> = specs.iter().map(|(s, _)| s).collect();
         let policies = specs
             .iter()
             .zip(&reasons)
@@ -492,7 +520,7 @@ block = ["steal"]
             panic!("a config file's unusable policy stops the start")
         };
         assert!(e.contains("policy `bad`"), "{e}");
-        let (p, reasons) = Policies::compile_each(&specs);
+        let (p, reasons) = Policies::compile_each(&specs.map(|s| (s, None)));
         assert!(reasons[0].is_none());
         assert!(
             reasons[1].as_deref().unwrap().contains("(unclosed"),

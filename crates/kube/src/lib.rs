@@ -36,6 +36,7 @@ pub mod copy;
 pub mod fleet;
 pub mod gateway;
 pub mod owners;
+pub mod policies;
 pub mod reconcile;
 pub mod registry;
 pub mod serving;

@@ -255,6 +255,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             registered: Some(tls.registered()),
             shutdown: shutdown.clone(),
         }));
+        if let Some(client) = kube_client.clone() {
+            // The cluster's MirrordPolicy / MirrordClusterPolicy resources, beside the TOML's.
+            shutdown.spawn_until_cancelled(mirrord_kube::policies::watch(
+                client,
+                Arc::clone(&op.live_policies),
+            ));
+        }
         shutdown.spawn(api::serve(Arc::clone(&op), listener, tls.config()));
         shutdown.spawn_until_cancelled(tls.watch(Arc::clone(&op), Duration::from_secs(1)));
         let mut console = None;
