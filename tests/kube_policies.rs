@@ -162,7 +162,12 @@ impl Env {
     }
 
     /// An unfiltered steal of `target`'s port 80 (and `extra` flags), as `kubeconfig`.
-    fn steal(&self, kubeconfig: &PathBuf, target: &str, extra: &[&str]) -> Result<Session, String> {
+    fn steal(
+        &self,
+        kubeconfig: &std::path::Path,
+        target: &str,
+        extra: &[&str],
+    ) -> Result<Session, String> {
         let port = format!("80={}", local());
         let target = format!("deployment/{target}");
         let mut args = vec![
