@@ -45,6 +45,7 @@ fn request(name: &str, port: u16, filter: Option<HttpFilterSpec>) -> ClientMessa
         scale_down: false,
         context: Default::default(),
         listen: false,
+        profile: None,
     })
 }
 

@@ -1,7 +1,8 @@
 //! Policies as cluster resources (issue 30): `MirrordPolicy` and `MirrordClusterPolicy`
 //! applied with kubectl, watched by the operator, selecting targets by their workload's
 //! labels and callers by their Kubernetes groups; one that cannot be used says so in its
-//! status and refuses what it would bind (fail closed); deleting one lifts it.
+//! status and refuses what it would bind (fail closed); deleting one lifts it; a policy can
+//! require a `MirrordProfile`, whose rules bind the sessions that choose it.
 
 use mirrord_e2e::kube::{repo, Cluster};
 use mirrord_e2e::{wait_for, Session};

@@ -131,6 +131,7 @@ impl RawSession {
             scale_down: false,
             context: Default::default(),
             listen: false,
+            profile: None,
         }))
         .await
         .unwrap();

@@ -56,6 +56,7 @@ async fn request(
         scale_down: false,
         context: Default::default(),
         listen: false,
+        profile: None,
     }))
     .await?;
     match t.next().await {

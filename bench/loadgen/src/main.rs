@@ -147,6 +147,7 @@ async fn open(ctx: &Ctx) -> anyhow::Result<(Transport, SessionId)> {
         scale_down: false,
         context: Default::default(),
         listen: false,
+        profile: None,
     }))
     .await?;
     match t.next().await {

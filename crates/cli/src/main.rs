@@ -209,6 +209,10 @@ pub struct SessionArgs {
     /// With --copy-target: stop the original replicas while the session lives.
     #[arg(long)]
     scale_down: bool,
+    /// Work under this operator profile (a `MirrordProfile` in a cluster): its rules bind
+    /// the session; a policy may require one. Over the config file's `profile`.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
 }
 
 /// What `exec`'s process gets of the target besides traffic: by default, as with mirrord,
@@ -293,6 +297,7 @@ impl SessionArgs {
             on_concurrent_steal: on_concurrent_steal.map(Into::into),
             copy_target: self.copy_target,
             scale_down: self.scale_down,
+            profile: self.profile.clone(),
             no_outgoing: context.no_outgoing,
             no_remote_dns: context.no_remote_dns,
             no_env: context.no_env,

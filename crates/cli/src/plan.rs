@@ -61,6 +61,8 @@ pub struct Plan {
     pub context: ContextPlan,
     /// `exec` without a port list: its ports are added as it listens.
     pub listen: Option<ListenPlan>,
+    /// `--profile`, else the config file's `profile`.
+    pub profile: Option<String>,
 }
 
 /// `exec`'s context: what is asked of the operator, what the layer redirects, and what
@@ -107,6 +109,8 @@ pub struct Flags {
     pub no_env: bool,
     /// `--fs-mode`.
     pub fs_mode: Option<mirrord_layer_proto::FsMode>,
+    /// `--profile`.
+    pub profile: Option<String>,
     /// `-s` / `-x`: which of the target's variables (`;`-separated globs).
     pub env_include: Option<String>,
     pub env_exclude: Option<String>,
@@ -230,6 +234,7 @@ pub fn merge(
         scale_down: flags.scale_down || file.scale_down.unwrap_or(false),
         context,
         listen,
+        profile: flags.profile.clone().or_else(|| file.profile.clone()),
     })
 }
 

@@ -88,6 +88,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
             Default::default()
         },
         listen: plan.listen.is_some(),
+        profile: plan.profile.clone(),
     }))
     .await?;
     let answer = with_progress(t.next(), &plan);

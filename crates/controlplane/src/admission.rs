@@ -301,6 +301,7 @@ pub fn admit(
             role: caller.role,
             groups: caller.kubernetes_groups().unwrap_or_default(),
             labels: &labels,
+            profile: req.profile.as_deref(),
         },
     )?;
     narrow(op, required, &mut valid.ports)?;
@@ -320,7 +321,22 @@ pub fn admit(
 /// the headers both require.
 fn check_policies(op: &Operator, s: &Subject<'_>) -> Result<Vec<RequiredHeader>, Refusal> {
     let mut required = op.policies.check(s).map_err(Refusal::Policy)?;
-    required.extend(op.live_policies.get().check(s).map_err(Refusal::Policy)?);
+    let live = op.live_policies.get();
+    required.extend(live.policies.check(s).map_err(Refusal::Policy)?);
+    if let Some(name) = s.profile {
+        let Some(profile) = live.profiles.get(name) else {
+            let known: Vec<&str> = live.profiles.keys().map(String::as_str).collect();
+            return Err(Refusal::Policy(format!(
+                "there is no profile `{name}`; profiles: {}",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        required.extend(profile.check(s).map_err(Refusal::Policy)?);
+    }
     Ok(required)
 }
 
@@ -367,7 +383,7 @@ pub async fn admit_ports(
     op: &Operator,
     caller: &Caller,
     target: &TargetRef,
-    labels: &std::collections::BTreeMap<String, String>,
+    (labels, profile): (&std::collections::BTreeMap<String, String>, Option<&str>),
     requested: &[PortRequest],
     valid: &mut [ValidPort],
 ) -> Result<usize, Refusal> {
@@ -399,6 +415,7 @@ pub async fn admit_ports(
             user: caller.user(),
             groups: caller.kubernetes_groups().unwrap_or_default(),
             labels,
+            profile,
             role: caller.role,
         },
     )?;

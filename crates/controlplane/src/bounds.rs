@@ -201,6 +201,7 @@ mod tests {
             scale_down: false,
             context: Default::default(),
             listen: false,
+            profile: None,
         }
     }
 

@@ -197,6 +197,8 @@ pub struct MorePorts {
     key: String,
     on_concurrent_steal: ConcurrentSteal,
     subscription: Subscription,
+    /// The profile the session chose: its rules bind the ports it adds too.
+    profile: Option<String>,
 }
 
 impl MorePorts {
@@ -382,6 +384,7 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
             key,
             on_concurrent_steal: req.on_concurrent_steal,
             subscription: sub,
+            profile: req.profile.clone(),
         },
     }
 }
@@ -421,7 +424,7 @@ pub async fn add_ports(
         op,
         caller,
         &more.target_ref,
-        &labels,
+        (&labels, more.profile.as_deref()),
         &requested,
         &mut ports,
     )
@@ -475,6 +478,7 @@ fn no_context(target: &TargetRef) -> SessionRequest {
         scale_down: false,
         context: Default::default(),
         listen: false,
+        profile: None,
     }
 }
 
@@ -669,6 +673,7 @@ mod tests {
             roles: vec![],
             groups: vec![],
             selector: None,
+            require_profile: vec![],
             block: vec![],
             require_header_filter: Some("^x-user: ".into()),
         };

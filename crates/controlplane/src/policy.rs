@@ -65,6 +65,9 @@ pub struct PolicySpec {
     /// `match_expressions`); every target when absent.
     #[serde(default)]
     pub selector: Option<LabelSelector>,
+    /// Sessions it applies to must work under one of these profiles (`--profile`).
+    #[serde(default)]
+    pub require_profile: Vec<String>,
     #[serde(default)]
     pub block: Vec<Blocked>,
     /// Every stolen request must carry a header (`name: value`) matching this regex
@@ -136,20 +139,29 @@ struct Policy {
 #[derive(Default)]
 pub struct Policies(Vec<Policy>);
 
-/// Policies that change while the operator runs (a cluster's policy resources): replaced
-/// whole on every change; a session is judged by the set in force when it asks.
+/// Policies that change while the operator runs (a cluster's policy resources), and the
+/// profiles sessions may choose: replaced whole on every change; a session is judged by the
+/// set in force when it asks.
 #[derive(Default)]
-pub struct LivePolicies(std::sync::RwLock<std::sync::Arc<Policies>>);
+pub struct LivePolicies(std::sync::RwLock<std::sync::Arc<Live>>);
+
+/// What [`LivePolicies`] holds.
+#[derive(Default)]
+pub struct Live {
+    pub policies: Policies,
+    /// Per profile name: its rules, as a policy binding every session that chooses it.
+    pub profiles: BTreeMap<String, Policies>,
+}
 
 impl LivePolicies {
-    pub fn set(&self, p: Policies) {
+    pub fn set(&self, live: Live) {
         *self
             .0
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(p);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(live);
     }
 
-    pub fn get(&self) -> std::sync::Arc<Policies> {
+    pub fn get(&self) -> std::sync::Arc<Live> {
         std::sync::Arc::clone(
             &self
                 .0
@@ -174,6 +186,8 @@ pub struct Subject<'a> {
     pub groups: &'a [String],
     /// The target's labels (none on one machine unless its config gives some).
     pub labels: &'a BTreeMap<String, String>,
+    /// The profile the session chose (`--profile`).
+    pub profile: Option<&'a str>,
 }
 
 /// A header every request stolen on `port` must also carry (from policy `policy`).
@@ -213,6 +227,14 @@ impl Policy {
         if let Some(why) = &self.broken {
             return Some(format!(
                 "it cannot be used as written ({why}), so it refuses every session on {t} (namespace {ns}) until it is fixed"
+            ));
+        }
+        let required = &self.spec.require_profile;
+        if !required.is_empty() && !s.profile.is_some_and(|p| required.iter().any(|r| r == p)) {
+            let names: Vec<String> = required.iter().map(|r| format!("`{r}`")).collect();
+            return Some(format!(
+                "sessions on {t} (namespace {ns}) work under profile {}; pass --profile NAME (or `profile` in your mirrord.json)",
+                names.join(" or ")
             ));
         }
         let blocks = |b| self.spec.block.contains(&b);
@@ -423,6 +445,7 @@ mod tests {
             role: who.1,
             groups: &[],
             labels: &BTreeMap::new(),
+            profile: None,
         })
     }
     const ALICE: (&str, Role) = ("alice", Role::Developer);
@@ -445,6 +468,7 @@ mod tests {
             role: Role::Developer,
             groups: &groups,
             labels: &labels,
+            profile: None,
         })
         .map(drop)
     }
@@ -503,6 +527,40 @@ block = ["steal"]
     }
 
     #[test]
+    fn a_policy_can_require_a_profile() {
+        let p = policies(
+            r#"
+[[policies]]
+name = "pay"
+target = "deployment/api"
+require_profile = ["mirror-only", "filtered"]
+"#,
+        );
+        let ports = [port(PortMode::Mirror, None)];
+        let ask = |profile| {
+            p.check(&Subject {
+                target: &t("api", "shop"),
+                ports: &ports,
+                catch_all: &[],
+                scale_down: false,
+                context: &ContextRequest::default(),
+                user: "alice",
+                role: Role::Developer,
+                groups: &[],
+                labels: &BTreeMap::new(),
+                profile,
+            })
+        };
+        let e = ask(None).unwrap_err();
+        assert!(
+            e.contains("work under profile `mirror-only` or `filtered`"),
+            "{e}"
+        );
+        assert!(ask(Some("other")).is_err());
+        assert!(ask(Some("filtered")).is_ok());
+    }
+
+    #[test]
     fn a_policy_that_cannot_be_used_fails_closed() {
         let spec = |name: &str, re: &str| PolicySpec {
             name: name.into(),
@@ -512,6 +570,7 @@ block = ["steal"]
             roles: vec![],
             groups: vec![],
             selector: None,
+            require_profile: vec![],
             block: vec![Blocked::Mirror],
             require_header_filter: Some(re.into()),
         };
@@ -738,6 +797,7 @@ block = ["steal"]
                 role: who.1,
                 groups: &[],
                 labels: &BTreeMap::new(),
+                profile: None,
             })
         };
         let e = scale(("root", Role::Admin)).unwrap_err();
@@ -781,6 +841,7 @@ block = ["env", "outgoing"]
                 role: Role::Developer,
                 groups: &[],
                 labels: &BTreeMap::new(),
+                profile: None,
             })
         };
         let env = ContextRequest {
@@ -818,6 +879,7 @@ block = ["env", "outgoing"]
             roles: vec![],
             groups: vec![],
             selector: None,
+            require_profile: vec![],
             block: vec![],
             require_header_filter: Some("(".into()),
         };

@@ -174,5 +174,6 @@ pub fn request(ports: &[(u16, PortMode, Option<&str>)]) -> SessionRequest {
         scale_down: false,
         context: Default::default(),
         listen: false,
+        profile: None,
     }
 }

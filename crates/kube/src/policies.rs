@@ -1,5 +1,6 @@
 //! Policies as cluster resources (GitOps): `MirrordPolicy` (namespaced: it binds the targets
-//! of its own namespace) and `MirrordClusterPolicy` (cluster-wide), group
+//! of its own namespace), `MirrordClusterPolicy` (cluster-wide) and `MirrordProfile`
+//! (cluster-wide: rules a session takes on by choosing it, `--profile`), group
 //! [`GROUP`]/[`VERSION`], CRDs shipped in the chart. Watched while the operator runs: every
 //! change recompiles the whole set into the operator's [`LivePolicies`], so it applies to the
 //! next session within the watch's delay; running sessions are not cut.
@@ -13,7 +14,9 @@ use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use mirrord_controlplane::policy::{Blocked, LabelSelector, LivePolicies, Policies, PolicySpec};
+use mirrord_controlplane::policy::{
+    Blocked, LabelSelector, Live, LivePolicies, Policies, PolicySpec,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,11 +25,13 @@ use tokio::sync::mpsc;
 pub const GROUP: &str = "policies.mirrord.dev";
 pub const VERSION: &str = "v1";
 
-/// The two kinds: (kind, plural, namespaced).
-const KINDS: [(&str, &str, bool); 2] = [
+/// The kinds: (kind, plural, namespaced).
+const KINDS: [(&str, &str, bool); 3] = [
     ("MirrordPolicy", "mirrordpolicies", true),
     ("MirrordClusterPolicy", "mirrordclusterpolicies", false),
+    (PROFILE, "mirrordprofiles", false),
 ];
+const PROFILE: &str = "MirrordProfile";
 
 fn resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural)
@@ -52,6 +57,13 @@ struct Spec {
     block: Vec<String>,
     #[serde(default)]
     require_header_filter: Option<String>,
+    /// Policies only: the sessions it binds work under one of these profiles.
+    #[serde(default)]
+    require_profile: Vec<String>,
+    /// What it is for, as `kubectl get` shows it: accepted, nothing to do here.
+    #[serde(default)]
+    #[allow(dead_code, reason = "read by kubectl's columns, not by the operator")]
+    description: Option<String>,
 }
 
 /// What `block` may name (kebab- or snake-case; `steal-without-filter` as the vendor's).
@@ -117,6 +129,15 @@ impl Seen {
         if self.namespace.is_some() && spec.namespace.is_some() {
             problem.get_or_insert("`namespace` is for a MirrordClusterPolicy; a MirrordPolicy binds its own namespace".into());
         }
+        let selects = spec.target_path.is_some()
+            || spec.namespace.is_some()
+            || spec.selector.is_some()
+            || !spec.users.is_empty()
+            || !spec.groups.is_empty()
+            || !spec.require_profile.is_empty();
+        if self.kind == PROFILE && selects {
+            problem.get_or_insert("a profile binds the sessions that choose it: targetPath, namespace, selector, users, groups and requireProfile are a policy's".into());
+        }
         let policy = PolicySpec {
             name: self.title(),
             target: spec.target_path.clone().unwrap_or_else(|| "*".into()),
@@ -127,6 +148,7 @@ impl Seen {
             selector: spec.selector.clone(),
             block,
             require_header_filter: spec.require_header_filter.clone(),
+            require_profile: spec.require_profile.clone(),
         };
         (policy, problem)
     }
@@ -219,9 +241,32 @@ fn key(kind: &'static str, o: &DynamicObject) -> Key {
 
 /// Compiles every policy seen into `live`, and reports each one's readiness where it changed.
 async fn apply(client: &Client, live: &LivePolicies, seen: &mut BTreeMap<Key, Seen>) {
-    let made: Vec<(PolicySpec, Option<String>)> = seen.values().map(Seen::policy).collect();
-    let (policies, reasons) = Policies::compile_each(&made);
-    live.set(policies);
+    let made: Vec<(PolicySpec, Option<String>)> = seen
+        .values()
+        .filter(|s| s.kind != PROFILE)
+        .map(Seen::policy)
+        .collect();
+    let (policies, mut reasons) = Policies::compile_each(&made);
+    let mut profiles = BTreeMap::new();
+    let mut profile_reasons = Vec::new();
+    for s in seen.values().filter(|s| s.kind == PROFILE) {
+        let (compiled, why) = Policies::compile_each(&[s.policy()]);
+        profiles.insert(s.name.clone(), compiled);
+        profile_reasons.extend(why);
+    }
+    live.set(Live { policies, profiles });
+    // In `seen`'s order: the policies' reasons, then the profiles', put back in place.
+    let (mut p, mut q) = (reasons.drain(..), profile_reasons.into_iter());
+    let reasons: Vec<Option<String>> = seen
+        .values()
+        .map(|s| {
+            if s.kind == PROFILE {
+                q.next().flatten()
+            } else {
+                p.next().flatten()
+            }
+        })
+        .collect();
     for (s, why) in seen.values_mut().zip(reasons) {
         let ready = why.is_none();
         let message = why.unwrap_or_else(|| "in force".into());

@@ -173,6 +173,10 @@ pub struct SessionRequest {
     /// The session's process adds the ports it listens on as it does (`exec` without a port
     /// list): it may open with none.
     pub listen: bool,
+    /// The profile the session works under (`--profile`, the config file's `profile`): its
+    /// rules bind the session as a policy's would.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

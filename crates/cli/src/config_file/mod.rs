@@ -85,6 +85,8 @@ pub struct FileConfig {
     pub outgoing: Option<OutgoingFile>,
     pub dns: Option<DnsFile>,
     pub fs: Option<fs::FsFile>,
+    /// `profile`: the operator profile the session works under.
+    pub profile: Option<String>,
     /// Keys present that this project does not implement, for the warning.
     pub ignored: Vec<String>,
 }
@@ -182,6 +184,7 @@ pub fn parse(root: &Value) -> Result<FileConfig, Problem> {
     for (k, v) in root {
         match k.as_str() {
             "target" => target(v, &mut c)?,
+            "profile" => c.profile = Some(string(v, "profile")?),
             "feature" => feature(v, &mut c)?,
             other => c.ignored.push(other.to_owned()),
         }
