@@ -201,7 +201,7 @@ async fn exec_runs_the_process_with_the_targets_environment_names_and_connection
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains("context: environment (")
-            && out.contains("outgoing TCP and UDP, DNS of replica api"),
+            && out.contains("outgoing TCP and UDP, DNS, files (read) of replica api"),
         "{out}"
     );
     // The environment is the target's, in the process and in what it starts.
