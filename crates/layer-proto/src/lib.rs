@@ -1,14 +1,16 @@
 //! What the preload layer (`libmirrord_layer.so`) and `mirrordctl exec` say to each other.
 //!
 //! The layer runs inside the user's process and asks `mirrordctl` — over a UNIX socket whose path is in
-//! [`ENV_SOCK`], one connection per thread — to resolve names and open TCP connections as the target would.
-//! Everything it needs to decide *whether* to ask (the outgoing and DNS filters) arrives once, in
+//! [`ENV_SOCK`], one connection per thread — to resolve names, open TCP connections and UDP flows, and open,
+//! stat and write back files as the target would. Everything it needs to decide *whether* to ask (the outgoing
+//! and DNS filters, which paths are the target's) arrives once, in
 //! [`ENV_CONFIG`], so deciding never costs a round trip.
 //!
 //! - [`messages`]: the requests and replies, strictly one reply per request;
 //! - [`codec`]: blocking frames (`u32` big-endian length, then postcard), at most [`MAX_FRAME`] bytes;
 //! - [`config`]: [`LayerConfig`] and its environment encoding;
-//! - [`filter`]: mirrord's `local`/`remote` address filter grammar and what it selects.
+//! - [`filter`]: mirrord's `local`/`remote` address filter grammar and what it selects;
+//! - [`files`]: mirrord's `feature.fs` modes and path lists, and where a path goes.
 #![forbid(unsafe_code)]
 
 pub mod codec;

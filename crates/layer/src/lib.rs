@@ -1,12 +1,14 @@
 //! `libmirrord_layer.so`: loaded into a local process with `LD_PRELOAD` by `mirrordctl exec`, it makes the
-//! process's outgoing TCP connections, UDP datagrams and name lookups happen in the target's context.
+//! process's outgoing TCP connections, UDP datagrams and name lookups happen in the target's context, and its
+//! file operations on the paths `feature.fs` sends there read (and write) the target's files.
 //!
 //! It interposes the libc functions listed in [`exports`] (plain symbol interposition, `dlsym(RTLD_NEXT)` for
 //! the real ones) and asks `mirrordctl` over a per-thread UNIX socket ([`client`]). Whatever it does not cover,
 //! or when it is not configured or `mirrordctl` is gone, it is plain libc.
 //!
 //! The data's path: an export ([`exports`]) takes the reentrancy [`guard`], turns C arguments into Rust values
-//! and calls the logic ([`sockets`] for connects, [`dns`] for lookups) which decides with the configuration
+//! and calls the logic ([`sockets`] for connects, [`dns`] for lookups, [`files`] for paths) which decides with
+//! the configuration
 //! ([`state`]), asks through [`client`], and records managed descriptors in [`fdtable`]; the answer is turned
 //! back into C ([`addrinfo`], [`hostent`], [`sockaddr`]).
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
