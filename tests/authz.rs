@@ -551,4 +551,13 @@ block = ["steal"]
         let s = Session::start(&alice, &["steal", "--target", other, "--port", &p]);
         assert!(s.is_ok(), "{other} is not selected: {:?}", s.err());
     }
+    // `status` lists the policies that bind the caller: not the group's (a certificate
+    // user has no groups).
+    let out = ctl(&alice, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Policies that bind you:\n  payments-filtered-only: blocks UnfilteredSteal (* in namespace *, labelled app=payments, tier NotIn [\"dev\"])"),
+        "{text}"
+    );
+    assert!(!text.contains("interns-mirror-only"), "{text}");
 }

@@ -23,6 +23,8 @@ pub struct Status<'a> {
     sessions: Vec<Session<'a>>,
     /// Sessions the operator left out because the report would not fit one frame.
     omitted_sessions: u64,
+    /// The policies that bind the caller: `name`, `targets`, `rules`, `problem`.
+    policies: &'a [mirrord_protocol::PolicyInfo],
 }
 
 #[derive(Serialize)]
@@ -109,6 +111,7 @@ impl<'a> Status<'a> {
             copies: r.copies.iter().map(Copy::of).collect(),
             sessions: r.sessions.iter().map(Session::of).collect(),
             omitted_sessions: r.omitted_sessions,
+            policies: &r.policies,
         }
     }
 }
@@ -263,6 +266,7 @@ mod tests {
                 ends_in_secs: None,
             }],
             omitted_sessions: 0,
+            policies: Vec::new(),
         };
         let v = serde_json::to_value(Status::of(&r)).unwrap();
         assert_eq!(v["schema_version"], 1);

@@ -148,6 +148,15 @@ pub fn render(r: &StatusReport, wide: bool) -> String {
             rows,
         ));
     }
+    if !r.policies.is_empty() {
+        out.push_str("\nPolicies that bind you:\n");
+        for p in &r.policies {
+            out.push_str(&format!("  {}: {} ({})\n", p.name, p.rules, p.targets));
+            if let Some(problem) = &p.problem {
+                out.push_str(&format!("    cannot be used as written, so it refuses every session it binds: {problem}\n"));
+            }
+        }
+    }
     out.push_str("\nSessions:\n");
     out.push_str(&sessions(r, wide));
     out
@@ -264,6 +273,7 @@ mod tests {
                 ends_in_secs: None,
             }],
             omitted_sessions: 0,
+            policies: Vec::new(),
         };
         let text = render(&r, false);
         assert!(

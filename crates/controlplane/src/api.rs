@@ -499,6 +499,7 @@ mod tests {
                 })
                 .collect(),
             omitted_sessions: 0,
+            policies: Vec::new(),
         }
     }
 

@@ -121,6 +121,16 @@ impl Operator {
             copies,
             sessions,
             omitted_sessions: 0,
+            policies: {
+                let groups = caller.kubernetes_groups().unwrap_or_default();
+                let mut p = self.policies.binding(caller.user(), caller.role, groups);
+                p.extend(self.live_policies.get().policies.binding(
+                    caller.user(),
+                    caller.role,
+                    groups,
+                ));
+                p
+            },
         }
     }
 

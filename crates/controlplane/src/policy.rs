@@ -204,6 +204,44 @@ fn glob(pattern: &str) -> Regex {
 }
 
 impl Policy {
+    fn info(&self) -> mirrord_protocol::PolicyInfo {
+        let s = &self.spec;
+        let mut targets = format!("{} in namespace {}", s.target, s.namespace);
+        if let Some(sel) = &s.selector {
+            let mut terms: Vec<String> = sel
+                .match_labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            terms.extend(
+                sel.match_expressions
+                    .iter()
+                    .map(|e| format!("{} {:?} {:?}", e.key, e.operator, e.values)),
+            );
+            targets.push_str(&format!(", labelled {}", terms.join(", ")));
+        }
+        let mut rules = Vec::new();
+        if !s.block.is_empty() {
+            let blocks: Vec<String> = s.block.iter().map(|b| format!("{b:?}")).collect();
+            rules.push(format!("blocks {}", blocks.join(", ")));
+        }
+        if let Some(h) = &s.require_header_filter {
+            rules.push(format!("steals also need a header matching `{h}`"));
+        }
+        if !s.require_profile.is_empty() {
+            rules.push(format!(
+                "sessions work under profile {}",
+                s.require_profile.join(" or ")
+            ));
+        }
+        mirrord_protocol::PolicyInfo {
+            name: s.name.clone(),
+            targets,
+            rules: rules.join("; "),
+            problem: self.broken.clone(),
+        }
+    }
+
     fn applies(&self, s: &Subject<'_>) -> bool {
         self.target.is_match(&s.target.to_string())
             && self.namespace.is_match(&s.target.namespace)
@@ -339,6 +377,28 @@ fn policy(s: &PolicySpec, broken: Option<String>) -> Policy {
 }
 
 impl Policies {
+    /// The policies that bind a caller (`user`, `role`, `groups`) on some target, as status
+    /// shows them.
+    pub fn binding(
+        &self,
+        user: &str,
+        role: Role,
+        groups: &[String],
+    ) -> Vec<mirrord_protocol::PolicyInfo> {
+        self.0
+            .iter()
+            .filter(|p| {
+                (p.users.is_empty() || p.users.iter().any(|u| u.is_match(user)))
+                    && (p.spec.roles.is_empty() || p.spec.roles.contains(&role))
+                    && (p.groups.is_empty()
+                        || groups
+                            .iter()
+                            .any(|g| p.groups.iter().any(|x| x.is_match(g))))
+            })
+            .map(Policy::info)
+            .collect()
+    }
+
     /// The config file's policies: one that cannot be used stops the operator's start.
     pub fn compile(specs: &[PolicySpec]) -> Result<Self, String> {
         specs

@@ -409,6 +409,22 @@ pub struct StatusReport {
     /// Sessions left out because the whole report would not fit one frame
     /// ([`crate::MAX_FRAME_LEN`]); `sessions` holds the first ones, oldest first.
     pub omitted_sessions: u64,
+    /// The policies that bind the caller (whichever target), in the order they are checked.
+    #[serde(default)]
+    pub policies: Vec<PolicyInfo>,
+}
+
+/// A policy as `mirrordctl status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// `prod-filtered-only`, `MirrordPolicy shop/payments-filtered`, ...
+    pub name: String,
+    /// The targets it binds (`deployment/* in prod, labels app=payments`).
+    pub targets: String,
+    /// What it refuses and requires (`blocks unfiltered_steal; requires header ^x-user: `).
+    pub rules: String,
+    /// Why it cannot be used as written (it then refuses every session it binds).
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
