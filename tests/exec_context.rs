@@ -109,7 +109,8 @@ struct Fixture {
 }
 
 /// An operator whose `deployment/api` replica lives in its own namespace with
-/// `SECRET_DB_URL` and `REGION` in its environment; `mallory` may not connect out.
+/// `SECRET_DB_URL` and `REGION` in its environment; `mallory` may not connect out, `eve`
+/// only to `db.only-in-target` on the server's port.
 async fn fixture_with_target() -> Option<Fixture> {
     if !netns::can_run() {
         return None;
@@ -143,7 +144,11 @@ async fn fixture_with_target() -> Option<Fixture> {
             ("OPERATOR_METRICS_ENABLED".into(), "true".into()),
             ("OPERATOR_METRICS_ADDR".into(), free_addr().to_string()),
         ],
-        extra_config: "[[policies]]\nname = \"no-outgoing-for-mallory\"\nusers = [\"mallory\"]\nblock = [\"outgoing\"]\n".into(),
+        extra_config: format!(
+            "[[policies]]\nname = \"no-outgoing-for-mallory\"\nusers = [\"mallory\"]\nblock = [\"outgoing\"]\n\
+             [[policies]]\nname = \"eve-db-only\"\nusers = [\"eve\"]\noutgoing_allow = [\"db.only-in-target:{}\"]\n",
+            server.port()
+        ),
         ..Default::default()
     });
     let ready = wait_for(Duration::from_secs(30), || {
@@ -386,6 +391,30 @@ async fn what_exec_cannot_give_is_refused_or_named() {
             .contains(&IpAddr::V4(f.ns.target_side())),
         "mallory reached nothing through the target: {:?}",
         f.seen.lock().unwrap()
+    );
+
+    // eve's policy allows the server's port of db.only-in-target, a name matched by what
+    // the target resolves it to: that connection leaves from the target; one to another
+    // port of the same address is refused (EACCES), the policy named on stderr.
+    let (code, out, err) = tokio::task::block_in_place(|| exec(&f, "eve", &[]));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains(&format!("peer={}", f.ns.target_side())),
+        "{out}\n{err}"
+    );
+    assert!(out.contains("curl exit 7"), "{out}\n{err}");
+    assert!(
+        err.contains("PermissionError") && !out.contains("closed port refused"),
+        "the operator refused it, not the closed port: {out}\n{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "blocked by policy `eve-db-only`: TCP {}:{} is not in its outgoing allow-list (db.only-in-target:{})",
+            f.ns.host_side(),
+            f.closed,
+            f.server.port()
+        )),
+        "{err}"
     );
 
     // A statically linked program cannot load the layer: said before it starts, naming

@@ -13,6 +13,9 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+/// sysfs's `f_type` (`SYSFS_MAGIC` in linux/magic.h).
+const SYSFS_MAGIC: u64 = 0x6265_6572;
+
 /// The root a target's paths are resolved in.
 #[derive(Debug)]
 pub struct Root {
@@ -52,15 +55,32 @@ impl Root {
     }
 
     /// `path` opened inside the root with `flags` (symlinks followed unless `O_NOFOLLOW`).
+    /// Nothing on procfs or sysfs is served: `/proc/1/environ` would hand out the
+    /// environment to a session granted files but not `env`, `/proc/1/mem` the memory.
     fn resolve(&self, path: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, FileFailure> {
-        rustix::fs::openat2(
+        let fd = rustix::fs::openat2(
             &self.dir,
             path,
             flags | OFlags::CLOEXEC,
             mode,
             ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
         )
-        .map_err(|e| failure(e, path))
+        .map_err(|e| failure(e, path))?;
+        let kind = rustix::fs::fstatfs(&fd)
+            .map_err(|e| failure(e, path))?
+            .f_type;
+        // statfs's f_type is signed on some targets; the magic numbers are small positives.
+        #[allow(clippy::unnecessary_cast, reason = "f_type's type differs by target")]
+        let kind = kind as u64;
+        if kind == rustix::fs::PROC_SUPER_MAGIC as u64 || kind == SYSFS_MAGIC {
+            return Err(FileFailure {
+                errno: Errno::ACCESS.raw_os_error(),
+                message: format!(
+                    "{path} is on the target's procfs or sysfs, which is not served (its environment is `feature.env`)"
+                ),
+            });
+        }
+        Ok(fd)
     }
 
     /// Opens `path`: a regular file for reading (with `write`: after checking it may be
@@ -339,6 +359,19 @@ mod tests {
         std::os::unix::fs::symlink("../../../../../../etc/passwd", p.join("etc/up")).unwrap();
         let root = Root::at(p).unwrap();
         (dir, root)
+    }
+
+    /// A process's procfs would give what other grants guard (its environment, its memory).
+    #[test]
+    fn procfs_and_sysfs_are_not_served() {
+        let root = Root::of_pid(std::process::id()).unwrap();
+        assert!(root.stat("/etc", true).is_ok());
+        for path in ["/proc/self/environ", "/proc/1/mem", "/proc", "/sys/kernel"] {
+            let e = root.open(path, false, false).unwrap_err();
+            assert_eq!(e.errno, Errno::ACCESS.raw_os_error(), "{path}: {e:?}");
+            assert!(e.message.contains("procfs or sysfs"), "{e:?}");
+            assert!(root.stat(path, true).is_err(), "{path}");
+        }
     }
 
     #[test]

@@ -7,9 +7,10 @@
 
 use crate::backend::{BackendError, Target};
 use crate::caller::Caller;
+use crate::destinations::OutgoingRule;
 use crate::locks::{Reservation, Want};
 use crate::operator::Operator;
-use crate::policy::{RequiredHeader, Subject};
+use crate::policy::{RequiredHeader, Subject, Verdict};
 use crate::rbac::{self, Check};
 use crate::refusal::Refusal;
 use crate::sessions::{ClientLimits, ClientSlot};
@@ -269,6 +270,8 @@ pub fn authorize_take_overs(
 pub struct Admitted {
     pub slot: ClientSlot,
     pub seat: SeatReservation,
+    /// Where the session's outgoing connections may go (every rule must allow it).
+    pub outgoing: Vec<OutgoingRule>,
 }
 
 /// The license first (it says why nothing works), then the policies (which may narrow the
@@ -289,7 +292,7 @@ pub fn admit(
         .map(|p| p.port)
         .collect();
     let labels = valid.target.labels();
-    let required = check_policies(
+    let verdict = check_policies(
         op,
         &Subject {
             target: &req.target,
@@ -304,7 +307,7 @@ pub fn admit(
             profile: req.profile.as_deref(),
         },
     )?;
-    narrow(op, required, &mut valid.ports)?;
+    narrow(op, verdict.headers, &mut valid.ports)?;
     let regexes = regexes(&req.ports);
     let limits = ClientLimits {
         sessions: op.limits.max_sessions_per_client,
@@ -314,12 +317,16 @@ pub fn admit(
         .sessions
         .reserve_slot(&client.client_id, regexes, limits)?;
     let seat = op.licensing.reserve_seat(&client.client_id, now)?;
-    Ok(Admitted { slot, seat })
+    Ok(Admitted {
+        slot,
+        seat,
+        outgoing: verdict.outgoing,
+    })
 }
 
 /// The config file's policies, then the cluster's: the first one broken refuses; otherwise
-/// the headers both require.
-fn check_policies(op: &Operator, s: &Subject<'_>) -> Result<Vec<RequiredHeader>, Refusal> {
+/// what they all narrow the session to.
+fn check_policies(op: &Operator, s: &Subject<'_>) -> Result<Verdict, Refusal> {
     let mut required = op.policies.check(s).map_err(Refusal::Policy)?;
     let live = op.live_policies.get();
     required.extend(live.policies.check(s).map_err(Refusal::Policy)?);
@@ -404,7 +411,7 @@ pub async fn admit_ports(
         .filter(|p| p.catch_all)
         .map(|p| p.port)
         .collect();
-    let required = check_policies(
+    let verdict = check_policies(
         op,
         &Subject {
             target,
@@ -419,6 +426,6 @@ pub async fn admit_ports(
             role: caller.role,
         },
     )?;
-    narrow(op, required, valid)?;
+    narrow(op, verdict.headers, valid)?;
     Ok(regexes(requested))
 }

@@ -18,6 +18,8 @@ pub struct SessionContext {
     pub outgoing: bool,
     pub dns: bool,
     pub files: mirrord_protocol::FilesAccess,
+    /// Policies' outgoing allow-lists: a connection must pass every one.
+    pub allowed: Vec<crate::destinations::OutgoingRule>,
     /// What the session's process did with it (`mirrord_outgoing_*`, `mirrord_dns_*`).
     pub counters: ContextCounters,
 }
@@ -129,6 +131,7 @@ pub async fn grant(
         outgoing: req.outgoing,
         dns: req.dns,
         files: req.files,
+        allowed: Vec::new(),
         counters: ContextCounters::detached(),
     });
     (reply, granted)

@@ -23,6 +23,7 @@ pub mod caller;
 pub mod config;
 pub mod console;
 pub mod context;
+pub mod destinations;
 pub mod fair;
 pub mod local;
 pub mod locks;

@@ -32,6 +32,8 @@ use std::time::Instant;
 
 /// Handoffs queued for one session before the data plane waits (steal) or drops (mirror).
 const HANDOFF_QUEUE: usize = 1024;
+/// How long a session waits for the cluster's policies when the operator has just started.
+const POLICIES_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A session that is open: what its actor needs.
 pub struct Opened {
@@ -74,6 +76,11 @@ async fn pipeline(
 ) -> Result<Opened, Refusal> {
     let mut valid = admission::validate(op, req, &caller.client.client_id).await?;
     let take_overs = admission::authorize(op, caller, req).await?;
+    if !op.live_policies.wait_loaded(POLICIES_LOAD_WAIT).await {
+        return Err(Refusal::Policy(
+            "the cluster's policies (MirrordPolicy, MirrordClusterPolicy, MirrordProfile) are not loaded yet, and no session opens before they are; retry in a few seconds (if this lasts, the operator's log says why: are the chart's CRDs installed?)".into(),
+        ));
+    }
     let admitted = admission::admit(op, caller, req, &mut valid)?;
     let client = &caller.client;
     let id = op.sessions.new_id();
@@ -89,7 +96,11 @@ async fn pipeline(
         req.scale_down,
     )?;
     admission::authorize_take_overs(caller, &take_overs, &ports)?;
-    let Admitted { slot, seat } = admitted;
+    let Admitted {
+        slot,
+        seat,
+        outgoing,
+    } = admitted;
     // The last step that can refuse: a seat that cannot be recorded is not granted.
     seat.commit()?;
     let copy = match req.copy_target {
@@ -110,6 +121,13 @@ async fn pipeline(
             .await,
         ),
     };
+    let context = context.map(|(reply, granted)| {
+        let granted = granted.map(|c| SessionContext {
+            allowed: outgoing,
+            ..c
+        });
+        (reply, granted)
+    });
     let mut opened = commit(
         op,
         Commit {
@@ -666,16 +684,9 @@ mod tests {
     async fn a_policy_header_is_added_to_every_steal() {
         use crate::policy::{Policies, PolicySpec};
         let spec = PolicySpec {
-            name: "api-needs-user".into(),
             target: "deployment/api".into(),
-            namespace: "*".into(),
-            users: vec![],
-            roles: vec![],
-            groups: vec![],
-            selector: None,
-            require_profile: vec![],
-            block: vec![],
             require_header_filter: Some("^x-user: ".into()),
+            ..PolicySpec::named("api-needs-user")
         };
         let policies = Policies::compile(&[spec]).unwrap();
         let (op, api) = operator_with(SessionConfig::default(), Limits::default(), policies);

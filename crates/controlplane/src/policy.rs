@@ -18,6 +18,9 @@ use mirrord_protocol::{ContextRequest, PortMode, PortRequest, TargetRef};
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::destinations::{Destinations, OutgoingRule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,10 +77,34 @@ pub struct PolicySpec {
     /// (case-insensitive, like filters): it is added to each steal's filter.
     #[serde(default)]
     pub require_header_filter: Option<String>,
+    /// Where outgoing connections (`feature.network.outgoing`) may go; anywhere when absent,
+    /// nowhere when empty (`crate::destinations` says how entries are written).
+    #[serde(default)]
+    pub outgoing_allow: Option<Vec<String>>,
 }
 
 fn any() -> String {
     "*".into()
+}
+
+impl PolicySpec {
+    /// A policy named `name` that binds everyone on every target and asks nothing (as an
+    /// empty `[[policies]]` table with that name reads).
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            target: any(),
+            namespace: any(),
+            users: Vec::new(),
+            roles: Vec::new(),
+            groups: Vec::new(),
+            selector: None,
+            require_profile: Vec::new(),
+            block: Vec::new(),
+            require_header_filter: None,
+            outgoing_allow: None,
+        }
+    }
 }
 
 /// Kubernetes' label selector, as a Deployment's `selector` is written.
@@ -108,6 +135,25 @@ pub enum LabelOperator {
 }
 
 impl LabelSelector {
+    /// What Kubernetes would refuse in it: `In`/`NotIn` without values, `Exists`/
+    /// `DoesNotExist` with some (such a selector would silently select nothing or all).
+    fn invalid(&self) -> Option<String> {
+        self.match_expressions.iter().find_map(|e| {
+            let wants_values = matches!(e.operator, LabelOperator::In | LabelOperator::NotIn);
+            (wants_values == e.values.is_empty()).then(|| {
+                format!(
+                    "selector: the expression on `{}` with operator {:?} {}",
+                    e.key,
+                    e.operator,
+                    match wants_values {
+                        true => "needs values",
+                        false => "takes no values",
+                    }
+                )
+            })
+        })
+    }
+
     /// Whether `labels` are selected (every term must hold, as in Kubernetes).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.match_labels
@@ -131,6 +177,7 @@ struct Policy {
     namespace: Regex,
     users: Vec<Regex>,
     groups: Vec<Regex>,
+    outgoing: Option<Arc<Destinations>>,
     /// Why the policy cannot be used as written (a bad regex): it then refuses every
     /// session it applies to, until fixed (fail closed).
     broken: Option<String>,
@@ -141,9 +188,23 @@ pub struct Policies(Vec<Policy>);
 
 /// Policies that change while the operator runs (a cluster's policy resources), and the
 /// profiles sessions may choose: replaced whole on every change; a session is judged by the
-/// set in force when it asks.
-#[derive(Default)]
-pub struct LivePolicies(std::sync::RwLock<std::sync::Arc<Live>>);
+/// set in force when it asks. Until they are first loaded (when they are expected), no
+/// session is judged: an operator that just started does not let through what a policy
+/// it has not read yet would refuse.
+pub struct LivePolicies {
+    live: std::sync::RwLock<Arc<Live>>,
+    loaded: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for LivePolicies {
+    fn default() -> Self {
+        Self {
+            live: Default::default(),
+            // On one machine nothing is to be loaded.
+            loaded: tokio::sync::watch::Sender::new(true),
+        }
+    }
+}
 
 /// What [`LivePolicies`] holds.
 #[derive(Default)]
@@ -156,18 +217,36 @@ pub struct Live {
 impl LivePolicies {
     pub fn set(&self, live: Live) {
         *self
-            .0
+            .live
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(live);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(live);
     }
 
-    pub fn get(&self) -> std::sync::Arc<Live> {
-        std::sync::Arc::clone(
+    pub fn get(&self) -> Arc<Live> {
+        Arc::clone(
             &self
-                .0
+                .live
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+
+    /// Policies are to be loaded (from the cluster): sessions wait for [`Self::loaded`].
+    pub fn expect(&self) {
+        self.loaded.send_replace(false);
+    }
+
+    /// Every kind of policy resource was listed once.
+    pub fn loaded(&self) {
+        self.loaded.send_replace(true);
+    }
+
+    /// Waits (at most `limit`) until the policies are loaded; whether they are.
+    pub async fn wait_loaded(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.loaded.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|l| *l))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -188,6 +267,21 @@ pub struct Subject<'a> {
     pub labels: &'a BTreeMap<String, String>,
     /// The profile the session chose (`--profile`).
     pub profile: Option<&'a str>,
+}
+
+/// What the policies binding a session narrow it to.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub headers: Vec<RequiredHeader>,
+    /// Each binding policy's outgoing allow-list: a connection must pass all of them.
+    pub outgoing: Vec<OutgoingRule>,
+}
+
+impl Verdict {
+    pub fn extend(&mut self, other: Verdict) {
+        self.headers.extend(other.headers);
+        self.outgoing.extend(other.outgoing);
+    }
 }
 
 /// A header every request stolen on `port` must also carry (from policy `policy`).
@@ -227,6 +321,9 @@ impl Policy {
         }
         if let Some(h) = &s.require_header_filter {
             rules.push(format!("steals also need a header matching `{h}`"));
+        }
+        if let Some(d) = &self.outgoing {
+            rules.push(format!("outgoing only to {}", d.describe()));
         }
         if !s.require_profile.is_empty() {
             rules.push(format!(
@@ -358,11 +455,24 @@ impl Policy {
 
 /// Why `s` cannot be used as written, if it cannot.
 fn unusable(s: &PolicySpec) -> Option<String> {
+    if let Err(e) = outgoing(s) {
+        return Some(e);
+    }
+    if let Some(e) = s.selector.as_ref().and_then(LabelSelector::invalid) {
+        return Some(e);
+    }
     // Compiled as every filter is (it is ANDed into steals' filters).
     let p = s.require_header_filter.as_ref()?;
     compile_regex("header", p, &FilterLimits::default())
         .err()
         .map(|e| format!("require_header_filter `{p}` is not a valid regex: {e}"))
+}
+
+fn outgoing(s: &PolicySpec) -> Result<Option<Arc<Destinations>>, String> {
+    s.outgoing_allow
+        .as_deref()
+        .map(|d| Destinations::parse(d).map(Arc::new))
+        .transpose()
 }
 
 fn policy(s: &PolicySpec, broken: Option<String>) -> Policy {
@@ -371,6 +481,7 @@ fn policy(s: &PolicySpec, broken: Option<String>) -> Policy {
         namespace: glob(&s.namespace),
         users: s.users.iter().map(|u| glob(u)).collect(),
         groups: s.groups.iter().map(|g| glob(g)).collect(),
+        outgoing: outgoing(s).ok().flatten(),
         spec: s.clone(),
         broken,
     }
@@ -428,10 +539,10 @@ impl Policies {
         (Policies(policies), reasons)
     }
 
-    /// The first policy the request breaks, as the message the user sees; otherwise the
-    /// headers its steals must be narrowed to.
-    pub fn check(&self, s: &Subject<'_>) -> Result<Vec<RequiredHeader>, String> {
-        let mut required = Vec::new();
+    /// The first policy the request breaks, as the message the user sees; otherwise what
+    /// the session is narrowed to: its steals' headers, its outgoing destinations.
+    pub fn check(&self, s: &Subject<'_>) -> Result<Verdict, String> {
+        let mut verdict = Verdict::default();
         for p in self.0.iter().filter(|p| p.applies(s)) {
             if let Some(what) = p.breach(s) {
                 return Err(format!("blocked by policy `{}`: {what}", p.spec.name));
@@ -439,10 +550,16 @@ impl Policies {
             if p.broken.is_some() {
                 continue;
             }
+            if let (true, Some(allow)) = (s.context.outgoing, &p.outgoing) {
+                verdict.outgoing.push(OutgoingRule {
+                    policy: p.spec.name.clone(),
+                    allow: Arc::clone(allow),
+                });
+            }
             let Some(pattern) = &p.spec.require_header_filter else {
                 continue;
             };
-            required.extend(
+            verdict.headers.extend(
                 s.ports
                     .iter()
                     .filter(|port| port.mode == PortMode::Steal)
@@ -453,7 +570,7 @@ impl Policies {
                     }),
             );
         }
-        Ok(required)
+        Ok(verdict)
     }
 }
 
@@ -496,19 +613,34 @@ mod tests {
     ) -> Result<Vec<RequiredHeader>, String> {
         let catch_all = catch_all_ports(ports);
         p.check(&Subject {
-            target,
-            ports,
             catch_all: &catch_all,
-            scale_down: false,
-            context: &ContextRequest::default(),
             user: who.0,
             role: who.1,
-            groups: &[],
-            labels: &BTreeMap::new(),
-            profile: None,
+            ..subject(target, ports)
         })
+        .map(|v| v.headers)
     }
     const ALICE: (&str, Role) = ("alice", Role::Developer);
+
+    static NO_CONTEXT: std::sync::LazyLock<ContextRequest> =
+        std::sync::LazyLock::new(ContextRequest::default);
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+    /// `alice` (a developer, no groups) asks for `ports` of `target`, and nothing else.
+    fn subject<'a>(target: &'a TargetRef, ports: &'a [PortRequest]) -> Subject<'a> {
+        Subject {
+            target,
+            ports,
+            catch_all: &[],
+            scale_down: false,
+            context: &NO_CONTEXT,
+            user: "alice",
+            role: Role::Developer,
+            groups: &[],
+            labels: &NO_LABELS,
+            profile: None,
+        }
+    }
 
     /// A steal without a filter of `target` (labelled `labels`) by a caller in `groups`.
     fn unfiltered(p: &Policies, labels: &[(&str, &str)], groups: &[&str]) -> Result<(), String> {
@@ -519,16 +651,9 @@ mod tests {
         let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
         let ports = [port(PortMode::Steal, None)];
         p.check(&Subject {
-            target: &t("api", "shop"),
-            ports: &ports,
-            catch_all: &[],
-            scale_down: false,
-            context: &ContextRequest::default(),
-            user: "alice",
-            role: Role::Developer,
             groups: &groups,
             labels: &labels,
-            profile: None,
+            ..subject(&t("api", "shop"), &ports)
         })
         .map(drop)
     }
@@ -581,6 +706,21 @@ block = ["steal"]
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect()
         };
+        assert!(sel.invalid().is_none());
+        let no_values = LabelSelector {
+            match_expressions: vec![LabelExpression {
+                key: "tier".into(),
+                operator: LabelOperator::In,
+                values: vec![],
+            }],
+            ..LabelSelector::default()
+        };
+        let spec = PolicySpec {
+            selector: Some(no_values),
+            ..PolicySpec::named("empty-in")
+        };
+        let e = Policies::compile(&[spec]).err().unwrap();
+        assert!(e.contains("`tier` with operator In needs values"), "{e}");
         assert!(sel.matches(&l(&[("a", ""), ("c", "2")])));
         assert!(!sel.matches(&l(&[("a", ""), ("b", "x"), ("c", "2")])));
         assert!(!sel.matches(&l(&[("a", ""), ("c", "3")])));
@@ -599,16 +739,8 @@ require_profile = ["mirror-only", "filtered"]
         let ports = [port(PortMode::Mirror, None)];
         let ask = |profile| {
             p.check(&Subject {
-                target: &t("api", "shop"),
-                ports: &ports,
-                catch_all: &[],
-                scale_down: false,
-                context: &ContextRequest::default(),
-                user: "alice",
-                role: Role::Developer,
-                groups: &[],
-                labels: &BTreeMap::new(),
                 profile,
+                ..subject(&t("api", "shop"), &ports)
             })
         };
         let e = ask(None).unwrap_err();
@@ -623,16 +755,10 @@ require_profile = ["mirror-only", "filtered"]
     #[test]
     fn a_policy_that_cannot_be_used_fails_closed() {
         let spec = |name: &str, re: &str| PolicySpec {
-            name: name.into(),
             target: "deployment/api".into(),
-            namespace: "*".into(),
-            users: vec![],
-            roles: vec![],
-            groups: vec![],
-            selector: None,
-            require_profile: vec![],
             block: vec![Blocked::Mirror],
             require_header_filter: Some(re.into()),
+            ..PolicySpec::named(name)
         };
         let specs = [spec("ok", "^x-user: .+$"), spec("bad", "(unclosed")];
         let Err(e) = Policies::compile(&specs) else {
@@ -848,16 +974,10 @@ block = ["steal"]
 
         let scale = |who: (&str, Role)| {
             p.check(&Subject {
-                target: &web,
-                ports: &[port(PortMode::Mirror, None)],
-                catch_all: &[],
                 scale_down: true,
-                context: &ContextRequest::default(),
                 user: who.0,
                 role: who.1,
-                groups: &[],
-                labels: &BTreeMap::new(),
-                profile: None,
+                ..subject(&web, &[port(PortMode::Mirror, None)])
             })
         };
         let e = scale(("root", Role::Admin)).unwrap_err();
@@ -878,6 +998,62 @@ block = ["steal"]
         assert!(check(&p, &dev, &[port(PortMode::Steal, Some("a: b"))], ALICE).is_ok());
     }
 
+    /// `outgoing_allow` does not refuse the session: it binds the connections of one that
+    /// asks for outgoing traffic, one rule per policy; a bad entry fails closed.
+    #[test]
+    fn outgoing_allow_lists_bind_sessions_that_connect() {
+        let p = policies(
+            r#"
+[[policies]]
+name = "db-only"
+namespace = "prod"
+outgoing_allow = ["10.0.0.0/8:5432", "db:5432"]
+[[policies]]
+name = "dns-too"
+namespace = "prod"
+outgoing_allow = ["udp://*:53", "10.0.0.0/8:5432"]
+"#,
+        );
+        let outgoing = ContextRequest {
+            outgoing: true,
+            ..Default::default()
+        };
+        let ask = |ns: &str, context: &ContextRequest| {
+            p.check(&Subject {
+                context,
+                ..subject(&t("web", ns), &[])
+            })
+            .unwrap()
+            .outgoing
+        };
+        let rules = ask("prod", &outgoing);
+        let names: Vec<&str> = rules.iter().map(|r| r.policy.as_str()).collect();
+        assert_eq!(names, ["db-only", "dns-too"]);
+        assert!(ask("prod", &NO_CONTEXT).is_empty(), "no outgoing asked");
+        assert!(ask("dev", &outgoing).is_empty(), "not bound in dev");
+        assert!(p.binding("alice", Role::Developer, &[])[0]
+            .rules
+            .contains("outgoing only to 10.0.0.0/8:5432, db:5432"));
+
+        let spec = PolicySpec {
+            outgoing_allow: Some(vec!["10.0.0.1:http".into()]),
+            ..PolicySpec::named("bad")
+        };
+        let e = Policies::compile(std::slice::from_ref(&spec))
+            .err()
+            .unwrap();
+        assert!(e.contains("outgoing_allow entry `10.0.0.1:http`"), "{e}");
+        let (live, why) = Policies::compile_each(&[(spec, None)]);
+        assert!(why[0].as_deref().unwrap().contains("not a port"));
+        let e = live
+            .check(&Subject {
+                context: &outgoing,
+                ..subject(&t("web", "prod"), &[])
+            })
+            .unwrap_err();
+        assert!(e.contains("cannot be used as written"), "{e}");
+    }
+
     /// `block = ["env", "outgoing", "dns"]`: each refuses a session asking for that part of
     /// the target's context, naming the mirrord.json key that turns it off.
     #[test]
@@ -892,16 +1068,8 @@ block = ["env", "outgoing"]
         );
         let ask = |ns: &str, context: ContextRequest| {
             p.check(&Subject {
-                target: &t("web", ns),
-                ports: &[],
-                catch_all: &[],
-                scale_down: false,
                 context: &context,
-                user: "alice",
-                role: Role::Developer,
-                groups: &[],
-                labels: &BTreeMap::new(),
-                profile: None,
+                ..subject(&t("web", ns), &[])
             })
         };
         let env = ContextRequest {
@@ -932,16 +1100,8 @@ block = ["env", "outgoing"]
     #[test]
     fn bad_policies_are_named() {
         let spec = PolicySpec {
-            name: "p".into(),
-            target: any(),
-            namespace: any(),
-            users: vec![],
-            roles: vec![],
-            groups: vec![],
-            selector: None,
-            require_profile: vec![],
-            block: vec![],
             require_header_filter: Some("(".into()),
+            ..PolicySpec::named("p")
         };
         let e = Policies::compile(&[spec]).err().unwrap();
         assert!(

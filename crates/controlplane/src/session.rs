@@ -500,7 +500,7 @@ impl Actor {
         self.tracker.spawn(async move {
             let _permit = permit;
             let made = tokio::select! {
-                r = if udp { ctx.connect_udp(remote) } else { ctx.connect(remote) } => r,
+                r = me.connect_allowed(&ctx, remote, udp) => r,
                 _ = me.cancel.cancelled() => return,
             };
             let out = match made {
@@ -536,6 +536,32 @@ impl Actor {
                 .carried
                 .add_conn(conn, inbox);
         });
+    }
+
+    /// A connection the policies' allow-lists let through (refused with `EACCES` naming
+    /// the policy otherwise).
+    async fn connect_allowed(
+        &self,
+        ctx: &Arc<dyn crate::backend::TargetContext>,
+        remote: std::net::SocketAddr,
+        udp: bool,
+    ) -> Result<crate::backend::Outgoing, mirrord_protocol::ConnectFailure> {
+        let rules = self
+            .entry
+            .context
+            .as_deref()
+            .map_or(&[][..], |c| &c.allowed[..]);
+        if let Err(message) = crate::destinations::check(rules, ctx.as_ref(), remote, udp).await {
+            tracing::info!(target: "mirrord_operator", session_id = %self.entry.id, %remote, udp, %message, "outgoing connection refused by policy");
+            return Err(mirrord_protocol::ConnectFailure {
+                errno: nix::errno::Errno::EACCES as i32,
+                message,
+            });
+        }
+        match udp {
+            true => ctx.connect_udp(remote).await,
+            false => ctx.connect(remote).await,
+        }
     }
 
     /// An operation on the target's files, within what the session was granted: a write

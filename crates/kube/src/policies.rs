@@ -18,7 +18,7 @@ use mirrord_controlplane::policy::{
     Blocked, LabelSelector, Live, LivePolicies, Policies, PolicySpec,
 };
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -57,6 +57,9 @@ struct Spec {
     block: Vec<String>,
     #[serde(default)]
     require_header_filter: Option<String>,
+    /// Where outgoing connections may go (`10.0.0.0/8:5432`, `udp://*:53`, `db:5432`).
+    #[serde(default)]
+    outgoing_allow: Option<Vec<String>>,
     /// Policies only: the sessions it binds work under one of these profiles.
     #[serde(default)]
     require_profile: Vec<String>,
@@ -148,6 +151,7 @@ impl Seen {
             selector: spec.selector.clone(),
             block,
             require_header_filter: spec.require_header_filter.clone(),
+            outgoing_allow: spec.outgoing_allow.clone(),
             require_profile: spec.require_profile.clone(),
         };
         (policy, problem)
@@ -164,7 +168,7 @@ enum Change {
     Listed(&'static str),
 }
 
-/// Follows both kinds until the operator stops, keeping `live` current.
+/// Follows the three kinds until the operator stops, keeping `live` current.
 pub async fn watch(client: Client, live: Arc<LivePolicies>) {
     let (tx, mut rx) = mpsc::channel::<Change>(64);
     for (kind, plural, _) in KINDS {
@@ -195,12 +199,16 @@ pub async fn watch(client: Client, live: Arc<LivePolicies>) {
     }
     drop(tx);
     let mut seen: BTreeMap<Key, Seen> = BTreeMap::new();
-    let mut listing: BTreeMap<&'static str, Vec<Key>> = BTreeMap::new();
+    // Per kind, while its watch relists: what the listing named so far.
+    let mut listing: BTreeMap<&'static str, BTreeSet<Key>> = BTreeMap::new();
+    let mut listed_once: BTreeSet<&'static str> = BTreeSet::new();
     while let Some(change) = rx.recv().await {
         match change {
             Change::Apply(kind, o) => {
                 let key = key(kind, &o);
-                listing.entry(kind).or_default().push(key.clone());
+                if let Some(names) = listing.get_mut(kind) {
+                    names.insert(key.clone());
+                }
                 let reported = seen.remove(&key).and_then(|s| s.reported);
                 seen.insert(
                     key.clone(),
@@ -218,16 +226,20 @@ pub async fn watch(client: Client, live: Arc<LivePolicies>) {
                 seen.remove(&key(kind, &o));
             }
             Change::Restart(kind) => {
-                listing.insert(kind, Vec::new());
+                listing.insert(kind, BTreeSet::new());
                 continue;
             }
             Change::Listed(kind) => {
                 // What the new listing did not name is gone.
                 let listed = listing.remove(&kind).unwrap_or_default();
                 seen.retain(|k, _| k.0 != kind || listed.contains(k));
+                listed_once.insert(kind);
             }
         }
         apply(&client, &live, &mut seen).await;
+        if listed_once.len() == KINDS.len() {
+            live.loaded();
+        }
     }
 }
 

@@ -256,7 +256,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
         }));
         if let Some(client) = kube_client.clone() {
-            // The cluster's MirrordPolicy / MirrordClusterPolicy resources, beside the TOML's.
+            // The cluster's MirrordPolicy / MirrordClusterPolicy resources, beside the TOML's;
+            // expected before the API serves, so no session opens unjudged.
+            op.live_policies.expect();
             shutdown.spawn_until_cancelled(mirrord_kube::policies::watch(
                 client,
                 Arc::clone(&op.live_policies),

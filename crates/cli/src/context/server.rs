@@ -178,6 +178,20 @@ async fn resolve(ops: &mpsc::Sender<Op>, node: String, family: proto::Family) ->
     }
 }
 
+/// A connection the operator refused (not granted, or outside a policy's allow-list):
+/// said on stderr once per reason, since the process only sees `EACCES`.
+fn refused_once(message: &str) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Bounded: past this, the process is told by errno alone.
+    if said.len() < 32 && !said.iter().any(|m| m == message) {
+        said.push(message.to_owned());
+        eprintln!("mirrordctl: an outgoing connection was refused: {message}");
+    }
+}
+
 async fn connect(
     ops: &mpsc::Sender<Op>,
     out: &mpsc::Sender<ClientMessage>,
@@ -201,7 +215,12 @@ async fn connect(
     }
     let opened = match tokio::time::timeout(OP_TIMEOUT, answer).await {
         Ok(Ok(Ok(o))) => o,
-        Ok(Ok(Err(f))) => return Reply::ConnectFailed { errno: f.errno },
+        Ok(Ok(Err(f))) => {
+            if f.errno == nix::libc::EACCES {
+                refused_once(&f.message);
+            }
+            return Reply::ConnectFailed { errno: f.errno };
+        }
         Ok(Err(_)) => {
             return Reply::ConnectFailed {
                 errno: nix::libc::ENETUNREACH,
