@@ -2,7 +2,8 @@
 //! applied with kubectl, watched by the operator, selecting targets by their workload's
 //! labels and callers by their Kubernetes groups; one that cannot be used says so in its
 //! status and refuses what it would bind (fail closed); deleting one lifts it; a policy can
-//! require a `MirrordProfile`, whose rules bind the sessions that choose it.
+//! require a `MirrordProfile`, whose rules bind the sessions that choose it; outgoing
+//! traffic is blocked, or allowed to listed destinations only.
 
 use mirrord_e2e::kube::{repo, Cluster};
 use mirrord_e2e::{wait_for, Session};
@@ -92,6 +93,10 @@ impl Env {
         k.load_operator_image();
         k.load_agent_image();
         k.kubectl(&["create", "namespace", &ns]);
+        // Helm creates CRDs but never updates them: a cluster kept from an older chart
+        // gets the current schemas (as an upgrade's notes tell a user to).
+        let crds = repo().join("deploy/helm/mirrord-operator/crds");
+        k.kubectl(&["apply", "-f", &crds.display().to_string()]);
         k.apply(&WORKLOADS.replace("NS", &ns));
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
@@ -182,6 +187,49 @@ impl Env {
         ];
         args.extend_from_slice(extra);
         Session::start_kube(kubeconfig, &self.home, &args)
+    }
+
+    /// `mirrordctl exec` of `sh -c script` on `deployment/target`, with outgoing traffic
+    /// (mirrord's defaults) and no files.
+    fn exec(
+        &self,
+        kubeconfig: &std::path::Path,
+        target: &str,
+        script: &str,
+    ) -> std::process::Output {
+        let target = format!("deployment/{target}");
+        mirrord_e2e::kube_ctl_command(kubeconfig, &self.home)
+            .args([
+                "exec",
+                "-t",
+                &target,
+                "-n",
+                &self.ns,
+                "--fs-mode",
+                "local",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .output()
+            .expect("run mirrordctl")
+    }
+
+    fn pod_ip(&self, run: &str) -> String {
+        self.k
+            .kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                &self.ns,
+                "-l",
+                &format!("run={run}"),
+                "-o",
+                "jsonpath={.items[0].status.podIP}",
+            ])
+            .trim()
+            .to_owned()
     }
 
     fn ready(&self, kind: &str, name: &str, ns: Option<&str>) -> (String, String) {
@@ -307,5 +355,41 @@ fn policy_resources_are_watched_and_select_by_label_and_group() {
     drop(
         env.steal(&alice, "web", &[])
             .expect("alice is not an intern"),
+    );
+
+    // Outgoing traffic: blocked on payments; on web, allowed to payments' pod only.
+    let payments_ip = env.pod_ip("payments");
+    let web_ip = env.pod_ip("web");
+    env.k.apply(&format!(
+        "apiVersion: policies.mirrord.dev/v1\nkind: MirrordPolicy\nmetadata: {{name: payments-no-egress, namespace: {ns}}}\nspec:\n  targetPath: deployment/payments\n  block: [outgoing]\n---\napiVersion: policies.mirrord.dev/v1\nkind: MirrordPolicy\nmetadata: {{name: web-egress, namespace: {ns}}}\nspec:\n  targetPath: deployment/web\n  outgoingAllow: [\"{payments_ip}:80\"]\n"
+    ));
+    env.wait_ready("mirrordpolicy", "payments-no-egress", Some(&ns), "True");
+    env.wait_ready("mirrordpolicy", "web-egress", Some(&ns), "True");
+    let out = env.exec(&alice, "payments", "echo ran");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "blocked by policy `MirrordPolicy {ns}/payments-no-egress`: outgoing connections from deployment/payments"
+        )) && !String::from_utf8_lossy(&out.stdout).contains("ran"),
+        "{err}"
+    );
+    let out = env.exec(
+        &alice,
+        "web",
+        &format!(
+            "curl -sS --max-time 20 http://{payments_ip}/; curl -sS --max-time 20 http://{web_ip}/; echo \"curl exit $?\""
+        ),
+    );
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.ends_with("\npod\ncurl exit 7\n"), "{stdout}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "blocked by policy `MirrordPolicy {ns}/web-egress`: TCP {web_ip}:80 is not in its outgoing allow-list ({payments_ip}:80)"
+        )),
+        "{err}"
     );
 }
