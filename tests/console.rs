@@ -35,6 +35,10 @@ impl Fixture {
         let op = Operator::start_with(OperatorOptions {
             targets: upstream_target("api", 80, listen, target.addr),
             env: vec![("OPERATOR_CONSOLE_ADDR".into(), console.to_string())],
+            // One binds every developer, one only interns: the console shows an admin both.
+            extra_config: "[[policies]]\nname = \"interns-mirror-only\"\nusers = [\"intern-*\"]\nblock = [\"steal\"]\n\
+                           [[policies]]\nname = \"no-scale-down\"\nblock = [\"scale_down\"]\noutgoing_allow = [\"10.0.0.0/8:5432\"]\n"
+                .into(),
             ..Default::default()
         });
         Self {
@@ -520,6 +524,13 @@ async fn chromium_logs_in_sees_a_live_session_and_its_events_kills_it_as_admin_a
         "return !!document.querySelector('#event-list li[data-message=\"Port Mirrored\"]')",
     )
     .await;
+    // The admin sees every policy with its rules; bob (below) the one that binds him.
+    until(
+        &c,
+        "both policies",
+        "return [...document.querySelectorAll('#policy-table tbody tr')].map(r => r.dataset.policy).join() == 'interns-mirror-only,no-scale-down' && document.querySelector('tr[data-policy=\"no-scale-down\"]').textContent.includes('outgoing only to 10.0.0.0/8:5432')",
+    )
+    .await;
     screenshot(&c, "console-admin.png").await;
 
     // bob, another developer, does not see alice's session and may not kill it.
@@ -533,6 +544,12 @@ async fn chromium_logs_in_sees_a_live_session_and_its_events_kills_it_as_admin_a
     .await;
     let visible = c.execute(&row, vec![]).await.unwrap();
     assert_eq!(visible, Value::Bool(false), "bob sees alice's session");
+    until(
+        &c,
+        "only the policy that binds bob",
+        "return [...document.querySelectorAll('#policy-table tbody tr')].map(r => r.dataset.policy).join() == 'no-scale-down'",
+    )
+    .await;
     let refused = c
         .execute_async(
             "const done = arguments[arguments.length - 1];

@@ -59,12 +59,17 @@ struct Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let _ = self.k.try_kubectl(&[
-            "delete",
-            "mirrordclusterpolicy",
-            &format!("interns-{}", self.ns),
-            "--ignore-not-found",
-        ]);
+        for (kind, name) in [
+            ("mirrordclusterpolicy", "interns"),
+            ("mirrordprofile", "mirror-only"),
+        ] {
+            let _ = self.k.try_kubectl(&[
+                "delete",
+                kind,
+                &format!("{name}-{}", self.ns),
+                "--ignore-not-found",
+            ]);
+        }
         let _ = std::process::Command::new(repo().join("scripts/helm"))
             .args(["uninstall", &self.release, "-n", &self.ns, "--wait"])
             .status();
@@ -174,10 +179,21 @@ impl Env {
         target: &str,
         extra: &[&str],
     ) -> Result<Session, String> {
+        self.open("steal", kubeconfig, target, extra)
+    }
+
+    /// A `mode` (`steal`, `mirror`) session on `target`'s port 80.
+    fn open(
+        &self,
+        mode: &str,
+        kubeconfig: &std::path::Path,
+        target: &str,
+        extra: &[&str],
+    ) -> Result<Session, String> {
         let port = format!("80={}", local());
         let target = format!("deployment/{target}");
         let mut args = vec![
-            "steal",
+            mode,
             "--target",
             &target,
             "--namespace",
@@ -356,6 +372,60 @@ fn policy_resources_are_watched_and_select_by_label_and_group() {
         env.steal(&alice, "web", &[])
             .expect("alice is not an intern"),
     );
+
+    // A policy requires profile mirror-only on web: without it a session is refused; with
+    // it a steal is refused naming the profile, a mirror is allowed; an unknown profile is
+    // refused naming the known ones; status lists the policy for alice.
+    let profile = format!("mirror-only-{ns}");
+    env.k.apply(&format!(
+        "apiVersion: policies.mirrord.dev/v1\nkind: MirrordProfile\nmetadata: {{name: {profile}}}\nspec:\n  block: [steal]\n---\napiVersion: policies.mirrord.dev/v1\nkind: MirrordPolicy\nmetadata: {{name: web-needs-profile, namespace: {ns}}}\nspec:\n  targetPath: deployment/web\n  requireProfile: [{profile}]\n"
+    ));
+    env.wait_ready("mirrordprofile", &profile, None, "True");
+    env.wait_ready("mirrordpolicy", "web-needs-profile", Some(&ns), "True");
+    let err = env.steal(&alice, "web", &[]).err().expect("no profile");
+    assert!(
+        err.contains(&format!("blocked by policy `MirrordPolicy {ns}/web-needs-profile`: sessions on deployment/web (namespace {ns}) work under profile `{profile}`")),
+        "{err}"
+    );
+    let err = env
+        .steal(&alice, "web", &["--profile", &profile])
+        .err()
+        .expect("the profile allows no steal");
+    assert!(
+        err.contains(&format!(
+            "blocked by policy `MirrordProfile {profile}`: stealing from deployment/web"
+        )),
+        "{err}"
+    );
+    let mirror = env
+        .open("mirror", &alice, "web", &["--profile", &profile])
+        .expect("the profile allows mirroring");
+    let status = mirrord_e2e::kube_ctl_command(&alice, &env.home)
+        .args(["status", "-n", &ns])
+        .output()
+        .unwrap();
+    let status = format!(
+        "{}{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        status.contains(&format!(
+            "MirrordPolicy {ns}/web-needs-profile: sessions work under profile {profile}"
+        )),
+        "{status}"
+    );
+    drop(mirror);
+    let err = env
+        .open("mirror", &alice, "web", &["--profile", "nope"])
+        .err()
+        .expect("unknown profile");
+    assert!(
+        err.contains("there is no profile `nope`; profiles: ") && err.contains(&profile),
+        "{err}"
+    );
+    env.k
+        .kubectl(&["delete", "mirrordpolicy", "web-needs-profile", "-n", &ns]);
 
     // Outgoing traffic: blocked on payments; on web, allowed to payments' pod only.
     let payments_ip = env.pod_ip("payments");

@@ -33,6 +33,9 @@ pub struct Endpoint {
     pub via: Via,
     /// For the connection, TLS (or the API server's upgrade) and Hello/Welcome.
     pub connect_timeout: Duration,
+    /// Where the API server authorizes requests that concern no target (`status`,
+    /// `sessions`, `console login`); the kubeconfig context's when `None`.
+    pub namespace: Option<String>,
 }
 
 /// How to reach the operator.
@@ -237,7 +240,7 @@ async fn greet(io: Io) -> anyhow::Result<(Transport, Welcome)> {
 
 /// One request, one answer (status, kill). The operator's refusal is a [`Refused`] error.
 pub async fn request(ep: &Endpoint, msg: ClientMessage) -> anyhow::Result<ServerMessage> {
-    let (mut t, _) = connect(ep, None).await?;
+    let (mut t, _) = connect(ep, ep.namespace.as_deref()).await?;
     t.send(msg).await?;
     match t.next().await {
         Some(Ok(ServerMessage::Error(e))) => Err(Refused(e).into()),

@@ -127,6 +127,8 @@ enum Command {
         /// The same as `-o json`.
         #[arg(long, conflicts_with = "output")]
         json: bool,
+        #[command(flatten)]
+        api: ApiNamespace,
     },
     /// Print a shell completion script (`mirrordctl completions bash > /etc/bash_completion.d/mirrordctl`).
     Completions {
@@ -151,7 +153,19 @@ enum Command {
 enum ConsoleCommand {
     /// Print a login link for your browser: valid for a minute, usable once, and it logs
     /// you in with your credentials' user and role (a developer sees their own sessions).
-    Login,
+    Login {
+        #[command(flatten)]
+        api: ApiNamespace,
+    },
+}
+
+/// Through a kubeconfig, the API server authorizes every request in a namespace: a user
+/// bound to the chart's role in one namespace only asks there.
+#[derive(clap::Args)]
+struct ApiNamespace {
+    /// The namespace the API server authorizes you in [default: the kubeconfig context's]
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +176,8 @@ enum SessionsCommand {
         /// yaml.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: status::Output,
+        #[command(flatten)]
+        api: ApiNamespace,
     },
     /// End sessions now; their ports go back to the target.
     Kill {
@@ -170,6 +186,8 @@ enum SessionsCommand {
         /// Every session, of every user.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        #[command(flatten)]
+        api: ApiNamespace,
     },
 }
 
@@ -401,9 +419,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     if generate(&cli.command)? {
         return Ok(exit::OK);
     }
-    let ep = Endpoint {
+    let mut ep = Endpoint {
         via: via(cli.credentials, cli.context)?,
         connect_timeout: cli.connect_timeout,
+        namespace: None,
     };
     match cli.command {
         Command::Steal {
@@ -443,20 +462,28 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .plan(ModeChoice::Flag(mode), &ep.default_namespace().await?)?;
             session::run(&ep, plan, Some(command)).await
         }
-        Command::Status { output, json } => {
+        Command::Status { output, json, api } => {
             let output = if json { status::Output::Json } else { output };
+            ep.namespace = api.namespace;
             status::show(&ep, output, false).await
         }
         Command::Sessions {
-            command: SessionsCommand::List { output },
-        } => status::show(&ep, output, true).await,
+            command: SessionsCommand::List { output, api },
+        } => {
+            ep.namespace = api.namespace;
+            status::show(&ep, output, true).await
+        }
         Command::Console {
-            command: ConsoleCommand::Login,
-        } => status::console_login(&ep).await,
+            command: ConsoleCommand::Login { api },
+        } => {
+            ep.namespace = api.namespace;
+            status::console_login(&ep).await
+        }
         Command::Completions { .. } | Command::Man => unreachable!("handled by generate"),
         Command::Sessions {
-            command: SessionsCommand::Kill { ids, all },
+            command: SessionsCommand::Kill { ids, all, api },
         } => {
+            ep.namespace = api.namespace;
             let ids = ids
                 .iter()
                 .map(|s| s.parse::<SessionId>().map_err(|e| Usage(e.to_string())))

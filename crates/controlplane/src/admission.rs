@@ -327,21 +327,25 @@ pub fn admit(
 /// The config file's policies, then the cluster's: the first one broken refuses; otherwise
 /// what they all narrow the session to.
 fn check_policies(op: &Operator, s: &Subject<'_>) -> Result<Verdict, Refusal> {
-    let mut required = op.policies.check(s).map_err(Refusal::Policy)?;
     let live = op.live_policies.get();
-    required.extend(live.policies.check(s).map_err(Refusal::Policy)?);
-    if let Some(name) = s.profile {
-        let Some(profile) = live.profiles.get(name) else {
+    // An unknown profile first: what a policy requiring one would say does not help.
+    let profile = match s.profile {
+        None => None,
+        Some(name) => Some(live.profiles.get(name).ok_or_else(|| {
             let known: Vec<&str> = live.profiles.keys().map(String::as_str).collect();
-            return Err(Refusal::Policy(format!(
+            Refusal::Policy(format!(
                 "there is no profile `{name}`; profiles: {}",
                 if known.is_empty() {
                     "none".into()
                 } else {
                     known.join(", ")
                 }
-            )));
-        };
+            ))
+        })?),
+    };
+    let mut required = op.policies.check(s).map_err(Refusal::Policy)?;
+    required.extend(live.policies.check(s).map_err(Refusal::Policy)?);
+    if let Some(profile) = profile {
         required.extend(profile.check(s).map_err(Refusal::Policy)?);
     }
     Ok(required)

@@ -121,17 +121,37 @@ impl Operator {
             copies,
             sessions,
             omitted_sessions: 0,
-            policies: {
-                let groups = caller.kubernetes_groups().unwrap_or_default();
-                let mut p = self.policies.binding(caller.user(), caller.role, groups);
-                p.extend(self.live_policies.get().policies.binding(
-                    caller.user(),
-                    caller.role,
-                    groups,
-                ));
-                p
-            },
+            policies: self.status_policies(caller),
         }
+    }
+
+    /// The policies the console shows `caller`: an admin (who manages them) every one, a
+    /// developer those that bind them; with every profile anyone may choose.
+    pub fn policies_seen_by(&self, caller: &Caller) -> Vec<mirrord_protocol::PolicyInfo> {
+        let live = self.live_policies.get();
+        let mut seen = match caller.role {
+            mirrord_identity::Role::Admin => {
+                let mut all = self.policies.all();
+                all.extend(live.policies.all());
+                all
+            }
+            _ => self.status_policies(caller),
+        };
+        seen.extend(live.profiles.values().flat_map(Policies::all));
+        seen
+    }
+
+    /// The policies that bind `caller` (TOML, then the cluster's).
+    fn status_policies(&self, caller: &Caller) -> Vec<mirrord_protocol::PolicyInfo> {
+        let groups = caller.kubernetes_groups().unwrap_or_default();
+        let mut p = self.policies.binding(caller.user(), caller.role, groups);
+        p.extend(
+            self.live_policies
+                .get()
+                .policies
+                .binding(caller.user(), caller.role, groups),
+        );
+        p
     }
 
     fn license_summary(&self) -> Option<LicenseSummary> {

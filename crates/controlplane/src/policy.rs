@@ -314,6 +314,21 @@ impl Policy {
             );
             targets.push_str(&format!(", labelled {}", terms.join(", ")));
         }
+        let who = [
+            ("users", s.users.join(", ")),
+            (
+                "roles",
+                s.roles
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            ("groups", s.groups.join(", ")),
+        ];
+        for (what, list) in who.iter().filter(|(_, l)| !l.is_empty()) {
+            targets.push_str(&format!(", for {what} {list}"));
+        }
         let mut rules = Vec::new();
         if !s.block.is_empty() {
             let blocks: Vec<String> = s.block.iter().map(|b| format!("{b:?}")).collect();
@@ -508,6 +523,11 @@ impl Policies {
             })
             .map(Policy::info)
             .collect()
+    }
+
+    /// Every policy, as status shows them.
+    pub fn all(&self) -> Vec<mirrord_protocol::PolicyInfo> {
+        self.0.iter().map(Policy::info).collect()
     }
 
     /// The config file's policies: one that cannot be used stops the operator's start.

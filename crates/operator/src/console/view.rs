@@ -1,6 +1,7 @@
 //! The console's JSON view of the operator: the control plane's status report for the
 //! caller (what `mirrordctl status` shows, filtered by role the same way), plus the
-//! per-target holds and the stolen-request counters the telemetry already keeps.
+//! per-target holds and the stolen-request counters the telemetry already keeps, and the
+//! policies (an admin sees every one, a developer those that bind them).
 
 use super::auth::BrowserSession;
 use mirrord_controlplane::Operator;
@@ -41,6 +42,16 @@ pub fn status(op: &Operator, session: &BrowserSession) -> Value {
             "session_id": c.session_id.to_string(),
         })).collect::<Vec<_>>(),
         "targets": targets(op, &report.sessions),
+        "policies_scope": match session.caller.role {
+            mirrord_identity::Role::Admin => "all",
+            _ => "binding",
+        },
+        "policies": op.policies_seen_by(&session.caller).iter().map(|p| json!({
+            "name": p.name,
+            "targets": p.targets,
+            "rules": p.rules,
+            "problem": p.problem,
+        })).collect::<Vec<_>>(),
         "sessions": sessions,
     })
 }

@@ -55,7 +55,22 @@ function render() {
   renderCopies();
   renderSessions();
   renderTargets();
+  renderPolicies();
   sample();
+}
+
+function renderPolicies() {
+  $("policies-scope").textContent = status.policies_scope === "all"
+    ? "(all of them, and the profiles)" : "(those that bind you, and the profiles)";
+  const body = $("policy-table").tBodies[0];
+  body.replaceChildren(...status.policies.map((p) => {
+    const tr = el("tr");
+    tr.dataset.policy = p.name;
+    const state = el("td", p.problem ? "refuses what it binds: " + p.problem : "in force",
+      p.problem ? "error" : "");
+    tr.append(el("td", p.name), el("td", p.targets), el("td", p.rules || "none"), state);
+    return tr;
+  }));
 }
 
 function renderCopies() {
