@@ -561,3 +561,53 @@ block = ["steal"]
     );
     assert!(!text.contains("interns-mirror-only"), "{text}");
 }
+
+/// Issue 30: profiles on one machine (`[[profiles]]`): a policy requiring one refuses a
+/// session without it; the profile's rules bind the sessions that choose it; an unknown
+/// one is refused naming the known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_from_the_config_file_bind_the_sessions_that_choose_them() {
+    let target = HttpServer::start("target").await;
+    let op = Operator::start_with(OperatorOptions {
+        targets: upstream_target("payments", 80, free_addr(), target.addr),
+        extra_config: r#"
+[[profiles]]
+name = "mirror-only"
+block = ["steal"]
+[[policies]]
+name = "payments-needs-a-profile"
+target = "deployment/payments"
+require_profile = ["mirror-only"]
+"#
+        .into(),
+        ..Default::default()
+    });
+    let alice = op.issue("alice");
+    let p = format!("80={}", idle_local());
+    let open = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--target", "payments", "--port", &p]);
+        Session::start(&alice, &all)
+    };
+    let err = open(&["steal"]).err().expect("no profile");
+    assert!(
+        err.contains("blocked by policy `payments-needs-a-profile`: sessions on deployment/payments (namespace default) work under profile `mirror-only`"),
+        "{err}"
+    );
+    let err = open(&["steal", "--profile", "mirror-only"])
+        .err()
+        .expect("the profile allows no steal");
+    assert!(
+        err.contains("blocked by policy `profile mirror-only`: stealing from deployment/payments"),
+        "{err}"
+    );
+    let mirror = open(&["mirror", "--profile", "mirror-only"]);
+    assert!(mirror.is_ok(), "{:?}", mirror.err());
+    let err = open(&["mirror", "--profile", "nope"])
+        .err()
+        .expect("unknown profile");
+    assert!(
+        err.contains("there is no profile `nope`; profiles: mirror-only"),
+        "{err}"
+    );
+}

@@ -331,17 +331,27 @@ fn check_policies(op: &Operator, s: &Subject<'_>) -> Result<Verdict, Refusal> {
     // An unknown profile first: what a policy requiring one would say does not help.
     let profile = match s.profile {
         None => None,
-        Some(name) => Some(live.profiles.get(name).ok_or_else(|| {
-            let known: Vec<&str> = live.profiles.keys().map(String::as_str).collect();
-            Refusal::Policy(format!(
-                "there is no profile `{name}`; profiles: {}",
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                }
-            ))
-        })?),
+        Some(name) => Some(
+            op.profiles
+                .get(name)
+                .or(live.profiles.get(name))
+                .ok_or_else(|| {
+                    let known: Vec<&str> = op
+                        .profiles
+                        .keys()
+                        .chain(live.profiles.keys())
+                        .map(String::as_str)
+                        .collect();
+                    Refusal::Policy(format!(
+                        "there is no profile `{name}`; profiles: {}",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ))
+                })?,
+        ),
     };
     let mut required = op.policies.check(s).map_err(Refusal::Policy)?;
     required.extend(live.policies.check(s).map_err(Refusal::Policy)?);

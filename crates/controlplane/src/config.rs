@@ -22,6 +22,10 @@ pub struct Config {
     pub license: Option<LicenseConfig>,
     #[serde(default)]
     pub policies: Vec<crate::policy::PolicySpec>,
+    /// Named rules a session takes on by choosing them (`--profile`): `name`, `block`,
+    /// `require_header_filter`, `outgoing_allow`.
+    #[serde(default)]
+    pub profiles: Vec<crate::policy::PolicySpec>,
     /// The web console (off unless listed, or `--console-addr` is given).
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
@@ -342,6 +346,7 @@ impl Config {
                 .map_err(|e| err(format!("[license] public_key: {e}")))?;
         }
         crate::policy::Policies::compile(&cfg.policies).map_err(err)?;
+        crate::policy::Policies::compile_profiles(&cfg.profiles).map_err(err)?;
         Ok(cfg)
     }
 }

@@ -35,6 +35,8 @@ pub struct Operator {
     pub limits: Limits,
     pub licensing: Arc<Licensing>,
     pub policies: Policies,
+    /// The config file's `[[profiles]]`, by name (a cluster's are in `live_policies`).
+    pub profiles: std::collections::BTreeMap<String, Policies>,
     /// A cluster's policy resources, as the Kubernetes backend last compiled them.
     pub live_policies: Arc<crate::policy::LivePolicies>,
     /// In a cluster: asks the API server what a Kubernetes user may do.
@@ -64,6 +66,8 @@ pub struct Parts {
     pub limits: Limits,
     pub licensing: Arc<Licensing>,
     pub policies: Policies,
+    /// The config file's `[[profiles]]`, by name.
+    pub profiles: std::collections::BTreeMap<String, Policies>,
     pub rbac: Option<Arc<dyn Rbac>>,
     pub registered: Option<Arc<crate::trust::Registered>>,
     /// The process's lifecycle: sessions run as its tasks, so stopping waits for them.
@@ -87,6 +91,7 @@ impl Operator {
             limits: p.limits,
             licensing: p.licensing,
             policies: p.policies,
+            profiles: p.profiles,
             live_policies: Arc::default(),
             rbac: p.rbac,
             registered: p.registered,
@@ -137,6 +142,7 @@ impl Operator {
             }
             _ => self.status_policies(caller),
         };
+        seen.extend(self.profiles.values().flat_map(Policies::all));
         seen.extend(live.profiles.values().flat_map(Policies::all));
         seen
     }

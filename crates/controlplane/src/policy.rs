@@ -542,6 +542,35 @@ impl Policies {
             .map(Policies)
     }
 
+    /// The config file's profiles by name, each a policy binding the sessions that choose
+    /// it (named `profile NAME` in refusals); one that selects anything, or a name given
+    /// twice, stops the operator's start.
+    pub fn compile_profiles(specs: &[PolicySpec]) -> Result<BTreeMap<String, Self>, String> {
+        let mut profiles = BTreeMap::new();
+        for s in specs {
+            let plain = PolicySpec::named(&s.name);
+            let selects = s.target != plain.target
+                || s.namespace != plain.namespace
+                || !s.users.is_empty()
+                || !s.roles.is_empty()
+                || !s.groups.is_empty()
+                || s.selector.is_some()
+                || !s.require_profile.is_empty();
+            if selects {
+                return Err(format!("profile `{}`: a profile binds the sessions that choose it; target, namespace, users, roles, groups, selector and require_profile are a policy's", s.name));
+            }
+            let spec = PolicySpec {
+                name: format!("profile {}", s.name),
+                ..s.clone()
+            };
+            let compiled = Self::compile(std::slice::from_ref(&spec))?;
+            if profiles.insert(s.name.clone(), compiled).is_some() {
+                return Err(format!("profile `{}` is given twice", s.name));
+            }
+        }
+        Ok(profiles)
+    }
+
     /// Policies that change while the operator runs (resources of the cluster), each with
     /// what is already known to be wrong with it (an unknown `block`): each one that cannot
     /// be used is kept, failing closed, and its reason given back beside it.
@@ -1115,6 +1144,24 @@ block = ["env", "outgoing"]
         };
         assert!(ask("prod", dns).is_ok());
         assert!(ask("dev", env).is_ok());
+    }
+
+    #[test]
+    fn profiles_select_nothing_and_are_named_once() {
+        let mirror_only = PolicySpec {
+            block: vec![Blocked::Steal],
+            ..PolicySpec::named("mirror-only")
+        };
+        let profiles = Policies::compile_profiles(std::slice::from_ref(&mirror_only)).unwrap();
+        assert_eq!(profiles["mirror-only"].all()[0].name, "profile mirror-only");
+        let twice = Policies::compile_profiles(&[mirror_only.clone(), mirror_only.clone()]);
+        assert!(twice.err().unwrap().contains("given twice"));
+        let selecting = PolicySpec {
+            namespace: "prod".into(),
+            ..mirror_only
+        };
+        let e = Policies::compile_profiles(&[selecting]).err().unwrap();
+        assert!(e.contains("are a policy's"), "{e}");
     }
 
     #[test]

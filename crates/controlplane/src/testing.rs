@@ -123,6 +123,7 @@ pub fn operator_with(
         limits,
         licensing: Arc::new(mirrord_license::Licensing::new(None, None, &state)),
         policies,
+        profiles: Default::default(),
         rbac: None,
         registered: None,
         shutdown: Default::default(),

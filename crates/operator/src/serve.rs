@@ -244,6 +244,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
         let policies = Policies::compile(&config.policies).map_err(anyhow::Error::msg)?;
+        let profiles = Policies::compile_profiles(&config.profiles).map_err(anyhow::Error::msg)?;
         let op = Arc::new(Operator::new(Parts {
             backend,
             telemetry,
@@ -251,6 +252,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             limits: config.limits.clone(),
             licensing,
             policies,
+            profiles,
             rbac,
             registered: Some(tls.registered()),
             shutdown: shutdown.clone(),
