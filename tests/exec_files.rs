@@ -377,8 +377,8 @@ fn write_mode_writes_back_and_is_an_admins_right() {
         ok && out.contains("through-an-exec\nwritten-remotely"),
         "{out}\n{err}"
     );
-    // A descriptor bash never closes goes back at its exit (dash ends with `_exit`, which
-    // runs no exit handler: what it left open is lost, as the README says).
+    // A descriptor bash never closes goes back at its exit (the layer's exit hook; under
+    // dash, which ends with `_exit`, mirrordctl's flush when the process ends).
     let (ok, out, err) = exec(
         &f,
         &admin,
@@ -395,6 +395,16 @@ fn write_mode_writes_back_and_is_an_admins_right() {
         &format!("cat {app}/at-exit"),
     );
     assert!(ok && out.contains("at-exit"), "{out}\n{err}");
+    // A write of the same length at once after the open (no truncation: the copy's size
+    // and coarse time alone would not move) is written back.
+    let (ok, out, err) = exec(
+        &f,
+        &admin,
+        &[],
+        &cfg,
+        &format!("python3 -c \"f = open('{app}/config.yaml', 'r+'); f.write('W'); f.close()\""),
+    );
+    assert!(ok, "{out}\n{err}");
     // Another session reads what the first wrote back; this machine's file is untouched.
     let read = config(&f, r#"{"read_only": "^APP"}"#);
     let (ok, out, err) = exec(
@@ -404,7 +414,7 @@ fn write_mode_writes_back_and_is_an_admins_right() {
         &read,
         &format!("cat {app}/config.yaml"),
     );
-    assert!(ok && out.contains("written-remotely"), "{out}\n{err}");
+    assert!(ok && out.contains("Written-remotely"), "{out}\n{err}");
     assert_eq!(
         std::fs::read_to_string(f.app.join("config.yaml")).unwrap(),
         "local-config\n"

@@ -6,8 +6,13 @@
 //! A copy opened for writing is written back when the layer says the process closed or synced it, and once more,
 //! if it changed since, when the process ends ([`Copies::flush`]): a descriptor handed to a program it `exec`s
 //! (`cat a > /data/out`), or left open by a shell that ends with `_exit`, is written back too. Write-backs of
-//! one copy never interleave, and a copy that did not change is not written (an `O_RDWR` open only read leaves
-//! the target's file as it is).
+//! one target path never interleave (whichever copies they come from), the target's file is cut to its new
+//! length only by the last chunk (never left empty while the rest is on its way), and a copy that did not
+//! change is not written (an `O_RDWR` open only read leaves the target's file as it is).
+//!
+//! Whether a copy changed is its modification time and size. The kernel's file times are coarse (a few ms), so a
+//! copy's time is set back to the target file's own when it is fetched and after each write-back: a write of the
+//! same length right after (`echo 1 > f` over `0`) still moves it.
 
 use super::{Ask, FileGot, Op};
 use mirrord_layer_proto::{Reply, Request, Stat};
@@ -34,6 +39,8 @@ pub struct Copies {
     dir: PathBuf,
     next: AtomicU64,
     writable: Mutex<HashMap<PathBuf, Arc<Writable>>>,
+    /// One write-back at a time per target path.
+    writing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// A file operation failed for a reason the developer should know (said once).
     warned: AtomicBool,
 }
@@ -42,7 +49,26 @@ pub struct Copies {
 /// matched the target's file (as fetched, or as last written back).
 struct Writable {
     path: String,
+    /// The target file's modification time when fetched: the copy's between writes.
+    fetched: SystemTime,
     seen: tokio::sync::Mutex<Option<(SystemTime, u64)>>,
+}
+
+/// Sets `local`'s modification time back to `at` (never to within the last second, where
+/// a write could leave it unchanged), and says what it now looks like.
+fn settle(local: &Path, at: SystemTime) -> Option<(SystemTime, u64)> {
+    let latest = SystemTime::now() - Duration::from_secs(1);
+    let file = std::fs::File::options().write(true).open(local).ok()?;
+    file.set_modified(at.min(latest)).ok()?;
+    mark(local)
+}
+
+/// A `FileStat` time as a `SystemTime`.
+fn time_of((secs, nanos): (i64, u32)) -> SystemTime {
+    match u64::try_from(secs) {
+        Ok(s) => SystemTime::UNIX_EPOCH + Duration::new(s, nanos),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    }
 }
 
 /// A copy's modification time and size: whether it changed.
@@ -58,14 +84,16 @@ impl Copies {
             dir,
             next: AtomicU64::new(0),
             writable: Mutex::default(),
+            writing: Mutex::default(),
             warned: AtomicBool::new(false),
         })
     }
 
-    fn track(&self, local: &Path, path: String) {
+    fn track(&self, local: &Path, path: String, fetched: SystemTime) {
         let w = Writable {
             path,
-            seen: tokio::sync::Mutex::new(mark(local)),
+            fetched,
+            seen: tokio::sync::Mutex::new(settle(local, fetched)),
         };
         self.writable
             .lock()
@@ -114,8 +142,21 @@ impl Copies {
         if now.is_some() && now == *seen {
             return Ok(());
         }
+        let path_lock = Arc::clone(
+            self.writing
+                .lock()
+                .expect("copies lock")
+                .entry(w.path.clone())
+                .or_default(),
+        );
+        let _writing = path_lock.lock().await;
         write_back(ops, local, w.path.clone()).await?;
-        *seen = now;
+        // What a write from now on is compared with; a copy written to while this went is
+        // left as it is, and differs from `now`: written back again at its next turn.
+        *seen = match mark(local) == now {
+            true => settle(local, w.fetched).or(now),
+            false => now,
+        };
         Ok(())
     }
 
@@ -322,7 +363,7 @@ async fn open(
                 }
             };
             if write {
-                copies.track(&local, path);
+                copies.track(&local, path, time_of(s.mtime));
             }
             let mut st = stat(&s);
             st.size = written;
@@ -391,11 +432,13 @@ async fn write_back(ops: &mpsc::Sender<Op>, local: &Path, path: String) -> Resul
             .await
             .map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EIO))?;
         let n = data.len() as u64;
+        // Only the last chunk cuts the file to its length: until then the target's file
+        // keeps its old bytes past what was written, never shorter or empty.
         let req = FileRequest::Write {
             path: path.clone(),
             offset,
             data,
-            truncate: offset == 0,
+            truncate: n < MAX_WRITE_CHUNK as u64,
         };
         match ask_plain(ops, req).await? {
             FileGot::Answer(FileAnswer::Done) => {}
