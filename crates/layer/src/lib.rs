@@ -60,6 +60,13 @@ static WRITE_BACK_AT_EXIT: extern "C" fn() = {
     extern "C" fn write_back_at_exit() {
         let _ = std::panic::catch_unwind(|| {
             if let Some(_guard) = guard::Guard::enter() {
+                // glibc flushes stdio streams only after the `.fini_array` entries: what an
+                // `fopen`ed remote file still buffers must reach its copy first.
+                // SAFETY: fflush(NULL) flushes every open stream; it takes no pointer of ours.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::fflush(std::ptr::null_mut());
+                }
                 files::write_back_all();
             }
         });

@@ -311,6 +311,8 @@ async fn open(
         exclusive: flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL,
     };
     let local = copies.next();
+    // One deadline for the answer and the bytes, inside the layer's own wait.
+    let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
     match ask(ops, copies, req, OPEN_TIMEOUT).await? {
         FileGot::Answer(FileAnswer::Dir { stat: s, entries }) => {
             // Off this (single) thread: a large listing is many files to make.
@@ -341,7 +343,7 @@ async fn open(
                 Ok::<_, std::io::Error>(written)
             };
             // Within the layer's own wait: a stream that stalls is given up, not held.
-            let copied = tokio::time::timeout(OPEN_TIMEOUT, copied)
+            let copied = tokio::time::timeout_at(deadline, copied)
                 .await
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
             let _ = out.send(ClientMessage::ConnClose { conn }).await;
