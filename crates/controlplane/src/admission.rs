@@ -192,7 +192,7 @@ pub async fn authorize(
     }
     if req.context.files.writes() && !caller.role.is_admin() {
         return Err(Refusal::Forbidden(format!(
-            "writing the files of {} (namespace {}) changes them for everyone: only an admin may, and you are a {}; use feature.fs.mode `read`",
+            "writing the files of {} (namespace {}) changes them for everyone: only an admin may, and you are a {}; use feature.fs.mode `read` without `read_write` patterns",
             req.target, req.target.namespace, caller.role
         )));
     }

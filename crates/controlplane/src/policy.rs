@@ -40,7 +40,7 @@ pub enum Blocked {
     Dns,
     /// Reading the target's files (`feature.fs.mode` `read`, `localwithoverrides`, `write`).
     FileRead,
-    /// Writing the target's files (`feature.fs.mode` `write`).
+    /// Writing the target's files (`feature.fs.mode` `write`, or `read_write` patterns).
     FileWrite,
 }
 
@@ -417,7 +417,9 @@ impl Policy {
                 Blocked::Env => "set `feature.env` to false",
                 Blocked::Outgoing => "set `feature.network.outgoing` to false",
                 Blocked::FileRead => "set `feature.fs.mode` to `local`",
-                Blocked::FileWrite => "set `feature.fs.mode` to `read`",
+                Blocked::FileWrite => {
+                    "set `feature.fs.mode` to `read` and drop `feature.fs.read_write`"
+                }
                 _ => "set `feature.network.dns` to false",
             };
             return Some(format!(

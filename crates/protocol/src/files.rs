@@ -11,9 +11,10 @@ pub enum FilesAccess {
     /// No remote files (`local`).
     #[default]
     None,
-    /// Read remote files (`read`, `localwithoverrides`); nothing is ever written remotely.
+    /// Read remote files (`read`, `localwithoverrides`, without `read_write` patterns);
+    /// nothing is ever written remotely.
     Read,
-    /// Read and write remote files (`write`).
+    /// Read and write remote files (`write`, or any mode with `read_write` patterns).
     Write,
 }
 
