@@ -152,6 +152,11 @@ impl FdTable {
         Some(r)
     }
 
+    /// How many descriptors' entries satisfy `f`.
+    pub fn count(&self, f: impl Fn(&Entry) -> bool) -> usize {
+        self.lock().values().filter(|e| f(e)).count()
+    }
+
     pub fn insert(&self, fd: c_int, entry: Entry) {
         let mut map = self.lock();
         if map.insert(fd, entry).is_none() {

@@ -229,8 +229,9 @@ fn write_back_with(fd: c_int, closing: bool, send: Send) -> Outcome<()> {
         return None;
     };
     let local = r.write_back.clone()?;
-    // Two references: the table's and ours. More: another descriptor of this process still has it open.
-    if closing && Arc::strong_count(&r) > 2 {
+    // Another descriptor of this process still has it open: the table's entries say (a count of references would
+    // also see another thread's passing clone, and skip the real last close).
+    if closing && TABLE.count(|e| matches!(e, Entry::Remote(o) if Arc::ptr_eq(o, &r))) > 1 {
         return None;
     }
     let layer = state::ready()?;
