@@ -632,7 +632,97 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
         answers(env.web, 10, &alice),
         BTreeSet::from(["local".to_owned()])
     );
+
+    // Other names for these pods are the Deployment (issue 25): its ReplicaSet and its
+    // Service share its agents and port locks. An unfiltered steal through the ReplicaSet
+    // meets alice's lock on deployment/web; a filtered one through the Service takes bob's
+    // requests while alice keeps hers.
+    let rs = env.k.kubectl(&[
+        "-n",
+        &env.ns,
+        "get",
+        "replicasets",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let out = ctl(
+        &env.creds,
+        &[
+            "steal",
+            "--target",
+            &format!("replicaset/{}", rs.trim()),
+            "--namespace",
+            &env.ns,
+            "--port",
+            &to,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("port 80 of deployment/web"), "{err}");
+    let bob_local = Local::start();
+    let mut bob = Session::start(
+        &env.creds,
+        &[
+            "steal",
+            "--target",
+            "service/web",
+            "--namespace",
+            &env.ns,
+            "--port",
+            &format!("80={}", bob_local.addr),
+            "--header",
+            "^x-user: bob$",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("a steal through service/web: {e}"));
+    assert_eq!(
+        answers(env.web, 10, &[("x-user", "bob")]),
+        BTreeSet::from(["local".to_owned()])
+    );
+    assert!(
+        bob_local.hits.lock().unwrap().len() >= 10,
+        "bob's requests reached bob's process"
+    );
+    assert_eq!(
+        answers(env.web, 10, &alice),
+        BTreeSet::from(["local".to_owned()])
+    );
+    assert_eq!(answers(env.web, 10, &[]), pods, "the rest is the pods'");
+    bob.stop();
     s.stop();
+
+    // A Job is a copy target only: refused without --copy-target; with it, a copy of its
+    // template takes the stolen traffic, and the Job's own pod is untouched.
+    env.k.apply(&format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: worker, namespace: {}}}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      automountServiceAccountToken: false\n      terminationGracePeriodSeconds: 1\n      containers:\n        - name: httpd\n          image: mirrord.dev/busybox:1\n          imagePullPolicy: Never\n          command: [\"/bin/sh\", \"-c\", \"mkdir -p /tmp/www && echo job > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www\"]\n          ports: [{{containerPort: 80, protocol: TCP}}]\n",
+        env.ns
+    ));
+    let job = |extra: &[&str]| {
+        let mut args = vec![
+            "steal",
+            "--target",
+            "job/worker",
+            "--namespace",
+            &env.ns,
+            "--port",
+            &to,
+        ];
+        args.extend_from_slice(extra);
+        Session::start(&env.creds, &args)
+    };
+    let err = job(&[]).err().expect("a job is a copy target only");
+    assert!(
+        err.contains("job/worker is a copy target only") && err.contains("--copy-target"),
+        "{err}"
+    );
+    let mut copy = job(&["--copy-target"]).unwrap_or_else(|e| panic!("a job's copy: {e}"));
+    let made = copies(&env);
+    assert_eq!(made.len(), 1, "{made:?}");
+    stolen_soon(SocketAddr::new(made[0].1, 80));
+    copy.stop();
 }
 
 /// The agent process on this node serving pod `uid` (the node is this machine).

@@ -88,10 +88,15 @@ pub async fn validate(
         }
         other => Refusal::Internal(other.to_string()),
     })?;
+    if let (false, Some(why)) = (req.copy_target, target.copy_only()) {
+        return Err(Refusal::BadRequest(why));
+    }
     let ports = validate_ports(op, &target, &req.target, &req.ports, &[], client_id).await?;
     Ok(Validated {
+        // The target's own name: another name for the same pods (a Deployment's
+        // ReplicaSet, a Service) shares its port locks.
+        key: target_key(target.reference()),
         target,
-        key: target_key(&req.target),
         ports,
     })
 }
@@ -292,10 +297,12 @@ pub fn admit(
         .map(|p| p.port)
         .collect();
     let labels = valid.target.labels();
+    // Judged by the target's own name: a policy on `deployment/payments` binds a session
+    // that names its pods `service/payments` too.
     let verdict = check_policies(
         op,
         &Subject {
-            target: &req.target,
+            target: valid.target.reference(),
             ports: &req.ports,
             catch_all: &catch_all,
             scale_down: req.scale_down,
@@ -403,7 +410,8 @@ pub fn port_regexes(p: &PortRequest) -> usize {
 pub async fn admit_ports(
     op: &Operator,
     caller: &Caller,
-    target: &TargetRef,
+    // As asked (RBAC), and the target's own name (policies).
+    (target, canonical): (&TargetRef, &TargetRef),
     (labels, profile): (&std::collections::BTreeMap<String, String>, Option<&str>),
     requested: &[PortRequest],
     valid: &mut [ValidPort],
@@ -428,7 +436,7 @@ pub async fn admit_ports(
     let verdict = check_policies(
         op,
         &Subject {
-            target,
+            target: canonical,
             ports: requested,
             catch_all: &catch_all,
             scale_down: false,

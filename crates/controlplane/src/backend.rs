@@ -46,6 +46,10 @@ pub trait Target: Send + Sync {
     fn labels(&self) -> std::collections::BTreeMap<String, String> {
         std::collections::BTreeMap::new()
     }
+    /// Why a session on it must make a copy (`--copy-target`), if it must.
+    fn copy_only(&self) -> Option<String> {
+        None
+    }
     /// Whether a session may name `port` (default: one of [`Target::ports`]).
     fn accepts_port(&self, port: u16) -> bool {
         self.ports().contains(&port)

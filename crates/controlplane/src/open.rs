@@ -441,7 +441,7 @@ pub async fn add_ports(
     let regexes = admission::admit_ports(
         op,
         caller,
-        &more.target_ref,
+        (&more.target_ref, more.target.reference()),
         (&labels, more.profile.as_deref()),
         &requested,
         &mut ports,

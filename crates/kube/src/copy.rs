@@ -10,7 +10,7 @@
 use crate::target::{KubeTarget, PodInfo};
 use crate::workload::{Kind, Resolved};
 use crate::{marks, Context};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::Api;
@@ -28,10 +28,15 @@ pub async fn make(
         .parse()
         .map_err(|_| BackendError::Unavailable(format!("bad session id {session}")))?;
     let r = target.resolved.clone();
-    if scale_down && r.kind == Kind::Pod {
+    if scale_down && matches!(r.kind, Kind::Pod | Kind::Job | Kind::CronJob) {
         return Err(BackendError::CopyUnavailable(format!(
-            "pod/{} has no replica count to scale down; copy it without --scale-down, or target its deployment",
-            r.name
+            "{}/{} has no replica count to scale down; copy it without --scale-down{}",
+            r.kind.name(),
+            r.name,
+            match r.kind {
+                Kind::Pod => ", or target its deployment",
+                _ => "",
+            }
         )));
     }
     let ctx = Arc::clone(&target.ctx);
@@ -120,18 +125,15 @@ fn copy_pod(ctx: &Context, r: &Resolved, session: &str) -> Pod {
 }
 
 fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Deployment => "deployment",
-        Kind::StatefulSet => "statefulset",
-        Kind::Pod => "pod",
-    }
+    kind.name()
 }
 
 fn workload_api(ctx: &Context, kind: Kind, namespace: &str) -> Option<Api<DynamicObject>> {
     let ar = match kind {
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
         Kind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
-        Kind::Pod => return None,
+        Kind::ReplicaSet => ApiResource::erase::<ReplicaSet>(&()),
+        Kind::Pod | Kind::Job | Kind::CronJob => return None,
     };
     Some(Api::namespaced_with(ctx.client.clone(), namespace, &ar))
 }

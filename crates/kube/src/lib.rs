@@ -1,5 +1,7 @@
-//! The Kubernetes target backend: `deployment/NAME`, `statefulset/NAME` and `pod/NAME` in a
-//! namespace, served by an agent in each target pod's network namespace.
+//! The Kubernetes target backend: `deployment/NAME`, `statefulset/NAME`, `replicaset/NAME`,
+//! `pod/NAME` and `service/NAME` (another name for a workload's pods is that workload), and
+//! `job/NAME`, `cronjob/NAME` as copies, in a namespace, served by an agent in each target
+//! pod's network namespace.
 //!
 //! The operator stays the one owner of every port's routes (the same [`RouteTable`]s and
 //! port locks as on one machine); this crate carries them to where the traffic is:
@@ -239,6 +241,8 @@ impl TargetBackend for KubeBackend {
     fn target(&self, r: &TargetRef) -> BoxFuture<'_, Result<Arc<dyn Target>, BackendError>> {
         let r = r.clone();
         Box::pin(async move {
+            // Another name for a workload's pods is that workload: one target owns them.
+            let r = workload::canonical(&self.ctx.client, &r).await?;
             // Resolved on every session: a deleted workload is unknown at once, and one
             // recreated under the same name is a new target.
             let resolved = workload::resolve(&self.ctx.client, &r).await?;

@@ -5,7 +5,7 @@
 use crate::copy::restore_workload;
 use crate::workload::Kind;
 use crate::{marks, Context};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Resource};
@@ -40,6 +40,7 @@ pub async fn on_start(ctx: &Context) {
     let lp = ListParams::default().labels(&mine);
     restore_all::<Deployment>(ctx, Kind::Deployment, &lp).await;
     restore_all::<StatefulSet>(ctx, Kind::StatefulSet, &lp).await;
+    restore_all::<ReplicaSet>(ctx, Kind::ReplicaSet, &lp).await;
 }
 
 async fn restore_all<K>(ctx: &Context, kind: Kind, lp: &ListParams)

@@ -31,6 +31,17 @@ impl Target for KubeTarget {
         self.resolved.labels.clone()
     }
 
+    fn copy_only(&self) -> Option<String> {
+        let kind = self.resolved.kind;
+        kind.copy_only().then(|| {
+            format!(
+                "{}/{} is a copy target only, as in mirrord (its pods run to completion, and are not shared): add --copy-target (\"copy_target\": true)",
+                kind.name(),
+                self.resolved.name
+            )
+        })
+    }
+
     fn accepts_port(&self, port: u16) -> bool {
         port != 0
     }

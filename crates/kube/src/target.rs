@@ -299,6 +299,11 @@ pub(crate) async fn watch_pods(target: Weak<KubeTarget>) {
     let cfg = match &t.resolved.pods {
         PodSelector::Labels(l) => watcher::Config::default().labels(l),
         PodSelector::Name(n) => watcher::Config::default().fields(&format!("metadata.name={n}")),
+        PodSelector::None => {
+            // Only copies: nothing of its own to follow.
+            t.synced.send_replace(true);
+            return;
+        }
     };
     let reference = t.reference.clone();
     drop(t);

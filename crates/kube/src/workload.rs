@@ -1,8 +1,14 @@
 //! From a target reference to what the backend needs of it: how to find its pods, the
 //! ports it declares, and the pod template a copy is made from.
+//!
+//! Another name for pods a workload already serves is that workload ([`canonical`]): a
+//! Deployment's ReplicaSet is the Deployment, a Service is the one workload its selector
+//! picks. So one target owns each pod's agent, routes and port locks, whatever name a
+//! session uses. `job/` and `cronjob/` are copy targets only (their pods run to completion).
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ListParams;
 use kube::core::Selector;
@@ -14,7 +20,12 @@ use mirrord_protocol::TargetRef;
 pub enum Kind {
     Deployment,
     StatefulSet,
+    /// One no Deployment manages (a managed one is its Deployment).
+    ReplicaSet,
     Pod,
+    /// Copy targets only.
+    Job,
+    CronJob,
 }
 
 impl Kind {
@@ -22,11 +33,34 @@ impl Kind {
         match s.to_ascii_lowercase().as_str() {
             "deployment" | "deploy" | "deployments" => Some(Kind::Deployment),
             "statefulset" | "sts" | "statefulsets" => Some(Kind::StatefulSet),
+            "replicaset" | "rs" | "replicasets" => Some(Kind::ReplicaSet),
             "pod" | "pods" | "po" => Some(Kind::Pod),
+            "job" | "jobs" => Some(Kind::Job),
+            "cronjob" | "cj" | "cronjobs" => Some(Kind::CronJob),
             _ => None,
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Deployment => "deployment",
+            Kind::StatefulSet => "statefulset",
+            Kind::ReplicaSet => "replicaset",
+            Kind::Pod => "pod",
+            Kind::Job => "job",
+            Kind::CronJob => "cronjob",
+        }
+    }
+
+    /// Why a session on it must make a copy, if it must.
+    pub fn copy_only(self) -> bool {
+        matches!(self, Kind::Job | Kind::CronJob)
+    }
 }
+
+/// The kinds a target may name, for error messages.
+pub const KINDS: &str =
+    "deployment, statefulset, replicaset, pod, service, job and cronjob (copies only)";
 
 /// A target as found in the cluster.
 #[derive(Clone)]
@@ -50,6 +84,8 @@ pub struct Resolved {
 pub enum PodSelector {
     Labels(String),
     Name(String),
+    /// A CronJob's: its own pods are never targets, only copies of its template.
+    None,
 }
 
 fn api_error(action: String, e: kube::Error) -> BackendError {
@@ -76,9 +112,29 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
             let labels = s.metadata.labels.unwrap_or_default();
             (s.metadata.uid, Some(spec.selector), spec.template, labels)
         }),
+        Kind::ReplicaSet => get::<ReplicaSet>(client, ns, &r.name).await.map(|s| {
+            let spec = s.spec.unwrap_or_default();
+            let labels = s.metadata.labels.unwrap_or_default();
+            let template = spec.template.unwrap_or_default();
+            (s.metadata.uid, Some(spec.selector), template, labels)
+        }),
         Kind::Pod => get::<Pod>(client, ns, &r.name).await.map(|p| {
             let labels = p.metadata.labels.clone().unwrap_or_default();
             (p.metadata.uid.clone(), None, pod_template(p), labels)
+        }),
+        Kind::Job => get::<Job>(client, ns, &r.name).await.map(|j| {
+            let spec = j.spec.unwrap_or_default();
+            let labels = j.metadata.labels.unwrap_or_default();
+            (j.metadata.uid, spec.selector, spec.template, labels)
+        }),
+        Kind::CronJob => get::<CronJob>(client, ns, &r.name).await.map(|c| {
+            let template = c
+                .spec
+                .and_then(|s| s.job_template.spec)
+                .map(|s| s.template)
+                .unwrap_or_default();
+            let labels = c.metadata.labels.unwrap_or_default();
+            (c.metadata.uid, None, template, labels)
         }),
     };
     // Only a target that is not there costs the listing of what is.
@@ -102,6 +158,7 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
         }
     }
     let pods = match selector {
+        _ if kind == Kind::CronJob => PodSelector::None,
         Some(s) => PodSelector::Labels(label_selector(&s).map_err(|e| {
             BackendError::Unavailable(format!("{r} has a selector this operator cannot use: {e}"))
         })?),
@@ -117,6 +174,107 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
         template,
         labels,
     })
+}
+
+/// The target that owns the pods `r` names: a ReplicaSet a Deployment manages is that
+/// Deployment, a Service the one workload (or bare pod) its selector picks; anything else
+/// is itself. The container part is kept.
+pub async fn canonical(client: &Client, r: &TargetRef) -> Result<TargetRef, BackendError> {
+    let kind = r.kind.to_ascii_lowercase();
+    let ns = &r.namespace;
+    let owner = match kind.as_str() {
+        "replicaset" | "rs" | "replicasets" => match get::<ReplicaSet>(client, ns, &r.name).await {
+            Ok(rs) => controller(&rs.metadata).filter(|(k, _)| k == "Deployment"),
+            Err(e) if not_found(&e) => return Err(unknown(client, r).await),
+            Err(e) => return Err(api_error(format!("read {r} in namespace {ns}"), e)),
+        },
+        "service" | "svc" | "services" => Some(service_workload(client, r).await?),
+        _ => None,
+    };
+    Ok(match owner {
+        Some((kind, name)) => TargetRef {
+            kind: kind.to_ascii_lowercase(),
+            name,
+            namespace: ns.clone(),
+            container: r.container.clone(),
+        },
+        None => r.clone(),
+    })
+}
+
+/// `(Kind, name)` of the object that controls the one `meta` describes, if any.
+fn controller(meta: &kube::api::ObjectMeta) -> Option<(String, String)> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| (o.kind.clone(), o.name.clone()))
+}
+
+/// The one workload whose pods Service `r` selects (a Deployment through its ReplicaSets,
+/// a StatefulSet, or a bare pod).
+async fn service_workload(
+    client: &Client,
+    r: &TargetRef,
+) -> Result<(String, String), BackendError> {
+    let ns = &r.namespace;
+    let svc = match get::<Service>(client, ns, &r.name).await {
+        Ok(s) => s,
+        Err(e) if not_found(&e) => return Err(unknown(client, r).await),
+        Err(e) => return Err(api_error(format!("read {r} in namespace {ns}"), e)),
+    };
+    let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+    if selector.is_empty() {
+        return Err(BackendError::UnknownTarget {
+            target: r.to_string(),
+            namespace: ns.clone(),
+            known: "none: it has no selector, so no pods of its own (target the workload behind its endpoints)".into(),
+        });
+    }
+    let query: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&query.join(",")))
+        .await
+        .map_err(|e| api_error(format!("list the pods of {r} in namespace {ns}"), e))?;
+    let mut workloads = std::collections::BTreeSet::new();
+    for p in pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let owner = match controller(&p.metadata) {
+            Some((k, name)) if k == "ReplicaSet" => {
+                match get::<ReplicaSet>(client, ns, &name).await {
+                    Ok(rs) => controller(&rs.metadata)
+                        .filter(|(k, _)| k == "Deployment")
+                        .unwrap_or((k, name)),
+                    Err(_) => (k, name),
+                }
+            }
+            Some(o) => o,
+            None => ("Pod".into(), p.metadata.name.clone().unwrap_or_default()),
+        };
+        workloads.insert(owner);
+    }
+    let mut it = workloads.into_iter();
+    match (it.next(), it.next()) {
+        (Some(one), None) if Kind::parse(&one.0).is_some_and(|k| !k.copy_only()) => Ok(one),
+        (None, _) => Err(BackendError::Unavailable(format!(
+            "{r} in namespace {ns} selects no running pod ({}); there is nothing to target yet",
+            query.join(",")
+        ))),
+        (Some(first), second) => {
+            let all: Vec<String> = std::iter::once(first)
+                .chain(second)
+                .chain(it)
+                .map(|(k, n)| format!("{}/{n}", k.to_ascii_lowercase()))
+                .collect();
+            Err(BackendError::Unavailable(format!(
+                "{r} in namespace {ns} selects the pods of {}; target one of them (a Service's pods must be one workload's)",
+                all.join(", ")
+            )))
+        }
+    }
 }
 
 /// A kind of namespaced object the typed `Api` can read.
@@ -177,6 +335,16 @@ async fn unknown(client: &Client, r: &TargetRef) -> BackendError {
     let ns = &r.namespace;
     let mut known = names::<Deployment>(client, ns, "deployment", |_| true).await;
     known.extend(names::<StatefulSet>(client, ns, "statefulset", |_| true).await);
+    // A Deployment's ReplicaSets are that Deployment: only the ones nothing manages.
+    known.extend(
+        names::<ReplicaSet>(client, ns, "replicaset", |s| {
+            controller(&s.metadata).is_none()
+        })
+        .await,
+    );
+    known.extend(names::<Service>(client, ns, "service", |_| true).await);
+    known.extend(names::<Job>(client, ns, "job", |_| true).await);
+    known.extend(names::<CronJob>(client, ns, "cronjob", |_| true).await);
     // Pods of this operator are not targets.
     let not_ours = |p: &Pod| {
         !p.metadata
@@ -186,7 +354,7 @@ async fn unknown(client: &Client, r: &TargetRef) -> BackendError {
     };
     known.extend(names::<Pod>(client, ns, "pod", not_ours).await);
     let known = if known.is_empty() {
-        "none (target kinds: deployment, statefulset, pod)".to_owned()
+        format!("none (target kinds: {KINDS})")
     } else {
         known.join(", ")
     };
@@ -245,6 +413,10 @@ mod tests {
         assert_eq!(Kind::parse("Deployment"), Some(Kind::Deployment));
         assert_eq!(Kind::parse("sts"), Some(Kind::StatefulSet));
         assert_eq!(Kind::parse("po"), Some(Kind::Pod));
+        assert_eq!(Kind::parse("ReplicaSet"), Some(Kind::ReplicaSet));
+        assert_eq!(Kind::parse("cj"), Some(Kind::CronJob));
+        assert!(Kind::parse("job").is_some_and(Kind::copy_only));
+        assert!(!Kind::Deployment.copy_only());
         assert_eq!(Kind::parse("rollout"), None);
     }
 }
