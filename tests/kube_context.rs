@@ -634,6 +634,39 @@ fn exec_gets_the_pods_environment_names_connections_and_files_and_rbac_decides_e
     );
     assert_eq!(peer_seen(&stdout, "curl peer="), Some(node_seen), "{all}");
 
+    // Targetless (issue 25): no target; a pod of the session's own in the namespace gives
+    // the network and the names: the peer sees that pod's address, neither the node's nor a
+    // target's; no --port may be asked; the pod is gone after the session.
+    let peer = format!(
+        "curl -sS --max-time 20 http://{}:{PEER_PORT}/cgi-bin/peer",
+        env.peer_ip
+    );
+    let out = env.exec_on(&alice, "targetless", &["--fs-mode", "local"], &peer);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("of pod mirrord-copy-targetless-"), "{all}");
+    assert!(stdout.contains("active on targetless (namespace"), "{all}");
+    let seen = peer_seen(&stdout, "peer=").unwrap_or_else(|| panic!("{all}"));
+    assert!(
+        seen != node_seen && seen != env.api_ip && seen != from_copy,
+        "the targetless pod's own address: {all}"
+    );
+    let out = env.exec_on(&alice, "targetless", &["--port", "80=9999"], "true");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("a targetless session has no incoming traffic"),
+        "{}",
+        text(&out)
+    );
+    let gone = wait_for(Duration::from_secs(30), || {
+        let (_, pods, _) = env
+            .k
+            .try_kubectl(&["-n", &env.ns, "get", "pods", "-o", "name"]);
+        (!pods.contains("mirrord-copy-targetless-")).then_some(())
+    });
+    assert!(gone.is_some(), "the targetless pod outlived its session");
+
     files_as_kubectl_exec_shows_them(&env);
 }
 

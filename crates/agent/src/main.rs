@@ -76,6 +76,9 @@ enum Command {
         #[arg(long, default_value = "/proc", hide = true)]
         proc_dir: PathBuf,
     },
+    /// Wait for SIGTERM, doing nothing: the process of a targetless session's pod, whose
+    /// network namespace and names the session's process uses (through that pod's agent).
+    Idle,
 }
 
 /// Where the agent's routes come from.
@@ -118,6 +121,7 @@ fn main() -> std::process::ExitCode {
             };
             intercept(&pod_uid, source, lease, &proc_dir)
         }
+        Command::Idle => idle(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -248,6 +252,17 @@ async fn drained(ports: &Ports, within: Duration) {
     while ports.active() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn idle() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        stopped()?.await;
+        Ok(())
+    })
 }
 
 /// Resolves at SIGTERM or SIGINT; both handlers are installed when this returns.

@@ -222,15 +222,25 @@ pub fn merge(
     if flags.scale_down && !(flags.copy_target || file.copy_target == Some(true)) {
         return Err(Usage("--scale-down needs --copy-target".into()));
     }
+    let target = target_ref(&target, container, namespace)?;
+    // Targetless (mirrord's name for no target): a pod of the session's own in the
+    // namespace gives its network and names; there is no incoming traffic to take.
+    let targetless = target.kind == TARGETLESS;
+    if targetless && !ports.is_empty() {
+        return Err(Usage(
+            "a targetless session has no incoming traffic (there is no target to take it from): drop --port, or name a target".into(),
+        ));
+    }
+    let listen = listen.filter(|_| !targetless);
     Ok(Plan {
-        target: target_ref(&target, container, namespace)?,
+        target,
         ports,
         mode,
         on_concurrent_steal: flags
             .on_concurrent_steal
             .or(file.on_concurrent_steal)
             .unwrap_or_default(),
-        copy_target: flags.copy_target || file.copy_target.unwrap_or(false),
+        copy_target: targetless || flags.copy_target || file.copy_target.unwrap_or(false),
         scale_down: flags.scale_down || file.scale_down.unwrap_or(false),
         context,
         listen,
@@ -371,7 +381,11 @@ fn ports(flags: &Flags, file: &FileConfig) -> Result<Vec<PortPlan>, Usage> {
         .collect())
 }
 
-/// `deployment/api` or `deployment/api/container/app`; a bare name means a deployment.
+/// The kind (and name) of a targetless session's target.
+pub const TARGETLESS: &str = "targetless";
+
+/// `deployment/api` or `deployment/api/container/app`; a bare name means a deployment;
+/// `targetless` is none.
 fn target_ref(
     target: &str,
     container: Option<String>,
@@ -379,6 +393,7 @@ fn target_ref(
 ) -> Result<TargetRef, Usage> {
     let parts: Vec<&str> = target.split('/').collect();
     let (kind, name, container) = match parts[..] {
+        [TARGETLESS] => (TARGETLESS, TARGETLESS, None),
         [name] => ("deployment", name, container),
         [kind, name] => (kind, name, container),
         [kind, name, "container", c] if !c.is_empty() => (kind, name, Some(c.to_owned())),
@@ -588,6 +603,24 @@ mod tests {
             (p.target.to_string(), p.target.container.as_deref()),
             ("pod/web-1".into(), Some("sidecar"))
         );
+    }
+
+    /// `targetless`: a pod of the session's own (a copy, always), no ports, none added.
+    #[test]
+    fn targetless_makes_its_own_pod_and_takes_no_port() {
+        let flags = Flags {
+            target: Some("targetless".into()),
+            ..Default::default()
+        };
+        let p = merge(flags.clone(), None, ModeChoice::Flag(None), "shop").unwrap();
+        assert_eq!(p.target.to_string(), "targetless");
+        assert!(p.copy_target && p.ports.is_empty() && p.listen.is_none());
+        let with_port = Flags {
+            ports: vec![(80, local(9090))],
+            ..flags
+        };
+        let e = merge(with_port, None, ModeChoice::Flag(None), "shop").unwrap_err();
+        assert!(e.0.contains("no incoming traffic"), "{e}");
     }
 
     #[test]

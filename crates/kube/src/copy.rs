@@ -28,7 +28,12 @@ pub async fn make(
         .parse()
         .map_err(|_| BackendError::Unavailable(format!("bad session id {session}")))?;
     let r = target.resolved.clone();
-    if scale_down && matches!(r.kind, Kind::Pod | Kind::Job | Kind::CronJob) {
+    if scale_down
+        && matches!(
+            r.kind,
+            Kind::Pod | Kind::Job | Kind::CronJob | Kind::Targetless
+        )
+    {
         return Err(BackendError::CopyUnavailable(format!(
             "{}/{} has no replica count to scale down; copy it without --scale-down{}",
             r.kind.name(),
@@ -133,7 +138,7 @@ fn workload_api(ctx: &Context, kind: Kind, namespace: &str) -> Option<Api<Dynami
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
         Kind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
         Kind::ReplicaSet => ApiResource::erase::<ReplicaSet>(&()),
-        Kind::Pod | Kind::Job | Kind::CronJob => return None,
+        Kind::Pod | Kind::Job | Kind::CronJob | Kind::Targetless => return None,
     };
     Some(Api::namespaced_with(ctx.client.clone(), namespace, &ar))
 }

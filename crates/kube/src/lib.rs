@@ -241,11 +241,18 @@ impl TargetBackend for KubeBackend {
     fn target(&self, r: &TargetRef) -> BoxFuture<'_, Result<Arc<dyn Target>, BackendError>> {
         let r = r.clone();
         Box::pin(async move {
-            // Another name for a workload's pods is that workload: one target owns them.
-            let r = workload::canonical(&self.ctx.client, &r).await?;
-            // Resolved on every session: a deleted workload is unknown at once, and one
-            // recreated under the same name is a new target.
-            let resolved = workload::resolve(&self.ctx.client, &r).await?;
+            let (r, resolved) = if r.kind == workload::TARGETLESS {
+                let ctx = &self.ctx;
+                let t = workload::targetless(&r, &ctx.agent_image, &ctx.agent_pull_policy);
+                (r, t)
+            } else {
+                // Another name for a workload's pods is that workload: one target owns them.
+                let r = workload::canonical(&self.ctx.client, &r).await?;
+                // Resolved on every session: a deleted workload is unknown at once, and one
+                // recreated under the same name is a new target.
+                let resolved = workload::resolve(&self.ctx.client, &r).await?;
+                (r, resolved)
+            };
             // The container chosen was checked against the pods; the pods, their agents and
             // routes are the same whichever container a session names.
             let mut r = r;

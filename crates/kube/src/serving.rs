@@ -33,6 +33,9 @@ impl Target for KubeTarget {
 
     fn copy_only(&self) -> Option<String> {
         let kind = self.resolved.kind;
+        if kind == crate::workload::Kind::Targetless {
+            return Some("a targetless session runs in a pod of its own, made for it: ask with --copy-target (mirrordctl does for `-t targetless`)".into());
+        }
         kind.copy_only().then(|| {
             format!(
                 "{}/{} is a copy target only, as in mirrord (its pods run to completion, and are not shared): add --copy-target (\"copy_target\": true)",

@@ -26,6 +26,8 @@ pub enum Kind {
     /// Copy targets only.
     Job,
     CronJob,
+    /// No target: a pod of the session's own in the namespace ([`targetless`]).
+    Targetless,
 }
 
 impl Kind {
@@ -49,18 +51,60 @@ impl Kind {
             Kind::Pod => "pod",
             Kind::Job => "job",
             Kind::CronJob => "cronjob",
+            Kind::Targetless => TARGETLESS,
         }
     }
 
     /// Why a session on it must make a copy, if it must.
     pub fn copy_only(self) -> bool {
-        matches!(self, Kind::Job | Kind::CronJob)
+        matches!(self, Kind::Job | Kind::CronJob | Kind::Targetless)
     }
 }
 
 /// The kinds a target may name, for error messages.
 pub const KINDS: &str =
-    "deployment, statefulset, replicaset, pod, service, job and cronjob (copies only)";
+    "deployment, statefulset, replicaset, pod, service, job and cronjob (copies only), or targetless";
+
+/// mirrord's name for no target.
+pub const TARGETLESS: &str = "targetless";
+
+/// A targetless session's "target": a pod of its own in `r`'s namespace, made like a copy
+/// from this template. Its one container is the agent's image doing nothing (`idle`), as
+/// an unprivileged user: what the session's process gets is the pod's network namespace
+/// (pod-only addresses, the namespace's Services by short name) and its resolver.
+pub fn targetless(r: &TargetRef, image: &str, pull_policy: &str) -> Resolved {
+    let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "enableServiceLinks": false,
+            "containers": [{
+                "name": TARGETLESS,
+                "image": image,
+                "imagePullPolicy": pull_policy,
+                "args": ["idle"],
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "runAsUser": 65534,
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "resources": {"requests": {"cpu": "1m", "memory": "4Mi"}, "limits": {"memory": "32Mi"}},
+            }],
+        }
+    }))
+    .expect("a valid pod template");
+    Resolved {
+        kind: Kind::Targetless,
+        name: TARGETLESS.into(),
+        namespace: r.namespace.clone(),
+        uid: String::new(),
+        pods: PodSelector::None,
+        ports: Vec::new(),
+        template,
+        labels: Default::default(),
+    }
+}
 
 /// A target as found in the cluster.
 #[derive(Clone)]
@@ -127,6 +171,7 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
             let labels = j.metadata.labels.unwrap_or_default();
             (j.metadata.uid, spec.selector, spec.template, labels)
         }),
+        Kind::Targetless => return Err(unknown(client, r).await),
         Kind::CronJob => get::<CronJob>(client, ns, &r.name).await.map(|c| {
             let template = c
                 .spec
@@ -158,7 +203,7 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
         }
     }
     let pods = match selector {
-        _ if kind == Kind::CronJob => PodSelector::None,
+        _ if matches!(kind, Kind::CronJob | Kind::Targetless) => PodSelector::None,
         Some(s) => PodSelector::Labels(label_selector(&s).map_err(|e| {
             BackendError::Unavailable(format!("{r} has a selector this operator cannot use: {e}"))
         })?),

@@ -123,6 +123,10 @@ pub struct TargetRef {
 
 impl fmt::Display for TargetRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // mirrord's "no target" has no name of its own.
+        if self.kind == "targetless" {
+            return f.write_str("targetless");
+        }
         write!(f, "{}/{}", self.kind, self.name)
     }
 }

@@ -304,12 +304,8 @@ fn target_path(p: &str, key: &str, c: &mut FileConfig) -> Result<(), Problem> {
             c.target = Some(format!("{kind}/{name}"));
             c.container = Some(container(&Value::from(cont), key)?);
         }
-        ["targetless"] => {
-            return Err(problem(
-                key,
-                "`targetless` has no incoming traffic to steal or mirror; name a target like `deployment/api`",
-            ))
-        }
+        // mirrord's no target: `exec` gets a pod of its own (its network and names).
+        ["targetless"] => c.target = Some(p.to_owned()),
         _ => {
             return Err(problem(
                 key,
