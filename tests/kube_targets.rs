@@ -693,6 +693,25 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     assert_eq!(answers(env.web, 10, &[]), pods, "the rest is the pods'");
     bob.stop();
     s.stop();
+    // Free again, the ReplicaSet's name steals the Deployment's pods.
+    let mut via_rs = Session::start(
+        &env.creds,
+        &[
+            "steal",
+            "--target",
+            &format!("replicaset/{}", rs.trim()),
+            "--namespace",
+            &env.ns,
+            "--port",
+            &to,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("a steal through the ReplicaSet: {e}"));
+    assert_eq!(
+        answers(env.web, 10, &[]),
+        BTreeSet::from(["local".to_owned()])
+    );
+    via_rs.stop();
 
     // A Job is a copy target only: refused without --copy-target; with it, a copy of its
     // template takes the stolen traffic, and the Job's own pod is untouched.
