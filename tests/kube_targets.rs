@@ -647,20 +647,22 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
         "-o",
         "jsonpath={.items[0].metadata.name}",
     ]);
-    let out = ctl(
-        &env.creds,
-        &[
-            "steal",
-            "--target",
-            &format!("replicaset/{}", rs.trim()),
-            "--namespace",
-            &env.ns,
-            "--port",
-            &to,
-        ],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let rs = format!("replicaset/{}", rs.trim());
+    let via_rs = || {
+        Session::start(
+            &env.creds,
+            &[
+                "steal",
+                "--target",
+                &rs,
+                "--namespace",
+                &env.ns,
+                "--port",
+                &to,
+            ],
+        )
+    };
+    let err = via_rs().err().expect("alice holds port 80");
     assert!(err.contains("port 80 of deployment/web"), "{err}");
     let bob_local = Local::start();
     let mut bob = Session::start(
@@ -694,24 +696,12 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     bob.stop();
     s.stop();
     // Free again, the ReplicaSet's name steals the Deployment's pods.
-    let mut via_rs = Session::start(
-        &env.creds,
-        &[
-            "steal",
-            "--target",
-            &format!("replicaset/{}", rs.trim()),
-            "--namespace",
-            &env.ns,
-            "--port",
-            &to,
-        ],
-    )
-    .unwrap_or_else(|e| panic!("a steal through the ReplicaSet: {e}"));
+    let mut taken = via_rs().unwrap_or_else(|e| panic!("a steal through the ReplicaSet: {e}"));
     assert_eq!(
         answers(env.web, 10, &[]),
         BTreeSet::from(["local".to_owned()])
     );
-    via_rs.stop();
+    taken.stop();
 
     // A Job is a copy target only: refused without --copy-target; with it, a copy of its
     // template takes the stolen traffic, and the Job's own pod is untouched.

@@ -6,6 +6,7 @@ use crate::exit::Usage;
 use mirrord_layer_proto::LayerConfig;
 use mirrord_protocol::{
     ConcurrentSteal, ContextRequest, EnvSelect, FilesAccess, HttpFilterSpec, PortMode, TargetRef,
+    TARGETLESS,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -380,9 +381,6 @@ fn ports(flags: &Flags, file: &FileConfig) -> Result<Vec<PortPlan>, Usage> {
         })
         .collect())
 }
-
-/// The kind (and name) of a targetless session's target.
-pub const TARGETLESS: &str = "targetless";
 
 /// `deployment/api` or `deployment/api/container/app`; a bare name means a deployment;
 /// `targetless` is none.

@@ -13,8 +13,17 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// sysfs's `f_type` (`SYSFS_MAGIC` in linux/magic.h).
-const SYSFS_MAGIC: u64 = 0x6265_6572;
+/// Kernel filesystems never served (linux/magic.h): sysfs, cgroup (v1, v2), debugfs,
+/// securityfs, tracefs, bpf (procfs is `rustix::fs::PROC_SUPER_MAGIC`).
+const KERNEL_FS: [u64; 7] = [
+    0x6265_6572, // SYSFS_MAGIC
+    0x0027_e0eb, // CGROUP_SUPER_MAGIC
+    0x6367_7270, // CGROUP2_SUPER_MAGIC
+    0x6462_6720, // DEBUGFS_MAGIC
+    0x7363_6673, // SECURITYFS_MAGIC
+    0x7472_6163, // TRACEFS_MAGIC
+    0xcafe_4a11, // BPF_FS_MAGIC
+];
 
 /// The root a target's paths are resolved in.
 #[derive(Debug)]
@@ -72,11 +81,11 @@ impl Root {
         // statfs's f_type is signed on some targets; the magic numbers are small positives.
         #[allow(clippy::unnecessary_cast, reason = "f_type's type differs by target")]
         let kind = kind as u64;
-        if kind == rustix::fs::PROC_SUPER_MAGIC as u64 || kind == SYSFS_MAGIC {
+        if kind == rustix::fs::PROC_SUPER_MAGIC as u64 || KERNEL_FS.contains(&kind) {
             return Err(FileFailure {
                 errno: Errno::ACCESS.raw_os_error(),
                 message: format!(
-                    "{path} is on the target's procfs or sysfs, which is not served (its environment is `feature.env`)"
+                    "{path} is on the target's procfs, sysfs or another kernel filesystem, which is not served (its environment is `feature.env`)"
                 ),
             });
         }
@@ -366,10 +375,26 @@ mod tests {
     fn procfs_and_sysfs_are_not_served() {
         let root = Root::of_pid(std::process::id()).unwrap();
         assert!(root.stat("/etc", true).is_ok());
-        for path in ["/proc/self/environ", "/proc/1/mem", "/proc", "/sys/kernel"] {
+        // A cgroup filesystem, wherever this machine mounts one (v1 or v2).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let cgroup = mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                matches!(f.get(2), Some(&("cgroup" | "cgroup2"))).then(|| f[1].to_owned())
+            })
+            .next()
+            .expect("a cgroup filesystem is mounted");
+        for path in [
+            "/proc/self/environ",
+            "/proc/1/mem",
+            "/proc",
+            "/sys/kernel",
+            cgroup.as_str(),
+        ] {
             let e = root.open(path, false, false).unwrap_err();
             assert_eq!(e.errno, Errno::ACCESS.raw_os_error(), "{path}: {e:?}");
-            assert!(e.message.contains("procfs or sysfs"), "{e:?}");
+            assert!(e.message.contains("procfs, sysfs"), "{e:?}");
             assert!(root.stat(path, true).is_err(), "{path}");
         }
     }

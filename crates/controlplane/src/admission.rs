@@ -83,9 +83,9 @@ pub async fn validate(
         ));
     }
     let target = op.backend.target(&req.target).await.map_err(|e| match e {
-        BackendError::UnknownTarget { .. } | BackendError::UnknownContainer(_) => {
-            Refusal::UnknownTarget(e.to_string())
-        }
+        BackendError::UnknownTarget { .. }
+        | BackendError::UnknownContainer(_)
+        | BackendError::NotATarget(_) => Refusal::UnknownTarget(e.to_string()),
         other => Refusal::Internal(other.to_string()),
     })?;
     if let (false, Some(why)) = (req.copy_target, target.copy_only()) {
@@ -180,10 +180,14 @@ async fn compile(
 /// gets nothing; a certificate's role decides scale-down (an admin's decision), RBAC
 /// decides everything a Kubernetes user asks for. Says whether they may take over other
 /// users' ports, should the locks ask.
+/// `canonical`: the target's own name (a Service's workload): in a cluster, RBAC must allow
+/// the session on it as well as on the name asked with, so a grant on `service.mine` never
+/// reaches a workload its selector is pointed at.
 pub async fn authorize(
     op: &Operator,
     caller: &Caller,
     req: &SessionRequest,
+    canonical: &TargetRef,
 ) -> Result<TakeOvers, Refusal> {
     if op.revoked.contains(&caller.client.client_id) {
         return Err(Refusal::Forbidden(format!(
@@ -193,7 +197,17 @@ pub async fn authorize(
         )));
     }
     if caller.kubernetes_groups().is_some() {
-        return authorize_rbac(op, caller, req).await;
+        let mut allowed = true;
+        let mut lacking = String::new();
+        let same = canonical.kind == req.target.kind && canonical.name == req.target.name;
+        for target in std::iter::once(&req.target).chain((!same).then_some(canonical)) {
+            let may = authorize_rbac(op, caller, req, target).await?;
+            allowed &= may.allowed;
+            if !may.allowed {
+                lacking = may.lacking;
+            }
+        }
+        return Ok(TakeOvers { allowed, lacking });
     }
     if req.context.files.writes() && !caller.role.is_admin() {
         return Err(Refusal::Forbidden(format!(
@@ -217,19 +231,20 @@ async fn authorize_rbac(
     op: &Operator,
     caller: &Caller,
     req: &SessionRequest,
+    target: &TargetRef,
 ) -> Result<TakeOvers, Refusal> {
     for mode in [PortMode::Steal, PortMode::Mirror] {
         if req.ports.iter().any(|p| p.mode == mode) {
-            rbac::require(op.rbac.as_deref(), caller, Check::open(mode, &req.target)).await?;
+            rbac::require(op.rbac.as_deref(), caller, Check::open(mode, target)).await?;
         }
     }
     if req.scale_down {
-        rbac::require(op.rbac.as_deref(), caller, Check::scale_down(&req.target)).await?;
+        rbac::require(op.rbac.as_deref(), caller, Check::scale_down(target)).await?;
     }
-    for check in Check::context(&req.context, &req.target) {
+    for check in Check::context(&req.context, target) {
         rbac::require(op.rbac.as_deref(), caller, check).await?;
     }
-    let check = Check::take_over(&req.target);
+    let check = Check::take_over(target);
     let allowed = match req.on_concurrent_steal {
         ConcurrentSteal::Override => rbac::allows(op.rbac.as_deref(), caller, &check)
             .await
@@ -303,6 +318,7 @@ pub fn admit(
         op,
         &Subject {
             target: valid.target.reference(),
+            asked: &req.target,
             ports: &req.ports,
             catch_all: &catch_all,
             scale_down: req.scale_down,
@@ -423,9 +439,12 @@ pub async fn admit_ports(
             caller.client.client_id
         )));
     }
-    for mode in [PortMode::Steal, PortMode::Mirror] {
-        if requested.iter().any(|p| p.mode == mode) {
-            rbac::require(op.rbac.as_deref(), caller, Check::open(mode, target)).await?;
+    let same = canonical.kind == target.kind && canonical.name == target.name;
+    for t in std::iter::once(target).chain((!same).then_some(canonical)) {
+        for mode in [PortMode::Steal, PortMode::Mirror] {
+            if requested.iter().any(|p| p.mode == mode) {
+                rbac::require(op.rbac.as_deref(), caller, Check::open(mode, t)).await?;
+            }
         }
     }
     let catch_all: Vec<u16> = valid
@@ -437,6 +456,7 @@ pub async fn admit_ports(
         op,
         &Subject {
             target: canonical,
+            asked: target,
             ports: requested,
             catch_all: &catch_all,
             scale_down: false,

@@ -26,6 +26,10 @@ pub enum BackendError {
     /// A `/container/NAME` the target's pods do not have (or a target that has none).
     #[error("{0}")]
     UnknownContainer(String),
+    /// A name that exists but cannot be a target (a Service over several workloads, a
+    /// ReplicaSet another controller manages), with why.
+    #[error("{0}")]
+    NotATarget(String),
     #[error("{0}")]
     CopyUnavailable(String),
     #[error("{0}")]

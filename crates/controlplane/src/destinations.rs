@@ -1,7 +1,8 @@
 //! Where a session's outgoing connections may go when a policy limits them
 //! (`outgoing_allow`). Entries are written as mirrord writes its outgoing filter:
 //! `[tcp://|udp://]HOST[:PORT]`, HOST an address, a CIDR (`[fd00::/8]` with a port), a
-//! name or `*`, PORT a number, a range `LO-HI` or `*` (any when absent).
+//! name or `*`, PORT a number, a range `LO-HI` or `*` (any when absent). An IPv6 address
+//! with a port is bracketed: `fd00::1:443` is the address `fd00::1:443`, any port.
 //!
 //! A name matches an address when the target's own resolver gives that address for it,
 //! asked at connect time: so `db` and `db.payments.svc.cluster.local` both match the
@@ -182,7 +183,8 @@ fn host_of(h: &str) -> Result<Host, String> {
         return Ok(Host::Net(net.trunc()));
     }
     if let Ok(ip) = h.parse::<IpAddr>() {
-        return Ok(Host::Net(IpNet::from(ip)));
+        // `::ffff:10.0.0.1` is 10.0.0.1, as the connection's address is compared.
+        return Ok(Host::Net(IpNet::from(ip.to_canonical())));
     }
     let name = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
     let valid = !name.is_empty()
@@ -252,6 +254,8 @@ mod tests {
         assert!(!d.allows_address(a("172.16.0.1:8050"), true), "tcp:// only");
         // An IPv4-mapped IPv6 address is its IPv4 address.
         assert!(d.allows_address(a("[::ffff:10.0.0.1]:5432"), false));
+        let mapped = list(&["[::ffff:192.168.9.9]:80"]);
+        assert!(mapped.allows_address(a("192.168.9.9:80"), false));
     }
 
     #[test]

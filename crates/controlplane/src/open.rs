@@ -75,7 +75,7 @@ async fn pipeline(
     caller: &Caller,
 ) -> Result<Opened, Refusal> {
     let mut valid = admission::validate(op, req, &caller.client.client_id).await?;
-    let take_overs = admission::authorize(op, caller, req).await?;
+    let take_overs = admission::authorize(op, caller, req, valid.target.reference()).await?;
     if !op.live_policies.wait_loaded(POLICIES_LOAD_WAIT).await {
         return Err(Refusal::Policy(
             "the cluster's policies (MirrordPolicy, MirrordClusterPolicy, MirrordProfile) are not loaded yet, and no session opens before they are; retry in a few seconds (if this lasts, the operator's log says why: are the chart's CRDs installed?)".into(),
@@ -457,7 +457,13 @@ pub async fn add_ports(
         session: entry.id,
         user: caller.client.client_user.clone(),
     };
-    let take_overs = admission::authorize(op, caller, &no_context(&more.target_ref)).await?;
+    let take_overs = admission::authorize(
+        op,
+        caller,
+        &no_context(&more.target_ref),
+        more.target.reference(),
+    )
+    .await?;
     let reserved = op.locks.reserve(
         &valid.key,
         holder.clone(),

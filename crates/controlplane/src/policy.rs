@@ -252,7 +252,10 @@ impl LivePolicies {
 
 /// Who asks for what: everything a policy can be about.
 pub struct Subject<'a> {
+    /// The target's own name (a Service's or a ReplicaSet's workload).
     pub target: &'a TargetRef,
+    /// The name the session asked with: a policy naming either binds it.
+    pub asked: &'a TargetRef,
     pub ports: &'a [PortRequest],
     /// Ports whose filter matches every request (an unfiltered steal for policies).
     pub catch_all: &'a [u16],
@@ -355,7 +358,7 @@ impl Policy {
     }
 
     fn applies(&self, s: &Subject<'_>) -> bool {
-        self.target.is_match(&s.target.to_string())
+        (self.target.is_match(&s.target.to_string()) || self.target.is_match(&s.asked.to_string()))
             && self.namespace.is_match(&s.target.namespace)
             && (self.users.is_empty() || self.users.iter().any(|u| u.is_match(s.user)))
             && (self.spec.roles.is_empty() || self.spec.roles.contains(&s.role))
@@ -681,6 +684,7 @@ mod tests {
     fn subject<'a>(target: &'a TargetRef, ports: &'a [PortRequest]) -> Subject<'a> {
         Subject {
             target,
+            asked: target,
             ports,
             catch_all: &[],
             scale_down: false,

@@ -552,7 +552,8 @@ impl Actor {
             .as_deref()
             .map_or(&[][..], |c| &c.allowed[..]);
         if let Err(message) = crate::destinations::check(rules, ctx.as_ref(), remote, udp).await {
-            tracing::info!(target: "mirrord_operator", session_id = %self.entry.id, %remote, udp, %message, "outgoing connection refused by policy");
+            // Debug: a process looping on refused connects would flood the log otherwise.
+            tracing::debug!(target: "mirrord_operator", session_id = %self.entry.id, %remote, udp, %message, "outgoing connection refused by policy");
             return Err(mirrord_protocol::ConnectFailure {
                 errno: nix::errno::Errno::EACCES as i32,
                 message,

@@ -34,10 +34,12 @@ pub async fn make(
             Kind::Pod | Kind::Job | Kind::CronJob | Kind::Targetless
         )
     {
+        let what = match r.kind {
+            Kind::Targetless => "a targetless session's pod".to_owned(),
+            kind => format!("{}/{}", kind.name(), r.name),
+        };
         return Err(BackendError::CopyUnavailable(format!(
-            "{}/{} has no replica count to scale down; copy it without --scale-down{}",
-            r.kind.name(),
-            r.name,
+            "{what} has no replica count to scale down; copy it without --scale-down{}",
             match r.kind {
                 Kind::Pod => ", or target its deployment",
                 _ => "",

@@ -243,7 +243,8 @@ impl TargetBackend for KubeBackend {
         Box::pin(async move {
             let (r, resolved) = if r.kind == workload::TARGETLESS {
                 let ctx = &self.ctx;
-                let t = workload::targetless(&r, &ctx.agent_image, &ctx.agent_pull_policy);
+                let (image, pull) = (&ctx.agent_image, &ctx.agent_pull_policy);
+                let t = workload::targetless(&ctx.client, &r, image, pull).await?;
                 (r, t)
             } else {
                 // Another name for a workload's pods is that workload: one target owns them.

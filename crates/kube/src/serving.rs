@@ -46,7 +46,8 @@ impl Target for KubeTarget {
     }
 
     fn accepts_port(&self, port: u16) -> bool {
-        port != 0
+        // A targetless session has no incoming traffic (refused here too, not only by the CLI).
+        port != 0 && self.resolved.kind != crate::workload::Kind::Targetless
     }
 
     fn ports(&self) -> Vec<u16> {

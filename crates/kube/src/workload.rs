@@ -55,7 +55,7 @@ impl Kind {
         }
     }
 
-    /// Why a session on it must make a copy, if it must.
+    /// Whether a session on it must make a copy.
     pub fn copy_only(self) -> bool {
         matches!(self, Kind::Job | Kind::CronJob | Kind::Targetless)
     }
@@ -65,14 +65,37 @@ impl Kind {
 pub const KINDS: &str =
     "deployment, statefulset, replicaset, pod, service, job and cronjob (copies only), or targetless";
 
-/// mirrord's name for no target.
-pub const TARGETLESS: &str = "targetless";
+pub use mirrord_protocol::TARGETLESS;
 
 /// A targetless session's "target": a pod of its own in `r`'s namespace, made like a copy
 /// from this template. Its one container is the agent's image doing nothing (`idle`), as
 /// an unprivileged user: what the session's process gets is the pod's network namespace
 /// (pod-only addresses, the namespace's Services by short name) and its resolver.
-pub fn targetless(r: &TargetRef, image: &str, pull_policy: &str) -> Resolved {
+/// Only `targetless` itself, in a namespace that exists (each is a target kept while the
+/// operator runs).
+pub async fn targetless(
+    client: &Client,
+    r: &TargetRef,
+    image: &str,
+    pull_policy: &str,
+) -> Result<Resolved, BackendError> {
+    if r.name != TARGETLESS || r.container.is_some() {
+        return Err(BackendError::NotATarget(format!(
+            "targetless has no name or container: ask for `targetless` (not {r})"
+        )));
+    }
+    let api = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    match api.get(&r.namespace).await {
+        Ok(_) => Ok(targetless_template(r, image, pull_policy)),
+        Err(e) if not_found(&e) => Err(BackendError::NotATarget(format!(
+            "there is no namespace {} to run a targetless session in",
+            r.namespace
+        ))),
+        Err(e) => Err(api_error(format!("read namespace {}", r.namespace), e)),
+    }
+}
+
+fn targetless_template(r: &TargetRef, image: &str, pull_policy: &str) -> Resolved {
     let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
         "spec": {
             "automountServiceAccountToken": false,
@@ -83,11 +106,13 @@ pub fn targetless(r: &TargetRef, image: &str, pull_policy: &str) -> Resolved {
                 "image": image,
                 "imagePullPolicy": pull_policy,
                 "args": ["idle"],
+                // What Pod Security `restricted` asks of a container.
                 "securityContext": {
                     "runAsNonRoot": true,
                     "runAsUser": 65534,
                     "allowPrivilegeEscalation": false,
                     "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 "resources": {"requests": {"cpu": "1m", "memory": "4Mi"}, "limits": {"memory": "32Mi"}},
             }],
@@ -128,7 +153,8 @@ pub struct Resolved {
 pub enum PodSelector {
     Labels(String),
     Name(String),
-    /// A CronJob's: its own pods are never targets, only copies of its template.
+    /// A CronJob's and targetless: no pods of its own are targets, only copies of its
+    /// template.
     None,
 }
 
@@ -203,7 +229,7 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
         }
     }
     let pods = match selector {
-        _ if matches!(kind, Kind::CronJob | Kind::Targetless) => PodSelector::None,
+        _ if kind.copy_only() => PodSelector::None,
         Some(s) => PodSelector::Labels(label_selector(&s).map_err(|e| {
             BackendError::Unavailable(format!("{r} has a selector this operator cannot use: {e}"))
         })?),
@@ -221,30 +247,46 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
     })
 }
 
-/// The target that owns the pods `r` names: a ReplicaSet a Deployment manages is that
+/// The target that owns the pods `r` names, under its kind's own spelling (`deploy/x` and
+/// `Deployment/x` are `deployment/x`): a ReplicaSet a Deployment manages is that
 /// Deployment, a Service the one workload (or bare pod) its selector picks; anything else
 /// is itself. The container part is kept.
 pub async fn canonical(client: &Client, r: &TargetRef) -> Result<TargetRef, BackendError> {
-    let kind = r.kind.to_ascii_lowercase();
     let ns = &r.namespace;
-    let owner = match kind.as_str() {
-        "replicaset" | "rs" | "replicasets" => match get::<ReplicaSet>(client, ns, &r.name).await {
-            Ok(rs) => controller(&rs.metadata).filter(|(k, _)| k == "Deployment"),
+    let is_service = matches!(
+        r.kind.to_ascii_lowercase().as_str(),
+        "service" | "svc" | "services"
+    );
+    let (kind, name) = match Kind::parse(&r.kind) {
+        Some(Kind::ReplicaSet) => match get::<ReplicaSet>(client, ns, &r.name).await {
+            Ok(rs) => replicaset_owner(r, &rs)?,
             Err(e) if not_found(&e) => return Err(unknown(client, r).await),
             Err(e) => return Err(api_error(format!("read {r} in namespace {ns}"), e)),
         },
-        "service" | "svc" | "services" => Some(service_workload(client, r).await?),
-        _ => None,
+        Some(kind) => (kind, r.name.clone()),
+        None if is_service => service_workload(client, r).await?,
+        None => return Err(unknown(client, r).await),
     };
-    Ok(match owner {
-        Some((kind, name)) => TargetRef {
-            kind: kind.to_ascii_lowercase(),
-            name,
-            namespace: ns.clone(),
-            container: r.container.clone(),
-        },
-        None => r.clone(),
+    Ok(TargetRef {
+        kind: kind.name().to_owned(),
+        name,
+        namespace: ns.clone(),
+        container: r.container.clone(),
     })
+}
+
+/// A ReplicaSet's target: its Deployment, itself when nothing manages it; one another
+/// controller manages (an Argo Rollout) is refused, as scaling or copying it would fight
+/// that controller.
+fn replicaset_owner(r: &TargetRef, rs: &ReplicaSet) -> Result<(Kind, String), BackendError> {
+    match controller(&rs.metadata) {
+        None => Ok((Kind::ReplicaSet, r.name.clone())),
+        Some((k, name)) if k == "Deployment" => Ok((Kind::Deployment, name)),
+        Some((k, name)) => Err(BackendError::NotATarget(format!(
+            "{r} in namespace {} is managed by {k} {name}, which is not a target kind ({KINDS})",
+            r.namespace
+        ))),
+    }
 }
 
 /// `(Kind, name)` of the object that controls the one `meta` describes, if any.
@@ -257,11 +299,8 @@ fn controller(meta: &kube::api::ObjectMeta) -> Option<(String, String)> {
 }
 
 /// The one workload whose pods Service `r` selects (a Deployment through its ReplicaSets,
-/// a StatefulSet, or a bare pod).
-async fn service_workload(
-    client: &Client,
-    r: &TargetRef,
-) -> Result<(String, String), BackendError> {
+/// a StatefulSet, a ReplicaSet nothing manages, or a bare pod).
+async fn service_workload(client: &Client, r: &TargetRef) -> Result<(Kind, String), BackendError> {
     let ns = &r.namespace;
     let svc = match get::<Service>(client, ns, &r.name).await {
         Ok(s) => s,
@@ -270,55 +309,64 @@ async fn service_workload(
     };
     let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     if selector.is_empty() {
-        return Err(BackendError::UnknownTarget {
-            target: r.to_string(),
-            namespace: ns.clone(),
-            known: "none: it has no selector, so no pods of its own (target the workload behind its endpoints)".into(),
-        });
+        return Err(BackendError::NotATarget(format!(
+            "{r} in namespace {ns} has no selector, so no pods of its own; target the workload behind its endpoints"
+        )));
     }
     let query: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&query.join(",")))
         .await
         .map_err(|e| api_error(format!("list the pods of {r} in namespace {ns}"), e))?;
-    let mut workloads = std::collections::BTreeSet::new();
+    // Each pod's controller, then (once per ReplicaSet) the ReplicaSet's.
+    let mut owners = std::collections::BTreeSet::new();
     for p in pods
         .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
     {
-        let owner = match controller(&p.metadata) {
-            Some((k, name)) if k == "ReplicaSet" => {
-                match get::<ReplicaSet>(client, ns, &name).await {
-                    Ok(rs) => controller(&rs.metadata)
-                        .filter(|(k, _)| k == "Deployment")
-                        .unwrap_or((k, name)),
-                    Err(_) => (k, name),
+        owners.insert(
+            controller(&p.metadata)
+                .unwrap_or_else(|| ("Pod".into(), p.metadata.name.clone().unwrap_or_default())),
+        );
+    }
+    let mut workloads = std::collections::BTreeSet::new();
+    for (k, name) in owners {
+        let owner = match k.as_str() {
+            "ReplicaSet" => match get::<ReplicaSet>(client, ns, &name).await {
+                Ok(rs) => controller(&rs.metadata).unwrap_or((k, name)),
+                Err(e) => {
+                    return Err(api_error(
+                        format!("read replicaset/{name} in namespace {ns}"),
+                        e,
+                    ))
                 }
-            }
-            Some(o) => o,
-            None => ("Pod".into(), p.metadata.name.clone().unwrap_or_default()),
+            },
+            _ => (k, name),
         };
         workloads.insert(owner);
     }
+    let named: Vec<String> = workloads
+        .iter()
+        .map(|(k, n)| format!("{}/{n}", k.to_ascii_lowercase()))
+        .collect();
     let mut it = workloads.into_iter();
     match (it.next(), it.next()) {
-        (Some(one), None) if Kind::parse(&one.0).is_some_and(|k| !k.copy_only()) => Ok(one),
-        (None, _) => Err(BackendError::Unavailable(format!(
+        (None, _) => Err(BackendError::NotATarget(format!(
             "{r} in namespace {ns} selects no running pod ({}); there is nothing to target yet",
             query.join(",")
         ))),
-        (Some(first), second) => {
-            let all: Vec<String> = std::iter::once(first)
-                .chain(second)
-                .chain(it)
-                .map(|(k, n)| format!("{}/{n}", k.to_ascii_lowercase()))
-                .collect();
-            Err(BackendError::Unavailable(format!(
-                "{r} in namespace {ns} selects the pods of {}; target one of them (a Service's pods must be one workload's)",
-                all.join(", ")
-            )))
-        }
+        (Some((k, name)), None) => match Kind::parse(&k).filter(|k| !k.copy_only()) {
+            Some(kind) => Ok((kind, name)),
+            None => Err(BackendError::NotATarget(format!(
+                "{r} in namespace {ns} selects the pods of {}, which is not a target kind ({KINDS})",
+                named[0]
+            ))),
+        },
+        (Some(_), Some(_)) => Err(BackendError::NotATarget(format!(
+            "{r} in namespace {ns} selects the pods of {}; target one of them (a Service's pods must be one workload's)",
+            named.join(", ")
+        ))),
     }
 }
 

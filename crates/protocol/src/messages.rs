@@ -121,11 +121,14 @@ pub struct TargetRef {
     pub container: Option<String>,
 }
 
+/// mirrord's "no target": the kind and the name of a targetless session's target.
+pub const TARGETLESS: &str = "targetless";
+
 impl fmt::Display for TargetRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // mirrord's "no target" has no name of its own.
-        if self.kind == "targetless" {
-            return f.write_str("targetless");
+        if self.kind == TARGETLESS && self.name == TARGETLESS {
+            return f.write_str(TARGETLESS);
         }
         write!(f, "{}/{}", self.kind, self.name)
     }
