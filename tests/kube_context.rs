@@ -51,7 +51,7 @@ spec:
 
 /// The target: its one variable of interest comes from the Secret through `envFrom`, and
 /// its /etc/hosts names the peer `ALIAS`. A second container has an environment of its
-/// own: `/container/sidecar` takes the context from it.
+/// own (`/container/sidecar` takes the context from it) and serves port 80.
 const API: &str = r#"apiVersion: v1
 kind: Secret
 metadata: {name: api-secrets, namespace: NS}
@@ -92,7 +92,7 @@ spec:
         - name: sidecar
           image: mirrord.dev/busybox:1
           imagePullPolicy: Never
-          command: ["/bin/sh", "-c", "exec sleep 100000"]
+          command: ["/bin/sh", "-c", "mkdir -p /tmp/www && echo sidecar > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"]
           env: [{name: ONLY_IN_SIDECAR, value: SIDECAR_VALUE}]
 "#;
 /// The value only the target's second container (`sidecar`) has.
@@ -633,6 +633,65 @@ fn exec_gets_the_pods_environment_names_connections_and_files_and_rbac_decides_e
         "{all}"
     );
     assert_eq!(peer_seen(&stdout, "curl peer="), Some(node_seen), "{all}");
+
+    // A container target (issue 25): `deployment/api/container/sidecar` steals the port the
+    // sidecar serves (the agent takes the pod's traffic, whichever container listens).
+    let www = env.dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "local\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut local = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--directory")
+        .arg(&www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://{}:80/", env.api_ip))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(get(), "sidecar", "the sidecar serves port 80");
+    let up = wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(drop)
+    });
+    assert!(up.is_some(), "the local server did not start");
+    let stolen = Session::start_kube(
+        &alice,
+        &env.home,
+        &[
+            "steal",
+            "--target",
+            "deployment/api/container/sidecar",
+            "--namespace",
+            &env.ns,
+            "--port",
+            &format!("80=127.0.0.1:{port}"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("a steal of a container target: {e}"));
+    let got = wait_for(Duration::from_secs(5), || (get() == "local").then_some(()));
+    assert!(got.is_some(), "not stolen: {}", get());
+    drop(stolen);
+    let _ = local.kill();
+    let _ = local.wait();
 
     // Targetless (issue 25): no target; a pod of the session's own in the namespace gives
     // the network and the names: the peer sees that pod's address, neither the node's nor a
