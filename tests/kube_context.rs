@@ -644,20 +644,31 @@ fn exec_gets_the_pods_environment_names_connections_and_files_and_rbac_decides_e
         .local_addr()
         .unwrap()
         .port();
-    let mut local = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .arg("--directory")
-        .arg(&www)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed when dropped, a panic included: a server left behind would hold the test's
+    // inherited descriptors (the cluster lock's among them).
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let local = Killed(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(&www)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let get = || {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "5"])
@@ -690,8 +701,7 @@ fn exec_gets_the_pods_environment_names_connections_and_files_and_rbac_decides_e
     let got = wait_for(Duration::from_secs(5), || (get() == "local").then_some(()));
     assert!(got.is_some(), "not stolen: {}", get());
     drop(stolen);
-    let _ = local.kill();
-    let _ = local.wait();
+    drop(local);
 
     // Targetless (issue 25): no target; a pod of the session's own in the namespace gives
     // the network and the names: the peer sees that pod's address, neither the node's nor a
