@@ -53,6 +53,16 @@ impl Validated {
     }
 }
 
+/// The name a session asked with, then the target's own when it is another: what RBAC
+/// must allow.
+fn both_names<'a>(
+    asked: &'a TargetRef,
+    canonical: &'a TargetRef,
+) -> impl Iterator<Item = &'a TargetRef> {
+    let same = canonical.kind == asked.kind && canonical.name == asked.name;
+    std::iter::once(asked).chain((!same).then_some(canonical))
+}
+
 pub fn target_key(r: &TargetRef) -> String {
     format!("{r} in namespace {}", r.namespace)
 }
@@ -199,8 +209,7 @@ pub async fn authorize(
     if caller.kubernetes_groups().is_some() {
         let mut allowed = true;
         let mut lacking = String::new();
-        let same = canonical.kind == req.target.kind && canonical.name == req.target.name;
-        for target in std::iter::once(&req.target).chain((!same).then_some(canonical)) {
+        for target in both_names(&req.target, canonical) {
             let may = authorize_rbac(op, caller, req, target).await?;
             allowed &= may.allowed;
             if !may.allowed {
@@ -439,8 +448,7 @@ pub async fn admit_ports(
             caller.client.client_id
         )));
     }
-    let same = canonical.kind == target.kind && canonical.name == target.name;
-    for t in std::iter::once(target).chain((!same).then_some(canonical)) {
+    for t in both_names(target, canonical) {
         for mode in [PortMode::Steal, PortMode::Mirror] {
             if requested.iter().any(|p| p.mode == mode) {
                 rbac::require(op.rbac.as_deref(), caller, Check::open(mode, t)).await?;

@@ -61,7 +61,7 @@ pub async fn make(
         uid: created.metadata.uid.unwrap_or_default(),
         scaled_down: false,
     };
-    let what = format!("copy {name} of {}/{}", kind_name(r.kind), r.name);
+    let what = format!("copy {name} of {}/{}", r.kind.name(), r.name);
     let running = crate::startup::running(
         &ctx.client,
         &r.namespace,
@@ -104,7 +104,7 @@ fn copy_pod(ctx: &Context, r: &Resolved, session: &str) -> Pod {
         c.readiness_probe = None;
         c.startup_probe = None;
     }
-    let kind = kind_name(r.kind);
+    let kind = r.kind.name();
     let mut annotations = r
         .template
         .metadata
@@ -129,10 +129,6 @@ fn copy_pod(ctx: &Context, r: &Resolved, session: &str) -> Pod {
         spec: Some(spec),
         status: None,
     }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    kind.name()
 }
 
 fn workload_api(ctx: &Context, kind: Kind, namespace: &str) -> Option<Api<DynamicObject>> {
