@@ -8,7 +8,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mirrord_layer_proto::{Family, Request};
 use support::*;
@@ -239,7 +239,7 @@ print("ok")
 fn a_refused_port_is_refused_at_once() {
     let ctl = ctl();
     let port = closed_port();
-    let started = Instant::now();
+    // curl's exit 7 is a refusal; a connect timeout would be 28.
     let out = run(
         curl(&format!("http://{NAME}:{port}/")).envs(ctl.env(&config())),
         LIMIT,
@@ -251,11 +251,12 @@ fn a_refused_port_is_refused_at_once() {
         text(&out.stderr)
     );
     let script = r#"
-import socket, sys
+import socket, sys, time
+started = time.monotonic()
 try:
     socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
 except ConnectionRefusedError:
-    print("refused")
+    print("refused", time.monotonic() - started)
 "#;
     let out = run(
         python(script)
@@ -263,8 +264,15 @@ except ConnectionRefusedError:
             .envs(ctl.env(&config())),
         LIMIT,
     );
-    assert_eq!(ok(&out, Some(&ctl)).trim(), "refused");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // Timed inside the process: interpreter start-up on a loaded machine is not the
+    // layer's doing, a refusal that waits for the 5 s timeout would be.
+    let said = ok(&out, Some(&ctl));
+    let took: f64 = said
+        .trim()
+        .strip_prefix("refused ")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not refused: {said}"));
+    assert!(took < 2.0, "the refusal took {took:.2} s");
     assert_eq!(
         ctl.connects().len(),
         2,
