@@ -11,7 +11,8 @@
 //! workload in another (issue 33: objects the operator makes next to the workload must not
 //! be owned by anything in the operator's namespace, or the garbage collector deletes them).
 
-use mirrord_e2e::kube::{repo, Cluster};
+use mirrord_e2e::kube::{repo, Cluster, NODE_IP};
+use mirrord_e2e::otlp::{attr, text, Received};
 use mirrord_e2e::prom::http_exchange;
 use mirrord_e2e::{ctl, wait_for, Session};
 use serde_json::Value;
@@ -151,6 +152,11 @@ struct Env {
 
 impl Env {
     fn start(base: &str, replicas: u32) -> Option<Self> {
+        Self::start_with(base, replicas, &[])
+    }
+
+    /// With more `--set`s for the chart.
+    fn start_with(base: &str, replicas: u32, values: &[&str]) -> Option<Self> {
         let k = Cluster::get()?;
         // A fresh name: deleting a namespace can take a minute on this cluster.
         let ns = &format!("{base}-{:04x}", rand_u16());
@@ -163,10 +169,11 @@ impl Env {
         k.kubectl(&["create", "namespace", op_ns]);
         k.apply(&web_yaml(ns, replicas));
         let chart = repo().join("deploy/helm/mirrord-operator");
-        k.helm(&[
+        let chart = chart.display().to_string();
+        let mut args = vec![
             "install",
             &release,
-            &chart.display().to_string(),
+            &chart,
             "-n",
             op_ns,
             "--set",
@@ -179,7 +186,11 @@ impl Env {
             "--set",
             "apiService.enabled=false",
             "--wait",
-        ]);
+        ];
+        for v in values {
+            args.extend(["--set", v]);
+        }
+        k.helm(&args);
         k.kubectl(&[
             "-n",
             ns,
@@ -400,6 +411,10 @@ impl Drop for Env {
     }
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn rand_u16() -> u16 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -410,7 +425,14 @@ fn rand_u16() -> u16 {
 #[test]
 fn steal_filter_and_mirror_a_deployment_through_its_service() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(env) = Env::start("mirrord-k8s-steal", 2) else {
+    if Cluster::get().is_none() {
+        return;
+    }
+    // An OTLP receiver on the node's bridge address, where the operator's pod exports.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (received, otlp) = rt.block_on(Received::start_at(SocketAddr::new(NODE_IP.into(), 0)));
+    let endpoint = format!("operator.otel.endpoint=http://{otlp}");
+    let Some(env) = Env::start_with("mirrord-k8s-steal", 2, &[&endpoint]) else {
         return;
     };
     let local = Local::start();
@@ -513,7 +535,6 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
 
     // A matched request the developer upgrades (101, then bytes both ways: a WebSocket's
     // way) works through the agent, on each pod.
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let dev = rt.block_on(mirrord_e2e::servers::HttpServer::start("dev"));
     let mut s = env.session(&[
         "steal",
@@ -531,8 +552,55 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert_eq!(echo, "dev:ping");
     }
+    // A traced request stolen through an agent is a span of the operator's, as on one
+    // machine: the caller's trace is its parent, the developer gets the span as parent.
+    for (i, (_, _, ip)) in env.pods().into_iter().enumerate() {
+        let trace = format!("{:032x}", 0x5eed_0000u128 + i as u128);
+        let caller = "00f067aa0ba902b7";
+        let tp = format!("00-{trace}-{caller}-01");
+        let path = format!("/traced-{i}");
+        assert_eq!(
+            get(
+                SocketAddr::new(ip, 80),
+                &path,
+                &[("x-user", "alice"), ("traceparent", &tp)]
+            ),
+            "dev"
+        );
+        let hit = dev.hits().into_iter().find(|h| h.path == path).unwrap();
+        let sent: Vec<_> = hit
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "traceparent")
+            .map(|(_, v)| v.clone())
+            .collect();
+        assert_eq!(
+            sent.len(),
+            1,
+            "one traceparent reaches the developer: {sent:?}"
+        );
+        let parts: Vec<_> = sent[0].split('-').collect();
+        assert_eq!(parts[1], trace, "{sent:?}");
+        assert_ne!(
+            parts[2], caller,
+            "the operator's span is the parent: {sent:?}"
+        );
+        let span = rt.block_on(
+            received.wait_span(|sp| sp.name == "steal GET" && hex(&sp.trace_id) == trace),
+        );
+        assert_eq!(hex(&span.span_id), parts[2]);
+        assert_eq!(hex(&span.parent_span_id), caller);
+        assert_eq!(text(&attr(&span.attributes, "url.path").unwrap()), path);
+        assert_eq!(
+            text(&attr(&span.attributes, "http.response.status_code").unwrap()),
+            "200"
+        );
+        assert_eq!(
+            text(&attr(&span.attributes, "mirrord.target").unwrap()),
+            "deployment/web"
+        );
+    }
     s.stop();
-    drop(rt);
 
     // Mirror: the pods answer, the developer gets a copy of each request.
     let s = env.session(&["mirror", "--port", &to]);

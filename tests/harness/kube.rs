@@ -12,6 +12,10 @@ pub struct Cluster {
     kubeconfig: PathBuf,
 }
 
+/// The node's address on the dev cluster's bridge: how pods reach a server of a test
+/// (`scripts/dev-cluster.sh`'s `NODE_IP`).
+pub const NODE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 0, 1);
+
 impl Cluster {
     /// The cluster, or `None` (with a note) when there is none and this is not CI.
     pub fn get() -> Option<Self> {

@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod kube;
 pub mod netns;
+pub mod otlp;
 pub mod prom;
 pub mod raw;
 pub mod servers;

@@ -18,6 +18,7 @@ use mirrord_dataplane::{Body, BoxError, Handoff, StolenResponse, Subscriber};
 use mirrord_protocol::agent::{self, decode_head, encode_head, RouteSnapshot};
 use mirrord_protocol::HttpRequestHead;
 use mirrord_serve::{serve_tls, Accepted, Listener, Shutdown, Slots};
+use mirrord_telemetry::RequestSpan;
 use std::convert::Infallible;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -293,7 +294,8 @@ async fn stolen_request(
     targets: &Targets,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    let (sub, port, head) = handed_request(targets, &req)?;
+    let (sub, port, mut head) = handed_request(targets, &req)?;
+    let span = request_span(&sub, port, &mut head);
     let (respond, answer) = oneshot::channel();
     let body: Body = req.into_body().map_err(|e| Box::new(e) as BoxError).boxed();
     sub.tx
@@ -315,6 +317,15 @@ async fn stolen_request(
             .expect("valid response"));
     }
     sub.counters.requests.inc();
+    match &answer {
+        Ok(StolenResponse::Response { head, .. }) => span.finish(head.status, None),
+        // The agent answers the caller 502, as the one-machine interceptor does.
+        Ok(StolenResponse::Failed(_)) => span.finish(
+            StatusCode::BAD_GATEWAY.as_u16(),
+            Some("the developer's local process did not answer"),
+        ),
+        _ => span.finish(StatusCode::BAD_GATEWAY.as_u16(), Some("the session ended")),
+    }
     match answer {
         Ok(StolenResponse::Response {
             head,
@@ -336,6 +347,29 @@ async fn stolen_request(
         Ok(StolenResponse::Failed(why)) => Err(GatewayError::Failed(why)),
         Ok(StolenResponse::GivenBack(_)) | Err(_) => Err(GatewayError::SessionGone),
     }
+}
+
+/// The stolen request's span, as on one machine: the caller's `traceparent` (the agent
+/// passes it on untouched) is its parent, and the developer's process gets this span's.
+fn request_span(sub: &Subscriber, port: u16, head: &mut HttpRequestHead) -> RequestSpan {
+    let mut trace = http::HeaderMap::new();
+    for (name, value) in &head.headers {
+        if name.eq_ignore_ascii_case("traceparent") || name.eq_ignore_ascii_case("tracestate") {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                trace.append(n, v);
+            }
+        }
+    }
+    let path = head.uri.split('?').next().unwrap_or("/");
+    let span = sub.trace.stolen_request(port, &head.method, path, &trace);
+    for (name, value) in span.propagation_headers() {
+        head.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+        head.headers.push((name, Bytes::from(value)));
+    }
+    span
 }
 
 async fn mirrored_request(

@@ -98,10 +98,21 @@ impl Signals {
     }
 }
 
-/// TLS for `https://` collectors, from the standard variables: the system's roots and
-/// `OTEL_EXPORTER_OTLP_CERTIFICATE` (a PEM CA, e.g. a cluster's), and a client identity
-/// from `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `_CLIENT_KEY` for collectors that want
-/// mutual TLS. Only used by `https://` endpoints.
+/// Whether `signal`'s collector (its own endpoint, else the general one) is `https://`:
+/// only those get a TLS configuration. A plain `http://` collector must work in an image
+/// without any CA bundle (the operator's has none); tonic's native roots refuse to build
+/// there.
+fn wants_tls(env: &impl Fn(&str) -> Option<String>, signal: &str) -> bool {
+    let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+        .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("https://"))
+}
+
+/// TLS for `https://` collectors, from the standard variables: the system's roots (when
+/// it has any) and `OTEL_EXPORTER_OTLP_CERTIFICATE` (a PEM CA, e.g. a cluster's), and a
+/// client identity from `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `_CLIENT_KEY` for
+/// collectors that want mutual TLS.
 fn tls_from_env(env: impl Fn(&str) -> Option<String>) -> Result<ClientTlsConfig, OtelError> {
     let read = |var: &'static str| -> Result<Option<Vec<u8>>, OtelError> {
         let Some(path) = env(var).filter(|v| !v.trim().is_empty()) else {
@@ -111,8 +122,14 @@ fn tls_from_env(env: impl Fn(&str) -> Option<String>) -> Result<ClientTlsConfig,
             .map(Some)
             .map_err(|source| OtelError::TlsFile { var, path, source })
     };
-    let mut tls = ClientTlsConfig::new().with_native_roots();
-    if let Some(ca) = read("OTEL_EXPORTER_OTLP_CERTIFICATE")? {
+    let ca = read("OTEL_EXPORTER_OTLP_CERTIFICATE")?;
+    let mut tls = ClientTlsConfig::new();
+    // tonic refuses to build with native roots on a system that has none; a given CA
+    // is then all there is to trust.
+    if ca.is_none() || !rustls_native_certs::load_native_certs().certs.is_empty() {
+        tls = tls.with_native_roots();
+    }
+    if let Some(ca) = ca {
         tls = tls.ca_certificate(Certificate::from_pem(ca));
     }
     match (
@@ -142,16 +159,17 @@ impl Otel {
             return Ok(None);
         }
         let resource = resource();
-        let tls = tls_from_env(|k| std::env::var(k).ok())?;
+        let env = |k: &str| std::env::var(k).ok();
+        let tls = tls_from_env(env)?;
         let traces = if signals.traces {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_tls_config(tls.clone())
-                .build()
-                .map_err(|source| OtelError::Exporter {
-                    signal: "traces",
-                    source,
-                })?;
+            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if wants_tls(&env, "TRACES") {
+                builder = builder.with_tls_config(tls.clone());
+            }
+            let exporter = builder.build().map_err(|source| OtelError::Exporter {
+                signal: "traces",
+                source,
+            })?;
             let provider = SdkTracerProvider::builder()
                 .with_resource(resource.clone())
                 .with_batch_exporter(exporter)
@@ -162,14 +180,14 @@ impl Otel {
             None
         };
         let logs = if signals.logs {
-            let exporter = opentelemetry_otlp::LogExporter::builder()
-                .with_tonic()
-                .with_tls_config(tls)
-                .build()
-                .map_err(|source| OtelError::Exporter {
-                    signal: "logs",
-                    source,
-                })?;
+            let mut builder = opentelemetry_otlp::LogExporter::builder().with_tonic();
+            if wants_tls(&env, "LOGS") {
+                builder = builder.with_tls_config(tls);
+            }
+            let exporter = builder.build().map_err(|source| OtelError::Exporter {
+                signal: "logs",
+                source,
+            })?;
             Some(
                 SdkLoggerProvider::builder()
                     .with_resource(resource)
@@ -483,6 +501,20 @@ mod tests {
             err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf") && err.contains("gRPC"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_https_collectors_get_tls_and_a_signals_own_endpoint_wins() {
+        let plain = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")];
+        assert!(!wants_tls(&env(&plain), "TRACES"));
+        let secure = [("OTEL_EXPORTER_OTLP_ENDPOINT", " HTTPS://c:4317")];
+        assert!(wants_tls(&env(&secure), "LOGS"));
+        let mixed = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4317"),
+        ];
+        assert!(!wants_tls(&env(&mixed), "TRACES"));
+        assert!(wants_tls(&env(&mixed), "LOGS"));
     }
 
     #[test]
