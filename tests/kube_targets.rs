@@ -565,7 +565,7 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
                 &path,
                 &[("x-user", "alice"), ("traceparent", &tp)]
             ),
-            "dev"
+            format!("dev GET {path}")
         );
         let hit = dev.hits().into_iter().find(|h| h.path == path).unwrap();
         let sent: Vec<_> = hit
