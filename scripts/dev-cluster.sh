@@ -15,6 +15,8 @@
 # Kubernetes source (v1.20.2) into $MIRRORD_K8S_CACHE (default /var/cache/mirrord-k8s),
 # keyed by the source version and reused after. Everything listens on 127.0.0.1 or on the
 # cluster's own bridge (10.244.0.1); pods get 10.244.0.0/24, Services 10.96.0.0/16.
+# The EphemeralContainers feature gate (alpha in 1.20) is on (kubectl debug works); 1.20 still
+# forbids capabilities in them, so agent.ephemeral needs 1.21+ and is refused here.
 # Needs root (containers, bridges, iptables).
 set -euo pipefail
 
@@ -314,7 +316,8 @@ control_plane() {
     --proxy-client-key-file="$pki/front-proxy-client.key" \
     --enable-aggregator-routing=true --allow-privileged=true \
     --kubelet-preferred-address-types=InternalIP \
-    --enable-admission-plugins=NodeRestriction
+    --enable-admission-plugins=NodeRestriction \
+    --feature-gates=EphemeralContainers=true
   wait_for kube-apiserver 90 "$BIN/kubectl" --kubeconfig "$RUN/admin.kubeconfig" get --raw /readyz
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig="$RUN/controller-manager.kubeconfig" --leader-elect=false \
@@ -338,6 +341,8 @@ port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 cgroupDriver: cgroupfs
+featureGates:
+  EphemeralContainers: true
 failSwapOn: false
 resolvConf: $RUN/resolv.conf
 tlsCertFile: $pki/kubelet.crt

@@ -1287,3 +1287,140 @@ fn copies_scale_down_and_a_killed_operator_restores_everything() {
     ]);
     env.serves_itself(Duration::from_secs(30));
 }
+
+/// The pod's JSON.
+fn pod_json(env: &Env, name: &str) -> Value {
+    serde_json::from_str(
+        &env.k
+            .kubectl(&["-n", &env.ns, "get", "pod", name, "-o", "json"]),
+    )
+    .unwrap()
+}
+
+/// Issue 25: with `agent.ephemeral` the agent is an ephemeral container of the target pod
+/// (no pod of its own, no hostPID, nothing secret in the spec), dialled by the operator;
+/// it steals and mirrors, and after the session it is stopped and its redirect gone.
+#[test]
+fn an_ephemeral_agent_steals_mirrors_and_leaves_its_pod_as_it_was() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(env) = Env::start_with("mirrord-k8s-eph", 1, &["agent.ephemeral=true"]) else {
+        return;
+    };
+    let local = Local::start();
+    let to = format!("80={}", local.addr);
+    let (name, uid, ip) = env.pods().remove(0);
+    let pod = SocketAddr::new(ip, 80);
+
+    // Ephemeral containers take capabilities from Kubernetes 1.21 on (the agent needs
+    // NET_ADMIN). Before, the session is refused at once saying so, and the pod is left
+    // untouched; the rest of this test needs a newer cluster than the dev cluster's 1.20.
+    let version: Value = serde_json::from_str(&env.k.kubectl(&["version", "-o", "json"])).unwrap();
+    let minor: u32 = version["serverVersion"]["minor"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('+')
+        .parse()
+        .unwrap();
+    if minor < 21 {
+        let refused = Instant::now();
+        let out = ctl(
+            &env.creds,
+            &[
+                "steal",
+                "--target",
+                "deployment/web",
+                "--namespace",
+                &env.ns,
+                "--port",
+                &to,
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("agent.ephemeral needs Kubernetes 1.21 or later")
+                && err.contains(&format!("this cluster is 1.{minor}")),
+            "{err}"
+        );
+        assert!(
+            refused.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            refused.elapsed()
+        );
+        assert!(
+            pod_json(&env, &name)["spec"]["ephemeralContainers"].is_null(),
+            "the pod was changed"
+        );
+        assert!(env.agents().is_empty(), "an agent pod: {:?}", env.agents());
+        assert_eq!(get(pod, "/", &[]), name);
+        eprintln!("Kubernetes 1.{minor}: the ephemeral agent is refused as it must be; stealing through one needs 1.21+");
+        return;
+    }
+
+    let opened = Instant::now();
+    let mut s = env.session(&["steal", "--port", &to]);
+    eprintln!("session open, ephemeral agent cold: {:?}", opened.elapsed());
+    assert_eq!(get(pod, "/", &[]), "local");
+    assert_eq!(
+        answers(env.web, 5, &[]),
+        BTreeSet::from(["local".to_owned()])
+    );
+    assert!(env.agents().is_empty(), "an agent pod: {:?}", env.agents());
+    let spec = pod_json(&env, &name);
+    let agents: Vec<&Value> = spec["spec"]["ephemeralContainers"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    assert_eq!(agents.len(), 1, "{:#}", spec["spec"]);
+    let agent = agents[0];
+    assert!(agent["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("mirrord-agent-"));
+    assert_ne!(agent["securityContext"]["privileged"], true);
+    assert_eq!(
+        agent["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN", "SYS_PTRACE"])
+    );
+    assert_ne!(spec["spec"]["hostPID"], true);
+    assert!(
+        !spec.to_string().contains("PRIVATE KEY"),
+        "a key in the pod's spec"
+    );
+    s.stop();
+    env.serves_itself(Duration::from_secs(5));
+
+    // Mirror, on the same agent (lingering).
+    let mut m = env.session(&["mirror", "--port", &to]);
+    for i in 0..5 {
+        assert_eq!(get(pod, &format!("/?mirror={i}"), &[]), name);
+    }
+    let copied = wait_for(Duration::from_secs(10), || {
+        (local.count("mirror=") == 5).then_some(())
+    });
+    assert!(copied.is_some(), "copies: {:?}", local.hits.lock().unwrap());
+    m.stop();
+
+    // After its linger the agent has left: its container stopped, its table gone.
+    let stopped = wait_for(Duration::from_secs(30), || {
+        let statuses = pod_json(&env, &name)["status"]["ephemeralContainerStatuses"].clone();
+        statuses
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .filter(|a| a.iter().all(|c| !c["state"]["terminated"].is_null()))
+            .map(|_| ())
+    });
+    assert!(
+        stopped.is_some(),
+        "the agent did not stop: {:#}",
+        pod_json(&env, &name)["status"]["ephemeralContainerStatuses"]
+    );
+    let pid = pod_process(&uid, "httpd").expect("the pod's httpd runs on this node");
+    let tables = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "nft", "list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(!tables.contains("mirrord_agent_"), "{tables}");
+    assert_eq!(get(pod, "/", &[]), name);
+}

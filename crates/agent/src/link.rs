@@ -36,8 +36,24 @@ pub enum LinkError {
     Broken(#[source] hyper::Error),
 }
 
+/// How the link's connection is made.
+pub enum Dial {
+    /// The agent dials the operator's gateway (an agent pod, with its mutual-TLS
+    /// credential).
+    Connect(String),
+    /// The operator dials the agent on this listener (an ephemeral container in the target
+    /// pod, which holds no credential of its own); the agent still speaks TLS as the client
+    /// and verifies the operator.
+    Accept(tokio::net::TcpListener),
+}
+
+/// How long an accepting agent waits for the operator before it checks whether the
+/// operator has been away too long.
+const ACCEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Link {
     addr: String,
+    dial: Dial,
     tls: TlsConnector,
     pod_uid: String,
     /// This agent's own pod (the operator tells a leaving agent from its replacement by it).
@@ -50,15 +66,23 @@ const BRIDGE_QUEUE: usize = 1024;
 
 impl Link {
     pub fn new(
-        addr: String,
+        dial: Dial,
         tls: Arc<rustls::ClientConfig>,
         pod_uid: String,
         agent: String,
     ) -> Arc<Self> {
         let mut tls = (*tls).clone();
         tls.alpn_protocols = vec![b"h2".to_vec()];
+        let addr = match &dial {
+            Dial::Connect(addr) => addr.clone(),
+            Dial::Accept(l) => l
+                .local_addr()
+                .map(|a| format!("the operator dialling {a}"))
+                .unwrap_or_default(),
+        };
         Arc::new(Self {
             addr,
+            dial,
             tls: TlsConnector::from(Arc::new(tls)),
             pod_uid,
             agent,
@@ -72,9 +96,18 @@ impl Link {
             addr: self.addr.clone(),
             source,
         };
-        let tcp = tokio::net::TcpStream::connect(&self.addr)
-            .await
-            .map_err(connect_err)?;
+        let tcp = match &self.dial {
+            Dial::Connect(addr) => tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(connect_err)?,
+            Dial::Accept(listener) => {
+                tokio::time::timeout(ACCEPT_WAIT, listener.accept())
+                    .await
+                    .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
+                    .map_err(connect_err)?
+                    .0
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(mirrord_identity::OPERATOR_SERVER_NAME)
             .expect("a valid name");

@@ -51,9 +51,21 @@ enum Command {
         /// The target pod's UID (`kubectl get pod NAME -o jsonpath={.metadata.uid}`).
         #[arg(long)]
         pod_uid: String,
-        /// A port to take over and pass through (without `--operator`). Repeatable.
-        #[arg(long = "port", required_unless_present = "credentials")]
+        /// A port to take over and pass through (without an operator). Repeatable.
+        #[arg(long = "port", required_unless_present_any = ["credentials", "accept"])]
         ports: Vec<u16>,
+        /// Let the operator dial this agent on this port, instead of dialling it with a
+        /// credential: the agent verifies the operator with the CA in `MIRRORD_AGENT_CA`
+        /// (PEM). For an ephemeral container in the target pod, which cannot mount the
+        /// agents' Secret (and must not carry a key in its spec, readable by whoever can
+        /// read the pod).
+        #[arg(long, conflicts_with = "credentials", requires = "in_pod")]
+        accept: Option<u16>,
+        /// The agent runs in the target pod itself (an ephemeral container): its network
+        /// namespace is already the pod's, and the processes it sees are those the pod
+        /// shares with it.
+        #[arg(long)]
+        in_pod: bool,
         /// The operator's agent gateway, `host:port`, dialled from the pod's namespace
         /// (default: the credential directory's `operator-address`).
         #[arg(long, requires = "credentials")]
@@ -62,9 +74,9 @@ enum Command {
         /// operator-address): the routes come from the operator.
         #[arg(long)]
         credentials: Option<PathBuf>,
-        /// This agent's pod name, as the operator knows it [default: the host name, which in
-        /// a pod is the pod's name].
-        #[arg(long, requires = "credentials")]
+        /// This agent's name, as the operator knows it (its pod's, or its ephemeral
+        /// container's) [default: the host name, which in a pod is the pod's name].
+        #[arg(long)]
         agent_name: Option<String>,
         /// How long the agent waits for an unreachable operator before it leaves.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -85,12 +97,25 @@ enum Command {
 enum Source {
     Fixed(Vec<u16>),
     Operator {
-        addr: Option<String>,
-        credentials: PathBuf,
+        reach: Reach,
         agent_name: String,
         timeout: Duration,
     },
 }
+
+/// How the agent and the operator find each other.
+enum Reach {
+    /// The agent dials, with the credential directory's certificate.
+    Dial {
+        addr: Option<String>,
+        credentials: PathBuf,
+    },
+    /// The operator dials this port.
+    Accept { port: u16 },
+}
+
+/// Where an accepting agent finds the operator's agent CA.
+const CA_ENV: &str = "MIRRORD_AGENT_CA";
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -99,6 +124,8 @@ fn main() -> std::process::ExitCode {
         Command::Intercept {
             pod_uid,
             ports,
+            accept,
+            in_pod,
             operator,
             credentials,
             agent_name,
@@ -106,10 +133,17 @@ fn main() -> std::process::ExitCode {
             lease,
             proc_dir,
         } => {
-            let source = match credentials {
-                Some(credentials) => Source::Operator {
+            let reach = match (credentials, accept) {
+                (Some(credentials), _) => Some(Reach::Dial {
                     addr: operator,
                     credentials,
+                }),
+                (None, Some(port)) => Some(Reach::Accept { port }),
+                (None, None) => None,
+            };
+            let source = match reach {
+                Some(reach) => Source::Operator {
+                    reach,
                     agent_name: agent_name.unwrap_or_else(|| {
                         std::fs::read_to_string("/proc/sys/kernel/hostname")
                             .map(|h| h.trim().to_owned())
@@ -119,7 +153,7 @@ fn main() -> std::process::ExitCode {
                 },
                 None => Source::Fixed(ports),
             };
-            intercept(&pod_uid, source, lease, &proc_dir)
+            intercept(&pod_uid, source, lease, &proc_dir, in_pod)
         }
         Command::Idle => idle(),
     };
@@ -138,16 +172,24 @@ fn intercept(
     source: Source,
     lease: Duration,
     proc_dir: &std::path::Path,
+    in_pod: bool,
 ) -> anyhow::Result<()> {
-    let pid = netns::pod_process(proc_dir, uid)?;
-    // Before the runtime exists: its threads are created inside the pod's namespace.
-    let comm =
-        std::fs::read_to_string(proc_dir.join(pid.to_string()).join("comm")).unwrap_or_default();
-    eprintln!(
-        "mirrord-agent: entering the network namespace of pid {pid} ({})",
-        comm.trim()
-    );
-    netns::enter(proc_dir, pid)?;
+    let pid = if in_pod {
+        // An ephemeral container: the pod's namespace is this process's own.
+        eprintln!("mirrord-agent: in the pod's own network namespace");
+        std::process::id()
+    } else {
+        let pid = netns::pod_process(proc_dir, uid)?;
+        // Before the runtime exists: its threads are created inside the pod's namespace.
+        let comm = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("comm"))
+            .unwrap_or_default();
+        eprintln!(
+            "mirrord-agent: entering the network namespace of pid {pid} ({})",
+            comm.trim()
+        );
+        netns::enter(proc_dir, pid)?;
+        pid
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -307,11 +349,23 @@ async fn run(
             std::future::pending().await
         }
         Source::Operator {
-            addr,
-            credentials,
+            reach,
             agent_name,
             timeout,
         } => {
+            let (dial, tls) = reach_operator(reach).await?;
+            let link = Link::new(dial, tls, uid.to_owned(), agent_name);
+            let context = context::Context::new(proc_dir.to_owned(), uid.to_owned());
+            follow(&link, &context, ports, redirect, timeout, lease, leave).await
+        }
+    }
+}
+
+/// The link's connection and TLS: the credential directory's, or (accepting) the CA
+/// from the environment and a listener on every address of the pod.
+async fn reach_operator(reach: Reach) -> anyhow::Result<(link::Dial, Arc<rustls::ClientConfig>)> {
+    match reach {
+        Reach::Dial { addr, credentials } => {
             let creds = mirrord_identity::Credentials::load(&credentials).with_context(|| {
                 format!(
                     "loading the agent's credentials from {}",
@@ -320,9 +374,21 @@ async fn run(
             })?;
             let tls = mirrord_identity::client_config(&creds)?;
             let addr = addr.unwrap_or_else(|| creds.operator_addr.clone());
-            let link = Link::new(addr, tls, uid.to_owned(), agent_name);
-            let context = context::Context::new(proc_dir.to_owned(), uid.to_owned());
-            follow(&link, &context, ports, redirect, timeout, lease, leave).await
+            Ok((link::Dial::Connect(addr), tls))
+        }
+        Reach::Accept { port } => {
+            let ca = std::env::var(CA_ENV)
+                .with_context(|| format!("{CA_ENV} (the operator's agent CA) is not set"))?;
+            let tls = mirrord_identity::ca_only_client_config(ca.as_bytes())
+                .with_context(|| format!("reading {CA_ENV}"))?;
+            // Dual-stack where the pod has IPv6, else IPv4 only.
+            let listener = match tokio::net::TcpListener::bind(("::", port)).await {
+                Ok(l) => l,
+                Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port))
+                    .await
+                    .with_context(|| format!("listening on port {port} for the operator"))?,
+            };
+            Ok((link::Dial::Accept(listener), tls))
         }
     }
 }

@@ -63,6 +63,11 @@ pub struct KubernetesConfig {
     /// its process's environment and root).
     #[serde(default)]
     pub agent_privileged: bool,
+    /// Run each agent as an ephemeral container in the target pod (it shares the pod's
+    /// network namespace: no node-level pod, no hostPID; NET_ADMIN and SYS_PTRACE only),
+    /// reached by the operator dialling it.
+    #[serde(default)]
+    pub agent_ephemeral: bool,
     /// How long opening a session waits for the agents to apply its routes.
     #[serde(default = "default_agent_ready_timeout", with = "humantime_serde")]
     pub agent_ready_timeout: Duration,

@@ -18,7 +18,7 @@ pub use ca::{private_dir, CertificateAuthority, ClientSpec, IssuedCert, IssuedCl
 pub use credentials::Credentials;
 pub use peer::PeerIdentity;
 pub use role::{Role, UnknownRole};
-pub use tls::{client_config, ServerTls, OPERATOR_SERVER_NAME};
+pub use tls::{ca_only_client_config, client_config, ServerTls, OPERATOR_SERVER_NAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {

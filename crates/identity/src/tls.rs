@@ -94,3 +94,25 @@ pub fn client_config(creds: &Credentials) -> Result<Arc<ClientConfig>, IdentityE
         .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())?;
     Ok(Arc::new(cfg))
 }
+
+/// Client side without a certificate of its own: trust only the CA `ca_pem` (PEM). For an
+/// agent the operator dials (an ephemeral container): it is known by the address it was
+/// reached at, and needs only to know the operator.
+pub fn ca_only_client_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>, IdentityError> {
+    let ca: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &ca_pem[..])
+        .filter_map(Result::ok)
+        .collect();
+    if ca.is_empty() {
+        return Err(IdentityError::PeerCert(
+            "no CA certificate in the PEM given".into(),
+        ));
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(&ca)?, provider())
+        .build()
+        .map_err(|e| IdentityError::PeerCert(e.to_string()))?;
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_webpki_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}

@@ -76,6 +76,11 @@ pub async fn make(
         name: name.clone(),
         namespace: r.namespace.clone(),
         containers: crate::target::container_ids(&running),
+        ip: running
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
         node: running.spec.and_then(|s| s.node_name).unwrap_or_default(),
         ready: true,
         copy_for: None,

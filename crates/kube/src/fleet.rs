@@ -140,6 +140,11 @@ async fn reconcile(t: &Arc<KubeTarget>) {
     let api = Api::<Pod>::namespaced(t.ctx.client.clone(), &t.ctx.agent_namespace);
     for name in delete {
         t.agent_counts.lock().expect("agent counts").remove(&name);
+        if t.ctx.agent_ephemeral {
+            // Nothing to delete: its retirement told it to leave over its link, and a
+            // container that exits stays in its pod's spec, stopped.
+            continue;
+        }
         let api = api.clone();
         // Detached: an agent left behind is removed at the operator's next start anyway.
         tokio::spawn(async move {
@@ -153,19 +158,13 @@ async fn reconcile(t: &Arc<KubeTarget>) {
         });
     }
     for (uid, pod, name) in create {
-        let spec = agent_pod(&t.ctx, &name, &uid, &pod);
-        match api.create(&PostParams::default(), &spec).await {
-            Ok(_) => {
+        match start_agent(t, &api, &name, &uid, &pod).await {
+            Ok(()) => {
                 t.agent_refusals.lock().expect("refusals").remove(&uid);
                 tracing::info!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %name, pod = %pod.name, node = %pod.node, "agent started")
             }
-            Err(e) => {
-                tracing::error!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %name, error = %e, "cannot create agent pod");
-                // What the user is told: the API server's own words (the admission's).
-                let why = match &e {
-                    kube::Error::Api(s) => s.message.clone(),
-                    other => other.to_string(),
-                };
+            Err(why) => {
+                tracing::error!(target: "mirrord_kube", target_ref = %t.reference_string(), agent = %name, error = %why, "cannot create agent");
                 t.agent_refusals
                     .lock()
                     .expect("refusals")
@@ -175,6 +174,32 @@ async fn reconcile(t: &Arc<KubeTarget>) {
             }
         }
     }
+}
+
+/// Creates agent `name` for pod `uid`: a pod on its node, or an ephemeral container in it
+/// (then dialled by the operator). The error is what the user is told: the API server's
+/// own words (the admission's).
+async fn start_agent(
+    t: &Arc<KubeTarget>,
+    api: &Api<Pod>,
+    name: &str,
+    uid: &str,
+    pod: &PodInfo,
+) -> Result<(), String> {
+    if !t.ctx.agent_ephemeral {
+        let spec = agent_pod(&t.ctx, name, uid, pod);
+        return match api.create(&PostParams::default(), &spec).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) => Err(s.message),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    let port = crate::ephemeral::port();
+    crate::ephemeral::add(&t.ctx, name, uid, pod, port).await?;
+    if let Some(ip) = pod.ip {
+        crate::ephemeral::dial(t, uid.to_owned(), name.to_owned(), (ip, port).into());
+    }
+    Ok(())
 }
 
 /// Tells every session with routes on pod `uid`, once per port.
@@ -232,14 +257,23 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
             let refusals = t.agent_refusals.lock().expect("refusals");
             Some((&p.name, refusals.get(uid)?.clone()))
         }) {
-            let needs = if t.ctx.agent_privileged {
-                "a privileged pod with hostPID"
-            } else {
-                "hostPID and the capabilities NET_ADMIN, SYS_ADMIN, SYS_PTRACE"
+            let needs = match (t.ctx.agent_ephemeral, t.ctx.agent_privileged) {
+                (true, _) => format!(
+                    "to be added as an ephemeral container to the pod, with the capabilities {}",
+                    crate::ephemeral::CAPABILITIES.join(", ")
+                ),
+                (false, true) => format!(
+                    "a privileged pod with hostPID, in namespace {}",
+                    t.ctx.agent_namespace
+                ),
+                (false, false) => format!(
+                    "hostPID and the capabilities {}, in namespace {}",
+                    AGENT_CAPABILITIES.join(", "),
+                    t.ctx.agent_namespace
+                ),
             };
             return Err(format!(
-                "the cluster refused the agent for pod {pod}: {refusal} (an agent needs {needs}, in namespace {})",
-                t.ctx.agent_namespace
+                "the cluster refused the agent for pod {pod}: {refusal} (an agent needs {needs})"
             ));
         }
         if Instant::now() >= deadline {
@@ -253,6 +287,9 @@ pub async fn settled(t: &Arc<KubeTarget>) -> Result<(), String> {
                     .get(&uid)
                     .map(|a| a.pod.clone());
                 let state = match agent {
+                    Some(a) if t.ctx.agent_ephemeral => {
+                        crate::ephemeral::state(&t.ctx, &pod, &a).await
+                    }
                     Some(a) => agent_state(&t.ctx, &a).await,
                     None => "no agent yet".into(),
                 };

@@ -104,7 +104,15 @@ pub async fn serve(
 /// One agent's connection: HTTP/2 for as long as the agent lives (never evicted).
 async fn agent_connection(a: Accepted, targets: Arc<Targets>) {
     let _agent = a.slot.pin();
-    let peer = a.peer;
+    serve_agent(a.tls, a.peer.to_string(), targets).await
+}
+
+/// An agent's HTTP/2 connection, however it was made (the agent dialled the gateway, or
+/// the operator dialled an ephemeral agent: [`crate::ephemeral`]).
+pub(crate) async fn serve_agent<IO>(io: IO, peer: String, targets: Arc<Targets>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |req| {
         let targets = Arc::clone(&targets);
         async move {
@@ -122,7 +130,7 @@ async fn agent_connection(a: Accepted, targets: Arc<Targets>) {
         .keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10))
         .initial_stream_window_size(HANDOFF_BUFFER as u32);
-    if let Err(e) = http2.serve_connection(TokioIo::new(a.tls), svc).await {
+    if let Err(e) = http2.serve_connection(TokioIo::new(io), svc).await {
         tracing::debug!(target: "mirrord_kube", %peer, error = %e, "agent connection ended");
     }
 }

@@ -35,6 +35,7 @@ pub mod agents;
 pub mod apiserver;
 pub mod context;
 pub mod copy;
+pub mod ephemeral;
 pub mod fleet;
 pub mod gateway;
 pub mod owners;
@@ -110,6 +111,10 @@ pub struct Context {
     pub lease: Duration,
     /// Agents run privileged (else with the capabilities they need).
     pub agent_privileged: bool,
+    /// Agents are ephemeral containers of the target pods ([`ephemeral`]).
+    pub agent_ephemeral: bool,
+    /// How the operator reaches ephemeral agents (set once the agents' CA exists).
+    pub dialer: std::sync::OnceLock<ephemeral::Dialer>,
     pub ready_timeout: Duration,
     /// The agents' RUST_LOG: the operator's own.
     pub agent_log: String,
@@ -193,6 +198,8 @@ impl KubeBackend {
             linger: cfg.agent_linger,
             lease: cfg.agent_lease,
             agent_privileged: cfg.agent_privileged,
+            agent_ephemeral: cfg.agent_ephemeral,
+            dialer: std::sync::OnceLock::new(),
             ready_timeout: cfg.agent_ready_timeout,
             agent_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "mirrord=info".into()),
             owners,
@@ -201,6 +208,19 @@ impl KubeBackend {
             metrics,
         });
         reconcile::on_start(&ctx).await;
+        if ctx.agent_ephemeral {
+            // Said at start too: every Kubernetes session will be refused with it.
+            match ctx.client.apiserver_version().await {
+                Ok(v) => {
+                    if let Some(why) = ephemeral::unsupported(&v.major, &v.minor) {
+                        tracing::error!(target: "mirrord_kube", "{why}");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "mirrord_kube", error = %e, "cannot read the cluster's version")
+                }
+            }
+        }
         let gateway_address = match &cfg.gateway_address {
             Some(a) => a.clone(),
             None => match std::env::var("POD_IP") {
@@ -211,6 +231,11 @@ impl KubeBackend {
         let trust = trust::AgentTrust::new()?;
         trust.publish(&ctx, &gateway_address).await?;
         let targets = Arc::new(Targets::default());
+        let _ = ctx.dialer.set(ephemeral::Dialer {
+            acceptor: tokio_rustls::TlsAcceptor::from(trust.dialed_config()?),
+            ca_pem: trust.ca_pem(),
+            targets: Arc::downgrade(&targets),
+        });
         let listener = tokio::net::TcpListener::bind(cfg.gateway_listen)
             .await
             .map_err(|source| KubeError::Listen {

@@ -29,6 +29,8 @@ pub struct PodInfo {
     pub ready: bool,
     /// For a copy pod: the session it serves.
     pub copy_for: Option<u64>,
+    /// The pod's address (an ephemeral agent is dialled there).
+    pub ip: Option<std::net::IpAddr>,
     /// Its containers' runtime IDs by name, once started (`containerd://` removed): where
     /// the agent finds a container's process for a session's context.
     pub containers: Vec<(String, String)>,
@@ -269,6 +271,9 @@ impl KubeTarget {
                 && status.and_then(|s| s.phase.as_deref()) == Some("Running")
                 && status.and_then(|s| s.pod_ip.as_ref()).is_some(),
             copy_for: None,
+            ip: status
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse().ok()),
             containers: container_ids(pod),
         };
         Some((uid, info))

@@ -34,6 +34,20 @@ impl AgentTrust {
         Ok(Arc::new(cfg))
     }
 
+    /// For the agents the operator dials (ephemeral containers): the same serving
+    /// certificate and HTTP/2, no client certificate (such an agent has none; it is known by
+    /// the address it was reached at).
+    pub fn dialed_config(&self) -> Result<Arc<rustls::ServerConfig>, KubeError> {
+        let mut cfg = (*self.server.browser_config()?).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// The agents' CA certificate (PEM): public.
+    pub fn ca_pem(&self) -> String {
+        self.ca.cert_pem().to_owned()
+    }
+
     /// Writes the agents' credential directory as a Secret (server-side apply: replaces
     /// the one a previous operator process wrote).
     pub async fn publish(&self, ctx: &Context, gateway_address: &str) -> Result<(), KubeError> {

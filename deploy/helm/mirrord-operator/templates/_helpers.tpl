@@ -65,6 +65,7 @@ gateway_listen = "0.0.0.0:{{ .Values.agent.gatewayPort }}"
 agent_linger = {{ .Values.agent.linger | quote }}
 agent_lease = {{ .Values.agent.lease | quote }}
 agent_privileged = {{ .Values.agent.privileged }}
+agent_ephemeral = {{ .Values.agent.ephemeral }}
 registry_secret = {{ include "mirrord-operator.registrySecret" . | quote }}
 owner_cluster_role = {{ include "mirrord-operator.fullname" . | quote }}
 {{- if .Values.apiService.enabled }}
