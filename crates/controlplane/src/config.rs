@@ -84,6 +84,18 @@ pub struct KubernetesConfig {
     /// even when the operator cannot. Unset: such objects have no owner (a restarted
     /// operator still removes them by their labels).
     pub owner_cluster_role: Option<String>,
+    /// Several replicas: the name of the `coordination.k8s.io` Lease (in the operator's
+    /// namespace) that elects the one that decides; the others stand by, not ready.
+    /// Unset: this process decides alone.
+    pub leader_lease: Option<String>,
+    /// How long a leader's lease stays its own unrenewed; it stops deciding after two
+    /// thirds of it.
+    #[serde(default = "default_leader_lease_duration", with = "humantime_serde")]
+    pub leader_lease_duration: Duration,
+}
+
+fn default_leader_lease_duration() -> Duration {
+    Duration::from_secs(15)
 }
 
 fn default_pull_policy() -> String {

@@ -38,6 +38,7 @@ pub mod copy;
 pub mod ephemeral;
 pub mod fleet;
 pub mod gateway;
+pub mod leader;
 pub mod owners;
 pub mod policies;
 pub mod reconcile;

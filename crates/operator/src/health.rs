@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Flips to ready once; the server task answers from it.
+/// Ready or not; the server task answers from it.
 #[derive(Clone)]
 pub struct Health {
     ready: Arc<AtomicBool>,
@@ -20,6 +20,11 @@ pub struct Health {
 impl Health {
     pub fn ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// No longer ready (a replica that lost its leadership, on its way out).
+    pub fn unready(&self) {
+        self.ready.store(false, Ordering::Release);
     }
 }
 

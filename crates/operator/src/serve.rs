@@ -139,6 +139,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             Some(addr) => Some(crate::health::serve(addr).await?),
             None => None,
         };
+        // A standby waits here: what follows (the registry restored from its Secret, kept
+        // in it, the backend's clean-up) is the leader's alone, and read when it leads.
+        let mut leader = None;
+        if let Some((k, lease)) = config
+            .kubernetes
+            .as_ref()
+            .and_then(|k| Some((k, k.leader_lease.as_ref()?)))
+        {
+            leader = Some(lead(k, lease, health.clone()).await?);
+        }
         mirrord_identity::private_dir(&args.state_dir)?;
         let ca = match &args.ca_dir {
             Some(dir) => CertificateAuthority::load(dir)?,
@@ -283,6 +293,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let (Some(client), Some(k)) = (&kube_client, &config.kubernetes) {
             aggregated_api(&op, client, k, console).await?;
         }
+        if let Some(leader) = &leader {
+            // Only now the Service's endpoint: everything it reaches is serving.
+            leader
+                .mark()
+                .await
+                .context("labelling this replica the Service's endpoint")?;
+        }
         if let Some(health) = &health {
             health.ready();
         }
@@ -294,6 +311,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         shutdown_signal().await;
         stop(&op, &shutdown).await;
+        if let Some(leader) = leader {
+            // A standby takes over at once, not when the lease runs out.
+            leader.release().await;
+        }
         Ok(())
     });
     if let Some(otel) = exported {
@@ -377,4 +398,68 @@ async fn shutdown_signal() {
         _ = hup.recv() => "SIGHUP",
     };
     tracing::info!(signal = name, "shutdown requested");
+}
+
+/// Exit status of a replica that lost its leadership (it comes back as a standby).
+const EXIT_LEADERSHIP_LOST: i32 = 4;
+
+/// Waits until this replica leads (standing by, not ready, until then), then keeps the
+/// lease. A leader that cannot renew stops deciding: it turns unready and leaves at once,
+/// from a thread of its own, so a process that was frozen (SIGSTOP, a paused VM) leaves
+/// as soon as it runs again, whatever its runtime was doing.
+async fn lead(
+    k: &mirrord_controlplane::config::KubernetesConfig,
+    lease: &str,
+    health: Option<crate::health::Health>,
+) -> anyhow::Result<Arc<mirrord_kube::leader::Leader>> {
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API server for the leadership lease")?;
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .or(k.agent_namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| format!("pid-{}", std::process::id()))
+    });
+    let election = mirrord_kube::leader::Election::new(
+        namespace,
+        lease.to_owned(),
+        identity.clone(),
+        k.leader_lease_duration,
+    );
+    if let Some(h) = &health {
+        // Ready to take over: a rolling update may go on; the Service sends nobody here
+        // (it selects the leader's label).
+        h.ready();
+    }
+    let leader = Arc::new(mirrord_kube::leader::acquire(client, election).await);
+    tracing::info!(target: "mirrord_operator", replica = %identity, %lease, "leading");
+    let (kept, watched, unready) = (Arc::clone(&leader), Arc::clone(&leader), health.clone());
+    // Detached: it ends the process when the leadership ends.
+    tokio::spawn(async move {
+        let why = kept.keep().await;
+        lost(&health, &why);
+    });
+    std::thread::Builder::new()
+        .name("leadership".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if !watched.holds() {
+                lost(&unready, "the renew deadline passed");
+            }
+        })
+        .context("starting the leadership watchdog")?;
+    Ok(leader)
+}
+
+fn lost(health: &Option<crate::health::Health>, why: &str) -> ! {
+    if let Some(h) = health {
+        h.unready();
+    }
+    tracing::error!(target: "mirrord_operator", why, "leadership lost: leaving, to come back as a standby (only the leader decides)");
+    eprintln!("mirrord-operator: leadership lost ({why}); leaving");
+    std::process::exit(EXIT_LEADERSHIP_LOST)
 }

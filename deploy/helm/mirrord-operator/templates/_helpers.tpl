@@ -66,6 +66,10 @@ agent_linger = {{ .Values.agent.linger | quote }}
 agent_lease = {{ .Values.agent.lease | quote }}
 agent_privileged = {{ .Values.agent.privileged }}
 agent_ephemeral = {{ .Values.agent.ephemeral }}
+{{- if gt (int .Values.replicas) 1 }}
+leader_lease = {{ include "mirrord-operator.fullname" . | quote }}
+leader_lease_duration = {{ .Values.leaderElection.leaseDuration | quote }}
+{{- end }}
 registry_secret = {{ include "mirrord-operator.registrySecret" . | quote }}
 owner_cluster_role = {{ include "mirrord-operator.fullname" . | quote }}
 {{- if .Values.apiService.enabled }}

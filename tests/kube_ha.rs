@@ -1,0 +1,410 @@
+//! Issue 29, first step: several operator replicas, one of them deciding. With the chart's
+//! `replicas: 2` one replica holds the `coordination.k8s.io` Lease and is the operator
+//! Service's only endpoint (its pod labelled `mirrord.dev/leader`); the other stands by.
+//! A leader frozen with SIGSTOP (a replica cut off from the API server) loses the lease to
+//! the standby, and when it runs again it leaves at once, never deciding beside the new
+//! leader, and comes back as the standby. Sessions are not yet kept across the change:
+//! the developer opens a new one (README "Several replicas").
+
+use mirrord_e2e::kube::{repo, Cluster};
+use mirrord_e2e::prom::http_exchange;
+use mirrord_e2e::{wait_for, Session};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The lease the test's chart is given (short, to keep the test short).
+const LEASE: Duration = Duration::from_secs(6);
+
+fn web_yaml(ns: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: httpd
+          image: mirrord.dev/busybox:1
+          imagePullPolicy: Never
+          command: ["/bin/sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"]
+          ports: [{{containerPort: 80, protocol: TCP}}]
+          readinessProbe: {{tcpSocket: {{port: 80}}, periodSeconds: 1}}
+"#
+    )
+}
+
+/// The developer's local process: answers `local`.
+fn local() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nlocal\n",
+                );
+            });
+        }
+    });
+    addr
+}
+
+fn get(addr: SocketAddr) -> String {
+    let req = "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n";
+    match http_exchange(addr, req) {
+        Ok(resp) => resp
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+struct Ha {
+    k: Cluster,
+    ns: String,
+    op_ns: String,
+    release: String,
+}
+
+/// An operator replica: its pod's name, UID, readiness, whether it carries the leader
+/// label, its restarts and its container's last exit code.
+#[derive(Debug)]
+struct Replica {
+    name: String,
+    uid: String,
+    ready: bool,
+    labelled: bool,
+    restarts: i64,
+    last_exit: Option<i64>,
+}
+
+impl Ha {
+    fn replicas(&self) -> Vec<Replica> {
+        let list: Value = serde_json::from_str(&self.k.kubectl(&[
+            "-n",
+            &self.op_ns,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=mirrord-operator",
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                let status = &p["status"]["containerStatuses"][0];
+                Replica {
+                    name: p["metadata"]["name"].as_str().unwrap().to_owned(),
+                    uid: p["metadata"]["uid"].as_str().unwrap().to_owned(),
+                    ready: status["ready"] == true,
+                    labelled: p["metadata"]["labels"]["mirrord.dev/leader"] == "true",
+                    restarts: status["restartCount"].as_i64().unwrap_or(0),
+                    last_exit: status["lastState"]["terminated"]["exitCode"].as_i64(),
+                }
+            })
+            .collect()
+    }
+
+    fn holder(&self) -> String {
+        let (_, out, _) = self.k.try_kubectl(&[
+            "-n",
+            &self.op_ns,
+            "get",
+            "lease",
+            &self.release,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        out.trim().to_owned()
+    }
+
+    /// The one replica that holds the lease and carries the label, the other ready to take
+    /// over: (leader, standby).
+    fn settled(&self, within: Duration) -> (Replica, Replica) {
+        let found = wait_for(within, || {
+            let holder = self.holder();
+            let mut rs = self.replicas();
+            let one_leader = rs.len() == 2
+                && rs.iter().all(|r| r.ready)
+                && rs.iter().filter(|r| r.labelled).count() == 1
+                && rs.iter().any(|r| r.labelled && r.name == holder);
+            one_leader.then(|| {
+                rs.sort_by_key(|r| !r.labelled);
+                let standby = rs.pop().unwrap();
+                (rs.pop().unwrap(), standby)
+            })
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no single leader: holder {:?}, replicas {:#?}",
+                self.holder(),
+                self.replicas()
+            )
+        })
+    }
+}
+
+impl Drop for Ha {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.k.diagnose(&self.op_ns));
+            let (_, out, _) = self.k.try_kubectl(&[
+                "-n",
+                &self.op_ns,
+                "logs",
+                "-l",
+                "app.kubernetes.io/name=mirrord-operator",
+                "--prefix",
+                "--tail=100",
+            ]);
+            eprintln!("--- operator logs\n{out}");
+        }
+        let _ = Command::new(repo().join("scripts/helm"))
+            .args(["uninstall", &self.release, "-n", &self.op_ns])
+            .output();
+        for ns in [&self.ns, &self.op_ns] {
+            let _ = self
+                .k
+                .try_kubectl(&["delete", "namespace", ns, "--wait=false"]);
+        }
+    }
+}
+
+/// The operator process of pod `uid` on this node (by its cgroup).
+fn operator_pid(uid: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        (cgroup.contains(&format!("pod{uid}"))
+            && String::from_utf8_lossy(&cmdline).contains("mirrord-operator"))
+        .then_some(pid)
+    })
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn steal(creds: &Path, ns: &str, to: &str) -> Session {
+    Session::start(
+        creds,
+        &[
+            "steal",
+            "--target",
+            "deployment/web",
+            "--namespace",
+            ns,
+            "--port",
+            to,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("steal did not open: {e}"))
+}
+
+#[test]
+fn one_replica_leads_and_a_frozen_leader_hands_over_and_leaves() {
+    let Some(k) = Cluster::get() else {
+        return;
+    };
+    let ns = format!(
+        "mirrord-k8s-ha-{:04x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u16
+    );
+    let op_ns = format!("{ns}-op");
+    let release = format!("mirrord-operator-{ns}");
+    k.load_operator_image();
+    k.load_agent_image();
+    k.kubectl(&["create", "namespace", &ns]);
+    k.kubectl(&["create", "namespace", &op_ns]);
+    k.apply(&web_yaml(&ns));
+    let chart = repo().join("deploy/helm/mirrord-operator");
+    let lease = format!("leaderElection.leaseDuration={}s", LEASE.as_secs());
+    k.helm(&[
+        "install",
+        &release,
+        &chart.display().to_string(),
+        "-n",
+        &op_ns,
+        "--set",
+        "replicas=2",
+        "--set",
+        &lease,
+        "--set",
+        "operator.jsonLog=true",
+        "--set",
+        "apiService.enabled=false",
+    ]);
+    let ha = Ha {
+        k,
+        ns: ns.clone(),
+        op_ns: op_ns.clone(),
+        release: release.clone(),
+    };
+    ha.k.kubectl(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=120s",
+    ]);
+    let (leader, standby) = ha.settled(Duration::from_secs(120));
+    eprintln!("leader {}, standby {}", leader.name, standby.name);
+
+    let ip = |ns: &str, what: &str, name: &str, path: &str| -> IpAddr {
+        ha.k.kubectl(&[
+            "-n",
+            ns,
+            "get",
+            what,
+            name,
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let operator = SocketAddr::new(ip(&op_ns, "service", &release, "{.spec.clusterIP}"), 8443);
+    let pod_name = ha.k.kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let pod = SocketAddr::new(ip(&ns, "pod", pod_name.trim(), "{.status.podIP}"), 80);
+    let tmp = tempfile::tempdir().unwrap();
+    // Issued in the leader's pod: it records the credential in the registry it keeps in
+    // the Secret, which the next leader reads when it takes over.
+    let bundle = ha.k.kubectl(&[
+        "-n",
+        &op_ns,
+        "exec",
+        &format!("pod/{}", leader.name),
+        "--",
+        "mirrord-operator",
+        "certs",
+        "issue",
+        "--user",
+        "alice",
+        "--role",
+        "admin",
+        "--operator-addr",
+        &operator.to_string(),
+        "--out",
+        "-",
+    ]);
+    let creds = tmp.path().join("alice.json");
+    std::fs::write(&creds, bundle).unwrap();
+    // The leader saves its registry to the Secret within a second: a credential issued
+    // just before a leader dies is lost with it.
+    let saved = wait_for(Duration::from_secs(10), || {
+        let (_, logs, _) = ha.k.try_kubectl(&["-n", &op_ns, "logs", &leader.name]);
+        logs.contains("saved to its Secret").then_some(())
+    });
+    assert!(saved.is_some(), "the leader did not save its registry");
+    let to = format!("80={}", local());
+    let mut s = steal(&creds, &ns, &to);
+    assert_eq!(get(pod), "local");
+
+    // The leader frozen: the standby takes the lease once it has seen it unrenewed for
+    // the lease's duration, and becomes the Service's endpoint.
+    let pid = operator_pid(&leader.uid).expect("the leader runs on this node");
+    signal(pid, "-STOP");
+    let frozen = Instant::now();
+    let took = wait_for(LEASE * 5, || {
+        let rs = ha.replicas();
+        (ha.holder() == standby.name && rs.iter().all(|r| r.labelled == (r.name == standby.name)))
+            .then(|| frozen.elapsed())
+    });
+    let took = took.unwrap_or_else(|| {
+        signal(pid, "-CONT");
+        panic!(
+            "the standby did not take over: holder {:?}, {:#?}",
+            ha.holder(),
+            ha.replicas()
+        )
+    });
+    eprintln!("frozen leader: the standby leads and is the Service's endpoint {took:?} after the freeze (lease {LEASE:?})");
+    assert!(
+        took >= LEASE * 2 / 3,
+        "taken before the lease could lapse: {took:?}"
+    );
+    s.sigkill();
+
+    // Thawed (before the kubelet's liveness probe restarts it), the old leader finds its
+    // renew deadline passed and leaves at once (exit 4), coming back as the standby; it
+    // never carries the label again meanwhile.
+    signal(pid, "-CONT");
+    let thawed = Instant::now();
+    let left = wait_for(Duration::from_secs(30), || {
+        let rs = ha.replicas();
+        assert!(
+            rs.iter().filter(|r| r.labelled).count() <= 1,
+            "two endpoints: {rs:#?}"
+        );
+        rs.iter()
+            .find(|r| r.name == leader.name && r.restarts >= 1)
+            .map(|r| r.last_exit)
+    });
+    let exit =
+        left.unwrap_or_else(|| panic!("the thawed leader did not leave: {:#?}", ha.replicas()));
+    eprintln!(
+        "thawed leader left and restarted {:?} after SIGCONT",
+        thawed.elapsed()
+    );
+    assert_eq!(exit, Some(4), "it left because it lost the lease");
+
+    // The new leader takes sessions (its agents replace the frozen leader's).
+    let mut s = steal(&creds, &ns, &to);
+    let stolen = wait_for(Duration::from_secs(30), || {
+        (get(pod) == "local").then_some(())
+    });
+    assert!(
+        stolen.is_some(),
+        "the new leader does not steal: {}",
+        get(pod)
+    );
+    let (leader_now, _) = ha.settled(Duration::from_secs(60));
+    assert_eq!(leader_now.name, standby.name);
+    s.stop();
+}
