@@ -48,7 +48,7 @@ spec:
           image: mirrord.dev/busybox:1
           imagePullPolicy: Never
           command: ["/bin/sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"]
-          ports: [{{containerPort: 80, protocol: TCP}}]
+          ports: [{{containerPort: 80, name: http, protocol: TCP}}]
           readinessProbe: {{tcpSocket: {{port: 80}}, periodSeconds: 1}}
 ---
 apiVersion: v1
@@ -56,7 +56,11 @@ kind: Service
 metadata: {{name: web, namespace: {ns}}}
 spec:
   selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 80, protocol: TCP}}]
+  # Port 81 is the pods' port 80 by its name: a session on the Service asking for 81
+  # takes the pods' port 80.
+  ports:
+    - {{name: web, port: 80, targetPort: 80, protocol: TCP}}
+    - {{name: alt, port: 81, targetPort: http, protocol: TCP}}
 "#
     )
 }
@@ -704,7 +708,9 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
     // Other names for these pods are the Deployment (issue 25): its ReplicaSet and its
     // Service share its agents and port locks. An unfiltered steal through the ReplicaSet
     // meets alice's lock on deployment/web; a filtered one through the Service takes bob's
-    // requests while alice keeps hers.
+    // requests while alice keeps hers. Bob names the Service's port 81, whose targetPort
+    // `http` is the pods' port 80: that is the port stolen, and his process gets its
+    // traffic.
     let rs = env.k.kubectl(&[
         "-n",
         &env.ns,
@@ -742,12 +748,28 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
             "--namespace",
             &env.ns,
             "--port",
-            &format!("80={}", bob_local.addr),
+            &format!("81={}", bob_local.addr),
             "--header",
             "^x-user: bob$",
         ],
     )
     .unwrap_or_else(|e| panic!("a steal through service/web: {e}"));
+    let said = bob.stdout.wait(Duration::from_secs(5), |l| {
+        l.contains("port 81 of service/web is the pods' port 80")
+    });
+    assert!(said.is_some(), "{}", bob.stdout.text());
+    let on_service = |e: &Value| e["fields"]["target_type"] == "service";
+    let stolen = wait_for(Duration::from_secs(10), || {
+        let all = env.events("Port Stolen");
+        all.iter().any(on_service).then_some(all)
+    })
+    .unwrap_or_default();
+    assert!(
+        stolen
+            .iter()
+            .any(|e| on_service(e) && e["fields"]["port"] == 80),
+        "the pods' port is the one stolen: {stolen:?}"
+    );
     assert_eq!(
         answers(env.web, 10, &[("x-user", "bob")]),
         BTreeSet::from(["local".to_owned()])

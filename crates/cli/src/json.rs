@@ -53,7 +53,11 @@ pub struct Session<'a> {
 
 #[derive(Serialize)]
 struct Port<'a> {
+    /// The target's (pods') port, where the traffic is taken.
     port: u16,
+    /// The Service's port the session asked for it by (omitted otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_port: Option<u16>,
     /// `"steal"` or `"mirror"`.
     mode: String,
     /// `null` when the port takes all traffic.
@@ -150,6 +154,7 @@ impl<'a> Port<'a> {
     fn of(p: &'a PortOutcome) -> Self {
         Self {
             port: p.port,
+            service_port: p.service_port,
             mode: p.mode.to_string(),
             filter: p
                 .http_filter
@@ -251,6 +256,7 @@ mod tests {
                             catch_all: true,
                             example: "GET /".into(),
                         }],
+                        service_port: None,
                     },
                     PortOutcome {
                         port: 8080,
@@ -259,6 +265,7 @@ mod tests {
                         http_filter: None,
                         skipped: None,
                         overlaps: vec![],
+                        service_port: Some(80),
                     },
                 ],
                 duration_secs: 5,
@@ -284,7 +291,7 @@ mod tests {
         );
         assert_eq!(
             s["ports"][1],
-            json!({"port": 8080, "mode": "mirror", "filter": null, "overlaps": []})
+            json!({"port": 8080, "service_port": 80, "mode": "mirror", "filter": null, "overlaps": []})
         );
     }
 }

@@ -11,7 +11,7 @@ use crate::plan::Plan;
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use mirrord_protocol::{
-    ClientMessage, ContextReply, PortOutcome, PortRequest, ServerMessage, SessionRequest,
+    ClientMessage, ContextReply, PortOutcome, PortRequest, ServerMessage, SessionRequest, TargetRef,
 };
 use mirrord_tunnel::demux::Demux;
 use mirrord_tunnel::pump::ConnInbox;
@@ -130,7 +130,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
     } else {
         announce();
     }
-    print_ports(&opened.ports, &ports);
+    print_ports(&opened.ports, &ports, &target);
 
     let (sink, mut inbound) = t.split();
     let (out, out_rx) = mpsc::channel::<ClientMessage>(1024);
@@ -352,7 +352,7 @@ pub async fn run(ep: &Endpoint, plan: Plan, command: Option<Vec<String>>) -> any
                             Some(l) => l.added(),
                             None => announce(),
                         }
-                        print_ports(&added, &ports);
+                        print_ports(&added, &ports, &target);
                     }
                     ServerMessage::PortsRefused(e) if listens.as_ref().is_some_and(|l| l.waiting()) => {
                         if let Some((remote, said)) = listens.as_mut().and_then(|l| l.refused(&e)) {
@@ -406,20 +406,26 @@ fn port_requests(plan: &Plan) -> Vec<PortRequest> {
         .collect()
 }
 
-fn print_ports(outcomes: &[PortOutcome], ports: &HashMap<u16, SocketAddr>) {
+/// Each port under the number it was asked by (a Service's port: the operator hands its
+/// traffic over under it), once said which of the pods' ports that is.
+fn print_ports(outcomes: &[PortOutcome], ports: &HashMap<u16, SocketAddr>, target: &TargetRef) {
     for p in outcomes {
-        let Some(local) = ports.get(&p.port) else {
+        let asked = p.service_port.unwrap_or(p.port);
+        let Some(local) = ports.get(&asked) else {
             continue;
         };
+        if asked != p.port {
+            println!("port {asked} of {target} is the pods' port {}", p.port);
+        }
         match &p.skipped {
-            None if p.filter.is_empty() => println!("port {}: {} -> {local}", p.port, p.mode),
-            None => println!("port {}: {} ({}) -> {local}", p.port, p.mode, p.filter),
-            Some(why) => println!("port {}: {why}", p.port),
+            None if p.filter.is_empty() => println!("port {asked}: {} -> {local}", p.mode),
+            None => println!("port {asked}: {} ({}) -> {local}", p.mode, p.filter),
+            Some(why) => println!("port {asked}: {why}"),
         }
         for o in &p.overlaps {
             eprintln!(
                 "mirrordctl: warning: {}",
-                crate::overlaps::warning(p.port, o)
+                crate::overlaps::warning(asked, o)
             );
         }
     }

@@ -175,10 +175,14 @@ pub fn sessions(r: &StatusReport, wide: bool) -> String {
                 .ports
                 .iter()
                 .map(|p| {
+                    let port = match p.service_port {
+                        Some(s) if s != p.port => format!("{} (service port {s})", p.port),
+                        _ => p.port.to_string(),
+                    };
                     let mut line = if p.filter.is_empty() {
-                        format!("{}, {}", p.port, p.mode)
+                        format!("{port}, {}", p.mode)
                     } else {
-                        format!("{}, {}, {}", p.port, p.mode, p.filter)
+                        format!("{port}, {}, {}", p.mode, p.filter)
                     };
                     for o in &p.overlaps {
                         line.push('\n');
@@ -240,6 +244,7 @@ mod tests {
             http_filter: None,
             skipped: None,
             overlaps: Vec::new(),
+            service_port: None,
         };
         let r = StatusReport {
             operator_version: "0.1.0".into(),

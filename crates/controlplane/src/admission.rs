@@ -5,7 +5,7 @@
 //! Once the port locks have decided, [`authorize_take_overs`]: taking a port from another
 //! user is an admin's right.
 
-use crate::backend::{BackendError, Target};
+use crate::backend::{BackendError, Named, PortNames, Target};
 use crate::caller::Caller;
 use crate::destinations::OutgoingRule;
 use crate::locks::{Reservation, Want};
@@ -27,11 +27,18 @@ pub struct Validated {
     pub target: Arc<dyn Target>,
     /// The target's key in the port locks (and in messages about it).
     pub key: String,
+    /// What the ports the session names are on the target (a Service's, its pods').
+    pub names: PortNames,
     pub ports: Vec<ValidPort>,
 }
 
 pub struct ValidPort {
+    /// The target's port: where the traffic is taken.
     pub port: u16,
+    /// The port of the name the session asked with that `port` stands for (a Service's).
+    pub service_port: Option<u16>,
+    /// Why the port asked for may not be what the session means (told, not refused).
+    pub notice: Option<String>,
     pub mode: PortMode,
     pub filter: Option<Arc<HttpFilter>>,
     /// The filter matches every request: for policies, an unfiltered steal.
@@ -49,6 +56,19 @@ impl Validated {
                 filter: p.filter.clone(),
                 routes: self.target.routes(p.port).expect("port validated"),
             })
+            .collect()
+    }
+
+    /// The notices the session's ports call for.
+    pub fn notices(&self) -> Vec<String> {
+        self.ports.iter().filter_map(|p| p.notice.clone()).collect()
+    }
+
+    /// Per target port, the Service's port it stands for.
+    pub fn service_ports(&self) -> std::collections::BTreeMap<u16, u16> {
+        self.ports
+            .iter()
+            .filter_map(|p| Some((p.port, p.service_port?)))
             .collect()
     }
 }
@@ -92,23 +112,62 @@ pub async fn validate(
             "--scale-down needs --copy-target".into(),
         ));
     }
-    let target = op.backend.target(&req.target).await.map_err(|e| match e {
+    let named = op.backend.named(&req.target).await.map_err(|e| match e {
         BackendError::UnknownTarget { .. }
         | BackendError::UnknownContainer(_)
         | BackendError::NotATarget(_) => Refusal::UnknownTarget(e.to_string()),
         other => Refusal::Internal(other.to_string()),
     })?;
+    let Named {
+        target,
+        ports: names,
+    } = named;
     if let (false, Some(why)) = (req.copy_target, target.copy_only()) {
         return Err(Refusal::BadRequest(why));
     }
-    let ports = validate_ports(op, &target, &req.target, &req.ports, &[], client_id).await?;
+    let asked = Asked {
+        target_ref: &req.target,
+        names: &names,
+    };
+    let ports = validate_ports(op, &target, asked, &req.ports, &[], client_id).await?;
     Ok(Validated {
         // The target's own name: another name for the same pods (a Deployment's
         // ReplicaSet, a Service) shares its port locks.
         key: target_key(target.reference()),
         target,
+        names,
         ports,
     })
+}
+
+/// The name a session asked with, and what its ports are on the target.
+#[derive(Clone, Copy)]
+pub struct Asked<'a> {
+    pub target_ref: &'a TargetRef,
+    pub names: &'a PortNames,
+}
+
+impl Asked<'_> {
+    /// `port` as the target's port, the name's port it stands for, and a notice if the
+    /// name does not expose it; a name's port whose `targetPort` names no container's port
+    /// is refused as the name is (it is the Service that is wrong, not the request).
+    fn translate(&self, port: u16) -> Result<(u16, Option<u16>, Option<String>), Refusal> {
+        let (target_port, service_port) = self
+            .names
+            .target_port(port)
+            .map_err(Refusal::UnknownTarget)?;
+        Ok((target_port, service_port, self.names.not_exposed(port)))
+    }
+
+    /// `port 80 of service/web (the pods' port 8080)`, or `port 8080`.
+    fn describe(&self, port: u16, service_port: Option<u16>) -> String {
+        match service_port {
+            Some(s) if s != port => {
+                format!("port {s} of {} (the pods' port {port})", self.names.by)
+            }
+            _ => format!("port {port}"),
+        }
+    }
 }
 
 /// The ports of a request (or of ports added to an open session, which holds `held`):
@@ -116,16 +175,18 @@ pub async fn validate(
 pub async fn validate_ports(
     op: &Operator,
     target: &Arc<dyn Target>,
-    target_ref: &TargetRef,
+    asked: Asked<'_>,
     requested: &[PortRequest],
     held: &[u16],
     client_id: &str,
 ) -> Result<Vec<ValidPort>, Refusal> {
     let known = target.ports();
+    let target_ref = asked.target_ref;
     let mut seen: HashSet<u16> = held.iter().copied().collect();
     let mut ports = Vec::with_capacity(requested.len());
     for p in requested {
-        if !target.accepts_port(p.port) {
+        let (port, service_port, notice) = asked.translate(p.port)?;
+        if !target.accepts_port(port) {
             let list: Vec<String> = known.iter().map(u16::to_string).collect();
             return Err(Refusal::UnknownPort(format!(
                 "{target_ref} has no port {}; its ports are {}",
@@ -133,10 +194,10 @@ pub async fn validate_ports(
                 list.join(", ")
             )));
         }
-        if !seen.insert(p.port) {
+        if !seen.insert(port) {
             return Err(Refusal::BadRequest(format!(
-                "port {} is requested twice",
-                p.port
+                "{} is requested twice",
+                asked.describe(port, service_port)
             )));
         }
         let (filter, catch_all) = match &p.filter {
@@ -147,7 +208,9 @@ pub async fn validate_ports(
             None => (None, false),
         };
         ports.push(ValidPort {
-            port: p.port,
+            port,
+            service_port,
+            notice,
             mode: p.mode,
             filter,
             catch_all,
@@ -321,6 +384,7 @@ pub fn admit(
         .map(|p| p.port)
         .collect();
     let labels = valid.target.labels();
+    let ports = on_target(&req.ports, &valid.ports);
     // Judged by the target's own name: a policy on `deployment/payments` binds a session
     // that names its pods `service/payments` too.
     let verdict = check_policies(
@@ -328,7 +392,7 @@ pub fn admit(
         &Subject {
             target: valid.target.reference(),
             asked: &req.target,
-            ports: &req.ports,
+            ports: &ports,
             catch_all: &catch_all,
             scale_down: req.scale_down,
             context: &req.context,
@@ -417,6 +481,19 @@ fn narrow(
     Ok(())
 }
 
+/// The requests as on the target's ports (a Service's port is its pods'): what policies
+/// judge, on the ports they are about. `valid` is `requested` validated, in its order.
+fn on_target(requested: &[PortRequest], valid: &[ValidPort]) -> Vec<PortRequest> {
+    requested
+        .iter()
+        .zip(valid)
+        .map(|(r, v)| PortRequest {
+            port: v.port,
+            ..r.clone()
+        })
+        .collect()
+}
+
 /// The filter regexes `ports` hold (a client's budget counts them).
 fn regexes(ports: &[PortRequest]) -> usize {
     ports.iter().map(port_regexes).sum()
@@ -460,12 +537,13 @@ pub async fn admit_ports(
         .filter(|p| p.catch_all)
         .map(|p| p.port)
         .collect();
+    let ports = on_target(requested, valid);
     let verdict = check_policies(
         op,
         &Subject {
             target: canonical,
             asked: target,
-            ports: requested,
+            ports: &ports,
             catch_all: &catch_all,
             scale_down: false,
             context: &Default::default(),

@@ -302,6 +302,10 @@ async fn run_session(
     let reply = Box::new(ServerMessage::SessionOpened(Box::new(opened.reply.clone())));
     // Queued first: nothing else is sent on `out` before the actor starts.
     let _ = out.try_send(reply);
+    for message in &opened.notices {
+        let message = message.clone();
+        let _ = out.try_send(Box::new(ServerMessage::Notice { message }));
+    }
     let lifecycle = op.shutdown.clone();
     lifecycle.spawn(async move {
         let _pinned = slot.pin();

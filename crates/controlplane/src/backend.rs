@@ -40,6 +40,67 @@ pub enum BackendError {
 
 pub trait TargetBackend: Send + Sync {
     fn target(&self, r: &TargetRef) -> BoxFuture<'_, Result<Arc<dyn Target>, BackendError>>;
+    /// The target `r` names, and what the ports a session on `r` asks for are on it (a
+    /// Service's port is the pods' port its `targetPort` names). By default a name's
+    /// ports are the target's own.
+    fn named(&self, r: &TargetRef) -> BoxFuture<'_, Result<Named, BackendError>> {
+        let found = self.target(r);
+        Box::pin(async move {
+            Ok(Named {
+                target: found.await?,
+                ports: PortNames::default(),
+            })
+        })
+    }
+}
+
+/// A target as a session named it.
+pub struct Named {
+    pub target: Arc<dyn Target>,
+    pub ports: PortNames,
+}
+
+/// The ports of a name that has its own (a Service's `spec.ports`), as the target's (its
+/// pods') ports: translated once, when a session names a port, so that port locks, routes,
+/// events and metrics are all on the port where the traffic is taken.
+#[derive(Clone, Debug, Default)]
+pub struct PortNames {
+    /// Who names them (`service/web`), for messages.
+    pub by: String,
+    /// Per port of the name: the target's port, or why it has none (a `targetPort` name
+    /// that no container declares).
+    pub ports: std::collections::BTreeMap<u16, Result<u16, String>>,
+}
+
+impl PortNames {
+    /// What `asked` is on the target: `Some(the name's port)` beside the target's port when
+    /// `asked` is one of the name's ports, `None` for any other (a port of the target's own).
+    pub fn target_port(&self, asked: u16) -> Result<(u16, Option<u16>), String> {
+        match self.ports.get(&asked) {
+            Some(Ok(port)) => Ok((*port, Some(asked))),
+            Some(Err(why)) => Err(why.clone()),
+            None => Ok((asked, None)),
+        }
+    }
+
+    /// Why naming `port` (none of the name's ports) may not be what the session means:
+    /// traffic sent to the name never reaches it. `None` when the name has no ports of its
+    /// own, or one of them is sent to `port`.
+    pub fn not_exposed(&self, port: u16) -> Option<String> {
+        if self.ports.is_empty() || self.ports.contains_key(&port) {
+            return None;
+        }
+        if self.ports.values().any(|p| p.as_ref() == Ok(&port)) {
+            return None;
+        }
+        let list: Vec<String> = self.ports.keys().map(u16::to_string).collect();
+        Some(format!(
+            "port {port} is not a port of {} (its ports: {}): the pods' port {port} is taken, which traffic sent to {} does not reach",
+            self.by,
+            list.join(", "),
+            self.by
+        ))
+    }
 }
 
 pub trait Target: Send + Sync {

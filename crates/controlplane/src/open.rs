@@ -10,8 +10,8 @@
 //! away) at any later step unwinds exactly what was done. The copy is the last and only
 //! slow step, and it runs holding no lock: other openings never wait for it.
 
-use crate::admission::{self, Admitted, Validated};
-use crate::backend::{BackendError, Target, TargetCopy};
+use crate::admission::{self, Admitted, Asked, Validated};
+use crate::backend::{BackendError, PortNames, Target, TargetCopy};
 use crate::caller::Caller;
 use crate::context::{self, SessionContext};
 use crate::locks::{Grant, Holder, Outcome, Reservation, Taken, Want};
@@ -27,6 +27,7 @@ use mirrord_protocol::{
     SessionId, SessionOpened, SessionRequest, TargetRef,
 };
 use mirrord_telemetry::{Event, PortCounters, SessionMeta, SessionTrace};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,6 +42,9 @@ pub struct Opened {
     pub handoffs: HandoffRx,
     /// The answer to send the client.
     pub reply: SessionOpened,
+    /// What the client should know of its ports, sent after the answer (a port its Service
+    /// does not expose).
+    pub notices: Vec<String>,
     /// For ports the session adds later.
     pub more: MorePorts,
 }
@@ -135,6 +139,8 @@ async fn pipeline(
             req,
             caller,
             target: Arc::clone(&valid.target),
+            names: valid.names.clone(),
+            service_ports: valid.service_ports(),
             ports,
             copy,
             context,
@@ -142,6 +148,7 @@ async fn pipeline(
         },
     );
     tell_overlaps(op, &valid, &holder, &mut opened.reply.ports).await;
+    opened.notices = valid.notices();
     // Revoked while it opened (the copy takes a while): the revocation's sweep of
     // sessions may have run before this one was registered, so end it here.
     if op.revoked.contains(&client.client_id) {
@@ -200,6 +207,9 @@ struct Commit<'a> {
     req: &'a SessionRequest,
     caller: &'a Caller,
     target: Arc<dyn Target>,
+    names: PortNames,
+    /// Per target port, the Service's port the session asked for it by.
+    service_ports: BTreeMap<u16, u16>,
     ports: Reservation,
     copy: Option<Box<dyn TargetCopy>>,
     context: Option<(ContextReply, Option<SessionContext>)>,
@@ -212,6 +222,8 @@ pub struct MorePorts {
     caller: Caller,
     target: Arc<dyn Target>,
     target_ref: TargetRef,
+    /// What the ports the session names are on the target, for those it adds and removes.
+    names: PortNames,
     key: String,
     on_concurrent_steal: ConcurrentSteal,
     subscription: Subscription,
@@ -223,6 +235,15 @@ impl MorePorts {
     /// The session's target.
     pub fn target(&self) -> &Arc<dyn Target> {
         &self.target
+    }
+
+    /// The target's ports the session's `asked` stand for (a port whose Service names no
+    /// port of its pods stands for none).
+    pub fn target_ports(&self, asked: &[u16]) -> Vec<u16> {
+        asked
+            .iter()
+            .filter_map(|&p| self.names.target_port(p).ok().map(|(port, _)| port))
+            .collect()
     }
 }
 
@@ -253,7 +274,13 @@ impl Subscription {
 
 /// The routes go in for what was reserved and take-overs happen: what opening and adding
 /// ports share. [`Granted::record`] then tells it.
-fn grant_ports(op: &Operator, sub: &Subscription, ports: Reservation) -> (Grant, Granted) {
+/// `service_ports`: per target port, the Service's port the session asked for it by.
+fn grant_ports(
+    op: &Operator,
+    sub: &Subscription,
+    ports: Reservation,
+    service_ports: &BTreeMap<u16, u16>,
+) -> (Grant, Granted) {
     let outcomes: Vec<PortOutcome> = ports
         .outcomes()
         .map(|(w, o)| PortOutcome {
@@ -266,6 +293,7 @@ fn grant_ports(op: &Operator, sub: &Subscription, ports: Reservation) -> (Grant,
                 Outcome::Skipped(why) => Some(why.clone()),
             },
             overlaps: Vec::new(),
+            service_port: service_ports.get(&w.port).copied(),
         })
         .collect();
     let (grant, taken) = ports.commit(|w| sub.subscriber(op, w));
@@ -321,6 +349,8 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
         req,
         caller,
         target,
+        names,
+        service_ports,
         ports,
         copy,
         context,
@@ -344,7 +374,7 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
         trace: op.telemetry.session_trace(&meta),
     };
     let key = ports.target().to_owned();
-    let (grant, granted) = grant_ports(op, &sub, ports);
+    let (grant, granted) = grant_ports(op, &sub, ports, &service_ports);
     let (context_reply, context) = match context {
         Some((reply, granted)) => (Some(reply), granted),
         None => (None, None),
@@ -373,6 +403,7 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
         copy,
         context,
         slot,
+        service_ports,
     });
     op.sessions.insert(Arc::clone(&entry));
     op.telemetry.record(Event::SessionStarted {
@@ -395,10 +426,12 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
             copy: copy_name,
             context: context_reply,
         },
+        notices: Vec::new(),
         more: MorePorts {
             caller: caller.clone(),
             target,
             target_ref: req.target.clone(),
+            names,
             key,
             on_concurrent_steal: req.on_concurrent_steal,
             subscription: sub,
@@ -409,13 +442,13 @@ fn commit(op: &Arc<Operator>, c: Commit<'_>) -> Opened {
 
 /// Adds ports to the open session `entry` (its process listens now): the admission of
 /// [`open`] for them, then the same routes as its first ports. A refusal leaves the
-/// session as it was.
+/// session as it was. Returns the outcomes, and notices about them as [`Opened::notices`].
 pub async fn add_ports(
     op: &Arc<Operator>,
     entry: &SessionEntry,
     more: &MorePorts,
     requested: Vec<PortRequest>,
-) -> Result<Vec<PortOutcome>, Refusal> {
+) -> Result<(Vec<PortOutcome>, Vec<String>), Refusal> {
     let held: Vec<u16> = op.sessions.holds(entry).iter().map(|h| h.port).collect();
     crate::bounds::check_ports(&requested)?;
     if held.len() + requested.len() > op.limits.max_ports_per_session {
@@ -428,15 +461,12 @@ pub async fn add_ports(
     }
     let caller = &more.caller;
     let client_id = &caller.client.client_id;
-    let mut ports = admission::validate_ports(
-        op,
-        &more.target,
-        &more.target_ref,
-        &requested,
-        &held,
-        client_id,
-    )
-    .await?;
+    let asked = Asked {
+        target_ref: &more.target_ref,
+        names: &more.names,
+    };
+    let mut ports =
+        admission::validate_ports(op, &more.target, asked, &requested, &held, client_id).await?;
     let labels = more.target.labels();
     let regexes = admission::admit_ports(
         op,
@@ -451,6 +481,7 @@ pub async fn add_ports(
     let valid = Validated {
         target: Arc::clone(&more.target),
         key: more.key.clone(),
+        names: more.names.clone(),
         ports,
     };
     let holder = Holder {
@@ -472,10 +503,15 @@ pub async fn add_ports(
         false,
     )?;
     admission::authorize_take_overs(caller, &take_overs, &reserved)?;
-    let (grant, granted) = grant_ports(op, &more.subscription, reserved);
+    // Named before the routes go in: traffic on them is handed over under these names.
+    let service_ports = valid.service_ports();
+    entry.name_ports(service_ports.clone());
+    let (grant, granted) = grant_ports(op, &more.subscription, reserved, &service_ports);
+    // Held on the target's ports, as the grant is.
     let per_port: Vec<(u16, usize)> = requested
         .iter()
-        .map(|p| (p.port, admission::port_regexes(p)))
+        .zip(&valid.ports)
+        .map(|(p, v)| (v.port, admission::port_regexes(p)))
         .collect();
     if !entry.add_grant(grant, &per_port) {
         return Err(Refusal::Internal(format!(
@@ -489,7 +525,7 @@ pub async fn add_ports(
         op.sessions.end(entry.id, &why);
         return Err(Refusal::Internal(why));
     }
-    Ok(outcomes)
+    Ok((outcomes, valid.notices()))
 }
 
 /// A request for the take-over decision of [`admission::authorize`] alone.

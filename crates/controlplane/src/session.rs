@@ -98,6 +98,7 @@ pub async fn run(op: Arc<Operator>, opened: Opened, inbound: impl Inbound, out: 
         entry,
         handoffs,
         reply,
+        notices: _,
         more,
     } = opened;
     // Already sent; otherwise kept (with its list of ports) for the session's life.
@@ -204,7 +205,10 @@ impl Actor {
                 _ = self.cancel.cancelled() => return,
                 c = self.entry.ctl.recv() => match c {
                     Control::Ended(reason) => return Box::pin(self.say_last(reason)).await,
-                    Control::PortLost { port, reason } => self.send_soon(ServerMessage::PortLost { port, reason }),
+                    Control::PortLost { port, reason } => {
+                        let port = self.entry.client_port(port);
+                        self.send_soon(ServerMessage::PortLost { port, reason })
+                    }
                     Control::Notice(message) => self.send_soon(ServerMessage::Notice { message }),
                 },
                 _ = expiry(&mut deadline) => {
@@ -402,7 +406,12 @@ impl Actor {
                 _ = me.cancel.cancelled() => return,
             };
             let msg = match added {
-                Ok(ports) => ServerMessage::PortsAdded { ports },
+                Ok((ports, notices)) => {
+                    for message in notices {
+                        let _ = me.queue(Box::new(ServerMessage::Notice { message })).await;
+                    }
+                    ServerMessage::PortsAdded { ports }
+                }
                 Err(refusal) => {
                     tracing::warn!(session_id = %me.entry.id, reason = refusal.reason(), error = %refusal, "ports added to a session were refused");
                     ServerMessage::PortsRefused(refusal.reply())
@@ -422,6 +431,8 @@ impl Actor {
         let me = Arc::clone(self);
         self.tracker.spawn(async move {
             let more = me.more.lock().await;
+            // Named as the session asked for them (a Service's ports), held as its pods'.
+            let ports = more.target_ports(&ports);
             let released = me.op.sessions.release_ports(me.entry.id, &ports);
             tracing::debug!(session_id = %me.entry.id, ?released, "ports given back");
             if released.is_empty() {
@@ -714,8 +725,22 @@ impl Actor {
         }
     }
 
+    /// `h` on the port the client knows it by.
+    fn client_ports(&self, mut h: Handoff) -> Handoff {
+        match &mut h {
+            Handoff::StolenConnection { port, .. }
+            | Handoff::MirroredConnection { port, .. }
+            | Handoff::StolenRequest { port, .. }
+            | Handoff::MirroredRequest { port, .. } => *port = self.entry.client_port(*port),
+            Handoff::Notice { .. } => {}
+        }
+        h
+    }
+
     /// Passes one handoff to the client; `false` when the client connection is gone.
     async fn hand_over(self: &Arc<Self>, conn: u64, h: Handoff) -> bool {
+        // Under the port the client asked for (a Service's), not the pods' it stands for.
+        let h = self.client_ports(h);
         match h {
             Handoff::StolenConnection {
                 port,

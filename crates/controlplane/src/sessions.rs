@@ -9,7 +9,7 @@ use crate::locks::{Grant, Hold, PortLocks, Taken};
 use crate::refusal::Refusal;
 use mirrord_protocol::{CopyInfo, PortMode, PortOutcome, SessionId, SessionInfo};
 use mirrord_telemetry::{Event, SessionMeta, Telemetry};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -125,6 +125,9 @@ pub struct SessionEntry {
     /// Read by the session's watchdog.
     pub ctl: Mailbox,
     slot: Mutex<ClientSlot>,
+    /// Per target port the session holds by a Service's port: that port. The client is
+    /// handed traffic under the port it asked for.
+    service_ports: Mutex<BTreeMap<u16, u16>>,
 }
 
 /// Everything a new entry is made of.
@@ -137,6 +140,8 @@ pub struct NewEntry {
     pub copy_info: Option<CopyInfo>,
     pub context: Option<SessionContext>,
     pub slot: ClientSlot,
+    /// Per target port, the Service's port the session asked for it by.
+    pub service_ports: BTreeMap<u16, u16>,
 }
 
 impl SessionEntry {
@@ -154,7 +159,27 @@ impl SessionEntry {
             context: e.context.map(Box::new),
             ctl: Mailbox::default(),
             slot: Mutex::new(e.slot),
+            service_ports: Mutex::new(e.service_ports),
         })
+    }
+
+    /// More target ports held by a Service's port (before their routes go in).
+    pub fn name_ports(&self, service_ports: BTreeMap<u16, u16>) {
+        let mut m = self.service_ports.lock().expect("service ports lock");
+        m.extend(service_ports);
+    }
+
+    /// The Service's port the session holds target port `port` by, if any.
+    pub fn service_port(&self, port: u16) -> Option<u16> {
+        let m = self.service_ports.lock().expect("service ports lock");
+        m.get(&port).copied()
+    }
+
+    /// The port the client knows target port `port` by: the Service's it asked for, or
+    /// `port` itself.
+    pub fn client_port(&self, port: u16) -> u16 {
+        let m = self.service_ports.lock().expect("service ports lock");
+        m.get(&port).copied().unwrap_or(port)
     }
 
     /// Ports added to the open session: their grant joins the session's (released with it),
@@ -181,6 +206,8 @@ impl SessionEntry {
         };
         let gone: Vec<u16> = released.iter().map(|h| h.port).collect();
         self.slot.lock().expect("slot lock").release(&gone);
+        let mut named = self.service_ports.lock().expect("service ports lock");
+        named.retain(|p, _| !gone.contains(p));
         released
     }
 
@@ -468,6 +495,7 @@ impl Sessions {
                     http_filter: h.spec,
                     skipped: None,
                     overlaps: h.overlaps,
+                    service_port: e.service_port(h.port),
                 })
                 .collect(),
             duration_secs: e.started.elapsed().as_secs(),

@@ -6,6 +6,7 @@
 //! The operator stays the one owner of every port's routes (the same [`RouteTable`]s and
 //! port locks as on one machine); this crate carries them to where the traffic is:
 //! - [`workload`] resolves a target to its pods' selector, ports and pod template;
+//! - [`service_ports`] reads a Service's ports as its pods' ports;
 //! - [`target`] follows the target's pods and owns what each pod's agent must apply;
 //! - [`serving`] starts a target's pod watch and fleet and answers the control plane for it;
 //! - [`agents`] holds what the operator knows of each target pod's agent;
@@ -43,6 +44,7 @@ pub mod owners;
 pub mod policies;
 pub mod reconcile;
 pub mod registry;
+pub mod service_ports;
 pub mod serving;
 pub mod startup;
 pub mod target;
@@ -50,7 +52,7 @@ pub mod trust;
 pub mod workload;
 
 use futures::future::BoxFuture;
-use mirrord_controlplane::backend::{BackendError, Target, TargetBackend};
+use mirrord_controlplane::backend::{BackendError, Named, PortNames, Target, TargetBackend};
 use mirrord_controlplane::config::KubernetesConfig;
 use mirrord_protocol::TargetRef;
 use mirrord_serve::Shutdown;
@@ -265,19 +267,28 @@ impl KubeBackend {
 
 impl TargetBackend for KubeBackend {
     fn target(&self, r: &TargetRef) -> BoxFuture<'_, Result<Arc<dyn Target>, BackendError>> {
-        let r = r.clone();
+        let named = self.named(r);
+        Box::pin(async move { Ok(named.await?.target) })
+    }
+
+    fn named(&self, asked: &TargetRef) -> BoxFuture<'_, Result<Named, BackendError>> {
+        let asked = asked.clone();
         Box::pin(async move {
-            let (r, resolved) = if r.kind == workload::TARGETLESS {
+            let mut ports = PortNames::default();
+            let (r, resolved) = if asked.kind == workload::TARGETLESS {
                 let ctx = &self.ctx;
                 let (image, pull) = (&ctx.agent_image, &ctx.agent_pull_policy);
-                let t = workload::targetless(&ctx.client, &r, image, pull).await?;
-                (r, t)
+                let t = workload::targetless(&ctx.client, &asked, image, pull).await?;
+                (asked, t)
             } else {
                 // Another name for a workload's pods is that workload: one target owns them.
-                let r = workload::canonical(&self.ctx.client, &r).await?;
+                let (r, service) = workload::canonical(&self.ctx.client, &asked).await?;
                 // Resolved on every session: a deleted workload is unknown at once, and one
                 // recreated under the same name is a new target.
                 let resolved = workload::resolve(&self.ctx.client, &r).await?;
+                if let Some(svc) = &service {
+                    ports = service_ports::translate(&asked, svc, &resolved.template);
+                }
                 (r, resolved)
             };
             // The container chosen was checked against the pods; the pods, their agents and
@@ -285,12 +296,15 @@ impl TargetBackend for KubeBackend {
             let mut r = r;
             r.container = None;
             let mut map = self.targets.0.lock().expect("targets");
-            if let Some(t) = map.get(&r).filter(|t| t.workload_uid() == resolved.uid) {
-                return Ok(Arc::clone(t) as Arc<dyn Target>);
-            }
-            let t = serving::start(r.clone(), resolved, Arc::clone(&self.ctx));
-            map.insert(r, Arc::clone(&t));
-            Ok(t as Arc<dyn Target>)
+            let target = match map.get(&r).filter(|t| t.workload_uid() == resolved.uid) {
+                Some(t) => Arc::clone(t) as Arc<dyn Target>,
+                None => {
+                    let t = serving::start(r.clone(), resolved, Arc::clone(&self.ctx));
+                    map.insert(r, Arc::clone(&t));
+                    t as Arc<dyn Target>
+                }
+            };
+            Ok(Named { target, ports })
         })
     }
 }

@@ -250,13 +250,18 @@ pub async fn resolve(client: &Client, r: &TargetRef) -> Result<Resolved, Backend
 /// The target that owns the pods `r` names, under its kind's own spelling (`deploy/x` and
 /// `Deployment/x` are `deployment/x`): a ReplicaSet a Deployment manages is that
 /// Deployment, a Service the one workload (or bare pod) its selector picks; anything else
-/// is itself. The container part is kept.
-pub async fn canonical(client: &Client, r: &TargetRef) -> Result<TargetRef, BackendError> {
+/// is itself. The container part is kept. For a Service, the Service too: its ports are
+/// its pods' ports ([`crate::service_ports`]).
+pub async fn canonical(
+    client: &Client,
+    r: &TargetRef,
+) -> Result<(TargetRef, Option<Service>), BackendError> {
     let ns = &r.namespace;
     let is_service = matches!(
         r.kind.to_ascii_lowercase().as_str(),
         "service" | "svc" | "services"
     );
+    let mut service = None;
     let (kind, name) = match Kind::parse(&r.kind) {
         Some(Kind::ReplicaSet) => match get::<ReplicaSet>(client, ns, &r.name).await {
             Ok(rs) => replicaset_owner(r, &rs)?,
@@ -264,15 +269,20 @@ pub async fn canonical(client: &Client, r: &TargetRef) -> Result<TargetRef, Back
             Err(e) => return Err(api_error(format!("read {r} in namespace {ns}"), e)),
         },
         Some(kind) => (kind, r.name.clone()),
-        None if is_service => service_workload(client, r).await?,
+        None if is_service => {
+            let (kind, name, svc) = service_workload(client, r).await?;
+            service = Some(svc);
+            (kind, name)
+        }
         None => return Err(unknown(client, r).await),
     };
-    Ok(TargetRef {
+    let canonical = TargetRef {
         kind: kind.name().to_owned(),
         name,
         namespace: ns.clone(),
         container: r.container.clone(),
-    })
+    };
+    Ok((canonical, service))
 }
 
 /// A ReplicaSet's target: its Deployment, itself when nothing manages it; one another
@@ -299,15 +309,22 @@ fn controller(meta: &kube::api::ObjectMeta) -> Option<(String, String)> {
 }
 
 /// The one workload whose pods Service `r` selects (a Deployment through its ReplicaSets,
-/// a StatefulSet, a ReplicaSet nothing manages, or a bare pod).
-async fn service_workload(client: &Client, r: &TargetRef) -> Result<(Kind, String), BackendError> {
+/// a StatefulSet, a ReplicaSet nothing manages, or a bare pod), and the Service.
+async fn service_workload(
+    client: &Client,
+    r: &TargetRef,
+) -> Result<(Kind, String, Service), BackendError> {
     let ns = &r.namespace;
     let svc = match get::<Service>(client, ns, &r.name).await {
         Ok(s) => s,
         Err(e) if not_found(&e) => return Err(unknown(client, r).await),
         Err(e) => return Err(api_error(format!("read {r} in namespace {ns}"), e)),
     };
-    let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+    let selector = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
     if selector.is_empty() {
         return Err(BackendError::NotATarget(format!(
             "{r} in namespace {ns} has no selector, so no pods of its own; target the workload behind its endpoints"
@@ -357,7 +374,7 @@ async fn service_workload(client: &Client, r: &TargetRef) -> Result<(Kind, Strin
             query.join(",")
         ))),
         (Some((k, name)), None) => match Kind::parse(&k).filter(|k| !k.copy_only()) {
-            Some(kind) => Ok((kind, name)),
+            Some(kind) => Ok((kind, name, svc)),
             None => Err(BackendError::NotATarget(format!(
                 "{r} in namespace {ns} selects the pods of {}, which is not a target kind ({KINDS})",
                 named[0]

@@ -28,6 +28,6 @@ pub use session_id::SessionId;
 /// filters in port outcomes; 4: the caller's role in `Welcome` and `StatusReport`; 5: console login
 /// links; 6: notices; 7: JSON body filters, a target's container, overlapping filters in port
 /// outcomes; 8: sessions a status report leaves out; 9: a session's context (environment,
-/// outgoing connections, name resolution), ports added to an open session; 10: outgoing UDP flows, ports removed from an open session; 11: the target's files); the operator refuses other versions
+/// outgoing connections, name resolution), ports added to an open session; 10: outgoing UDP flows, ports removed from an open session; 11: the target's files; 12: a Service's port in port outcomes); the operator refuses other versions
 /// with a message that names both.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;

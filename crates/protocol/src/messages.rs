@@ -216,7 +216,9 @@ pub enum ServerMessage {
     Ping {
         nonce: u64,
     },
-    /// A whole TCP connection handed to the developer (unfiltered steal or mirror).
+    /// A whole TCP connection handed to the developer (unfiltered steal or mirror). `port`
+    /// here and in [`ServerMessage::HttpRequest`] and [`ServerMessage::PortLost`] is the
+    /// port as the session asked for it (a Service's port, not the pods' it stands for).
     NewConnection {
         conn: u64,
         port: u16,
@@ -326,6 +328,11 @@ pub struct PortOutcome {
     /// this one's filter matches (first subscriber wins).
     #[serde(default)]
     pub overlaps: Vec<FilterOverlap>,
+    /// For a session on a Service: the Service's port the session asked for, which `port`
+    /// (the pods' port its `targetPort` names, what is held and handed over) stands for.
+    /// `None` for another target, or a port the Service does not expose.
+    #[serde(default)]
+    pub service_port: Option<u16>,
 }
 
 /// Another session's filter on the same port that takes (or loses) requests this one's also

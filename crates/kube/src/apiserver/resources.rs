@@ -168,6 +168,7 @@ mod tests {
                 http_filter: None,
                 skipped: None,
                 overlaps: vec![],
+                service_port: None,
             }],
             duration_secs: 150,
             ping_ms: None,
