@@ -7,79 +7,16 @@
 //! the developer opens a new one (README "Several replicas").
 
 use mirrord_e2e::kube::{repo, Cluster};
-use mirrord_e2e::prom::http_exchange;
+use mirrord_e2e::web::{get, pod_process, web_yaml, Local};
 use mirrord_e2e::{wait_for, Session};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The lease the test's chart is given (short, to keep the test short).
 const LEASE: Duration = Duration::from_secs(6);
-
-fn web_yaml(ns: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      automountServiceAccountToken: false
-      terminationGracePeriodSeconds: 1
-      containers:
-        - name: httpd
-          image: mirrord.dev/busybox:1
-          imagePullPolicy: Never
-          command: ["/bin/sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"]
-          ports: [{{containerPort: 80, protocol: TCP}}]
-          readinessProbe: {{tcpSocket: {{port: 80}}, periodSeconds: 1}}
-"#
-    )
-}
-
-/// The developer's local process: answers `local`.
-fn local() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = c.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nlocal\n",
-                );
-            });
-        }
-    });
-    addr
-}
-
-fn get(addr: SocketAddr) -> String {
-    let req = "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n";
-    match http_exchange(addr, req) {
-        Ok(resp) => resp
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or("")
-            .trim()
-            .to_owned(),
-        Err(e) => format!("error: {e}"),
-    }
-}
 
 struct Ha {
     k: Cluster,
@@ -197,18 +134,6 @@ impl Drop for Ha {
     }
 }
 
-/// The operator process of pod `uid` on this node (by its cgroup).
-fn operator_pid(uid: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        (cgroup.contains(&format!("pod{uid}"))
-            && String::from_utf8_lossy(&cmdline).contains("mirrord-operator"))
-        .then_some(pid)
-    })
-}
-
 fn signal(pid: u32, sig: &str) {
     assert!(Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -251,7 +176,7 @@ fn one_replica_leads_and_a_frozen_leader_hands_over_and_leaves() {
     k.load_agent_image();
     k.kubectl(&["create", "namespace", &ns]);
     k.kubectl(&["create", "namespace", &op_ns]);
-    k.apply(&web_yaml(&ns));
+    k.apply(&web_yaml(&ns, 1));
     let chart = repo().join("deploy/helm/mirrord-operator");
     let lease = format!("leaderElection.leaseDuration={}s", LEASE.as_secs());
     k.helm(&[
@@ -342,13 +267,14 @@ fn one_replica_leads_and_a_frozen_leader_hands_over_and_leaves() {
         logs.contains("saved to its Secret").then_some(())
     });
     assert!(saved.is_some(), "the leader did not save its registry");
-    let to = format!("80={}", local());
+    let local = Local::start();
+    let to = format!("80={}", local.addr);
     let mut s = steal(&creds, &ns, &to);
-    assert_eq!(get(pod), "local");
+    assert_eq!(get(pod, "/", &[]), "local");
 
     // The leader frozen: the standby takes the lease once it has seen it unrenewed for
     // the lease's duration, and becomes the Service's endpoint.
-    let pid = operator_pid(&leader.uid).expect("the leader runs on this node");
+    let pid = pod_process(&leader.uid, "mirrord-operator").expect("the leader runs on this node");
     signal(pid, "-STOP");
     let frozen = Instant::now();
     let took = wait_for(LEASE * 5, || {
@@ -397,12 +323,12 @@ fn one_replica_leads_and_a_frozen_leader_hands_over_and_leaves() {
     // The new leader takes sessions (its agents replace the frozen leader's).
     let mut s = steal(&creds, &ns, &to);
     let stolen = wait_for(Duration::from_secs(30), || {
-        (get(pod) == "local").then_some(())
+        (get(pod, "/", &[]) == "local").then_some(())
     });
     assert!(
         stolen.is_some(),
         "the new leader does not steal: {}",
-        get(pod)
+        get(pod, "/", &[])
     );
     let (leader_now, _) = ha.settled(Duration::from_secs(60));
     assert_eq!(leader_now.name, standby.name);

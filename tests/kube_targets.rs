@@ -14,14 +14,14 @@
 use mirrord_e2e::kube::{repo, Cluster, NODE_IP};
 use mirrord_e2e::otlp::{attr, text, Received};
 use mirrord_e2e::prom::http_exchange;
+use mirrord_e2e::web::{answers, get, pod_process, web_yaml, Local};
 use mirrord_e2e::{ctl, wait_for, Session};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Each test installs its own operator; one at a time keeps the 2-core machine honest.
@@ -29,115 +29,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// What the chart's agents are given: a killed agent's redirect lapses after this.
 const LEASE: Duration = Duration::from_secs(3);
-
-fn web_yaml(ns: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      automountServiceAccountToken: false
-      terminationGracePeriodSeconds: 1
-      containers:
-        - name: httpd
-          image: mirrord.dev/busybox:1
-          imagePullPolicy: Never
-          command: ["/bin/sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"]
-          ports: [{{containerPort: 80, name: http, protocol: TCP}}]
-          readinessProbe: {{tcpSocket: {{port: 80}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  selector: {{app: web}}
-  # Port 81 is the pods' port 80 by its name: a session on the Service asking for 81
-  # takes the pods' port 80.
-  ports:
-    - {{name: web, port: 80, targetPort: 80, protocol: TCP}}
-    - {{name: alt, port: 81, targetPort: http, protocol: TCP}}
-"#
-    )
-}
-
-/// The developer's local process: answers `local` and records each request line.
-struct Local {
-    addr: SocketAddr,
-    hits: Arc<Mutex<Vec<String>>>,
-}
-
-impl Local {
-    fn start() -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let hits: Arc<Mutex<Vec<String>>> = Arc::default();
-        let h = Arc::clone(&hits);
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(mut c) = c else { continue };
-                let h = Arc::clone(&h);
-                std::thread::spawn(move || {
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match c.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&req);
-                    if let Some(line) = text.lines().next().filter(|l| !l.is_empty()) {
-                        h.lock().unwrap().push(line.to_owned());
-                    }
-                    let _ = c.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nlocal\n",
-                    );
-                });
-            }
-        });
-        Self { addr, hits }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-}
-
-/// One GET; the body's first line (who answered), or the error.
-fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: web\r\n{extra}Connection: close\r\n\r\n");
-    match http_exchange(addr, &req) {
-        Ok(resp) => resp
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or("")
-            .trim()
-            .to_owned(),
-        Err(e) => format!("error: {e}"),
-    }
-}
-
-/// Who answered `n` GETs.
-fn answers(addr: SocketAddr, n: usize, headers: &[(&str, &str)]) -> BTreeSet<String> {
-    (0..n)
-        .map(|i| get(addr, &format!("/?i={i}"), headers))
-        .collect()
-}
 
 /// A namespace with the web Deployment and its Service, and an operator from the chart in
 /// a namespace of its own.
@@ -284,6 +175,25 @@ impl Env {
                 self.k.diagnose(&self.ns)
             )
         })
+    }
+
+    /// An unfiltered steal of deployment/web that must be refused: what mirrordctl said.
+    fn refused_steal(&self, to: &str) -> String {
+        let out = ctl(
+            &self.creds,
+            &[
+                "steal",
+                "--target",
+                "deployment/web",
+                "--namespace",
+                &self.ns,
+                "--port",
+                to,
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{err}");
+        err
     }
 
     /// The pods labelled `label` in namespace `ns` that are not being deleted, as JSON.
@@ -652,20 +562,7 @@ fn steal_filter_and_mirror_a_deployment_through_its_service() {
         env.op_ns
     ));
     let refused_in = Instant::now();
-    let out = ctl(
-        &env.creds,
-        &[
-            "steal",
-            "--target",
-            "deployment/web",
-            "--namespace",
-            &env.ns,
-            "--port",
-            &to,
-        ],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = env.refused_steal(&to);
     assert!(
         err.contains("the cluster refused the agent") && err.contains("exceeded quota"),
         "{err}"
@@ -834,18 +731,6 @@ fn agent_pid(uid: &str) -> Option<u32> {
         .lines()
         .next()
         .and_then(|l| l.trim().parse().ok())
-}
-
-/// The process of pod `uid` whose command line contains `needle` (by its cgroup).
-fn pod_process(uid: &str, needle: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        (cgroup.contains(&format!("pod{uid}"))
-            && String::from_utf8_lossy(&cmdline).contains(needle))
-        .then_some(pid)
-    })
 }
 
 #[test]
@@ -1345,20 +1230,7 @@ fn an_ephemeral_agent_steals_mirrors_and_leaves_its_pod_as_it_was() {
         .unwrap();
     if minor < 21 {
         let refused = Instant::now();
-        let out = ctl(
-            &env.creds,
-            &[
-                "steal",
-                "--target",
-                "deployment/web",
-                "--namespace",
-                &env.ns,
-                "--port",
-                &to,
-            ],
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{err}");
+        let err = env.refused_steal(&to);
         assert!(
             err.contains("agent.ephemeral needs Kubernetes 1.21 or later")
                 && err.contains(&format!("this cluster is 1.{minor}")),

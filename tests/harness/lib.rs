@@ -11,6 +11,7 @@ pub mod prom;
 pub mod raw;
 pub mod servers;
 pub mod vendor;
+pub mod web;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

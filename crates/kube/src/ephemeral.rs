@@ -107,15 +107,7 @@ fn container(
     port: u16,
     ca: &str,
 ) -> serde_json::Value {
-    let security = if ctx.agent_privileged {
-        serde_json::json!({"privileged": true})
-    } else {
-        serde_json::json!({
-            "privileged": false,
-            "allowPrivilegeEscalation": false,
-            "capabilities": {"add": CAPABILITIES},
-        })
-    };
+    let security = crate::fleet::security_context(ctx, &CAPABILITIES);
     let lease = format!("{}ms", ctx.lease.as_millis());
     let mut c = serde_json::json!({
         "name": name,

@@ -355,19 +355,25 @@ fn agent_name(pod_uid: &str) -> String {
 /// namespace), SYS_PTRACE (the pod's process's `/proc/PID/ns`, `environ` and `root`).
 pub const AGENT_CAPABILITIES: [&str; 3] = ["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"];
 
-/// The agent's pod: on the target pod's node, with the host's PID namespace (to find the
-/// pod's processes and enter its network namespace) and the capabilities it needs (or
-/// privileged, when so configured), owned by the operator's pod.
-fn agent_pod(ctx: &Context, name: &str, pod_uid: &str, pod: &PodInfo) -> Pod {
-    let security = if ctx.agent_privileged {
+/// An agent container's `securityContext`: privileged when so configured, else `caps`
+/// added to the runtime's defaults and nothing more.
+pub(crate) fn security_context(ctx: &Context, caps: &[&str]) -> serde_json::Value {
+    if ctx.agent_privileged {
         serde_json::json!({"privileged": true})
     } else {
         serde_json::json!({
             "privileged": false,
             "allowPrivilegeEscalation": false,
-            "capabilities": {"add": AGENT_CAPABILITIES},
+            "capabilities": {"add": caps},
         })
-    };
+    }
+}
+
+/// The agent's pod: on the target pod's node, with the host's PID namespace (to find the
+/// pod's processes and enter its network namespace) and the capabilities it needs (or
+/// privileged, when so configured), owned by the operator's pod.
+fn agent_pod(ctx: &Context, name: &str, pod_uid: &str, pod: &PodInfo) -> Pod {
+    let security = security_context(ctx, &AGENT_CAPABILITIES);
     let owners = ctx.owners.for_namespace(&ctx.agent_namespace);
     let lease = format!("{}ms", ctx.lease.as_millis());
     let json = serde_json::json!({

@@ -446,6 +446,10 @@ async fn lead(
     std::thread::Builder::new()
         .name("leadership".into())
         .spawn(move || loop {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "a thread of its own, not a runtime worker: it must run whatever the runtime does"
+            )]
             std::thread::sleep(Duration::from_millis(50));
             if !watched.holds() {
                 lost(&unready, "the renew deadline passed");
