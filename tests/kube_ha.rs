@@ -4,7 +4,9 @@
 //! A leader frozen with SIGSTOP (a replica cut off from the API server) loses the lease to
 //! the standby, and when it runs again it leaves at once, never deciding beside the new
 //! leader, and comes back as the standby. Sessions are not yet kept across the change:
-//! the developer opens a new one (README "Several replicas").
+//! the developer opens a new one (README "Several replicas"). Every replica serves its
+//! metrics: the standby its zeros (a `sum()` over replicas counts each session once) and
+//! `mirrord_leader` 0, the leader 1.
 
 use mirrord_e2e::kube::{repo, Cluster};
 use mirrord_e2e::web::{get, pod_process, web_yaml, Local};
@@ -35,6 +37,7 @@ struct Replica {
     labelled: bool,
     restarts: i64,
     last_exit: Option<i64>,
+    ip: String,
 }
 
 impl Ha {
@@ -64,9 +67,31 @@ impl Ha {
                     labelled: p["metadata"]["labels"]["mirrord.dev/leader"] == "true",
                     restarts: status["restartCount"].as_i64().unwrap_or(0),
                     last_exit: status["lastState"]["terminated"]["exitCode"].as_i64(),
+                    ip: p["status"]["podIP"].as_str().unwrap_or_default().to_owned(),
                 }
             })
             .collect()
+    }
+
+    /// The value of the unlabelled series `name` in `r`'s `/metrics`.
+    fn gauge(&self, r: &Replica, name: &str) -> Option<f64> {
+        let addr = SocketAddr::new(r.ip.parse().ok()?, 9000);
+        get(addr, "/metrics", &[])
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Waits until `name` reads `want` on `r`.
+    fn gauge_is(&self, r: &Replica, name: &str, want: f64) {
+        let seen = wait_for(Duration::from_secs(20), || {
+            (self.gauge(r, name) == Some(want)).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "{name} of {} is {:?}, not {want}",
+            r.name,
+            self.gauge(r, name)
+        );
     }
 
     fn holder(&self) -> String {
@@ -192,6 +217,8 @@ fn one_replica_leads_and_a_frozen_leader_hands_over_and_leaves() {
         "--set",
         "operator.jsonLog=true",
         "--set",
+        "operator.metrics=true",
+        "--set",
         "apiService.enabled=false",
     ]);
     let ha = Ha {
@@ -271,6 +298,14 @@ fn one_replica_leads_and_a_frozen_leader_hands_over_and_leaves() {
     let to = format!("80={}", local.addr);
     let mut s = steal(&creds, &ns, &to);
     assert_eq!(get(pod, "/", &[]), "local");
+    // Each replica says what it owns: the session is the leader's alone.
+    ha.gauge_is(&leader, "mirrord_leader", 1.0);
+    ha.gauge_is(&standby, "mirrord_leader", 0.0);
+    ha.gauge_is(&leader, "mirrord_sessions_active", 1.0);
+    ha.gauge_is(&standby, "mirrord_sessions_active", 0.0);
+    let transitions = ha
+        .gauge(&leader, "mirrord_leader_transitions")
+        .expect("the leader exports the lease's transitions");
 
     // The leader frozen: the standby takes the lease once it has seen it unrenewed for
     // the lease's duration, and becomes the Service's endpoint.
@@ -330,7 +365,25 @@ fn one_replica_leads_and_a_frozen_leader_hands_over_and_leaves() {
         "the new leader does not steal: {}",
         get(pod, "/", &[])
     );
-    let (leader_now, _) = ha.settled(Duration::from_secs(60));
+    let (leader_now, standby_now) = ha.settled(Duration::from_secs(60));
     assert_eq!(leader_now.name, standby.name);
+    // The change is a metric on both replicas and a line naming both.
+    ha.gauge_is(&leader_now, "mirrord_leader", 1.0);
+    ha.gauge_is(&standby_now, "mirrord_leader", 0.0);
+    ha.gauge_is(&leader_now, "mirrord_leader_transitions", transitions + 1.0);
+    ha.gauge_is(
+        &standby_now,
+        "mirrord_leader_transitions",
+        transitions + 1.0,
+    );
+    let logs = ha.k.kubectl(&["-n", &op_ns, "logs", &leader_now.name]);
+    let taken = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| l["fields"].clone())
+        .find(|f| f["message"] == "leadership taken")
+        .unwrap_or_else(|| panic!("no 'leadership taken' line:\n{logs}"));
+    assert_eq!(taken["replica"], leader_now.name.as_str(), "{taken}");
+    assert_eq!(taken["previous"], leader.name.as_str(), "{taken}");
     s.stop();
 }

@@ -11,7 +11,7 @@
 //! runs; [`trust`] is what they decide: which credentials are accepted now.
 //! [`console`] holds the console's pending login links. [`bounds`] is what a client may
 //! send at all: every string's size and grammar, checked first; [`buffers`] what its
-//! unfinished frames may hold.
+//! unfinished frames may hold. [`fence`] is whether this replica may still decide (it leads).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -25,6 +25,7 @@ pub mod console;
 pub mod context;
 pub mod destinations;
 pub mod fair;
+pub mod fence;
 pub mod local;
 pub mod locks;
 pub mod open;

@@ -87,6 +87,8 @@ async fn pipeline(
     }
     let admitted = admission::admit(op, caller, req, &mut valid)?;
     let client = &caller.client;
+    // Checked where locks are granted: a replica whose lease lapsed grants none.
+    op.fence.check()?;
     let id = op.sessions.new_id();
     let holder = Holder {
         session: id,
@@ -495,6 +497,7 @@ pub async fn add_ports(
         more.target.reference(),
     )
     .await?;
+    op.fence.check()?;
     let reserved = op.locks.reserve(
         &valid.key,
         holder.clone(),

@@ -47,6 +47,8 @@ pub struct Operator {
     /// The process's lifecycle (see [`mirrord_serve::Shutdown`]): every session is one of
     /// its tasks, so the operator stops once they have said goodbye.
     pub shutdown: mirrord_serve::Shutdown,
+    /// Whether this replica still leads: no port is granted once it does not.
+    pub fence: crate::fence::Fence,
     /// Client ids whose credential was revoked while the operator runs (their handshakes
     /// already fail; this catches a connection made just before).
     pub revoked: Revoked,
@@ -72,6 +74,8 @@ pub struct Parts {
     pub registered: Option<Arc<crate::trust::Registered>>,
     /// The process's lifecycle: sessions run as its tasks, so stopping waits for them.
     pub shutdown: mirrord_serve::Shutdown,
+    /// Open on one machine; with several replicas, shut once this one's lease lapses.
+    pub fence: crate::fence::Fence,
 }
 
 impl Operator {
@@ -96,6 +100,7 @@ impl Operator {
             rbac: p.rbac,
             registered: p.registered,
             shutdown: p.shutdown,
+            fence: p.fence,
             revoked: Revoked::default(),
             console_logins: ConsoleLogins::default(),
             compile_slots: crate::fair::FairSlots::new(COMPILE_SLOTS),

@@ -127,6 +127,7 @@ pub fn operator_with(
         rbac: None,
         registered: None,
         shutdown: Default::default(),
+        fence: Default::default(),
     });
     (Arc::new(op), api)
 }

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
+use mirrord_controlplane::fence::Fence;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,10 +55,14 @@ impl Election {
 struct Seen {
     record: Option<(String, String)>,
     at: Instant,
+    /// The Lease's `leaseTransitions`, after this replica's own take if it took it.
+    transitions: i32,
 }
 
 /// This replica's leadership once held.
 pub struct Leader {
+    /// The Lease's transitions once this replica took it.
+    pub transitions: i32,
     election: Election,
     api: Api<Lease>,
     pods: Api<Pod>,
@@ -84,9 +89,13 @@ impl Leader {
             let mut seen = Seen {
                 record: None,
                 at: Instant::now(),
+                transitions: self.transitions,
             };
+            // When the request left: the API server may have recorded the renewal any time
+            // after, and a standby counts from when it saw that, never before.
+            let sent = Instant::now();
             match try_take(&self.api, &self.election, &mut seen).await {
-                Ok(true) => *self.renewed.lock().expect("renewed") = Instant::now(),
+                Ok(true) => *self.renewed.lock().expect("renewed") = sent,
                 Ok(false) => return "another replica holds the lease".into(),
                 Err(e) => {
                     tracing::warn!(target: "mirrord_kube", lease = %self.election.lease, error = %e, "cannot renew the leadership lease; retrying");
@@ -146,27 +155,70 @@ impl Leader {
     }
 }
 
+/// A client whose writes (every method but GET: creates, updates, patches, deletes) fail
+/// once `fence` says this replica no longer leads, so that a former leader that runs on for
+/// a moment (thawed, or before its watchdog ends it) changes nothing another replica now
+/// owns: agents, copies, scale-downs, the registry's Secret. Reads and watches go on.
+pub async fn fenced_client(fence: Fence) -> Result<kube::Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&fence_layer(fence))
+        .build())
+}
+
+type Request = http::Request<kube::client::Body>;
+
+fn fence_layer(
+    fence: Fence,
+) -> tower::filter::FilterLayer<impl Fn(Request) -> Result<Request, tower::BoxError> + Clone> {
+    tower::filter::FilterLayer::new(move |req: Request| {
+        match req.method() == http::Method::GET || fence.holds() {
+            true => Ok(req),
+            false => Err(tower::BoxError::from(NotLeading {
+                method: req.method().clone(),
+                path: req.uri().path().to_owned(),
+            })),
+        }
+    })
+}
+
+/// A write refused by [`fenced_client`].
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {path} not sent: this replica no longer leads (its leadership lease lapsed)")]
+pub struct NotLeading {
+    method: http::Method,
+    path: String,
+}
+
 fn round(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
 
-/// Waits until this replica holds the lease.
-pub async fn acquire(client: kube::Client, election: Election) -> Leader {
+/// Waits until this replica holds the lease; `observe` is told the Lease's transitions
+/// each time they are read.
+pub async fn acquire(client: kube::Client, election: Election, observe: impl Fn(i32)) -> Leader {
     let pods = Api::<Pod>::namespaced(client.clone(), &election.namespace);
     let api = Api::<Lease>::namespaced(client, &election.namespace);
     let mut seen = Seen {
         record: None,
         at: Instant::now(),
+        transitions: 0,
     };
     let mut said = false;
     loop {
-        match try_take(&api, &election, &mut seen).await {
+        let sent = Instant::now();
+        let taken = try_take(&api, &election, &mut seen).await;
+        observe(seen.transitions);
+        match taken {
             Ok(true) => {
                 return Leader {
+                    transitions: seen.transitions,
                     election,
                     api,
                     pods,
-                    renewed: Mutex::new(Instant::now()),
+                    renewed: Mutex::new(sent),
                 }
             }
             Ok(false) if !said => {
@@ -207,6 +259,7 @@ async fn try_take(api: &Api<Lease>, e: &Election, seen: &mut Seen) -> Result<boo
     };
     let held = current.spec.clone().unwrap_or_default();
     let holder = held.holder_identity.clone().unwrap_or_default();
+    seen.transitions = held.lease_transitions.unwrap_or(0);
     let record = (
         holder.clone(),
         format!("{:?}", held.renew_time.as_ref().map(|t| t.0)),
@@ -232,6 +285,7 @@ async fn try_take(api: &Api<Lease>, e: &Election, seen: &mut Seen) -> Result<boo
     // `replace` carries the resourceVersion read above: a concurrent writer makes it 409.
     match api.replace(&e.lease, &PostParams::default(), &next).await {
         Ok(_) => {
+            seen.transitions = transitions;
             if !ours {
                 tracing::info!(target: "mirrord_kube", lease = %e.lease, replica = %e.identity, previous = %holder, transitions, "leadership taken");
             }
@@ -256,6 +310,56 @@ fn spec(e: &Election, acquired: MicroTime, renewed: MicroTime, transitions: i32)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A client over a stand-in API server that counts what reaches it.
+    fn client(fence: Fence, reached: Arc<AtomicUsize>) -> kube::Client {
+        let server = tower::service_fn(move |_req: Request| {
+            reached.fetch_add(1, Ordering::SeqCst);
+            let pod =
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}});
+            async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(pod.to_string()),
+                )))
+            }
+        });
+        kube::client::ClientBuilder::new(server, "ns")
+            .with_layer(&fence_layer(fence))
+            .build()
+    }
+
+    #[tokio::test]
+    async fn a_former_leader_reads_but_writes_nothing() {
+        let leads = Arc::new(AtomicBool::new(true));
+        let fence = Fence::default();
+        let seen = Arc::clone(&leads);
+        fence.guard(move || seen.load(Ordering::SeqCst));
+        let reached = Arc::new(AtomicUsize::new(0));
+        let pods = Api::<Pod>::namespaced(client(fence, Arc::clone(&reached)), "ns");
+        let delete = kube::api::DeleteParams::default();
+        pods.delete("p", &delete).await.expect("a leader writes");
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
+
+        leads.store(false, Ordering::SeqCst);
+        pods.get("p").await.expect("reads go on");
+        assert_eq!(reached.load(Ordering::SeqCst), 2);
+        let refused = pods.delete("p", &delete).await.map(|_| ()).unwrap_err();
+        assert!(refused.to_string().contains("no longer leads"), "{refused}");
+        let patch = serde_json::json!({"metadata": {"labels": {"a": "b"}}});
+        let refused = pods
+            .patch("p", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(refused.to_string().contains("PATCH"), "{refused}");
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            2,
+            "no write reached the server"
+        );
+    }
 
     #[test]
     fn a_leader_stops_deciding_before_anyone_may_take_its_lease() {

@@ -84,8 +84,6 @@ pub mod marks {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("cannot reach the Kubernetes API server (in-cluster config or KUBECONFIG)")]
-    Client(#[source] kube::Error),
     #[error("the Kubernetes API refused to {action}")]
     Api {
         action: String,
@@ -170,18 +168,18 @@ impl KubeBackend {
         self.ctx.client.clone()
     }
 
-    /// Connects to the API server, cleans up after a previous operator, issues the agents'
-    /// credentials and starts the gateway.
+    /// Cleans up after a previous operator, issues the agents' credentials and starts the
+    /// gateway.
+    /// `client`: the API server's (with several replicas, one whose writes stop with the
+    /// leadership: [`leader::fenced_client`]).
     /// `shutdown`: the operator's lifecycle (the gateway stops with it).
     /// `metrics`: where what the agents report is exported.
     pub async fn start(
         cfg: &KubernetesConfig,
+        client: kube::Client,
         shutdown: Shutdown,
         metrics: Arc<mirrord_telemetry::metrics::Metrics>,
     ) -> Result<Self, KubeError> {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(KubeError::Client)?;
         let agent_namespace = cfg
             .agent_namespace
             .clone()

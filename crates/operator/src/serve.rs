@@ -5,6 +5,7 @@ use crate::{exit, fail};
 use anyhow::{bail, Context};
 use mirrord_controlplane::backend::TargetBackend;
 use mirrord_controlplane::config::Config;
+use mirrord_controlplane::fence::Fence;
 use mirrord_controlplane::local::LocalBackend;
 use mirrord_controlplane::operator::Parts;
 use mirrord_controlplane::policy::Policies;
@@ -135,20 +136,51 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let exported = otel.clone();
     let shutdown = Shutdown::new();
     let result = runtime.block_on(async move {
+        let console_addr = args
+            .console_addr
+            .or(config.console.as_ref().map(|c| c.listen));
         let health = match args.health_addr {
             Some(addr) => Some(crate::health::serve(addr).await?),
             None => None,
         };
+        let mut telemetry = Telemetry::new(config.sessions.metrics_grace).with_otel(otel);
+        if console_addr.is_some() {
+            telemetry = telemetry.with_feed(crate::console::FEED_CAPACITY);
+        }
+        // Served by a standby too (its zeros keep a `sum()` over replicas true, and a
+        // scraper of every pod finds each one up).
+        if let Some(metrics_addr) = metrics {
+            let listener = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
+            shutdown
+                .spawn_until_cancelled(metrics::serve_on(telemetry.metrics().clone(), listener));
+        }
         // A standby waits here: what follows (the registry restored from its Secret, kept
         // in it, the backend's clean-up) is the leader's alone, and read when it leads.
+        let fence = Fence::default();
         let mut leader = None;
         if let Some((k, lease)) = config
             .kubernetes
             .as_ref()
             .and_then(|k| Some((k, k.leader_lease.as_ref()?)))
         {
-            leader = Some(lead(k, lease, health.clone()).await?);
+            let l = lead(k, lease, health.clone(), telemetry.metrics()).await?;
+            let holds = Arc::clone(&l);
+            fence.guard(move || holds.holds());
+            leader = Some(l);
         }
+        // Every write the operator makes to the cluster stops when its leadership does.
+        let cluster = match &config.kubernetes {
+            Some(_) => Some(
+                mirrord_kube::leader::fenced_client(fence.clone())
+                    .await
+                    .context(
+                        "cannot reach the Kubernetes API server (in-cluster config or KUBECONFIG)",
+                    )?,
+            ),
+            None => None,
+        };
         mirrord_identity::private_dir(&args.state_dir)?;
         let ca = match &args.ca_dir {
             Some(dir) => CertificateAuthority::load(dir)?,
@@ -161,7 +193,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|k| k.registry_secret.clone())
         {
-            Some(name) => Some(restore_registry(&name, &args.state_dir).await?),
+            Some(name) => Some(restore_registry(cluster.clone(), &name, &args.state_dir).await?),
             None => None,
         };
         let missing = registry::sync_crl(&ca, &args.state_dir)?;
@@ -172,9 +204,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
         let server_tls = ServerTls::new(&ca)?;
-        let console_addr = args
-            .console_addr
-            .or(config.console.as_ref().map(|c| c.listen));
         let console_tls = match console_addr {
             Some(_) => Some(server_tls.browser_config()?),
             None => None,
@@ -184,22 +213,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             // Tracked, not cancelled: its last save is part of stopping.
             shutdown.spawn(secret.keep(Duration::from_secs(1), shutdown.token()));
         }
-        let mut telemetry = Telemetry::new(config.sessions.metrics_grace).with_otel(otel);
-        if console_addr.is_some() {
-            telemetry = telemetry.with_feed(crate::console::FEED_CAPACITY);
-        }
-        if let Some(metrics_addr) = metrics {
-            let listener = tokio::net::TcpListener::bind(metrics_addr)
-                .await
-                .with_context(|| format!("metrics endpoint cannot listen on {metrics_addr}"))?;
-            shutdown
-                .spawn_until_cancelled(metrics::serve_on(telemetry.metrics().clone(), listener));
-        }
         let mut kube_client = None;
-        let backend: Arc<dyn TargetBackend> = match &config.kubernetes {
-            Some(k) => {
+        let backend: Arc<dyn TargetBackend> = match (&config.kubernetes, cluster) {
+            (Some(k), Some(client)) => {
                 let b = mirrord_kube::KubeBackend::start(
                     k,
+                    client,
                     shutdown.clone(),
                     telemetry.metrics().clone(),
                 )
@@ -207,7 +226,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 kube_client = Some(b.client());
                 Arc::new(b)
             }
-            None => Arc::new(
+            _ => Arc::new(
                 LocalBackend::start(
                     &config.targets,
                     &telemetry,
@@ -266,6 +285,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             rbac,
             registered: Some(tls.registered()),
             shutdown: shutdown.clone(),
+            fence,
         }));
         if let Some(client) = kube_client.clone() {
             // The cluster's MirrordPolicy / MirrordClusterPolicy resources, beside the TOML's;
@@ -351,12 +371,11 @@ async fn stop(op: &Operator, shutdown: &Shutdown) {
 /// Puts the registry kept in the Secret `name` (of the operator's namespace) back into the
 /// state directory, before anything reads it.
 async fn restore_registry(
+    client: Option<kube::Client>,
     name: &str,
     state_dir: &std::path::Path,
 ) -> anyhow::Result<mirrord_kube::registry::RegistrySecret> {
-    let client = kube::Client::try_default()
-        .await
-        .context("reaching the Kubernetes API server to restore the registry")?;
+    let client = client.context("the registry's Secret needs [kubernetes]")?;
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
     let secret = mirrord_kube::registry::RegistrySecret::new(client, &namespace, name, state_dir);
     let restored = secret.restore().await?;
@@ -411,6 +430,7 @@ async fn lead(
     k: &mirrord_controlplane::config::KubernetesConfig,
     lease: &str,
     health: Option<crate::health::Health>,
+    metrics: &metrics::Metrics,
 ) -> anyhow::Result<Arc<mirrord_kube::leader::Leader>> {
     let client = kube::Client::try_default()
         .await
@@ -435,8 +455,13 @@ async fn lead(
         // (it selects the leader's label).
         h.ready();
     }
-    let leader = Arc::new(mirrord_kube::leader::acquire(client, election).await);
-    tracing::info!(target: "mirrord_operator", replica = %identity, %lease, "leading");
+    metrics.elected();
+    let transitions = metrics.leader_transitions.clone();
+    let leader = Arc::new(
+        mirrord_kube::leader::acquire(client, election, |t| transitions.set(i64::from(t))).await,
+    );
+    metrics.leader.set(1);
+    tracing::info!(target: "mirrord_operator", replica = %identity, %lease, transitions = leader.transitions, "leading");
     let (kept, watched, unready) = (Arc::clone(&leader), Arc::clone(&leader), health.clone());
     // Detached: it ends the process when the leadership ends.
     tokio::spawn(async move {

@@ -52,6 +52,12 @@ pub struct Metrics {
     /// 1 when the operator enforces a license, so alerts on the gauge above can tell an
     /// expired license from none being required.
     pub license_enforced: IntGauge,
+    /// With several replicas: 1 on the one that leads, 0 on a standby (absent without
+    /// leader election), so `sum()` over replicas is 1 when all is well.
+    pub leader: IntGauge,
+    /// The leadership Lease's transitions as this replica last saw them (how many times
+    /// the leadership changed hands since the Lease was made).
+    pub leader_transitions: IntGauge,
     sessions_create_total: IntCounterVec,
     sessions_duration: HistogramVec,
     /// Outside the registry: see [`crate::ping_latency`].
@@ -205,6 +211,16 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            leader: IntGauge::new(
+                "mirrord_leader",
+                "1 on the operator replica that leads, 0 on a standby",
+            )
+            .expect("valid gauge"),
+            leader_transitions: IntGauge::new(
+                "mirrord_leader_transitions",
+                "Times the operator's leadership changed hands, as this replica last saw its Lease",
+            )
+            .expect("valid gauge"),
             sessions_create_total: reg(
                 &r,
                 counter(
@@ -348,6 +364,15 @@ impl Metrics {
             session_ports: Mutex::default(),
             graced: Mutex::default(),
             label_sets: Mutex::default(),
+        }
+    }
+
+    /// Exports the leadership gauges: this process is one of several replicas (from its
+    /// start, as a standby at 0).
+    pub fn elected(&self) {
+        for g in [&self.leader, &self.leader_transitions] {
+            // Twice is harmless: the series are the same.
+            let _ = self.registry.register(Box::new(g.clone()));
         }
     }
 
