@@ -305,6 +305,27 @@ fn policy_resources_are_watched_and_select_by_label_and_group() {
         env.steal(&alice, "web", &[])
             .expect("web is not labelled app=payments"),
     );
+    // A label put on a workload that already has a session binds the next session: the
+    // target is kept (its pods followed) while the mirror runs, its labels are read anew.
+    let mirror = env
+        .open("mirror", &alice, "web", &[])
+        .expect("a mirror of web");
+    env.k
+        .kubectl(&["-n", &ns, "label", "deployment/web", "app=payments"]);
+    let err = env.steal(&alice, "web", &[]).err().expect("refused");
+    assert!(
+        err.contains(&format!(
+            "blocked by policy `MirrordPolicy {ns}/payments-filtered`"
+        )),
+        "a label put on web while it had a session: {err}"
+    );
+    env.k
+        .kubectl(&["-n", &ns, "label", "deployment/web", "app-"]);
+    drop(
+        env.steal(&alice, "web", &[])
+            .expect("the label is gone again"),
+    );
+    drop(mirror);
     let table = env.k.kubectl(&["get", "mpol", "-n", &ns]);
     assert!(
         table

@@ -295,7 +295,12 @@ impl TargetBackend for KubeBackend {
             r.container = None;
             let mut map = self.targets.0.lock().expect("targets");
             let target = match map.get(&r).filter(|t| t.workload_uid() == resolved.uid) {
-                Some(t) => Arc::clone(t) as Arc<dyn Target>,
+                Some(t) => {
+                    // Policies judge the labels the workload has now, not when its first
+                    // session resolved it.
+                    t.relabel(resolved.labels);
+                    Arc::clone(t) as Arc<dyn Target>
+                }
                 None => {
                     let t = serving::start(r.clone(), resolved, Arc::clone(&self.ctx));
                     map.insert(r, Arc::clone(&t));

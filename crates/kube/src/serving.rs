@@ -28,7 +28,7 @@ impl Target for KubeTarget {
     }
 
     fn labels(&self) -> std::collections::BTreeMap<String, String> {
-        self.resolved.labels.clone()
+        KubeTarget::labels(self)
     }
 
     fn copy_only(&self) -> Option<String> {

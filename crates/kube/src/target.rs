@@ -56,6 +56,9 @@ pub(crate) fn container_ids(pod: &Pod) -> Vec<(String, String)> {
 pub struct KubeTarget {
     reference: TargetRef,
     pub(crate) resolved: Resolved,
+    /// The workload's labels as last resolved (every session resolves its target anew, and
+    /// policies' selectors judge these).
+    labels: Mutex<BTreeMap<String, String>>,
     pub(crate) ctx: Arc<Context>,
     /// Told on every route, pod or agent change; the fleet loop waits on it.
     pub(crate) changed: Arc<Notify>,
@@ -95,6 +98,7 @@ impl KubeTarget {
             .collect();
         Arc::new(Self {
             reference,
+            labels: Mutex::new(resolved.labels.clone()),
             resolved,
             ctx,
             changed,
@@ -107,6 +111,16 @@ impl KubeTarget {
             ops: crate::context::AgentOps::default(),
             synced: watch::Sender::new(false),
         })
+    }
+
+    /// The workload's labels as last resolved.
+    pub(crate) fn labels(&self) -> BTreeMap<String, String> {
+        self.labels.lock().expect("labels").clone()
+    }
+
+    /// A session resolved the workload again: its labels may have changed meanwhile.
+    pub(crate) fn relabel(&self, labels: BTreeMap<String, String>) {
+        *self.labels.lock().expect("labels") = labels;
     }
 
     /// Waits until the target's pods have been listed once.
