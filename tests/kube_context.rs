@@ -250,21 +250,8 @@ impl Env {
             "operator.logLevel=mirrord=debug",
             "--wait",
         ]);
-        let available = wait_for(Duration::from_secs(60), || {
-            let (_, out, _) = env.k.try_kubectl(&[
-                "get",
-                "apiservice",
-                "v1.operator.mirrord.dev",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
-            ]);
-            (out.trim() == "True").then_some(())
-        });
-        assert!(
-            available.is_some(),
-            "the APIService never became Available:\n{}",
-            env.k.diagnose(&env.ns)
-        );
+        env.k
+            .api_service_available(Duration::from_secs(60), &env.ns);
         Some(env)
     }
 

@@ -96,19 +96,27 @@ impl Ha {
         Some(ha)
     }
 
-    /// Waits until the APIService answers (through the leader).
-    fn api_available(&self) {
-        let available = wait_for(Duration::from_secs(90), || {
-            let (_, out, _) = self.k.try_kubectl(&[
-                "get",
-                "apiservice",
-                "v1.operator.mirrord.dev",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
-            ]);
-            (out.trim() == "True").then_some(())
-        });
-        assert!(available.is_some(), "the APIService never became Available");
+    /// Two replicas with the APIService on, settled: (ha, leader, standby).
+    fn with_api(web_replicas: u32) -> Option<(Ha, Replica, Replica)> {
+        let ha = Ha::install(web_replicas, &["apiService.enabled=true"])?;
+        let (leader, standby) = ha.settled(Duration::from_secs(120));
+        ha.k.api_service_available(Duration::from_secs(90), &ha.op_ns);
+        Some((ha, leader, standby))
+    }
+
+    /// `mirrordctl steal` of web's port 80 to `to`, then `extra`.
+    fn steal_args<'a>(&'a self, to: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "steal",
+            "--target",
+            "deployment/web",
+            "--namespace",
+            &self.ns,
+            "--port",
+            to,
+        ];
+        args.extend(extra.iter().copied());
+        args
     }
 
     /// `web`'s desired replicas.
@@ -523,23 +531,13 @@ impl Drop for Ctl {
 #[test]
 fn fifty_steals_at_once_through_the_api_server_one_holds_the_rest_name_it() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(ha) = Ha::install(1, &["apiService.enabled=true"]) else {
+    let Some((ha, leader, standby)) = Ha::with_api(1) else {
         return;
     };
-    let (leader, standby) = ha.settled(Duration::from_secs(120));
-    ha.api_available();
     let local = Local::start();
     let home = tempfile::tempdir().unwrap();
     let to = format!("80={}", local.addr);
-    let args = [
-        "steal",
-        "--target",
-        "deployment/web",
-        "--namespace",
-        &ha.ns,
-        "--port",
-        &to,
-    ];
+    let args = ha.steal_args(&to, &[]);
     let mut all: Vec<Ctl> = (0..50).map(|n| Ctl::start(home.path(), n, &args)).collect();
     // All but one are refused; the one left holds the port.
     let settled = wait_for(Duration::from_secs(120), || {
@@ -598,25 +596,13 @@ fn fifty_steals_at_once_through_the_api_server_one_holds_the_rest_name_it() {
 #[test]
 fn a_new_leader_restores_a_scale_down_once_and_a_thawed_leader_changes_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(ha) = Ha::install(2, &["apiService.enabled=true"]) else {
+    let Some((ha, leader, standby)) = Ha::with_api(2) else {
         return;
     };
-    let (leader, standby) = ha.settled(Duration::from_secs(120));
-    ha.api_available();
     let local = Local::start();
     let home = tempfile::tempdir().unwrap();
     let to = format!("80={}", local.addr);
-    let args = [
-        "steal",
-        "--target",
-        "deployment/web",
-        "--namespace",
-        &ha.ns,
-        "--port",
-        &to,
-        "--copy-target",
-        "--scale-down",
-    ];
+    let args = ha.steal_args(&to, &["--copy-target", "--scale-down"]);
     let is = |what: &str, want: &dyn Fn() -> bool| {
         let done = wait_for(Duration::from_secs(60), || want().then_some(()));
         assert!(

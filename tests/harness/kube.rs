@@ -368,6 +368,26 @@ impl Cluster {
         );
     }
 
+    /// Waits until the chart's APIService (cluster-wide: one release at a time) is
+    /// Available; panics with `ns`'s state if it is not within `within`.
+    pub fn api_service_available(&self, within: Duration, ns: &str) {
+        let available = crate::wait_for(within, || {
+            let (_, out, _) = self.try_kubectl(&[
+                "get",
+                "apiservice",
+                "v1.operator.mirrord.dev",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
+            ]);
+            (out.trim() == "True").then_some(())
+        });
+        assert!(
+            available.is_some(),
+            "the APIService never became Available:\n{}",
+            self.diagnose(ns)
+        );
+    }
+
     /// Polls `kubectl ARGS` until `pred` holds on its stdout; the last stdout.
     pub fn wait_until(
         &self,

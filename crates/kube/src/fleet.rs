@@ -91,7 +91,10 @@ async fn reconcile(t: &Arc<KubeTarget>) {
                 return true;
             }
             let idle = *a.idle_since.get_or_insert(now);
-            if idle.elapsed() >= t.ctx.linger {
+            // The linger keeps an agent for the developer's next session; a stopping
+            // operator has none, and its successor cannot start agents of the same name
+            // until these are gone (a drained leader held its lease 5 s longer for it).
+            if idle.elapsed() >= t.ctx.linger || t.ctx.shutdown.is_cancelled() {
                 delete.push(a.pod.clone());
                 t.ctx.claims.release(uid, &me);
                 return false;

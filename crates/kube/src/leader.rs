@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 /// The label that makes a replica's pod the operator Service's endpoint: only the
 /// leader's pod carries it.
 pub const LEADER_LABEL: &str = "mirrord.dev/leader";
+/// On the Lease: the replica that last gave it up on a clean stop.
+const RELEASED_BY: &str = "mirrord.dev/released-by";
 
 /// Who competes for which Lease, and its timing.
 #[derive(Clone, Debug)]
@@ -115,6 +117,12 @@ impl Leader {
         }
         spec.holder_identity = None;
         spec.renew_time = None;
+        // Who gave it up, for the next leader's `previous`.
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(RELEASED_BY.into(), self.election.identity.clone());
         let _ = self
             .api
             .replace(&self.election.lease, &PostParams::default(), &lease)
@@ -257,6 +265,11 @@ async fn try_take(api: &Api<Lease>, e: &Election, seen: &mut Seen) -> Result<boo
             };
         }
     };
+    let released_by = current
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RELEASED_BY).cloned());
     let held = current.spec.clone().unwrap_or_default();
     let holder = held.holder_identity.clone().unwrap_or_default();
     seen.transitions = held.lease_transitions.unwrap_or(0);
@@ -287,7 +300,11 @@ async fn try_take(api: &Api<Lease>, e: &Election, seen: &mut Seen) -> Result<boo
         Ok(_) => {
             seen.transitions = transitions;
             if !ours {
-                tracing::info!(target: "mirrord_kube", lease = %e.lease, replica = %e.identity, previous = %holder, transitions, "leadership taken");
+                let previous = match holder.is_empty() {
+                    true => released_by.unwrap_or_default(),
+                    false => holder,
+                };
+                tracing::info!(target: "mirrord_kube", lease = %e.lease, replica = %e.identity, %previous, transitions, "leadership taken");
             }
             Ok(true)
         }

@@ -136,6 +136,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let exported = otel.clone();
     let shutdown = Shutdown::new();
     let result = runtime.block_on(async move {
+        // Listened for from the start: in a container the operator is PID 1, which ignores
+        // a SIGTERM it has no handler for, so a standby (or a leader still starting) that
+        // a rolling update deletes would otherwise run on, and could even take the lease,
+        // until the kubelet's SIGKILL.
+        let stop_asked = tokio_util::sync::CancellationToken::new();
+        let asked = stop_asked.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            asked.cancel();
+        });
         let console_addr = args
             .console_addr
             .or(config.console.as_ref().map(|c| c.listen));
@@ -165,7 +175,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|k| Some((k, k.leader_lease.as_ref()?)))
         {
-            let l = lead(k, lease, health.clone(), telemetry.metrics()).await?;
+            let l = tokio::select! {
+                l = lead(k, lease, health.clone(), telemetry.metrics()) => l?,
+                _ = stop_asked.cancelled() => {
+                    tracing::info!(target: "mirrord_operator", "stopping: a standby has nothing to end");
+                    return Ok(());
+                }
+            };
             let holds = Arc::clone(&l);
             fence.guard(move || holds.holds());
             leader = Some(l);
@@ -329,7 +345,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             version = env!("CARGO_PKG_VERSION"),
             "operator ready"
         );
-        shutdown_signal().await;
+        stop_asked.cancelled().await;
         stop(&op, &shutdown).await;
         if let Some(leader) = leader {
             // A standby takes over at once, not when the lease runs out.
