@@ -678,3 +678,60 @@ fn a_new_leader_restores_a_scale_down_once_and_a_thawed_leader_changes_nothing()
         ha.web_replicas() == "2" && ha.copies().is_empty()
     });
 }
+
+#[test]
+fn a_rolling_restart_hands_the_lease_to_a_new_replica_at_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(ha) = Ha::install(1, &["apiService.enabled=false"]) else {
+        return;
+    };
+    let (before, _) = ha.settled(Duration::from_secs(120));
+    let old: Vec<String> = ha.replicas().into_iter().map(|r| r.name).collect();
+    let deployment = format!("deployment/{}", ha.release);
+    let restarted = Instant::now();
+    ha.k.kubectl(&["-n", &ha.op_ns, "rollout", "restart", &deployment]);
+    // Each old replica is asked to stop once a new one is ready: the standby leaves at
+    // once (before, as PID 1 without a handler, it ignored SIGTERM, could take the lease
+    // while terminating, and was SIGKILLed 30 s later), the leader gives the lease up.
+    let handed = wait_for(Duration::from_secs(60), || {
+        let (_, pods, _) = ha.k.try_kubectl(&[
+            "-n",
+            &ha.op_ns,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=mirrord-operator",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        let gone = old.iter().all(|o| !pods.split_whitespace().any(|p| p == o));
+        let holder = ha.holder();
+        (gone && !holder.is_empty() && !old.contains(&holder)).then(|| restarted.elapsed())
+    });
+    let took = handed.unwrap_or_else(|| {
+        panic!(
+            "the old replicas did not leave with the lease handed over: holder {:?}, {:#?}",
+            ha.holder(),
+            ha.replicas()
+        )
+    });
+    eprintln!("rolling restart: old replicas gone, a new one leads, {took:?} after the restart");
+    assert!(
+        took < Duration::from_secs(30),
+        "{took:?}: a replica waited out its grace period"
+    );
+    let (leader, _) = ha.settled(Duration::from_secs(60));
+    let logs = ha.k.kubectl(&["-n", &ha.op_ns, "logs", &leader.name]);
+    let previous: Vec<String> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| l["fields"].clone())
+        .filter(|f| f["message"] == "leadership taken")
+        .map(|f| f["previous"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        previous.iter().any(|p| !p.is_empty()),
+        "the new leader's 'leadership taken' names no previous leader (the first was {}): {previous:?}",
+        before.name
+    );
+}
