@@ -7,8 +7,9 @@
 # times each (default 10): `kubectl delete pod` (SIGTERM: the leader ends its sessions,
 # cleans up and gives the Lease up) and `kubectl delete pod --force --grace-period=0`
 # (the kubelet kills it within seconds; the Lease runs out: leaderElection.leaseDuration,
-# the chart's 15 s). Prints each run and min/median/max. Needs the dev cluster (it brings
-# it up if it is down, and leaves it as it found it); runs as root.
+# the chart's 15 s). Prints each run and min/median/max (BENCHMARKS.md, "Failover with two
+# replicas", says where the time goes). Needs the dev cluster (it brings it up if it is
+# down, and leaves it as it found it); runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10}
