@@ -693,8 +693,10 @@ fn a_rolling_restart_hands_the_lease_to_a_new_replica_at_once() {
     // Each old replica is asked to stop once a new one is ready: the standby leaves at
     // once (before, as PID 1 without a handler, it ignored SIGTERM, could take the lease
     // while terminating, and was SIGKILLed 30 s later), the leader gives the lease up.
+    // Done when a new replica holds the lease and every old replica's process has ended
+    // (its pod may stay listed a while longer: the kubelet's clean-up is not ours).
     let handed = wait_for(Duration::from_secs(60), || {
-        let (_, pods, _) = ha.k.try_kubectl(&[
+        let list: Value = serde_json::from_str(&ha.k.kubectl(&[
             "-n",
             &ha.op_ns,
             "get",
@@ -702,20 +704,25 @@ fn a_rolling_restart_hands_the_lease_to_a_new_replica_at_once() {
             "-l",
             "app.kubernetes.io/name=mirrord-operator",
             "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ]);
-        let gone = old.iter().all(|o| !pods.split_whitespace().any(|p| p == o));
+            "json",
+        ]))
+        .unwrap();
+        let ended = list["items"].as_array().unwrap().iter().all(|p| {
+            let old_one = old.iter().any(|o| p["metadata"]["name"] == o.as_str());
+            let running = !p["status"]["containerStatuses"][0]["state"]["running"].is_null();
+            !(old_one && running)
+        });
         let holder = ha.holder();
-        (gone && !holder.is_empty() && !old.contains(&holder)).then(|| restarted.elapsed())
+        (ended && !holder.is_empty() && !old.contains(&holder)).then(|| restarted.elapsed())
     });
     let took = handed.unwrap_or_else(|| {
         panic!(
-            "the old replicas did not leave with the lease handed over: holder {:?}, {:#?}",
+            "the old replicas did not end with the lease handed over: holder {:?}, {:#?}",
             ha.holder(),
             ha.replicas()
         )
     });
-    eprintln!("rolling restart: old replicas gone, a new one leads, {took:?} after the restart");
+    eprintln!("rolling restart: the old replicas' processes ended, a new one leads, {took:?} after the restart");
     assert!(
         took < Duration::from_secs(30),
         "{took:?}: a replica waited out its grace period"
