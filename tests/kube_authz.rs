@@ -85,12 +85,8 @@ struct Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/helm"))
-            .args(["uninstall", &self.release, "-n", &self.ns, "--wait"])
-            .status();
-        let _ = self
-            .k
-            .try_kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
+        self.k
+            .remove_release(&self.release, &self.ns, true, &[&self.ns]);
     }
 }
 

@@ -18,6 +18,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The operator's pods, every replica.
+const OPERATOR_PODS: &str = "app.kubernetes.io/name=mirrord-operator";
+
 /// The lease the test's chart is given (short, to keep the test short).
 const LEASE: Duration = Duration::from_secs(6);
 
@@ -134,22 +137,20 @@ impl Ha {
             .to_owned()
     }
 
+    /// The pods of namespace `ns` that `selector` picks, being deleted or not.
+    fn pods(&self, ns: &str, selector: &str) -> Vec<Value> {
+        let list: Value = serde_json::from_str(
+            &self
+                .k
+                .kubectl(&["-n", ns, "get", "pods", "-l", selector, "-o", "json"]),
+        )
+        .unwrap();
+        list["items"].as_array().unwrap().clone()
+    }
+
     /// The copies in the test's namespace (not being deleted).
     fn copies(&self) -> Vec<String> {
-        let list: Value = serde_json::from_str(&self.k.kubectl(&[
-            "-n",
-            &self.ns,
-            "get",
-            "pods",
-            "-l",
-            "mirrord.dev/role=copy",
-            "-o",
-            "json",
-        ]))
-        .unwrap();
-        list["items"]
-            .as_array()
-            .unwrap()
+        self.pods(&self.ns, "mirrord.dev/role=copy")
             .iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
@@ -157,20 +158,7 @@ impl Ha {
     }
 
     fn replicas(&self) -> Vec<Replica> {
-        let list: Value = serde_json::from_str(&self.k.kubectl(&[
-            "-n",
-            &self.op_ns,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=mirrord-operator",
-            "-o",
-            "json",
-        ]))
-        .unwrap();
-        list["items"]
-            .as_array()
-            .unwrap()
+        self.pods(&self.op_ns, OPERATOR_PODS)
             .iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .map(|p| {
@@ -257,20 +245,14 @@ impl Drop for Ha {
                 &self.op_ns,
                 "logs",
                 "-l",
-                "app.kubernetes.io/name=mirrord-operator",
+                OPERATOR_PODS,
                 "--prefix",
                 "--tail=100",
             ]);
             eprintln!("--- operator logs\n{out}");
         }
-        let _ = Command::new(repo().join("scripts/helm"))
-            .args(["uninstall", &self.release, "-n", &self.op_ns])
-            .output();
-        for ns in [&self.ns, &self.op_ns] {
-            let _ = self
-                .k
-                .try_kubectl(&["delete", "namespace", ns, "--wait=false"]);
-        }
+        self.k
+            .remove_release(&self.release, &self.op_ns, false, &[&self.ns, &self.op_ns]);
     }
 }
 
@@ -696,18 +678,7 @@ fn a_rolling_restart_hands_the_lease_to_a_new_replica_at_once() {
     // Done when a new replica holds the lease and every old replica's process has ended
     // (its pod may stay listed a while longer: the kubelet's clean-up is not ours).
     let handed = wait_for(Duration::from_secs(60), || {
-        let list: Value = serde_json::from_str(&ha.k.kubectl(&[
-            "-n",
-            &ha.op_ns,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=mirrord-operator",
-            "-o",
-            "json",
-        ]))
-        .unwrap();
-        let ended = list["items"].as_array().unwrap().iter().all(|p| {
+        let ended = ha.pods(&ha.op_ns, OPERATOR_PODS).iter().all(|p| {
             let old_one = old.iter().any(|o| p["metadata"]["name"] == o.as_str());
             let running = !p["status"]["containerStatuses"][0]["state"]["running"].is_null();
             !(old_one && running)

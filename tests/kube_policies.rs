@@ -70,12 +70,8 @@ impl Drop for Env {
                 "--ignore-not-found",
             ]);
         }
-        let _ = std::process::Command::new(repo().join("scripts/helm"))
-            .args(["uninstall", &self.release, "-n", &self.ns, "--wait"])
-            .status();
-        let _ = self
-            .k
-            .try_kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
+        self.k
+            .remove_release(&self.release, &self.ns, true, &[&self.ns]);
     }
 }
 

@@ -314,14 +314,8 @@ impl Drop for Env {
             eprintln!("--- operator log\n{out}");
         }
         // The release's cluster-wide objects go with it; the namespace takes the rest.
-        let _ = Command::new(repo().join("scripts/helm"))
-            .args(["uninstall", &self.release, "-n", &self.op_ns])
-            .output();
-        for ns in [&self.ns, &self.op_ns] {
-            let _ = self
-                .k
-                .try_kubectl(&["delete", "namespace", ns, "--wait=false"]);
-        }
+        self.k
+            .remove_release(&self.release, &self.op_ns, false, &[&self.ns, &self.op_ns]);
     }
 }
 

@@ -368,6 +368,22 @@ impl Cluster {
         );
     }
 
+    /// Uninstalls `release` (of namespace `release_ns`; `wait`: until its resources are
+    /// gone, as a cluster-wide APIService must be before the next release) and deletes
+    /// `namespaces` without waiting. For tests' Drop: nothing here may fail.
+    pub fn remove_release(&self, release: &str, release_ns: &str, wait: bool, namespaces: &[&str]) {
+        let mut args = vec!["uninstall", release, "-n", release_ns];
+        if wait {
+            args.push("--wait");
+        }
+        let _ = Command::new(repo().join("scripts/helm"))
+            .args(&args)
+            .output();
+        for ns in namespaces {
+            let _ = self.try_kubectl(&["delete", "namespace", ns, "--wait=false"]);
+        }
+    }
+
     /// Waits until the chart's APIService (cluster-wide: one release at a time) is
     /// Available; panics with `ns`'s state if it is not within `within`.
     pub fn api_service_available(&self, within: Duration, ns: &str) {
